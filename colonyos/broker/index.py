@@ -1,0 +1,180 @@
+"""The SQLite projection of the process bucket, for listings and filters.
+
+It is never the truth: the broker rebuilds it from KV when it starts, and it can be deleted
+at any time. sqlite is synchronous, so one worker thread owns the connection; the event loop
+hands it batches of rows and never blocks on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import sqlite_utils
+
+from colonyos.messages import ListProcesses
+from colonyos.models import Process
+
+__all__ = ["ProcessIndex"]
+
+logger = logging.getLogger(__name__)
+
+_encode = msgspec.json.Encoder().encode
+_TABLE = "processes"
+
+
+def _iso(t: datetime) -> str:
+    # Fixed width, so that the text sorts as the time does.
+    return t.isoformat(timespec="microseconds")
+
+
+def _row(process: Process) -> dict[str, Any]:
+    return {
+        "processid": process.process_id,
+        "colony": process.colony_name,
+        "executortype": process.executor_type,
+        "state": int(process.state),
+        "label": process.spec.label,
+        "submissiontime": _iso(process.submission_time),
+        "prioritytime": process.priority_time,
+        "graphid": process.process_graph_id,
+        "json": _encode(process).decode(),
+    }
+
+
+class ProcessIndex:
+    def __init__(self, path: Path | None) -> None:
+        self._path = path
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="colonies-index")
+        self._pending: dict[str, dict[str, Any] | None] = {}  # processid -> row, None = delete
+        self._flushing: asyncio.Task[None] | None = None
+        self._db: sqlite_utils.Database | None = None
+
+    async def open(self) -> None:
+        await self._run(self._open_sync)
+
+    def _open_sync(self) -> None:
+        if self._path is None:
+            conn = sqlite3.connect(":memory:", check_same_thread=False)
+        else:
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(str(self._path), check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+        db = sqlite_utils.Database(conn)
+        # A projection: start empty and refill from KV, so a stale or foreign file is harmless.
+        if _TABLE in db.table_names():
+            db[_TABLE].drop()
+        db[_TABLE].create(
+            {
+                "processid": str,
+                "colony": str,
+                "executortype": str,
+                "state": int,
+                "label": str,
+                "submissiontime": str,
+                "prioritytime": int,
+                "graphid": str,
+                "json": str,
+            },
+            pk="processid",
+        )
+        db[_TABLE].create_index(["colony", "state", "submissiontime"])
+        db[_TABLE].create_index(["colony", "executortype"])
+        self._db = db
+
+    async def close(self) -> None:
+        await self.flush()
+        await self._run(self._close_sync)
+        self._thread.shutdown(wait=True)
+
+    def _close_sync(self) -> None:
+        if self._db is not None:
+            self._db.conn.close()
+
+    async def _run(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+
+    # -- writes: coalesced per process, applied in batches ------------------------------
+    def put(self, process: Process) -> None:
+        self._pending[process.process_id] = _row(process)
+        self._schedule()
+
+    def remove(self, process_id: str) -> None:
+        self._pending[process_id] = None
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if self._flushing is None or self._flushing.done():
+            self._flushing = asyncio.get_running_loop().create_task(self._drain())
+
+    async def _drain(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, {}
+            await self._run(self._apply_sync, batch)
+
+    def _apply_sync(self, batch: dict[str, dict[str, Any] | None]) -> None:
+        assert self._db is not None
+        table = self._db.table(_TABLE)
+        rows = [row for row in batch.values() if row is not None]
+        gone = [pid for pid, row in batch.items() if row is None]
+        with self._db.conn:
+            if rows:
+                table.upsert_all(rows, pk="processid")
+            for pid in gone:
+                self._db.execute(f"DELETE FROM {_TABLE} WHERE processid = ?", [pid])
+
+    async def flush(self) -> None:
+        """Wait until every write handed in so far is applied (read-your-writes for list)."""
+        while self._flushing is not None and not self._flushing.done():
+            await asyncio.shield(self._flushing)
+        if self._pending:
+            await self._drain()
+
+    # -- reads --------------------------------------------------------------------------
+    async def query(self, colony: str, q: ListProcesses) -> bytes:
+        """The matching processes as one JSON array, newest first."""
+        await self.flush()
+        rows: list[str] = await self._run(self._query_sync, colony, q)
+        return b"[" + ",".join(rows).encode() + b"]"
+
+    def _query_sync(self, colony: str, q: ListProcesses) -> list[str]:
+        assert self._db is not None
+        where, params = ["colony = ?"], [colony]
+        if q.state is not None:
+            where.append("state = ?")
+            params.append(str(int(q.state)))
+        if q.executor_type:
+            where.append("executortype = ?")
+            params.append(q.executor_type)
+        if q.label:
+            where.append("label = ?")
+            params.append(q.label)
+        if q.since is not None:
+            where.append("submissiontime >= ?")
+            params.append(_iso(q.since))
+        if q.until is not None:
+            where.append("submissiontime < ?")
+            params.append(_iso(q.until))
+        sql = (
+            f"SELECT json FROM {_TABLE} WHERE {' AND '.join(where)} "
+            "ORDER BY submissiontime DESC, prioritytime DESC LIMIT ?"
+        )
+        params.append(str(max(0, q.limit)))
+        return [row[0] for row in self._db.execute(sql, params).fetchall()]
+
+    async def counts(self, colony: str) -> dict[int, int]:
+        await self.flush()
+        result: dict[int, int] = await self._run(self._counts_sync, colony)
+        return result
+
+    def _counts_sync(self, colony: str) -> dict[int, int]:
+        assert self._db is not None
+        sql = f"SELECT state, count(*) FROM {_TABLE} WHERE colony = ? GROUP BY state"
+        return {int(s): int(n) for s, n in self._db.execute(sql, [colony]).fetchall()}

@@ -1,0 +1,195 @@
+"""JetStream persistence: the streams, the KV buckets, and every write to them.
+
+The KV bucket ``<prefix>-processes`` is the truth about processes. Every transition is a
+compare-and-set on the key's revision followed by one event on the events stream, published
+with ``Nats-Msg-Id = <processid>.<revision>`` so that re-publishing after a crash is harmless.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import Literal
+
+import msgspec
+import nats.js.errors
+from nats.js import JetStreamContext
+from nats.js.api import (
+    DiscardPolicy,
+    KeyValueConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.kv import KeyValue
+
+from colonyos.errors import ProcessNotFoundError
+from colonyos.messages import Rejection
+from colonyos.models import Colony, Executor, Process
+from colonyos.subjects import Subjects
+
+__all__ = ["ProcessStore", "StaleRevisionError"]
+
+logger = logging.getLogger(__name__)
+
+_encode = msgspec.json.Encoder().encode
+_process_decoder = msgspec.json.Decoder(Process)
+_executor_decoder = msgspec.json.Decoder(Executor)
+_colony_decoder = msgspec.json.Decoder(Colony)
+
+# Lifecycle events and logs are kept this long (seconds); processes live in KV until removed.
+EVENTS_MAX_AGE_S = 7 * 86_400
+LOGS_MAX_AGE_S = 7 * 86_400
+LOGS_MAX_BYTES = 1 << 30
+
+
+class StaleRevisionError(Exception):
+    """Someone else changed the key since it was read; read it again and retry."""
+
+
+class ProcessStore:
+    def __init__(
+        self,
+        js: JetStreamContext,
+        subjects: Subjects,
+        *,
+        storage: Literal["file", "memory"] = "file",
+        dedup_window_s: float = 120.0,
+    ) -> None:
+        self.js = js
+        self.subjects = subjects
+        self._storage = StorageType.MEMORY if storage == "memory" else StorageType.FILE
+        self._dedup_window_s = dedup_window_s
+        self.processes: KeyValue
+        self.executors: KeyValue
+        self.colonies: KeyValue
+
+    async def setup(self) -> None:
+        """Create (or update) every stream and bucket. Safe to run from several brokers."""
+        s = self.subjects
+        await self._stream(
+            StreamConfig(
+                name=s.stream_specs,
+                subjects=[s.specs_filter, s.workflows_filter],
+                retention=RetentionPolicy.WORK_QUEUE,
+                duplicate_window=self._dedup_window_s,
+                storage=self._storage,
+            )
+        )
+        await self._stream(
+            StreamConfig(
+                name=s.stream_events,
+                subjects=[s.events_all],
+                max_age=EVENTS_MAX_AGE_S,
+                duplicate_window=self._dedup_window_s,
+                storage=self._storage,
+            )
+        )
+        await self._stream(
+            StreamConfig(
+                name=s.stream_logs,
+                subjects=[s.logs_all],
+                max_age=LOGS_MAX_AGE_S,
+                max_bytes=LOGS_MAX_BYTES,
+                discard=DiscardPolicy.OLD,
+                storage=self._storage,
+            )
+        )
+        self.processes = await self._bucket(s.bucket_processes, history=8)
+        self.executors = await self._bucket(s.bucket_executors, history=1)
+        self.colonies = await self._bucket(s.bucket_colonies, history=1)
+
+    async def _stream(self, config: StreamConfig) -> None:
+        try:
+            await self.js.add_stream(config)
+        except nats.js.errors.BadRequestError:
+            await self.js.update_stream(config)
+
+    async def _bucket(self, name: str, history: int) -> KeyValue:
+        config = KeyValueConfig(bucket=name, history=history, storage=self._storage)
+        return await self.js.create_key_value(config)
+
+    # -- processes ----------------------------------------------------------------------
+    async def create(self, process: Process) -> int | None:
+        """Write a new process; None if one with this id exists already (a duplicate)."""
+        key = self.subjects.process_key(process.colony_name, process.process_id)
+        try:
+            return int(await self.processes.create(key, _encode(process)))
+        except nats.js.errors.KeyWrongLastSequenceError:
+            return None
+
+    async def get(self, colony: str, process_id: str) -> tuple[Process, int]:
+        key = self.subjects.process_key(colony, process_id)
+        try:
+            entry = await self.processes.get(key)
+        except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+            raise ProcessNotFoundError(process_id) from None
+        except nats.js.errors.InvalidKeyError:
+            raise ProcessNotFoundError(process_id) from None
+        return _process_decoder.decode(entry.value), int(entry.revision)
+
+    async def update(self, process: Process, revision: int) -> int:
+        key = self.subjects.process_key(process.colony_name, process.process_id)
+        try:
+            return int(await self.processes.update(key, _encode(process), last=revision))
+        except nats.js.errors.KeyWrongLastSequenceError as err:
+            raise StaleRevisionError(process.process_id) from err
+
+    async def delete(self, process: Process) -> None:
+        await self.processes.delete(
+            self.subjects.process_key(process.colony_name, process.process_id)
+        )
+
+    async def all_processes(self) -> AsyncIterator[tuple[Process, int]]:
+        """Every stored process, latest revision only (used to rebuild queue and index)."""
+        async for entry in self._snapshot(self.processes):
+            yield _process_decoder.decode(entry.value), int(entry.revision)
+
+    async def publish_event(self, process: Process, revision: int) -> None:
+        subject = self.subjects.event(
+            process.colony_name, process.executor_type, process.state.token, process.process_id
+        )
+        headers = {"Nats-Msg-Id": f"{process.process_id}.{revision}"}
+        await self.js.publish(subject, _encode(process), headers=headers)
+
+    async def publish_rejection(self, rejection: Rejection) -> None:
+        subject = self.subjects.event(
+            rejection.colony_name, rejection.executor_type, "rejected", rejection.process_id
+        )
+        await self.js.publish(subject, _encode(rejection))
+
+    # -- executors and colonies ---------------------------------------------------------
+    async def put_executor(self, executor: Executor) -> None:
+        key = self.subjects.executor_key(executor.colony_name, executor.executor_name)
+        await self.executors.put(key, _encode(executor))
+
+    async def delete_executor(self, executor: Executor) -> None:
+        key = self.subjects.executor_key(executor.colony_name, executor.executor_name)
+        await self.executors.delete(key)
+
+    async def all_executors(self) -> AsyncIterator[Executor]:
+        async for entry in self._snapshot(self.executors):
+            yield _executor_decoder.decode(entry.value)
+
+    async def put_colony(self, colony: Colony) -> None:
+        await self.colonies.put(colony.name, _encode(colony))
+
+    async def delete_colony(self, colony: Colony) -> None:
+        await self.colonies.delete(colony.name)
+
+    async def all_colonies(self) -> AsyncIterator[Colony]:
+        async for entry in self._snapshot(self.colonies):
+            yield _colony_decoder.decode(entry.value)
+
+    @staticmethod
+    async def _snapshot(kv: KeyValue) -> AsyncIterator[KeyValue.Entry]:
+        watcher = await kv.watchall(ignore_deletes=True)
+        try:
+            while True:
+                entry = await watcher.updates(timeout=30)
+                if entry is None:  # the marker: every current value has been delivered
+                    return
+                if entry.value:
+                    yield entry
+        finally:
+            await watcher.stop()

@@ -1,0 +1,392 @@
+"""The async client used by the CLI, by executors and by user code.
+
+    async with await Client.connect(Settings.from_env()) as client:
+        process = await client.submit(spec)
+        done = await client.wait(process.process_id, timeout=30)
+
+Submitting publishes the spec to JetStream (the broker need not be up to accept it); every
+other operation is a request to the broker. nats-py errors never leak out of this module: they
+become :mod:`colonyos.errors` classes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from collections.abc import AsyncIterator
+from types import TracebackType
+from typing import Any, TypeVar
+
+import msgspec
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js.api import DeliverPolicy
+
+from colonyos.config import Settings, default_caller
+from colonyos.errors import (
+    AssignTimeoutError,
+    BrokerUnavailableError,
+    ColoniesError,
+    ErrorReply,
+    InvalidSpecError,
+)
+from colonyos.messages import (
+    Assign,
+    Close,
+    ColonyAdd,
+    Empty,
+    Fail,
+    ListProcesses,
+    LogLines,
+    Named,
+    ProcessRef,
+    Register,
+    Rejection,
+    Reply,
+)
+from colonyos.models import Colony, Executor, FunctionSpec, LogEntry, Process, ProcessState
+from colonyos.specs import check_function_spec
+from colonyos.subjects import SERVER_SCOPE, Subjects, check_name
+
+__all__ = ["Client"]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_encode = msgspec.json.Encoder().encode
+_reply_decoder = msgspec.json.Decoder(Reply)
+_process_decoder = msgspec.json.Decoder(Process)
+_rejection_decoder = msgspec.json.Decoder(Rejection)
+_log_decoder = msgspec.json.Decoder(LogEntry)
+
+# How often a log follower that has seen no line checks whether the process ended.
+_FOLLOW_TICK_S = 0.2
+# Seconds an assign reply may lag behind the assign timeout before it counts as lost.
+_ASSIGN_MARGIN_S = 5.0
+
+
+def _new_id() -> str:
+    return secrets.token_hex(32)
+
+
+class Client:
+    """One NATS connection, speaking for one caller (a user or an executor) in one colony."""
+
+    def __init__(self, nc: NATS, settings: Settings, caller: str) -> None:
+        self.nc = nc
+        self.js = nc.jetstream()
+        self.settings = settings
+        self.colony = settings.colony
+        self.caller = check_name("caller", caller)
+        self.subjects = Subjects(settings.prefix)
+
+    @classmethod
+    async def connect(
+        cls, settings: Settings | None = None, *, caller: str | None = None, name: str = "colonies"
+    ) -> Client:
+        settings = settings or Settings.from_env()
+        try:
+            nc = await nats.connect(
+                settings.nats_url,
+                name=name,
+                connect_timeout=2,
+                allow_reconnect=True,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5,
+            )
+        except (OSError, nats.errors.NoServersError, nats.errors.TimeoutError) as err:
+            raise BrokerUnavailableError(
+                f"cannot reach NATS at {settings.nats_url}: is the server running? "
+                "('colonies dev' or 'colonies server start' starts one)",
+                nats_url=settings.nats_url,
+            ) from err
+        return cls(nc, settings, caller or default_caller())
+
+    async def aclose(self) -> None:
+        with contextlib.suppress(nats.errors.ConnectionClosedError):
+            await self.nc.drain()
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    # -- plumbing -----------------------------------------------------------------------
+    async def _request(
+        self,
+        op: str,
+        body: msgspec.Struct,
+        result_type: type[T],
+        *,
+        colony: str | None = None,
+        timeout: float | None = None,
+    ) -> T | None:
+        subject = self.subjects.rpc(colony or self.colony, self.caller, op)
+        try:
+            msg = await self.nc.request(
+                subject, _encode(body), timeout=timeout or self.settings.request_timeout_s
+            )
+        except nats.errors.NoRespondersError as err:
+            raise BrokerUnavailableError(
+                "no broker is answering: start one with 'colonies server start' or "
+                "'colonies broker start'"
+            ) from err
+        except nats.errors.TimeoutError as err:
+            raise BrokerUnavailableError(f"the broker did not answer {op!r} in time") from err
+        except nats.errors.MaxPayloadError as err:
+            raise InvalidSpecError(f"{op} request is too large for the server: {err}") from err
+        except nats.errors.ConnectionClosedError as err:
+            raise BrokerUnavailableError("the connection to NATS is closed") from err
+        reply = _reply_decoder.decode(msg.data)
+        if reply.error is not None:
+            raise ColoniesError.from_reply(reply.error)
+        if reply.is_empty:
+            return None
+        return msgspec.json.decode(reply.result, type=result_type)
+
+    async def _must(self, op: str, body: msgspec.Struct, result_type: type[T], **kw: Any) -> T:
+        result = await self._request(op, body, result_type, **kw)
+        if result is None:
+            raise ColoniesError(f"the broker sent an empty answer to {op!r}")
+        return result
+
+    # -- submitting ---------------------------------------------------------------------
+    async def submit(
+        self,
+        spec: FunctionSpec,
+        *,
+        process_id: str | None = None,
+        confirm: bool = True,
+        timeout: float | None = None,
+    ) -> Process | str:
+        """Submit a function spec; returns the created process (or its id without confirm).
+
+        The target colony is ``spec.conditions.colonyname`` if set, else the client's colony.
+        With ``confirm`` the call waits until the broker has created the process, and raises
+        the broker's reason if it rejected the spec.
+        """
+        spec = check_function_spec(spec)
+        colony = spec.conditions.colony_name or self.colony
+        pid = process_id or _new_id()
+        subject = self.subjects.specs(colony, spec.conditions.executor_type)
+        data = _encode(spec)
+        if not confirm:
+            await self._publish_spec(subject, data, pid)
+            return pid
+        async with self.watch(pid, colony=colony) as watch:
+            ack = await self._publish_spec(subject, data, pid)
+            if ack.duplicate:
+                return await self.get(pid, colony=colony)
+            first = await watch.next(timeout or self.settings.request_timeout_s * 2)
+            if isinstance(first, Rejection):
+                raise ColoniesError.from_reply(_rejection_reply(first))
+            return first
+
+    async def _publish_spec(self, subject: str, data: bytes, pid: str) -> Any:
+        headers = {"Nats-Msg-Id": pid, "Colonies-Initiator": self.caller}
+        try:
+            return await self.js.publish(subject, data, headers=headers)
+        except nats.errors.MaxPayloadError as err:
+            raise InvalidSpecError(
+                f"the spec is {len(data)} bytes, more than the server accepts "
+                f"({self.nc.max_payload} bytes)",
+                size=len(data),
+                max_payload=self.nc.max_payload,
+            ) from err
+        except nats.js.errors.NoStreamResponseError as err:
+            raise BrokerUnavailableError(
+                "no JetStream stream takes specs yet: has a broker ever started on this server?"
+            ) from err
+        except nats.errors.TimeoutError as err:
+            raise BrokerUnavailableError("JetStream did not acknowledge the spec in time") from err
+
+    def watch(self, process_id: str, *, colony: str | None = None) -> ProcessWatch:
+        """Subscribe to one process's events (use before acting, so nothing is missed)."""
+        return ProcessWatch(self, process_id, colony or self.colony)
+
+    async def wait(
+        self,
+        process_id: str,
+        *,
+        timeout: float = 60.0,
+        colony: str | None = None,
+    ) -> Process:
+        """Wait until the process is SUCCESS, FAILED or CANCELLED, and return it."""
+        async with self.watch(process_id, colony=colony) as watch:
+            process = await self.get(process_id, colony=colony)
+            async with asyncio.timeout(timeout):
+                while not process.state.is_terminal:
+                    event = await watch.next(None)
+                    if isinstance(event, Process):
+                        process = event
+            return process
+
+    # -- queries and control ------------------------------------------------------------
+    async def get(self, process_id: str, *, colony: str | None = None) -> Process:
+        return await self._must("get", ProcessRef(process_id=process_id), Process, colony=colony)
+
+    async def list(
+        self,
+        *,
+        state: ProcessState | None = None,
+        executor_type: str = "",
+        label: str = "",
+        limit: int = 100,
+        colony: str | None = None,
+    ) -> list[Process]:
+        query = ListProcesses(state=state, executor_type=executor_type, label=label, limit=limit)
+        return await self._request("list", query, list[Process], colony=colony) or []
+
+    async def cancel(self, process_id: str) -> Process:
+        return await self._must("cancel", ProcessRef(process_id=process_id), Process)
+
+    async def remove(self, process_id: str) -> None:
+        await self._request("remove", ProcessRef(process_id=process_id), type(None))
+
+    async def logs(self, process_id: str, *, follow: bool = False) -> AsyncIterator[LogEntry]:
+        """The process's log lines in order; with ``follow``, until the process ends."""
+        async with contextlib.AsyncExitStack() as stack:
+            ended = asyncio.Event()
+            if follow:
+                watch = await stack.enter_async_context(self.watch(process_id))
+                ended = watch.ended
+                if (await self.get(process_id)).state.is_terminal:
+                    ended.set()
+            else:
+                ended.set()
+            subject = self.subjects.logs(self.colony, process_id)
+            sub = await self.js.subscribe(
+                subject,
+                ordered_consumer=True,
+                deliver_policy=DeliverPolicy.ALL,
+                stream=self.subjects.stream_logs,
+            )
+            stack.push_async_callback(sub.unsubscribe)
+            seen = 0
+            while not ended.is_set():
+                try:
+                    msg = await sub.next_msg(timeout=_FOLLOW_TICK_S)
+                except nats.errors.TimeoutError:
+                    continue
+                seen = msg.metadata.sequence.stream
+                yield _log_decoder.decode(msg.data)
+            # Ended: an executor sends its last lines before it closes, so the stream now
+            # holds the whole log; read up to its last line.
+            last = await self._last_seq(self.subjects.stream_logs, subject)
+            while seen < last:
+                msg = await sub.next_msg(timeout=self.settings.request_timeout_s)
+                seen = msg.metadata.sequence.stream
+                yield _log_decoder.decode(msg.data)
+
+    async def _last_seq(self, stream: str, subject: str) -> int:
+        try:
+            return int((await self.js.get_last_msg(stream, subject)).seq)
+        except nats.js.errors.NotFoundError:
+            return 0
+
+    # -- colonies and executors (owner operations) --------------------------------------
+    async def colony_add(self, name: str, *, auto_approve: bool = False) -> Colony:
+        colony = Colony(name=check_name("colony", name), auto_approve=auto_approve)
+        return await self._must("colony_add", ColonyAdd(colony=colony), Colony, colony=SERVER_SCOPE)
+
+    async def colony_list(self) -> list[Colony]:
+        return await self._request("colony_list", Empty(), list[Colony], colony=SERVER_SCOPE) or []
+
+    async def colony_get(self, name: str) -> Colony:
+        return await self._must("colony_get", Named(name=name), Colony, colony=SERVER_SCOPE)
+
+    async def executor_list(self) -> list[Executor]:
+        return await self._request("executor_list", Empty(), list[Executor]) or []
+
+    async def executor_approve(self, name: str) -> Executor:
+        return await self._must("executor_approve", Named(name=name), Executor)
+
+    async def executor_reject(self, name: str) -> Executor:
+        return await self._must("executor_reject", Named(name=name), Executor)
+
+    async def executor_remove(self, name: str) -> None:
+        await self._request("executor_remove", Named(name=name), type(None))
+
+    # -- executor side ------------------------------------------------------------------
+    async def register(self, executor: Executor) -> Executor:
+        return await self._must("register", Register(executor=executor), Executor)
+
+    async def assign(self, timeout: float = 10.0) -> Process | None:
+        """Long-poll for work: a process, or None when nothing came within ``timeout``."""
+        try:
+            return await self._request(
+                "assign", Assign(timeout=timeout), Process, timeout=timeout + _ASSIGN_MARGIN_S
+            )
+        except AssignTimeoutError:
+            return None
+
+    async def close(self, process_id: str, output: list[Any] | None = None) -> Process:
+        body = Close(process_id=process_id, output=output or [])
+        return await self._must("close", body, Process)
+
+    async def fail(self, process_id: str, errors: list[str] | None = None) -> Process:
+        return await self._must("fail", Fail(process_id=process_id, errors=errors or []), Process)
+
+    async def add_logs(self, process_id: str, lines: list[str]) -> None:
+        if lines:
+            await self._request("log", LogLines(process_id=process_id, lines=lines), type(None))
+
+
+def _rejection_reply(rejection: Rejection) -> ErrorReply:
+    return ErrorReply(
+        code=rejection.code,
+        message=rejection.error,
+        detail={"process_id": rejection.process_id, "path": rejection.path},
+    )
+
+
+_TERMINAL_TOKENS = frozenset(s.token for s in ProcessState if s.is_terminal) | {"rejected"}
+
+
+class ProcessWatch:
+    """The events of one process, from the moment of subscription (core NATS)."""
+
+    def __init__(self, client: Client, process_id: str, colony: str) -> None:
+        self._client = client
+        self._subject = client.subjects.events_filter(colony=colony, process_id=process_id)
+        self._queue: asyncio.Queue[Msg] = asyncio.Queue()
+        self._sub: Subscription | None = None
+        self.ended = asyncio.Event()
+
+    async def _on_event(self, msg: Msg) -> None:
+        if msg.subject.split(".")[-2] in _TERMINAL_TOKENS:
+            self.ended.set()
+        await self._queue.put(msg)
+
+    async def __aenter__(self) -> ProcessWatch:
+        self._sub = await self._client.nc.subscribe(self._subject, cb=self._on_event)
+        # Make sure the server has the interest before the caller acts.
+        await self._client.nc.flush()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._sub is not None:
+            with contextlib.suppress(
+                nats.errors.ConnectionClosedError, nats.errors.BadSubscriptionError
+            ):
+                await self._sub.unsubscribe()
+
+    async def next(self, timeout: float | None) -> Process | Rejection:
+        async with asyncio.timeout(timeout):
+            msg = await self._queue.get()
+        if msg.subject.split(".")[-2] == "rejected":
+            return _rejection_decoder.decode(msg.data)
+        return _process_decoder.decode(msg.data)

@@ -1,0 +1,81 @@
+"""Client and broker settings, read from ``COLONIES_*`` environment variables when not given.
+
+See docs/configuration.md for the table of variables.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Literal
+
+import msgspec
+
+__all__ = ["DEFAULT_NATS_URL", "BrokerSettings", "Settings", "default_caller"]
+
+DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
+DEFAULT_COLONY = "dev"
+DEFAULT_PREFIX = "colonies"
+
+
+def default_caller() -> str:
+    """A subject-safe name for the user at this terminal."""
+    try:
+        name = getpass.getuser()
+    except Exception:  # no user database entry (containers): any name will do
+        name = "user"
+    return re.sub(r"[^A-Za-z0-9_\-]", "_", name) or "user"
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    """Where a client (CLI, SDK, executor) finds the colony."""
+
+    nats_url: str = DEFAULT_NATS_URL
+    colony: str = DEFAULT_COLONY
+    prefix: str = DEFAULT_PREFIX
+    request_timeout_s: float = 5.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+        env = os.environ if env is None else env
+        values: dict[str, object] = {
+            "nats_url": env.get("COLONIES_NATS_URL", DEFAULT_NATS_URL),
+            "colony": env.get("COLONIES_COLONY_NAME", DEFAULT_COLONY),
+            "prefix": env.get("COLONIES_PREFIX", DEFAULT_PREFIX),
+        }
+        if "COLONIES_REQUEST_TIMEOUT" in env:
+            values["request_timeout_s"] = float(env["COLONIES_REQUEST_TIMEOUT"])
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return msgspec.convert(values, cls)
+
+
+class BrokerSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """How a broker stores what it is given."""
+
+    nats_url: str = DEFAULT_NATS_URL
+    prefix: str = DEFAULT_PREFIX
+    # Directory for the SQLite index; None keeps the index in memory (rebuilt at start anyway).
+    data_dir: Path | None = None
+    # JetStream storage for streams and buckets the broker creates.
+    storage: Literal["file", "memory"] = "file"
+    # Window in which a re-published spec with the same process id is dropped by JetStream.
+    dedup_window_s: float = 120.0
+    # How many specs the broker takes from the stream at once.
+    fetch_batch: int = 256
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> BrokerSettings:
+        env = os.environ if env is None else env
+        values: dict[str, object] = {
+            "nats_url": env.get("COLONIES_NATS_URL", DEFAULT_NATS_URL),
+            "prefix": env.get("COLONIES_PREFIX", DEFAULT_PREFIX),
+        }
+        if "COLONIES_DATA_DIR" in env:
+            values["data_dir"] = env["COLONIES_DATA_DIR"]
+        if "COLONIES_STORAGE" in env:
+            values["storage"] = env["COLONIES_STORAGE"]
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return msgspec.convert(values, cls, strict=False)

@@ -1,0 +1,133 @@
+"""Every error colonyos raises, and how errors cross the wire.
+
+::
+
+    ColoniesError
+      ├─ InvalidSpecError          a spec or request that cannot be accepted (.path, .detail)
+      ├─ InvalidNameError          a colony/executor/type name that cannot be a subject token
+      ├─ NotFoundError
+      │    ├─ ColonyNotFoundError
+      │    ├─ ExecutorNotFoundError
+      │    └─ ProcessNotFoundError
+      ├─ ConflictError             already exists, or an illegal state transition
+      ├─ NotAuthorizedError        e.g. a close from an executor the process is not assigned to
+      ├─ BrokerUnavailableError    no broker answered (not started, or NATS unreachable)
+      └─ AssignTimeoutError        no work arrived before the assign timeout (also a TimeoutError)
+
+The broker answers a failed request with an :class:`ErrorReply`; the client rebuilds the same
+class through :meth:`ColoniesError.from_reply`, so callers catch the same types locally and
+remotely. Exceptions are never pickled.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import msgspec
+
+__all__ = [
+    "AssignTimeoutError",
+    "BrokerUnavailableError",
+    "ColoniesError",
+    "ColonyNotFoundError",
+    "ConflictError",
+    "ErrorReply",
+    "ExecutorNotFoundError",
+    "InvalidNameError",
+    "InvalidSpecError",
+    "NotAuthorizedError",
+    "NotFoundError",
+    "ProcessNotFoundError",
+]
+
+
+class ErrorReply(msgspec.Struct, kw_only=True, frozen=True):
+    code: str
+    message: str
+    detail: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class ColoniesError(Exception):
+    """Root of every colonyos error."""
+
+    code: ClassVar[str] = "error"
+    _by_code: ClassVar[dict[str, type[ColoniesError]]] = {}
+
+    def __init__(self, message: str, **detail: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.detail = detail
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        ColoniesError._by_code[cls.code] = cls
+
+    def __getattr__(self, name: str) -> Any:
+        # Fields such as .process_id or .path live in detail; expose them as attributes.
+        detail = self.__dict__.get("detail", {})
+        if name in detail:
+            return detail[name]
+        raise AttributeError(name)
+
+    def to_reply(self) -> ErrorReply:
+        return ErrorReply(code=self.code, message=self.message, detail=self.detail)
+
+    @staticmethod
+    def from_reply(reply: ErrorReply) -> ColoniesError:
+        cls = ColoniesError._by_code.get(reply.code, ColoniesError)
+        err = cls.__new__(cls)
+        ColoniesError.__init__(err, reply.message, **reply.detail)
+        return err
+
+
+class InvalidSpecError(ColoniesError):
+    code = "invalid"
+
+
+class InvalidNameError(InvalidSpecError):
+    code = "invalid_name"
+
+
+class NotFoundError(ColoniesError):
+    code = "not_found"
+
+
+class ColonyNotFoundError(NotFoundError):
+    code = "colony_not_found"
+
+    def __init__(self, colony_name: str) -> None:
+        super().__init__(f"colony {colony_name!r} does not exist", colony_name=colony_name)
+
+
+class ExecutorNotFoundError(NotFoundError):
+    code = "executor_not_found"
+
+    def __init__(self, colony_name: str, executor_name: str) -> None:
+        super().__init__(
+            f"executor {executor_name!r} is not registered in colony {colony_name!r}",
+            colony_name=colony_name,
+            executor_name=executor_name,
+        )
+
+
+class ProcessNotFoundError(NotFoundError):
+    code = "process_not_found"
+
+    def __init__(self, process_id: str) -> None:
+        super().__init__(f"process {process_id} does not exist", process_id=process_id)
+
+
+class ConflictError(ColoniesError):
+    code = "conflict"
+
+
+class NotAuthorizedError(ColoniesError):
+    code = "not_authorized"
+
+
+class BrokerUnavailableError(ColoniesError):
+    code = "unavailable"
+
+
+class AssignTimeoutError(ColoniesError, TimeoutError):
+    code = "assign_timeout"

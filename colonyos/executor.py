@@ -1,0 +1,302 @@
+"""Write an executor in a few lines.
+
+    app = ExecutorApp("python", name="worker-1")
+
+    @app.function
+    def add(a: int, b: int) -> int:
+        print("adding")            # becomes a line of the process's log
+        return a + b               # becomes the process's output: [a + b]
+
+    asyncio.run(app.run())
+
+A raised exception fails the process with the error text. ``run(burst=True)`` returns once no
+more work can be assigned. Only nats-py and msgspec are needed, so this runs on small devices.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import functools
+import inspect
+import io
+import logging
+import socket
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any, TextIO
+
+from colonyos.client import Client
+from colonyos.config import Settings
+from colonyos.errors import BrokerUnavailableError, ConflictError, NotAuthorizedError
+from colonyos.models import Capabilities, Executor, ExecutorState, Process
+from colonyos.subjects import check_name
+
+__all__ = ["ExecutorApp", "ProcessContext", "output_of"]
+
+logger = logging.getLogger(__name__)
+
+Handler = Callable[["ProcessContext"], Awaitable[list[Any]]]
+
+_LOG_FLUSH_S = 0.25
+_RETRY_MAX_S = 5.0
+_current: contextvars.ContextVar[ProcessContext | None] = contextvars.ContextVar(
+    "colonies_process", default=None
+)
+
+
+def output_of(value: Any) -> list[Any]:
+    """A function's return value as a process output: None -> [], tuple -> list, else [v]."""
+    if value is None:
+        return []
+    if isinstance(value, tuple):
+        return list(value)
+    return [value]
+
+
+class ProcessContext:
+    """What a handler gets: the process, and a log that streams to the colony."""
+
+    def __init__(self, process: Process, client: Client) -> None:
+        self.process = process
+        self.client = client
+        self._lines: list[str] = []
+        self._partial = ""
+
+    def log(self, line: str) -> None:
+        """Add one line to the process's log (sent in batches while the process runs)."""
+        self._lines.append(line)
+
+    def write(self, text: str) -> None:
+        """File-like: text written here is split into log lines."""
+        text = self._partial + text
+        *lines, self._partial = text.split("\n")
+        self._lines.extend(lines)
+
+    async def flush(self, final: bool = False) -> None:
+        if final and self._partial:
+            self._lines.append(self._partial)
+            self._partial = ""
+        lines, self._lines = self._lines, []
+        await self.client.add_logs(self.process.process_id, lines)
+
+
+class _RoutedStream(io.TextIOBase):
+    """Stands in for sys.stdout: text written while a process runs goes to its log."""
+
+    def __init__(self, fallback: TextIO) -> None:
+        self.fallback = fallback
+
+    def write(self, text: str) -> int:
+        ctx = _current.get()
+        if ctx is None:
+            return self.fallback.write(text)
+        ctx.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        if _current.get() is None:
+            self.fallback.flush()
+
+
+class _LogRouter(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        ctx = _current.get()
+        if ctx is not None:
+            ctx.log(self.format(record))
+
+
+@contextlib.contextmanager
+def _capture_output() -> Any:
+    original = sys.stdout
+    sys.stdout = _RoutedStream(original)  # type: ignore[assignment]
+    handler = _LogRouter()
+    logging.getLogger().addHandler(handler)
+    try:
+        yield
+    finally:
+        sys.stdout = original
+        logging.getLogger().removeHandler(handler)
+
+
+class ExecutorApp:
+    def __init__(
+        self,
+        executor_type: str,
+        name: str | None = None,
+        *,
+        settings: Settings | None = None,
+        location_name: str = "",
+        capabilities: Capabilities | None = None,
+        assign_timeout_s: float = 10.0,
+    ) -> None:
+        self.executor_type = check_name("executortype", executor_type)
+        self.name = check_name("executorname", name or f"{executor_type}-{socket.gethostname()}")
+        self.settings = settings or Settings.from_env()
+        self.location_name = location_name
+        self.capabilities = capabilities or Capabilities()
+        self.assign_timeout_s = assign_timeout_s
+        self.handlers: dict[str, Handler] = {}
+        self.default_handler: Handler | None = None
+        self.ready = asyncio.Event()
+        self.registered: Executor | None = None
+        self.processed = 0
+        self._stopping = asyncio.Event()
+
+    # -- registering work ---------------------------------------------------------------
+    def function(self, fn: Callable[..., Any] | None = None, *, name: str | None = None) -> Any:
+        """Register a Python function (sync or async) for the funcname ``name or fn.__name__``."""
+
+        def register(f: Callable[..., Any]) -> Callable[..., Any]:
+            self.handlers[name or f.__name__] = _call_function(f)
+            return f
+
+        return register(fn) if fn is not None else register
+
+    def handler(self, func_name: str | None = None) -> Callable[[Handler], Handler]:
+        """Register a raw handler ``async (ctx) -> output`` for one funcname, or for all."""
+
+        def register(h: Handler) -> Handler:
+            if func_name is None:
+                self.default_handler = h
+            else:
+                self.handlers[func_name] = h
+            return h
+
+        return register
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    # -- the loop -------------------------------------------------------------------------
+    async def run(self, *, burst: bool = False) -> int:
+        """Register, then assign and execute until stopped. Returns the processes handled."""
+        async with await Client.connect(self.settings, caller=self.name, name=self.name) as client:
+            await self._register(client, burst)
+            with _capture_output():
+                while not self._stopping.is_set():
+                    process = await self._next(client, burst)
+                    if process is None:
+                        if burst:
+                            break
+                        continue
+                    await self._execute(client, process)
+        logger.info("executor %s stopped after %d processes", self.name, self.processed)
+        return self.processed
+
+    async def _register(self, client: Client, burst: bool) -> None:
+        executor = Executor(
+            executor_type=self.executor_type,
+            executor_name=self.name,
+            location_name=self.location_name,
+            capabilities=self.capabilities,
+        )
+        self.registered = await client.register(executor)
+        if self.registered.state is not ExecutorState.APPROVED:
+            if burst:
+                raise NotAuthorizedError(
+                    f"executor {self.name!r} is {self.registered.state.name}: approve it with "
+                    f"'colonies executor approve --name {self.name}'",
+                    executor_name=self.name,
+                )
+            logger.warning(
+                "executor %s is %s; waiting for 'colonies executor approve --name %s'",
+                self.name,
+                self.registered.state.name,
+                self.name,
+            )
+        self.ready.set()
+
+    async def _next(self, client: Client, burst: bool) -> Process | None:
+        timeout = 0.0 if burst else self.assign_timeout_s
+        delay = 0.5
+        while not self._stopping.is_set():
+            assign = asyncio.ensure_future(client.assign(timeout))
+            stop = asyncio.ensure_future(self._stopping.wait())
+            try:
+                await asyncio.wait({assign, stop}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stop.cancel()
+            if not assign.done():
+                assign.cancel()
+                with contextlib.suppress(asyncio.CancelledError, BrokerUnavailableError):
+                    await assign
+                return None
+            try:
+                return assign.result()
+            except (BrokerUnavailableError, NotAuthorizedError) as err:
+                if burst:
+                    raise
+                logger.warning("assign failed (%s); retrying in %.1fs", err.message, delay)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await self._stopping.wait()
+                delay = min(delay * 2, _RETRY_MAX_S)
+        return None
+
+    async def _execute(self, client: Client, process: Process) -> None:
+        handler = self.handlers.get(process.spec.func_name, self.default_handler)
+        pid = process.process_id
+        if handler is None:
+            known = ", ".join(sorted(self.handlers)) or "none"
+            await self._finish(
+                client.fail(
+                    pid,
+                    [
+                        f"executor {self.name!r} has no function {process.spec.func_name!r} "
+                        f"(it has: {known})"
+                    ],
+                )
+            )
+            return
+        ctx = ProcessContext(process, client)
+        token = _current.set(ctx)
+        flusher = asyncio.create_task(self._flush_periodically(ctx))
+        try:
+            output = await handler(ctx)
+        except Exception as err:
+            logger.info("process %s failed: %s", pid, err)
+            await self._stop_flusher(flusher, ctx)
+            await self._finish(client.fail(pid, [f"{type(err).__name__}: {err}"]))
+        else:
+            await self._stop_flusher(flusher, ctx)
+            await self._finish(client.close(pid, output))
+        finally:
+            _current.reset(token)
+            self.processed += 1
+
+    async def _finish(self, closing: Awaitable[Process]) -> None:
+        try:
+            await closing
+        except (ConflictError, NotAuthorizedError) as err:
+            # Cancelled, or re-queued after this executor was presumed lost: not ours to close.
+            logger.warning("result not accepted: %s", err.message)
+
+    @staticmethod
+    async def _flush_periodically(ctx: ProcessContext) -> None:
+        while True:
+            await asyncio.sleep(_LOG_FLUSH_S)
+            await ctx.flush()
+
+    @staticmethod
+    async def _stop_flusher(flusher: asyncio.Task[None], ctx: ProcessContext) -> None:
+        flusher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await flusher
+        await ctx.flush(final=True)
+
+
+def _call_function(fn: Callable[..., Any]) -> Handler:
+    """Adapt ``fn(*args, **kwargs)`` to a handler; sync functions run in a worker thread."""
+
+    @functools.wraps(fn)
+    async def handler(ctx: ProcessContext) -> list[Any]:
+        spec = ctx.process.spec
+        if inspect.iscoroutinefunction(fn):
+            value = await fn(*spec.args, **spec.kwargs)
+        else:
+            value = await asyncio.to_thread(fn, *spec.args, **spec.kwargs)
+        return output_of(value)
+
+    return handler

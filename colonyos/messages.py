@@ -1,0 +1,103 @@
+"""Request and reply bodies of the broker's request/reply operations.
+
+The operation is the last token of the rpc subject (``<prefix>.<colony>.rpc.<caller>.<op>``),
+so each body is a plain Struct and the broker picks the decoder from the subject. Every reply
+is a :class:`Reply`: either ``result`` (raw JSON, decoded by the caller into the type it
+expects) or ``error``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import msgspec
+
+from colonyos.errors import ErrorReply
+from colonyos.models import Colony, Executor, Model, ProcessState
+
+__all__ = [
+    "Assign",
+    "Close",
+    "ColonyAdd",
+    "Empty",
+    "Fail",
+    "ListProcesses",
+    "LogLines",
+    "Named",
+    "ProcessRef",
+    "Register",
+    "Rejection",
+    "Reply",
+]
+
+
+class Empty(Model, kw_only=True):
+    pass
+
+
+class Assign(Model, kw_only=True):
+    timeout: float = 10.0
+
+
+class ProcessRef(Model, kw_only=True):
+    process_id: str
+
+
+class Close(Model, kw_only=True):
+    process_id: str
+    output: list[Any] = msgspec.field(default_factory=list, name="out")
+
+
+class Fail(Model, kw_only=True):
+    process_id: str
+    errors: list[str] = msgspec.field(default_factory=list)
+
+
+class LogLines(Model, kw_only=True):
+    process_id: str
+    lines: list[str]
+
+
+class ListProcesses(Model, kw_only=True):
+    state: ProcessState | None = None
+    executor_type: str = ""
+    label: str = ""
+    since: datetime | None = None
+    until: datetime | None = None
+    limit: int = 100
+
+
+class Register(Model, kw_only=True):
+    executor: Executor
+
+
+class Named(Model, kw_only=True):
+    name: str
+
+
+class ColonyAdd(Model, kw_only=True):
+    colony: Colony
+
+
+class Rejection(Model, kw_only=True):
+    """Body of a ``rejected`` event: a submission that did not become a process."""
+
+    process_id: str
+    colony_name: str
+    executor_type: str
+    error: str
+    code: str = "invalid"
+    path: str = ""
+
+
+_NULL = msgspec.Raw(b"null")
+
+
+class Reply(msgspec.Struct, kw_only=True, omit_defaults=True):
+    result: msgspec.Raw = _NULL
+    error: ErrorReply | None = None
+
+    @property
+    def is_empty(self) -> bool:
+        return bytes(self.result) == b"null"

@@ -1,0 +1,215 @@
+"""Loading and checking user-authored function and workflow specs.
+
+Colonies' JSON formats are accepted unchanged. Unknown keys are reported by their path
+(``$.conditions.processes-per-node``) as warnings, or as errors in strict mode; a wrong type or
+a missing required field is always an :class:`InvalidSpecError` naming the field.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from msgspec import inspect as mi
+
+from colonyos.errors import InvalidSpecError
+from colonyos.models import NO_LIMIT, FunctionSpec, WorkflowSpec
+from colonyos.resources import parse_bytes, parse_cpu_millis
+from colonyos.subjects import check_name
+
+__all__ = [
+    "check_function_spec",
+    "decode_function_spec",
+    "load_function_spec",
+    "load_workflow_spec",
+    "unknown_keys",
+]
+
+_json_decoder = msgspec.json.Decoder()
+_spec_decoder = msgspec.json.Decoder(FunctionSpec)
+
+# Keys of older Colonies releases, with what replaced them, to make the error useful.
+_LEGACY_KEYS = {"func": "funcname", "name": "nodename", "runtimetype": "executortype"}
+
+
+def _invalid(path: str, reason: str) -> InvalidSpecError:
+    return InvalidSpecError(f"{path}: {reason}", path=path, reason=reason)
+
+
+def _from_validation(err: msgspec.ValidationError) -> InvalidSpecError:
+    text = str(err)
+    path = "$"
+    if " - at `" in text:
+        text, _, rest = text.partition(" - at `")
+        path = rest.rstrip("`")
+    return _invalid(path, text[0].lower() + text[1:] if text else text)
+
+
+def _parse_json(data: bytes | str) -> Any:
+    try:
+        return _json_decoder.decode(data)
+    except msgspec.DecodeError as err:
+        raise InvalidSpecError(f"malformed JSON: {err}", path="$", reason=str(err)) from err
+
+
+def _struct_info(t: mi.Type) -> mi.StructType | None:
+    if isinstance(t, mi.StructType):
+        return t
+    if isinstance(t, mi.UnionType):
+        for member in t.types:
+            if isinstance(member, mi.StructType):
+                return member
+    return None
+
+
+def unknown_keys(obj: Any, model: type[msgspec.Struct], path: str = "$") -> list[str]:
+    """Paths of the keys in ``obj`` that ``model`` does not know, depth first."""
+    info = mi.type_info(model)
+    assert isinstance(info, mi.StructType)
+    return _unknown(obj, info, path)
+
+
+def _unknown(obj: Any, info: mi.StructType, path: str) -> list[str]:
+    if not isinstance(obj, dict):
+        return []
+    fields = {f.encode_name: f for f in info.fields}
+    found: list[str] = []
+    for key, value in obj.items():
+        f = fields.get(key)
+        if f is None:
+            found.append(f"{path}.{key}")
+            continue
+        nested = _struct_info(f.type)
+        if nested is not None:
+            found.extend(_unknown(value, nested, f"{path}.{key}"))
+        elif isinstance(f.type, mi.ListType) and isinstance(value, list):
+            item = _struct_info(f.type.item_type)
+            if item is not None:
+                for i, element in enumerate(value):
+                    found.extend(_unknown(element, item, f"{path}.{key}[{i}]"))
+    return found
+
+
+def check_function_spec(spec: FunctionSpec, path: str = "$") -> FunctionSpec:
+    """Required fields, resource quantities and name tokens; normalises limits.
+
+    Returns the normalised spec (0 limits become -1, "no limit").
+    """
+    cond = spec.conditions
+    if not spec.func_name:
+        raise _invalid(f"{path}.funcname", "required field is missing or empty")
+    if not cond.executor_type:
+        raise _invalid(f"{path}.conditions.executortype", "required field is missing or empty")
+    names = [("executortype", cond.executor_type)]
+    if cond.colony_name:
+        names.append(("colonyname", cond.colony_name))
+    for key, value in names:
+        try:
+            check_name(key, value)
+        except InvalidSpecError as err:
+            raise _invalid(f"{path}.conditions.{key}", err.message) from None
+    for key, value, parse in (
+        ("cpu", cond.cpu, parse_cpu_millis),
+        ("mem", cond.mem, parse_bytes),
+        ("storage", cond.storage, parse_bytes),
+        ("gpu.mem", cond.gpu.mem, parse_bytes),
+    ):
+        try:
+            parse(value)
+        except ValueError as err:
+            raise _invalid(f"{path}.conditions.{key}", str(err)) from None
+    if spec.max_wait_time == 0 or spec.max_exec_time == 0:
+        spec = msgspec.structs.replace(
+            spec,
+            max_wait_time=spec.max_wait_time or NO_LIMIT,
+            max_exec_time=spec.max_exec_time or NO_LIMIT,
+        )
+    return spec
+
+
+def decode_function_spec(data: bytes) -> FunctionSpec:
+    """The broker's fast path: decode and check, ignoring unknown keys."""
+    try:
+        spec = _spec_decoder.decode(data)
+    except msgspec.ValidationError as err:
+        raise _from_validation(err) from err
+    except msgspec.DecodeError as err:
+        raise InvalidSpecError(f"malformed JSON: {err}", path="$", reason=str(err)) from err
+    return check_function_spec(spec)
+
+
+def _legacy_hint(obj: Any, err: InvalidSpecError, base: str) -> InvalidSpecError:
+    if not isinstance(obj, dict):
+        return err
+    for old, new in _LEGACY_KEYS.items():
+        if old in obj and err.detail.get("path") in (f"{base}.{new}", f"{base}.conditions.{new}"):
+            return _invalid(
+                err.detail["path"],
+                f"{err.detail['reason']} (the legacy key '{old}' is not read; rename it to "
+                f"'{new}')",
+            )
+    return err
+
+
+def _convert_spec(obj: Any, path: str) -> FunctionSpec:
+    try:
+        spec = msgspec.convert(obj, FunctionSpec)
+    except msgspec.ValidationError as err:
+        inner = _from_validation(err)
+        sub = inner.detail["path"].removeprefix("$")
+        raise _invalid(f"{path}{sub}", inner.detail["reason"]) from err
+    try:
+        return check_function_spec(spec, path)
+    except InvalidSpecError as err:
+        raise _legacy_hint(obj, err, path) from None
+
+
+def _apply_strict(warnings: list[str], strict: bool) -> list[str]:
+    if strict and warnings:
+        raise InvalidSpecError(
+            "unknown keys (strict mode): " + ", ".join(warnings),
+            path=warnings[0],
+            reason="unknown key",
+            unknown=warnings,
+        )
+    return warnings
+
+
+def load_function_spec(
+    data: bytes | str, *, strict: bool = False
+) -> tuple[FunctionSpec, list[str]]:
+    """Parse a function spec file. Returns the spec and the paths of ignored unknown keys."""
+    obj = _parse_json(data)
+    if not isinstance(obj, dict):
+        raise _invalid("$", f"expected a JSON object (a function spec), got {type(obj).__name__}")
+    warnings = _apply_strict(unknown_keys(obj, FunctionSpec), strict)
+    return _convert_spec(obj, "$"), warnings
+
+
+def load_workflow_spec(
+    data: bytes | str, *, strict: bool = False
+) -> tuple[WorkflowSpec, list[str]]:
+    """Parse a workflow file: a JSON list of function specs, or ``{colonyname, functionspecs}``."""
+    obj = _parse_json(data)
+    if isinstance(obj, list):
+        obj = {"functionspecs": obj}
+        base = "$"
+    elif isinstance(obj, dict):
+        base = "$.functionspecs"
+    else:
+        raise _invalid("$", "expected a JSON list of function specs or a workflow object")
+    items = obj.get("functionspecs")
+    if not isinstance(items, list) or not items:
+        raise _invalid(base, "a workflow needs a non-empty list of function specs")
+    warnings = [w for w in unknown_keys(obj, WorkflowSpec) if not w.startswith("$.functionspecs")]
+    specs = []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise _invalid(f"{base}[{i}]", "expected a function spec object")
+        warnings.extend(unknown_keys(item, FunctionSpec, f"{base}[{i}]"))
+        specs.append(_convert_spec(item, f"{base}[{i}]"))
+    _apply_strict(warnings, strict)
+    colony = obj.get("colonyname", "")
+    if not isinstance(colony, str):
+        raise _invalid("$.colonyname", f"expected a string, got {type(colony).__name__}")
+    return WorkflowSpec(colony_name=colony, function_specs=specs), warnings

@@ -1,0 +1,162 @@
+"""Every NATS subject, stream, consumer and KV bucket name. Nothing else builds these strings.
+
+All names derive from a *prefix* (default ``colonies``) so that one NATS server can host
+several installations, and every test its own.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from colonyos.errors import InvalidNameError
+
+__all__ = ["RPC_OPS", "Subjects", "check_name"]
+
+_TOKEN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,127}$")
+
+# The broker's request/reply operations; the op is the last token of the rpc subject.
+RPC_OPS = (
+    "assign",
+    "close",
+    "fail",
+    "log",
+    "get",
+    "list",
+    "cancel",
+    "remove",
+    "register",
+    "executor_list",
+    "executor_approve",
+    "executor_reject",
+    "executor_remove",
+    "colony_add",
+    "colony_list",
+    "colony_get",
+    "colony_remove",
+)
+
+# The rpc "colony" token for requests that concern the whole server (colony add/list).
+SERVER_SCOPE = "_server"
+
+
+def check_name(kind: str, name: str) -> str:
+    """Validate a colony, executor or executor type name once, where it enters the system."""
+    if not _TOKEN.match(name):
+        raise InvalidNameError(
+            f"{kind} {name!r} is not a valid name: use 1-128 letters, digits, '_' or '-', "
+            "starting with a letter or digit",
+            field=kind,
+            value=name,
+        )
+    return name
+
+
+@dataclass(frozen=True, slots=True)
+class Subjects:
+    prefix: str = "colonies"
+
+    def __post_init__(self) -> None:
+        check_name("prefix", self.prefix)
+
+    # -- submissions ------------------------------------------------------------------
+    def specs(self, colony: str, executor_type: str) -> str:
+        return f"{self.prefix}.{colony}.specs.{executor_type}"
+
+    def workflows(self, colony: str) -> str:
+        return f"{self.prefix}.{colony}.workflows"
+
+    @property
+    def specs_filter(self) -> str:
+        return f"{self.prefix}.*.specs.*"
+
+    @property
+    def workflows_filter(self) -> str:
+        return f"{self.prefix}.*.workflows"
+
+    @property
+    def stream_specs(self) -> str:
+        return f"{self._upper}_SPECS"
+
+    @property
+    def consumer_specs(self) -> str:
+        return "broker"
+
+    # -- lifecycle events -------------------------------------------------------------
+    def event(self, colony: str, executor_type: str, state: str, process_id: str) -> str:
+        return f"{self.prefix}.{colony}.events.{executor_type}.{state}.{process_id}"
+
+    def events_filter(
+        self,
+        colony: str = "*",
+        executor_type: str = "*",
+        state: str = "*",
+        process_id: str = "*",
+    ) -> str:
+        return self.event(colony, executor_type, state, process_id)
+
+    @property
+    def events_all(self) -> str:
+        return f"{self.prefix}.*.events.>"
+
+    @property
+    def stream_events(self) -> str:
+        return f"{self._upper}_EVENTS"
+
+    # -- logs -------------------------------------------------------------------------
+    def logs(self, colony: str, process_id: str) -> str:
+        return f"{self.prefix}.{colony}.logs.{process_id}"
+
+    @property
+    def logs_all(self) -> str:
+        return f"{self.prefix}.*.logs.*"
+
+    @property
+    def stream_logs(self) -> str:
+        return f"{self._upper}_LOGS"
+
+    # -- requests to the broker -------------------------------------------------------
+    def rpc(self, colony: str, caller: str, op: str) -> str:
+        return f"{self.prefix}.{colony}.rpc.{caller}.{op}"
+
+    @property
+    def rpc_all(self) -> str:
+        return f"{self.prefix}.*.rpc.*.*"
+
+    @property
+    def rpc_queue_group(self) -> str:
+        return f"{self.prefix}-brokers"
+
+    def parse_rpc(self, subject: str) -> tuple[str, str, str]:
+        """``<prefix>.<colony>.rpc.<caller>.<op>`` -> (colony, caller, op)."""
+        parts = subject.split(".")
+        return parts[-4], parts[-2], parts[-1]
+
+    # -- KV buckets -------------------------------------------------------------------
+    @property
+    def bucket_processes(self) -> str:
+        return f"{self.prefix}-processes"
+
+    @property
+    def bucket_executors(self) -> str:
+        return f"{self.prefix}-executors"
+
+    @property
+    def bucket_colonies(self) -> str:
+        return f"{self.prefix}-colonies"
+
+    @property
+    def bucket_graphs(self) -> str:
+        return f"{self.prefix}-graphs"
+
+    @staticmethod
+    def process_key(colony: str, process_id: str) -> str:
+        return f"{colony}.{process_id}"
+
+    @staticmethod
+    def executor_key(colony: str, executor_name: str) -> str:
+        return f"{colony}.{executor_name}"
+
+    @property
+    def _upper(self) -> str:
+        return self.prefix.upper().replace("-", "_")

@@ -1,0 +1,24 @@
+"""The echo executor: every function returns its args (and logs them)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from colonyos.config import Settings
+from colonyos.executor import ExecutorApp, ProcessContext
+
+__all__ = ["build"]
+
+
+def build(
+    settings: Settings | None = None, executor_type: str = "echo", name: str | None = None
+) -> ExecutorApp:
+    app = ExecutorApp(executor_type, name, settings=settings)
+
+    @app.handler()
+    async def echo(ctx: ProcessContext) -> list[Any]:
+        spec = ctx.process.spec
+        ctx.log(f"{spec.func_name} {' '.join(str(a) for a in spec.args)}".rstrip())
+        return list(spec.args)
+
+    return app

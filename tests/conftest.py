@@ -1,0 +1,122 @@
+"""Fixtures: one real nats-server per session, an isolated prefix per test, a live broker."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import nats
+import pytest
+
+from colonyos.broker import Broker
+from colonyos.client import Client
+from colonyos.config import BrokerSettings, Settings
+from colonyos.natsserver import NatsServer
+from colonyos.subjects import Subjects
+
+COLONY = "dev"
+
+
+@pytest.fixture(scope="session")
+def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    server = NatsServer(tmp_path_factory.mktemp("jetstream"), port=0).start()
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"t{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def settings(nats_url: str, prefix: str) -> Settings:
+    return Settings(nats_url=nats_url, colony=COLONY, prefix=prefix, request_timeout_s=5.0)
+
+
+@pytest.fixture
+def broker_settings(nats_url: str, prefix: str) -> BrokerSettings:
+    return BrokerSettings(nats_url=nats_url, prefix=prefix, storage="memory")
+
+
+async def _drop_streams(nats_url: str, prefix: str) -> None:
+    nc = await nats.connect(nats_url)
+    try:
+        js = nc.jetstream()
+        upper = Subjects(prefix)._upper
+        for info in await js.streams_info():
+            name = info.config.name
+            if name.startswith(upper + "_") or name.startswith(f"KV_{prefix}-"):
+                await js.delete_stream(name)
+    finally:
+        await nc.close()
+
+
+@contextlib.asynccontextmanager
+async def running_broker(broker_settings: BrokerSettings) -> AsyncIterator[Broker]:
+    broker = Broker(broker_settings)
+    task = asyncio.create_task(broker.run())
+    ready = asyncio.create_task(broker.ready.wait())
+    await asyncio.wait({task, ready}, timeout=10, return_when=asyncio.FIRST_COMPLETED)
+    if not broker.ready.is_set():
+        ready.cancel()
+        if task.done():
+            task.result()  # raises the broker's start-up error
+        pytest.fail("broker did not become ready within 10 s")
+    try:
+        yield broker
+    finally:
+        broker.stop()
+        async with asyncio.timeout(10):
+            await task
+
+
+@pytest.fixture
+async def broker(broker_settings: BrokerSettings) -> AsyncIterator[Broker]:
+    async with running_broker(broker_settings) as b:
+        yield b
+    await _drop_streams(broker_settings.nats_url, broker_settings.prefix)
+
+
+@pytest.fixture
+async def client(broker: Broker, settings: Settings) -> AsyncIterator[Client]:
+    """A user client of colony ``dev`` (created with auto-approve)."""
+    c = await Client.connect(settings, caller="tester")
+    await c.colony_add(COLONY, auto_approve=True)
+    yield c
+    await c.aclose()
+
+
+@pytest.fixture
+def live_system(broker_settings: BrokerSettings, settings: Settings) -> Iterator[Settings]:
+    """A broker on its own thread and event loop, for synchronous tests (CLI)."""
+    loop = asyncio.new_event_loop()
+    started = threading.Event()
+    holder: dict[str, Broker] = {}
+
+    async def main() -> None:
+        async with running_broker(broker_settings) as b:
+            holder["broker"] = b
+            c = await Client.connect(settings, caller="tester")
+            await c.colony_add(COLONY, auto_approve=True)
+            await c.aclose()
+            started.set()
+            await b._stopping.wait()
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(main(),), daemon=True)
+    thread.start()
+    assert started.wait(15), "broker thread did not start"
+    yield settings
+    loop.call_soon_threadsafe(holder["broker"].stop)
+    thread.join(15)
+    loop.run_until_complete(_drop_streams(broker_settings.nats_url, broker_settings.prefix))
+    loop.close()
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    return tmp_path / "data"

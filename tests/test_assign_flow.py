@@ -1,0 +1,156 @@
+"""submit -> assign -> close, end to end over a real nats-server."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from colonyos.client import Client
+from colonyos.errors import ConflictError, NotAuthorizedError
+from colonyos.models import Conditions, Executor, FunctionSpec, Process, ProcessState
+
+from .conftest import COLONY
+
+
+def spec(executor_type: str = "echo", **kw: object) -> FunctionSpec:
+    conditions = Conditions(executor_type=executor_type, **kw.pop("conditions", {}))
+    return FunctionSpec(func_name=str(kw.pop("func_name", "echo")), conditions=conditions, **kw)
+
+
+async def executor_client(settings, name: str, executor_type: str = "echo", **kw: object) -> Client:
+    c = await Client.connect(settings, caller=name)
+    await c.register(Executor(executor_name=name, executor_type=executor_type, **kw))
+    return c
+
+
+async def test_submit_assign_close(client: Client, settings) -> None:
+    submitted = await client.submit(spec(args=["hello"]))
+    assert isinstance(submitted, Process)
+    assert submitted.state is ProcessState.WAITING
+    assert submitted.colony_name == COLONY
+
+    ex = await executor_client(settings, "e1")
+    assigned = await ex.assign(timeout=2)
+    assert assigned is not None and assigned.process_id == submitted.process_id
+    assert assigned.state is ProcessState.RUNNING and assigned.is_assigned
+
+    closed = await ex.close(assigned.process_id, ["hello"])
+    assert closed.state is ProcessState.SUCCESS
+    done = await client.wait(submitted.process_id, timeout=5)
+    assert done.output == ["hello"]
+    assert done.end_time >= done.start_time >= done.submission_time
+    await ex.aclose()
+
+
+async def test_failure_path(client: Client, settings) -> None:
+    p = await client.submit(spec())
+    ex = await executor_client(settings, "e1")
+    got = await ex.assign(timeout=2)
+    assert got is not None
+    failed = await ex.fail(got.process_id, ["boom"])
+    assert failed.state is ProcessState.FAILED and failed.errors == ["boom"]
+    assert (await client.get(p.process_id)).state is ProcessState.FAILED
+    await ex.aclose()
+
+
+async def test_only_the_assigned_executor_can_close(client: Client, settings) -> None:
+    await client.submit(spec())
+    owner = await executor_client(settings, "owner")
+    other = await executor_client(settings, "other")
+    got = await owner.assign(timeout=2)
+    assert got is not None
+    with pytest.raises(NotAuthorizedError):
+        await other.close(got.process_id, ["stolen"])
+    with pytest.raises(NotAuthorizedError):
+        await other.fail(got.process_id, ["nope"])
+    assert (await client.get(got.process_id)).state is ProcessState.RUNNING
+    await owner.close(got.process_id, [])
+    with pytest.raises(ConflictError):
+        await owner.close(got.process_id, [])
+    await owner.aclose()
+    await other.aclose()
+
+
+async def test_priority_order_then_fifo(client: Client, settings) -> None:
+    low = await client.submit(spec(priority=0, args=["low-1"]))
+    low2 = await client.submit(spec(priority=0, args=["low-2"]))
+    high = await client.submit(spec(priority=5, args=["high"]))
+    ex = await executor_client(settings, "e1")
+    order = []
+    for _ in range(3):
+        got = await ex.assign(timeout=2)
+        assert got is not None
+        order.append(got.process_id)
+        await ex.close(got.process_id, [])
+    assert order == [high.process_id, low.process_id, low2.process_id]
+    await ex.aclose()
+
+
+async def test_executor_names_and_location_matching(client: Client, settings) -> None:
+    named = await client.submit(spec(conditions={"executor_names": ["wanted"]}))
+    located = await client.submit(spec(conditions={"location_name": "lab"}))
+    other = await executor_client(settings, "other")
+    assert await other.assign(timeout=0) is None  # neither matches 'other' (no location)
+    wanted = await executor_client(settings, "wanted")
+    got = await wanted.assign(timeout=1)
+    assert got is not None and got.process_id == named.process_id
+    in_lab = await executor_client(settings, "labrat", location_name="lab")
+    got = await in_lab.assign(timeout=1)
+    assert got is not None and got.process_id == located.process_id
+    for c in (other, wanted, in_lab):
+        await c.aclose()
+
+
+async def test_resources_are_enforced(client: Client, settings) -> None:
+    from colonyos.models import Capabilities, Hardware
+
+    big = await client.submit(spec(conditions={"cpu": "4", "mem": "8Gi"}))
+    small = await executor_client(
+        settings, "small", capabilities=Capabilities(hardware=[Hardware(cpu="2", mem="16Gi")])
+    )
+    assert await small.assign(timeout=0) is None
+    large = await executor_client(
+        settings, "large", capabilities=Capabilities(hardware=[Hardware(cpu="4000m", mem="16Gi")])
+    )
+    got = await large.assign(timeout=1)
+    assert got is not None and got.process_id == big.process_id
+    await small.aclose()
+    await large.aclose()
+
+
+async def test_assign_long_poll_times_out_with_no_work(client: Client, settings) -> None:
+    ex = await executor_client(settings, "e1")
+    assert await ex.assign(timeout=0.2) is None
+    await ex.aclose()
+
+
+async def test_one_new_process_wakes_exactly_one_parked_executor(
+    client: Client, settings, broker
+) -> None:
+    executors = [await executor_client(settings, f"e{i}") for i in range(3)]
+    polls = [asyncio.ensure_future(ex.assign(timeout=3)) for ex in executors]
+    # Wait until all three are parked at the broker before submitting.
+    async with asyncio.timeout(5):
+        while len(broker.service.parked) < 3:
+            await asyncio.sleep(0.01)  # sleep-ok: polling broker state under a deadline
+    p = await client.submit(spec())
+    done, pending = await asyncio.wait(polls, timeout=2, return_when=asyncio.FIRST_COMPLETED)
+    assert len(done) == 1
+    got = next(iter(done)).result()
+    assert got is not None and got.process_id == p.process_id
+    # The other two are still parked, not woken with nothing.
+    assert all(not t.done() for t in pending)
+    results = await asyncio.gather(*pending)
+    assert results == [None, None]
+    for ex in executors:
+        await ex.aclose()
+
+
+async def test_same_process_id_twice_gives_one_process(client: Client, settings) -> None:
+    pid = "a" * 64
+    first = await client.submit(spec(), process_id=pid)
+    second = await client.submit(spec(), process_id=pid)
+    assert first.process_id == second.process_id == pid
+    listed = await client.list()
+    assert [p.process_id for p in listed] == [pid]
