@@ -76,6 +76,36 @@ def _new_id() -> str:
     return secrets.token_hex(32)
 
 
+_INITIAL_CONNECT_ATTEMPTS = 3
+
+
+async def _quiet_error_cb(err: Exception) -> None:
+    logger.debug("nats: %s", err)
+
+
+async def connect_nats(url: str, *, name: str) -> NATS:
+    """Connect, failing fast if no server answers; once connected, reconnect forever."""
+    try:
+        nc = await nats.connect(
+            url,
+            name=name,
+            connect_timeout=2,
+            allow_reconnect=True,
+            max_reconnect_attempts=_INITIAL_CONNECT_ATTEMPTS,
+            reconnect_time_wait=0.5,
+            error_cb=_quiet_error_cb,
+        )
+    except (OSError, nats.errors.NoServersError, nats.errors.TimeoutError) as err:
+        raise BrokerUnavailableError(
+            f"cannot reach NATS at {url}: is the server running? "
+            "('colonies dev' or 'colonies server start' starts one)",
+            nats_url=url,
+        ) from err
+    # The server was reachable: from now on, ride out restarts however long they take.
+    nc.options["max_reconnect_attempts"] = -1
+    return nc
+
+
 class Client:
     """One NATS connection, speaking for one caller (a user or an executor) in one colony."""
 
@@ -92,21 +122,7 @@ class Client:
         cls, settings: Settings | None = None, *, caller: str | None = None, name: str = "colonies"
     ) -> Client:
         settings = settings or Settings.from_env()
-        try:
-            nc = await nats.connect(
-                settings.nats_url,
-                name=name,
-                connect_timeout=2,
-                allow_reconnect=True,
-                max_reconnect_attempts=-1,
-                reconnect_time_wait=0.5,
-            )
-        except (OSError, nats.errors.NoServersError, nats.errors.TimeoutError) as err:
-            raise BrokerUnavailableError(
-                f"cannot reach NATS at {settings.nats_url}: is the server running? "
-                "('colonies dev' or 'colonies server start' starts one)",
-                nats_url=settings.nats_url,
-            ) from err
+        nc = await connect_nats(settings.nats_url, name=name)
         return cls(nc, settings, caller or default_caller())
 
     async def aclose(self) -> None:
@@ -238,7 +254,7 @@ class Client:
     async def get(self, process_id: str, *, colony: str | None = None) -> Process:
         return await self._must("get", ProcessRef(process_id=process_id), Process, colony=colony)
 
-    async def list(
+    async def list_processes(
         self,
         *,
         state: ProcessState | None = None,
@@ -293,7 +309,7 @@ class Client:
 
     async def _last_seq(self, stream: str, subject: str) -> int:
         try:
-            return int((await self.js.get_last_msg(stream, subject)).seq)
+            return int((await self.js.get_last_msg(stream, subject)).seq or 0)
         except nats.js.errors.NotFoundError:
             return 0
 

@@ -110,7 +110,7 @@ class _LogRouter(logging.Handler):
 @contextlib.contextmanager
 def _capture_output() -> Any:
     original = sys.stdout
-    sys.stdout = _RoutedStream(original)  # type: ignore[assignment]
+    sys.stdout = _RoutedStream(original)
     handler = _LogRouter()
     logging.getLogger().addHandler(handler)
     try:

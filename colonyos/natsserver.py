@@ -69,8 +69,14 @@ class NatsServer:
             args += ["-c", str(self.config)]
         args += ["-a", self.host, "-p", str(self.port if self.port else -1)]
         args += ["-js", "-sd", str(self.store_dir), *self.extra_args]
+        # A session of its own: Ctrl-C in the terminal reaches us, and we stop the server last,
+        # after the broker has drained.
         self.proc = subprocess.Popen(
-            args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+            args,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
         )
         ready, ports = threading.Event(), []
 

@@ -152,5 +152,5 @@ async def test_same_process_id_twice_gives_one_process(client: Client, settings)
     first = await client.submit(spec(), process_id=pid)
     second = await client.submit(spec(), process_id=pid)
     assert first.process_id == second.process_id == pid
-    listed = await client.list()
+    listed = await client.list_processes()
     assert [p.process_id for p in listed] == [pid]

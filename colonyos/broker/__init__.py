@@ -10,11 +10,13 @@ from contextlib import AsyncExitStack
 import nats
 import nats.errors
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig
 
 from colonyos.broker.index import ProcessIndex
 from colonyos.broker.service import Service
 from colonyos.broker.store import ProcessStore
+from colonyos.client import connect_nats
 from colonyos.config import BrokerSettings
 from colonyos.subjects import Subjects
 
@@ -46,12 +48,7 @@ class Broker:
     async def run(self) -> None:
         s = self.settings
         async with AsyncExitStack() as stack:
-            nc: NATS = await nats.connect(
-                s.nats_url,
-                name="colonies-broker",
-                max_reconnect_attempts=-1,
-                reconnect_time_wait=0.5,
-            )
+            nc: NATS = await connect_nats(s.nats_url, name="colonies-broker")
             stack.push_async_callback(self._drain, nc)
             js = nc.jetstream()
             store = ProcessStore(
@@ -92,7 +89,7 @@ class Broker:
                     await specs.unsubscribe()
                 await self._finish_inflight()
 
-    async def _spawn_handler(self, msg: nats.aio.msg.Msg) -> None:
+    async def _spawn_handler(self, msg: Msg) -> None:
         assert self.service is not None
         task = asyncio.create_task(self.service.handle(msg))
         self._inflight.add(task)

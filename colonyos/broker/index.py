@@ -69,9 +69,10 @@ class ProcessIndex:
             conn.execute("PRAGMA synchronous=NORMAL")
         db = sqlite_utils.Database(conn)
         # A projection: start empty and refill from KV, so a stale or foreign file is harmless.
-        if _TABLE in db.table_names():
-            db[_TABLE].drop()
-        db[_TABLE].create(
+        table = db.table(_TABLE)
+        if table.exists():
+            table.drop()
+        table.create(
             {
                 "processid": str,
                 "colony": str,
@@ -85,8 +86,8 @@ class ProcessIndex:
             },
             pk="processid",
         )
-        db[_TABLE].create_index(["colony", "state", "submissiontime"])
-        db[_TABLE].create_index(["colony", "executortype"])
+        table.create_index(["colony", "state", "submissiontime"])
+        table.create_index(["colony", "executortype"])
         self._db = db
 
     async def close(self) -> None:

@@ -94,7 +94,7 @@ class Service:
             "fail": (msgspec.json.Decoder(Fail), self.fail),
             "log": (msgspec.json.Decoder(LogLines), self.log),
             "get": (msgspec.json.Decoder(ProcessRef), self.get),
-            "list": (msgspec.json.Decoder(ListProcesses), self.list),
+            "list": (msgspec.json.Decoder(ListProcesses), self.list_processes),
             "cancel": (msgspec.json.Decoder(ProcessRef), self.cancel),
             "remove": (msgspec.json.Decoder(ProcessRef), self.remove),
             "register": (msgspec.json.Decoder(Register), self.register),
@@ -416,7 +416,7 @@ class Service:
         process, _ = await self.store.get(colony, req.process_id)
         return process
 
-    async def list(self, colony: str, caller: str, req: ListProcesses) -> msgspec.Raw:
+    async def list_processes(self, colony: str, caller: str, req: ListProcesses) -> msgspec.Raw:
         return msgspec.Raw(await self.index.query(colony, req))
 
     async def cancel(self, colony: str, caller: str, req: ProcessRef) -> Process:

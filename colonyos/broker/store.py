@@ -126,7 +126,7 @@ class ProcessStore:
             raise ProcessNotFoundError(process_id) from None
         except nats.js.errors.InvalidKeyError:
             raise ProcessNotFoundError(process_id) from None
-        return _process_decoder.decode(entry.value), int(entry.revision)
+        return _process_decoder.decode(entry.value or b""), int(entry.revision or 0)
 
     async def update(self, process: Process, revision: int) -> int:
         key = self.subjects.process_key(process.colony_name, process.process_id)
@@ -143,7 +143,7 @@ class ProcessStore:
     async def all_processes(self) -> AsyncIterator[tuple[Process, int]]:
         """Every stored process, latest revision only (used to rebuild queue and index)."""
         async for entry in self._snapshot(self.processes):
-            yield _process_decoder.decode(entry.value), int(entry.revision)
+            yield _process_decoder.decode(entry.value or b""), int(entry.revision or 0)
 
     async def publish_event(self, process: Process, revision: int) -> None:
         subject = self.subjects.event(
@@ -169,7 +169,7 @@ class ProcessStore:
 
     async def all_executors(self) -> AsyncIterator[Executor]:
         async for entry in self._snapshot(self.executors):
-            yield _executor_decoder.decode(entry.value)
+            yield _executor_decoder.decode(entry.value or b"")
 
     async def put_colony(self, colony: Colony) -> None:
         await self.colonies.put(colony.name, _encode(colony))
@@ -179,17 +179,17 @@ class ProcessStore:
 
     async def all_colonies(self) -> AsyncIterator[Colony]:
         async for entry in self._snapshot(self.colonies):
-            yield _colony_decoder.decode(entry.value)
+            yield _colony_decoder.decode(entry.value or b"")
 
     @staticmethod
     async def _snapshot(kv: KeyValue) -> AsyncIterator[KeyValue.Entry]:
         watcher = await kv.watchall(ignore_deletes=True)
         try:
             while True:
-                entry = await watcher.updates(timeout=30)
+                entry = await watcher.updates(timeout=30)  # type: ignore[no-untyped-call]
                 if entry is None:  # the marker: every current value has been delivered
                     return
                 if entry.value:
                     yield entry
         finally:
-            await watcher.stop()
+            await watcher.stop()  # type: ignore[no-untyped-call]

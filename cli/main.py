@@ -1,0 +1,66 @@
+"""``colonies``: submit function specs, follow processes, run executors and servers."""
+
+from __future__ import annotations
+
+import logging
+
+import typer
+from rich.logging import RichHandler
+
+from colonyos.config import DEFAULT_COLONY, DEFAULT_NATS_URL, DEFAULT_PREFIX, Settings
+
+from . import colony, executor, function, log, process, server
+
+app = typer.Typer(
+    name="colonies",
+    help="ColonyOS on NATS JetStream: run function specs on executors anywhere.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    add_completion=False,
+)
+
+
+@app.callback()
+def main_options(
+    ctx: typer.Context,
+    nats: str = typer.Option(
+        DEFAULT_NATS_URL, "--nats", envvar="COLONIES_NATS_URL", help="NATS server URL."
+    ),
+    colony_name: str = typer.Option(
+        DEFAULT_COLONY, "--colony", envvar="COLONIES_COLONY_NAME", help="Colony to act in."
+    ),
+    prefix: str = typer.Option(
+        DEFAULT_PREFIX,
+        "--prefix",
+        envvar="COLONIES_PREFIX",
+        help="Subject prefix of the installation (one NATS server can host several).",
+    ),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what happens (debug)."),
+) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO if _is_service(ctx) else logging.WARNING,
+        format="%(message)s",
+        handlers=[RichHandler(show_path=False, rich_tracebacks=True)],
+        force=True,
+    )
+    if not verbose:
+        logging.getLogger("nats").setLevel(logging.CRITICAL)
+    ctx.obj = Settings(nats_url=nats, colony=colony_name, prefix=prefix)
+
+
+def _is_service(ctx: typer.Context) -> bool:
+    return ctx.invoked_subcommand in ("server", "broker", "dev", "executor")
+
+
+app.add_typer(function.app, name="function")
+app.add_typer(process.app, name="process")
+app.add_typer(log.app, name="log")
+app.add_typer(colony.app, name="colony")
+app.add_typer(executor.app, name="executor")
+app.add_typer(server.server_app, name="server")
+app.add_typer(server.broker_app, name="broker")
+app.command("dev")(server.dev)
+
+
+def main() -> None:
+    app()
