@@ -6,12 +6,13 @@ from pathlib import Path
 
 import typer
 
+from colonyos.errors import ColoniesError
 from colonyos.models import Process, ProcessState
 from colonyos.specs import load_function_spec
 
 from ._common import connect, read_file
 from ._output import console, err, print_json, process_detail
-from ._run import run
+from ._run import fail, run
 
 app = typer.Typer(help="Submit function specs.", no_args_is_help=True)
 
@@ -30,7 +31,10 @@ def submit(
 
     With --wait the exit code is 0 only if the process ended SUCCESS.
     """
-    spec, warnings = load_function_spec(read_file(spec_file, "spec file"), strict=strict)
+    try:
+        spec, warnings = load_function_spec(read_file(spec_file, "spec file"), strict=strict)
+    except ColoniesError as e:
+        raise fail(f"{spec_file}: {e.message}") from None
     for path in warnings:
         err.print(f"[yellow]warning:[/] unknown key {path} is ignored (--strict rejects it)")
 

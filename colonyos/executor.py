@@ -110,13 +110,15 @@ class _LogRouter(logging.Handler):
 @contextlib.contextmanager
 def _capture_output() -> Any:
     original = sys.stdout
-    sys.stdout = _RoutedStream(original)
+    router = _RoutedStream(original)
+    sys.stdout = router
     handler = _LogRouter()
     logging.getLogger().addHandler(handler)
     try:
         yield
     finally:
-        sys.stdout = original
+        if sys.stdout is router:  # unless someone else has replaced it since
+            sys.stdout = original
         logging.getLogger().removeHandler(handler)
 
 
@@ -143,6 +145,8 @@ class ExecutorApp:
         self.registered: Executor | None = None
         self.processed = 0
         self._stopping = asyncio.Event()
+        # print() inside Python functions becomes their log; only then is stdout routed.
+        self._capture_print = False
 
     # -- registering work ---------------------------------------------------------------
     def function(self, fn: Callable[..., Any] | None = None, *, name: str | None = None) -> Any:
@@ -150,6 +154,7 @@ class ExecutorApp:
 
         def register(f: Callable[..., Any]) -> Callable[..., Any]:
             self.handlers[name or f.__name__] = _call_function(f)
+            self._capture_print = True
             return f
 
         return register(fn) if fn is not None else register
@@ -174,7 +179,7 @@ class ExecutorApp:
         """Register, then assign and execute until stopped. Returns the processes handled."""
         async with await Client.connect(self.settings, caller=self.name, name=self.name) as client:
             await self._register(client, burst)
-            with _capture_output():
+            with _capture_output() if self._capture_print else contextlib.nullcontext():
                 while not self._stopping.is_set():
                     process = await self._next(client, burst)
                     if process is None:
@@ -238,6 +243,7 @@ class ExecutorApp:
     async def _execute(self, client: Client, process: Process) -> None:
         handler = self.handlers.get(process.spec.func_name, self.default_handler)
         pid = process.process_id
+        self.processed += 1
         if handler is None:
             known = ", ".join(sorted(self.handlers)) or "none"
             await self._finish(
@@ -264,7 +270,6 @@ class ExecutorApp:
             await self._finish(client.close(pid, output))
         finally:
             _current.reset(token)
-            self.processed += 1
 
     async def _finish(self, closing: Awaitable[Process]) -> None:
         try:

@@ -23,6 +23,7 @@ __all__ = [
     "Conditions",
     "Executor",
     "ExecutorState",
+    "Filesystem",
     "FunctionSpec",
     "Hardware",
     "Location",
@@ -114,6 +115,38 @@ class Conditions(Model, kw_only=True):
     walltime: NonNegative = 0
 
 
+class KeepLocal(Model, kw_only=True):
+    keep_local: bool = False
+
+
+class OnConflicts(Model, kw_only=True):
+    on_start: KeepLocal = field(default_factory=KeepLocal)
+    on_close: KeepLocal = field(default_factory=KeepLocal)
+
+
+class SyncDir(Model, kw_only=True):
+    label: str = ""
+    dir: str = ""
+    keep_files: bool = False
+    on_conflicts: OnConflicts = field(default_factory=OnConflicts)
+
+
+class Snapshot(Model, kw_only=True):
+    snapshot_id: str = ""
+    label: str = ""
+    dir: str = ""
+    keep_files: bool = False
+    keep_snapshot: bool = False
+
+
+class Filesystem(Model, kw_only=True):
+    """ColonyFS directives (``fs``); carried to executors that implement them."""
+
+    mount: str = ""
+    snapshots: list[Snapshot] = field(default_factory=list)
+    dirs: list[SyncDir] = field(default_factory=list)
+
+
 class FunctionSpec(Model, kw_only=True):
     node_name: str = ""
     func_name: str = ""
@@ -125,7 +158,7 @@ class FunctionSpec(Model, kw_only=True):
     max_retries: Limit = 0
     conditions: Conditions = field(default_factory=Conditions)
     label: str = ""
-    fs: dict[str, Any] = field(default_factory=dict)
+    fs: Filesystem = field(default_factory=Filesystem)
     env: dict[str, str] = field(default_factory=dict)
     channels: list[str] = field(default_factory=list)
 

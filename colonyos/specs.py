@@ -49,7 +49,16 @@ def _parse_json(data: bytes | str) -> Any:
     try:
         return _json_decoder.decode(data)
     except msgspec.DecodeError as err:
-        raise InvalidSpecError(f"malformed JSON: {err}", path="$", reason=str(err)) from err
+        raise _invalid("$", f"malformed JSON: {err}") from err
+
+
+def _without_nulls(obj: Any) -> Any:
+    """Drop ``null`` members, as Go's decoder (Colonies) reads null as the zero value."""
+    if isinstance(obj, dict):
+        return {k: _without_nulls(v) for k, v in obj.items() if v is not None}
+    if isinstance(obj, list):
+        return [_without_nulls(v) for v in obj]
+    return obj
 
 
 def _struct_info(t: mi.Type) -> mi.StructType | None:
@@ -131,10 +140,14 @@ def decode_function_spec(data: bytes) -> FunctionSpec:
     """The broker's fast path: decode and check, ignoring unknown keys."""
     try:
         spec = _spec_decoder.decode(data)
-    except msgspec.ValidationError as err:
-        raise _from_validation(err) from err
+    except msgspec.ValidationError:
+        # The slow path, for what Go accepts and a typed decode does not (null members).
+        obj = _parse_json(data)
+        if not isinstance(obj, dict):
+            raise _invalid("$", "expected a JSON object (a function spec)") from None
+        return _convert_spec(obj, "$")
     except msgspec.DecodeError as err:
-        raise InvalidSpecError(f"malformed JSON: {err}", path="$", reason=str(err)) from err
+        raise _invalid("$", f"malformed JSON: {err}") from err
     return check_function_spec(spec)
 
 
@@ -153,7 +166,7 @@ def _legacy_hint(obj: Any, err: InvalidSpecError, base: str) -> InvalidSpecError
 
 def _convert_spec(obj: Any, path: str) -> FunctionSpec:
     try:
-        spec = msgspec.convert(obj, FunctionSpec)
+        spec = msgspec.convert(_without_nulls(obj), FunctionSpec)
     except msgspec.ValidationError as err:
         inner = _from_validation(err)
         sub = inner.detail["path"].removeprefix("$")

@@ -110,11 +110,35 @@ def live_system(broker_settings: BrokerSettings, settings: Settings) -> Iterator
     thread = threading.Thread(target=loop.run_until_complete, args=(main(),), daemon=True)
     thread.start()
     assert started.wait(15), "broker thread did not start"
+    live_loops[settings.prefix] = loop
     yield settings
+    live_loops.pop(settings.prefix, None)
     loop.call_soon_threadsafe(holder["broker"].stop)
     thread.join(15)
     loop.run_until_complete(_drop_streams(broker_settings.nats_url, broker_settings.prefix))
     loop.close()
+
+
+# The event loop of each live_system, by prefix, so that tests can run executors on it.
+live_loops: dict[str, asyncio.AbstractEventLoop] = {}
+
+
+@pytest.fixture
+def live_echo(live_system: Settings) -> Iterator[Settings]:
+    """An echo executor (type echo) running on the live system's loop."""
+    loop = live_loops[live_system.prefix]
+    app = asyncio.run_coroutine_threadsafe(_build_echo(live_system), loop).result(10)
+    task = asyncio.run_coroutine_threadsafe(app.run(), loop)
+    asyncio.run_coroutine_threadsafe(app.ready.wait(), loop).result(10)
+    yield live_system
+    loop.call_soon_threadsafe(app.stop)
+    task.result(10)
+
+
+async def _build_echo(settings: Settings):  # type: ignore[no-untyped-def]
+    from colonyos.executors import echo
+
+    return echo.build(settings, "echo", "live-echo")
 
 
 @pytest.fixture
