@@ -130,7 +130,7 @@ def broker_start(
     ctx: typer.Context,
     data_dir: Path = _DATA_DIR,
 ) -> None:
-    """Start a broker against the NATS server given by --nats (several may run at once)."""
+    """Start a broker against the NATS server given by --nats."""
     settings = settings_of(ctx)
 
     async def go() -> None:

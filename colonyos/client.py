@@ -16,6 +16,7 @@ import contextlib
 import logging
 import secrets
 from collections.abc import AsyncIterator
+from datetime import datetime
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -260,10 +261,20 @@ class Client:
         state: ProcessState | None = None,
         executor_type: str = "",
         label: str = "",
+        since: datetime | None = None,
+        until: datetime | None = None,
         limit: int = 100,
         colony: str | None = None,
     ) -> list[Process]:
-        query = ListProcesses(state=state, executor_type=executor_type, label=label, limit=limit)
+        """Processes from the broker's index, newest first, filtered as asked."""
+        query = ListProcesses(
+            state=state,
+            executor_type=executor_type,
+            label=label,
+            since=since,
+            until=until,
+            limit=limit,
+        )
         return await self._request("list", query, list[Process], colony=colony) or []
 
     async def cancel(self, process_id: str) -> Process:

@@ -1,0 +1,54 @@
+"""Listing and filtering from the SQLite index, which is rebuilt from KV at start."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from colonyos.client import Client
+from colonyos.models import ProcessState, now
+
+from ..test_assign_flow import executor_client, spec
+
+
+async def test_filters(client: Client, settings) -> None:
+    t0 = now()
+    a = await client.submit(spec("echo", label="nightly"))
+    b = await client.submit(spec("other"))
+    c = await client.submit(spec("echo"))
+    ex = await executor_client(settings, "e1")
+    got = await ex.assign(timeout=1)
+    assert got is not None and got.process_id == a.process_id
+    await ex.close(got.process_id, [])
+
+    async def ids(**kw: object) -> list[str]:
+        return [p.process_id for p in await client.list_processes(**kw)]  # type: ignore[arg-type]
+
+    assert await ids() == [c.process_id, b.process_id, a.process_id]  # newest first
+    assert await ids(state=ProcessState.SUCCESS) == [a.process_id]
+    assert await ids(state=ProcessState.WAITING) == [c.process_id, b.process_id]
+    assert await ids(executor_type="other") == [b.process_id]
+    assert await ids(label="nightly") == [a.process_id]
+    assert await ids(limit=1) == [c.process_id]
+    assert await ids(since=b.submission_time) == [c.process_id, b.process_id]
+    assert await ids(until=b.submission_time) == [a.process_id]
+    assert await ids(since=t0 + timedelta(days=1)) == []
+    await client.remove(b.process_id)
+    assert await ids() == [c.process_id, a.process_id]
+    await ex.aclose()
+
+
+async def test_colonies_do_not_see_each_other(client: Client, settings) -> None:
+    await client.colony_add("other", auto_approve=True)
+    mine = await client.submit(spec())
+    async with await Client.connect(
+        settings.__class__(nats_url=settings.nats_url, colony="other", prefix=settings.prefix)
+    ) as theirs:
+        assert await theirs.list_processes() == []
+        from colonyos.errors import ProcessNotFoundError
+
+        try:
+            await theirs.get(mine.process_id)
+        except ProcessNotFoundError:
+            pass
+        else:
+            raise AssertionError("a process was visible from another colony")
