@@ -43,6 +43,7 @@ from colonyos.messages import (
     ColonyAdd,
     Empty,
     Fail,
+    Heartbeat,
     ListProcesses,
     LogLines,
     Named,
@@ -360,16 +361,36 @@ class Client:
         except AssignTimeoutError:
             return None
 
-    async def close(self, process_id: str, output: list[Any] | None = None) -> Process:
-        body = Close(process_id=process_id, output=output or [])
+    async def close(
+        self, process_id: str, output: list[Any] | None = None, *, attempt: int | None = None
+    ) -> Process:
+        """Close a process this executor runs with its output (SUCCESS).
+
+        ``attempt`` (the process's ``retries`` when it was assigned) makes the broker refuse
+        the close if the process was re-queued and assigned again since.
+        """
+        body = Close(process_id=process_id, output=output or [], attempt=attempt)
         return await self._must("close", body, Process)
 
-    async def fail(self, process_id: str, errors: list[str] | None = None) -> Process:
-        return await self._must("fail", Fail(process_id=process_id, errors=errors or []), Process)
+    async def fail(
+        self, process_id: str, errors: list[str] | None = None, *, attempt: int | None = None
+    ) -> Process:
+        body = Fail(process_id=process_id, errors=errors or [], attempt=attempt)
+        return await self._must("fail", body, Process)
 
-    async def add_logs(self, process_id: str, lines: list[str]) -> None:
+    async def add_logs(
+        self, process_id: str, lines: list[str], *, attempt: int | None = None
+    ) -> None:
         if lines:
-            await self._request("log", LogLines(process_id=process_id, lines=lines), type(None))
+            body = LogLines(process_id=process_id, lines=lines, attempt=attempt)
+            await self._request("log", body, type(None))
+
+    async def heartbeat(self, executor_id: str, running: list[str]) -> None:
+        """Tell the broker this executor is alive, and what it is running (fire and forget)."""
+        beat = Heartbeat(executor_id=executor_id, running=running)
+        subject = self.subjects.heartbeat(self.colony, self.caller)
+        with contextlib.suppress(nats.errors.Error):
+            await self.nc.publish(subject, _encode(beat))
 
 
 def _rejection_reply(rejection: Rejection) -> ErrorReply:

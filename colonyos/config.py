@@ -65,6 +65,12 @@ class BrokerSettings(msgspec.Struct, frozen=True, kw_only=True):
     dedup_window_s: float = 120.0
     # How many specs the broker takes from the stream at once.
     fetch_batch: int = 256
+    # An executor silent (no heartbeat, no request) this long is lost: its processes re-queue.
+    executor_liveness_s: float = 30.0
+    # How often the leader checks deadlines and liveness.
+    sweep_interval_s: float = 0.5
+    # The leader's lease; a standby takes over at most this long after the leader dies.
+    lease_ttl_s: float = 5.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> BrokerSettings:
@@ -77,5 +83,12 @@ class BrokerSettings(msgspec.Struct, frozen=True, kw_only=True):
             values["data_dir"] = env["COLONIES_DATA_DIR"]
         if "COLONIES_STORAGE" in env:
             values["storage"] = env["COLONIES_STORAGE"]
+        for var, key in (
+            ("COLONIES_EXECUTOR_LIVENESS", "executor_liveness_s"),
+            ("COLONIES_SWEEP_INTERVAL", "sweep_interval_s"),
+            ("COLONIES_LEASE_TTL", "lease_ttl_s"),
+        ):
+            if var in env:
+                values[key] = float(env[var])
         values.update({k: v for k, v in overrides.items() if v is not None})
         return msgspec.convert(values, cls, strict=False)

@@ -22,6 +22,7 @@ import functools
 import inspect
 import io
 import logging
+import os
 import socket
 import sys
 from collections.abc import Awaitable, Callable
@@ -30,7 +31,7 @@ from typing import Any, TextIO
 from colonyos.client import Client
 from colonyos.config import Settings
 from colonyos.errors import BrokerUnavailableError, ConflictError, NotAuthorizedError
-from colonyos.models import Capabilities, Executor, ExecutorState, Process
+from colonyos.models import Capabilities, Executor, ExecutorState, Process, ProcessState
 from colonyos.subjects import check_name
 
 __all__ = ["ExecutorApp", "ProcessContext", "output_of"]
@@ -79,7 +80,14 @@ class ProcessContext:
             self._lines.append(self._partial)
             self._partial = ""
         lines, self._lines = self._lines, []
-        await self.client.add_logs(self.process.process_id, lines)
+        try:
+            await self.client.add_logs(self.process.process_id, lines, attempt=self.process.retries)
+        except BrokerUnavailableError:
+            self._lines[:0] = lines  # keep them for the next flush
+            if final:
+                raise
+        except (ConflictError, NotAuthorizedError) as err:
+            logger.warning("log lines of %s refused: %s", self.process.process_id, err.message)
 
 
 class _RoutedStream(io.TextIOBase):
@@ -132,6 +140,7 @@ class ExecutorApp:
         location_name: str = "",
         capabilities: Capabilities | None = None,
         assign_timeout_s: float = 10.0,
+        heartbeat_s: float | None = None,
     ) -> None:
         self.executor_type = check_name("executortype", executor_type)
         self.name = check_name("executorname", name or f"{executor_type}-{socket.gethostname()}")
@@ -139,6 +148,9 @@ class ExecutorApp:
         self.location_name = location_name
         self.capabilities = capabilities or Capabilities()
         self.assign_timeout_s = assign_timeout_s
+        # Keep well under the broker's liveness window (30 s by default).
+        self.heartbeat_s = heartbeat_s or float(os.environ.get("COLONIES_HEARTBEAT", "5"))
+        self.running: set[str] = set()
         self.handlers: dict[str, Handler] = {}
         self.default_handler: Handler | None = None
         self.ready = asyncio.Event()
@@ -179,14 +191,20 @@ class ExecutorApp:
         """Register, then assign and execute until stopped. Returns the processes handled."""
         async with await Client.connect(self.settings, caller=self.name, name=self.name) as client:
             await self._register(client, burst)
-            with _capture_output() if self._capture_print else contextlib.nullcontext():
-                while not self._stopping.is_set():
-                    process = await self._next(client, burst)
-                    if process is None:
-                        if burst:
-                            break
-                        continue
-                    await self._execute(client, process)
+            beating = asyncio.create_task(self._heartbeat(client))
+            try:
+                with _capture_output() if self._capture_print else contextlib.nullcontext():
+                    while not self._stopping.is_set():
+                        process = await self._next(client, burst)
+                        if process is None:
+                            if burst:
+                                break
+                            continue
+                        await self._execute(client, process)
+            finally:
+                beating.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await beating
         logger.info("executor %s stopped after %d processes", self.name, self.processed)
         return self.processed
 
@@ -212,6 +230,12 @@ class ExecutorApp:
                 self.name,
             )
         self.ready.set()
+
+    async def _heartbeat(self, client: Client) -> None:
+        assert self.registered is not None
+        while True:
+            await client.heartbeat(self.registered.executor_id, sorted(self.running))
+            await asyncio.sleep(self.heartbeat_s)
 
     async def _next(self, client: Client, burst: bool) -> Process | None:
         timeout = 0.0 if burst else self.assign_timeout_s
@@ -257,19 +281,54 @@ class ExecutorApp:
             )
             return
         ctx = ProcessContext(process, client)
+        attempt = process.retries
         token = _current.set(ctx)
-        flusher = asyncio.create_task(self._flush_periodically(ctx))
+        self.running.add(pid)
         try:
-            output = await handler(ctx)
-        except Exception as err:
-            logger.info("process %s failed: %s", pid, err)
-            await self._stop_flusher(flusher, ctx)
-            await self._finish(client.fail(pid, [f"{type(err).__name__}: {err}"]))
-        else:
-            await self._stop_flusher(flusher, ctx)
-            await self._finish(client.close(pid, output))
+            async with client.watch(pid) as watch:
+                work: asyncio.Task[list[Any]] = asyncio.ensure_future(handler(ctx))
+                guard = asyncio.create_task(self._guard_lease(watch, process, work))
+                flusher = asyncio.create_task(self._flush_periodically(ctx))
+                try:
+                    output = await work
+                except asyncio.CancelledError:
+                    if not guard.done():
+                        raise  # the executor itself is being cancelled
+                    await self._stop_flusher(flusher, ctx, send=False)
+                    logger.info("process %s: %s; its function was stopped", pid, guard.result())
+                    return
+                except Exception as err:
+                    logger.info("process %s failed: %s", pid, err)
+                    await self._stop_flusher(flusher, ctx)
+                    await self._finish(
+                        client.fail(pid, [f"{type(err).__name__}: {err}"], attempt=attempt)
+                    )
+                else:
+                    await self._stop_flusher(flusher, ctx)
+                    await self._finish(client.close(pid, output, attempt=attempt))
+                finally:
+                    guard.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await guard
         finally:
+            self.running.discard(pid)
             _current.reset(token)
+
+    @staticmethod
+    async def _guard_lease(watch: Any, process: Process, work: asyncio.Task[Any]) -> str:
+        """Stop the function as soon as the process is cancelled or taken back."""
+        while True:
+            event = await watch.next(None)
+            if not isinstance(event, Process) or work.done():
+                continue
+            if event.state is not ProcessState.RUNNING or event.retries != process.retries:
+                reason = (
+                    "cancelled"
+                    if event.state is ProcessState.CANCELLED
+                    else f"taken back by the broker ({event.state.name})"
+                )
+                work.cancel()
+                return reason
 
     async def _finish(self, closing: Awaitable[Process]) -> None:
         try:
@@ -285,11 +344,14 @@ class ExecutorApp:
             await ctx.flush()
 
     @staticmethod
-    async def _stop_flusher(flusher: asyncio.Task[None], ctx: ProcessContext) -> None:
+    async def _stop_flusher(
+        flusher: asyncio.Task[None], ctx: ProcessContext, *, send: bool = True
+    ) -> None:
         flusher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await flusher
-        await ctx.flush(final=True)
+        if send:
+            await ctx.flush(final=True)
 
 
 def _call_function(fn: Callable[..., Any]) -> Handler:

@@ -22,6 +22,7 @@ __all__ = [
     "ColonyAdd",
     "Empty",
     "Fail",
+    "Heartbeat",
     "ListProcesses",
     "LogLines",
     "Named",
@@ -47,16 +48,27 @@ class ProcessRef(Model, kw_only=True):
 class Close(Model, kw_only=True):
     process_id: str
     output: list[Any] = msgspec.field(default_factory=list, name="out")
+    # The process's retries when it was assigned: refuses a close from an earlier attempt.
+    attempt: int | None = None
 
 
 class Fail(Model, kw_only=True):
     process_id: str
     errors: list[str] = msgspec.field(default_factory=list)
+    attempt: int | None = None
 
 
 class LogLines(Model, kw_only=True):
     process_id: str
     lines: list[str]
+    attempt: int | None = None
+
+
+class Heartbeat(Model, kw_only=True):
+    """Published by a live executor on its heartbeat subject, with what it is running."""
+
+    executor_id: str
+    running: list[str] = msgspec.field(default_factory=list)
 
 
 class ListProcesses(Model, kw_only=True):

@@ -132,6 +132,14 @@ class Subjects:
         parts = subject.split(".")
         return parts[-4], parts[-2], parts[-1]
 
+    # -- executor heartbeats (core NATS, not stored) ----------------------------------
+    def heartbeat(self, colony: str, executor_name: str) -> str:
+        return f"{self.prefix}.{colony}.heartbeats.{executor_name}"
+
+    @property
+    def heartbeats_all(self) -> str:
+        return f"{self.prefix}.*.heartbeats.*"
+
     # -- KV buckets -------------------------------------------------------------------
     @property
     def bucket_processes(self) -> str:
@@ -148,6 +156,10 @@ class Subjects:
     @property
     def bucket_graphs(self) -> str:
         return f"{self.prefix}-graphs"
+
+    @property
+    def bucket_leases(self) -> str:
+        return f"{self.prefix}-leases"
 
     @staticmethod
     def process_key(colony: str, process_id: str) -> str:

@@ -57,12 +57,15 @@ async def _drop_streams(nats_url: str, prefix: str) -> None:
 
 
 @contextlib.asynccontextmanager
-async def running_broker(broker_settings: BrokerSettings) -> AsyncIterator[Broker]:
+async def running_broker(
+    broker_settings: BrokerSettings, *, lead: bool = True
+) -> AsyncIterator[Broker]:
+    """A broker on this loop; by default, wait until it leads (serves requests)."""
     broker = Broker(broker_settings)
     task = asyncio.create_task(broker.run())
-    ready = asyncio.create_task(broker.ready.wait())
+    ready = asyncio.create_task((broker.leading if lead else broker.ready).wait())
     await asyncio.wait({task, ready}, timeout=10, return_when=asyncio.FIRST_COMPLETED)
-    if not broker.ready.is_set():
+    if not ready.done():
         ready.cancel()
         if task.done():
             task.result()  # raises the broker's start-up error

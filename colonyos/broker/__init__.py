@@ -1,4 +1,10 @@
-"""The broker service: composition root wiring NATS, the store, the index and the handlers."""
+"""The broker service: composition root wiring NATS, the store, the index and the handlers.
+
+Several brokers may run against one NATS installation. They share a lease: the holder leads
+(takes specs, answers requests, runs the lifecycle sweeps), the others stand by and take over
+when the leader stops renewing. Every process write is a compare-and-set in KV, so even two
+brokers that both believe they lead cannot assign one process twice.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +13,16 @@ import contextlib
 import logging
 from contextlib import AsyncExitStack
 
-import nats
 import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig
 
 from colonyos.broker.index import ProcessIndex
-from colonyos.broker.service import Service
+from colonyos.broker.intake import Intake
+from colonyos.broker.lease import Lease
+from colonyos.broker.lifecycle import Lifecycle
+from colonyos.broker.service import Service, new_id
 from colonyos.broker.store import ProcessStore
 from colonyos.client import connect_nats
 from colonyos.config import BrokerSettings
@@ -25,19 +33,20 @@ __all__ = ["Broker"]
 logger = logging.getLogger(__name__)
 
 _SHUTDOWN_GRACE_S = 5.0
+_SPEC_ACK_WAIT_S = 10.0
+_LEASE_KEY = "broker"
 
 
 class Broker:
-    """Accepts specs, keeps the queue, assigns, and answers queries, until :meth:`stop`.
-
-    ``run()`` sets :attr:`ready` once streams, buckets, consumers and the request
-    subscription exist and the queue has been rebuilt from JetStream.
-    """
+    """Runs until :meth:`stop`. :attr:`ready` is set once it is connected and standing (as
+    leader or standby); :attr:`leading` while it holds the lease and serves."""
 
     def __init__(self, settings: BrokerSettings) -> None:
         self.settings = settings
         self.subjects = Subjects(settings.prefix)
+        self.broker_id = new_id()[:16]
         self.ready = asyncio.Event()
+        self.leading = asyncio.Event()
         self._stopping = asyncio.Event()
         self._inflight: set[asyncio.Task[None]] = set()
         self.service: Service | None = None
@@ -48,46 +57,88 @@ class Broker:
     async def run(self) -> None:
         s = self.settings
         async with AsyncExitStack() as stack:
-            nc: NATS = await connect_nats(s.nats_url, name="colonies-broker")
+            nc = await connect_nats(s.nats_url, name=f"colonies-broker-{self.broker_id}")
             stack.push_async_callback(self._drain, nc)
-            js = nc.jetstream()
             store = ProcessStore(
-                js, self.subjects, storage=s.storage, dedup_window_s=s.dedup_window_s
+                nc.jetstream(), self.subjects, storage=s.storage, dedup_window_s=s.dedup_window_s
             )
             await store.setup()
-            index_path = s.data_dir / "index.db" if s.data_dir is not None else None
-            index = ProcessIndex(index_path)
+            lease = Lease(store.leases, _LEASE_KEY, self.broker_id, s.lease_ttl_s)
+            stack.push_async_callback(lease.release)
+            self.ready.set()
+            logger.info(
+                "broker %s standing on %s (prefix %s)", self.broker_id, s.nats_url, s.prefix
+            )
+            while not self._stopping.is_set():
+                if await lease.try_acquire():
+                    await self._lead(nc, store, lease)
+                else:
+                    await self._pause(s.lease_ttl_s / 3)
+
+    async def _pause(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._stopping.wait()
+
+    async def _lead(self, nc: NATS, store: ProcessStore, lease: Lease) -> None:
+        """Serve while the lease holds; return when it is lost or the broker stops."""
+        s = self.settings
+        async with AsyncExitStack() as stack:
+            index = ProcessIndex(s.data_dir / "index.db" if s.data_dir is not None else None)
             await index.open()
             stack.push_async_callback(index.close)
             service = Service(store, index, self.subjects)
             await service.load()
             self.service = service
-
-            await nc.subscribe(
-                self.subjects.rpc_all, queue=self.subjects.rpc_queue_group, cb=self._spawn_handler
+            intake = Intake(service)
+            lifecycle = Lifecycle(
+                service, liveness_s=s.executor_liveness_s, sweep_interval_s=s.sweep_interval_s
             )
-            specs = await js.pull_subscribe(
+            specs = await store.js.pull_subscribe(
                 self.subjects.specs_filter,
                 durable=self.subjects.consumer_specs,
                 stream=self.subjects.stream_specs,
                 config=ConsumerConfig(
-                    ack_policy=AckPolicy.EXPLICIT, ack_wait=30, max_ack_pending=-1
+                    ack_policy=AckPolicy.EXPLICIT, ack_wait=_SPEC_ACK_WAIT_S, max_ack_pending=-1
                 ),
             )
-            consume = asyncio.create_task(self._consume(specs, service))
-            logger.info("broker ready on %s (prefix %s)", s.nats_url, s.prefix)
-            self.ready.set()
+            stack.push_async_callback(self._unsubscribe, specs)
+            rpc = await nc.subscribe(
+                self.subjects.rpc_all,
+                queue=self.subjects.rpc_queue_group,
+                cb=self._spawn_handler,
+            )
+            stack.push_async_callback(self._unsubscribe, rpc)
+            beats = await nc.subscribe(self.subjects.heartbeats_all, cb=self._on_heartbeat)
+            stack.push_async_callback(self._unsubscribe, beats)
+            stack.push_async_callback(self._finish_inflight)
+            stack.callback(service.release_parked)
+            tasks = [
+                asyncio.create_task(self._consume(specs, intake), name="consume-specs"),
+                asyncio.create_task(lifecycle.run(), name="lifecycle"),
+            ]
+            stack.push_async_callback(self._cancel, tasks)
+            self.leading.set()
+            stack.callback(self.leading.clear)
+            logger.info("broker %s leads", self.broker_id)
+            await self._hold(lease)
+            logger.info("broker %s steps down", self.broker_id)
+
+    async def _hold(self, lease: Lease) -> None:
+        """Renew the lease until it is lost or the broker stops."""
+        period = self.settings.lease_ttl_s / 3
+        while not self._stopping.is_set():
+            await self._pause(period)
+            if self._stopping.is_set():
+                return
             try:
-                await self._stopping.wait()
-            finally:
-                consume.cancel()
-                service.release_parked()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await consume
-                # A pull subscription's buffer is never consumed again: drop it before drain.
-                with contextlib.suppress(nats.errors.Error):
-                    await specs.unsubscribe()
-                await self._finish_inflight()
+                async with asyncio.timeout(period):
+                    renewed = await lease.try_acquire()
+            except TimeoutError:
+                renewed = lease.held
+            if not renewed:
+                logger.warning("broker %s lost its lease", self.broker_id)
+                return
 
     async def _spawn_handler(self, msg: Msg) -> None:
         assert self.service is not None
@@ -95,22 +146,30 @@ class Broker:
         self._inflight.add(task)
         task.add_done_callback(self._handler_done)
 
+    async def _on_heartbeat(self, msg: Msg) -> None:
+        if self.service is not None:
+            self.service.heartbeat(msg)
+
     def _handler_done(self, task: asyncio.Task[None]) -> None:
         self._inflight.discard(task)
         if not task.cancelled() and task.exception() is not None:
             logger.error("request handler failed", exc_info=task.exception())
 
     async def _consume(
-        self, specs: nats.js.JetStreamContext.PullSubscription, service: Service
+        self, specs: nats.js.JetStreamContext.PullSubscription, intake: Intake
     ) -> None:
         batch = self.settings.fetch_batch
         while True:
             try:
                 msgs = await specs.fetch(batch=batch, timeout=1.0)
-            except nats.errors.TimeoutError:
+            except TimeoutError:  # nats' and asyncio's: nothing to take (the normal idle case)
+                continue
+            except nats.errors.Error as err:
+                logger.warning("fetching specs failed (%s); trying again", err)
+                await self._pause(0.5)
                 continue
             try:
-                await service.accept_batch(msgs)
+                await intake.accept_batch(msgs)
             except Exception:
                 # Unacked specs are redelivered after ack_wait; log once and keep consuming.
                 logger.exception("accepting %d specs failed", len(msgs))
@@ -120,6 +179,19 @@ class Broker:
             _, pending = await asyncio.wait(self._inflight, timeout=_SHUTDOWN_GRACE_S)
             for task in pending:
                 task.cancel()
+
+    @staticmethod
+    async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    @staticmethod
+    async def _unsubscribe(sub: object) -> None:
+        with contextlib.suppress(nats.errors.Error):
+            await sub.unsubscribe()  # type: ignore[attr-defined]
 
     @staticmethod
     async def _drain(nc: NATS) -> None:

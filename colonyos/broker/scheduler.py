@@ -23,6 +23,7 @@ from colonyos.resources import parse_bytes, parse_cpu_millis
 __all__ = [
     "DAY_NS",
     "Capacity",
+    "DeadlineHeap",
     "ParkedAssigns",
     "Requirement",
     "WaitingQueue",
@@ -228,3 +229,27 @@ class ParkedAssigns(Generic[W]):
                 queue.remove(parked)
                 return parked.waiter
         return None
+
+
+class DeadlineHeap:
+    """Processes by deadline; lazy, like the queue: the caller re-checks what it pops.
+
+    Pop returns every (colony, process id) whose deadline has passed; the caller re-reads the
+    process and lets the state machine decide whether the deadline still applies.
+    """
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[int, str, str]] = []
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def push(self, deadline_ns: int, colony: str, process_id: str) -> None:
+        heapq.heappush(self._heap, (deadline_ns, colony, process_id))
+
+    def pop_due(self, now_ns: int) -> list[tuple[str, str]]:
+        due = []
+        while self._heap and self._heap[0][0] <= now_ns:
+            _, colony, pid = heapq.heappop(self._heap)
+            due.append((colony, pid))
+        return due

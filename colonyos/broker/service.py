@@ -1,4 +1,8 @@
-"""The broker's behaviour: accepting specs, assigning, closing, and answering queries.
+"""The broker's state and request handlers: assigning, closing, and answering queries.
+
+Everything the leading broker knows about live processes (the waiting queue, what is running
+and on which executor, deadlines) is updated in one place, :meth:`Service.track`, after every
+write, and rebuilt from KV by :meth:`Service.load` when a broker starts leading.
 
 Handlers decode at the edge, decide through the pure :mod:`scheduler` and :mod:`transitions`,
 write through :mod:`store` (KV compare-and-set, then one event), and keep the :mod:`index`
@@ -8,12 +12,12 @@ projection current. Nothing here blocks the event loop.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from datetime import datetime
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 import msgspec
@@ -21,7 +25,7 @@ from nats.aio.msg import Msg
 
 from colonyos.broker import transitions
 from colonyos.broker.index import ProcessIndex
-from colonyos.broker.scheduler import Capacity, ParkedAssigns, WaitingQueue
+from colonyos.broker.scheduler import Capacity, DeadlineHeap, ParkedAssigns, WaitingQueue
 from colonyos.broker.store import ProcessStore, StaleRevisionError
 from colonyos.errors import (
     ColoniesError,
@@ -30,6 +34,7 @@ from colonyos.errors import (
     ExecutorNotFoundError,
     InvalidSpecError,
     NotAuthorizedError,
+    ProcessNotFoundError,
 )
 from colonyos.messages import (
     Assign,
@@ -37,14 +42,15 @@ from colonyos.messages import (
     ColonyAdd,
     Empty,
     Fail,
+    Heartbeat,
     ListProcesses,
     LogLines,
     Named,
     ProcessRef,
     Register,
-    Rejection,
 )
 from colonyos.models import (
+    ZERO_TIME,
     Colony,
     Executor,
     ExecutorState,
@@ -53,7 +59,6 @@ from colonyos.models import (
     ProcessState,
     now,
 )
-from colonyos.specs import decode_function_spec
 from colonyos.subjects import SERVER_SCOPE, Subjects, check_name
 
 __all__ = ["Service", "new_id"]
@@ -62,7 +67,10 @@ logger = logging.getLogger(__name__)
 
 _encode = msgspec.json.Encoder().encode
 _NO_WORK = b'{"result":null}'
+_heartbeat_decoder = msgspec.json.Decoder(Heartbeat)
 _TRANSITION_ATTEMPTS = 8
+# How far before the newest event a revision may have been written and still lack its event.
+_EVENT_SLACK = timedelta(seconds=30)
 
 Picked = tuple[Process, int]
 Handler = Callable[[str, str, Any], Awaitable[Any]]
@@ -73,8 +81,16 @@ def new_id() -> str:
     return secrets.token_hex(32)
 
 
-def _is_process_id(text: str) -> bool:
-    return len(text) == 64 and all(c in "0123456789abcdef" for c in text)
+def _ns(t: datetime) -> int:
+    return int(t.timestamp() * 1e9)
+
+
+@dataclass(slots=True)
+class _Report:
+    """The last heartbeat of an executor: when, and what it said it was running."""
+
+    wall_ns: int
+    running: frozenset[str] = field(default_factory=frozenset)
 
 
 class Service:
@@ -87,7 +103,14 @@ class Service:
         self.colonies: dict[str, Colony] = {}
         self.executors: dict[tuple[str, str], Executor] = {}
         self._capacities: dict[tuple[str, str], Capacity] = {}
-        self._last_ns = 0
+        # Live processes beyond the queue, and what the lifecycle sweeps need.
+        self.running: dict[str, Process] = {}
+        self.wait_deadlines = DeadlineHeap()
+        self.exec_deadlines = DeadlineHeap()
+        self.heard: dict[str, float] = {}  # executor id -> monotonic time of any sign of life
+        self.reports: dict[str, _Report] = {}  # executor id -> last heartbeat
+        # Revisions loaded from KV whose event may be missing (their writer may have died).
+        self.unconfirmed: set[str] = set()
         self._ops: dict[str, tuple[msgspec.json.Decoder[Any], Handler]] = {
             "assign": (msgspec.json.Decoder(Assign), self.assign),
             "close": (msgspec.json.Decoder(Close), self.close),
@@ -110,112 +133,54 @@ class Service:
 
     # -- start-up ---------------------------------------------------------------------
     async def load(self) -> None:
-        """Rebuild colonies, executors, the waiting queue and the index from JetStream."""
+        """Rebuild colonies, executors, queue, running set and index from JetStream."""
         async for colony in self.store.all_colonies():
             self.colonies[colony.name] = colony
         async for executor in self.store.all_executors():
             self._remember_executor(executor)
+        last_event = await self.store.last_event_time()
         count = 0
-        async for process, revision in self.store.all_processes():
+        async for process, revision, written in self.store.all_processes():
             count += 1
-            self.index.put(process)
-            if process.state is ProcessState.WAITING and not process.wait_for_parents:
-                self.queue.push(process, revision)
+            self.track(process, revision)
+            if not process.state.is_terminal:
+                self.unconfirmed.add(process.process_id)
+            elif last_event is None or written is None or written >= last_event - _EVENT_SLACK:
+                # Written about when the last event was: its own event may never have been sent.
+                await self.store.ensure_event(process, revision)
+        started = time.monotonic()
+        for executor in self.executors.values():
+            self.heard[executor.executor_id] = started  # a new leader gives everyone a grace
         await self.index.flush()
         logger.info(
-            "loaded %d colonies, %d executors, %d processes (%d waiting)",
+            "loaded %d colonies, %d executors, %d processes (%d waiting, %d running)",
             len(self.colonies),
             len(self.executors),
             count,
             len(self.queue),
+            len(self.running),
         )
 
-    # -- submissions --------------------------------------------------------------------
-    def _clock(self) -> tuple[datetime, int]:
-        """Wall time, with nanoseconds strictly increasing so that FIFO order is total."""
-        t = now()
-        ns = max(time.time_ns(), self._last_ns + 1)
-        self._last_ns = ns
-        return t, ns
-
-    async def accept_batch(self, msgs: Sequence[Msg]) -> None:
-        # Stamp in stream order first, so that equal priorities stay first-in-first-out.
-        stamped = [(msg, *self._clock()) for msg in msgs]
-        await asyncio.gather(*(self.accept(msg, t, ns) for msg, t, ns in stamped))
-
-    async def accept(self, msg: Msg, t: datetime, ns: int) -> None:
-        parts = msg.subject.split(".")
-        colony, executor_type = parts[-3], parts[-1]
-        process_id = self._process_id(msg)
-        try:
-            process = self._new_process(msg, colony, executor_type, process_id, t, ns)
-        except ColoniesError as err:
-            logger.info("rejected spec %s in colony %s: %s", process_id, colony, err.message)
-            await self.store.publish_rejection(
-                Rejection(
-                    process_id=process_id,
-                    colony_name=colony,
-                    executor_type=executor_type,
-                    error=err.message,
-                    code=err.code,
-                    path=str(err.detail.get("path", "")),
-                )
-            )
-            await msg.ack()
-            return
-        revision = await self.store.create(process)
-        if revision is None:
-            await self._accept_duplicate(colony, process_id)
-        else:
-            await self.store.publish_event(process, revision)
-            self.index.put(process)
-            self._enqueue(process, revision)
-        await msg.ack()
-
-    def _process_id(self, msg: Msg) -> str:
-        msg_id = (msg.headers or {}).get("Nats-Msg-Id", "")
-        if _is_process_id(msg_id):
-            return msg_id
-        # No usable id from the publisher: derive one from the stream position, so that a
-        # redelivery after a broker crash gives the same process, never a second one.
-        seq = msg.metadata.sequence.stream
-        basis = f"{self.subjects.stream_specs}:{seq}:{msg_id}".encode()
-        return hashlib.sha256(basis).hexdigest()
-
-    def _new_process(
-        self, msg: Msg, colony: str, executor_type: str, process_id: str, t: datetime, ns: int
-    ) -> Process:
-        if colony not in self.colonies:
-            raise ColonyNotFoundError(colony)
-        spec = decode_function_spec(msg.data)
-        cond = spec.conditions
-        if cond.executor_type != executor_type:
-            raise InvalidSpecError(
-                f"$.conditions.executortype: {cond.executor_type!r} does not match the subject's "
-                f"executor type {executor_type!r}",
-                path="$.conditions.executortype",
-            )
-        if cond.colony_name and cond.colony_name != colony:
-            raise InvalidSpecError(
-                f"$.conditions.colonyname: {cond.colony_name!r} does not match the subject's "
-                f"colony {colony!r}",
-                path="$.conditions.colonyname",
-            )
-        spec = msgspec.structs.replace(
-            spec, conditions=msgspec.structs.replace(cond, colony_name=colony)
-        )
-        initiator = (msg.headers or {}).get("Colonies-Initiator", "")
-        return transitions.create(process_id, spec, now=t, now_ns=ns, initiator_name=initiator)
-
-    async def _accept_duplicate(self, colony: str, process_id: str) -> None:
-        """A spec whose process exists: a redelivery after a crash, or a re-submission."""
-        process, revision = await self.store.get(colony, process_id)
-        if process.state is ProcessState.WAITING and process.retries == 0:
-            # Maybe the broker died between create and event: the event id makes this idempotent.
-            await self.store.publish_event(process, revision)
-            if process.process_id not in self.queue and not process.wait_for_parents:
-                self._enqueue(process, revision)
+    def track(self, process: Process, revision: int) -> None:
+        """The one place where in-memory state follows a written (or loaded) process."""
+        pid = process.process_id
         self.index.put(process)
+        self.queue.remove(pid)
+        self.running.pop(pid, None)
+        if process.state is ProcessState.WAITING and not process.wait_for_parents:
+            if process.wait_deadline != ZERO_TIME:
+                self.wait_deadlines.push(_ns(process.wait_deadline), process.colony_name, pid)
+            self._enqueue(process, revision)
+        elif process.state is ProcessState.RUNNING:
+            self.running[pid] = process
+            if process.exec_deadline != ZERO_TIME:
+                self.exec_deadlines.push(_ns(process.exec_deadline), process.colony_name, pid)
+
+    async def _confirm(self, process: Process, revision: int) -> None:
+        """Before changing a loaded revision, make sure its event exists (stream order)."""
+        if process.process_id in self.unconfirmed:
+            self.unconfirmed.discard(process.process_id)
+            await self.store.ensure_event(process, revision)
 
     def _enqueue(self, process: Process, revision: int) -> None:
         """Hand a waiting process to one parked executor that matches it, else queue it."""
@@ -241,12 +206,25 @@ class Service:
                 raise InvalidSpecError(f"malformed {op} request: {err}", op=op) from err
             if colony != SERVER_SCOPE and op not in ("colony_add", "colony_get"):
                 self._colony(colony)
+                known = self.executors.get((colony, caller))
+                if known is not None:
+                    self.heard[known.executor_id] = time.monotonic()
             result = await handler(colony, caller, request)
             body = _NO_WORK if result is None else b'{"result":' + _result_bytes(result) + b"}"
         except ColoniesError as err:
             body = _encode({"error": err.to_reply()})
         if msg.reply:
             await msg.respond(body)
+
+    def heartbeat(self, msg: Msg) -> None:
+        """An executor's heartbeat: it is alive, and running what it lists."""
+        try:
+            beat = _heartbeat_decoder.decode(msg.data)
+        except msgspec.MsgspecError:
+            logger.warning("ignored a malformed heartbeat on %s", msg.subject)
+            return
+        self.heard[beat.executor_id] = time.monotonic()
+        self.reports[beat.executor_id] = _Report(time.time_ns(), frozenset(beat.running))
 
     def _colony(self, colony: str) -> Colony:
         try:
@@ -271,19 +249,20 @@ class Service:
             )
         return executor
 
-    async def _transition(
+    async def transition(
         self, colony: str, process_id: str, step: Callable[[Process], Process]
     ) -> Process:
         """Read, decide, compare-and-set, publish; retried if someone else wrote first."""
         for _ in range(_TRANSITION_ATTEMPTS):
             process, revision = await self.store.get(colony, process_id)
             updated = step(process)
+            await self._confirm(process, revision)
             try:
                 new_revision = await self.store.update(updated, revision)
             except StaleRevisionError:
                 continue
             await self.store.publish_event(updated, new_revision)
-            self.index.put(updated)
+            self.track(updated, new_revision)
             return updated
         raise ConflictError(f"process {process_id} kept changing; try again", process_id=process_id)
 
@@ -302,12 +281,14 @@ class Service:
                     return None
             process, revision = picked
             updated = transitions.assign(process, executor, now=now())
+            await self._confirm(process, revision)
             try:
                 new_revision = await self.store.update(updated, revision)
             except StaleRevisionError:
-                continue  # changed meanwhile (cancelled, removed): take the next one
+                await self._reload(process)  # changed meanwhile: learn what it is now
+                continue
             await self.store.publish_event(updated, new_revision)
-            self.index.put(updated)
+            self.track(updated, new_revision)
             logger.debug("assigned %s to %s in %s", process.process_id, caller, colony)
             return updated
 
@@ -332,6 +313,15 @@ class Service:
         finally:
             self.parked.unpark(colony, etype, waiter)
 
+    async def _reload(self, process: Process) -> None:
+        try:
+            current, revision = await self.store.get(process.colony_name, process.process_id)
+        except ProcessNotFoundError:
+            self.index.remove(process.process_id)
+            return
+        self.unconfirmed.add(process.process_id)
+        self.track(current, revision)
+
     def release_parked(self) -> None:
         """Answer every parked assign with "no work" (the broker is stopping)."""
         for waiter in self.parked.all_waiters():
@@ -339,24 +329,24 @@ class Service:
 
     async def close(self, colony: str, caller: str, req: Close) -> Process:
         executor = self._executor(colony, caller)
-        return await self._transition(
+        return await self.transition(
             colony,
             req.process_id,
-            lambda p: transitions.close(p, executor, req.output, now=now()),
+            lambda p: transitions.close(p, executor, req.output, now=now(), attempt=req.attempt),
         )
 
     async def fail(self, colony: str, caller: str, req: Fail) -> Process:
         executor = self._executor(colony, caller)
-        return await self._transition(
+        return await self.transition(
             colony,
             req.process_id,
-            lambda p: transitions.fail(p, executor, req.errors, now=now()),
+            lambda p: transitions.fail(p, executor, req.errors, now=now(), attempt=req.attempt),
         )
 
     async def log(self, colony: str, caller: str, req: LogLines) -> None:
         executor = self._executor(colony, caller)
         process, _ = await self.store.get(colony, req.process_id)
-        transitions.require_lease(process, executor, "add logs to")
+        transitions.require_lease(process, executor, "add logs to", req.attempt)
         subject = self.subjects.logs(colony, req.process_id)
         stamp = time.time_ns()
         for i, line in enumerate(req.lines):
@@ -380,6 +370,9 @@ class Service:
                 executor_name=ex.executor_name,
             )
         previous = self.executors.get((colony, ex.executor_name))
+        if previous is not None and previous.executor_id != ex.executor_id:
+            # The same executor started again: what its previous run held is lost now.
+            self.heard[previous.executor_id] = float("-inf")
         if previous is not None and previous.executor_type == ex.executor_type:
             state = previous.state
         elif self.colonies[colony].auto_approve:
@@ -397,6 +390,7 @@ class Service:
         )
         await self.store.put_executor(registered)
         self._remember_executor(registered)
+        self.heard[registered.executor_id] = time.monotonic()
         logger.info(
             "registered executor %s (%s) in %s: %s",
             registered.executor_name,
@@ -420,16 +414,15 @@ class Service:
         return msgspec.Raw(await self.index.query(colony, req))
 
     async def cancel(self, colony: str, caller: str, req: ProcessRef) -> Process:
-        process = await self._transition(
+        return await self.transition(
             colony, req.process_id, lambda p: transitions.cancel(p, now=now())
         )
-        self.queue.remove(req.process_id)
-        return process
 
     async def remove(self, colony: str, caller: str, req: ProcessRef) -> None:
         process, _ = await self.store.get(colony, req.process_id)
         await self.store.delete(process)
         self.queue.remove(req.process_id)
+        self.running.pop(req.process_id, None)
         self.index.remove(req.process_id)
         return None
 

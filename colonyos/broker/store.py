@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
+from datetime import datetime
 from typing import Literal
 
 import msgspec
@@ -63,6 +64,7 @@ class ProcessStore:
         self.processes: KeyValue
         self.executors: KeyValue
         self.colonies: KeyValue
+        self.leases: KeyValue
 
     async def setup(self) -> None:
         """Create (or update) every stream and bucket. Safe to run from several brokers."""
@@ -98,6 +100,7 @@ class ProcessStore:
         self.processes = await self._bucket(s.bucket_processes, history=8)
         self.executors = await self._bucket(s.bucket_executors, history=1)
         self.colonies = await self._bucket(s.bucket_colonies, history=1)
+        self.leases = await self._bucket(s.bucket_leases, history=1)
 
     async def _stream(self, config: StreamConfig) -> None:
         try:
@@ -140,17 +143,46 @@ class ProcessStore:
             self.subjects.process_key(process.colony_name, process.process_id)
         )
 
-    async def all_processes(self) -> AsyncIterator[tuple[Process, int]]:
-        """Every stored process, latest revision only (used to rebuild queue and index)."""
+    async def all_processes(self) -> AsyncIterator[tuple[Process, int, datetime | None]]:
+        """Every stored process: latest revision, and when that revision was written."""
         async for entry in self._snapshot(self.processes):
-            yield _process_decoder.decode(entry.value or b""), int(entry.revision or 0)
+            process = _process_decoder.decode(entry.value or b"")
+            created = entry.created if isinstance(entry.created, datetime) else None
+            yield process, int(entry.revision or 0), created
 
-    async def publish_event(self, process: Process, revision: int) -> None:
-        subject = self.subjects.event(
+    def _event_subject(self, process: Process) -> str:
+        return self.subjects.event(
             process.colony_name, process.executor_type, process.state.token, process.process_id
         )
+
+    async def publish_event(self, process: Process, revision: int) -> None:
         headers = {"Nats-Msg-Id": f"{process.process_id}.{revision}"}
-        await self.js.publish(subject, _encode(process), headers=headers)
+        await self.js.publish(self._event_subject(process), _encode(process), headers=headers)
+
+    async def ensure_event(self, process: Process, revision: int) -> bool:
+        """Publish the event of this revision unless it is stored; True if it had to.
+
+        Used for revisions written by a broker that may have died before publishing.
+        """
+        try:
+            last = await self.js.get_last_msg(
+                self.subjects.stream_events, self._event_subject(process)
+            )
+        except nats.js.errors.NotFoundError:
+            last = None
+        if last is not None and (last.headers or {}).get("Nats-Msg-Id") == (
+            f"{process.process_id}.{revision}"
+        ):
+            return False
+        await self.publish_event(process, revision)
+        return True
+
+    async def last_event_time(self) -> datetime | None:
+        try:
+            last = await self.js.get_last_msg(self.subjects.stream_events, self.subjects.events_all)
+        except nats.js.errors.NotFoundError:
+            return None
+        return last.time
 
     async def publish_rejection(self, rejection: Rejection) -> None:
         subject = self.subjects.event(

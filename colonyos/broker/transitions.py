@@ -3,8 +3,13 @@
 ::
 
     WAITING ──assign──▶ RUNNING ──close──▶ SUCCESS
-       │                   │ └───fail───▶ FAILED
-       └──────cancel───────┴──cancel────▶ CANCELLED
+     │ ▲                 │ │ └───fail───▶ FAILED
+     │ └────requeue──────┘ └─(retries exhausted)─▶ FAILED
+     ├──expire_wait──────────────────────▶ FAILED
+     └──────cancel───────┴──cancel──────▶ CANCELLED
+
+A re-queue (execution deadline passed, or the executor was lost) counts a retry; a process
+runs at most ``maxretries + 1`` times (``maxretries = -1``: no limit).
 
 A transition that is not allowed raises :class:`ConflictError` (wrong state) or
 :class:`NotAuthorizedError` (a request from an executor the process is not assigned to), and
@@ -22,9 +27,32 @@ from colonyos.broker.scheduler import priority_time
 from colonyos.errors import ConflictError, NotAuthorizedError
 from colonyos.models import ZERO_TIME, Executor, FunctionSpec, Process, ProcessState
 
-__all__ = ["assign", "cancel", "close", "create", "fail", "require_lease"]
+__all__ = [
+    "EXECUTOR_LOST",
+    "EXEC_TIMEOUT",
+    "WAIT_TIMEOUT",
+    "assign",
+    "cancel",
+    "close",
+    "create",
+    "expire_wait",
+    "fail",
+    "requeue",
+    "require_lease",
+]
+
+# The error texts Colonies uses, so that users' scripts that look for them keep working.
+WAIT_TIMEOUT = "Maximum waiting time limit exceeded"
+EXEC_TIMEOUT = "Maximum execution time limit exceeded"
+EXECUTOR_LOST = "Executor stopped responding (no heartbeat)"
 
 _replace = msgspec.structs.replace
+
+
+def _wait_deadline(spec: FunctionSpec, now: datetime) -> datetime:
+    if spec.max_wait_time > 0:
+        return now + timedelta(seconds=spec.max_wait_time)
+    return ZERO_TIME
 
 
 def create(
@@ -35,16 +63,13 @@ def create(
     now_ns: int,
     initiator_name: str = "",
 ) -> Process:
-    wait_deadline = ZERO_TIME
-    if spec.max_wait_time > 0:
-        wait_deadline = now + timedelta(seconds=spec.max_wait_time)
     return Process(
         process_id=process_id,
         initiator_name=initiator_name,
         state=ProcessState.WAITING,
         priority_time=priority_time(now_ns, spec.priority),
         submission_time=now,
-        wait_deadline=wait_deadline,
+        wait_deadline=_wait_deadline(spec, now),
         spec=spec,
     )
 
@@ -73,11 +98,19 @@ def assign(process: Process, executor: Executor, *, now: datetime) -> Process:
     )
 
 
-def require_lease(process: Process, executor: Executor, action: str) -> None:
-    """Only the executor a running process is assigned to may act on it."""
+def require_lease(
+    process: Process, executor: Executor, action: str, attempt: int | None = None
+) -> None:
+    """Only the executor a running process is assigned to, in this attempt, may act on it.
+
+    ``attempt`` is the process's ``retries`` when the executor was given it; a request from an
+    earlier attempt (the process was re-queued and assigned again since) is refused.
+    """
     if process.state is not ProcessState.RUNNING:
         raise _conflict(process, action)
-    if process.assigned_executor_id != executor.executor_id:
+    if process.assigned_executor_id != executor.executor_id or (
+        attempt is not None and attempt != process.retries
+    ):
         raise NotAuthorizedError(
             f"cannot {action} process {process.process_id}: it is not assigned to executor "
             f"{executor.executor_name!r}",
@@ -86,13 +119,27 @@ def require_lease(process: Process, executor: Executor, action: str) -> None:
         )
 
 
-def close(process: Process, executor: Executor, output: list[Any], *, now: datetime) -> Process:
-    require_lease(process, executor, "close")
+def close(
+    process: Process,
+    executor: Executor,
+    output: list[Any],
+    *,
+    now: datetime,
+    attempt: int | None = None,
+) -> Process:
+    require_lease(process, executor, "close", attempt)
     return _replace(process, state=ProcessState.SUCCESS, output=output, end_time=now)
 
 
-def fail(process: Process, executor: Executor, errors: list[str], *, now: datetime) -> Process:
-    require_lease(process, executor, "fail")
+def fail(
+    process: Process,
+    executor: Executor,
+    errors: list[str],
+    *,
+    now: datetime,
+    attempt: int | None = None,
+) -> Process:
+    require_lease(process, executor, "fail", attempt)
     return _replace(process, state=ProcessState.FAILED, errors=errors, end_time=now)
 
 
@@ -104,4 +151,41 @@ def cancel(process: Process, *, now: datetime) -> Process:
         state=ProcessState.CANCELLED,
         end_time=now,
         errors=[*process.errors, "cancelled"],
+    )
+
+
+def expire_wait(process: Process, *, now: datetime) -> Process:
+    """A waiting process whose wait deadline has passed ends FAILED."""
+    if process.state is not ProcessState.WAITING or process.wait_deadline == ZERO_TIME:
+        raise _conflict(process, "expire")
+    if process.wait_deadline > now:
+        raise ConflictError(f"process {process.process_id} may still wait")
+    return _replace(process, state=ProcessState.FAILED, errors=[WAIT_TIMEOUT], end_time=now)
+
+
+def requeue(process: Process, reason: str, *, now: datetime) -> Process:
+    """Take a running process back: WAITING with one more retry, or FAILED when none are left.
+
+    It keeps its prioritytime, so it keeps its place in the queue.
+    """
+    if process.state is not ProcessState.RUNNING:
+        raise _conflict(process, "re-queue")
+    limit = process.spec.max_retries
+    if limit != -1 and process.retries + 1 > limit:
+        attempts = process.retries + 1
+        return _replace(
+            process,
+            state=ProcessState.FAILED,
+            errors=[*process.errors, f"{reason} (attempt {attempts} of {limit + 1})"],
+            end_time=now,
+        )
+    return _replace(
+        process,
+        state=ProcessState.WAITING,
+        retries=process.retries + 1,
+        is_assigned=False,
+        assigned_executor_id="",
+        start_time=ZERO_TIME,
+        exec_deadline=ZERO_TIME,
+        wait_deadline=_wait_deadline(process.spec, now),
     )

@@ -1,0 +1,124 @@
+"""Turning submitted specs into processes.
+
+A spec is acked only after its process is in KV and its ``waiting`` event is stored, so a
+broker that dies half-way gets the spec again; KV *create* makes the second attempt find the
+process instead of making another, and the event's ``Nats-Msg-Id`` makes its re-publication
+harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import Sequence
+from datetime import datetime
+
+import msgspec
+from nats.aio.msg import Msg
+
+from colonyos.broker import transitions
+from colonyos.broker.service import Service
+from colonyos.errors import ColoniesError, ColonyNotFoundError, InvalidSpecError
+from colonyos.messages import Rejection
+from colonyos.models import Process, ProcessState, now
+from colonyos.specs import decode_function_spec
+
+__all__ = ["Intake"]
+
+logger = logging.getLogger(__name__)
+
+
+def _is_process_id(text: str) -> bool:
+    return len(text) == 64 and all(c in "0123456789abcdef" for c in text)
+
+
+class Intake:
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        self.store = service.store
+        self._last_ns = 0
+
+    def _clock(self) -> tuple[datetime, int]:
+        """Wall time, with nanoseconds strictly increasing so that FIFO order is total."""
+        t = now()
+        ns = max(time.time_ns(), self._last_ns + 1)
+        self._last_ns = ns
+        return t, ns
+
+    async def accept_batch(self, msgs: Sequence[Msg]) -> None:
+        # Stamp in stream order first, so that equal priorities stay first-in-first-out.
+        stamped = [(msg, *self._clock()) for msg in msgs]
+        await asyncio.gather(*(self.accept(msg, t, ns) for msg, t, ns in stamped))
+
+    async def accept(self, msg: Msg, t: datetime, ns: int) -> None:
+        parts = msg.subject.split(".")
+        colony, executor_type = parts[-3], parts[-1]
+        process_id = self._process_id(msg)
+        try:
+            process = self._new_process(msg, colony, executor_type, process_id, t, ns)
+        except ColoniesError as err:
+            logger.info("rejected spec %s in colony %s: %s", process_id, colony, err.message)
+            await self.store.publish_rejection(
+                Rejection(
+                    process_id=process_id,
+                    colony_name=colony,
+                    executor_type=executor_type,
+                    error=err.message,
+                    code=err.code,
+                    path=str(err.detail.get("path", "")),
+                )
+            )
+            await msg.ack()
+            return
+        revision = await self.store.create(process)
+        if revision is None:
+            await self._accept_duplicate(colony, process_id)
+        else:
+            await self.store.publish_event(process, revision)
+            self.service.track(process, revision)
+        await msg.ack()
+
+    def _process_id(self, msg: Msg) -> str:
+        msg_id = (msg.headers or {}).get("Nats-Msg-Id", "")
+        if _is_process_id(msg_id):
+            return msg_id
+        # No usable id from the publisher: derive one from the stream position, so that a
+        # redelivery after a broker crash gives the same process, never a second one.
+        seq = msg.metadata.sequence.stream
+        basis = f"{self.service.subjects.stream_specs}:{seq}:{msg_id}".encode()
+        return hashlib.sha256(basis).hexdigest()
+
+    def _new_process(
+        self, msg: Msg, colony: str, executor_type: str, process_id: str, t: datetime, ns: int
+    ) -> Process:
+        if colony not in self.service.colonies:
+            raise ColonyNotFoundError(colony)
+        spec = decode_function_spec(msg.data)
+        cond = spec.conditions
+        if cond.executor_type != executor_type:
+            raise InvalidSpecError(
+                f"$.conditions.executortype: {cond.executor_type!r} does not match the subject's "
+                f"executor type {executor_type!r}",
+                path="$.conditions.executortype",
+            )
+        if cond.colony_name and cond.colony_name != colony:
+            raise InvalidSpecError(
+                f"$.conditions.colonyname: {cond.colony_name!r} does not match the subject's "
+                f"colony {colony!r}",
+                path="$.conditions.colonyname",
+            )
+        spec = msgspec.structs.replace(
+            spec, conditions=msgspec.structs.replace(cond, colony_name=colony)
+        )
+        initiator = (msg.headers or {}).get("Colonies-Initiator", "")
+        return transitions.create(process_id, spec, now=t, now_ns=ns, initiator_name=initiator)
+
+    async def _accept_duplicate(self, colony: str, process_id: str) -> None:
+        """A spec whose process exists: a redelivery after a crash, or a re-submission."""
+        process, revision = await self.store.get(colony, process_id)
+        if process.state is ProcessState.WAITING and process.retries == 0:
+            # Maybe the broker died between create and event: the event id makes this idempotent.
+            await self.store.publish_event(process, revision)
+        self.service.track(process, revision)

@@ -1,0 +1,116 @@
+"""Deadlines and liveness: the sweeps the leading broker runs.
+
+* A waiting process past its ``maxwaittime`` ends FAILED.
+* A running process past its ``maxexectime`` is re-queued (one more retry) or, with no retries
+  left, ends FAILED.
+* A running process whose executor has been silent for longer than the liveness window, or
+  whose executor's heartbeats stopped listing it (the assignment never reached it), is
+  re-queued the same way. An executor that keeps heartbeating keeps its processes however long
+  they run: there is no visibility timeout to outlive.
+
+Every change goes through :meth:`Service.transition`, so the state machine has the last word
+(a process closed a moment ago is not re-queued) and a compare-and-set guards each write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from datetime import timedelta
+
+from colonyos.broker import transitions
+from colonyos.broker.service import Service
+from colonyos.errors import ConflictError, NotFoundError
+from colonyos.models import ZERO_TIME, Process, ProcessState, now
+
+__all__ = ["ASSIGNMENT_LOST", "Lifecycle"]
+
+logger = logging.getLogger(__name__)
+
+ASSIGNMENT_LOST = "Executor did not confirm the assignment"
+
+
+class Lifecycle:
+    def __init__(self, service: Service, *, liveness_s: float, sweep_interval_s: float) -> None:
+        self.service = service
+        self.liveness_s = liveness_s
+        self.sweep_interval_s = sweep_interval_s
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.sweep()
+            except Exception:
+                logger.exception("lifecycle sweep failed; trying again")
+            await asyncio.sleep(self.sweep_interval_s)
+
+    async def sweep(self) -> None:
+        t_ns = time.time_ns()
+        for colony, pid in self.service.wait_deadlines.pop_due(t_ns):
+            await self._apply(colony, pid, lambda p: transitions.expire_wait(p, now=now()))
+        for colony, pid in self.service.exec_deadlines.pop_due(t_ns):
+            await self._apply(colony, pid, self._requeue_if(transitions.EXEC_TIMEOUT, _past_exec))
+        for process in list(self.service.running.values()):
+            reason = self._lost(process, time.monotonic(), t_ns)
+            if reason is not None:
+                await self._apply(
+                    process.colony_name,
+                    process.process_id,
+                    self._requeue_if(reason, _same_attempt(process)),
+                )
+
+    def _lost(self, process: Process, mono_now: float, wall_ns: int) -> str | None:
+        executor_id = process.assigned_executor_id
+        heard = self.service.heard.get(executor_id)
+        if heard is None:
+            self.service.heard[executor_id] = mono_now  # first sight: start counting now
+            return None
+        if mono_now - heard > self.liveness_s:
+            return transitions.EXECUTOR_LOST
+        report = self.service.reports.get(executor_id)
+        started_ns = int(process.start_time.timestamp() * 1e9)
+        window_ns = int(self.liveness_s * 1e9)
+        if (
+            report is not None
+            and report.wall_ns > started_ns + window_ns
+            and process.process_id not in report.running
+        ):
+            return ASSIGNMENT_LOST
+        return None
+
+    @staticmethod
+    def _requeue_if(
+        reason: str, applies: Callable[[Process], bool]
+    ) -> Callable[[Process], Process]:
+        def step(process: Process) -> Process:
+            if process.state is not ProcessState.RUNNING or not applies(process):
+                raise ConflictError("no longer applies")
+            return transitions.requeue(process, reason, now=now())
+
+        return step
+
+    async def _apply(self, colony: str, pid: str, step: Callable[[Process], Process]) -> None:
+        try:
+            process = await self.service.transition(colony, pid, step)
+        except (ConflictError, NotFoundError):
+            return  # it moved on (closed, cancelled, removed): nothing to do
+        logger.info(
+            "process %s in %s: %s (%s)",
+            pid,
+            colony,
+            process.state.name,
+            process.errors[-1] if process.errors else f"retry {process.retries}",
+        )
+
+
+def _same_attempt(seen: Process) -> Callable[[Process], bool]:
+    expected = (seen.assigned_executor_id, seen.retries)
+    return lambda p: (p.assigned_executor_id, p.retries) == expected
+
+
+def _past_exec(process: Process) -> bool:
+    return process.exec_deadline != ZERO_TIME and process.exec_deadline <= now() + timedelta(
+        milliseconds=1
+    )

@@ -1,0 +1,278 @@
+"""Deadlines, retries, liveness, cancel and leases: each behaviour, bounded, without sleeps."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import msgspec
+import pytest
+
+from colonyos.broker import Broker
+from colonyos.broker.lifecycle import ASSIGNMENT_LOST
+from colonyos.broker.transitions import EXEC_TIMEOUT, EXECUTOR_LOST, WAIT_TIMEOUT
+from colonyos.client import Client
+from colonyos.config import BrokerSettings
+from colonyos.errors import ConflictError, NotAuthorizedError
+from colonyos.executor import ExecutorApp, ProcessContext
+from colonyos.models import Process, ProcessState
+
+from .conftest import COLONY, running_broker
+from .test_assign_flow import executor_client, spec
+
+LIVENESS_S = 0.6
+
+
+@pytest.fixture
+def broker_settings(nats_url: str, prefix: str) -> BrokerSettings:
+    return BrokerSettings(
+        nats_url=nats_url,
+        prefix=prefix,
+        storage="memory",
+        executor_liveness_s=LIVENESS_S,
+        sweep_interval_s=0.05,
+        lease_ttl_s=1.0,
+    )
+
+
+@contextlib.asynccontextmanager
+async def heartbeating(ex: Client, running: list[str]) -> AsyncIterator[None]:
+    """Heartbeats for a raw executor client, listing ``running`` (a list the test may change)."""
+    (registered,) = [e for e in await ex.executor_list() if e.executor_name == ex.caller]
+
+    async def beat() -> None:
+        while True:
+            await ex.heartbeat(registered.executor_id, list(running))
+            await asyncio.sleep(0.05)  # sleep-ok: a heartbeat period, not a wait
+
+    task = asyncio.create_task(beat())
+    try:
+        yield
+    finally:
+        task.cancel()
+
+
+async def submitted(client: Client, **kw: object) -> Process:
+    p = await client.submit(spec(**kw))
+    assert isinstance(p, Process)
+    return p
+
+
+async def test_maxwaittime_fails_a_process_nobody_takes(client: Client) -> None:
+    p = await submitted(client, max_wait_time=1)
+    done = await client.wait(p.process_id, timeout=5)
+    assert done.state is ProcessState.FAILED and done.errors == [WAIT_TIMEOUT]
+
+
+async def test_maxexectime_requeues_then_fails_after_maxretries(client: Client, settings) -> None:
+    first = await submitted(client, max_exec_time=1, max_retries=1)
+    later = await submitted(client)
+    ex = await executor_client(settings, "slow")
+    running = [first.process_id]
+    alive = heartbeating(ex, running)
+    await alive.__aenter__()
+    got = await ex.assign(timeout=1)
+    assert got is not None and got.process_id == first.process_id
+    async with client.watch(first.process_id) as watch:
+        event = await watch.next(5)
+        assert isinstance(event, Process)
+        assert event.state is ProcessState.WAITING and event.retries == 1
+    # It kept its place in the queue: it comes before the one submitted after it.
+    again = await ex.assign(timeout=1)
+    assert again is not None and again.process_id == first.process_id and again.retries == 1
+    done = await client.wait(first.process_id, timeout=5)
+    assert done.state is ProcessState.FAILED
+    assert done.errors == [f"{EXEC_TIMEOUT} (attempt 2 of 2)"]
+    # The late close of the first attempt changes nothing.
+    with pytest.raises(ConflictError):
+        await ex.close(first.process_id, ["late"], attempt=0)
+    nxt = await ex.assign(timeout=1)
+    assert nxt is not None and nxt.process_id == later.process_id
+    await alive.__aexit__(None, None, None)
+    await ex.aclose()
+
+
+async def test_a_close_from_an_earlier_attempt_is_refused(client: Client, settings) -> None:
+    p = await submitted(client, max_exec_time=1, max_retries=3)
+    ex = await executor_client(settings, "e1")
+    alive = heartbeating(ex, [p.process_id])
+    await alive.__aenter__()
+    first = await ex.assign(timeout=1)
+    assert first is not None
+    second = await ex.assign(timeout=5)  # re-queued after 1 s, given to the same executor
+    assert second is not None and second.process_id == p.process_id and second.retries == 1
+    with pytest.raises(NotAuthorizedError, match="not assigned"):
+        await ex.close(p.process_id, ["stale"], attempt=first.retries)
+    closed = await ex.close(p.process_id, ["fresh"], attempt=second.retries)
+    assert closed.state is ProcessState.SUCCESS and closed.output == ["fresh"]
+    await alive.__aexit__(None, None, None)
+    await ex.aclose()
+
+
+async def test_silent_executor_loses_its_processes(client: Client, settings) -> None:
+    p = await submitted(client, max_retries=2)
+    ex = await executor_client(settings, "doomed")
+    got = await ex.assign(timeout=1)
+    assert got is not None
+    await ex.aclose()  # no more heartbeats, no more requests
+    async with client.watch(p.process_id) as watch:
+        event = await watch.next(5)
+    assert isinstance(event, Process) and event.state is ProcessState.WAITING
+    assert event.retries == 1 and not event.is_assigned
+
+
+async def test_silent_executor_with_no_retries_left_fails_the_process(
+    client: Client, settings
+) -> None:
+    p = await submitted(client)
+    ex = await executor_client(settings, "doomed")
+    assert await ex.assign(timeout=1) is not None
+    await ex.aclose()
+    done = await client.wait(p.process_id, timeout=5)
+    assert done.state is ProcessState.FAILED and done.errors == [
+        f"{EXECUTOR_LOST} (attempt 1 of 1)"
+    ]
+
+
+async def test_assignment_not_confirmed_by_heartbeats_is_requeued(client: Client, settings) -> None:
+    """The assign reply was lost: the executor is alive but never lists the process."""
+    p = await submitted(client, max_retries=1)
+    ex = await executor_client(settings, "forgetful")
+    got = await ex.assign(timeout=1)
+    assert got is not None
+    async with client.watch(p.process_id) as watch, heartbeating(ex, []):
+        event = await watch.next(5)
+    assert isinstance(event, Process) and event.state is ProcessState.WAITING
+    assert (await client.get(p.process_id)).retries == 1
+    # Given again and still not confirmed: with no retries left it fails, saying why.
+    assert await ex.assign(timeout=1) is not None
+    async with heartbeating(ex, []):
+        done = await client.wait(p.process_id, timeout=5)
+    assert done.errors == [f"{ASSIGNMENT_LOST} (attempt 2 of 2)"]
+    await ex.aclose()
+
+
+async def test_a_heartbeating_executor_keeps_a_long_job(client: Client, settings) -> None:
+    """No visibility timeout: a job running for many liveness windows is never re-queued."""
+    app = ExecutorApp("echo", "patient", settings=settings, heartbeat_s=0.05)
+    windows = asyncio.Event()
+
+    @app.handler()
+    async def long_job(ctx: ProcessContext) -> list[object]:
+        # Outlive five liveness windows, measured on the broker's own clock by its sweeps.
+        await asyncio.wait_for(windows.wait(), timeout=10)
+        return ["done"]
+
+    p = await submitted(client)
+    runner = asyncio.create_task(app.run(burst=True))
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    async with asyncio.timeout(10):
+        while loop.time() - started < 5 * LIVENESS_S:
+            await asyncio.sleep(0.05)  # sleep-ok: letting time pass is the point of the test
+            assert (await client.get(p.process_id)).state is ProcessState.RUNNING
+    windows.set()
+    done = await client.wait(p.process_id, timeout=5)
+    assert done.state is ProcessState.SUCCESS and done.retries == 0
+    await runner
+
+
+async def test_cancel_reaches_the_running_function_promptly(client: Client, settings) -> None:
+    app = ExecutorApp("echo", "cancellable", settings=settings, heartbeat_s=0.05)
+    started, stopped = asyncio.Event(), asyncio.Event()
+
+    @app.handler()
+    async def forever(ctx: ProcessContext) -> list[object]:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            stopped.set()
+        return []
+
+    p = await submitted(client)
+    runner = asyncio.create_task(app.run(burst=True))
+    async with asyncio.timeout(5):
+        await started.wait()
+        cancelled = await client.cancel(p.process_id)
+        assert cancelled.state is ProcessState.CANCELLED
+        await stopped.wait()
+        assert await runner == 1
+    assert (await client.get(p.process_id)).state is ProcessState.CANCELLED
+
+
+async def test_late_close_after_cancel_is_refused(client: Client, settings) -> None:
+    p = await submitted(client)
+    ex = await executor_client(settings, "e1")
+    assert await ex.assign(timeout=1) is not None
+    await client.cancel(p.process_id)
+    with pytest.raises(ConflictError, match="CANCELLED"):
+        await ex.close(p.process_id, ["too late"])
+    assert (await client.get(p.process_id)).state is ProcessState.CANCELLED
+    await ex.aclose()
+
+
+async def test_cancel_a_waiting_process(client: Client, settings) -> None:
+    p = await submitted(client)
+    await client.cancel(p.process_id)
+    ex = await executor_client(settings, "e1")
+    assert await ex.assign(timeout=0) is None
+    with pytest.raises(ConflictError):
+        await client.cancel(p.process_id)
+    await ex.aclose()
+
+
+@pytest.fixture
+async def standby(broker_settings: BrokerSettings, broker: Broker) -> AsyncIterator[Broker]:
+    async with running_broker(broker_settings, lead=False) as b:
+        yield b
+
+
+async def test_a_standby_takes_over_when_the_leader_stops(
+    client: Client, settings, broker: Broker, standby: Broker
+) -> None:
+    assert broker.leading.is_set() and not standby.leading.is_set()
+    p = await submitted(client)
+    broker.stop()
+    async with asyncio.timeout(5):
+        await standby.leading.wait()
+    ex = await executor_client(settings, "e1")
+    got = await ex.assign(timeout=2)
+    assert got is not None and got.process_id == p.process_id
+    await ex.close(got.process_id, [])
+    q = await submitted(client)
+    assert (await client.get(q.process_id)).state is ProcessState.WAITING
+    await ex.aclose()
+
+
+async def test_events_carry_the_revision_order(client: Client, settings) -> None:
+    """Each process's events are stored in the order of its KV revisions."""
+    import nats
+
+    p = await submitted(client)
+    ex = await executor_client(settings, "e1")
+    got = await ex.assign(timeout=1)
+    assert got is not None
+    await ex.close(got.process_id, [])
+    nc = await nats.connect(settings.nats_url)
+    js = nc.jetstream()
+    from colonyos.subjects import Subjects
+
+    subjects = Subjects(settings.prefix)
+    sub = await js.subscribe(
+        subjects.events_filter(colony=COLONY, process_id=p.process_id), ordered_consumer=True
+    )
+    seen = []
+    for _ in range(3):
+        msg = await sub.next_msg(timeout=5)
+        seen.append((msgspec.json.decode(msg.data, type=Process).state, msg.headers["Nats-Msg-Id"]))
+    assert [s for s, _ in seen] == [
+        ProcessState.WAITING,
+        ProcessState.RUNNING,
+        ProcessState.SUCCESS,
+    ]
+    revisions = [int(h.rsplit(".", 1)[1]) for _, h in seen]
+    assert revisions == sorted(revisions)
+    await nc.close()
+    await ex.aclose()
