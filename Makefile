@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install dev test lint typecheck unit bench bench-quick clean
+.PHONY: install dev test lint typecheck unit soak bench bench-quick clean
 
 install: $(STAMP)
 
@@ -28,6 +28,11 @@ unit: install
 	$(BIN)/pytest -q
 
 test: lint typecheck unit
+
+# The fault-injection checker at length: more processes, a minute of kills (outside make test).
+soak: install
+	COLONIES_CHECKER_PROCESSES=3000 COLONIES_CHECKER_CHAOS_S=60 \
+		$(BIN)/pytest -q -s tests/test_checker.py -o timeout=900
 
 clean:
 	rm -rf $(VENV) .colonies build dist *.egg-info

@@ -64,3 +64,7 @@ app.command("dev")(server.dev)
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

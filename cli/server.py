@@ -63,7 +63,9 @@ async def _serve(
     except NatsServerError as err:
         raise fail(str(err)) from None
     settings = Settings(nats_url=server.url, colony=settings.colony, prefix=settings.prefix)
-    broker = Broker(BrokerSettings(nats_url=server.url, prefix=settings.prefix, data_dir=data_dir))
+    broker = Broker(
+        BrokerSettings.from_env(nats_url=server.url, prefix=settings.prefix, data_dir=data_dir)
+    )
     async with contextlib.AsyncExitStack() as stack:
         stack.callback(server.stop)
         broker_task = asyncio.create_task(broker.run())
@@ -135,7 +137,9 @@ def broker_start(
 
     async def go() -> None:
         broker = Broker(
-            BrokerSettings(nats_url=settings.nats_url, prefix=settings.prefix, data_dir=data_dir)
+            BrokerSettings.from_env(
+                nats_url=settings.nats_url, prefix=settings.prefix, data_dir=data_dir
+            )
         )
         task = asyncio.create_task(broker.run())
         try:

@@ -242,15 +242,27 @@ class Client:
         timeout: float = 60.0,
         colony: str | None = None,
     ) -> Process:
-        """Wait until the process is SUCCESS, FAILED or CANCELLED, and return it."""
-        async with self.watch(process_id, colony=colony) as watch:
-            process = await self.get(process_id, colony=colony)
-            async with asyncio.timeout(timeout):
-                while not process.state.is_terminal:
-                    event = await watch.next(None)
-                    if isinstance(event, Process):
-                        process = event
+        """Wait until the process is SUCCESS, FAILED or CANCELLED, and return it.
+
+        Rides out a broker fail-over: while no broker answers, it keeps listening for events
+        and asks again.
+        """
+        async with self.watch(process_id, colony=colony) as watch, asyncio.timeout(timeout):
+            process = await self._get_patiently(process_id, colony)
+            while not process.state.is_terminal:
+                event = await watch.next(None)
+                if isinstance(event, Process):
+                    process = event
             return process
+
+    async def _get_patiently(self, process_id: str, colony: str | None) -> Process:
+        delay = 0.1
+        while True:
+            try:
+                return await self.get(process_id, colony=colony)
+            except BrokerUnavailableError:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
 
     # -- queries and control ------------------------------------------------------------
     async def get(self, process_id: str, *, colony: str | None = None) -> Process:

@@ -25,12 +25,18 @@ import logging
 import os
 import socket
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TextIO
 
 from colonyos.client import Client
 from colonyos.config import Settings
-from colonyos.errors import BrokerUnavailableError, ConflictError, NotAuthorizedError
+from colonyos.errors import (
+    BrokerUnavailableError,
+    ColonyNotFoundError,
+    ConflictError,
+    NotAuthorizedError,
+)
 from colonyos.models import Capabilities, Executor, ExecutorState, Process, ProcessState
 from colonyos.subjects import check_name
 
@@ -42,6 +48,9 @@ Handler = Callable[["ProcessContext"], Awaitable[list[Any]]]
 
 _LOG_FLUSH_S = 0.25
 _RETRY_MAX_S = 5.0
+# How long an executor keeps trying to deliver a result while no broker answers.
+_RESULT_PATIENCE_S = 120.0
+_FINAL_FLUSH_TRIES = 8
 _current: contextvars.ContextVar[ProcessContext | None] = contextvars.ContextVar(
     "colonies_process", default=None
 )
@@ -79,15 +88,26 @@ class ProcessContext:
         if final and self._partial:
             self._lines.append(self._partial)
             self._partial = ""
-        lines, self._lines = self._lines, []
-        try:
-            await self.client.add_logs(self.process.process_id, lines, attempt=self.process.retries)
-        except BrokerUnavailableError:
-            self._lines[:0] = lines  # keep them for the next flush
+        delay = 0.2
+        for _ in range(_FINAL_FLUSH_TRIES if final else 1):
+            lines, self._lines = self._lines, []
+            try:
+                await self.client.add_logs(
+                    self.process.process_id, lines, attempt=self.process.retries
+                )
+                return
+            except BrokerUnavailableError:
+                self._lines[:0] = lines  # keep them for the next try
+            except (ConflictError, NotAuthorizedError) as err:
+                logger.warning("log of %s refused: %s", self.process.process_id, err.message)
+                return
             if final:
-                raise
-        except (ConflictError, NotAuthorizedError) as err:
-            logger.warning("log lines of %s refused: %s", self.process.process_id, err.message)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _RETRY_MAX_S)
+        if final:
+            logger.warning(
+                "%d log lines of %s undelivered", len(self._lines), self.process.process_id
+            )
 
 
 class _RoutedStream(io.TextIOBase):
@@ -215,7 +235,17 @@ class ExecutorApp:
             location_name=self.location_name,
             capabilities=self.capabilities,
         )
-        self.registered = await client.register(executor)
+        delay = 0.2
+        while True:
+            try:
+                self.registered = await client.register(executor)
+                break
+            except (BrokerUnavailableError, ColonyNotFoundError) as err:
+                if burst and isinstance(err, ColonyNotFoundError):
+                    raise
+                logger.warning("cannot register yet (%s); retrying in %.1fs", err.message, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _RETRY_MAX_S)
         if self.registered.state is not ExecutorState.APPROVED:
             if burst:
                 raise NotAuthorizedError(
@@ -270,15 +300,11 @@ class ExecutorApp:
         self.processed += 1
         if handler is None:
             known = ", ".join(sorted(self.handlers)) or "none"
-            await self._finish(
-                client.fail(
-                    pid,
-                    [
-                        f"executor {self.name!r} has no function {process.spec.func_name!r} "
-                        f"(it has: {known})"
-                    ],
-                )
+            error = (
+                f"executor {self.name!r} has no function {process.spec.func_name!r} "
+                f"(it has: {known})"
             )
+            await self._finish(lambda: client.fail(pid, [error], attempt=process.retries))
             return
         ctx = ProcessContext(process, client)
         attempt = process.retries
@@ -300,12 +326,11 @@ class ExecutorApp:
                 except Exception as err:
                     logger.info("process %s failed: %s", pid, err)
                     await self._stop_flusher(flusher, ctx)
-                    await self._finish(
-                        client.fail(pid, [f"{type(err).__name__}: {err}"], attempt=attempt)
-                    )
+                    error = f"{type(err).__name__}: {err}"
+                    await self._finish(lambda: client.fail(pid, [error], attempt=attempt))
                 else:
                     await self._stop_flusher(flusher, ctx)
-                    await self._finish(client.close(pid, output, attempt=attempt))
+                    await self._finish(lambda: client.close(pid, output, attempt=attempt))
                 finally:
                     guard.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
@@ -330,12 +355,28 @@ class ExecutorApp:
                 work.cancel()
                 return reason
 
-    async def _finish(self, closing: Awaitable[Process]) -> None:
-        try:
-            await closing
-        except (ConflictError, NotAuthorizedError) as err:
-            # Cancelled, or re-queued after this executor was presumed lost: not ours to close.
-            logger.warning("result not accepted: %s", err.message)
+    async def _finish(self, closing: Callable[[], Awaitable[Process]]) -> None:
+        """Send the result, riding out a broker fail-over; give up only if it is refused."""
+        delay = 0.2
+        deadline = time.monotonic() + _RESULT_PATIENCE_S
+        while True:
+            try:
+                await closing()
+                return
+            except (ConflictError, NotAuthorizedError) as err:
+                # Cancelled, re-queued after this executor was presumed lost, or a retried send
+                # whose first try got through: not ours to close (again).
+                logger.warning("result not accepted: %s", err.message)
+                return
+            except BrokerUnavailableError as err:
+                if time.monotonic() > deadline:
+                    logger.error(
+                        "result dropped: no broker for %.0fs (%s)", _RESULT_PATIENCE_S, err
+                    )
+                    return
+                logger.warning("sending the result failed (%s); retrying", err.message)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _RETRY_MAX_S)
 
     @staticmethod
     async def _flush_periodically(ctx: ProcessContext) -> None:

@@ -49,9 +49,19 @@ class Lifecycle:
     async def sweep(self) -> None:
         t_ns = time.time_ns()
         for colony, pid in self.service.wait_deadlines.pop_due(t_ns):
-            await self._apply(colony, pid, lambda p: transitions.expire_wait(p, now=now()))
+            await self._apply(
+                colony,
+                pid,
+                lambda p: transitions.expire_wait(p, now=now()),
+                transitions.WAIT_TIMEOUT,
+            )
         for colony, pid in self.service.exec_deadlines.pop_due(t_ns):
-            await self._apply(colony, pid, self._requeue_if(transitions.EXEC_TIMEOUT, _past_exec))
+            await self._apply(
+                colony,
+                pid,
+                self._requeue_if(transitions.EXEC_TIMEOUT, _past_exec),
+                transitions.EXEC_TIMEOUT,
+            )
         for process in list(self.service.running.values()):
             reason = self._lost(process, time.monotonic(), t_ns)
             if reason is not None:
@@ -59,6 +69,7 @@ class Lifecycle:
                     process.colony_name,
                     process.process_id,
                     self._requeue_if(reason, _same_attempt(process)),
+                    reason,
                 )
 
     def _lost(self, process: Process, mono_now: float, wall_ns: int) -> str | None:
@@ -91,17 +102,20 @@ class Lifecycle:
 
         return step
 
-    async def _apply(self, colony: str, pid: str, step: Callable[[Process], Process]) -> None:
+    async def _apply(
+        self, colony: str, pid: str, step: Callable[[Process], Process], reason: str
+    ) -> None:
         try:
             process = await self.service.transition(colony, pid, step)
         except (ConflictError, NotFoundError):
             return  # it moved on (closed, cancelled, removed): nothing to do
         logger.info(
-            "process %s in %s: %s (%s)",
+            "%s: process %s in %s is %s (retries %d)",
+            reason,
             pid,
             colony,
             process.state.name,
-            process.errors[-1] if process.errors else f"retry {process.retries}",
+            process.retries,
         )
 
 

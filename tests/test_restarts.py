@@ -1,0 +1,118 @@
+"""Restarts lose nothing: a broker killed with SIGKILL, and the NATS server itself."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from colonyos.client import Client
+from colonyos.config import BrokerSettings, Settings
+from colonyos.errors import BrokerUnavailableError, ProcessNotFoundError
+from colonyos.executors import echo
+from colonyos.models import Process, ProcessState
+from colonyos.natsserver import NatsServer
+
+from .conftest import COLONY, running_broker
+from .procs import Child, free_port
+from .test_assign_flow import spec
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def own_nats(tmp_path: Path) -> Iterator[NatsServer]:
+    """A nats-server of this test's own (file storage), that the test may stop and restart."""
+    server = NatsServer(tmp_path / "js", port=free_port()).start()
+    yield server
+    server.stop()
+
+
+async def wait_created(client: Client, pid: str) -> None:
+    """A spec accepted by JetStream but not yet by a broker has no process yet: poll for it."""
+    async with asyncio.timeout(30):
+        while True:
+            try:
+                await client.get(pid)
+                return
+            except (ProcessNotFoundError, BrokerUnavailableError):
+                await asyncio.sleep(0.1)  # sleep-ok: polling the state under a deadline
+
+
+async def run_echo_until_done(settings: Settings, pids: list[str], client: Client) -> list[Process]:
+    app = echo.build(settings, "echo", "echo-restart")
+    runner = asyncio.create_task(app.run())
+    try:
+        for pid in pids:
+            await wait_created(client, pid)
+        return [await client.wait(pid, timeout=30) for pid in pids]
+    finally:
+        app.stop()
+        await runner
+
+
+async def test_nats_restart_loses_no_accepted_process(own_nats: NatsServer, tmp_path: Path) -> None:
+    prefix = "restart"
+    broker_settings = BrokerSettings(
+        nats_url=own_nats.url, prefix=prefix, data_dir=tmp_path / "data", lease_ttl_s=1.0
+    )
+    settings = Settings(nats_url=own_nats.url, colony=COLONY, prefix=prefix)
+    async with running_broker(broker_settings) as broker:
+        client = await Client.connect(settings)
+        await client.colony_add(COLONY, auto_approve=True)
+        before = await client.submit(spec())
+        assert isinstance(before, Process)
+
+        own_nats.stop()
+        own_nats.start()  # same port, same store directory
+
+        # Everyone reconnects by themselves: the broker leads again and serves.
+        async with asyncio.timeout(30):
+            while True:
+                try:
+                    after = await client.submit(spec())
+                    break
+                except Exception:  # reconnecting: any error means "not yet"
+                    await asyncio.sleep(0.2)  # sleep-ok: polling for the server's return
+        assert isinstance(after, Process)
+        assert broker.leading.is_set()
+        done = await run_echo_until_done(settings, [before.process_id, after.process_id], client)
+        assert [p.state for p in done] == [ProcessState.SUCCESS, ProcessState.SUCCESS]
+        await client.aclose()
+
+
+async def test_broker_killed_with_sigkill_loses_nothing(
+    own_nats: NatsServer, tmp_path: Path
+) -> None:
+    prefix = "sigkill"
+    env = {"COLONIES_LEASE_TTL": "1", "COLONIES_NATS_URL": own_nats.url, "COLONIES_PREFIX": prefix}
+    first = Child(["broker", "start", "--data-dir", str(tmp_path / "b1")], tmp_path / "b1.log", env)
+    first.start()
+    settings = Settings(nats_url=own_nats.url, colony=COLONY, prefix=prefix)
+    client = await Client.connect(settings)
+    async with asyncio.timeout(30):
+        while True:
+            try:
+                await client.colony_add(COLONY, auto_approve=True)
+                break
+            except Exception:  # the broker is still starting
+                await asyncio.sleep(0.1)  # sleep-ok: polling for the broker to serve
+    submitted = [await client.submit(spec(args=[i])) for i in range(20)]
+    more = [await client.submit(spec(args=[i]), confirm=False) for i in range(20, 60)]
+    first.kill()  # in the middle of accepting the second batch, most likely
+    second = Child(
+        ["broker", "start", "--data-dir", str(tmp_path / "b2")], tmp_path / "b2.log", env
+    )
+    second.start()
+    try:
+        pids = [p.process_id for p in submitted if isinstance(p, Process)] + [
+            p for p in more if isinstance(p, str)
+        ]
+        done = await run_echo_until_done(settings, pids, client)
+        assert all(p.state is ProcessState.SUCCESS for p in done)
+        assert len({p.process_id for p in done}) == 60
+    finally:
+        second.stop()
+        await client.aclose()
