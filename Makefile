@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install dev test lint typecheck unit soak bench bench-quick clean
+.PHONY: install dev test lint typecheck unit soak bench-durability clean
 
 install: $(STAMP)
 
@@ -33,6 +33,10 @@ test: lint typecheck unit
 soak: install
 	COLONIES_CHECKER_PROCESSES=3000 COLONIES_CHECKER_CHAOS_S=60 \
 		$(BIN)/pytest -q -s tests/test_checker.py -o timeout=900
+
+# What JetStream's fsync policy (nats.conf sync_interval) costs on this machine.
+bench-durability: install
+	$(BIN)/python -m bench.durability
 
 clean:
 	rm -rf $(VENV) .colonies build dist *.egg-info

@@ -132,7 +132,7 @@ def broker_start(
     ctx: typer.Context,
     data_dir: Path = _DATA_DIR,
 ) -> None:
-    """Start a broker against the NATS server given by --nats."""
+    """Start a broker against --nats; run several for fail-over (one leads, others stand by)."""
     settings = settings_of(ctx)
 
     async def go() -> None:
