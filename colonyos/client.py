@@ -27,23 +27,28 @@ import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.js.api import DeliverPolicy
+from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from colonyos.config import Settings, default_caller
 from colonyos.errors import (
     AssignTimeoutError,
     BrokerUnavailableError,
     ColoniesError,
+    ConflictError,
     ErrorReply,
     InvalidSpecError,
 )
+from colonyos.graphs import check_workflow, node_process_id
 from colonyos.messages import (
+    AddChild,
     Assign,
     Close,
     ColonyAdd,
     Empty,
     Fail,
+    GraphRef,
     Heartbeat,
+    ListGraphs,
     ListProcesses,
     LogLines,
     Named,
@@ -51,10 +56,20 @@ from colonyos.messages import (
     Register,
     Rejection,
     Reply,
+    Stats,
 )
-from colonyos.models import Colony, Executor, FunctionSpec, LogEntry, Process, ProcessState
+from colonyos.models import (
+    Colony,
+    Executor,
+    FunctionSpec,
+    LogEntry,
+    Process,
+    ProcessGraph,
+    ProcessState,
+    WorkflowSpec,
+)
 from colonyos.specs import check_function_spec
-from colonyos.subjects import SERVER_SCOPE, Subjects, check_name
+from colonyos.subjects import GRAPH_TOKEN, SERVER_SCOPE, Subjects, check_name
 
 __all__ = ["Client"]
 
@@ -67,6 +82,7 @@ _reply_decoder = msgspec.json.Decoder(Reply)
 _process_decoder = msgspec.json.Decoder(Process)
 _rejection_decoder = msgspec.json.Decoder(Rejection)
 _log_decoder = msgspec.json.Decoder(LogEntry)
+_graph_decoder = msgspec.json.Decoder(ProcessGraph)
 
 # How often a log follower that has seen no line checks whether the process ended.
 _FOLLOW_TICK_S = 0.2
@@ -264,6 +280,146 @@ class Client:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
 
+    # -- workflows ------------------------------------------------------------------------
+    async def submit_workflow(
+        self,
+        workflow: WorkflowSpec,
+        *,
+        graph_id: str | None = None,
+        confirm: bool = True,
+        timeout: float | None = None,
+    ) -> ProcessGraph | str:
+        """Submit a workflow; returns its process graph (or the graph id without confirm).
+
+        The graph is checked here first (names, dependencies, cycles), so most mistakes are
+        reported before anything is sent; the broker checks again.
+        """
+        check_workflow(workflow)
+        colony = workflow.colony_name or self.colony
+        gid = graph_id or _new_id()
+        subject = self.subjects.workflows(colony)
+        data = _encode(msgspec.structs.replace(workflow, colony_name=colony))
+        if not confirm:
+            await self._publish_spec(subject, data, gid)
+            return gid
+        first_node = node_process_id(gid, 0)
+        async with (
+            self.watch(first_node, colony=colony) as created,
+            self.watch(gid, colony=colony) as rejected,
+        ):
+            ack = await self._publish_spec(subject, data, gid)
+            if not ack.duplicate:
+                done, pending = await asyncio.wait(
+                    [
+                        asyncio.ensure_future(created.next(None)),
+                        asyncio.ensure_future(rejected.next(None)),
+                    ],
+                    timeout=timeout or self.settings.request_timeout_s * 2,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                for task in pending:
+                    task.cancel()
+                if not done:
+                    raise BrokerUnavailableError("no broker took the workflow in time")
+                event = next(iter(done)).result()
+                if isinstance(event, Rejection):
+                    raise ColoniesError.from_reply(_rejection_reply(event))
+        return await self.graph_get(gid, colony=colony)
+
+    async def graph_get(self, graph_id: str, *, colony: str | None = None) -> ProcessGraph:
+        return await self._must(
+            "graph_get", GraphRef(process_graph_id=graph_id), ProcessGraph, colony=colony
+        )
+
+    async def graph_list(self, *, limit: int = 20) -> list[ProcessGraph]:
+        return await self._request("graph_list", ListGraphs(limit=limit), list[ProcessGraph]) or []
+
+    async def graph_cancel(self, graph_id: str) -> ProcessGraph:
+        return await self._must("graph_cancel", GraphRef(process_graph_id=graph_id), ProcessGraph)
+
+    async def graph_processes(self, graph: ProcessGraph) -> list[Process]:
+        return [await self.get(pid, colony=graph.colony_name) for pid in graph.process_ids]
+
+    async def graph_wait(self, graph_id: str, *, timeout: float = 60.0) -> ProcessGraph:
+        """Wait until the graph is SUCCESS, FAILED or CANCELLED."""
+        subject = self.subjects.events_filter(
+            colony=self.colony, executor_type=GRAPH_TOKEN, process_id=graph_id
+        )
+        sub = await self.nc.subscribe(subject)
+        try:
+            await self.nc.flush()
+            async with asyncio.timeout(timeout):
+                graph = await self.graph_get(graph_id)
+                while not graph.state.is_terminal:
+                    msg = await sub.next_msg(timeout=None)
+                    graph = _graph_decoder.decode(msg.data)
+                return graph
+        finally:
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
+
+    async def add_child(
+        self,
+        parent: Process,
+        spec: FunctionSpec,
+        *,
+        insert: bool = False,
+    ) -> Process:
+        """From the executor running ``parent``: add a process to its graph, after it (a new
+        branch) or, with ``insert``, between it and its current children."""
+        body = AddChild(
+            process_graph_id=parent.process_graph_id,
+            parent_process_id=parent.process_id,
+            spec=spec,
+            insert=insert,
+            attempt=parent.retries,
+        )
+        return await self._must("add_child", body, Process)
+
+    # -- events ---------------------------------------------------------------------------
+    def subscribe(
+        self,
+        *,
+        process_id: str = "*",
+        executor_type: str = "*",
+        state: ProcessState | str = "*",
+        colony: str | None = None,
+        since: datetime | None = None,
+    ) -> EventStream:
+        """Lifecycle events as they happen (or replayed from ``since``), filtered by process,
+        executor type or state. Use as ``async with client.subscribe(...) as events``."""
+        token = state.token if isinstance(state, ProcessState) else state
+        subject = self.subjects.events_filter(
+            colony=colony or self.colony,
+            executor_type=executor_type,
+            state=token,
+            process_id=process_id,
+        )
+        return EventStream(self, subject, since)
+
+    async def wait_for_state(
+        self, process_id: str, state: ProcessState, *, timeout: float = 60.0
+    ) -> Process:
+        """Wait until the process is in ``state`` (now or later); a terminal state other than
+        the one asked for raises :class:`ConflictError`. Cannot miss a transition: it listens
+        before it looks."""
+        async with self.watch(process_id) as watch, asyncio.timeout(timeout):
+            process = await self._get_patiently(process_id, None)
+            while process.state is not state:
+                if process.state.is_terminal:
+                    raise ConflictError(
+                        f"process {process_id} ended {process.state.name}, not {state.name}",
+                        process_id=process_id,
+                        state=process.state.name,
+                    )
+                event = await watch.next(None)
+                if isinstance(event, Process):
+                    process = event
+            return process
+
+    async def stats(self) -> Stats:
+        return await self._must("stats", Empty(), Stats)
+
     # -- queries and control ------------------------------------------------------------
     async def get(self, process_id: str, *, colony: str | None = None) -> Process:
         return await self._must("get", ProcessRef(process_id=process_id), Process, colony=colony)
@@ -450,3 +606,47 @@ class ProcessWatch:
         if msg.subject.split(".")[-2] == "rejected":
             return _rejection_decoder.decode(msg.data)
         return _process_decoder.decode(msg.data)
+
+
+class EventStream:
+    """Lifecycle events from one subject filter: live (core NATS), or replayed from a time
+    through the events stream and then live, in order."""
+
+    def __init__(self, client: Client, subject: str, since: datetime | None) -> None:
+        self._client = client
+        self._subject = subject
+        self._since = since
+        self._sub: Any = None
+
+    async def __aenter__(self) -> EventStream:
+        nc = self._client.nc
+        if self._since is None:
+            self._sub = await nc.subscribe(self._subject)
+            await nc.flush()
+        else:
+            self._sub = await self._client.js.subscribe(
+                self._subject,
+                ordered_consumer=True,
+                stream=self._client.subjects.stream_events,
+                config=ConsumerConfig(
+                    deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=self._since
+                ),
+            )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._sub is not None:
+            with contextlib.suppress(nats.errors.Error):
+                await self._sub.unsubscribe()
+
+    async def next(self, timeout: float | None = None) -> Process | Rejection:
+        msg = await self._sub.next_msg(timeout=timeout)
+        if msg.subject.split(".")[-2] == "rejected":
+            return _rejection_decoder.decode(msg.data)
+        return _process_decoder.decode(msg.data)
+
+    def __aiter__(self) -> EventStream:
+        return self
+
+    async def __anext__(self) -> Process | Rejection:
+        return await self.next(None)

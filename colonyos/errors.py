@@ -8,7 +8,8 @@
       ├─ NotFoundError
       │    ├─ ColonyNotFoundError
       │    ├─ ExecutorNotFoundError
-      │    └─ ProcessNotFoundError
+      │    ├─ ProcessNotFoundError
+      │    └─ GraphNotFoundError
       ├─ ConflictError             already exists, or an illegal state transition
       ├─ NotAuthorizedError        e.g. a close from an executor the process is not assigned to
       ├─ BrokerUnavailableError    no broker answered (not started, or NATS unreachable)
@@ -33,6 +34,7 @@ __all__ = [
     "ConflictError",
     "ErrorReply",
     "ExecutorNotFoundError",
+    "GraphNotFoundError",
     "InvalidNameError",
     "InvalidSpecError",
     "NotAuthorizedError",
@@ -115,6 +117,13 @@ class ProcessNotFoundError(NotFoundError):
 
     def __init__(self, process_id: str) -> None:
         super().__init__(f"process {process_id} does not exist", process_id=process_id)
+
+
+class GraphNotFoundError(NotFoundError):
+    code = "graph_not_found"
+
+    def __init__(self, graph_id: str) -> None:
+        super().__init__(f"process graph {graph_id} does not exist", process_graph_id=graph_id)
 
 
 class ConflictError(ColoniesError):

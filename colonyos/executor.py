@@ -37,7 +37,14 @@ from colonyos.errors import (
     ConflictError,
     NotAuthorizedError,
 )
-from colonyos.models import Capabilities, Executor, ExecutorState, Process, ProcessState
+from colonyos.models import (
+    Capabilities,
+    Executor,
+    ExecutorState,
+    FunctionSpec,
+    Process,
+    ProcessState,
+)
 from colonyos.subjects import check_name
 
 __all__ = ["ExecutorApp", "ProcessContext", "output_of"]
@@ -73,6 +80,11 @@ class ProcessContext:
         self.client = client
         self._lines: list[str] = []
         self._partial = ""
+
+    async def add_child(self, spec: FunctionSpec, *, insert: bool = False) -> Process:
+        """Add a process to this process's graph: after it (a new branch) or, with ``insert``,
+        between it and its children. The child gets this process's output as input."""
+        return await self.client.add_child(self.process, spec, insert=insert)
 
     def log(self, line: str) -> None:
         """Add one line to the process's log (sent in batches while the process runs)."""
@@ -396,15 +408,20 @@ class ExecutorApp:
 
 
 def _call_function(fn: Callable[..., Any]) -> Handler:
-    """Adapt ``fn(*args, **kwargs)`` to a handler; sync functions run in a worker thread."""
+    """Adapt a function to a handler; sync functions run in a worker thread.
+
+    It is called as ``fn(*args, *input, **kwargs)``: the spec's args, then the process's input
+    (in a workflow, its parents' outputs), then the spec's kwargs.
+    """
 
     @functools.wraps(fn)
     async def handler(ctx: ProcessContext) -> list[Any]:
         spec = ctx.process.spec
+        args = [*spec.args, *ctx.process.input]
         if inspect.iscoroutinefunction(fn):
-            value = await fn(*spec.args, **spec.kwargs)
+            value = await fn(*args, **spec.kwargs)
         else:
-            value = await asyncio.to_thread(fn, *spec.args, **spec.kwargs)
+            value = await asyncio.to_thread(fn, *args, **spec.kwargs)
         return output_of(value)
 
     return handler

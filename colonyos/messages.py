@@ -14,15 +14,18 @@ from typing import Any
 import msgspec
 
 from colonyos.errors import ErrorReply
-from colonyos.models import Colony, Executor, Model, ProcessState
+from colonyos.models import Colony, Executor, FunctionSpec, Model, ProcessState
 
 __all__ = [
+    "AddChild",
     "Assign",
     "Close",
     "ColonyAdd",
     "Empty",
     "Fail",
+    "GraphRef",
     "Heartbeat",
+    "ListGraphs",
     "ListProcesses",
     "LogLines",
     "Named",
@@ -30,6 +33,7 @@ __all__ = [
     "Register",
     "Rejection",
     "Reply",
+    "Stats",
 ]
 
 
@@ -78,6 +82,32 @@ class ListProcesses(Model, kw_only=True):
     since: datetime | None = None
     until: datetime | None = None
     limit: int = 100
+
+
+class AddChild(Model, kw_only=True):
+    """Add a process to a running process's graph: after it (a branch), or between it and its
+    children (``insert``)."""
+
+    process_graph_id: str
+    parent_process_id: str
+    spec: FunctionSpec
+    insert: bool = False
+    attempt: int | None = None
+
+
+class GraphRef(Model, kw_only=True):
+    process_graph_id: str
+
+
+class ListGraphs(Model, kw_only=True):
+    limit: int = 20
+
+
+class Stats(Model, kw_only=True):
+    """Counts for a live status view."""
+
+    states: dict[str, int] = msgspec.field(default_factory=dict)
+    executor_types: dict[str, dict[str, int]] = msgspec.field(default_factory=dict)
 
 
 class Register(Model, kw_only=True):

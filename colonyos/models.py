@@ -29,6 +29,7 @@ __all__ = [
     "Location",
     "LogEntry",
     "Process",
+    "ProcessGraph",
     "ProcessState",
     "Software",
     "WorkflowSpec",
@@ -209,6 +210,20 @@ class Process(Model, kw_only=True):
     @property
     def executor_type(self) -> str:
         return self.spec.conditions.executor_type
+
+
+class ProcessGraph(Model, kw_only=True):
+    """A workflow's processes; ``nodes`` maps each node name to its process id."""
+
+    process_graph_id: str
+    colony_name: str
+    root_process_ids: list[str] = field(default_factory=list)
+    process_ids: list[str] = field(default_factory=list)
+    nodes: dict[str, str] = field(default_factory=dict)
+    state: ProcessState = ProcessState.WAITING
+    submission_time: datetime = ZERO_TIME
+    start_time: datetime = ZERO_TIME
+    end_time: datetime = ZERO_TIME
 
 
 class Location(Model, kw_only=True):

@@ -11,30 +11,12 @@ from dataclasses import dataclass
 
 from colonyos.errors import InvalidNameError
 
-__all__ = ["RPC_OPS", "Subjects", "check_name"]
+__all__ = ["GRAPH_TOKEN", "SERVER_SCOPE", "Subjects", "check_name"]
 
 _TOKEN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,127}$")
 
-# The broker's request/reply operations; the op is the last token of the rpc subject.
-RPC_OPS = (
-    "assign",
-    "close",
-    "fail",
-    "log",
-    "get",
-    "list",
-    "cancel",
-    "remove",
-    "register",
-    "executor_list",
-    "executor_approve",
-    "executor_reject",
-    "executor_remove",
-    "colony_add",
-    "colony_list",
-    "colony_get",
-    "colony_remove",
-)
+# The executor-type token of events about a whole graph (a rejected workflow).
+GRAPH_TOKEN = "_graph"
 
 # The rpc "colony" token for requests that concern the whole server (colony add/list).
 SERVER_SCOPE = "_server"

@@ -12,8 +12,10 @@ import asyncio
 import contextlib
 import logging
 from contextlib import AsyncExitStack
+from typing import Any
 
 import nats.errors
+import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig
@@ -24,6 +26,7 @@ from colonyos.broker.lease import Lease
 from colonyos.broker.lifecycle import Lifecycle
 from colonyos.broker.service import Service, new_id
 from colonyos.broker.store import ProcessStore
+from colonyos.broker.workflows import Workflows
 from colonyos.client import connect_nats
 from colonyos.config import BrokerSettings
 from colonyos.subjects import Subjects
@@ -71,7 +74,14 @@ class Broker:
             )
             while not self._stopping.is_set():
                 if await lease.try_acquire():
-                    await self._lead(nc, store, lease)
+                    try:
+                        await self._lead(nc, store, lease)
+                    except (nats.errors.Error, TimeoutError) as err:
+                        # NATS went away while taking over or serving: stand by and try again.
+                        logger.warning("broker %s stopped leading: %s", self.broker_id, err)
+                        self.leading.clear()
+                        await lease.release()
+                        await self._pause(s.lease_ttl_s / 3)
                 else:
                     await self._pause(s.lease_ttl_s / 3)
 
@@ -88,20 +98,15 @@ class Broker:
             await index.open()
             stack.push_async_callback(index.close)
             service = Service(store, index, self.subjects)
+            workflows = Workflows(service)
             await service.load()
+            await workflows.load()
             self.service = service
-            intake = Intake(service)
+            intake = Intake(service, workflows)
             lifecycle = Lifecycle(
                 service, liveness_s=s.executor_liveness_s, sweep_interval_s=s.sweep_interval_s
             )
-            specs = await store.js.pull_subscribe(
-                self.subjects.specs_filter,
-                durable=self.subjects.consumer_specs,
-                stream=self.subjects.stream_specs,
-                config=ConsumerConfig(
-                    ack_policy=AckPolicy.EXPLICIT, ack_wait=_SPEC_ACK_WAIT_S, max_ack_pending=-1
-                ),
-            )
+            specs = await self._specs_consumer(store)
             stack.push_async_callback(self._unsubscribe, specs)
             rpc = await nc.subscribe(
                 self.subjects.rpc_all,
@@ -123,6 +128,24 @@ class Broker:
             logger.info("broker %s leads", self.broker_id)
             await self._hold(lease)
             logger.info("broker %s steps down", self.broker_id)
+
+    async def _specs_consumer(self, store: ProcessStore) -> Any:
+        """The durable pull consumer over the whole specs stream (specs and workflows)."""
+        config = ConsumerConfig(
+            durable_name=self.subjects.consumer_specs,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=_SPEC_ACK_WAIT_S,
+            max_ack_pending=-1,
+        )
+        try:
+            await store.js.add_consumer(self.subjects.stream_specs, config)
+        except nats.js.errors.BadRequestError:
+            # An older definition: replace it (the specs stay in the stream).
+            await store.js.delete_consumer(self.subjects.stream_specs, self.subjects.consumer_specs)
+            await store.js.add_consumer(self.subjects.stream_specs, config)
+        return await store.js.pull_subscribe_bind(
+            durable=self.subjects.consumer_specs, stream=self.subjects.stream_specs
+        )
 
     async def _hold(self, lease: Lease) -> None:
         """Renew the lease until it is lost or the broker stops."""

@@ -170,12 +170,23 @@ class ProcessIndex:
         params.append(str(max(0, q.limit)))
         return [row[0] for row in self._db.execute(sql, params).fetchall()]
 
-    async def counts(self, colony: str) -> dict[int, int]:
+    async def stats(self, colony: str) -> tuple[dict[int, int], dict[str, dict[int, int]]]:
+        """Process counts per state, and per executor type and state."""
         await self.flush()
-        result: dict[int, int] = await self._run(self._counts_sync, colony)
+        result: tuple[dict[int, int], dict[str, dict[int, int]]] = await self._run(
+            self._stats_sync, colony
+        )
         return result
 
-    def _counts_sync(self, colony: str) -> dict[int, int]:
+    def _stats_sync(self, colony: str) -> tuple[dict[int, int], dict[str, dict[int, int]]]:
         assert self._db is not None
-        sql = f"SELECT state, count(*) FROM {_TABLE} WHERE colony = ? GROUP BY state"
-        return {int(s): int(n) for s, n in self._db.execute(sql, [colony]).fetchall()}
+        sql = (
+            f"SELECT executortype, state, count(*) FROM {_TABLE} WHERE colony = ? "
+            "GROUP BY executortype, state"
+        )
+        states: dict[int, int] = {}
+        by_type: dict[str, dict[int, int]] = {}
+        for etype, state, n in self._db.execute(sql, [colony]).fetchall():
+            states[int(state)] = states.get(int(state), 0) + int(n)
+            by_type.setdefault(str(etype), {})[int(state)] = int(n)
+        return states, by_type

@@ -20,6 +20,7 @@ from nats.aio.msg import Msg
 
 from colonyos.broker import transitions
 from colonyos.broker.service import Service
+from colonyos.broker.workflows import Workflows
 from colonyos.errors import ColoniesError, ColonyNotFoundError, InvalidSpecError
 from colonyos.messages import Rejection
 from colonyos.models import Process, ProcessState, now
@@ -35,8 +36,9 @@ def _is_process_id(text: str) -> bool:
 
 
 class Intake:
-    def __init__(self, service: Service) -> None:
+    def __init__(self, service: Service, workflows: Workflows) -> None:
         self.service = service
+        self.workflows = workflows
         self.store = service.store
         self._last_ns = 0
 
@@ -50,7 +52,14 @@ class Intake:
     async def accept_batch(self, msgs: Sequence[Msg]) -> None:
         # Stamp in stream order first, so that equal priorities stay first-in-first-out.
         stamped = [(msg, *self._clock()) for msg in msgs]
-        await asyncio.gather(*(self.accept(msg, t, ns) for msg, t, ns in stamped))
+        await asyncio.gather(
+            *(
+                self.workflows.accept(msg, t, ns)
+                if msg.subject.endswith(".workflows")
+                else self.accept(msg, t, ns)
+                for msg, t, ns in stamped
+            )
+        )
 
     async def accept(self, msg: Msg, t: datetime, ns: int) -> None:
         parts = msg.subject.split(".")

@@ -48,6 +48,7 @@ from colonyos.messages import (
     Named,
     ProcessRef,
     Register,
+    Stats,
 )
 from colonyos.models import (
     ZERO_TIME,
@@ -111,6 +112,8 @@ class Service:
         self.reports: dict[str, _Report] = {}  # executor id -> last heartbeat
         # Revisions loaded from KV whose event may be missing (their writer may have died).
         self.unconfirmed: set[str] = set()
+        # Called after every write of a process that belongs to a graph (workflows).
+        self.graph_hook: Callable[[Process], Awaitable[None]] | None = None
         self._ops: dict[str, tuple[msgspec.json.Decoder[Any], Handler]] = {
             "assign": (msgspec.json.Decoder(Assign), self.assign),
             "close": (msgspec.json.Decoder(Close), self.close),
@@ -129,7 +132,13 @@ class Service:
             "colony_list": (msgspec.json.Decoder(Empty), self.colony_list),
             "colony_get": (msgspec.json.Decoder(Named), self.colony_get),
             "colony_remove": (msgspec.json.Decoder(Named), self.colony_remove),
+            "stats": (msgspec.json.Decoder(Empty), self.stats),
         }
+
+    def register_ops(self, **ops: tuple[type[Any], Handler]) -> None:
+        """Add request operations (name -> (request type, handler)) served by another part."""
+        for name, (request_type, handler) in ops.items():
+            self._ops[name] = (msgspec.json.Decoder(request_type), handler)
 
     # -- start-up ---------------------------------------------------------------------
     async def load(self) -> None:
@@ -232,14 +241,14 @@ class Service:
         except KeyError:
             raise ColonyNotFoundError(colony) from None
 
-    def _executor(self, colony: str, name: str) -> Executor:
+    def executor(self, colony: str, name: str) -> Executor:
         try:
             return self.executors[(colony, name)]
         except KeyError:
             raise ExecutorNotFoundError(colony, name) from None
 
     def _approved(self, colony: str, name: str) -> Executor:
-        executor = self._executor(colony, name)
+        executor = self.executor(colony, name)
         if executor.state is not ExecutorState.APPROVED:
             raise NotAuthorizedError(
                 f"executor {name!r} is {executor.state.name}, not APPROVED: ask the colony owner "
@@ -263,6 +272,7 @@ class Service:
                 continue
             await self.store.publish_event(updated, new_revision)
             self.track(updated, new_revision)
+            await self._after(updated)
             return updated
         raise ConflictError(f"process {process_id} kept changing; try again", process_id=process_id)
 
@@ -289,6 +299,7 @@ class Service:
                 continue
             await self.store.publish_event(updated, new_revision)
             self.track(updated, new_revision)
+            await self._after(updated)
             logger.debug("assigned %s to %s in %s", process.process_id, caller, colony)
             return updated
 
@@ -313,6 +324,10 @@ class Service:
         finally:
             self.parked.unpark(colony, etype, waiter)
 
+    async def _after(self, process: Process) -> None:
+        if process.process_graph_id and self.graph_hook is not None:
+            await self.graph_hook(process)
+
     async def _reload(self, process: Process) -> None:
         try:
             current, revision = await self.store.get(process.colony_name, process.process_id)
@@ -328,7 +343,7 @@ class Service:
             waiter.cancel()
 
     async def close(self, colony: str, caller: str, req: Close) -> Process:
-        executor = self._executor(colony, caller)
+        executor = self.executor(colony, caller)
         return await self.transition(
             colony,
             req.process_id,
@@ -336,7 +351,7 @@ class Service:
         )
 
     async def fail(self, colony: str, caller: str, req: Fail) -> Process:
-        executor = self._executor(colony, caller)
+        executor = self.executor(colony, caller)
         return await self.transition(
             colony,
             req.process_id,
@@ -344,7 +359,7 @@ class Service:
         )
 
     async def log(self, colony: str, caller: str, req: LogLines) -> None:
-        executor = self._executor(colony, caller)
+        executor = self.executor(colony, caller)
         process, _ = await self.store.get(colony, req.process_id)
         transitions.require_lease(process, executor, "add logs to", req.attempt)
         subject = self.subjects.logs(colony, req.process_id)
@@ -433,7 +448,7 @@ class Service:
         )
 
     async def _set_executor_state(self, colony: str, name: str, state: ExecutorState) -> Executor:
-        executor = msgspec.structs.replace(self._executor(colony, name), state=state)
+        executor = msgspec.structs.replace(self.executor(colony, name), state=state)
         await self.store.put_executor(executor)
         self._remember_executor(executor)
         logger.info("executor %s in %s is now %s", name, colony, state.name)
@@ -446,11 +461,21 @@ class Service:
         return await self._set_executor_state(colony, req.name, ExecutorState.REJECTED)
 
     async def executor_remove(self, colony: str, caller: str, req: Named) -> None:
-        executor = self._executor(colony, req.name)
+        executor = self.executor(colony, req.name)
         await self.store.delete_executor(executor)
         del self.executors[(colony, req.name)]
         del self._capacities[(colony, req.name)]
         return None
+
+    async def stats(self, colony: str, caller: str, req: Empty) -> Stats:
+        states, by_type = await self.index.stats(colony)
+        return Stats(
+            states={ProcessState(s).name.lower(): n for s, n in states.items()},
+            executor_types={
+                etype: {ProcessState(s).name.lower(): n for s, n in counts.items()}
+                for etype, counts in by_type.items()
+            },
+        )
 
     async def colony_add(self, colony: str, caller: str, req: ColonyAdd) -> Colony:
         name = check_name("colonyname", req.colony.name)

@@ -24,10 +24,10 @@ from nats.js.api import (
 )
 from nats.js.kv import KeyValue
 
-from colonyos.errors import ProcessNotFoundError
+from colonyos.errors import GraphNotFoundError, ProcessNotFoundError
 from colonyos.messages import Rejection
-from colonyos.models import Colony, Executor, Process
-from colonyos.subjects import Subjects
+from colonyos.models import Colony, Executor, Process, ProcessGraph
+from colonyos.subjects import GRAPH_TOKEN, Subjects
 
 __all__ = ["ProcessStore", "StaleRevisionError"]
 
@@ -37,6 +37,7 @@ _encode = msgspec.json.Encoder().encode
 _process_decoder = msgspec.json.Decoder(Process)
 _executor_decoder = msgspec.json.Decoder(Executor)
 _colony_decoder = msgspec.json.Decoder(Colony)
+_graph_decoder = msgspec.json.Decoder(ProcessGraph)
 
 # Lifecycle events and logs are kept this long (seconds); processes live in KV until removed.
 EVENTS_MAX_AGE_S = 7 * 86_400
@@ -65,6 +66,7 @@ class ProcessStore:
         self.executors: KeyValue
         self.colonies: KeyValue
         self.leases: KeyValue
+        self.graphs: KeyValue
 
     async def setup(self) -> None:
         """Create (or update) every stream and bucket. Safe to run from several brokers."""
@@ -101,6 +103,7 @@ class ProcessStore:
         self.executors = await self._bucket(s.bucket_executors, history=1)
         self.colonies = await self._bucket(s.bucket_colonies, history=1)
         self.leases = await self._bucket(s.bucket_leases, history=1)
+        self.graphs = await self._bucket(s.bucket_graphs, history=1)
 
     async def _stream(self, config: StreamConfig) -> None:
         try:
@@ -189,6 +192,47 @@ class ProcessStore:
             rejection.colony_name, rejection.executor_type, "rejected", rejection.process_id
         )
         await self.js.publish(subject, _encode(rejection))
+
+    # -- process graphs -----------------------------------------------------------------
+    def _graph_key(self, graph: ProcessGraph) -> str:
+        return self.subjects.process_key(graph.colony_name, graph.process_graph_id)
+
+    async def create_graph(self, graph: ProcessGraph) -> int | None:
+        try:
+            return int(await self.graphs.create(self._graph_key(graph), _encode(graph)))
+        except nats.js.errors.KeyWrongLastSequenceError:
+            return None
+
+    async def get_graph(self, colony: str, graph_id: str) -> tuple[ProcessGraph, int]:
+        key = self.subjects.process_key(colony, graph_id)
+        try:
+            entry = await self.graphs.get(key)
+        except (
+            nats.js.errors.KeyNotFoundError,
+            nats.js.errors.KeyDeletedError,
+            nats.js.errors.InvalidKeyError,
+        ):
+            raise GraphNotFoundError(graph_id) from None
+        return _graph_decoder.decode(entry.value or b""), int(entry.revision or 0)
+
+    async def update_graph(self, graph: ProcessGraph, revision: int) -> int:
+        try:
+            return int(
+                await self.graphs.update(self._graph_key(graph), _encode(graph), last=revision)
+            )
+        except nats.js.errors.KeyWrongLastSequenceError as err:
+            raise StaleRevisionError(graph.process_graph_id) from err
+
+    async def publish_graph_event(self, graph: ProcessGraph) -> None:
+        """``<prefix>.<colony>.events._graph.<state>.<graphid>``: the graph's state changed."""
+        subject = self.subjects.event(
+            graph.colony_name, GRAPH_TOKEN, graph.state.token, graph.process_graph_id
+        )
+        await self.js.publish(subject, _encode(graph))
+
+    async def all_graphs(self) -> AsyncIterator[tuple[ProcessGraph, int]]:
+        async for entry in self._snapshot(self.graphs):
+            yield _graph_decoder.decode(entry.value or b""), int(entry.revision or 0)
 
     # -- executors and colonies ---------------------------------------------------------
     async def put_executor(self, executor: Executor) -> None:

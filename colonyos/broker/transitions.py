@@ -37,6 +37,8 @@ __all__ = [
     "create",
     "expire_wait",
     "fail",
+    "fail_descendant",
+    "release",
     "requeue",
     "require_lease",
 ]
@@ -189,3 +191,22 @@ def requeue(process: Process, reason: str, *, now: datetime) -> Process:
         exec_deadline=ZERO_TIME,
         wait_deadline=_wait_deadline(process.spec, now),
     )
+
+
+def release(child: Process, parent_outputs: list[Any], *, now: datetime) -> Process:
+    """All parents succeeded: the child becomes assignable, with their outputs as input."""
+    if child.state is not ProcessState.WAITING or not child.wait_for_parents:
+        raise _conflict(child, "release")
+    return _replace(
+        child,
+        wait_for_parents=False,
+        input=parent_outputs,
+        wait_deadline=_wait_deadline(child.spec, now),
+    )
+
+
+def fail_descendant(process: Process, reason: str, *, now: datetime) -> Process:
+    """A parent failed or was cancelled: this process will never run."""
+    if process.state.is_terminal:
+        raise _conflict(process, "fail")
+    return _replace(process, state=ProcessState.FAILED, errors=[reason], end_time=now)

@@ -1,0 +1,350 @@
+"""Workflows: creating process graphs, releasing children, failing what can no longer run.
+
+A workflow becomes a graph document (bucket ``<prefix>-graphs``) and all its processes at once;
+children wait (``waitforparents``) until every parent succeeded, then get the parents'
+outputs, in dependency order, as input. A failed or cancelled process fails its unfinished
+descendants. Everything is idempotent, so a broker that dies half-way through accepting a
+workflow or releasing children leaves work that the next leader simply finishes
+(:meth:`Workflows.load`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from datetime import datetime
+from typing import Any
+
+import msgspec
+from nats.aio.msg import Msg
+
+from colonyos.broker import transitions
+from colonyos.broker.service import Service, new_id
+from colonyos.broker.store import StaleRevisionError
+from colonyos.errors import (
+    ColoniesError,
+    ColonyNotFoundError,
+    ConflictError,
+    InvalidSpecError,
+    NotFoundError,
+)
+from colonyos.graphs import check_workflow, graph_state, node_process_id
+from colonyos.messages import AddChild, GraphRef, ListGraphs, Rejection
+from colonyos.models import ZERO_TIME, Process, ProcessGraph, ProcessState, WorkflowSpec, now
+from colonyos.specs import check_function_spec, load_workflow_spec
+from colonyos.subjects import GRAPH_TOKEN
+
+__all__ = ["Workflows"]
+
+logger = logging.getLogger(__name__)
+
+_replace = msgspec.structs.replace
+_GRAPH_ATTEMPTS = 16
+
+
+class Workflows:
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        self.store = service.store
+        # Live graphs: graph id -> process id -> state (what the graph's state is derived from).
+        self.members: dict[str, dict[str, ProcessState]] = {}
+        # Graphs being cancelled as a whole: every process ends CANCELLED, none FAILED.
+        self._cancelling: set[str] = set()
+        service.graph_hook = self.after_transition
+        service.register_ops(
+            add_child=(AddChild, self.add_child),
+            graph_get=(GraphRef, self.graph_get),
+            graph_list=(ListGraphs, self.graph_list),
+            graph_cancel=(GraphRef, self.graph_cancel),
+        )
+
+    # -- submission -----------------------------------------------------------------------
+    async def accept(self, msg: Msg, t: datetime, ns: int) -> None:
+        colony = msg.subject.split(".")[-2]
+        graph_id = self._graph_id(msg)
+        try:
+            graph, processes = self._plan(msg, colony, graph_id, t, ns)
+        except ColoniesError as err:
+            logger.info("rejected workflow %s in %s: %s", graph_id, colony, err.message)
+            await self.store.publish_rejection(
+                Rejection(
+                    process_id=graph_id,
+                    colony_name=colony,
+                    executor_type=GRAPH_TOKEN,
+                    error=err.message,
+                    code=err.code,
+                    path=str(err.detail.get("path", "")),
+                )
+            )
+            await msg.ack()
+            return
+        await self.store.create_graph(graph)  # None: a redelivery; finish what is missing
+        self.members[graph_id] = {p.process_id: p.state for p in processes}
+        for process in processes:
+            revision = await self.store.create(process)
+            if revision is None:
+                process, revision = await self.store.get(colony, process.process_id)
+                await self.store.ensure_event(process, revision)
+            else:
+                await self.store.publish_event(process, revision)
+            self.service.track(process, revision)
+        await msg.ack()
+        logger.info("workflow %s in %s: %d processes", graph_id, colony, len(processes))
+
+    def _graph_id(self, msg: Msg) -> str:
+        msg_id = (msg.headers or {}).get("Nats-Msg-Id", "")
+        if len(msg_id) == 64 and all(c in "0123456789abcdef" for c in msg_id):
+            return msg_id
+        basis = f"graph:{msg.metadata.sequence.stream}:{msg_id}".encode()
+        return hashlib.sha256(basis).hexdigest()
+
+    def _plan(
+        self, msg: Msg, colony: str, graph_id: str, t: datetime, ns: int
+    ) -> tuple[ProcessGraph, list[Process]]:
+        if colony not in self.service.colonies:
+            raise ColonyNotFoundError(colony)
+        workflow, _ = load_workflow_spec(msg.data)
+        if workflow.colony_name and workflow.colony_name != colony:
+            raise InvalidSpecError(
+                f"$.colonyname: {workflow.colony_name!r} does not match the subject's colony "
+                f"{colony!r}",
+                path="$.colonyname",
+            )
+        return plan(workflow, colony, graph_id, t, ns, initiator=_initiator(msg))
+
+    # -- progress ---------------------------------------------------------------------------
+    async def after_transition(self, process: Process) -> None:
+        """Called by the service after every write of a process that belongs to a graph."""
+        graph_id = process.process_graph_id
+        members = self.members.get(graph_id)
+        if members is not None:
+            members[process.process_id] = process.state
+            await self._update_graph(process.colony_name, graph_id)
+        if process.state is ProcessState.SUCCESS:
+            for child in process.children:
+                await self._maybe_release(process.colony_name, child)
+        elif process.state.is_terminal and graph_id not in self._cancelling:
+            await self._fail_descendants(process)
+
+    async def _maybe_release(self, colony: str, child_id: str) -> None:
+        try:
+            child, _ = await self.store.get(colony, child_id)
+            if child.state is not ProcessState.WAITING or not child.wait_for_parents:
+                return
+            parents = [(await self.store.get(colony, pid))[0] for pid in child.parents]
+        except NotFoundError:
+            return
+        if not all(p.state is ProcessState.SUCCESS for p in parents):
+            return
+        outputs: list[Any] = [value for p in parents for value in p.output]
+        try:
+            await self.service.transition(
+                colony, child_id, lambda c: transitions.release(c, outputs, now=now())
+            )
+        except (ConflictError, NotFoundError):
+            return  # released already (by an earlier try), or gone
+
+    async def _fail_descendants(self, process: Process) -> None:
+        reason = (
+            f"parent {process.spec.node_name or process.process_id} {process.state.name.lower()}"
+        )
+        pending = list(process.children)
+        seen: set[str] = set()
+        while pending:
+            pid = pending.pop()
+            if pid in seen:
+                continue
+            seen.add(pid)
+            try:
+                child = await self.service.transition(
+                    process.colony_name,
+                    pid,
+                    lambda c: transitions.fail_descendant(c, reason, now=now()),
+                )
+            except (ConflictError, NotFoundError):
+                continue  # ended already: it keeps its result
+            pending.extend(child.children)
+
+    async def _update_graph(self, colony: str, graph_id: str) -> None:
+        state = graph_state(self.members[graph_id].values())
+        for _ in range(_GRAPH_ATTEMPTS):
+            try:
+                graph, revision = await self.store.get_graph(colony, graph_id)
+            except NotFoundError:
+                return
+            if graph.state is state and set(graph.process_ids) >= set(self.members[graph_id]):
+                break
+            t = now()
+            updated = _replace(
+                graph,
+                state=state,
+                process_ids=sorted(set(graph.process_ids) | set(self.members[graph_id])),
+                start_time=t
+                if graph.start_time == ZERO_TIME and state is not ProcessState.WAITING
+                else graph.start_time,
+                end_time=t if state.is_terminal else ZERO_TIME,
+            )
+            try:
+                await self.store.update_graph(updated, revision)
+            except StaleRevisionError:
+                continue
+            if updated.state is not graph.state:
+                await self.store.publish_graph_event(updated)
+            break
+        if state.is_terminal:
+            self.members.pop(graph_id, None)
+
+    async def load(self) -> None:
+        """A new leader finishes what a previous one may have left half-done."""
+        async for graph, _ in self.store.all_graphs():
+            if graph.state.is_terminal:
+                continue
+            members: dict[str, ProcessState] = {}
+            ended: list[Process] = []
+            for pid in graph.process_ids:
+                try:
+                    process, _ = await self.store.get(graph.colony_name, pid)
+                except NotFoundError:
+                    continue
+                members[pid] = process.state
+                if process.state.is_terminal:
+                    ended.append(process)
+            self.members[graph.process_graph_id] = members
+            for process in ended:
+                await self.after_transition(process)
+
+    # -- requests -------------------------------------------------------------------------
+    async def add_child(self, colony: str, caller: str, req: AddChild) -> Process:
+        executor = self.service.executor(colony, caller)
+        parent, _ = await self.store.get(colony, req.parent_process_id)
+        transitions.require_lease(parent, executor, "add a child to", req.attempt)
+        if parent.process_graph_id != req.process_graph_id:
+            raise InvalidSpecError(
+                f"process {parent.process_id} is not in graph {req.process_graph_id}",
+                path="$.processgraphid",
+            )
+        spec = check_function_spec(req.spec)
+        cond = spec.conditions
+        spec = _replace(spec, conditions=_replace(cond, colony_name=colony))
+        downstream = await self._downstream(colony, parent) if req.insert else []
+        t = now()
+        child = _replace(
+            transitions.create(new_id(), spec, now=t, now_ns=int(t.timestamp() * 1e9)),
+            process_graph_id=parent.process_graph_id,
+            wait_for_parents=True,
+            wait_deadline=ZERO_TIME,
+            parents=[parent.process_id],
+            children=downstream,
+            initiator_name=caller,
+        )
+        revision = await self.store.create(child)
+        assert revision is not None
+        await self.store.publish_event(child, revision)
+        self.members.setdefault(parent.process_graph_id, {})[child.process_id] = child.state
+        self.service.track(child, revision)
+        for pid in downstream:
+            await self.service.transition(
+                colony, pid, lambda d: _replace(d, parents=_relink(d.parents, parent, child))
+            )
+        await self.service.transition(
+            colony,
+            parent.process_id,
+            lambda p: _replace(
+                p, children=[*(c for c in p.children if c not in downstream), child.process_id]
+            ),
+        )
+        await self._update_graph(colony, parent.process_graph_id)
+        return child
+
+    async def _downstream(self, colony: str, parent: Process) -> list[str]:
+        """What an inserted child goes in front of: the parent's children from before it
+        started running, also when earlier inserts of this run stand in between."""
+        found: list[str] = []
+        for pid in parent.children:
+            child, _ = await self.store.get(colony, pid)
+            if child.submission_time < parent.start_time:
+                found.append(pid)
+            else:  # added during this run: an earlier insert (or a branch, with no children)
+                found.extend(c for c in child.children if c not in found)
+        return found
+
+    async def graph_get(self, colony: str, caller: str, req: GraphRef) -> ProcessGraph:
+        graph, _ = await self.store.get_graph(colony, req.process_graph_id)
+        return graph
+
+    async def graph_list(self, colony: str, caller: str, req: ListGraphs) -> list[ProcessGraph]:
+        graphs = [g async for g, _ in self.store.all_graphs() if g.colony_name == colony]
+        graphs.sort(key=lambda g: g.submission_time, reverse=True)
+        return graphs[: req.limit]
+
+    async def graph_cancel(self, colony: str, caller: str, req: GraphRef) -> ProcessGraph:
+        graph, _ = await self.store.get_graph(colony, req.process_graph_id)
+        self._cancelling.add(graph.process_graph_id)
+        try:
+            for pid in graph.process_ids:
+                try:
+                    await self.service.transition(
+                        colony, pid, lambda p: transitions.cancel(p, now=now())
+                    )
+                except (ConflictError, NotFoundError):
+                    continue  # ended already: it keeps its result
+        finally:
+            self._cancelling.discard(graph.process_graph_id)
+        graph, _ = await self.store.get_graph(colony, req.process_graph_id)
+        return graph
+
+
+def _relink(parents: list[str], parent: Process, child: Process) -> list[str]:
+    """The inserted child takes the parent's place in a downstream process's parents (first
+    insert), or joins them (later inserts)."""
+    if parent.process_id in parents:
+        return [child.process_id if p == parent.process_id else p for p in parents]
+    return [*parents, child.process_id]
+
+
+def _initiator(msg: Msg) -> str:
+    return str((msg.headers or {}).get("Colonies-Initiator", ""))
+
+
+def plan(
+    workflow: WorkflowSpec,
+    colony: str,
+    graph_id: str,
+    t: datetime,
+    ns: int,
+    *,
+    initiator: str = "",
+) -> tuple[ProcessGraph, list[Process]]:
+    """The graph and its processes, with parents and children linked by process id."""
+    check_workflow(workflow)
+    specs = workflow.function_specs
+    ids = {spec.node_name: node_process_id(graph_id, i) for i, spec in enumerate(specs)}
+    children: dict[str, list[str]] = {pid: [] for pid in ids.values()}
+    for spec in specs:
+        for dep in spec.conditions.dependencies:
+            children[ids[dep]].append(ids[spec.node_name])
+    processes = []
+    for i, spec in enumerate(specs):
+        pid = ids[spec.node_name]
+        spec = _replace(spec, conditions=_replace(spec.conditions, colony_name=colony))
+        parents = [ids[d] for d in spec.conditions.dependencies]
+        process = transitions.create(pid, spec, now=t, now_ns=ns + i, initiator_name=initiator)
+        processes.append(
+            _replace(
+                process,
+                process_graph_id=graph_id,
+                wait_for_parents=bool(parents),
+                wait_deadline=ZERO_TIME if parents else process.wait_deadline,
+                parents=parents,
+                children=children[pid],
+            )
+        )
+    graph = ProcessGraph(
+        process_graph_id=graph_id,
+        colony_name=colony,
+        root_process_ids=[p.process_id for p in processes if not p.parents],
+        process_ids=[p.process_id for p in processes],
+        nodes=ids,
+        submission_time=t,
+    )
+    return graph, processes
