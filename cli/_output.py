@@ -44,8 +44,9 @@ def short(values: Iterable[Any], width: int = 40) -> str:
 
 def process_table(processes: list[Process], title: str) -> Table:
     table = Table(title=title, title_justify="left")
-    for column in ("process id", "func", "args", "executor type", "state", "submitted", "ended"):
-        table.add_column(column, overflow="fold" if column == "process id" else "ellipsis")
+    table.add_column("process id", no_wrap=True)  # whole, so that it can be copied
+    for column in ("func", "args", "executor type", "state", "submitted", "ended"):
+        table.add_column(column, overflow="ellipsis")
     for p in processes:
         table.add_row(
             p.process_id,

@@ -9,7 +9,7 @@ from rich.logging import RichHandler
 
 from colonyos.config import DEFAULT_COLONY, DEFAULT_NATS_URL, DEFAULT_PREFIX, Settings
 
-from . import colony, executor, function, log, process, server
+from . import colony, events, executor, function, log, process, server, workflow
 
 app = typer.Typer(
     name="colonies",
@@ -54,12 +54,14 @@ def _is_service(ctx: typer.Context) -> bool:
 
 app.add_typer(function.app, name="function")
 app.add_typer(process.app, name="process")
+app.add_typer(workflow.app, name="workflow")
 app.add_typer(log.app, name="log")
 app.add_typer(colony.app, name="colony")
 app.add_typer(executor.app, name="executor")
 app.add_typer(server.server_app, name="server")
 app.add_typer(server.broker_app, name="broker")
 app.command("dev")(server.dev)
+app.command("events")(events.events)
 
 
 def main() -> None:

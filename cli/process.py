@@ -9,6 +9,7 @@ from colonyos.models import Process, ProcessState
 from ._common import connect
 from ._output import console, print_json, process_detail, process_table
 from ._run import run
+from .status import watch_colony
 
 app = typer.Typer(
     help="List, inspect, wait for, cancel and remove processes.", no_args_is_help=True
@@ -21,9 +22,22 @@ _LABEL = typer.Option("", "--label", help="Only processes with this label.")
 _PROCESS = typer.Option(..., "--process", "-p", help="Process id.")
 
 
+_WATCH = typer.Option(False, "--watch", "-w", help="Show the colony live (Ctrl-C stops).")
+
+
 def _listing(
-    ctx: typer.Context, state: ProcessState, count: int, as_json: bool, etype: str, label: str
+    ctx: typer.Context,
+    state: ProcessState,
+    count: int,
+    as_json: bool,
+    etype: str,
+    label: str,
+    live: bool = False,
 ) -> None:
+    if live:
+        _watch(ctx, 0)
+        return
+
     async def go() -> list[Process]:
         async with await connect(ctx) as client:
             return await client.list_processes(
@@ -46,9 +60,10 @@ def ps(
     as_json: bool = _JSON,
     etype: str = _TYPE,
     label: str = _LABEL,
+    live: bool = _WATCH,
 ) -> None:
     """List running processes."""
-    _listing(ctx, ProcessState.RUNNING, count, as_json, etype, label)
+    _listing(ctx, ProcessState.RUNNING, count, as_json, etype, label, live)
 
 
 @app.command("psw")
@@ -58,9 +73,10 @@ def psw(
     as_json: bool = _JSON,
     etype: str = _TYPE,
     label: str = _LABEL,
+    live: bool = _WATCH,
 ) -> None:
     """List waiting processes."""
-    _listing(ctx, ProcessState.WAITING, count, as_json, etype, label)
+    _listing(ctx, ProcessState.WAITING, count, as_json, etype, label, live)
 
 
 @app.command("pss")
@@ -70,9 +86,10 @@ def pss(
     as_json: bool = _JSON,
     etype: str = _TYPE,
     label: str = _LABEL,
+    live: bool = _WATCH,
 ) -> None:
     """List successful processes."""
-    _listing(ctx, ProcessState.SUCCESS, count, as_json, etype, label)
+    _listing(ctx, ProcessState.SUCCESS, count, as_json, etype, label, live)
 
 
 @app.command("psf")
@@ -82,9 +99,28 @@ def psf(
     as_json: bool = _JSON,
     etype: str = _TYPE,
     label: str = _LABEL,
+    live: bool = _WATCH,
 ) -> None:
     """List failed processes."""
-    _listing(ctx, ProcessState.FAILED, count, as_json, etype, label)
+    _listing(ctx, ProcessState.FAILED, count, as_json, etype, label, live)
+
+
+def _watch(ctx: typer.Context, count: int) -> None:
+    async def go() -> None:
+        async with await connect(ctx) as client:
+            await watch_colony(client, count)
+
+    run(go())
+
+
+@app.command("watch")
+def watch(
+    ctx: typer.Context,
+    count: int = typer.Option(0, "--count", "-n", help="Stop after this many events (0: never)."),
+) -> None:
+    """A live view of the colony: counts per state and executor type, executors online,
+    throughput; updated from events as they happen."""
+    _watch(ctx, count)
 
 
 def _show(process: Process, as_json: bool) -> None:

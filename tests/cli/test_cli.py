@@ -150,3 +150,43 @@ def test_cancel(cli) -> None:  # type: ignore[no-untyped-def]
     assert process["state"] == 4
     cli("process", "cancel", "--process", pid, code=1)
     cli("process", "wait", "--process", pid, code=1)
+
+
+def test_workflow_commands(cli, live_echo) -> None:  # type: ignore[no-untyped-def]
+    graph = json.loads(
+        cli("workflow", "submit", "--spec", str(EXAMPLES / "workflow.json"), "--wait", "--json")
+    )
+    assert graph["state"] == 2 and len(graph["processids"]) == 4
+    gid = graph["processgraphid"]
+    shown = json.loads(cli("workflow", "get", "--graph", gid, "--json"))
+    by_name = {p["spec"]["nodename"]: p for p in shown["processes"]}
+    assert by_name["task_d"]["in"] == ["task_b", "task_c"]
+    assert [g["processgraphid"] for g in json.loads(cli("workflow", "ps", "--json"))] == [gid]
+    assert "graph id" in cli("workflow", "ps")
+    cli("workflow", "watch", "--graph", gid)  # ended already: shows it and exits 0
+    assert "task_d" in cli("workflow", "get", "--graph", gid)
+    # Replay this graph's first events from the stream.
+    lines = cli("events", "--since", "5m", "--count", "3", "--json").splitlines()
+    events = [json.loads(line) for line in lines]
+    assert len(events) == 3 and {e["processgraphid"] for e in events} == {gid}
+    assert events[0]["state"] == 0 and events[0]["spec"]["nodename"] == "task_a"
+
+
+def test_workflow_errors(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    cyclic = tmp_path / "cycle.json"
+    cyclic.write_text(
+        '[{"nodename": "a", "funcname": "f", "conditions": {"executortype": "x", "dependencies": ["b"]}},'
+        ' {"nodename": "b", "funcname": "f", "conditions": {"executortype": "x", "dependencies": ["a"]}}]'
+    )
+    out = cli("workflow", "submit", "--spec", str(cyclic), code=1)
+    assert "cycle" in out and "Traceback" not in out
+    out = cli("workflow", "get", "--graph", "0" * 64, code=1)
+    assert "does not exist" in out
+    out = cli("events", "--state", "done", code=1)
+    assert "unknown process state" in out
+
+
+def test_workflow_cancel_and_watch_exit_code(cli) -> None:  # type: ignore[no-untyped-def]
+    gid = cli("workflow", "submit", "--spec", str(EXAMPLES / "workflow.json")).strip()
+    assert "cancelled" in cli("workflow", "cancel", "--graph", gid)
+    cli("workflow", "watch", "--graph", gid, code=1)
