@@ -254,15 +254,18 @@ class Client:
     async def wait(
         self,
         process_id: str,
+        state: ProcessState | None = None,
         *,
         timeout: float = 60.0,
         colony: str | None = None,
     ) -> Process:
-        """Wait until the process is SUCCESS, FAILED or CANCELLED, and return it.
+        """Wait until the process ends (SUCCESS, FAILED or CANCELLED), or reaches ``state``.
 
-        Rides out a broker fail-over: while no broker answers, it keeps listening for events
-        and asks again.
+        It subscribes before it looks, so a transition just before the call is not missed, and
+        it rides out a broker fail-over: while no broker answers, it keeps listening.
         """
+        if state is not None:
+            return await self.wait_for_state(process_id, state, timeout=timeout)
         async with self.watch(process_id, colony=colony) as watch, asyncio.timeout(timeout):
             process = await self._get_patiently(process_id, colony)
             while not process.state.is_terminal:

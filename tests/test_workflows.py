@@ -252,7 +252,7 @@ async def test_wait_for_state_cannot_miss_a_transition(client: Client, settings)
     got = await ex.assign(timeout=1)
     assert got is not None
     # RUNNING happened before the call: it is seen anyway.
-    running = await client.wait_for_state(p.process_id, ProcessState.RUNNING, timeout=2)
+    running = await client.wait(p.process_id, ProcessState.RUNNING, timeout=2)
     assert running.state is ProcessState.RUNNING
     await ex.close(got.process_id, [])
     done = await client.wait_for_state(p.process_id, ProcessState.SUCCESS, timeout=2)
