@@ -29,6 +29,9 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TextIO
 
+import msgspec
+import nats.errors
+
 from colonyos.client import Client
 from colonyos.config import Settings
 from colonyos.errors import (
@@ -37,13 +40,13 @@ from colonyos.errors import (
     ConflictError,
     NotAuthorizedError,
 )
+from colonyos.messages import Revoke
 from colonyos.models import (
     Capabilities,
     Executor,
     ExecutorState,
     FunctionSpec,
     Process,
-    ProcessState,
 )
 from colonyos.subjects import check_name
 
@@ -58,6 +61,7 @@ _RETRY_MAX_S = 5.0
 # How long an executor keeps trying to deliver a result while no broker answers.
 _RESULT_PATIENCE_S = 120.0
 _FINAL_FLUSH_TRIES = 8
+_revoke_decoder = msgspec.json.Decoder(Revoke)
 _current: contextvars.ContextVar[ProcessContext | None] = contextvars.ContextVar(
     "colonies_process", default=None
 )
@@ -183,6 +187,8 @@ class ExecutorApp:
         # Keep well under the broker's liveness window (30 s by default).
         self.heartbeat_s = heartbeat_s or float(os.environ.get("COLONIES_HEARTBEAT", "5"))
         self.running: set[str] = set()
+        self._work: dict[str, asyncio.Task[list[Any]]] = {}
+        self._revoked: dict[str, str] = {}
         self.handlers: dict[str, Handler] = {}
         self.default_handler: Handler | None = None
         self.ready = asyncio.Event()
@@ -223,6 +229,9 @@ class ExecutorApp:
         """Register, then assign and execute until stopped. Returns the processes handled."""
         async with await Client.connect(self.settings, caller=self.name, name=self.name) as client:
             await self._register(client, burst)
+            control = await client.nc.subscribe(
+                client.subjects.control(client.colony, self.name), cb=self._on_control
+            )
             beating = asyncio.create_task(self._heartbeat(client))
             try:
                 with _capture_output() if self._capture_print else contextlib.nullcontext():
@@ -237,6 +246,8 @@ class ExecutorApp:
                 beating.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await beating
+                with contextlib.suppress(nats.errors.Error):
+                    await control.unsubscribe()
         logger.info("executor %s stopped after %d processes", self.name, self.processed)
         return self.processed
 
@@ -322,50 +333,41 @@ class ExecutorApp:
         attempt = process.retries
         token = _current.set(ctx)
         self.running.add(pid)
+        work: asyncio.Task[list[Any]] = asyncio.ensure_future(handler(ctx))
+        self._work[pid] = work
+        flusher = asyncio.create_task(self._flush_periodically(ctx))
         try:
-            async with client.watch(pid) as watch:
-                work: asyncio.Task[list[Any]] = asyncio.ensure_future(handler(ctx))
-                guard = asyncio.create_task(self._guard_lease(watch, process, work))
-                flusher = asyncio.create_task(self._flush_periodically(ctx))
-                try:
-                    output = await work
-                except asyncio.CancelledError:
-                    if not guard.done():
-                        raise  # the executor itself is being cancelled
-                    await self._stop_flusher(flusher, ctx, send=False)
-                    logger.info("process %s: %s; its function was stopped", pid, guard.result())
-                    return
-                except Exception as err:
-                    logger.info("process %s failed: %s", pid, err)
-                    await self._stop_flusher(flusher, ctx)
-                    error = f"{type(err).__name__}: {err}"
-                    await self._finish(lambda: client.fail(pid, [error], attempt=attempt))
-                else:
-                    await self._stop_flusher(flusher, ctx)
-                    await self._finish(lambda: client.close(pid, output, attempt=attempt))
-                finally:
-                    guard.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await guard
+            output = await work
+        except asyncio.CancelledError:
+            revoked = self._revoked.pop(pid, None)
+            if revoked is None:
+                raise  # the executor itself is being cancelled
+            await self._stop_flusher(flusher, ctx, send=False)
+            logger.info("process %s: %s; its function was stopped", pid, revoked)
+        except Exception as err:
+            logger.info("process %s failed: %s", pid, err)
+            await self._stop_flusher(flusher, ctx)
+            error = f"{type(err).__name__}: {err}"
+            await self._finish(lambda: client.fail(pid, [error], attempt=attempt))
+        else:
+            await self._stop_flusher(flusher, ctx)
+            await self._finish(lambda: client.close(pid, output, attempt=attempt))
         finally:
+            self._work.pop(pid, None)
             self.running.discard(pid)
             _current.reset(token)
 
-    @staticmethod
-    async def _guard_lease(watch: Any, process: Process, work: asyncio.Task[Any]) -> str:
-        """Stop the function as soon as the process is cancelled or taken back."""
-        while True:
-            event = await watch.next(None)
-            if not isinstance(event, Process) or work.done():
-                continue
-            if event.state is not ProcessState.RUNNING or event.retries != process.retries:
-                reason = (
-                    "cancelled"
-                    if event.state is ProcessState.CANCELLED
-                    else f"taken back by the broker ({event.state.name})"
-                )
-                work.cancel()
-                return reason
+    async def _on_control(self, msg: Any) -> None:
+        """The broker took a process away (cancelled, re-queued): stop its function now."""
+        try:
+            revoke = _revoke_decoder.decode(msg.data)
+        except msgspec.MsgspecError:
+            logger.warning("ignored a malformed control message")
+            return
+        work = self._work.get(revoke.process_id)
+        if work is not None and not work.done():
+            self._revoked[revoke.process_id] = f"{revoke.state.name.lower()}: {revoke.reason}"
+            work.cancel()
 
     async def _finish(self, closing: Callable[[], Awaitable[Process]]) -> None:
         """Send the result, riding out a broker fail-over; give up only if it is refused."""

@@ -33,6 +33,7 @@ __all__ = [
     "Register",
     "Rejection",
     "Reply",
+    "Revoke",
     "Stats",
 ]
 
@@ -108,6 +109,14 @@ class Stats(Model, kw_only=True):
 
     states: dict[str, int] = msgspec.field(default_factory=dict)
     executor_types: dict[str, dict[str, int]] = msgspec.field(default_factory=dict)
+
+
+class Revoke(Model, kw_only=True):
+    """To an executor, on its control subject: a process it runs was taken from it."""
+
+    process_id: str
+    state: ProcessState
+    reason: str = ""
 
 
 class Register(Model, kw_only=True):

@@ -122,6 +122,10 @@ class Subjects:
     def heartbeats_all(self) -> str:
         return f"{self.prefix}.*.heartbeats.*"
 
+    # -- broker to executor (core NATS) --------------------------------------------------
+    def control(self, colony: str, executor_name: str) -> str:
+        return f"{self.prefix}.{colony}.control.{executor_name}"
+
     # -- KV buckets -------------------------------------------------------------------
     @property
     def bucket_processes(self) -> str:

@@ -63,7 +63,7 @@ class Broker:
             nc = await connect_nats(s.nats_url, name=f"colonies-broker-{self.broker_id}")
             stack.push_async_callback(self._drain, nc)
             store = ProcessStore(
-                nc.jetstream(), self.subjects, storage=s.storage, dedup_window_s=s.dedup_window_s
+                nc, self.subjects, storage=s.storage, dedup_window_s=s.dedup_window_s
             )
             await store.setup()
             lease = Lease(store.leases, _LEASE_KEY, self.broker_id, s.lease_ttl_s)

@@ -48,6 +48,7 @@ from colonyos.messages import (
     Named,
     ProcessRef,
     Register,
+    Revoke,
     Stats,
 )
 from colonyos.models import (
@@ -82,6 +83,13 @@ def new_id() -> str:
     return secrets.token_hex(32)
 
 
+def _revoked(before: Process, after: Process) -> bool:
+    """Did this write take a running process away from its executor?"""
+    return before.state is ProcessState.RUNNING and (
+        after.state is not ProcessState.RUNNING or after.retries != before.retries
+    )
+
+
 def _ns(t: datetime) -> int:
     return int(t.timestamp() * 1e9)
 
@@ -104,6 +112,7 @@ class Service:
         self.colonies: dict[str, Colony] = {}
         self.executors: dict[tuple[str, str], Executor] = {}
         self._capacities: dict[tuple[str, str], Capacity] = {}
+        self._names: dict[str, tuple[str, str]] = {}  # executor id -> (colony, name)
         # Live processes beyond the queue, and what the lifecycle sweeps need.
         self.running: dict[str, Process] = {}
         self.wait_deadlines = DeadlineHeap()
@@ -259,9 +268,18 @@ class Service:
         return executor
 
     async def transition(
-        self, colony: str, process_id: str, step: Callable[[Process], Process]
+        self,
+        colony: str,
+        process_id: str,
+        step: Callable[[Process], Process],
+        *,
+        notify: bool = True,
     ) -> Process:
-        """Read, decide, compare-and-set, publish; retried if someone else wrote first."""
+        """Read, decide, compare-and-set, publish; retried if someone else wrote first.
+
+        With ``notify``, an executor whose running process this takes away (cancel, re-queue)
+        is told at once on its control subject.
+        """
         for _ in range(_TRANSITION_ATTEMPTS):
             process, revision = await self.store.get(colony, process_id)
             updated = step(process)
@@ -272,6 +290,8 @@ class Service:
                 continue
             await self.store.publish_event(updated, new_revision)
             self.track(updated, new_revision)
+            if notify and _revoked(process, updated):
+                await self._revoke(process, updated)
             await self._after(updated)
             return updated
         raise ConflictError(f"process {process_id} kept changing; try again", process_id=process_id)
@@ -324,6 +344,15 @@ class Service:
         finally:
             self.parked.unpark(colony, etype, waiter)
 
+    async def _revoke(self, before: Process, after: Process) -> None:
+        holder = self._names.get(before.assigned_executor_id)
+        if holder is None:
+            return
+        colony, name = holder
+        reason = after.errors[-1] if after.errors else after.state.name.lower()
+        body = Revoke(process_id=after.process_id, state=after.state, reason=reason)
+        await self.store.tell(self.subjects.control(colony, name), body)
+
     async def _after(self, process: Process) -> None:
         if process.process_graph_id and self.graph_hook is not None:
             await self.graph_hook(process)
@@ -348,6 +377,7 @@ class Service:
             colony,
             req.process_id,
             lambda p: transitions.close(p, executor, req.output, now=now(), attempt=req.attempt),
+            notify=False,
         )
 
     async def fail(self, colony: str, caller: str, req: Fail) -> Process:
@@ -356,6 +386,7 @@ class Service:
             colony,
             req.process_id,
             lambda p: transitions.fail(p, executor, req.errors, now=now(), attempt=req.attempt),
+            notify=False,
         )
 
     async def log(self, colony: str, caller: str, req: LogLines) -> None:
@@ -417,6 +448,7 @@ class Service:
 
     def _remember_executor(self, executor: Executor) -> None:
         key = (executor.colony_name, executor.executor_name)
+        self._names[executor.executor_id] = key
         self.executors[key] = executor
         self._capacities[key] = Capacity.of(executor)
 

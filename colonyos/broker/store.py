@@ -7,13 +7,16 @@ with ``Nats-Msg-Id = <processid>.<revision>`` so that re-publishing after a cras
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Literal
 
 import msgspec
+import nats.errors
 import nats.js.errors
+from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.api import (
     DiscardPolicy,
@@ -52,13 +55,14 @@ class StaleRevisionError(Exception):
 class ProcessStore:
     def __init__(
         self,
-        js: JetStreamContext,
+        nc: NATS,
         subjects: Subjects,
         *,
         storage: Literal["file", "memory"] = "file",
         dedup_window_s: float = 120.0,
     ) -> None:
-        self.js = js
+        self.nc = nc
+        self.js: JetStreamContext = nc.jetstream()
         self.subjects = subjects
         self._storage = StorageType.MEMORY if storage == "memory" else StorageType.FILE
         self._dedup_window_s = dedup_window_s
@@ -186,6 +190,11 @@ class ProcessStore:
         except nats.js.errors.NotFoundError:
             return None
         return last.time
+
+    async def tell(self, subject: str, message: msgspec.Struct) -> None:
+        """A core NATS message, not stored (to executors on their control subject)."""
+        with contextlib.suppress(nats.errors.Error):
+            await self.nc.publish(subject, _encode(message))
 
     async def publish_rejection(self, rejection: Rejection) -> None:
         subject = self.subjects.event(

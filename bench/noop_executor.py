@@ -1,0 +1,37 @@
+"""A no-op executor for benchmarks: returns the time it received the process (ns), no logs.
+
+python -m bench.noop_executor NAME
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+import time
+from typing import Any
+
+from colonyos.config import Settings
+from colonyos.executor import ExecutorApp, ProcessContext
+
+
+def main() -> None:
+    name = sys.argv[1]
+
+    async def run() -> None:
+        app = ExecutorApp("noop", name, settings=Settings.from_env(), assign_timeout_s=5)
+
+        @app.handler()
+        async def noop(ctx: ProcessContext) -> list[Any]:
+            return [time.time_ns()]
+
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, app.stop)
+        await app.run()
+
+    asyncio.run(run())
+
+
+if __name__ == "__main__":
+    main()
