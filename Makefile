@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install dev test lint typecheck unit soak bench-durability clean
+.PHONY: install dev test lint typecheck unit soak bench bench-quick bench-durability clean
 
 install: $(STAMP)
 
@@ -33,6 +33,14 @@ test: lint typecheck unit
 soak: install
 	COLONIES_CHECKER_PROCESSES=3000 COLONIES_CHECKER_CHAOS_S=60 \
 		$(BIN)/pytest -q -s tests/test_checker.py -o timeout=900
+
+# Throughput, latency, workflows, memory, edge executor; prints a table and writes
+# bench/results/latest.json. bench-quick takes under a minute.
+bench: install
+	$(BIN)/python -m bench.run
+
+bench-quick: install
+	$(BIN)/python -m bench.run --quick
 
 # What JetStream's fsync policy (nats.conf sync_interval) costs on this machine.
 bench-durability: install

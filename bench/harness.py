@@ -1,0 +1,130 @@
+"""What the benchmarks run on: a nats-server, a broker and executors as separate OS processes,
+and readings of their CPU time and memory from /proc."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from types import TracebackType
+
+from colonyos.client import Client
+from colonyos.config import Settings
+from colonyos.errors import BrokerUnavailableError, ConflictError
+from colonyos.natsserver import NatsServer
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def rss_mib(pid: int) -> float:
+    pages = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
+    return pages * PAGE / 2**20
+
+
+class Child:
+    def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
+        out = log.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, *args],
+            env={**os.environ, **env},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        out.close()
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+class System:
+    """nats-server + broker (+ executors on demand), each its own process, on loopback."""
+
+    def __init__(self, prefix: str = "bench") -> None:
+        self.prefix = prefix
+        self._tmp = tempfile.TemporaryDirectory(prefix="colonies-bench-")
+        self.dir = Path(self._tmp.name)
+        self.server = NatsServer(self.dir / "js", port=0)
+        self.children: list[Child] = []
+        self.broker: Child | None = None
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {
+            "COLONIES_NATS_URL": self.server.url,
+            "COLONIES_PREFIX": self.prefix,
+            "COLONIES_COLONY_NAME": "bench",
+        }
+
+    @property
+    def settings(self) -> Settings:
+        return Settings(nats_url=self.server.url, colony="bench", prefix=self.prefix)
+
+    async def start(self) -> Client:
+        self.server.start()
+        self.broker = self.spawn(
+            ["-m", "colonyos.cli.main", "broker", "start", "--data-dir", str(self.dir / "broker")],
+            "broker",
+        )
+        client = await Client.connect(self.settings, caller="bench")
+        async with asyncio.timeout(30):
+            while True:
+                try:
+                    await client.colony_add("bench", auto_approve=True)
+                    break
+                except ConflictError:
+                    break
+                except BrokerUnavailableError:
+                    await asyncio.sleep(0.1)
+        return client
+
+    def spawn(self, args: list[str], name: str, env: dict[str, str] | None = None) -> Child:
+        child = Child(args, {**self.env, **(env or {})}, self.dir / f"{name}.log")
+        self.children.append(child)
+        return child
+
+    def executors(self, count: int, prefix: str = "noop") -> list[Child]:
+        return [
+            self.spawn(["-m", "bench.noop_executor", f"{prefix}-{i}"], f"{prefix}-{i}")
+            for i in range(count)
+        ]
+
+    def stop_executors(self, executors: list[Child]) -> None:
+        for child in executors:
+            child.stop()
+            self.children.remove(child)
+
+    async def __aenter__(self) -> System:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        for child in reversed(self.children):
+            child.stop()
+        self.server.stop()
+        self._tmp.cleanup()

@@ -1,0 +1,412 @@
+"""Benchmarks: throughput, latency, workflows, memory and the edge executor.
+
+    make bench-quick      (under a minute)
+    make bench            (the full sizes)
+
+Every run starts its own nats-server and a broker as separate processes, runs executors as
+separate processes, prints a table, and writes bench/results/latest.json. Each figure comes
+with a raw nats-py baseline measured in the same run where one makes sense, so that ratios
+rather than absolute times are compared on a noisy machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import nats
+
+from bench.harness import System, cpu_seconds, rss_mib
+from colonyos.client import Client
+from colonyos.models import Conditions, FunctionSpec, Process, ProcessState, WorkflowSpec
+
+RESULTS = Path(__file__).parent / "results"
+
+
+@dataclass
+class Figure:
+    scenario: str
+    value: float
+    unit: str
+    target: str = ""
+    baseline: float | None = None
+    baseline_unit: str = ""
+    note: str = ""
+
+
+def noop(executor_type: str = "noop", **kw: Any) -> FunctionSpec:
+    return FunctionSpec(func_name="noop", conditions=Conditions(executor_type=executor_type), **kw)
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
+
+
+async def _count_events(
+    client: Client, state: ProcessState, n: int, executor_type: str, ready: asyncio.Event
+) -> float:
+    """Wait for n events of a state; returns the monotonic time of the last."""
+    seen = 0
+    async with client.subscribe(executor_type=executor_type, state=state) as events:
+        ready.set()
+        while seen < n:
+            await events.next(120)
+            seen += 1
+    return time.monotonic()
+
+
+async def _submit_many(client: Client, specs: list[FunctionSpec], concurrency: int = 256) -> float:
+    sem = asyncio.Semaphore(concurrency)
+
+    async def one(spec: FunctionSpec) -> None:
+        async with sem:
+            await client.submit(spec, confirm=False)
+
+    t = time.monotonic()
+    await asyncio.gather(*(one(s) for s in specs))
+    return time.monotonic() - t
+
+
+# -- raw nats-py baselines ---------------------------------------------------------------
+async def raw_publish_rate(url: str, n: int, concurrency: int = 256) -> float:
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    await js.add_stream(name="RAWBENCH", subjects=["rawbench.>"])
+    sem = asyncio.Semaphore(concurrency)
+    body = b'{"conditions":{"executortype":"noop"},"funcname":"noop"}'
+
+    async def one(i: int) -> None:
+        async with sem:
+            await js.publish("rawbench.specs", body, headers={"Nats-Msg-Id": str(i)})
+
+    t = time.monotonic()
+    await asyncio.gather(*(one(i) for i in range(n)))
+    rate = n / (time.monotonic() - t)
+    await js.delete_stream("RAWBENCH")
+    await nc.close()
+    return rate
+
+
+async def raw_request_latency(url: str, n: int) -> list[float]:
+    nc = await nats.connect(url)
+
+    async def echo(msg: Any) -> None:
+        await msg.respond(msg.data)
+
+    await nc.subscribe("rawbench.rpc", cb=echo)
+    samples = []
+    for _ in range(n):
+        t = time.perf_counter()
+        await nc.request("rawbench.rpc", b"x", timeout=5)
+        samples.append((time.perf_counter() - t) * 1e3)
+    await nc.close()
+    return samples
+
+
+async def raw_lifecycle_rate(url: str, n: int, workers: int = 4) -> float:
+    """The messages of one process lifecycle, bare: 1 spec publish, 3 KV writes, 3 event
+    publishes and 2 request/replies, with `workers` executors pulling concurrently."""
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    await js.add_stream(name="RAWLIFE", subjects=["rawlife.>"])
+    kv = await js.create_key_value(bucket="rawlife")
+
+    async def reply(msg: Any) -> None:
+        await msg.respond(b"{}")
+
+    await nc.subscribe("rawlife.rpc.*", cb=reply)
+    counter = iter(range(n))
+
+    async def worker() -> None:
+        for i in counter:
+            await js.publish("rawlife.specs", b"{}")
+            await kv.create(f"p{i}", b"{}")
+            await js.publish(f"rawlife.events.waiting.{i}", b"{}")
+            await nc.request("rawlife.rpc.assign", b"{}", timeout=5)
+            await kv.put(f"p{i}", b"{}")
+            await js.publish(f"rawlife.events.running.{i}", b"{}")
+            await nc.request("rawlife.rpc.close", b"{}", timeout=5)
+            await kv.put(f"p{i}", b"{}")
+            await js.publish(f"rawlife.events.success.{i}", b"{}")
+
+    t = time.monotonic()
+    await asyncio.gather(*(worker() for _ in range(workers * 16)))
+    rate = n / (time.monotonic() - t)
+    await js.delete_stream("RAWLIFE")
+    await js.delete_key_value("rawlife")
+    await nc.close()
+    return rate
+
+
+# -- scenarios --------------------------------------------------------------------------
+async def scenario_submit(system: System, client: Client, n: int) -> list[Figure]:
+    ready = asyncio.Event()
+    done = asyncio.create_task(_count_events(client, ProcessState.WAITING, n, "idle-submit", ready))
+    await ready.wait()
+    t0 = time.monotonic()
+    took = await _submit_many(client, [noop("idle-submit") for _ in range(n)])
+    accepted_at = await done
+    baseline = await raw_publish_rate(system.server.url, n)
+    return [
+        Figure(
+            "submit: specs acknowledged by JetStream",
+            n / took,
+            "specs/s",
+            ">= 15,000",
+            baseline,
+            "raw js.publish/s",
+            f"{n} specs, 256 in flight",
+        ),
+        Figure(
+            "submit: specs made processes by the broker",
+            n / (accepted_at - t0),
+            "processes/s",
+            "",
+            note="KV create + waiting event + index, per spec",
+        ),
+    ]
+
+
+async def scenario_end_to_end(
+    system: System, client: Client, n: int, executors: int
+) -> list[Figure]:
+    assert system.broker is not None
+    nats_pid = system.server.proc.pid if system.server.proc else 0
+    cpu0 = cpu_seconds(system.broker.pid), cpu_seconds(nats_pid)
+    ready = asyncio.Event()
+    done = asyncio.create_task(_count_events(client, ProcessState.SUCCESS, n, "noop", ready))
+    await ready.wait()
+    t0 = time.monotonic()
+    await _submit_many(client, [noop() for _ in range(n)])
+    finished = await done
+    cpu1 = cpu_seconds(system.broker.pid), cpu_seconds(nats_pid)
+    rate = n / (finished - t0)
+    baseline = await raw_lifecycle_rate(system.server.url, max(1000, n // 4), executors)
+    per_k = 1000 / n
+    return [
+        Figure(
+            f"end to end, {executors} executors (separate processes)",
+            rate,
+            "processes/s",
+            ">= 3,000",
+            baseline,
+            "raw lifecycle messages/s",
+            f"{n} no-op processes; every transition in KV + events + index",
+        ),
+        Figure("broker CPU per 1,000 processes", (cpu1[0] - cpu0[0]) * per_k, "CPU s"),
+        Figure("nats-server CPU per 1,000 processes", (cpu1[1] - cpu0[1]) * per_k, "CPU s"),
+    ]
+
+
+async def scenario_latency(system: System, client: Client, n: int) -> list[Figure]:
+    has_it, closed = [], []
+    async with client.subscribe(executor_type="noop", state=ProcessState.SUCCESS) as events:
+        for _ in range(n):
+            t0 = time.time_ns()
+            await client.submit(noop(), confirm=False)
+            event = await events.next(30)
+            t1 = time.time_ns()
+            assert isinstance(event, Process)
+            has_it.append((event.output[0] - t0) / 1e6)
+            closed.append((t1 - t0) / 1e6)
+    raw = await raw_request_latency(system.server.url, n)
+    return [
+        Figure(
+            "submit -> executor has it, p50",
+            statistics.median(has_it),
+            "ms",
+            "< 1",
+            statistics.median(raw),
+            "raw request/reply ms",
+        ),
+        Figure("submit -> executor has it, p99", pct(has_it, 0.99), "ms", "< 5"),
+        Figure("submit -> closed, p50", statistics.median(closed), "ms", "< 2"),
+    ]
+
+
+def _fanout(width: int) -> WorkflowSpec:
+    specs = [
+        FunctionSpec(
+            node_name="root", func_name="noop", conditions=Conditions(executor_type="noop")
+        )
+    ]
+    specs += [
+        FunctionSpec(
+            node_name=f"n{i}",
+            func_name="noop",
+            conditions=Conditions(executor_type="noop", dependencies=["root"]),
+        )
+        for i in range(width)
+    ]
+    specs.append(
+        FunctionSpec(
+            node_name="sink",
+            func_name="noop",
+            conditions=Conditions(
+                executor_type="noop", dependencies=[f"n{i}" for i in range(width)]
+            ),
+        )
+    )
+    return WorkflowSpec(function_specs=specs)
+
+
+def _chain(length: int) -> WorkflowSpec:
+    return WorkflowSpec(
+        function_specs=[
+            FunctionSpec(
+                node_name=f"n{i}",
+                func_name="noop",
+                conditions=Conditions(
+                    executor_type="noop", dependencies=[f"n{i - 1}"] if i else []
+                ),
+            )
+            for i in range(length)
+        ]
+    )
+
+
+async def scenario_workflows(client: Client) -> list[Figure]:
+    figures = []
+    for name, workflow, target in (
+        ("100-node fan-out workflow (1 -> 98 -> 1)", _fanout(98), "< 0.5"),
+        ("100-node chain workflow", _chain(100), "< 1"),
+    ):
+        t0 = time.monotonic()
+        graph = await client.submit_workflow(workflow)
+        assert not isinstance(graph, str)
+        done = await client.graph_wait(graph.process_graph_id, timeout=120)
+        assert done.state is ProcessState.SUCCESS, done.state
+        figures.append(Figure(name, time.monotonic() - t0, "s", target, note="4 executors"))
+    return figures
+
+
+async def _assign_p50(client: Client, settings: Any, rounds: int) -> float:
+    from colonyos.models import Executor
+
+    ex = await Client.connect(settings, caller="idle-probe")
+    await ex.register(Executor(executor_name="idle-probe", executor_type="idle"))
+    samples = []
+    for _ in range(rounds):
+        t = time.perf_counter()
+        got = await ex.assign(timeout=5)
+        samples.append((time.perf_counter() - t) * 1e3)
+        assert got is not None
+        await ex.close(got.process_id, [])
+    await ex.aclose()
+    return statistics.median(samples)
+
+
+async def scenario_memory(system: System, client: Client, waiting: int) -> list[Figure]:
+    assert system.broker is not None
+    rss0 = rss_mib(system.broker.pid)
+    small = 1000
+    await _submit_many(client, [noop("idle") for _ in range(small)])
+    await _wait_waiting(client, small)
+    few = await _assign_p50(client, system.settings, 200)
+    await _submit_many(client, [noop("idle") for _ in range(waiting - small + 200)])
+    await _wait_waiting(client, waiting)
+    rss = rss_mib(system.broker.pid)
+    many = await _assign_p50(client, system.settings, 200)
+    return [
+        Figure(
+            f"broker memory with {waiting:,} waiting",
+            rss,
+            "MiB RSS",
+            "< 150 (100,000 waiting)",
+            note=f"{rss0:.0f} MiB before",
+        ),
+        Figure(f"assign + close, p50, {small:,} waiting", few, "ms"),
+        Figure(
+            f"assign + close, p50, {waiting:,} waiting",
+            many,
+            "ms",
+            "no growth with the queue",
+        ),
+    ]
+
+
+async def _wait_waiting(client: Client, n: int) -> None:
+    async with asyncio.timeout(300):
+        while (await client.stats()).executor_types.get("idle", {}).get("waiting", 0) < n:
+            await asyncio.sleep(0.2)
+
+
+async def scenario_edge(system: System, client: Client) -> list[Figure]:
+    t0 = time.monotonic()
+    child = system.spawn(
+        ["-m", "colonyos.executors.echo"], "edge", {"COLONIES_EXECUTOR_NAME": "edge-1"}
+    )
+    async with asyncio.timeout(30):
+        while not any(e.executor_name == "edge-1" for e in await client.executor_list()):
+            await asyncio.sleep(0.01)
+    started = time.monotonic() - t0
+    await asyncio.sleep(1.0)  # idle a moment before reading its memory
+    rss = rss_mib(child.pid)
+    return [
+        Figure("edge executor (echo) start to registered", started, "s", "< 0.5"),
+        Figure("edge executor (echo) idle memory", rss, "MiB RSS", "< 40"),
+    ]
+
+
+async def main(quick: bool) -> list[Figure]:
+    sizes = (
+        {"submit": 5000, "e2e": 3000, "latency": 200, "waiting": 10_000}
+        if quick
+        else {"submit": 20_000, "e2e": 20_000, "latency": 1000, "waiting": 100_000}
+    )
+    figures: list[Figure] = []
+    async with System() as system:
+        client = await system.start()
+        figures += await scenario_submit(system, client, sizes["submit"])
+        executors = system.executors(4)
+        await _executors_ready(client, 4)
+        figures += await scenario_end_to_end(system, client, sizes["e2e"], 4)
+        figures += await scenario_latency(system, client, sizes["latency"])
+        figures += await scenario_workflows(client)
+        system.stop_executors(executors)
+        figures += await scenario_edge(system, client)
+        figures += await scenario_memory(system, client, sizes["waiting"])
+        await client.aclose()
+    return figures
+
+
+async def _executors_ready(client: Client, n: int) -> None:
+    async with asyncio.timeout(30):
+        while sum(e.executor_type == "noop" for e in await client.executor_list()) < n:
+            await asyncio.sleep(0.05)
+
+
+def report(figures: list[Figure], quick: bool) -> None:
+    print(f"\n{'scenario':<52} {'value':>10} {'unit':<12} {'target':<26} {'raw baseline':>14}")
+    for f in figures:
+        base = f"{f.baseline:,.2f}" if f.baseline is not None else ""
+        print(f"{f.scenario:<52} {f.value:>10,.2f} {f.unit:<12} {f.target:<26} {base:>14}")
+    RESULTS.mkdir(exist_ok=True)
+    doc = {
+        "mode": "quick" if quick else "full",
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "system": platform.platform(),
+        },
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "figures": [asdict(f) for f in figures],
+    }
+    (RESULTS / "latest.json").write_text(json.dumps(doc, indent=2))
+    print(f"\nwritten to {RESULTS / 'latest.json'}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="small sizes, under a minute")
+    args = parser.parse_args()
+    report(asyncio.run(main(args.quick)), args.quick)
