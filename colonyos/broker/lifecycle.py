@@ -62,7 +62,7 @@ class Lifecycle:
                 self._requeue_if(transitions.EXEC_TIMEOUT, _past_exec),
                 transitions.EXEC_TIMEOUT,
             )
-        for process in list(self.service.running.values()):
+        for process, _ in list(self.service.running.values()):
             reason = self._lost(process, time.monotonic(), t_ns)
             if reason is not None:
                 await self._apply(

@@ -114,7 +114,7 @@ class Service:
         self._capacities: dict[tuple[str, str], Capacity] = {}
         self._names: dict[str, tuple[str, str]] = {}  # executor id -> (colony, name)
         # Live processes beyond the queue, and what the lifecycle sweeps need.
-        self.running: dict[str, Process] = {}
+        self.running: dict[str, tuple[Process, int]] = {}  # with its KV revision
         self.wait_deadlines = DeadlineHeap()
         self.exec_deadlines = DeadlineHeap()
         self.heard: dict[str, float] = {}  # executor id -> monotonic time of any sign of life
@@ -190,7 +190,7 @@ class Service:
                 self.wait_deadlines.push(_ns(process.wait_deadline), process.colony_name, pid)
             self._enqueue(process, revision)
         elif process.state is ProcessState.RUNNING:
-            self.running[pid] = process
+            self.running[pid] = (process, revision)
             if process.exec_deadline != ZERO_TIME:
                 self.exec_deadlines.push(_ns(process.exec_deadline), process.colony_name, pid)
 
@@ -280,8 +280,13 @@ class Service:
         With ``notify``, an executor whose running process this takes away (cancel, re-queue)
         is told at once on its control subject.
         """
+        known = self.running.get(process_id)  # a running process: no need to read it back
         for _ in range(_TRANSITION_ATTEMPTS):
-            process, revision = await self.store.get(colony, process_id)
+            if known is not None and known[0].colony_name == colony:
+                process, revision = known
+                known = None
+            else:
+                process, revision = await self.store.get(colony, process_id)
             updated = step(process)
             await self._confirm(process, revision)
             try:
