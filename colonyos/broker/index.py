@@ -8,6 +8,7 @@ hands it batches of rows and never blocks on it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +28,7 @@ logger = logging.getLogger(__name__)
 
 _encode = msgspec.json.Encoder().encode
 _TABLE = "processes"
+_LINGER_S = 0.05
 
 
 _COLUMNS = (
@@ -73,6 +75,7 @@ class ProcessIndex:
         self._pending: dict[str, dict[str, Any] | None] = {}  # processid -> row, None = delete
         self._flushing: asyncio.Task[None] | None = None
         self._db: sqlite_utils.Database | None = None
+        self._flush_now = asyncio.Event()
 
     async def open(self) -> None:
         await self._run(self._open_sync)
@@ -134,6 +137,12 @@ class ProcessIndex:
             self._flushing = asyncio.get_running_loop().create_task(self._drain())
 
     async def _drain(self) -> None:
+        # Linger a moment first: a process's quick transitions then cost one write, not three.
+        # A listing flushes at once (flush() below), so readers never see the delay.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(_LINGER_S):
+                await self._flush_now.wait()
+        self._flush_now.clear()
         while self._pending:
             batch, self._pending = self._pending, {}
             await self._run(self._apply_sync, batch)
@@ -153,6 +162,7 @@ class ProcessIndex:
 
     async def flush(self) -> None:
         """Wait until every write handed in so far is applied (read-your-writes for list)."""
+        self._flush_now.set()
         while self._flushing is not None and not self._flushing.done():
             await asyncio.shield(self._flushing)
         if self._pending:
