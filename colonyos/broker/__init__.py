@@ -116,6 +116,7 @@ class Broker:
             stack.push_async_callback(self._unsubscribe, rpc)
             beats = await nc.subscribe(self.subjects.heartbeats_all, cb=self._on_heartbeat)
             stack.push_async_callback(self._unsubscribe, beats)
+            stack.push_async_callback(store.settle)
             stack.push_async_callback(self._finish_inflight)
             stack.callback(service.release_parked)
             tasks = [

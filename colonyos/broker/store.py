@@ -7,11 +7,12 @@ with ``Nats-Msg-Id = <processid>.<revision>`` so that re-publishing after a cras
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 import nats.errors
@@ -66,6 +67,8 @@ class ProcessStore:
         self.subjects = subjects
         self._storage = StorageType.MEMORY if storage == "memory" else StorageType.FILE
         self._dedup_window_s = dedup_window_s
+        self._unacked: set[asyncio.Future[Any]] = set()
+        self._republishing: set[asyncio.Task[None]] = set()
         self.processes: KeyValue
         self.executors: KeyValue
         self.colonies: KeyValue
@@ -162,9 +165,45 @@ class ProcessStore:
             process.colony_name, process.executor_type, process.state.token, process.process_id
         )
 
-    async def publish_event(self, process: Process, revision: int) -> None:
+    async def publish_event(self, process: Process, revision: int, *, wait: bool = False) -> None:
+        """Publish a transition's event.
+
+        By default the acknowledgement is not waited for: events leave on one connection in
+        order, and one that is not acknowledged is published again in the background (its id
+        makes that harmless). A leader that takes over checks the last revisions it loads, so
+        a crash before the acknowledgement loses no event either.
+        """
         headers = {"Nats-Msg-Id": f"{process.process_id}.{revision}"}
-        await self.js.publish(self._event_subject(process), _encode(process), headers=headers)
+        data = _encode(process)
+        if wait:
+            await self.js.publish(self._event_subject(process), data, headers=headers)
+            return
+        ack = await self.js.publish_async(self._event_subject(process), data, headers=headers)
+        self._unacked.add(ack)
+        ack.add_done_callback(lambda f: self._acked(f, process, revision))
+
+    def _acked(self, ack: asyncio.Future[Any], process: Process, revision: int) -> None:
+        self._unacked.discard(ack)
+        if ack.cancelled() or ack.exception() is None:
+            return
+        logger.warning(
+            "event %s.%d not acknowledged; sending it again", process.process_id, revision
+        )
+        task = asyncio.get_running_loop().create_task(self._republish(process, revision))
+        self._republishing.add(task)
+        task.add_done_callback(self._republishing.discard)
+
+    async def _republish(self, process: Process, revision: int) -> None:
+        try:
+            await self.ensure_event(process, revision)
+        except (nats.errors.Error, TimeoutError) as err:
+            logger.error("event %s.%d lost for now: %s", process.process_id, revision, err)
+
+    async def settle(self, timeout: float = 5.0) -> None:
+        """Wait for outstanding event acknowledgements (before stepping down)."""
+        pending = set(self._unacked) | set(self._republishing)
+        if pending:
+            await asyncio.wait(pending, timeout=timeout)
 
     async def ensure_event(self, process: Process, revision: int) -> bool:
         """Publish the event of this revision unless it is stored; True if it had to.
@@ -181,7 +220,7 @@ class ProcessStore:
             f"{process.process_id}.{revision}"
         ):
             return False
-        await self.publish_event(process, revision)
+        await self.publish_event(process, revision, wait=True)
         return True
 
     async def last_event_time(self) -> datetime | None:

@@ -48,6 +48,8 @@ class Workflows:
         self.store = service.store
         # Live graphs: graph id -> process id -> state (what the graph's state is derived from).
         self.members: dict[str, dict[str, ProcessState]] = {}
+        self._states: dict[str, ProcessState] = {}  # graph id -> state last written
+        self._graph_of: dict[str, str] = {}  # process id -> graph id, for live graphs
         # Graphs being cancelled as a whole: every process ends CANCELLED, none FAILED.
         self._cancelling: set[str] = set()
         service.graph_hook = self.after_transition
@@ -79,7 +81,9 @@ class Workflows:
             await msg.ack()
             return
         await self.store.create_graph(graph)  # None: a redelivery; finish what is missing
-        self.members[graph_id] = {p.process_id: p.state for p in processes}
+        for p in processes:
+            self._join(graph_id, p)
+        self._states[graph_id] = graph.state
         for process in processes:
             revision = await self.store.create(process)
             if revision is None:
@@ -119,7 +123,8 @@ class Workflows:
         members = self.members.get(graph_id)
         if members is not None:
             members[process.process_id] = process.state
-            await self._update_graph(process.colony_name, graph_id)
+            if graph_state(members.values()) is not self._states.get(graph_id):
+                await self._update_graph(process.colony_name, graph_id)
         if process.state is ProcessState.SUCCESS:
             for child in process.children:
                 await self._maybe_release(process.colony_name, child)
@@ -127,9 +132,17 @@ class Workflows:
             await self._fail_descendants(process)
 
     async def _maybe_release(self, colony: str, child_id: str) -> None:
+        members = self.members.get(self._graph_of.get(child_id, ""), {})
         try:
             child, _ = await self.store.get(colony, child_id)
             if child.state is not ProcessState.WAITING or not child.wait_for_parents:
+                return
+            # Known not all done yet: no need to read every parent (a fan-in of n parents
+            # would cost n reads per parent, n squared in all).
+            if any(
+                members.get(pid, ProcessState.SUCCESS) is not ProcessState.SUCCESS
+                for pid in child.parents
+            ):
                 return
             parents = [(await self.store.get(colony, pid))[0] for pid in child.parents]
         except NotFoundError:
@@ -165,8 +178,13 @@ class Workflows:
                 continue  # ended already: it keeps its result
             pending.extend(child.children)
 
+    def _join(self, graph_id: str, process: Process) -> None:
+        self.members.setdefault(graph_id, {})[process.process_id] = process.state
+        self._graph_of[process.process_id] = graph_id
+
     async def _update_graph(self, colony: str, graph_id: str) -> None:
         state = graph_state(self.members[graph_id].values())
+        self._states[graph_id] = state
         for _ in range(_GRAPH_ATTEMPTS):
             try:
                 graph, revision = await self.store.get_graph(colony, graph_id)
@@ -192,7 +210,9 @@ class Workflows:
                 await self.store.publish_graph_event(updated)
             break
         if state.is_terminal:
-            self.members.pop(graph_id, None)
+            for pid in self.members.pop(graph_id, {}):
+                self._graph_of.pop(pid, None)
+            self._states.pop(graph_id, None)
 
     async def load(self) -> None:
         """A new leader finishes what a previous one may have left half-done."""
@@ -207,9 +227,11 @@ class Workflows:
                 except NotFoundError:
                     continue
                 members[pid] = process.state
+                self._graph_of[pid] = graph.process_graph_id
                 if process.state.is_terminal:
                     ended.append(process)
             self.members[graph.process_graph_id] = members
+            self._states[graph.process_graph_id] = graph.state
             for process in ended:
                 await self.after_transition(process)
 
@@ -240,7 +262,7 @@ class Workflows:
         revision = await self.store.create(child)
         assert revision is not None
         await self.store.publish_event(child, revision)
-        self.members.setdefault(parent.process_graph_id, {})[child.process_id] = child.state
+        self._join(parent.process_graph_id, child)
         self.service.track(child, revision)
         for pid in downstream:
             await self.service.transition(
