@@ -6,7 +6,6 @@ python -m bench.noop_executor NAME
 from __future__ import annotations
 
 import asyncio
-import signal
 import sys
 import time
 from typing import Any
@@ -25,10 +24,7 @@ def main() -> None:
         async def noop(ctx: ProcessContext) -> list[Any]:
             return [time.time_ns()]
 
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, app.stop)
-        await app.run()
+        await app.serve()
 
     asyncio.run(run())
 

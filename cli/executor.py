@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import signal
 from typing import Any
 
 import typer
@@ -56,14 +54,11 @@ def start(
             app_.capabilities = Capabilities(
                 hardware=[Hardware(cpu=cpu, mem=mem, gpu=GPU(count=gpus))]
             )
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, app_.stop)
         console.print(
             f"executor [bold]{app_.name}[/] (type {app_.executor_type}) in colony "
             f"{app_.settings.colony}: waiting for work" + (" (burst)" if burst else "")
         )
-        return await app_.run(burst=burst)
+        return await app_.serve(burst=burst)
 
     handled = run(go())
     console.print(f"handled {handled} processes")

@@ -20,8 +20,6 @@ _JSON = typer.Option(False, "--json", help="Print JSON (Colonies keys).")
 _TYPE = typer.Option("", "--type", help="Only this executor type.")
 _LABEL = typer.Option("", "--label", help="Only processes with this label.")
 _PROCESS = typer.Option(..., "--process", "-p", help="Process id.")
-
-
 _WATCH = typer.Option(False, "--watch", "-w", help="Show the colony live (Ctrl-C stops).")
 
 
@@ -53,56 +51,31 @@ def _listing(
         console.print(process_table(processes, f"{state.name.lower()} processes"))
 
 
-@app.command("ps")
-def ps(
-    ctx: typer.Context,
-    count: int = _COUNT,
-    as_json: bool = _JSON,
-    etype: str = _TYPE,
-    label: str = _LABEL,
-    live: bool = _WATCH,
-) -> None:
-    """List running processes."""
-    _listing(ctx, ProcessState.RUNNING, count, as_json, etype, label, live)
+def _listing_command(name: str, state: ProcessState) -> None:
+    """``ps`` (running), ``psw`` (waiting), ``pss`` (successful), ``psf`` (failed): one shape."""
+    word = {"success": "successful"}.get(state.token, state.token)
+
+    def command(
+        ctx: typer.Context,
+        count: int = _COUNT,
+        as_json: bool = _JSON,
+        etype: str = _TYPE,
+        label: str = _LABEL,
+        live: bool = _WATCH,
+    ) -> None:
+        _listing(ctx, state, count, as_json, etype, label, live)
+
+    command.__doc__ = f"List {word} processes."
+    app.command(name)(command)
 
 
-@app.command("psw")
-def psw(
-    ctx: typer.Context,
-    count: int = _COUNT,
-    as_json: bool = _JSON,
-    etype: str = _TYPE,
-    label: str = _LABEL,
-    live: bool = _WATCH,
-) -> None:
-    """List waiting processes."""
-    _listing(ctx, ProcessState.WAITING, count, as_json, etype, label, live)
-
-
-@app.command("pss")
-def pss(
-    ctx: typer.Context,
-    count: int = _COUNT,
-    as_json: bool = _JSON,
-    etype: str = _TYPE,
-    label: str = _LABEL,
-    live: bool = _WATCH,
-) -> None:
-    """List successful processes."""
-    _listing(ctx, ProcessState.SUCCESS, count, as_json, etype, label, live)
-
-
-@app.command("psf")
-def psf(
-    ctx: typer.Context,
-    count: int = _COUNT,
-    as_json: bool = _JSON,
-    etype: str = _TYPE,
-    label: str = _LABEL,
-    live: bool = _WATCH,
-) -> None:
-    """List failed processes."""
-    _listing(ctx, ProcessState.FAILED, count, as_json, etype, label, live)
+for _name, _state in (
+    ("ps", ProcessState.RUNNING),
+    ("psw", ProcessState.WAITING),
+    ("pss", ProcessState.SUCCESS),
+    ("psf", ProcessState.FAILED),
+):
+    _listing_command(_name, _state)
 
 
 def _watch(ctx: typer.Context, count: int) -> None:

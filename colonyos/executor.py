@@ -23,6 +23,7 @@ import inspect
 import io
 import logging
 import os
+import signal
 import socket
 import sys
 import time
@@ -223,6 +224,18 @@ class ExecutorApp:
 
     def stop(self) -> None:
         self._stopping.set()
+
+    async def serve(self, *, burst: bool = False) -> int:
+        """:meth:`run` until SIGINT or SIGTERM, which stop it after the current process."""
+        loop = asyncio.get_running_loop()
+        signals = (signal.SIGINT, signal.SIGTERM)
+        for sig in signals:
+            loop.add_signal_handler(sig, self.stop)
+        try:
+            return await self.run(burst=burst)
+        finally:
+            for sig in signals:
+                loop.remove_signal_handler(sig)
 
     # -- the loop -------------------------------------------------------------------------
     async def run(self, *, burst: bool = False) -> int:

@@ -28,22 +28,15 @@ def main() -> None:
     """``python -m colonyos.executors.echo``: the smallest start, for edge devices."""
     import asyncio
     import os
-    import signal
 
     from colonyos.config import Settings
 
-    async def run() -> None:
-        app = build(
-            Settings.from_env(),
-            os.environ.get("COLONIES_EXECUTOR_TYPE", "echo"),
-            os.environ.get("COLONIES_EXECUTOR_NAME") or None,
-        )
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, app.stop)
-        await app.run()
-
-    asyncio.run(run())
+    app = build(
+        Settings.from_env(),
+        os.environ.get("COLONIES_EXECUTOR_TYPE", "echo"),
+        os.environ.get("COLONIES_EXECUTOR_NAME") or None,
+    )
+    asyncio.run(app.serve())
 
 
 if __name__ == "__main__":

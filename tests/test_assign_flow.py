@@ -154,3 +154,18 @@ async def test_same_process_id_twice_gives_one_process(client: Client, settings)
     assert first.process_id == second.process_id == pid
     listed = await client.list_processes()
     assert [p.process_id for p in listed] == [pid]
+
+
+async def test_queued_processes_without_a_kept_body_are_read_back(client: Client, settings, broker) -> None:
+    broker.service.queue.max_bodies = 1  # as with a very long queue
+    submitted = [await client.submit(spec(args=[i])) for i in range(3)]
+    ex = await executor_client(settings, "e1")
+    got = []
+    for _ in range(3):
+        p = await ex.assign(timeout=1)
+        assert p is not None and p.state is ProcessState.RUNNING
+        got.append(p)
+        await ex.close(p.process_id, p.spec.args)
+    assert [p.process_id for p in got] == [p.process_id for p in submitted]
+    assert [p.spec.args for p in got] == [[0], [1], [2]]
+    await ex.aclose()

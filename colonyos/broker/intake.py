@@ -22,7 +22,6 @@ from colonyos.broker import transitions
 from colonyos.broker.service import Service
 from colonyos.broker.workflows import Workflows
 from colonyos.errors import ColoniesError, ColonyNotFoundError, InvalidSpecError
-from colonyos.messages import Rejection
 from colonyos.models import Process, ProcessState, now
 from colonyos.specs import decode_function_spec
 
@@ -69,16 +68,7 @@ class Intake:
             process = self._new_process(msg, colony, executor_type, process_id, t, ns)
         except ColoniesError as err:
             logger.info("rejected spec %s in colony %s: %s", process_id, colony, err.message)
-            await self.store.publish_rejection(
-                Rejection(
-                    process_id=process_id,
-                    colony_name=colony,
-                    executor_type=executor_type,
-                    error=err.message,
-                    code=err.code,
-                    path=str(err.detail.get("path", "")),
-                )
-            )
+            await self.store.reject(colony, executor_type, process_id, err)
             await msg.ack()
             return
         revision = await self.store.create(process)

@@ -13,9 +13,10 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections import deque
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Generic, TypeVar
+
+import msgspec
 
 from colonyos.models import Executor, FunctionSpec, Process
 from colonyos.resources import parse_bytes, parse_cpu_millis
@@ -87,6 +88,8 @@ class Requirement:
     @classmethod
     def of(cls, spec: FunctionSpec) -> Requirement:
         c = spec.conditions
+        if _is_plain(spec):
+            return _PLAIN  # shared: most specs ask for nothing beyond the executor type
         return cls(
             executor_names=frozenset(c.executor_names),
             location=c.location_name,
@@ -113,12 +116,38 @@ class Requirement:
         )
 
 
+_encode = msgspec.msgpack.Encoder().encode
+_decode = msgspec.msgpack.Decoder(Process).decode
+
+
+_PLAIN = Requirement()
+
+
+def _is_plain(spec: FunctionSpec) -> bool:
+    c = spec.conditions
+    return not (
+        c.executor_names
+        or c.location_name
+        or c.cpu
+        or c.mem
+        or c.storage
+        or c.gpu.count
+        or c.gpu.mem
+        or c.gpu.name
+        or c.nodes
+    )
+
+
 @dataclass(slots=True)
 class _Entry:
-    process: Process
+    # The process as msgpack, a third of the memory of the decoded Struct, decoded once when
+    # assigned; None past `max_bodies` entries, when the caller reads it back from KV.
+    data: bytes | None
     revision: int
     requirement: Requirement
     seq: int
+    colony: str
+    executor_type: str
 
 
 class WaitingQueue:
@@ -128,7 +157,9 @@ class WaitingQueue:
     and the common unconstrained pop are all O(log n) whatever the queue length.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_bodies: int = 20_000) -> None:
+        self.max_bodies = max_bodies
+        self._bodies = 0
         self._heaps: dict[QueueKey, list[tuple[int, int, str]]] = {}
         self._entries: dict[str, _Entry] = {}
         self._seq = itertools.count()
@@ -142,25 +173,32 @@ class WaitingQueue:
     def push(self, process: Process, revision: int) -> None:
         seq = next(self._seq)
         pid = process.process_id
-        self._entries[pid] = _Entry(process, revision, Requirement.of(process.spec), seq)
         key = (process.colony_name, process.executor_type)
+        self.remove(pid)
+        data = _encode(process) if self._bodies < self.max_bodies else None
+        self._bodies += data is not None
+        self._entries[pid] = _Entry(data, revision, Requirement.of(process.spec), seq, *key)
         heapq.heappush(self._heaps.setdefault(key, []), (process.priority_time, seq, pid))
 
-    def remove(self, process_id: str) -> Process | None:
+    def remove(self, process_id: str) -> bool:
         entry = self._entries.pop(process_id, None)
-        return entry.process if entry else None
+        if entry is None:
+            return False
+        self._bodies -= entry.data is not None
+        return True
 
     def count(self, colony: str, executor_type: str) -> int:
         return sum(
             1
             for e in self._entries.values()
-            if e.process.colony_name == colony and e.process.executor_type == executor_type
+            if (e.colony, e.executor_type) == (colony, executor_type)
         )
 
     def pop_match(
         self, colony: str, cap: Capacity, executor_type: str
-    ) -> tuple[Process, int] | None:
-        """Take the first process in priority order that ``cap`` satisfies."""
+    ) -> tuple[str, Process | None, int] | None:
+        """Take the first process in priority order that ``cap`` satisfies: its id, the
+        process (None if its body was not kept: read it from KV) and its revision."""
         heap = self._heaps.get((colony, executor_type))
         if not heap:
             return None
@@ -173,15 +211,16 @@ class WaitingQueue:
                 continue  # removed, or re-queued under a newer sequence
             if entry.requirement.accepts(cap):
                 found = entry
-                del self._entries[item[2]]
+                self.remove(item[2])
+                pid = item[2]
                 break
             skipped.append(item)
         for item in skipped:
             heapq.heappush(heap, item)
-        return (found.process, found.revision) if found else None
-
-    def processes(self) -> Iterator[Process]:
-        return (e.process for e in self._entries.values())
+        if found is None:
+            return None
+        body = _decode(found.data) if found.data is not None else None
+        return pid, body, found.revision
 
 
 W = TypeVar("W")

@@ -309,13 +309,21 @@ class Service:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(0.0, req.timeout)
         while True:
-            picked = self.queue.pop_match(colony, cap, etype)
-            if picked is None:
+            popped = self.queue.pop_match(colony, cap, etype)
+            if popped is not None:
+                picked = await self._body(colony, popped)
+                if picked is None:
+                    continue  # removed meanwhile: take the next one
+            else:
                 picked = await self._park(colony, etype, cap, deadline - loop.time())
                 if picked is None:
                     return None
             process, revision = picked
-            updated = transitions.assign(process, executor, now=now())
+            try:
+                updated = transitions.assign(process, executor, now=now())
+            except ConflictError:
+                self.track(process, revision)  # read back from KV, and no longer waiting
+                continue
             await self._confirm(process, revision)
             try:
                 new_revision = await self.store.update(updated, revision)
@@ -327,6 +335,16 @@ class Service:
             await self._after(updated)
             logger.debug("assigned %s to %s in %s", process.process_id, caller, colony)
             return updated
+
+    async def _body(self, colony: str, popped: tuple[str, Process | None, int]) -> Picked | None:
+        """A queued process, read back from KV when the queue kept no body for it."""
+        pid, process, revision = popped
+        if process is not None:
+            return process, revision
+        try:
+            return await self.store.get(colony, pid)
+        except ProcessNotFoundError:
+            return None
 
     async def _park(self, colony: str, etype: str, cap: Capacity, timeout: float) -> Picked | None:
         if timeout <= 0:

@@ -28,7 +28,7 @@ from nats.js.api import (
 )
 from nats.js.kv import KeyValue
 
-from colonyos.errors import GraphNotFoundError, ProcessNotFoundError
+from colonyos.errors import ColoniesError, GraphNotFoundError, ProcessNotFoundError
 from colonyos.messages import Rejection
 from colonyos.models import Colony, Executor, Process, ProcessGraph
 from colonyos.subjects import GRAPH_TOKEN, Subjects
@@ -234,6 +234,21 @@ class ProcessStore:
         """A core NATS message, not stored (to executors on their control subject)."""
         with contextlib.suppress(nats.errors.Error):
             await self.nc.publish(subject, _encode(message))
+
+    async def reject(
+        self, colony: str, executor_type: str, item_id: str, err: ColoniesError
+    ) -> None:
+        """A submission that did not become a process (or graph): say why, as an event."""
+        await self.publish_rejection(
+            Rejection(
+                process_id=item_id,
+                colony_name=colony,
+                executor_type=executor_type,
+                error=err.message,
+                code=err.code,
+                path=str(err.detail.get("path", "")),
+            )
+        )
 
     async def publish_rejection(self, rejection: Rejection) -> None:
         subject = self.subjects.event(

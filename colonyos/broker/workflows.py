@@ -29,7 +29,7 @@ from colonyos.errors import (
     NotFoundError,
 )
 from colonyos.graphs import check_workflow, graph_state, node_process_id
-from colonyos.messages import AddChild, GraphRef, ListGraphs, Rejection
+from colonyos.messages import AddChild, GraphRef, ListGraphs
 from colonyos.models import ZERO_TIME, Process, ProcessGraph, ProcessState, WorkflowSpec, now
 from colonyos.specs import check_function_spec, load_workflow_spec
 from colonyos.subjects import GRAPH_TOKEN
@@ -68,16 +68,7 @@ class Workflows:
             graph, processes = self._plan(msg, colony, graph_id, t, ns)
         except ColoniesError as err:
             logger.info("rejected workflow %s in %s: %s", graph_id, colony, err.message)
-            await self.store.publish_rejection(
-                Rejection(
-                    process_id=graph_id,
-                    colony_name=colony,
-                    executor_type=GRAPH_TOKEN,
-                    error=err.message,
-                    code=err.code,
-                    path=str(err.detail.get("path", "")),
-                )
-            )
+            await self.store.reject(colony, GRAPH_TOKEN, graph_id, err)
             await msg.ack()
             return
         await self.store.create_graph(graph)  # None: a redelivery; finish what is missing

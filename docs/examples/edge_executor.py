@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import signal
 
 from colonyos import ExecutorApp, ProcessContext, Settings
 
@@ -32,12 +31,5 @@ async def blink(ctx: ProcessContext) -> list[object]:
     return [times]
 
 
-async def main() -> None:
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, app.stop)
-    await app.run()
-
-
 if __name__ == "__main__":
-    asyncio.run(main())
+    asyncio.run(app.serve())  # Ctrl-C stops it after the current process

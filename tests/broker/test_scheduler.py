@@ -22,7 +22,9 @@ def cap(name: str = "e", **kw: object) -> Capacity:
 def drain(q: WaitingQueue, c: Capacity, etype: str = "x") -> list[str]:
     out = []
     while (picked := q.pop_match("c", c, etype)) is not None:
-        out.append(picked[0].process_id)
+        pid, body, _ = picked
+        assert body is None or body.process_id == pid
+        out.append(pid)
     return out
 
 
@@ -113,3 +115,16 @@ def test_unpark() -> None:
     assert parked.unpark("c", "x", "w")
     assert not parked.unpark("c", "x", "w")
     assert len(parked) == 0
+
+
+def test_bodies_beyond_the_limit_are_left_to_kv() -> None:
+    q = WaitingQueue(max_bodies=2)
+    for i, pid in enumerate("abcd"):
+        q.push(proc(pid, i), 7)
+    popped = [q.pop_match("c", cap(), "x") for _ in range(4)]
+    assert [p[0] for p in popped if p] == ["a", "b", "c", "d"]
+    assert [p[1] is not None for p in popped if p] == [True, True, False, False]
+    assert all(p[2] == 7 for p in popped if p)
+    q.push(proc("e", 9), 1)  # the freed places hold bodies again
+    picked = q.pop_match("c", cap(), "x")
+    assert picked is not None and picked[1] is not None
