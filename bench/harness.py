@@ -104,9 +104,11 @@ class System:
         self.children.append(child)
         return child
 
-    def executors(self, count: int, prefix: str = "noop") -> list[Child]:
+    def executors(self, count: int, prefix: str = "noop", concurrency: int = 1) -> list[Child]:
         return [
-            self.spawn(["-m", "bench.noop_executor", f"{prefix}-{i}"], f"{prefix}-{i}")
+            self.spawn(
+                ["-m", "bench.noop_executor", f"{prefix}-{i}", str(concurrency)], f"{prefix}-{i}"
+            )
             for i in range(count)
         ]
 

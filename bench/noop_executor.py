@@ -1,6 +1,6 @@
 """A no-op executor for benchmarks: returns the time it received the process (ns), no logs.
 
-python -m bench.noop_executor NAME
+python -m bench.noop_executor NAME [CONCURRENCY]
 """
 
 from __future__ import annotations
@@ -18,7 +18,10 @@ def main() -> None:
     name = sys.argv[1]
 
     async def run() -> None:
-        app = ExecutorApp("noop", name, settings=Settings.from_env(), assign_timeout_s=5)
+        slots = int(sys.argv[2]) if len(sys.argv) > 2 else 1
+        app = ExecutorApp(
+            "noop", name, settings=Settings.from_env(), assign_timeout_s=5, concurrency=slots
+        )
 
         @app.handler()
         async def noop(ctx: ProcessContext) -> list[Any]:

@@ -29,6 +29,7 @@ from colonyos.client import Client
 from colonyos.models import Conditions, FunctionSpec, Process, ProcessState, WorkflowSpec
 
 RESULTS = Path(__file__).parent / "results"
+SLOTS = 4  # processes each executor runs at once (ExecutorApp concurrency)
 
 
 @dataclass
@@ -194,7 +195,7 @@ async def scenario_end_to_end(
     per_k = 1000 / n
     return [
         Figure(
-            f"end to end, {executors} executors (separate processes)",
+            f"end to end, {executors} executor processes x {SLOTS} slots",
             rate,
             "processes/s",
             ">= 3,000",
@@ -367,7 +368,7 @@ async def main(quick: bool) -> list[Figure]:
     async with System() as system:
         client = await system.start()
         figures += await scenario_submit(system, client, sizes["submit"])
-        executors = system.executors(4)
+        executors = system.executors(4, concurrency=SLOTS)
         await _executors_ready(client, 4)
         figures += await scenario_end_to_end(system, client, sizes["e2e"], 4)
         figures += await scenario_latency(system, client, sizes["latency"])

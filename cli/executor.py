@@ -35,6 +35,7 @@ def start(
     cpu: str = typer.Option("", "--cpu", help="CPU it offers, e.g. '4' or '500m'."),
     mem: str = typer.Option("", "--mem", help="Memory it offers, e.g. '16Gi'."),
     gpus: int = typer.Option(0, "--gpus", help="GPUs it offers."),
+    concurrency: int = typer.Option(1, "--concurrency", "-c", help="Processes run at once."),
 ) -> None:
     """Start a shipped executor in the foreground (Ctrl-C stops it after the current process)."""
     if kind not in KINDS:
@@ -50,6 +51,7 @@ def start(
             kind, settings_of(ctx), executor_type or kind, name or None, **options
         )
         app_.location_name = location
+        app_.concurrency = max(1, concurrency)
         if cpu or mem or gpus:
             app_.capabilities = Capabilities(
                 hardware=[Hardware(cpu=cpu, mem=mem, gpu=GPU(count=gpus))]

@@ -178,6 +178,7 @@ class ExecutorApp:
         capabilities: Capabilities | None = None,
         assign_timeout_s: float = 10.0,
         heartbeat_s: float | None = None,
+        concurrency: int = 1,
     ) -> None:
         self.executor_type = check_name("executortype", executor_type)
         self.name = check_name("executorname", name or f"{executor_type}-{socket.gethostname()}")
@@ -185,6 +186,8 @@ class ExecutorApp:
         self.location_name = location_name
         self.capabilities = capabilities or Capabilities()
         self.assign_timeout_s = assign_timeout_s
+        # How many processes it runs at once (each slot assigns its own).
+        self.concurrency = max(1, concurrency)
         # Keep well under the broker's liveness window (30 s by default).
         self.heartbeat_s = heartbeat_s or float(os.environ.get("COLONIES_HEARTBEAT", "5"))
         self.running: set[str] = set()
@@ -248,13 +251,9 @@ class ExecutorApp:
             beating = asyncio.create_task(self._heartbeat(client))
             try:
                 with _capture_output() if self._capture_print else contextlib.nullcontext():
-                    while not self._stopping.is_set():
-                        process = await self._next(client, burst)
-                        if process is None:
-                            if burst:
-                                break
-                            continue
-                        await self._execute(client, process)
+                    await asyncio.gather(
+                        *(self._work_loop(client, burst) for _ in range(self.concurrency))
+                    )
             finally:
                 beating.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -296,6 +295,15 @@ class ExecutorApp:
                 self.name,
             )
         self.ready.set()
+
+    async def _work_loop(self, client: Client, burst: bool) -> None:
+        while not self._stopping.is_set():
+            process = await self._next(client, burst)
+            if process is None:
+                if burst:
+                    return
+                continue
+            await self._execute(client, process)
 
     async def _heartbeat(self, client: Client) -> None:
         assert self.registered is not None

@@ -156,7 +156,9 @@ async def test_same_process_id_twice_gives_one_process(client: Client, settings)
     assert [p.process_id for p in listed] == [pid]
 
 
-async def test_queued_processes_without_a_kept_body_are_read_back(client: Client, settings, broker) -> None:
+async def test_queued_processes_without_a_kept_body_are_read_back(
+    client: Client, settings, broker
+) -> None:
     broker.service.queue.max_bodies = 1  # as with a very long queue
     submitted = [await client.submit(spec(args=[i])) for i in range(3)]
     ex = await executor_client(settings, "e1")

@@ -205,3 +205,25 @@ def test_executors_import_nothing_heavy(kind: str) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == ""
+
+
+async def test_concurrency_runs_processes_side_by_side(client: Client, settings) -> None:
+    import asyncio
+
+    app = ExecutorApp("slots", "slots-1", settings=settings, concurrency=3)
+    inside, peak, release = 0, 0, asyncio.Event()
+
+    @app.handler()
+    async def hold(ctx: ProcessContext) -> list[object]:
+        nonlocal inside, peak
+        inside += 1
+        peak = max(peak, inside)
+        if peak == 3:
+            release.set()  # all three slots are busy at once
+        await asyncio.wait_for(release.wait(), timeout=10)
+        inside -= 1
+        return []
+
+    await submit_all(client, *(fspec("slots", "hold") for _ in range(6)))
+    assert await app.run(burst=True) == 6
+    assert peak == 3
