@@ -105,7 +105,7 @@ async def connect_nats(url: str, *, name: str) -> NATS:
     """Connect, failing fast if no server answers; once connected, reconnect forever."""
     try:
         nc = await nats.connect(
-            url,
+            servers=[u.strip() for u in url.split(",") if u.strip()],
             name=name,
             connect_timeout=2,
             allow_reconnect=True,
@@ -224,7 +224,14 @@ class Client:
             ack = await self._publish_spec(subject, data, pid)
             if ack.duplicate:
                 return await self.get(pid, colony=colony)
-            first = await watch.next(timeout or self.settings.request_timeout_s * 2)
+            try:
+                first = await watch.next(timeout or self.settings.request_timeout_s * 2)
+            except TimeoutError:
+                raise BrokerUnavailableError(
+                    f"process {pid} is submitted (JetStream has the spec) but no broker has "
+                    "made it a process yet; it will be, once one runs",
+                    process_id=pid,
+                ) from None
             if isinstance(first, Rejection):
                 raise ColoniesError.from_reply(_rejection_reply(first))
             return first

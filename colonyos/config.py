@@ -63,6 +63,8 @@ class BrokerSettings(msgspec.Struct, frozen=True, kw_only=True):
     storage: Literal["file", "memory"] = "file"
     # Window in which a re-published spec with the same process id is dropped by JetStream.
     dedup_window_s: float = 120.0
+    # JetStream replicas for the streams and buckets it creates (3 on a 3-server cluster).
+    replicas: int = 1
     # How many specs the broker takes from the stream at once.
     fetch_batch: int = 256
     # An executor silent (no heartbeat, no request) this long is lost: its processes re-queue.
@@ -90,5 +92,7 @@ class BrokerSettings(msgspec.Struct, frozen=True, kw_only=True):
         ):
             if var in env:
                 values[key] = float(env[var])
+        if "COLONIES_REPLICAS" in env:
+            values["replicas"] = int(env["COLONIES_REPLICAS"])
         values.update({k: v for k, v in overrides.items() if v is not None})
         return msgspec.convert(values, cls, strict=False)

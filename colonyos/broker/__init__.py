@@ -63,9 +63,14 @@ class Broker:
             nc = await connect_nats(s.nats_url, name=f"colonies-broker-{self.broker_id}")
             stack.push_async_callback(self._drain, nc)
             store = ProcessStore(
-                nc, self.subjects, storage=s.storage, dedup_window_s=s.dedup_window_s
+                nc,
+                self.subjects,
+                storage=s.storage,
+                dedup_window_s=s.dedup_window_s,
+                replicas=s.replicas,
             )
-            await store.setup()
+            if not await self._setup(store):
+                return
             lease = Lease(store.leases, _LEASE_KEY, self.broker_id, s.lease_ttl_s)
             stack.push_async_callback(lease.release)
             self.ready.set()
@@ -84,6 +89,24 @@ class Broker:
                         await self._pause(s.lease_ttl_s / 3)
                 else:
                     await self._pause(s.lease_ttl_s / 3)
+
+    async def _setup(self, store: ProcessStore) -> bool:
+        """Create streams and buckets, waiting for a cluster that is still electing its
+        leader. False if the broker was stopped meanwhile."""
+        delay = 0.2
+        while not self._stopping.is_set():
+            try:
+                await store.setup()
+                return True
+            except (
+                nats.js.errors.ServiceUnavailableError,
+                nats.errors.NoRespondersError,
+                nats.errors.TimeoutError,
+            ) as err:
+                logger.warning("JetStream not ready yet (%s); trying again", err)
+            await self._pause(delay)
+            delay = min(delay * 2, 2.0)
+        return False
 
     async def _pause(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):

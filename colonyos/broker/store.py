@@ -61,12 +61,14 @@ class ProcessStore:
         *,
         storage: Literal["file", "memory"] = "file",
         dedup_window_s: float = 120.0,
+        replicas: int = 1,
     ) -> None:
         self.nc = nc
         self.js: JetStreamContext = nc.jetstream()
         self.subjects = subjects
         self._storage = StorageType.MEMORY if storage == "memory" else StorageType.FILE
         self._dedup_window_s = dedup_window_s
+        self._replicas = replicas
         self._unacked: set[asyncio.Future[Any]] = set()
         self._republishing: set[asyncio.Task[None]] = set()
         self.processes: KeyValue
@@ -85,6 +87,7 @@ class ProcessStore:
                 retention=RetentionPolicy.WORK_QUEUE,
                 duplicate_window=self._dedup_window_s,
                 storage=self._storage,
+                num_replicas=self._replicas,
             )
         )
         await self._stream(
@@ -94,6 +97,7 @@ class ProcessStore:
                 max_age=EVENTS_MAX_AGE_S,
                 duplicate_window=self._dedup_window_s,
                 storage=self._storage,
+                num_replicas=self._replicas,
             )
         )
         await self._stream(
@@ -104,6 +108,7 @@ class ProcessStore:
                 max_bytes=LOGS_MAX_BYTES,
                 discard=DiscardPolicy.OLD,
                 storage=self._storage,
+                num_replicas=self._replicas,
             )
         )
         self.processes = await self._bucket(s.bucket_processes, history=8)
@@ -119,7 +124,9 @@ class ProcessStore:
             await self.js.update_stream(config)
 
     async def _bucket(self, name: str, history: int) -> KeyValue:
-        config = KeyValueConfig(bucket=name, history=history, storage=self._storage)
+        config = KeyValueConfig(
+            bucket=name, history=history, storage=self._storage, replicas=self._replicas
+        )
         return await self.js.create_key_value(config)
 
     # -- processes ----------------------------------------------------------------------
