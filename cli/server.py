@@ -70,7 +70,7 @@ async def _serve(
         stack.callback(server.stop)
         broker_task = asyncio.create_task(broker.run())
         stack.push_async_callback(_stop_broker, broker, broker_task)
-        await _wait_ready(broker, broker_task)
+        await _wait_ready(broker, broker_task, lead=True)
         executor_task = None
         if dev:
             async with await Client.connect(settings, name="colonies-dev") as client:
@@ -85,8 +85,9 @@ async def _serve(
         console.print("stopping…")
 
 
-async def _wait_ready(broker: Broker, task: asyncio.Task[None]) -> None:
-    ready = asyncio.create_task(broker.ready.wait())
+async def _wait_ready(broker: Broker, task: asyncio.Task[None], *, lead: bool = False) -> None:
+    """Until the broker stands (as leader or standby), or with ``lead`` until it serves."""
+    ready = asyncio.create_task((broker.leading if lead else broker.ready).wait())
     await asyncio.wait({ready, task}, return_when=asyncio.FIRST_COMPLETED)
     if task.done():
         ready.cancel()

@@ -1,0 +1,60 @@
+"""`colonies dev` as a newcomer runs it: everything up, a spec runs, Ctrl-C stops it all."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+
+import pytest
+
+from colonyos.client import Client
+from colonyos.config import Settings
+from colonyos.errors import BrokerUnavailableError, ColonyNotFoundError
+from colonyos.models import Process, ProcessState
+from colonyos.specs import load_function_spec
+
+from ..procs import Child, free_port
+from ..test_restarts import wait_created
+
+EXAMPLES = Path(__file__).parents[2] / "examples"
+
+pytestmark = pytest.mark.slow
+
+
+async def test_dev_runs_a_spec_and_stops_cleanly(tmp_path: Path) -> None:
+    port = free_port()
+    dev = Child(
+        ["dev", "--port", str(port), "--data-dir", str(tmp_path / "data")], tmp_path / "dev.log", {}
+    )
+    dev.start()
+    settings = Settings(nats_url=f"nats://127.0.0.1:{port}", colony="dev")
+    try:
+        async with asyncio.timeout(30):
+            while True:
+                try:
+                    client = await Client.connect(settings)
+                    break
+                except Exception:  # not listening yet
+                    await asyncio.sleep(0.1)  # sleep-ok: polling for the server to listen
+        async with asyncio.timeout(30):
+            while True:  # as a newcomer waits for the banner: colony dev exists
+                try:
+                    await client.colony_get("dev")
+                    break
+                except (BrokerUnavailableError, ColonyNotFoundError):
+                    await asyncio.sleep(0.1)  # sleep-ok: polling for the colony to exist
+        spec, _ = load_function_spec((EXAMPLES / "echo.json").read_bytes())
+        pid = await client.submit(spec, confirm=False)
+        await wait_created(client, str(pid))
+        done = await client.wait(str(pid), timeout=20)
+        assert isinstance(done, Process) and done.state is ProcessState.SUCCESS
+        assert done.output == ["helloworld"]
+        await client.aclose()
+    finally:
+        assert dev.proc is not None
+        dev.proc.send_signal(signal.SIGINT)
+        code = dev.proc.wait(30)
+    log = (tmp_path / "dev.log").read_text()
+    assert code == 0, log
+    assert "Ctrl-C stops everything" in log and "Traceback" not in log
