@@ -25,11 +25,10 @@ import nats
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
-from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.api import DeliverPolicy
 
 from colonyos.config import Settings, default_caller
+from colonyos.connection import connect_nats
 from colonyos.errors import (
     AssignTimeoutError,
     BrokerUnavailableError,
@@ -38,6 +37,7 @@ from colonyos.errors import (
     ErrorReply,
     InvalidSpecError,
 )
+from colonyos.events import EventStream, ProcessWatch
 from colonyos.graphs import check_workflow, node_process_id
 from colonyos.messages import (
     AddChild,
@@ -79,8 +79,6 @@ T = TypeVar("T")
 
 _encode = msgspec.json.Encoder().encode
 _reply_decoder = msgspec.json.Decoder(Reply)
-_process_decoder = msgspec.json.Decoder(Process)
-_rejection_decoder = msgspec.json.Decoder(Rejection)
 _log_decoder = msgspec.json.Decoder(LogEntry)
 _graph_decoder = msgspec.json.Decoder(ProcessGraph)
 
@@ -92,36 +90,6 @@ _ASSIGN_MARGIN_S = 5.0
 
 def _new_id() -> str:
     return secrets.token_hex(32)
-
-
-_INITIAL_CONNECT_ATTEMPTS = 3
-
-
-async def _quiet_error_cb(err: Exception) -> None:
-    logger.debug("nats: %s", err)
-
-
-async def connect_nats(url: str, *, name: str) -> NATS:
-    """Connect, failing fast if no server answers; once connected, reconnect forever."""
-    try:
-        nc = await nats.connect(
-            servers=[u.strip() for u in url.split(",") if u.strip()],
-            name=name,
-            connect_timeout=2,
-            allow_reconnect=True,
-            max_reconnect_attempts=_INITIAL_CONNECT_ATTEMPTS,
-            reconnect_time_wait=0.5,
-            error_cb=_quiet_error_cb,
-        )
-    except (OSError, nats.errors.NoServersError, nats.errors.TimeoutError) as err:
-        raise BrokerUnavailableError(
-            f"cannot reach NATS at {url}: is the server running? "
-            "('colonies dev' or 'colonies server start' starts one)",
-            nats_url=url,
-        ) from err
-    # The server was reachable: from now on, ride out restarts however long they take.
-    nc.options["max_reconnect_attempts"] = -1
-    return nc
 
 
 class Client:
@@ -577,86 +545,3 @@ def _rejection_reply(rejection: Rejection) -> ErrorReply:
         message=rejection.error,
         detail={"process_id": rejection.process_id, "path": rejection.path},
     )
-
-
-_TERMINAL_TOKENS = frozenset(s.token for s in ProcessState if s.is_terminal) | {"rejected"}
-
-
-class ProcessWatch:
-    """The events of one process, from the moment of subscription (core NATS)."""
-
-    def __init__(self, client: Client, process_id: str, colony: str) -> None:
-        self._client = client
-        self._subject = client.subjects.events_filter(colony=colony, process_id=process_id)
-        self._queue: asyncio.Queue[Msg] = asyncio.Queue()
-        self._sub: Subscription | None = None
-        self.ended = asyncio.Event()
-
-    async def _on_event(self, msg: Msg) -> None:
-        if msg.subject.split(".")[-2] in _TERMINAL_TOKENS:
-            self.ended.set()
-        await self._queue.put(msg)
-
-    async def __aenter__(self) -> ProcessWatch:
-        self._sub = await self._client.nc.subscribe(self._subject, cb=self._on_event)
-        # Make sure the server has the interest before the caller acts.
-        await self._client.nc.flush()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._sub is not None:
-            with contextlib.suppress(
-                nats.errors.ConnectionClosedError, nats.errors.BadSubscriptionError
-            ):
-                await self._sub.unsubscribe()
-
-    async def next(self, timeout: float | None) -> Process | Rejection:
-        async with asyncio.timeout(timeout):
-            msg = await self._queue.get()
-        if msg.subject.split(".")[-2] == "rejected":
-            return _rejection_decoder.decode(msg.data)
-        return _process_decoder.decode(msg.data)
-
-
-class EventStream:
-    """Lifecycle events from one subject filter: live (core NATS), or replayed from a time
-    through the events stream and then live, in order."""
-
-    def __init__(self, client: Client, subject: str, since: datetime | None) -> None:
-        self._client = client
-        self._subject = subject
-        self._since = since
-        self._sub: Any = None
-
-    async def __aenter__(self) -> EventStream:
-        nc = self._client.nc
-        if self._since is None:
-            self._sub = await nc.subscribe(self._subject)
-            await nc.flush()
-        else:
-            self._sub = await self._client.js.subscribe(
-                self._subject,
-                ordered_consumer=True,
-                stream=self._client.subjects.stream_events,
-                config=ConsumerConfig(
-                    deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=self._since
-                ),
-            )
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._sub is not None:
-            with contextlib.suppress(nats.errors.Error):
-                await self._sub.unsubscribe()
-
-    async def next(self, timeout: float | None = None) -> Process | Rejection:
-        msg = await self._sub.next_msg(timeout=timeout)
-        if msg.subject.split(".")[-2] == "rejected":
-            return _rejection_decoder.decode(msg.data)
-        return _process_decoder.decode(msg.data)
-
-    def __aiter__(self) -> EventStream:
-        return self
-
-    async def __anext__(self) -> Process | Rejection:
-        return await self.next(None)

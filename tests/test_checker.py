@@ -49,7 +49,7 @@ TASKS = """
 import time
 
 def work(i, ms):
-    time.sleep(ms / 1000)
+    time.sleep(ms / 1000)  # sleep-ok: the work the executors do
     return i
 """
 

@@ -27,8 +27,8 @@ from colonyos.broker.lifecycle import Lifecycle
 from colonyos.broker.service import Service, new_id
 from colonyos.broker.store import ProcessStore
 from colonyos.broker.workflows import Workflows
-from colonyos.client import connect_nats
 from colonyos.config import BrokerSettings
+from colonyos.connection import connect_nats
 from colonyos.subjects import Subjects
 
 __all__ = ["Broker"]

@@ -1,0 +1,111 @@
+"""Listening to lifecycle events: one process's (:class:`ProcessWatch`), or a filtered stream
+(:class:`EventStream`, live or replayed from a time). Plain NATS subscriptions underneath."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+import nats.errors
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js.api import ConsumerConfig, DeliverPolicy
+
+from colonyos.messages import Rejection
+from colonyos.models import Process, ProcessState
+
+if TYPE_CHECKING:
+    from colonyos.client import Client
+
+__all__ = ["EventStream", "ProcessWatch", "decode_event"]
+
+_process_decoder = msgspec.json.Decoder(Process)
+_rejection_decoder = msgspec.json.Decoder(Rejection)
+
+
+def decode_event(msg: Msg) -> Process | Rejection:
+    if msg.subject.split(".")[-2] == "rejected":
+        return _rejection_decoder.decode(msg.data)
+    return _process_decoder.decode(msg.data)
+
+
+_TERMINAL_TOKENS = frozenset(s.token for s in ProcessState if s.is_terminal) | {"rejected"}
+
+
+class ProcessWatch:
+    """The events of one process, from the moment of subscription (core NATS)."""
+
+    def __init__(self, client: Client, process_id: str, colony: str) -> None:
+        self._client = client
+        self._subject = client.subjects.events_filter(colony=colony, process_id=process_id)
+        self._queue: asyncio.Queue[Msg] = asyncio.Queue()
+        self._sub: Subscription | None = None
+        self.ended = asyncio.Event()
+
+    async def _on_event(self, msg: Msg) -> None:
+        if msg.subject.split(".")[-2] in _TERMINAL_TOKENS:
+            self.ended.set()
+        await self._queue.put(msg)
+
+    async def __aenter__(self) -> ProcessWatch:
+        self._sub = await self._client.nc.subscribe(self._subject, cb=self._on_event)
+        # Make sure the server has the interest before the caller acts.
+        await self._client.nc.flush()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._sub is not None:
+            with contextlib.suppress(
+                nats.errors.ConnectionClosedError, nats.errors.BadSubscriptionError
+            ):
+                await self._sub.unsubscribe()
+
+    async def next(self, timeout: float | None) -> Process | Rejection:
+        async with asyncio.timeout(timeout):
+            msg = await self._queue.get()
+        return decode_event(msg)
+
+
+class EventStream:
+    """Lifecycle events from one subject filter: live (core NATS), or replayed from a time
+    through the events stream and then live, in order."""
+
+    def __init__(self, client: Client, subject: str, since: datetime | None) -> None:
+        self._client = client
+        self._subject = subject
+        self._since = since
+        self._sub: Any = None
+
+    async def __aenter__(self) -> EventStream:
+        nc = self._client.nc
+        if self._since is None:
+            self._sub = await nc.subscribe(self._subject)
+            await nc.flush()
+        else:
+            self._sub = await self._client.js.subscribe(
+                self._subject,
+                ordered_consumer=True,
+                stream=self._client.subjects.stream_events,
+                config=ConsumerConfig(
+                    deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=self._since
+                ),
+            )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._sub is not None:
+            with contextlib.suppress(nats.errors.Error):
+                await self._sub.unsubscribe()
+
+    async def next(self, timeout: float | None = None) -> Process | Rejection:
+        msg = await self._sub.next_msg(timeout=timeout)
+        return decode_event(msg)
+
+    def __aiter__(self) -> EventStream:
+        return self
+
+    async def __anext__(self) -> Process | Rejection:
+        return await self.next(None)
