@@ -36,6 +36,7 @@ from colonyos.errors import (
     ConflictError,
     ErrorReply,
     InvalidSpecError,
+    ProcessExistsError,
 )
 from colonyos.events import EventStream, ProcessWatch
 from colonyos.graphs import check_workflow, node_process_id
@@ -201,6 +202,8 @@ class Client:
                     process_id=pid,
                 ) from None
             if isinstance(first, Rejection):
+                if first.code == ProcessExistsError.code:
+                    return await self.get(pid, colony=colony)  # idempotent: the same process
                 raise ColoniesError.from_reply(_rejection_reply(first))
             return first
 

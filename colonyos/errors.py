@@ -11,6 +11,7 @@
       │    ├─ ProcessNotFoundError
       │    └─ GraphNotFoundError
       ├─ ConflictError             already exists, or an illegal state transition
+      │    └─ ProcessExistsError   a process id submitted again
       ├─ NotAuthorizedError        e.g. a close from an executor the process is not assigned to
       ├─ BrokerUnavailableError    no broker answered (not started, or NATS unreachable)
       └─ AssignTimeoutError        no work arrived before the assign timeout (also a TimeoutError)
@@ -39,6 +40,7 @@ __all__ = [
     "InvalidSpecError",
     "NotAuthorizedError",
     "NotFoundError",
+    "ProcessExistsError",
     "ProcessNotFoundError",
 ]
 
@@ -128,6 +130,17 @@ class GraphNotFoundError(NotFoundError):
 
 class ConflictError(ColoniesError):
     code = "conflict"
+
+
+class ProcessExistsError(ConflictError):
+    code = "process_exists"
+
+    def __init__(self, process_id: str, state: object = None) -> None:
+        name = getattr(state, "name", "")
+        super().__init__(
+            f"process {process_id} exists already" + (f" ({name})" if name else ""),
+            process_id=process_id,
+        )
 
 
 class NotAuthorizedError(ColoniesError):

@@ -162,3 +162,28 @@ async def test_concurrent_submissions_all_arrive(client: Client) -> None:
     assert len({p.process_id for p in results}) == 50
     listed = await client.list_processes(state=ProcessState.WAITING, limit=1000)
     assert len(listed) == 50
+
+
+async def test_same_id_after_the_dedup_window_gives_the_same_process(nats_url, prefix) -> None:
+    from colonyos.config import BrokerSettings, Settings
+
+    from .conftest import _drop_streams, running_broker
+    from .test_assign_flow import executor_client
+
+    settings = Settings(nats_url=nats_url, colony=COLONY, prefix=prefix)
+    window = BrokerSettings(nats_url=nats_url, prefix=prefix, storage="memory", dedup_window_s=0.2)
+    async with running_broker(window), await Client.connect(settings) as c:
+        await c.colony_add(COLONY, auto_approve=True)
+        pid = "c" * 64
+        first = await c.submit(spec(args=["first"]), process_id=pid)
+        ex = await executor_client(settings, "e1")
+        got = await ex.assign(timeout=1)
+        assert got is not None
+        await ex.close(pid, ["done"])
+        await asyncio.sleep(0.3)  # sleep-ok: outliving JetStream's dedup window is the point
+        again = await c.submit(spec(args=["second"]), process_id=pid)
+        assert isinstance(first, Process) and isinstance(again, Process)
+        assert again.process_id == pid and again.state is ProcessState.SUCCESS
+        assert again.output == ["done"] and again.spec.args == ["first"]
+        await ex.aclose()
+    await _drop_streams(nats_url, prefix)

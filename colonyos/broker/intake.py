@@ -21,7 +21,12 @@ from nats.aio.msg import Msg
 from colonyos.broker import transitions
 from colonyos.broker.service import Service
 from colonyos.broker.workflows import Workflows
-from colonyos.errors import ColoniesError, ColonyNotFoundError, InvalidSpecError
+from colonyos.errors import (
+    ColoniesError,
+    ColonyNotFoundError,
+    InvalidSpecError,
+    ProcessExistsError,
+)
 from colonyos.models import Process, ProcessState, now
 from colonyos.specs import decode_function_spec
 
@@ -73,7 +78,7 @@ class Intake:
             return
         revision = await self.store.create(process)
         if revision is None:
-            await self._accept_duplicate(colony, process_id)
+            await self._accept_duplicate(colony, executor_type, process_id)
         else:
             await self.store.publish_event(process, revision)
             self.service.track(process, revision)
@@ -114,10 +119,16 @@ class Intake:
         initiator = (msg.headers or {}).get("Colonies-Initiator", "")
         return transitions.create(process_id, spec, now=t, now_ns=ns, initiator_name=initiator)
 
-    async def _accept_duplicate(self, colony: str, process_id: str) -> None:
+    async def _accept_duplicate(self, colony: str, executor_type: str, process_id: str) -> None:
         """A spec whose process exists: a redelivery after a crash, or a re-submission."""
         process, revision = await self.store.get(colony, process_id)
         if process.state is ProcessState.WAITING and process.retries == 0:
             # Maybe the broker died between create and event: the event id makes this idempotent.
-            await self.store.publish_event(process, revision)
+            await self.store.publish_event(process, revision, wait=True)
+        else:
+            # Submitted again after JetStream's dedup window: the process stays as it is, and
+            # the submitter is told so (the client then returns the existing process).
+            await self.store.reject(
+                colony, executor_type, process_id, ProcessExistsError(process_id, process.state)
+            )
         self.service.track(process, revision)
