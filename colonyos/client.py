@@ -207,6 +207,31 @@ class Client:
                 raise ColoniesError.from_reply(_rejection_reply(first))
             return first
 
+    async def submit_many(self, specs: list[FunctionSpec]) -> list[str]:
+        """Submit many specs at once, pipelined; returns their process ids once JetStream has
+        acknowledged every one (the broker makes them processes shortly after)."""
+        acks = []
+        pids = []
+        for spec in specs:
+            spec = check_function_spec(spec)
+            colony = spec.conditions.colony_name or self.colony
+            pid = _new_id()
+            headers = {"Nats-Msg-Id": pid, "Colonies-Initiator": self.caller}
+            subject = self.subjects.specs(colony, spec.conditions.executor_type)
+            try:
+                acks.append(await self.js.publish_async(subject, _encode(spec), headers=headers))
+            except nats.errors.MaxPayloadError as err:
+                raise InvalidSpecError(f"a spec is too large for the server: {err}") from err
+            pids.append(pid)
+        try:
+            async with asyncio.timeout(self.settings.request_timeout_s * 2):
+                await asyncio.gather(*acks)
+        except (TimeoutError, nats.errors.Error) as err:
+            raise BrokerUnavailableError(
+                f"JetStream did not acknowledge every spec: {err}"
+            ) from err
+        return pids
+
     async def _publish_spec(self, subject: str, data: bytes, pid: str) -> Any:
         headers = {"Nats-Msg-Id": pid, "Colonies-Initiator": self.caller}
         try:

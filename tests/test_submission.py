@@ -187,3 +187,17 @@ async def test_same_id_after_the_dedup_window_gives_the_same_process(nats_url, p
         assert again.output == ["done"] and again.spec.args == ["first"]
         await ex.aclose()
     await _drop_streams(nats_url, prefix)
+
+
+async def test_submit_many_pipelines_and_every_spec_becomes_a_process(client: Client) -> None:
+    async with client.subscribe(state=ProcessState.WAITING) as events:
+        pids = await client.submit_many([spec(args=[i]) for i in range(200)])
+        assert len(set(pids)) == 200
+        seen = set()
+        async with asyncio.timeout(20):
+            while len(seen) < 200:
+                event = await events.next()
+                seen.add(event.process_id)
+    assert seen == set(pids)
+    with pytest.raises(InvalidSpecError, match="funcname"):
+        await client.submit_many([FunctionSpec(conditions=Conditions(executor_type="echo"))])
