@@ -26,6 +26,7 @@ import nats
 
 from bench.harness import System, cpu_seconds, rss_mib
 from colonyos.client import Client
+from colonyos.errors import BrokerUnavailableError
 from colonyos.models import Conditions, FunctionSpec, Process, ProcessState, WorkflowSpec
 
 RESULTS = Path(__file__).parent / "results"
@@ -331,8 +332,15 @@ async def scenario_memory(system: System, client: Client, waiting: int) -> list[
 
 
 async def _wait_waiting(client: Client, n: int) -> None:
+    """Until the broker has made n idle processes (it may be too busy to answer at first)."""
     async with asyncio.timeout(300):
-        while (await client.stats()).executor_types.get("idle", {}).get("waiting", 0) < n:
+        while True:
+            try:
+                stats = await client.stats()
+            except BrokerUnavailableError:
+                continue
+            if stats.executor_types.get("idle", {}).get("waiting", 0) >= n:
+                return
             await asyncio.sleep(0.2)
 
 

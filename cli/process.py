@@ -8,7 +8,7 @@ from colonyos.models import Process, ProcessState
 
 from ._common import connect
 from ._output import console, print_json, process_detail, process_table
-from ._run import run
+from ._run import fail, run
 from .status import watch_colony
 
 app = typer.Typer(
@@ -130,8 +130,6 @@ def wait(
     try:
         process = run(go())
     except TimeoutError:
-        from ._run import fail
-
         raise fail(f"process {process_id} did not end within {timeout:g} s") from None
     _show(process, as_json)
     if process.state is not ProcessState.SUCCESS:
