@@ -192,6 +192,7 @@ class ExecutorApp:
         self.heartbeat_s = heartbeat_s or float(os.environ.get("COLONIES_HEARTBEAT", "5"))
         self.running: set[str] = set()
         self._work: dict[str, asyncio.Task[list[Any]]] = {}
+        self._new_leader = asyncio.Event()
         self._revoked: dict[str, str] = {}
         self.handlers: dict[str, Handler] = {}
         self.default_handler: Handler | None = None
@@ -248,6 +249,7 @@ class ExecutorApp:
             control = await client.nc.subscribe(
                 client.subjects.control(client.colony, self.name), cb=self._on_control
             )
+            leaders = await client.nc.subscribe(client.subjects.leader, cb=self._on_leader)
             beating = asyncio.create_task(self._heartbeat(client))
             try:
                 with _capture_output() if self._capture_print else contextlib.nullcontext():
@@ -260,6 +262,7 @@ class ExecutorApp:
                     await beating
                 with contextlib.suppress(nats.errors.Error):
                     await control.unsubscribe()
+                    await leaders.unsubscribe()
         logger.info("executor %s stopped after %d processes", self.name, self.processed)
         return self.processed
 
@@ -315,17 +318,22 @@ class ExecutorApp:
         timeout = 0.0 if burst else self.assign_timeout_s
         delay = 0.5
         while not self._stopping.is_set():
+            leader = self._new_leader
             assign = asyncio.ensure_future(client.assign(timeout))
             stop = asyncio.ensure_future(self._stopping.wait())
+            switched = asyncio.ensure_future(leader.wait())
             try:
-                await asyncio.wait({assign, stop}, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait({assign, stop, switched}, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 stop.cancel()
+                switched.cancel()
             if not assign.done():
                 assign.cancel()
                 with contextlib.suppress(asyncio.CancelledError, BrokerUnavailableError):
                     await assign
-                return None
+                if self._stopping.is_set():
+                    return None
+                continue  # a new leader: ask it, rather than wait on the old one's long poll
             try:
                 return assign.result()
             except (BrokerUnavailableError, NotAuthorizedError) as err:
@@ -377,6 +385,11 @@ class ExecutorApp:
             self._work.pop(pid, None)
             self.running.discard(pid)
             _current.reset(token)
+
+    async def _on_leader(self, msg: Any) -> None:
+        """A broker started leading: wake every slot parked on the previous one."""
+        woken, self._new_leader = self._new_leader, asyncio.Event()
+        woken.set()
 
     async def _on_control(self, msg: Any) -> None:
         """The broker took a process away (cancelled, re-queued): stop its function now."""

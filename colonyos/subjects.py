@@ -123,6 +123,11 @@ class Subjects:
         return f"{self.prefix}.*.heartbeats.*"
 
     # -- broker to executor (core NATS) --------------------------------------------------
+    @property
+    def leader(self) -> str:
+        """Where a broker that starts leading says so (executors then ask it at once)."""
+        return f"{self.prefix}.{SERVER_SCOPE}.leader"
+
     def control(self, colony: str, executor_name: str) -> str:
         return f"{self.prefix}.{colony}.control.{executor_name}"
 

@@ -116,3 +116,52 @@ async def test_broker_killed_with_sigkill_loses_nothing(
     finally:
         second.stop()
         await client.aclose()
+
+
+@pytest.mark.timeout(90)
+async def test_parked_executors_move_to_a_new_leader_at_once(
+    own_nats: NatsServer, tmp_path: Path
+) -> None:
+    """An executor parked in a long poll at a leader that is SIGKILLed does not wait out its
+    poll: the new leader announces itself and the executor asks it."""
+    prefix = "failover"
+    env = {"COLONIES_LEASE_TTL": "1", "COLONIES_NATS_URL": own_nats.url, "COLONIES_PREFIX": prefix}
+    log = tmp_path / "b1.log"
+    first = Child(["-v", "broker", "start", "--data-dir", str(tmp_path / "b1")], log, env)
+    first.start()
+    settings = Settings(nats_url=own_nats.url, colony=COLONY, prefix=prefix)
+    client = await Client.connect(settings)
+    async with asyncio.timeout(30):
+        while True:
+            try:
+                await client.colony_add(COLONY, auto_approve=True)
+                break
+            except BrokerUnavailableError:
+                await asyncio.sleep(0.1)  # sleep-ok: polling for the broker to serve
+    app = echo.build(settings, "echo", "echo-parked")
+    app.assign_timeout_s = 60.0  # a long poll that outlives the whole test
+    runner = asyncio.create_task(app.run())
+    async with asyncio.timeout(20):  # until the executor waits in the first broker's long poll
+        while "echo-parked in dev parked" not in log.read_text():
+            await asyncio.sleep(0.05)  # sleep-ok: polling the broker's log under a deadline
+    first.kill()
+    second = Child(
+        ["broker", "start", "--data-dir", str(tmp_path / "b2")], tmp_path / "b2.log", env
+    )
+    second.start()
+    try:
+        pid = None
+        async with asyncio.timeout(30):
+            while pid is None:
+                try:
+                    pid = await client.submit(spec(args=["moved"]), confirm=False)
+                except BrokerUnavailableError:
+                    await asyncio.sleep(0.1)  # sleep-ok: polling for JetStream
+        await wait_created(client, str(pid))
+        done = await client.wait(str(pid), timeout=20)  # far less than the 60 s long poll
+        assert done.state is ProcessState.SUCCESS and done.output == ["moved"]
+    finally:
+        app.stop()
+        await runner
+        second.stop()
+        await client.aclose()

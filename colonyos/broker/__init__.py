@@ -149,6 +149,8 @@ class Broker:
             stack.push_async_callback(self._cancel, tasks)
             self.leading.set()
             stack.callback(self.leading.clear)
+            # Executors parked at a leader that died would wait out their long poll: tell them.
+            await nc.publish(self.subjects.leader, self.broker_id.encode())
             logger.info("broker %s leads", self.broker_id)
             await self._hold(lease)
             logger.info("broker %s steps down", self.broker_id)

@@ -315,6 +315,7 @@ class Service:
                 if picked is None:
                     continue  # removed meanwhile: take the next one
             else:
+                logger.debug("assign from %s in %s parked", caller, colony)
                 picked = await self._park(colony, etype, cap, deadline - loop.time())
                 if picked is None:
                     return None
