@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
@@ -20,6 +21,7 @@ import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.api import (
+    DeliverPolicy,
     DiscardPolicy,
     KeyValueConfig,
     RetentionPolicy,
@@ -47,6 +49,13 @@ _graph_decoder = msgspec.json.Decoder(ProcessGraph)
 EVENTS_MAX_AGE_S = 7 * 86_400
 LOGS_MAX_AGE_S = 7 * 86_400
 LOGS_MAX_BYTES = 1 << 30
+
+
+@dataclass(frozen=True, slots=True)
+class _Snapshot:
+    value: bytes
+    revision: int
+    created: datetime | None
 
 
 class StaleRevisionError(Exception):
@@ -163,9 +172,7 @@ class ProcessStore:
     async def all_processes(self) -> AsyncIterator[tuple[Process, int, datetime | None]]:
         """Every stored process: latest revision, and when that revision was written."""
         async for entry in self._snapshot(self.processes):
-            process = _process_decoder.decode(entry.value or b"")
-            created = entry.created if isinstance(entry.created, datetime) else None
-            yield process, int(entry.revision or 0), created
+            yield _process_decoder.decode(entry.value), entry.revision, entry.created
 
     def _event_subject(self, process: Process) -> str:
         return self.subjects.event(
@@ -302,7 +309,7 @@ class ProcessStore:
 
     async def all_graphs(self) -> AsyncIterator[tuple[ProcessGraph, int]]:
         async for entry in self._snapshot(self.graphs):
-            yield _graph_decoder.decode(entry.value or b""), int(entry.revision or 0)
+            yield _graph_decoder.decode(entry.value), entry.revision
 
     # -- executors and colonies ---------------------------------------------------------
     async def put_executor(self, executor: Executor) -> None:
@@ -315,7 +322,7 @@ class ProcessStore:
 
     async def all_executors(self) -> AsyncIterator[Executor]:
         async for entry in self._snapshot(self.executors):
-            yield _executor_decoder.decode(entry.value or b"")
+            yield _executor_decoder.decode(entry.value)
 
     async def put_colony(self, colony: Colony) -> None:
         await self.colonies.put(colony.name, _encode(colony))
@@ -325,17 +332,34 @@ class ProcessStore:
 
     async def all_colonies(self) -> AsyncIterator[Colony]:
         async for entry in self._snapshot(self.colonies):
-            yield _colony_decoder.decode(entry.value or b"")
+            yield _colony_decoder.decode(entry.value)
 
-    @staticmethod
-    async def _snapshot(kv: KeyValue) -> AsyncIterator[KeyValue.Entry]:
-        watcher = await kv.watchall(ignore_deletes=True)
+    async def _snapshot(self, kv: KeyValue) -> AsyncIterator[_Snapshot]:
+        """Every key's latest value, read once.
+
+        nats-py's watcher decides "nothing more" from the consumer's pending count, which a
+        fast server can bring to zero while the values still wait in the client's buffer; it
+        then reports an empty bucket. Here every message says how many are still pending, so
+        the read ends exactly after the last one.
+        """
+        stream = f"KV_{kv._name}"  # nats-py's naming of a bucket's stream
+        if (await self.js.stream_info(stream)).state.messages == 0:
+            return
+        sub = await self.js.subscribe(
+            f"$KV.{kv._name}.>",
+            stream=stream,
+            ordered_consumer=True,
+            deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+        )
         try:
             while True:
-                entry = await watcher.updates(timeout=30)  # type: ignore[no-untyped-call]
-                if entry is None:  # the marker: every current value has been delivered
+                msg = await sub.next_msg(timeout=30)
+                meta = msg.metadata
+                deleted = (msg.headers or {}).get("KV-Operation") in ("DEL", "PURGE")
+                if msg.data and not deleted:
+                    yield _Snapshot(msg.data, int(meta.sequence.stream), meta.timestamp)
+                if meta.num_pending == 0:
                     return
-                if entry.value:
-                    yield entry
         finally:
-            await watcher.stop()  # type: ignore[no-untyped-call]
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
