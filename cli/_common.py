@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import typer
 
 from colonyos.client import Client
 from colonyos.config import Settings
+from colonyos.errors import ColoniesError
 
+from ._output import err
 from ._run import fail
+
+T = TypeVar("T")
 
 
 def settings_of(ctx: typer.Context) -> Settings:
@@ -20,6 +26,18 @@ def settings_of(ctx: typer.Context) -> Settings:
 
 async def connect(ctx: typer.Context) -> Client:
     return await Client.connect(settings_of(ctx), name="colonies-cli")
+
+
+def load_spec_file(loader: Callable[..., tuple[T, list[str]]], path: Path, strict: bool) -> T:
+    """Read and check a spec or workflow file: one red line for an error, a yellow one for
+    each unknown key that is ignored."""
+    try:
+        loaded, warnings = loader(read_file(path, "spec file"), strict=strict)
+    except ColoniesError as e:
+        raise fail(f"{path}: {e.message}") from None
+    for key in warnings:
+        err.print(f"[yellow]warning:[/] unknown key {key} is ignored (--strict rejects it)")
+    return loaded
 
 
 def read_file(path: Path, what: str) -> bytes:

@@ -6,13 +6,12 @@ from pathlib import Path
 
 import typer
 
-from colonyos.errors import ColoniesError
 from colonyos.models import Process, ProcessState
 from colonyos.specs import load_function_spec
 
-from ._common import connect, read_file
-from ._output import console, err, print_json, process_detail
-from ._run import fail, run
+from ._common import connect, load_spec_file
+from ._output import console, print_json, process_detail
+from ._run import run
 
 app = typer.Typer(help="Submit function specs.", no_args_is_help=True)
 
@@ -31,12 +30,7 @@ def submit(
 
     With --wait the exit code is 0 only if the process ended SUCCESS.
     """
-    try:
-        spec, warnings = load_function_spec(read_file(spec_file, "spec file"), strict=strict)
-    except ColoniesError as e:
-        raise fail(f"{spec_file}: {e.message}") from None
-    for path in warnings:
-        err.print(f"[yellow]warning:[/] unknown key {path} is ignored (--strict rejects it)")
+    spec = load_spec_file(load_function_spec, spec_file, strict)
 
     async def go() -> Process:
         async with await connect(ctx) as client:

@@ -9,13 +9,12 @@ from rich.live import Live
 from rich.table import Table
 
 from colonyos.client import Client
-from colonyos.errors import ColoniesError
 from colonyos.models import Process, ProcessGraph, ProcessState
 from colonyos.specs import load_workflow_spec
 
-from ._common import connect, read_file
-from ._output import console, err, print_json, state_text, when
-from ._run import fail, run
+from ._common import connect, load_spec_file
+from ._output import console, print_json, state_text, when
+from ._run import run
 
 app = typer.Typer(help="Submit workflows and follow their process graphs.", no_args_is_help=True)
 
@@ -57,14 +56,7 @@ def submit(
     timeout: float = typer.Option(3600.0, "--timeout", help="Seconds to wait with --wait."),
 ) -> None:
     """Submit a workflow; prints the graph id (with --wait, exit code 0 only on SUCCESS)."""
-    try:
-        workflow, warnings = load_workflow_spec(
-            read_file(spec_file, "workflow file"), strict=strict
-        )
-    except ColoniesError as e:
-        raise fail(f"{spec_file}: {e.message}") from None
-    for path in warnings:
-        err.print(f"[yellow]warning:[/] unknown key {path} is ignored (--strict rejects it)")
+    workflow = load_spec_file(load_workflow_spec, spec_file, strict)
 
     async def go() -> tuple[ProcessGraph, dict[str, Process]]:
         async with await connect(ctx) as client:

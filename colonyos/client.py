@@ -216,7 +216,7 @@ class Client:
             spec = check_function_spec(spec)
             colony = spec.conditions.colony_name or self.colony
             pid = _new_id()
-            headers = {"Nats-Msg-Id": pid, "Colonies-Initiator": self.caller}
+            headers = self._submit_headers(pid)
             subject = self.subjects.specs(colony, spec.conditions.executor_type)
             try:
                 acks.append(await self.js.publish_async(subject, _encode(spec), headers=headers))
@@ -232,8 +232,12 @@ class Client:
             ) from err
         return pids
 
+    def _submit_headers(self, item_id: str) -> dict[str, str]:
+        """The id makes a re-publication harmless; the initiator is recorded on the process."""
+        return {"Nats-Msg-Id": item_id, "Colonies-Initiator": self.caller}
+
     async def _publish_spec(self, subject: str, data: bytes, pid: str) -> Any:
-        headers = {"Nats-Msg-Id": pid, "Colonies-Initiator": self.caller}
+        headers = self._submit_headers(pid)
         try:
             return await self.js.publish(subject, data, headers=headers)
         except nats.errors.MaxPayloadError as err:

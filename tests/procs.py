@@ -2,14 +2,37 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
+
+from colonyos.errors import BrokerUnavailableError
+
+T = TypeVar("T")
 
 COLONIES = [sys.executable, "-m", "colonyos.cli.main"]
+
+
+async def until_served(
+    call: Callable[[], Awaitable[T]],
+    *,
+    errors: tuple[type[BaseException], ...] = (BrokerUnavailableError,),
+    timeout: float = 30.0,
+    every: float = 0.1,
+) -> T:
+    """Call until it stops raising ``errors`` (a broker starting, a cluster settling)."""
+    async with asyncio.timeout(timeout):
+        while True:
+            try:
+                return await call()
+            except errors:
+                await asyncio.sleep(every)  # sleep-ok: polling for a service under a deadline
 
 
 def free_port() -> int:

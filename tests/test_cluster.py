@@ -10,13 +10,12 @@ import pytest
 
 from colonyos.client import Client
 from colonyos.config import BrokerSettings, Settings
-from colonyos.errors import BrokerUnavailableError
 from colonyos.executors import echo
 from colonyos.models import Process, ProcessState
 from colonyos.natsserver import NatsServer
 
 from .conftest import COLONY, running_broker
-from .procs import free_port
+from .procs import free_port, until_served
 from .test_assign_flow import spec
 from .test_restarts import wait_created
 
@@ -51,15 +50,6 @@ def cluster(tmp_path: Path) -> Iterator[list[NatsServer]]:
         s.stop()
 
 
-async def until_served(call):  # type: ignore[no-untyped-def]
-    async with asyncio.timeout(60):
-        while True:
-            try:
-                return await call()
-            except BrokerUnavailableError:
-                await asyncio.sleep(0.2)  # sleep-ok: polling while the cluster settles
-
-
 @pytest.mark.timeout(120)
 async def test_a_colony_survives_losing_a_cluster_server(cluster: list[NatsServer]) -> None:
     urls = ",".join(s.url for s in cluster)
@@ -68,7 +58,9 @@ async def test_a_colony_survives_losing_a_cluster_server(cluster: list[NatsServe
     async with running_broker(broker_settings):
         client = await Client.connect(settings)
         # Interest crosses the cluster's routes a moment after the broker subscribes.
-        await until_served(lambda: client.colony_add(COLONY, auto_approve=True))
+        await until_served(
+            lambda: client.colony_add(COLONY, auto_approve=True), timeout=60, every=0.2
+        )
         app = echo.build(settings, "echo", "echo-cluster")
         runner = asyncio.create_task(app.run())
         first = await client.submit(spec(args=["before"]))
@@ -78,7 +70,9 @@ async def test_a_colony_survives_losing_a_cluster_server(cluster: list[NatsServe
         cluster[0].kill()  # a server dies; the rest hold every replica
 
         # JetStream takes the spec once the cluster has settled; a broker then makes it a process.
-        second = await until_served(lambda: client.submit(spec(args=["after"]), confirm=False))
+        second = await until_served(
+            lambda: client.submit(spec(args=["after"]), confirm=False), timeout=60, every=0.2
+        )
         assert isinstance(second, str)
         await wait_created(client, second)
         done = await client.wait(second, timeout=40)

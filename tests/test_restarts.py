@@ -16,7 +16,7 @@ from colonyos.models import Process, ProcessState
 from colonyos.natsserver import NatsServer
 
 from .conftest import COLONY, running_broker
-from .procs import Child, free_port
+from .procs import Child, free_port, until_served
 from .test_assign_flow import spec
 
 pytestmark = pytest.mark.slow
@@ -69,13 +69,8 @@ async def test_nats_restart_loses_no_accepted_process(own_nats: NatsServer, tmp_
         own_nats.start()  # same port, same store directory
 
         # Everyone reconnects by themselves: the broker leads again and serves.
-        async with asyncio.timeout(30):
-            while True:
-                try:
-                    after = await client.submit(spec())
-                    break
-                except Exception:  # reconnecting: any error means "not yet"
-                    await asyncio.sleep(0.2)  # sleep-ok: polling for the server's return
+        # Reconnecting: any error means "not yet".
+        after = await until_served(lambda: client.submit(spec()), errors=(Exception,), every=0.2)
         assert isinstance(after, Process)
         assert broker.leading.is_set()
         done = await run_echo_until_done(settings, [before.process_id, after.process_id], client)
@@ -92,13 +87,7 @@ async def test_broker_killed_with_sigkill_loses_nothing(
     first.start()
     settings = Settings(nats_url=own_nats.url, colony=COLONY, prefix=prefix)
     client = await Client.connect(settings)
-    async with asyncio.timeout(30):
-        while True:
-            try:
-                await client.colony_add(COLONY, auto_approve=True)
-                break
-            except Exception:  # the broker is still starting
-                await asyncio.sleep(0.1)  # sleep-ok: polling for the broker to serve
+    await until_served(lambda: client.colony_add(COLONY, auto_approve=True), errors=(Exception,))
     submitted = [await client.submit(spec(args=[i])) for i in range(20)]
     more = [await client.submit(spec(args=[i]), confirm=False) for i in range(20, 60)]
     first.kill()  # in the middle of accepting the second batch, most likely
@@ -131,13 +120,7 @@ async def test_parked_executors_move_to_a_new_leader_at_once(
     first.start()
     settings = Settings(nats_url=own_nats.url, colony=COLONY, prefix=prefix)
     client = await Client.connect(settings)
-    async with asyncio.timeout(30):
-        while True:
-            try:
-                await client.colony_add(COLONY, auto_approve=True)
-                break
-            except BrokerUnavailableError:
-                await asyncio.sleep(0.1)  # sleep-ok: polling for the broker to serve
+    await until_served(lambda: client.colony_add(COLONY, auto_approve=True))
     app = echo.build(settings, "echo", "echo-parked")
     app.assign_timeout_s = 60.0  # a long poll that outlives the whole test
     runner = asyncio.create_task(app.run())
@@ -150,13 +133,7 @@ async def test_parked_executors_move_to_a_new_leader_at_once(
     )
     second.start()
     try:
-        pid = None
-        async with asyncio.timeout(30):
-            while pid is None:
-                try:
-                    pid = await client.submit(spec(args=["moved"]), confirm=False)
-                except BrokerUnavailableError:
-                    await asyncio.sleep(0.1)  # sleep-ok: polling for JetStream
+        pid = await until_served(lambda: client.submit(spec(args=["moved"]), confirm=False))
         await wait_created(client, str(pid))
         done = await client.wait(str(pid), timeout=20)  # far less than the 60 s long poll
         assert done.state is ProcessState.SUCCESS and done.output == ["moved"]

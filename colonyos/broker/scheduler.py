@@ -187,13 +187,6 @@ class WaitingQueue:
         self._bodies -= entry.data is not None
         return True
 
-    def count(self, colony: str, executor_type: str) -> int:
-        return sum(
-            1
-            for e in self._entries.values()
-            if (e.colony, e.executor_type) == (colony, executor_type)
-        )
-
     def pop_match(
         self, colony: str, cap: Capacity, executor_type: str
     ) -> tuple[str, Process | None, int] | None:
