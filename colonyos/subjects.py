@@ -153,6 +153,16 @@ class Subjects:
         return f"{self.prefix}-leases"
 
     @staticmethod
+    def pull_next(stream: str, consumer: str) -> str:
+        """Where a pull consumer is asked for its next messages (JetStream's API)."""
+        return f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
+
+    @staticmethod
+    def kv_subject(bucket: str, key: str) -> str:
+        """The subject a write to ``key`` of ``bucket`` is published on (JetStream's naming)."""
+        return f"$KV.{bucket}.{key}"
+
+    @staticmethod
     def process_key(colony: str, process_id: str) -> str:
         return f"{colony}.{process_id}"
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from contextlib import AsyncExitStack
-from typing import Any
 
 import nats.errors
 import nats.js.errors
@@ -20,6 +20,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig
 
+from colonyos.broker.feed import PullFeed
 from colonyos.broker.index import ProcessIndex
 from colonyos.broker.intake import Intake
 from colonyos.broker.lease import Lease
@@ -38,6 +39,8 @@ logger = logging.getLogger(__name__)
 _SHUTDOWN_GRACE_S = 5.0
 _SPEC_ACK_WAIT_S = 10.0
 _LEASE_KEY = "broker"
+# Spec batches being written at once while the next is fetched.
+_BATCHES_IN_FLIGHT = 4
 
 
 class Broker:
@@ -71,6 +74,7 @@ class Broker:
             )
             if not await self._setup(store):
                 return
+            stack.push_async_callback(store.close)
             lease = Lease(store.leases, _LEASE_KEY, self.broker_id, s.lease_ttl_s)
             stack.push_async_callback(lease.release)
             self.ready.set()
@@ -129,8 +133,7 @@ class Broker:
             lifecycle = Lifecycle(
                 service, liveness_s=s.executor_liveness_s, sweep_interval_s=s.sweep_interval_s
             )
-            specs = await self._specs_consumer(store)
-            stack.push_async_callback(self._unsubscribe, specs)
+            await self._specs_consumer(store)
             rpc = await nc.subscribe(
                 self.subjects.rpc_all,
                 queue=self.subjects.rpc_queue_group,
@@ -143,7 +146,7 @@ class Broker:
             stack.push_async_callback(self._finish_inflight)
             stack.callback(service.release_parked)
             tasks = [
-                asyncio.create_task(self._consume(specs, intake), name="consume-specs"),
+                asyncio.create_task(self._consume(nc, intake), name="consume-specs"),
                 asyncio.create_task(lifecycle.run(), name="lifecycle"),
             ]
             stack.push_async_callback(self._cancel, tasks)
@@ -155,7 +158,7 @@ class Broker:
             await self._hold(lease)
             logger.info("broker %s steps down", self.broker_id)
 
-    async def _specs_consumer(self, store: ProcessStore) -> Any:
+    async def _specs_consumer(self, store: ProcessStore) -> None:
         """The durable pull consumer over the whole specs stream (specs and workflows)."""
         config = ConsumerConfig(
             durable_name=self.subjects.consumer_specs,
@@ -169,9 +172,6 @@ class Broker:
             # An older definition: replace it (the specs stay in the stream).
             await store.js.delete_consumer(self.subjects.stream_specs, self.subjects.consumer_specs)
             await store.js.add_consumer(self.subjects.stream_specs, config)
-        return await store.js.pull_subscribe_bind(
-            durable=self.subjects.consumer_specs, stream=self.subjects.stream_specs
-        )
 
     async def _hold(self, lease: Lease) -> None:
         """Renew the lease until it is lost or the broker stops."""
@@ -204,24 +204,33 @@ class Broker:
         if not task.cancelled() and task.exception() is not None:
             logger.error("request handler failed", exc_info=task.exception())
 
-    async def _consume(
-        self, specs: nats.js.JetStreamContext.PullSubscription, intake: Intake
-    ) -> None:
-        batch = self.settings.fetch_batch
-        while True:
+    async def _consume(self, nc: NATS, intake: Intake) -> None:
+        """Take specs and accept them; the next are taken while earlier ones are written (an
+        accepted batch waits for its slowest write; overlapping them keeps JetStream busy)."""
+        s = self.subjects
+        feed = PullFeed(nc, s.stream_specs, s.consumer_specs, batch=self.settings.fetch_batch)
+        accepting: set[asyncio.Task[None]] = set()
+        async with feed:
             try:
-                msgs = await specs.fetch(batch=batch, timeout=1.0)
-            except TimeoutError:  # nats' and asyncio's: nothing to take (the normal idle case)
-                continue
-            except nats.errors.Error as err:
-                logger.warning("fetching specs failed (%s); trying again", err)
-                await self._pause(0.5)
-                continue
-            try:
-                await intake.accept_batch(msgs)
-            except Exception:
-                # Unacked specs are redelivered after ack_wait; log once and keep consuming.
-                logger.exception("accepting %d specs failed", len(msgs))
+                while True:
+                    if len(accepting) >= _BATCHES_IN_FLIGHT:
+                        await asyncio.wait(accepting, return_when=asyncio.FIRST_COMPLETED)
+                    msgs = await feed.next_batch()
+                    if not msgs:
+                        continue
+                    task = asyncio.create_task(intake.accept_batch(msgs))
+                    accepting.add(task)
+                    task.add_done_callback(functools.partial(self._accepted, accepting, len(msgs)))
+            finally:
+                for task in accepting:
+                    task.cancel()
+
+    @staticmethod
+    def _accepted(accepting: set[asyncio.Task[None]], count: int, task: asyncio.Task[None]) -> None:
+        accepting.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # Unacked specs are redelivered after ack_wait; log once and keep consuming.
+            logger.error("accepting %d specs failed", count, exc_info=task.exception())
 
     async def _finish_inflight(self) -> None:
         if self._inflight:

@@ -54,7 +54,7 @@ def _iso(t: datetime) -> str:
     return t.isoformat(timespec="microseconds")
 
 
-def _row(process: Process) -> dict[str, Any]:
+def _row(process: Process, data: bytes | None = None) -> dict[str, Any]:
     return {
         "processid": process.process_id,
         "colony": process.colony_name,
@@ -64,7 +64,7 @@ def _row(process: Process) -> dict[str, Any]:
         "submissiontime": _iso(process.submission_time),
         "prioritytime": process.priority_time,
         "graphid": process.process_graph_id,
-        "json": _encode(process).decode(),
+        "json": (data if data is not None else _encode(process)).decode(),
     }
 
 
@@ -87,7 +87,8 @@ class ProcessIndex:
             self._path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(str(self._path), check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
+            # A projection rebuilt from KV at every start: nothing to gain from syncing it.
+            conn.execute("PRAGMA synchronous=OFF")
         db = sqlite_utils.Database(conn)
         # A projection: start empty and refill from KV, so a stale or foreign file is harmless.
         table = db.table(_TABLE)
@@ -124,8 +125,9 @@ class ProcessIndex:
         return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
 
     # -- writes: coalesced per process, applied in batches ------------------------------
-    def put(self, process: Process) -> None:
-        self._pending[process.process_id] = _row(process)
+    def put(self, process: Process, data: bytes | None = None) -> None:
+        """Index the process (``data``: its JSON, if the caller has it already)."""
+        self._pending[process.process_id] = _row(process, data)
         self._schedule()
 
     def remove(self, process_id: str) -> None:

@@ -76,12 +76,11 @@ class Intake:
             await self.store.reject(colony, executor_type, process_id, err)
             await msg.ack()
             return
-        revision = await self.store.create(process)
-        if revision is None:
+        written = await self.store.create(process)
+        if written is None:
             await self._accept_duplicate(colony, executor_type, process_id)
         else:
-            await self.store.publish_event(process, revision)
-            self.service.track(process, revision)
+            self.service.track(process, *written)
         await msg.ack()
 
     def _process_id(self, msg: Msg) -> str:
@@ -124,7 +123,7 @@ class Intake:
         process, revision = await self.store.get(colony, process_id)
         if process.state is ProcessState.WAITING and process.retries == 0:
             # Maybe the broker died between create and event: the event id makes this idempotent.
-            await self.store.publish_event(process, revision, wait=True)
+            await self.store.ensure_event(process, revision)
         else:
             # Submitted again after JetStream's dedup window: the process stays as it is, and
             # the submitter is told so (the client then returns the existing process).

@@ -179,10 +179,11 @@ class Service:
             len(self.running),
         )
 
-    def track(self, process: Process, revision: int) -> None:
-        """The one place where in-memory state follows a written (or loaded) process."""
+    def track(self, process: Process, revision: int, data: bytes | None = None) -> None:
+        """The one place where in-memory state follows a written (or loaded) process
+        (``data``: its JSON, when the caller has it already)."""
         pid = process.process_id
-        self.index.put(process)
+        self.index.put(process, data)
         self.queue.remove(pid)
         self.running.pop(pid, None)
         if process.state is ProcessState.WAITING and not process.wait_for_parents:
@@ -290,11 +291,10 @@ class Service:
             updated = step(process)
             await self._confirm(process, revision)
             try:
-                new_revision = await self.store.update(updated, revision)
+                new_revision, data = await self.store.update(updated, revision)
             except StaleRevisionError:
                 continue
-            await self.store.publish_event(updated, new_revision)
-            self.track(updated, new_revision)
+            self.track(updated, new_revision, data)
             if notify and _revoked(process, updated):
                 await self._revoke(process, updated)
             await self._after(updated)
@@ -319,23 +319,31 @@ class Service:
                 picked = await self._park(colony, etype, cap, deadline - loop.time())
                 if picked is None:
                     return None
-            process, revision = picked
-            try:
-                updated = transitions.assign(process, executor, now=now())
-            except ConflictError:
-                self.track(process, revision)  # read back from KV, and no longer waiting
-                continue
+            updated = await self._take(executor, *picked)
+            if updated is not None:
+                return updated
+
+    async def _take(self, executor: Executor, process: Process, revision: int) -> Process | None:
+        """Write a process taken from the queue as running on ``executor``; None if it was no
+        longer assignable. If the write fails, the process goes back to the queue."""
+        try:
+            updated = transitions.assign(process, executor, now=now())
+        except ConflictError:
+            self.track(process, revision)  # read back from KV, and no longer waiting
+            return None
+        try:
             await self._confirm(process, revision)
-            try:
-                new_revision = await self.store.update(updated, revision)
-            except StaleRevisionError:
-                await self._reload(process)  # changed meanwhile: learn what it is now
-                continue
-            await self.store.publish_event(updated, new_revision)
-            self.track(updated, new_revision)
-            await self._after(updated)
-            logger.debug("assigned %s to %s in %s", process.process_id, caller, colony)
-            return updated
+            new_revision, data = await self.store.update(updated, revision)
+        except StaleRevisionError:
+            await self._reload(process)  # changed meanwhile: learn what it is now
+            return None
+        except BaseException:
+            self.track(process, revision)
+            raise
+        self.track(updated, new_revision, data)
+        await self._after(updated)
+        logger.debug("assigned %s to %s", process.process_id, executor.executor_name)
+        return updated
 
     async def _body(self, colony: str, popped: tuple[str, Process | None, int]) -> Picked | None:
         """A queued process, read back from KV when the queue kept no body for it."""

@@ -30,6 +30,7 @@ from nats.js.api import (
 )
 from nats.js.kv import KeyValue
 
+from colonyos.broker.publisher import JetStreamPublisher
 from colonyos.errors import ColoniesError, GraphNotFoundError, ProcessNotFoundError
 from colonyos.messages import Rejection
 from colonyos.models import Colony, Executor, Process, ProcessGraph
@@ -49,6 +50,11 @@ _graph_decoder = msgspec.json.Decoder(ProcessGraph)
 EVENTS_MAX_AGE_S = 7 * 86_400
 LOGS_MAX_AGE_S = 7 * 86_400
 LOGS_MAX_BYTES = 1 << 30
+
+
+def _expect(revision: int) -> dict[str, str]:
+    """Compare-and-set: the write is refused unless the key's last revision is this one."""
+    return {"Nats-Expected-Last-Subject-Sequence": str(revision)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,8 +84,10 @@ class ProcessStore:
         self._storage = StorageType.MEMORY if storage == "memory" else StorageType.FILE
         self._dedup_window_s = dedup_window_s
         self._replicas = replicas
+        self.publisher = JetStreamPublisher(nc)
         self._unacked: set[asyncio.Future[Any]] = set()
         self._republishing: set[asyncio.Task[None]] = set()
+        self._writing = False
         self.processes: KeyValue
         self.executors: KeyValue
         self.colonies: KeyValue
@@ -125,6 +133,14 @@ class ProcessStore:
         self.colonies = await self._bucket(s.bucket_colonies, history=1)
         self.leases = await self._bucket(s.bucket_leases, history=1)
         self.graphs = await self._bucket(s.bucket_graphs, history=1)
+        if not self._writing:
+            await self.publisher.start()
+            self._writing = True
+
+    async def close(self) -> None:
+        if self._writing:
+            await self.publisher.stop()
+            self._writing = False
 
     async def _stream(self, config: StreamConfig) -> None:
         try:
@@ -139,13 +155,21 @@ class ProcessStore:
         return await self.js.create_key_value(config)
 
     # -- processes ----------------------------------------------------------------------
-    async def create(self, process: Process) -> int | None:
-        """Write a new process; None if one with this id exists already (a duplicate)."""
+    async def create(self, process: Process) -> tuple[int, bytes] | None:
+        """Write a new process and publish its event: its revision and JSON, or None if one
+        with this id exists already (a duplicate)."""
         key = self.subjects.process_key(process.colony_name, process.process_id)
+        subject = self.subjects.kv_subject(self.subjects.bucket_processes, key)
+        data = _encode(process)
         try:
-            return int(await self.processes.create(key, _encode(process)))
+            revision = await self.publisher.write(subject, data, _expect(0))
         except nats.js.errors.KeyWrongLastSequenceError:
-            return None
+            try:  # nats-py's create also takes a key whose process was removed
+                revision = int(await self.processes.create(key, data))
+            except nats.js.errors.KeyWrongLastSequenceError:
+                return None
+        await self._publish_event(process, revision, data)
+        return revision, data
 
     async def get(self, colony: str, process_id: str) -> tuple[Process, int]:
         key = self.subjects.process_key(colony, process_id)
@@ -157,12 +181,18 @@ class ProcessStore:
             raise ProcessNotFoundError(process_id) from None
         return _process_decoder.decode(entry.value or b""), int(entry.revision or 0)
 
-    async def update(self, process: Process, revision: int) -> int:
+    async def update(self, process: Process, revision: int) -> tuple[int, bytes]:
+        """Compare-and-set the process written at ``revision`` and publish its event: the new
+        revision and the JSON written. :class:`StaleRevisionError` if it changed since."""
         key = self.subjects.process_key(process.colony_name, process.process_id)
+        subject = self.subjects.kv_subject(self.subjects.bucket_processes, key)
+        data = _encode(process)
         try:
-            return int(await self.processes.update(key, _encode(process), last=revision))
+            new_revision = await self.publisher.write(subject, data, _expect(revision))
         except nats.js.errors.KeyWrongLastSequenceError as err:
             raise StaleRevisionError(process.process_id) from err
+        await self._publish_event(process, new_revision, data)
+        return new_revision, data
 
     async def delete(self, process: Process) -> None:
         await self.processes.delete(
@@ -179,8 +209,10 @@ class ProcessStore:
             process.colony_name, process.executor_type, process.state.token, process.process_id
         )
 
-    async def publish_event(self, process: Process, revision: int, *, wait: bool = False) -> None:
-        """Publish a transition's event.
+    async def _publish_event(
+        self, process: Process, revision: int, data: bytes, *, wait: bool = False
+    ) -> None:
+        """Publish a transition's event (``data``: the process's JSON).
 
         By default the acknowledgement is not waited for: events leave on one connection in
         order, and one that is not acknowledged is published again in the background (its id
@@ -188,11 +220,10 @@ class ProcessStore:
         a crash before the acknowledgement loses no event either.
         """
         headers = {"Nats-Msg-Id": f"{process.process_id}.{revision}"}
-        data = _encode(process)
         if wait:
-            await self.js.publish(self._event_subject(process), data, headers=headers)
+            await self.publisher.write(self._event_subject(process), data, headers)
             return
-        ack = await self.js.publish_async(self._event_subject(process), data, headers=headers)
+        ack = await self.publisher.publish(self._event_subject(process), data, headers)
         self._unacked.add(ack)
         ack.add_done_callback(lambda f: self._acked(f, process, revision))
 
@@ -234,7 +265,7 @@ class ProcessStore:
             f"{process.process_id}.{revision}"
         ):
             return False
-        await self.publish_event(process, revision, wait=True)
+        await self._publish_event(process, revision, _encode(process), wait=True)
         return True
 
     async def last_event_time(self) -> datetime | None:

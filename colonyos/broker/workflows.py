@@ -76,13 +76,13 @@ class Workflows:
             self._join(graph_id, p)
         self._states[graph_id] = graph.state
         for process in processes:
-            revision = await self.store.create(process)
-            if revision is None:
+            written = await self.store.create(process)
+            if written is None:
                 process, revision = await self.store.get(colony, process.process_id)
                 await self.store.ensure_event(process, revision)
+                self.service.track(process, revision)
             else:
-                await self.store.publish_event(process, revision)
-            self.service.track(process, revision)
+                self.service.track(process, *written)
         await msg.ack()
         logger.info("workflow %s in %s: %d processes", graph_id, colony, len(processes))
 
@@ -250,11 +250,10 @@ class Workflows:
             children=downstream,
             initiator_name=caller,
         )
-        revision = await self.store.create(child)
-        assert revision is not None
-        await self.store.publish_event(child, revision)
+        written = await self.store.create(child)
+        assert written is not None
         self._join(parent.process_graph_id, child)
-        self.service.track(child, revision)
+        self.service.track(child, *written)
         for pid in downstream:
             await self.service.transition(
                 colony, pid, lambda d: _replace(d, parents=_relink(d.parents, parent, child))
