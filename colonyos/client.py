@@ -53,10 +53,12 @@ from colonyos.messages import (
     ListProcesses,
     LogLines,
     Named,
+    Outcome,
     ProcessRef,
     Register,
     Rejection,
     Reply,
+    Results,
     Stats,
 )
 from colonyos.models import (
@@ -538,6 +540,29 @@ class Client:
             )
         except AssignTimeoutError:
             return None
+
+    async def assign_many(self, count: int, timeout: float = 10.0) -> list[Process]:
+        """Long-poll for up to ``count`` processes: waits (up to ``timeout``) for the first,
+        and gets with it those that are assignable at that moment. Empty when none came."""
+        result = await self._request(
+            "assign_many",
+            Assign(timeout=timeout, count=count),
+            list[Process],
+            timeout=timeout + _ASSIGN_MARGIN_S,
+        )
+        return result or []
+
+    async def send_results(
+        self, closes: list[Close] | None = None, fails: list[Fail] | None = None
+    ) -> dict[str, ColoniesError]:
+        """Close and fail several processes in one request. Returns the refused ones (process
+        id -> why); the others are done."""
+        outcomes = await self._must(
+            "results", Results(closes=closes or [], fails=fails or []), list[Outcome]
+        )
+        return {
+            o.process_id: ColoniesError.from_reply(o.error) for o in outcomes if o.error is not None
+        }
 
     async def close(
         self, process_id: str, output: list[Any] | None = None, *, attempt: int | None = None

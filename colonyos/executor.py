@@ -41,7 +41,7 @@ from colonyos.errors import (
     ConflictError,
     NotAuthorizedError,
 )
-from colonyos.messages import Revoke
+from colonyos.messages import Close, Fail, Revoke
 from colonyos.models import (
     Capabilities,
     Executor,
@@ -253,9 +253,7 @@ class ExecutorApp:
             beating = asyncio.create_task(self._heartbeat(client))
             try:
                 with _capture_output() if self._capture_print else contextlib.nullcontext():
-                    await asyncio.gather(
-                        *(self._work_loop(client, burst) for _ in range(self.concurrency))
-                    )
+                    await self._dispatch(client, _ResultSender(client), burst)
             finally:
                 beating.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -299,14 +297,41 @@ class ExecutorApp:
             )
         self.ready.set()
 
-    async def _work_loop(self, client: Client, burst: bool) -> None:
-        while not self._stopping.is_set():
-            process = await self._next(client, burst)
-            if process is None:
-                if burst:
-                    return
-                continue
-            await self._execute(client, process)
+    async def _dispatch(self, client: Client, results: _ResultSender, burst: bool) -> None:
+        """Keep ``concurrency`` processes running: ask for as many as there are free slots
+        (one request), run each in its own task, and send their results together."""
+        running: set[asyncio.Task[None]] = set()
+
+        def reap() -> None:
+            for task in [t for t in running if t.done()]:
+                running.discard(task)
+                task.result()  # a failure of the executor itself stops it, as it should
+
+        try:
+            while not self._stopping.is_set():
+                reap()
+                free = self.concurrency - len(running)
+                if free == 0:
+                    await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                    continue
+                processes = await self._next(client, burst, free)
+                if not processes:
+                    if burst:
+                        if not running:
+                            return
+                        # What is still running may release more work (workflow children).
+                        await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                    continue
+                for process in processes:
+                    running.add(asyncio.create_task(self._execute(client, results, process)))
+        except asyncio.CancelledError:
+            for task in running:
+                task.cancel()
+            raise
+        finally:
+            if running:
+                await asyncio.wait(running)
+            reap()
 
     async def _heartbeat(self, client: Client) -> None:
         assert self.registered is not None
@@ -314,12 +339,12 @@ class ExecutorApp:
             await client.heartbeat(self.registered.executor_id, sorted(self.running))
             await asyncio.sleep(self.heartbeat_s)
 
-    async def _next(self, client: Client, burst: bool) -> Process | None:
+    async def _next(self, client: Client, burst: bool, count: int) -> list[Process]:
         timeout = 0.0 if burst else self.assign_timeout_s
         delay = 0.5
         while not self._stopping.is_set():
             leader = self._new_leader
-            assign = asyncio.ensure_future(client.assign(timeout))
+            assign = asyncio.ensure_future(client.assign_many(count, timeout))
             stop = asyncio.ensure_future(self._stopping.wait())
             switched = asyncio.ensure_future(leader.wait())
             try:
@@ -332,7 +357,7 @@ class ExecutorApp:
                 with contextlib.suppress(asyncio.CancelledError, BrokerUnavailableError):
                     await assign
                 if self._stopping.is_set():
-                    return None
+                    return []
                 continue  # a new leader: ask it, rather than wait on the old one's long poll
             try:
                 return assign.result()
@@ -344,9 +369,9 @@ class ExecutorApp:
                     async with asyncio.timeout(delay):
                         await self._stopping.wait()
                 delay = min(delay * 2, _RETRY_MAX_S)
-        return None
+        return []
 
-    async def _execute(self, client: Client, process: Process) -> None:
+    async def _execute(self, client: Client, results: _ResultSender, process: Process) -> None:
         handler = self.handlers.get(process.spec.func_name, self.default_handler)
         pid = process.process_id
         self.processed += 1
@@ -356,7 +381,7 @@ class ExecutorApp:
                 f"executor {self.name!r} has no function {process.spec.func_name!r} "
                 f"(it has: {known})"
             )
-            await self._finish(lambda: client.fail(pid, [error], attempt=process.retries))
+            await self._finish(results.fail(pid, [error], attempt=process.retries))
             return
         ctx = ProcessContext(process, client)
         attempt = process.retries
@@ -377,10 +402,10 @@ class ExecutorApp:
             logger.info("process %s failed: %s", pid, err)
             await self._stop_flusher(flusher, ctx)
             error = f"{type(err).__name__}: {err}"
-            await self._finish(lambda: client.fail(pid, [error], attempt=attempt))
+            await self._finish(results.fail(pid, [error], attempt=attempt))
         else:
             await self._stop_flusher(flusher, ctx)
-            await self._finish(lambda: client.close(pid, output, attempt=attempt))
+            await self._finish(results.close(pid, output, attempt=attempt))
         finally:
             self._work.pop(pid, None)
             self.running.discard(pid)
@@ -403,7 +428,7 @@ class ExecutorApp:
             self._revoked[revoke.process_id] = f"{revoke.state.name.lower()}: {revoke.reason}"
             work.cancel()
 
-    async def _finish(self, closing: Callable[[], Awaitable[Process]]) -> None:
+    async def _finish(self, closing: Callable[[], Awaitable[None]]) -> None:
         """Send the result, riding out a broker fail-over; give up only if it is refused."""
         delay = 0.2
         deadline = time.monotonic() + _RESULT_PATIENCE_S
@@ -441,6 +466,58 @@ class ExecutorApp:
             await flusher
         if send:
             await ctx.flush(final=True)
+
+
+class _ResultSender:
+    """Delivers results; those that finish while a request is out go together in the next.
+
+    One process alone is sent at once; under load, the results of every slot that finished
+    meanwhile share one request (and the broker writes them concurrently).
+    """
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        self._queue: list[tuple[Close | Fail, asyncio.Future[None]]] = []
+        self._sending: asyncio.Task[None] | None = None
+
+    def close(self, pid: str, output: list[Any], *, attempt: int) -> Callable[[], Awaitable[None]]:
+        item = Close(process_id=pid, output=output, attempt=attempt)
+        return lambda: self.send(item)
+
+    def fail(self, pid: str, errors: list[str], *, attempt: int) -> Callable[[], Awaitable[None]]:
+        item = Fail(process_id=pid, errors=errors, attempt=attempt)
+        return lambda: self.send(item)
+
+    async def send(self, item: Close | Fail) -> None:
+        """Returns once the broker accepted it; raises what refused it, or
+        :class:`BrokerUnavailableError` when the request went unanswered."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.append((item, done))
+        if self._sending is None or self._sending.done():
+            self._sending = asyncio.create_task(self._drain())
+        await done
+
+    async def _drain(self) -> None:
+        while self._queue:
+            batch, self._queue = self._queue, []
+            try:
+                refused = await self.client.send_results(
+                    [i for i, _ in batch if isinstance(i, Close)],
+                    [i for i, _ in batch if isinstance(i, Fail)],
+                )
+            except Exception as err:  # every waiter gets it, to retry or to report
+                for _, done in batch:
+                    if not done.done():
+                        done.set_exception(err)
+                continue
+            for item, done in batch:
+                if done.done():
+                    continue
+                error = refused.get(item.process_id)
+                if error is None:
+                    done.set_result(None)
+                else:
+                    done.set_exception(error)
 
 
 def _call_function(fn: Callable[..., Any]) -> Handler:

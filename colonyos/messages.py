@@ -29,10 +29,12 @@ __all__ = [
     "ListProcesses",
     "LogLines",
     "Named",
+    "Outcome",
     "ProcessRef",
     "Register",
     "Rejection",
     "Reply",
+    "Results",
     "Revoke",
     "Stats",
 ]
@@ -44,6 +46,9 @@ class Empty(Model, kw_only=True):
 
 class Assign(Model, kw_only=True):
     timeout: float = 10.0
+    # For ``assign_many``: how many processes at most. It waits (up to ``timeout``) for the
+    # first; the others are those assignable at that moment.
+    count: int = 1
 
 
 class ProcessRef(Model, kw_only=True):
@@ -61,6 +66,20 @@ class Fail(Model, kw_only=True):
     process_id: str
     errors: list[str] = msgspec.field(default_factory=list)
     attempt: int | None = None
+
+
+class Results(Model, kw_only=True):
+    """Several finished processes in one request: the closed (SUCCESS) and the failed."""
+
+    closes: list[Close] = msgspec.field(default_factory=list)
+    fails: list[Fail] = msgspec.field(default_factory=list)
+
+
+class Outcome(Model, kw_only=True, omit_defaults=True):
+    """The answer to one item of :class:`Results`: accepted, or the error that refused it."""
+
+    process_id: str
+    error: ErrorReply | None = None
 
 
 class LogLines(Model, kw_only=True):

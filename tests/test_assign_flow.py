@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from colonyos.client import Client
-from colonyos.errors import ConflictError, NotAuthorizedError
+from colonyos.errors import ConflictError, NotAuthorizedError, ProcessNotFoundError
 from colonyos.models import Conditions, Executor, FunctionSpec, Process, ProcessState
 
 from .conftest import COLONY
@@ -171,3 +171,59 @@ async def test_queued_processes_without_a_kept_body_are_read_back(
     assert [p.process_id for p in got] == [p.process_id for p in submitted]
     assert [p.spec.args for p in got] == [[0], [1], [2]]
     await ex.aclose()
+
+
+async def test_assign_many_takes_what_is_ready_in_priority_order(
+    client: Client, settings, broker
+) -> None:
+    broker.service.queue.max_bodies = 2  # some bodies are read back from KV
+    submitted = [await client.submit(spec(args=[i])) for i in range(5)]
+    ex = await executor_client(settings, "e1")
+    got = await ex.assign_many(3, timeout=1)
+    assert [p.process_id for p in got] == [p.process_id for p in submitted[:3]]
+    assert all(p.state is ProcessState.RUNNING for p in got)
+    rest = await ex.assign_many(10, timeout=1)  # two left: no waiting for more
+    assert [p.spec.args for p in rest] == [[3], [4]]
+    assert await ex.assign_many(4, timeout=0.2) == []
+    await ex.aclose()
+
+
+async def test_assign_many_waits_for_the_first(client: Client, settings, broker) -> None:
+    ex = await executor_client(settings, "e1")
+    poll = asyncio.ensure_future(ex.assign_many(8, timeout=5))
+    async with asyncio.timeout(5):
+        while len(broker.service.parked) < 1:
+            await asyncio.sleep(0.01)  # sleep-ok: polling broker state under a deadline
+    p = await client.submit(spec())
+    got = await poll
+    assert [g.process_id for g in got] == [p.process_id]
+    await ex.aclose()
+
+
+async def test_results_answer_each_item_on_its_own(client: Client, settings) -> None:
+    from colonyos.messages import Close, Fail
+
+    for i in range(3):
+        await client.submit(spec(args=[i]))
+    ex = await executor_client(settings, "e1")
+    other = await executor_client(settings, "e2")
+    a, b, c = await ex.assign_many(3, timeout=1)
+    refused = await ex.send_results(
+        closes=[
+            Close(process_id=a.process_id, output=["a"], attempt=a.retries),
+            Close(process_id=b.process_id, attempt=b.retries + 1),  # a stale attempt
+            Close(process_id="f" * 64),  # no such process
+        ],
+        fails=[Fail(process_id=c.process_id, errors=["boom"])],
+    )
+    assert set(refused) == {b.process_id, "f" * 64}
+    assert isinstance(refused[b.process_id], NotAuthorizedError)
+    assert isinstance(refused["f" * 64], ProcessNotFoundError)
+    assert (await client.get(a.process_id)).output == ["a"]
+    assert (await client.get(b.process_id)).state is ProcessState.RUNNING
+    assert (await client.get(c.process_id)).errors == ["boom"]
+    # Only the executor a process is assigned to may report its result.
+    stolen = await other.send_results(closes=[Close(process_id=b.process_id)])
+    assert isinstance(stolen[b.process_id], NotAuthorizedError)
+    await ex.aclose()
+    await other.aclose()

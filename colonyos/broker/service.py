@@ -12,6 +12,7 @@ projection current. Nothing here blocks the event loop.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import secrets
 import time
@@ -46,8 +47,10 @@ from colonyos.messages import (
     ListProcesses,
     LogLines,
     Named,
+    Outcome,
     ProcessRef,
     Register,
+    Results,
     Revoke,
     Stats,
 )
@@ -125,6 +128,8 @@ class Service:
         self.graph_hook: Callable[[Process], Awaitable[None]] | None = None
         self._ops: dict[str, tuple[msgspec.json.Decoder[Any], Handler]] = {
             "assign": (msgspec.json.Decoder(Assign), self.assign),
+            "assign_many": (msgspec.json.Decoder(Assign), self.assign_many),
+            "results": (msgspec.json.Decoder(Results), self.results),
             "close": (msgspec.json.Decoder(Close), self.close),
             "fail": (msgspec.json.Decoder(Fail), self.fail),
             "log": (msgspec.json.Decoder(LogLines), self.log),
@@ -323,6 +328,37 @@ class Service:
             if updated is not None:
                 return updated
 
+    async def assign_many(self, colony: str, caller: str, req: Assign) -> list[Process]:
+        """Up to ``req.count`` processes: the first as :meth:`assign` gets it (waiting for one
+        if need be), then those assignable at once, written together."""
+        first = await self.assign(colony, caller, req)
+        if first is None:
+            return []
+        executor = self._approved(colony, caller)
+        cap = self._capacities[(colony, caller)]
+        popped: list[tuple[str, Process | None, int]] = []
+        while len(popped) < req.count - 1:
+            item = self.queue.pop_match(colony, cap, executor.executor_type)
+            if item is None:
+                break
+            popped.append(item)
+        taken = await asyncio.gather(
+            *(self._take_popped(executor, item) for item in popped), return_exceptions=True
+        )
+        assigned = [first]
+        for outcome in taken:
+            if isinstance(outcome, Process):
+                assigned.append(outcome)
+            elif isinstance(outcome, BaseException):
+                logger.warning("assigning to %s in %s failed: %s", caller, colony, outcome)
+        return assigned
+
+    async def _take_popped(
+        self, executor: Executor, popped: tuple[str, Process | None, int]
+    ) -> Process | None:
+        picked = await self._body(executor.colony_name, popped)
+        return None if picked is None else await self._take(executor, *picked)
+
     async def _take(self, executor: Executor, process: Process, revision: int) -> Process | None:
         """Write a process taken from the queue as running on ``executor``; None if it was no
         longer assignable. If the write fails, the process goes back to the queue."""
@@ -420,6 +456,29 @@ class Service:
             lambda p: transitions.fail(p, executor, req.errors, now=now(), attempt=req.attempt),
             notify=False,
         )
+
+    async def results(self, colony: str, caller: str, req: Results) -> list[Outcome]:
+        """Close and fail several processes in one request; each is answered on its own."""
+        executor = self.executor(colony, caller)
+        t = now()
+        steps: list[tuple[str, Callable[[Process], Process]]] = []
+        for close in req.closes:
+            steps.append((close.process_id, functools.partial(_close_step, executor, close, t)))
+        for fail in req.fails:
+            steps.append((fail.process_id, functools.partial(_fail_step, executor, fail, t)))
+        done = await asyncio.gather(
+            *(self.transition(colony, pid, step, notify=False) for pid, step in steps),
+            return_exceptions=True,
+        )
+        outcomes = []
+        for (pid, _), outcome in zip(steps, done, strict=True):
+            if isinstance(outcome, ColoniesError):
+                outcomes.append(Outcome(process_id=pid, error=outcome.to_reply()))
+            elif isinstance(outcome, BaseException):
+                raise outcome  # NATS trouble: the executor sends them all again
+            else:
+                outcomes.append(Outcome(process_id=pid))
+        return outcomes
 
     async def log(self, colony: str, caller: str, req: LogLines) -> None:
         executor = self.executor(colony, caller)
@@ -562,6 +621,14 @@ class Service:
         await self.store.delete_colony(removed)
         del self.colonies[req.name]
         return None
+
+
+def _close_step(executor: Executor, req: Close, t: datetime, process: Process) -> Process:
+    return transitions.close(process, executor, req.output, now=t, attempt=req.attempt)
+
+
+def _fail_step(executor: Executor, req: Fail, t: datetime, process: Process) -> Process:
+    return transitions.fail(process, executor, req.errors, now=t, attempt=req.attempt)
 
 
 def _result_bytes(result: Any) -> bytes:

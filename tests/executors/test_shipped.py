@@ -227,3 +227,37 @@ async def test_concurrency_runs_processes_side_by_side(client: Client, settings)
     await submit_all(client, *(fspec("slots", "hold") for _ in range(6)))
     assert await app.run(burst=True) == 6
     assert peak == 3
+
+
+async def test_slots_are_filled_and_finished_in_shared_requests(
+    client: Client, settings, prefix: str
+) -> None:
+    import asyncio
+
+    requests: dict[str, int] = {"assign_many": 0, "results": 0}
+
+    async def count(msg: object) -> None:
+        requests[msg.subject.rsplit(".", 1)[1]] += 1  # type: ignore[attr-defined]
+
+    for op in requests:
+        await client.nc.subscribe(f"{prefix}.*.rpc.batch-1.{op}", cb=count)
+    app = ExecutorApp("batch", "batch-1", settings=settings, concurrency=4)
+    inside, peak = 0, 0
+
+    @app.handler()
+    async def quick(ctx: ProcessContext) -> list[object]:
+        nonlocal inside, peak
+        inside += 1
+        peak = max(peak, inside)
+        await asyncio.sleep(0)  # sleep-ok: yields once, so that slots overlap
+        inside -= 1
+        return [ctx.process.spec.args[0]]
+
+    processes = await submit_all(client, *(fspec("batch", "quick", i) for i in range(40)))
+    assert await app.run(burst=True) == 40
+    assert peak == 4
+    # One request hands out several processes, one request reports several results.
+    assert requests["assign_many"] < 40 and requests["results"] < 40, requests
+    for p in processes:
+        done = await client.get(p.process_id)
+        assert done.state is ProcessState.SUCCESS and done.output == p.spec.args
