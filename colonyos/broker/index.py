@@ -28,7 +28,9 @@ logger = logging.getLogger(__name__)
 
 _encode = msgspec.json.Encoder().encode
 _TABLE = "processes"
-_LINGER_S = 0.05
+# Writes wait this long, so that a process's transitions in the meantime cost one row write.
+# Readers never see the delay: a listing applies what is pending first.
+_LINGER_S = 0.5
 
 
 _COLUMNS = (
@@ -72,7 +74,8 @@ class ProcessIndex:
     def __init__(self, path: Path | None) -> None:
         self._path = path
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="colonies-index")
-        self._pending: dict[str, dict[str, Any] | None] = {}  # processid -> row, None = delete
+        # processid -> latest process (and its JSON if known), or None: delete its row
+        self._pending: dict[str, tuple[Process, bytes | None] | None] = {}
         self._flushing: asyncio.Task[None] | None = None
         self._db: sqlite_utils.Database | None = None
         self._flush_now = asyncio.Event()
@@ -127,7 +130,7 @@ class ProcessIndex:
     # -- writes: coalesced per process, applied in batches ------------------------------
     def put(self, process: Process, data: bytes | None = None) -> None:
         """Index the process (``data``: its JSON, if the caller has it already)."""
-        self._pending[process.process_id] = _row(process, data)
+        self._pending[process.process_id] = (process, data)
         self._schedule()
 
     def remove(self, process_id: str) -> None:
@@ -149,10 +152,10 @@ class ProcessIndex:
             batch, self._pending = self._pending, {}
             await self._run(self._apply_sync, batch)
 
-    def _apply_sync(self, batch: dict[str, dict[str, Any] | None]) -> None:
+    def _apply_sync(self, batch: dict[str, tuple[Process, bytes | None] | None]) -> None:
         assert self._db is not None
-        rows = [row for row in batch.values() if row is not None]
-        gone = [(pid,) for pid, row in batch.items() if row is None]
+        rows = [_row(*latest) for latest in batch.values() if latest is not None]
+        gone = [(pid,) for pid, latest in batch.items() if latest is None]
         conn = self._db.conn
         with conn:
             # One prepared statement for the hot path: sqlite-utils' upsert_all looks the
