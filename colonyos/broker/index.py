@@ -2,7 +2,14 @@
 
 It is never the truth: the broker rebuilds it from KV when it starts, and it can be deleted
 at any time. sqlite is synchronous, so one worker thread owns the connection; the event loop
-hands it batches of rows and never blocks on it.
+hands it batches of processes and never blocks on it.
+
+A batch is written by one statement that reads its rows from a single JSON parameter
+(``json_each``), not by ``executemany``: sqlite releases the GIL while it steps a statement
+and must then wait for the busy event loop to hand it back (up to the 5 ms switch interval).
+Stepping once per row, the writer thread managed a few hundred rows a second under load, fell
+behind and held every pending process in memory; stepping once per batch, sqlite's work runs
+beside the event loop on another core.
 """
 
 from __future__ import annotations
@@ -44,9 +51,12 @@ _COLUMNS = (
     "graphid",
     "json",
 )
+_ROWS_PER_STATEMENT = 1000
+# One statement per batch: the rows come as one JSON array of arrays, in _COLUMNS order.
 _UPSERT = (
     f"INSERT INTO {_TABLE} ({', '.join(_COLUMNS)}) "
-    f"VALUES ({', '.join(':' + c for c in _COLUMNS)}) "
+    f"SELECT {', '.join(f'value ->> {i}' for i in range(len(_COLUMNS)))} FROM json_each(?) "
+    "WHERE true "  # sqlite's upsert-from-SELECT needs a WHERE before ON CONFLICT
     "ON CONFLICT(processid) DO UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in _COLUMNS[1:])
 )
 
@@ -56,18 +66,19 @@ def _iso(t: datetime) -> str:
     return t.isoformat(timespec="microseconds")
 
 
-def _row(process: Process, data: bytes | None = None) -> dict[str, Any]:
-    return {
-        "processid": process.process_id,
-        "colony": process.colony_name,
-        "executortype": process.executor_type,
-        "state": int(process.state),
-        "label": process.spec.label,
-        "submissiontime": _iso(process.submission_time),
-        "prioritytime": process.priority_time,
-        "graphid": process.process_graph_id,
-        "json": (data if data is not None else _encode(process)).decode(),
-    }
+def _row(process: Process, data: bytes | None = None) -> tuple[Any, ...]:
+    """The values of _COLUMNS for a process."""
+    return (
+        process.process_id,
+        process.colony_name,
+        process.executor_type,
+        int(process.state),
+        process.spec.label,
+        _iso(process.submission_time),
+        process.priority_time,
+        process.process_graph_id,
+        (data if data is not None else _encode(process)).decode(),
+    )
 
 
 class ProcessIndex:
@@ -160,8 +171,8 @@ class ProcessIndex:
         with conn:
             # One prepared statement for the hot path: sqlite-utils' upsert_all looks the
             # table up again on every call, which cost more than the writes themselves.
-            if rows:
-                conn.executemany(_UPSERT, rows)
+            for start in range(0, len(rows), _ROWS_PER_STATEMENT):
+                conn.execute(_UPSERT, (_encode(rows[start : start + _ROWS_PER_STATEMENT]),))
             if gone:
                 conn.executemany(f"DELETE FROM {_TABLE} WHERE processid = ?", gone)
 

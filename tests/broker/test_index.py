@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from colonyos.client import Client
-from colonyos.models import ProcessState, now
+import msgspec
 
+from colonyos.client import Client
+from colonyos.models import Process, ProcessState, now
+
+from ..conftest import COLONY
 from ..test_assign_flow import executor_client, spec
 
 
@@ -57,3 +60,35 @@ async def test_colonies_do_not_see_each_other(client: Client, settings) -> None:
             pass
         else:
             raise AssertionError("a process was visible from another colony")
+
+
+async def test_rows_round_trip_exactly_in_large_batches(tmp_path) -> None:
+    """Rows go to sqlite as one JSON parameter per statement: every character must survive,
+    and batches larger than one statement must be written whole."""
+    from colonyos.broker import transitions
+    from colonyos.broker.index import ProcessIndex
+    from colonyos.messages import ListProcesses
+
+    index = ProcessIndex(tmp_path / "index.db")
+    await index.open()
+    t = now()
+    here = {"colony_name": COLONY}
+    tricky = ['quote " back\\slash', "tab\there", "ünïcødé ✓", "newline\nline", "{}[],:"]
+    processes = [
+        transitions.create(
+            f"{i:064x}",
+            spec("echo", label=tricky[i % 5], args=[tricky[i % 5], i], conditions=here),
+            now=t,
+            now_ns=i,
+        )
+        for i in range(2_500)
+    ]
+    for p in processes:
+        index.put(p)
+    listed = await index.query(COLONY, ListProcesses(limit=5_000))
+    decoded = msgspec.json.decode(listed, type=list[Process])
+    assert sorted(decoded, key=lambda p: p.process_id) == processes
+    for label in tricky:
+        rows = await index.query(COLONY, ListProcesses(label=label, limit=5_000))
+        assert len(msgspec.json.decode(rows, type=list[Process])) == 500
+    await index.close()
