@@ -11,6 +11,7 @@ from colonyos.client import Client
 from colonyos.errors import InvalidSpecError
 from colonyos.executor import ExecutorApp, ProcessContext
 from colonyos.graphs import check_workflow
+from colonyos.messages import Rejection
 from colonyos.models import Conditions, FunctionSpec, ProcessGraph, ProcessState, WorkflowSpec
 from colonyos.specs import load_workflow_spec
 
@@ -270,3 +271,30 @@ async def test_events_replay_from_a_time(client: Client, settings) -> None:
     async with client.subscribe(since=t0) as events:
         event = await events.next(5)
     assert event.process_id == first.process_id and event.state is ProcessState.WAITING  # type: ignore[union-attr]
+
+
+async def test_no_process_of_a_graph_runs_before_all_are_written(client: Client, settings) -> None:
+    """A root that ran and finished before its children existed would find nobody to release:
+    the graph would never end. Every process's first event comes before the root runs."""
+    leaves = [node(f"n{i}", "emit", "root", args=[i]) for i in range(40)]
+    app = workflow_executor(settings)
+    runner = asyncio.create_task(app.run())
+    await app.ready.wait()  # parked: the root could be handed over at once
+    try:
+        async with client.subscribe(executor_type="wf") as events:
+            graph = await client.submit_workflow(
+                wf(node("root"), *leaves, node("sink", "concat", *(f"n{i}" for i in range(40))))
+            )
+            seen: list[tuple[str, ProcessState]] = []
+            async with asyncio.timeout(20):
+                while ("sink", ProcessState.SUCCESS) not in seen:
+                    event = await events.next()
+                    assert not isinstance(event, Rejection)
+                    seen.append((event.spec.node_name, event.state))
+    finally:
+        app.stop()
+        await runner
+    root_runs = seen.index(("root", ProcessState.RUNNING))
+    first_events = {name: seen.index((name, ProcessState.WAITING)) for name in graph.nodes}
+    assert max(first_events.values()) < root_runs
+    assert len(first_events) == 42

@@ -10,6 +10,7 @@ workflow or releasing children leaves work that the next leader simply finishes
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 from datetime import datetime
@@ -72,17 +73,25 @@ class Workflows:
             await msg.ack()
             return
         await self.store.create_graph(graph)  # None: a redelivery; finish what is missing
-        for p in processes:
-            self._join(graph_id, p)
-        self._states[graph_id] = graph.state
-        for process in processes:
-            written = await self.store.create(process)
-            if written is None:
+        # Every process is written before any is assignable: a root that finished before its
+        # children existed would find nobody to release.
+        written = await asyncio.gather(*(self.store.create(p) for p in processes))
+        stored: list[tuple[Process, int, bytes | None]] = []
+        for process, result in zip(processes, written, strict=True):
+            if result is None:  # a redelivery: as it is now
                 process, revision = await self.store.get(colony, process.process_id)
                 await self.store.ensure_event(process, revision)
-                self.service.track(process, revision)
+                stored.append((process, revision, None))
             else:
-                self.service.track(process, *written)
+                stored.append((process, *result))
+        for process, _, _ in stored:
+            self._join(graph_id, process)
+        self._states[graph_id] = graph.state
+        for process, revision, data in stored:
+            self.service.track(process, revision, data)
+        for process, _, _ in stored:
+            if process.state.is_terminal:  # a redelivery: finish what its end started
+                await self.after_transition(process)
         await msg.ack()
         logger.info("workflow %s in %s: %d processes", graph_id, colony, len(processes))
 
@@ -117,8 +126,10 @@ class Workflows:
             if graph_state(members.values()) is not self._states.get(graph_id):
                 await self._update_graph(process.colony_name, graph_id)
         if process.state is ProcessState.SUCCESS:
-            for child in process.children:
-                await self._maybe_release(process.colony_name, child)
+            # Side by side: a fan-out's children are released in one round of writes.
+            await asyncio.gather(
+                *(self._maybe_release(process.colony_name, child) for child in process.children)
+            )
         elif process.state.is_terminal and graph_id not in self._cancelling:
             await self._fail_descendants(process)
 
