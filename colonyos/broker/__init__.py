@@ -40,7 +40,7 @@ _SHUTDOWN_GRACE_S = 5.0
 _SPEC_ACK_WAIT_S = 10.0
 _LEASE_KEY = "broker"
 # Spec batches being written at once while the next is fetched.
-_BATCHES_IN_FLIGHT = 4
+_BATCHES_IN_FLIGHT = 2
 
 
 class Broker:

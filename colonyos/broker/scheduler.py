@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import sys
 from collections import deque
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -173,7 +174,8 @@ class WaitingQueue:
     def push(self, process: Process, revision: int) -> None:
         seq = next(self._seq)
         pid = process.process_id
-        key = (process.colony_name, process.executor_type)
+        # Interned: otherwise each of 100,000 queued processes keeps its own copy of both names.
+        key = (sys.intern(process.colony_name), sys.intern(process.executor_type))
         self.remove(pid)
         data = _encode(process) if self._bodies < self.max_bodies else None
         self._bodies += data is not None
