@@ -280,13 +280,16 @@ class Service:
         step: Callable[[Process], Process],
         *,
         notify: bool = True,
+        current: Picked | None = None,
     ) -> Process:
         """Read, decide, compare-and-set, publish; retried if someone else wrote first.
 
         With ``notify``, an executor whose running process this takes away (cancel, re-queue)
-        is told at once on its control subject.
+        is told at once on its control subject. ``current``: the process and revision the
+        caller has just read (the first attempt starts from it).
         """
-        known = self.running.get(process_id)  # a running process: no need to read it back
+        # A running process, or one just read: no need to read it back.
+        known = current or self.running.get(process_id)
         for _ in range(_TRANSITION_ATTEMPTS):
             if known is not None and known[0].colony_name == colony:
                 process, revision = known

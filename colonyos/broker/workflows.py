@@ -53,6 +53,7 @@ class Workflows:
         self._graph_of: dict[str, str] = {}  # process id -> graph id, for live graphs
         # Graphs being cancelled as a whole: every process ends CANCELLED, none FAILED.
         self._cancelling: set[str] = set()
+        self._releasing: set[str] = set()  # children whose parents are being read
         service.graph_hook = self.after_transition
         service.register_ops(
             add_child=(AddChild, self.add_child),
@@ -128,15 +129,29 @@ class Workflows:
         if process.state is ProcessState.SUCCESS:
             # Side by side: a fan-out's children are released in one round of writes.
             await asyncio.gather(
-                *(self._maybe_release(process.colony_name, child) for child in process.children)
+                *(
+                    self._maybe_release(process.colony_name, child, process)
+                    for child in process.children
+                )
             )
         elif process.state.is_terminal and graph_id not in self._cancelling:
             await self._fail_descendants(process)
 
-    async def _maybe_release(self, colony: str, child_id: str) -> None:
+    async def _maybe_release(self, colony: str, child_id: str, finished: Process) -> None:
+        """``finished`` (one of the child's parents) has just succeeded: release the child if
+        all its parents have."""
+        if child_id in self._releasing:
+            return  # another parent's end is releasing it right now
+        self._releasing.add(child_id)
+        try:
+            await self._release_if_ready(colony, child_id, finished)
+        finally:
+            self._releasing.discard(child_id)
+
+    async def _release_if_ready(self, colony: str, child_id: str, finished: Process) -> None:
         members = self.members.get(self._graph_of.get(child_id, ""), {})
         try:
-            child, _ = await self.store.get(colony, child_id)
+            child, revision = await self.store.get(colony, child_id)
             if child.state is not ProcessState.WAITING or not child.wait_for_parents:
                 return
             # Known not all done yet: no need to read every parent (a fan-in of n parents
@@ -146,7 +161,11 @@ class Workflows:
                 for pid in child.parents
             ):
                 return
-            parents = [(await self.store.get(colony, pid))[0] for pid in child.parents]
+            # All read at once (a fan-in of 98 parents read one after another took a second);
+            # the one that has just finished is in hand.
+            parents = await asyncio.gather(
+                *(self._parent(colony, pid, finished) for pid in child.parents)
+            )
         except NotFoundError:
             return
         if not all(p.state is ProcessState.SUCCESS for p in parents):
@@ -154,10 +173,18 @@ class Workflows:
         outputs: list[Any] = [value for p in parents for value in p.output]
         try:
             await self.service.transition(
-                colony, child_id, lambda c: transitions.release(c, outputs, now=now())
+                colony,
+                child_id,
+                lambda c: transitions.release(c, outputs, now=now()),
+                current=(child, revision),
             )
         except (ConflictError, NotFoundError):
             return  # released already (by an earlier try), or gone
+
+    async def _parent(self, colony: str, process_id: str, finished: Process) -> Process:
+        if process_id == finished.process_id:
+            return finished
+        return (await self.store.get(colony, process_id))[0]
 
     async def _fail_descendants(self, process: Process) -> None:
         reason = (
