@@ -20,6 +20,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig
 
+from colonyos.broker.admin import Admin
 from colonyos.broker.feed import PullFeed
 from colonyos.broker.index import ProcessIndex
 from colonyos.broker.intake import Intake
@@ -125,6 +126,7 @@ class Broker:
             await index.open()
             stack.push_async_callback(index.close)
             service = Service(store, index, self.subjects)
+            Admin(service)
             workflows = Workflows(service)
             await service.load()
             await workflows.load()

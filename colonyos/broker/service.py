@@ -40,19 +40,13 @@ from colonyos.errors import (
 from colonyos.messages import (
     Assign,
     Close,
-    ColonyAdd,
-    Empty,
     Fail,
     Heartbeat,
-    ListProcesses,
     LogLines,
-    Named,
     Outcome,
-    ProcessRef,
     Register,
     Results,
     Revoke,
-    Stats,
 )
 from colonyos.models import (
     ZERO_TIME,
@@ -133,20 +127,7 @@ class Service:
             "close": (msgspec.json.Decoder(Close), self.close),
             "fail": (msgspec.json.Decoder(Fail), self.fail),
             "log": (msgspec.json.Decoder(LogLines), self.log),
-            "get": (msgspec.json.Decoder(ProcessRef), self.get),
-            "list": (msgspec.json.Decoder(ListProcesses), self.list_processes),
-            "cancel": (msgspec.json.Decoder(ProcessRef), self.cancel),
-            "remove": (msgspec.json.Decoder(ProcessRef), self.remove),
             "register": (msgspec.json.Decoder(Register), self.register),
-            "executor_list": (msgspec.json.Decoder(Empty), self.executor_list),
-            "executor_approve": (msgspec.json.Decoder(Named), self.executor_approve),
-            "executor_reject": (msgspec.json.Decoder(Named), self.executor_reject),
-            "executor_remove": (msgspec.json.Decoder(Named), self.executor_remove),
-            "colony_add": (msgspec.json.Decoder(ColonyAdd), self.colony_add),
-            "colony_list": (msgspec.json.Decoder(Empty), self.colony_list),
-            "colony_get": (msgspec.json.Decoder(Named), self.colony_get),
-            "colony_remove": (msgspec.json.Decoder(Named), self.colony_remove),
-            "stats": (msgspec.json.Decoder(Empty), self.stats),
         }
 
     def register_ops(self, **ops: tuple[type[Any], Handler]) -> None:
@@ -160,7 +141,7 @@ class Service:
         async for colony in self.store.all_colonies():
             self.colonies[colony.name] = colony
         async for executor in self.store.all_executors():
-            self._remember_executor(executor)
+            self.remember_executor(executor)
         last_event = await self.store.last_event_time()
         count = 0
         async for process, revision, written in self.store.all_processes():
@@ -229,7 +210,7 @@ class Service:
             except msgspec.DecodeError as err:
                 raise InvalidSpecError(f"malformed {op} request: {err}", op=op) from err
             if colony != SERVER_SCOPE and op not in ("colony_add", "colony_get"):
-                self._colony(colony)
+                self.colony(colony)
                 known = self.executors.get((colony, caller))
                 if known is not None:
                     self.heard[known.executor_id] = time.monotonic()
@@ -250,7 +231,7 @@ class Service:
         self.heard[beat.executor_id] = time.monotonic()
         self.reports[beat.executor_id] = _Report(time.time_ns(), frozenset(beat.running))
 
-    def _colony(self, colony: str) -> Colony:
+    def colony(self, colony: str) -> Colony:
         try:
             return self.colonies[colony]
         except KeyError:
@@ -529,7 +510,7 @@ class Service:
             last_heard_from_time=t,
         )
         await self.store.put_executor(registered)
-        self._remember_executor(registered)
+        self.remember_executor(registered)
         self.heard[registered.executor_id] = time.monotonic()
         logger.info(
             "registered executor %s (%s) in %s: %s",
@@ -540,90 +521,16 @@ class Service:
         )
         return registered
 
-    def _remember_executor(self, executor: Executor) -> None:
+    def forget_executor(self, executor: Executor) -> None:
+        key = (executor.colony_name, executor.executor_name)
+        self.executors.pop(key, None)
+        self._capacities.pop(key, None)
+
+    def remember_executor(self, executor: Executor) -> None:
         key = (executor.colony_name, executor.executor_name)
         self._names[executor.executor_id] = key
         self.executors[key] = executor
         self._capacities[key] = Capacity.of(executor)
-
-    # -- user operations ------------------------------------------------------------------
-    async def get(self, colony: str, caller: str, req: ProcessRef) -> Process:
-        process, _ = await self.store.get(colony, req.process_id)
-        return process
-
-    async def list_processes(self, colony: str, caller: str, req: ListProcesses) -> msgspec.Raw:
-        return msgspec.Raw(await self.index.query(colony, req))
-
-    async def cancel(self, colony: str, caller: str, req: ProcessRef) -> Process:
-        return await self.transition(
-            colony, req.process_id, lambda p: transitions.cancel(p, now=now())
-        )
-
-    async def remove(self, colony: str, caller: str, req: ProcessRef) -> None:
-        process, _ = await self.store.get(colony, req.process_id)
-        await self.store.delete(process)
-        self.queue.remove(req.process_id)
-        self.running.pop(req.process_id, None)
-        self.index.remove(req.process_id)
-        return None
-
-    async def executor_list(self, colony: str, caller: str, req: Empty) -> list[Executor]:
-        return sorted(
-            (e for (c, _), e in self.executors.items() if c == colony),
-            key=lambda e: e.executor_name,
-        )
-
-    async def _set_executor_state(self, colony: str, name: str, state: ExecutorState) -> Executor:
-        executor = msgspec.structs.replace(self.executor(colony, name), state=state)
-        await self.store.put_executor(executor)
-        self._remember_executor(executor)
-        logger.info("executor %s in %s is now %s", name, colony, state.name)
-        return executor
-
-    async def executor_approve(self, colony: str, caller: str, req: Named) -> Executor:
-        return await self._set_executor_state(colony, req.name, ExecutorState.APPROVED)
-
-    async def executor_reject(self, colony: str, caller: str, req: Named) -> Executor:
-        return await self._set_executor_state(colony, req.name, ExecutorState.REJECTED)
-
-    async def executor_remove(self, colony: str, caller: str, req: Named) -> None:
-        executor = self.executor(colony, req.name)
-        await self.store.delete_executor(executor)
-        del self.executors[(colony, req.name)]
-        del self._capacities[(colony, req.name)]
-        return None
-
-    async def stats(self, colony: str, caller: str, req: Empty) -> Stats:
-        states, by_type = await self.index.stats(colony)
-        return Stats(
-            states={ProcessState(s).name.lower(): n for s, n in states.items()},
-            executor_types={
-                etype: {ProcessState(s).name.lower(): n for s, n in counts.items()}
-                for etype, counts in by_type.items()
-            },
-        )
-
-    async def colony_add(self, colony: str, caller: str, req: ColonyAdd) -> Colony:
-        name = check_name("colonyname", req.colony.name)
-        if name in self.colonies:
-            raise ConflictError(f"colony {name!r} already exists", colony_name=name)
-        added = msgspec.structs.replace(req.colony, colony_id=req.colony.colony_id or new_id())
-        await self.store.put_colony(added)
-        self.colonies[name] = added
-        logger.info("added colony %s (auto-approve %s)", name, added.auto_approve)
-        return added
-
-    async def colony_list(self, colony: str, caller: str, req: Empty) -> list[Colony]:
-        return sorted(self.colonies.values(), key=lambda c: c.name)
-
-    async def colony_get(self, colony: str, caller: str, req: Named) -> Colony:
-        return self._colony(req.name)
-
-    async def colony_remove(self, colony: str, caller: str, req: Named) -> None:
-        removed = self._colony(req.name)
-        await self.store.delete_colony(removed)
-        del self.colonies[req.name]
-        return None
 
 
 def _close_step(executor: Executor, req: Close, t: datetime, process: Process) -> Process:

@@ -1,0 +1,117 @@
+"""Requests from users and operators: reading and cancelling processes, counting them, and
+managing colonies and executors. Executors' own requests (assign, results, log, register) are
+the service's; this part only reads and changes its state through it."""
+
+from __future__ import annotations
+
+import logging
+
+import msgspec
+
+from colonyos.broker import transitions
+from colonyos.broker.service import Service, new_id
+from colonyos.errors import ConflictError
+from colonyos.messages import ColonyAdd, Empty, ListProcesses, Named, ProcessRef, Stats
+from colonyos.models import Colony, Executor, ExecutorState, Process, ProcessState, now
+from colonyos.subjects import check_name
+
+__all__ = ["Admin"]
+
+logger = logging.getLogger(__name__)
+
+
+class Admin:
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        service.register_ops(
+            get=(ProcessRef, self.get),
+            list=(ListProcesses, self.list_processes),
+            cancel=(ProcessRef, self.cancel),
+            remove=(ProcessRef, self.remove),
+            stats=(Empty, self.stats),
+            executor_list=(Empty, self.executor_list),
+            executor_approve=(Named, self.executor_approve),
+            executor_reject=(Named, self.executor_reject),
+            executor_remove=(Named, self.executor_remove),
+            colony_add=(ColonyAdd, self.colony_add),
+            colony_list=(Empty, self.colony_list),
+            colony_get=(Named, self.colony_get),
+            colony_remove=(Named, self.colony_remove),
+        )
+
+    async def get(self, colony: str, caller: str, req: ProcessRef) -> Process:
+        process, _ = await self.service.store.get(colony, req.process_id)
+        return process
+
+    async def list_processes(self, colony: str, caller: str, req: ListProcesses) -> msgspec.Raw:
+        return msgspec.Raw(await self.service.index.query(colony, req))
+
+    async def cancel(self, colony: str, caller: str, req: ProcessRef) -> Process:
+        return await self.service.transition(
+            colony, req.process_id, lambda p: transitions.cancel(p, now=now())
+        )
+
+    async def remove(self, colony: str, caller: str, req: ProcessRef) -> None:
+        process, _ = await self.service.store.get(colony, req.process_id)
+        await self.service.store.delete(process)
+        self.service.queue.remove(req.process_id)
+        self.service.running.pop(req.process_id, None)
+        self.service.index.remove(req.process_id)
+        return None
+
+    async def executor_list(self, colony: str, caller: str, req: Empty) -> list[Executor]:
+        return sorted(
+            (e for (c, _), e in self.service.executors.items() if c == colony),
+            key=lambda e: e.executor_name,
+        )
+
+    async def _set_executor_state(self, colony: str, name: str, state: ExecutorState) -> Executor:
+        executor = msgspec.structs.replace(self.service.executor(colony, name), state=state)
+        await self.service.store.put_executor(executor)
+        self.service.remember_executor(executor)
+        logger.info("executor %s in %s is now %s", name, colony, state.name)
+        return executor
+
+    async def executor_approve(self, colony: str, caller: str, req: Named) -> Executor:
+        return await self._set_executor_state(colony, req.name, ExecutorState.APPROVED)
+
+    async def executor_reject(self, colony: str, caller: str, req: Named) -> Executor:
+        return await self._set_executor_state(colony, req.name, ExecutorState.REJECTED)
+
+    async def executor_remove(self, colony: str, caller: str, req: Named) -> None:
+        executor = self.service.executor(colony, req.name)
+        await self.service.store.delete_executor(executor)
+        self.service.forget_executor(executor)
+        return None
+
+    async def stats(self, colony: str, caller: str, req: Empty) -> Stats:
+        states, by_type = await self.service.index.stats(colony)
+        return Stats(
+            states={ProcessState(s).name.lower(): n for s, n in states.items()},
+            executor_types={
+                etype: {ProcessState(s).name.lower(): n for s, n in counts.items()}
+                for etype, counts in by_type.items()
+            },
+        )
+
+    async def colony_add(self, colony: str, caller: str, req: ColonyAdd) -> Colony:
+        name = check_name("colonyname", req.colony.name)
+        if name in self.service.colonies:
+            raise ConflictError(f"colony {name!r} already exists", colony_name=name)
+        added = msgspec.structs.replace(req.colony, colony_id=req.colony.colony_id or new_id())
+        await self.service.store.put_colony(added)
+        self.service.colonies[name] = added
+        logger.info("added colony %s (auto-approve %s)", name, added.auto_approve)
+        return added
+
+    async def colony_list(self, colony: str, caller: str, req: Empty) -> list[Colony]:
+        return sorted(self.service.colonies.values(), key=lambda c: c.name)
+
+    async def colony_get(self, colony: str, caller: str, req: Named) -> Colony:
+        return self.service.colony(req.name)
+
+    async def colony_remove(self, colony: str, caller: str, req: Named) -> None:
+        removed = self.service.colony(req.name)
+        await self.service.store.delete_colony(removed)
+        del self.service.colonies[req.name]
+        return None
