@@ -308,7 +308,10 @@ async def test_killing_brokers_and_executors_loses_nothing(
         run.revive()
         js = client.nc.jetstream()
         since = time.monotonic()
-        await _until(lambda: run.all_ended(js, since), 90, "every process to end")
+        # A twentieth of the processes hold an executor for a second, twice (they outlive their
+        # maxexectime): with three executors, that alone is a second per 30 processes.
+        drain_s = 90 + PROCESSES / 20
+        await _until(lambda: run.all_ended(js, since), drain_s, "every process to end")
         final = await _final_states(js, Subjects(PREFIX))
         events = await _events(js, Subjects(PREFIX))
         outcome = Counter(final[pid].state.name for pid in run.accepted)
