@@ -25,7 +25,6 @@ import nats
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NATS
-from nats.js.api import DeliverPolicy
 
 from colonyos.config import Settings, default_caller
 from colonyos.connection import connect_nats
@@ -38,7 +37,7 @@ from colonyos.errors import (
     InvalidSpecError,
     ProcessExistsError,
 )
-from colonyos.events import EventStream, ProcessWatch
+from colonyos.events import EventStream, ProcessWatch, read_logs
 from colonyos.graphs import check_workflow, node_process_id
 from colonyos.messages import (
     AddChild,
@@ -82,11 +81,8 @@ T = TypeVar("T")
 
 _encode = msgspec.json.Encoder().encode
 _reply_decoder = msgspec.json.Decoder(Reply)
-_log_decoder = msgspec.json.Decoder(LogEntry)
 _graph_decoder = msgspec.json.Decoder(ProcessGraph)
 
-# How often a log follower that has seen no line checks whether the process ended.
-_FOLLOW_TICK_S = 0.2
 # Seconds an assign reply may lag behind the assign timeout before it counts as lost.
 _ASSIGN_MARGIN_S = 5.0
 
@@ -464,46 +460,9 @@ class Client:
     async def remove(self, process_id: str) -> None:
         await self._request("remove", ProcessRef(process_id=process_id), type(None))
 
-    async def logs(self, process_id: str, *, follow: bool = False) -> AsyncIterator[LogEntry]:
+    def logs(self, process_id: str, *, follow: bool = False) -> AsyncIterator[LogEntry]:
         """The process's log lines in order; with ``follow``, until the process ends."""
-        async with contextlib.AsyncExitStack() as stack:
-            ended = asyncio.Event()
-            if follow:
-                watch = await stack.enter_async_context(self.watch(process_id))
-                ended = watch.ended
-                if (await self.get(process_id)).state.is_terminal:
-                    ended.set()
-            else:
-                ended.set()
-            subject = self.subjects.logs(self.colony, process_id)
-            sub = await self.js.subscribe(
-                subject,
-                ordered_consumer=True,
-                deliver_policy=DeliverPolicy.ALL,
-                stream=self.subjects.stream_logs,
-            )
-            stack.push_async_callback(sub.unsubscribe)
-            seen = 0
-            while not ended.is_set():
-                try:
-                    msg = await sub.next_msg(timeout=_FOLLOW_TICK_S)
-                except nats.errors.TimeoutError:
-                    continue
-                seen = msg.metadata.sequence.stream
-                yield _log_decoder.decode(msg.data)
-            # Ended: an executor sends its last lines before it closes, so the stream now
-            # holds the whole log; read up to its last line.
-            last = await self._last_seq(self.subjects.stream_logs, subject)
-            while seen < last:
-                msg = await sub.next_msg(timeout=self.settings.request_timeout_s)
-                seen = msg.metadata.sequence.stream
-                yield _log_decoder.decode(msg.data)
-
-    async def _last_seq(self, stream: str, subject: str) -> int:
-        try:
-            return int((await self.js.get_last_msg(stream, subject)).seq or 0)
-        except nats.js.errors.NotFoundError:
-            return 0
+        return read_logs(self, process_id, follow=follow)
 
     # -- colonies and executors (owner operations) --------------------------------------
     async def colony_add(self, name: str, *, auto_approve: bool = False) -> Colony:

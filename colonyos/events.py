@@ -1,29 +1,35 @@
 """Listening to lifecycle events: one process's (:class:`ProcessWatch`), or a filtered stream
-(:class:`EventStream`, live or replayed from a time). Plain NATS subscriptions underneath."""
+(:class:`EventStream`, live or replayed from a time); and reading a process's log
+(:func:`read_logs`). Plain NATS subscriptions underneath."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 import nats.errors
+import nats.js.errors
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from colonyos.messages import Rejection
-from colonyos.models import Process, ProcessState
+from colonyos.models import LogEntry, Process, ProcessState
 
 if TYPE_CHECKING:
     from colonyos.client import Client
 
-__all__ = ["EventStream", "ProcessWatch", "decode_event"]
+__all__ = ["EventStream", "ProcessWatch", "decode_event", "read_logs"]
 
 _process_decoder = msgspec.json.Decoder(Process)
 _rejection_decoder = msgspec.json.Decoder(Rejection)
+_log_decoder = msgspec.json.Decoder(LogEntry)
+# How often a log follower that has seen no line checks whether the process ended.
+_FOLLOW_TICK_S = 0.2
 
 
 def decode_event(msg: Msg) -> Process | Rejection:
@@ -109,3 +115,50 @@ class EventStream:
 
     async def __anext__(self) -> Process | Rejection:
         return await self.next(None)
+
+
+async def read_logs(
+    client: Client, process_id: str, *, follow: bool = False
+) -> AsyncIterator[LogEntry]:
+    """A process's log lines in order, from the logs stream; with ``follow``, until the
+    process ends (then up to the last line its executor sent, which it sends before it closes).
+    """
+    async with contextlib.AsyncExitStack() as stack:
+        ended = asyncio.Event()
+        if follow:
+            watch = await stack.enter_async_context(client.watch(process_id))
+            ended = watch.ended
+            if (await client.get(process_id)).state.is_terminal:
+                ended.set()
+        else:
+            ended.set()
+        subject = client.subjects.logs(client.colony, process_id)
+        sub = await client.js.subscribe(
+            subject,
+            ordered_consumer=True,
+            deliver_policy=DeliverPolicy.ALL,
+            stream=client.subjects.stream_logs,
+        )
+        stack.push_async_callback(sub.unsubscribe)
+        seen = 0
+        while not ended.is_set():
+            try:
+                msg = await sub.next_msg(timeout=_FOLLOW_TICK_S)
+            except nats.errors.TimeoutError:
+                continue
+            seen = msg.metadata.sequence.stream
+            yield _log_decoder.decode(msg.data)
+        # Ended: an executor sends its last lines before it closes, so the stream now
+        # holds the whole log; read up to its last line.
+        last = await _last_seq(client, client.subjects.stream_logs, subject)
+        while seen < last:
+            msg = await sub.next_msg(timeout=client.settings.request_timeout_s)
+            seen = msg.metadata.sequence.stream
+            yield _log_decoder.decode(msg.data)
+
+
+async def _last_seq(client: Client, stream: str, subject: str) -> int:
+    try:
+        return int((await client.js.get_last_msg(stream, subject)).seq or 0)
+    except nats.js.errors.NotFoundError:
+        return 0
