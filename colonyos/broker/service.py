@@ -424,22 +424,12 @@ class Service:
             waiter.cancel()
 
     async def close(self, colony: str, caller: str, req: Close) -> Process:
-        executor = self.executor(colony, caller)
-        return await self.transition(
-            colony,
-            req.process_id,
-            lambda p: transitions.close(p, executor, req.output, now=now(), attempt=req.attempt),
-            notify=False,
-        )
+        step = functools.partial(_close_step, self.executor(colony, caller), req, now())
+        return await self.transition(colony, req.process_id, step, notify=False)
 
     async def fail(self, colony: str, caller: str, req: Fail) -> Process:
-        executor = self.executor(colony, caller)
-        return await self.transition(
-            colony,
-            req.process_id,
-            lambda p: transitions.fail(p, executor, req.errors, now=now(), attempt=req.attempt),
-            notify=False,
-        )
+        step = functools.partial(_fail_step, self.executor(colony, caller), req, now())
+        return await self.transition(colony, req.process_id, step, notify=False)
 
     async def results(self, colony: str, caller: str, req: Results) -> list[Outcome]:
         """Close and fail several processes in one request; each is answered on its own."""
