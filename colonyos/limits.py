@@ -1,0 +1,52 @@
+"""Every bound on a number or a size that enters the system, in one place.
+
+Numbers are bounded where they enter (a spec file, a raw publish, a request), with the field's
+path in the error; the values here are what those checks compare against. Sizes follow from
+the NATS server's ``max_payload``, read from the connection (never from a config file), since
+a process record, an event and a reply each travel as one NATS message.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "HEADROOM_BYTES",
+    "MAX_ASSIGN_COUNT",
+    "MAX_ASSIGN_TIMEOUT_S",
+    "MAX_COUNT",
+    "MAX_LIST_LIMIT",
+    "MAX_RETRIES",
+    "MAX_SECONDS",
+    "PRIORITY_MAX",
+    "PRIORITY_MIN",
+    "record_limit",
+]
+
+# A priority point is a day of queue age (as in Colonies, which refuses values outside this).
+PRIORITY_MIN = -50_000
+PRIORITY_MAX = 50_000
+
+# maxwaittime, maxexectime and walltime, in seconds: ten years is more than any deadline needs,
+# and keeps every deadline a representable time.
+MAX_SECONDS = 10 * 365 * 86_400
+
+# maxretries: -1 means no limit; beyond this a number is a mistake.
+MAX_RETRIES = 1_000_000
+
+# Counts in conditions (nodes, processes, processes per node, GPUs, GPU nodes).
+MAX_COUNT = 1_000_000
+
+# Requests: the long poll of an assign, how many processes one assign_many may take, and how
+# many rows one listing may ask for.
+MAX_ASSIGN_TIMEOUT_S = 3_600.0
+MAX_ASSIGN_COUNT = 1_000
+MAX_LIST_LIMIT = 10_000
+
+# What a message needs beyond its body: headers (message id, expected revision), an event's
+# kind tag, a reply's envelope.
+HEADROOM_BYTES = 4_096
+
+
+def record_limit(max_payload: int) -> int:
+    """The largest process record (its JSON) that a server with this ``max_payload`` can store
+    and send on as an event or a reply."""
+    return max(0, max_payload - HEADROOM_BYTES)
