@@ -7,6 +7,7 @@ a missing required field is always an :class:`InvalidSpecError` naming the field
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import msgspec
@@ -45,11 +46,34 @@ def _from_validation(err: msgspec.ValidationError) -> InvalidSpecError:
     return _invalid(path, text[0].lower() + text[1:] if text else text)
 
 
+_BYTE_OFFSET = re.compile(r"\s*\(byte (\d+)\)$")
+
+
 def _parse_json(data: bytes | str) -> Any:
     try:
         return _json_decoder.decode(data)
     except msgspec.DecodeError as err:
-        raise _invalid("$", f"malformed JSON: {err}") from err
+        raise _malformed(data, str(err)) from err
+
+
+def _malformed(data: bytes | str, message: str) -> InvalidSpecError:
+    """Where the JSON breaks, as line and column (msgspec gives a byte offset; people and
+    editors count lines and characters)."""
+    raw = data.encode() if isinstance(data, str) else bytes(data)
+    found = _BYTE_OFFSET.search(message)
+    if found is not None:
+        reason = message[: found.start()].removeprefix("JSON is malformed: ")
+        # msgspec counts from 0, except past the first trailing character.
+        offset = min(len(raw), int(found[1]) - (reason == "trailing characters"))
+    elif not raw.strip():
+        offset, reason = 0, "the input is empty"
+    else:  # truncated: it breaks where it ends
+        offset, reason = len(raw.rstrip()), "the JSON ends too early"
+    before = raw[:offset]
+    line = before.count(b"\n") + 1
+    column = len(before[before.rfind(b"\n") + 1 :].decode("utf-8", "replace")) + 1
+    reason = f"malformed JSON at line {line}, column {column}: {reason}"
+    return InvalidSpecError(f"$: {reason}", path="$", reason=reason, line=line, column=column)
 
 
 def _without_nulls(obj: Any) -> Any:
