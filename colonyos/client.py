@@ -39,6 +39,7 @@ from colonyos.errors import (
 )
 from colonyos.events import EventStream, ProcessWatch, read_logs
 from colonyos.graphs import check_workflow, node_process_id
+from colonyos.ids import check_id_prefix, is_full_id
 from colonyos.messages import (
     AddChild,
     Assign,
@@ -57,6 +58,7 @@ from colonyos.messages import (
     Register,
     Rejection,
     Reply,
+    Resolve,
     Results,
     Stats,
 )
@@ -429,6 +431,16 @@ class Client:
         return await self._must("stats", Empty(), Stats)
 
     # -- queries and control ------------------------------------------------------------
+    async def resolve(self, id_or_prefix: str, *, graph: bool = False) -> str:
+        """The whole id of the process (or, with ``graph``, the process graph) of this colony
+        whose id begins with ``id_or_prefix``: :class:`NotFoundError` if none does,
+        :class:`AmbiguousIdError` (naming candidates) if several do. A whole id is returned
+        as it is, without asking the broker (it may name a process not created yet)."""
+        prefix = check_id_prefix(id_or_prefix, "process graph" if graph else "process")
+        if is_full_id(prefix):
+            return prefix
+        return await self._must("resolve", Resolve(prefix=prefix, graph=graph), str)
+
     async def get(self, process_id: str, *, colony: str | None = None) -> Process:
         return await self._must("get", ProcessRef(process_id=process_id), Process, colony=colony)
 

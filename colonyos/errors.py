@@ -4,7 +4,8 @@
 
     ColoniesError
       ├─ InvalidSpecError          a spec or request that cannot be accepted (.path, .detail)
-      ├─ InvalidNameError          a colony/executor/type name that cannot be a subject token
+      │    ├─ InvalidNameError     a colony/executor/type name that cannot be a subject token
+      │    └─ AmbiguousIdError     an id prefix that more than one process (or graph) has
       ├─ NotFoundError
       │    ├─ ColonyNotFoundError
       │    ├─ ExecutorNotFoundError
@@ -28,6 +29,7 @@ from typing import Any, ClassVar
 import msgspec
 
 __all__ = [
+    "AmbiguousIdError",
     "AssignTimeoutError",
     "BrokerUnavailableError",
     "ColoniesError",
@@ -90,6 +92,19 @@ class InvalidSpecError(ColoniesError):
 
 class InvalidNameError(InvalidSpecError):
     code = "invalid_name"
+
+
+class AmbiguousIdError(InvalidSpecError):
+    code = "ambiguous_id"
+
+    def __init__(self, kind: str, prefix: str, candidates: list[str], *, more: bool) -> None:
+        shown = ", ".join(candidates) + (", ..." if more else "")
+        super().__init__(
+            f"{kind} id {prefix!r} is ambiguous, it could be {shown}: type more characters",
+            path="$.prefix",
+            prefix=prefix,
+            candidates=candidates,
+        )
 
 
 class NotFoundError(ColoniesError):

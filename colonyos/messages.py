@@ -34,6 +34,7 @@ __all__ = [
     "Register",
     "Rejection",
     "Reply",
+    "Resolve",
     "Results",
     "Revoke",
     "Stats",
@@ -117,6 +118,14 @@ class AddChild(Model, kw_only=True):
 
 class GraphRef(Model, kw_only=True):
     process_graph_id: str
+
+
+class Resolve(Model, kw_only=True):
+    """Complete an id prefix to the one process (or, with ``graph``, process graph) of the
+    colony whose id begins with it."""
+
+    prefix: str
+    graph: bool = False
 
 
 class ListGraphs(Model, kw_only=True):

@@ -10,14 +10,23 @@ import msgspec
 
 from colonyos.broker import transitions
 from colonyos.broker.service import Service, new_id
-from colonyos.errors import ConflictError
-from colonyos.messages import ColonyAdd, Empty, ListProcesses, Named, ProcessRef, Stats
+from colonyos.errors import (
+    AmbiguousIdError,
+    ConflictError,
+    GraphNotFoundError,
+    ProcessNotFoundError,
+)
+from colonyos.ids import check_id_prefix, distinct_length
+from colonyos.messages import ColonyAdd, Empty, ListProcesses, Named, ProcessRef, Resolve, Stats
 from colonyos.models import Colony, Executor, ExecutorState, Process, ProcessState, now
 from colonyos.subjects import check_name
 
 __all__ = ["Admin"]
 
 logger = logging.getLogger(__name__)
+
+# How many candidates an ambiguous id prefix lists.
+_CANDIDATES = 5
 
 
 class Admin:
@@ -37,11 +46,32 @@ class Admin:
             colony_list=(Empty, self.colony_list),
             colony_get=(Named, self.colony_get),
             colony_remove=(Named, self.colony_remove),
+            resolve=(Resolve, self.resolve),
         )
 
     async def get(self, colony: str, caller: str, req: ProcessRef) -> Process:
         process, _ = await self.service.store.get(colony, req.process_id)
         return process
+
+    async def resolve(self, colony: str, caller: str, req: Resolve) -> str:
+        """The whole id of the one process (or graph) of the colony that begins with the
+        prefix; none is not found, several are ambiguous (the first few are named)."""
+        kind = "process graph" if req.graph else "process"
+        prefix = check_id_prefix(req.prefix, kind)
+        found = await self.service.index.resolve(
+            colony, prefix, graph=req.graph, limit=_CANDIDATES + 1
+        )
+        if not found and req.graph:
+            raise GraphNotFoundError(prefix)
+        if not found:
+            raise ProcessNotFoundError(prefix)
+        if len(found) > 1:
+            shown = found[:_CANDIDATES]
+            length = distinct_length(shown)
+            raise AmbiguousIdError(
+                kind, prefix, [c[:length] for c in shown], more=len(found) > _CANDIDATES
+            )
+        return found[0]
 
     async def list_processes(self, colony: str, caller: str, req: ListProcesses) -> msgspec.Raw:
         return msgspec.Raw(await self.service.index.query(colony, req))

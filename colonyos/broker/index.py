@@ -1,4 +1,4 @@
-"""The SQLite projection of the process bucket, for listings and filters.
+"""The SQLite projection of the process and graph buckets, for listings, filters and ids.
 
 It is never the truth: the broker rebuilds it from KV when it starts, and it can be deleted
 at any time. sqlite is synchronous, so one worker thread owns the connection; the event loop
@@ -27,7 +27,7 @@ import msgspec
 import sqlite_utils
 
 from colonyos.messages import ListProcesses
-from colonyos.models import Process
+from colonyos.models import Process, ProcessGraph
 
 __all__ = ["ProcessIndex"]
 
@@ -35,6 +35,7 @@ logger = logging.getLogger(__name__)
 
 _encode = msgspec.json.Encoder().encode
 _TABLE = "processes"
+_GRAPHS = "graphs"
 # Writes wait this long, so that a process's transitions in the meantime cost one row write.
 # Readers never see the delay: a listing applies what is pending first.
 _LINGER_S = 0.5
@@ -59,6 +60,15 @@ _UPSERT = (
     "WHERE true "  # sqlite's upsert-from-SELECT needs a WHERE before ON CONFLICT
     "ON CONFLICT(processid) DO UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in _COLUMNS[1:])
 )
+_GRAPH_COLUMNS = ("graphid", "colony", "state", "submissiontime", "json")
+_GRAPH_UPSERT = (
+    f"INSERT INTO {_GRAPHS} ({', '.join(_GRAPH_COLUMNS)}) VALUES (?, ?, ?, ?, ?) "
+    "ON CONFLICT(graphid) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in _GRAPH_COLUMNS[1:])
+)
+# Above every hexadecimal character: ``id >= prefix AND id < prefix || _AFTER_HEX`` is a range
+# over the primary key's index.
+_AFTER_HEX = "~"
 
 
 def _iso(t: datetime) -> str:
@@ -81,12 +91,24 @@ def _row(process: Process, data: bytes | None = None) -> tuple[Any, ...]:
     )
 
 
+def _graph_row(graph: ProcessGraph) -> tuple[Any, ...]:
+    """The values of _GRAPH_COLUMNS for a graph."""
+    return (
+        graph.process_graph_id,
+        graph.colony_name,
+        int(graph.state),
+        _iso(graph.submission_time),
+        _encode(graph).decode(),
+    )
+
+
 class ProcessIndex:
     def __init__(self, path: Path | None) -> None:
         self._path = path
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="colonies-index")
         # processid -> latest process (and its JSON if known), or None: delete its row
         self._pending: dict[str, tuple[Process, bytes | None] | None] = {}
+        self._pending_graphs: dict[str, ProcessGraph] = {}  # graphid -> latest
         self._flushing: asyncio.Task[None] | None = None
         self._db: sqlite_utils.Database | None = None
         self._flush_now = asyncio.Event()
@@ -124,6 +146,14 @@ class ProcessIndex:
         )
         table.create_index(["colony", "state", "submissiontime"])
         table.create_index(["colony", "executortype"])
+        graphs = db.table(_GRAPHS)
+        if graphs.exists():
+            graphs.drop()
+        graphs.create(
+            {"graphid": str, "colony": str, "state": int, "submissiontime": str, "json": str},
+            pk="graphid",
+        )
+        graphs.create_index(["colony", "submissiontime"])
         self._db = db
 
     async def close(self) -> None:
@@ -148,6 +178,11 @@ class ProcessIndex:
         self._pending[process_id] = None
         self._schedule()
 
+    def put_graph(self, graph: ProcessGraph) -> None:
+        """Index the graph as written (at creation, and at every change of its state)."""
+        self._pending_graphs[graph.process_graph_id] = graph
+        self._schedule()
+
     def _schedule(self) -> None:
         if self._flushing is None or self._flushing.done():
             self._flushing = asyncio.get_running_loop().create_task(self._drain())
@@ -159,11 +194,16 @@ class ProcessIndex:
             async with asyncio.timeout(_LINGER_S):
                 await self._flush_now.wait()
         self._flush_now.clear()
-        while self._pending:
+        while self._pending or self._pending_graphs:
             batch, self._pending = self._pending, {}
-            await self._run(self._apply_sync, batch)
+            graphs, self._pending_graphs = self._pending_graphs, {}
+            await self._run(self._apply_sync, batch, graphs)
 
-    def _apply_sync(self, batch: dict[str, tuple[Process, bytes | None] | None]) -> None:
+    def _apply_sync(
+        self,
+        batch: dict[str, tuple[Process, bytes | None] | None],
+        graphs: dict[str, ProcessGraph] | None = None,
+    ) -> None:
         assert self._db is not None
         rows = [_row(*latest) for latest in batch.values() if latest is not None]
         gone = [(pid,) for pid, latest in batch.items() if latest is None]
@@ -175,13 +215,15 @@ class ProcessIndex:
                 conn.execute(_UPSERT, (_encode(rows[start : start + _ROWS_PER_STATEMENT]),))
             if gone:
                 conn.executemany(f"DELETE FROM {_TABLE} WHERE processid = ?", gone)
+            if graphs:
+                conn.executemany(_GRAPH_UPSERT, [_graph_row(g) for g in graphs.values()])
 
     async def flush(self) -> None:
         """Wait until every write handed in so far is applied (read-your-writes for list)."""
         self._flush_now.set()
         while self._flushing is not None and not self._flushing.done():
             await asyncio.shield(self._flushing)
-        if self._pending:
+        if self._pending or self._pending_graphs:
             await self._drain()
 
     # -- reads --------------------------------------------------------------------------
@@ -215,6 +257,37 @@ class ProcessIndex:
         )
         params.append(str(max(0, q.limit)))
         return [row[0] for row in self._db.execute(sql, params).fetchall()]
+
+    async def resolve(self, colony: str, prefix: str, *, graph: bool, limit: int) -> list[str]:
+        """Up to ``limit`` ids of the colony's processes (or graphs) that begin with
+        ``prefix`` (lowercase hexadecimal), in order."""
+        await self.flush()
+        found: list[str] = await self._run(self._resolve_sync, colony, prefix, graph, limit)
+        return found
+
+    def _resolve_sync(self, colony: str, prefix: str, graph: bool, limit: int) -> list[str]:
+        assert self._db is not None
+        table, key = (_GRAPHS, "graphid") if graph else (_TABLE, "processid")
+        sql = (
+            f"SELECT {key} FROM {table} WHERE {key} >= ? AND {key} < ? AND colony = ? "
+            f"ORDER BY {key} LIMIT ?"
+        )
+        rows = self._db.execute(sql, [prefix, prefix + _AFTER_HEX, colony, limit]).fetchall()
+        return [str(row[0]) for row in rows]
+
+    async def graphs(self, colony: str, limit: int) -> bytes:
+        """The colony's process graphs as one JSON array, newest first."""
+        await self.flush()
+        rows: list[str] = await self._run(self._graphs_sync, colony, limit)
+        return b"[" + ",".join(rows).encode() + b"]"
+
+    def _graphs_sync(self, colony: str, limit: int) -> list[str]:
+        assert self._db is not None
+        sql = (
+            f"SELECT json FROM {_GRAPHS} WHERE colony = ? "
+            "ORDER BY submissiontime DESC, graphid LIMIT ?"
+        )
+        return [row[0] for row in self._db.execute(sql, [colony, max(0, limit)]).fetchall()]
 
     async def stats(self, colony: str) -> tuple[dict[int, int], dict[str, dict[int, int]]]:
         """Process counts per state, and per executor type and state."""

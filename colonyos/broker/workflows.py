@@ -73,7 +73,9 @@ class Workflows:
             await self.store.reject(colony, GRAPH_TOKEN, graph_id, err)
             await msg.ack()
             return
-        await self.store.create_graph(graph)  # None: a redelivery; finish what is missing
+        # None: a redelivery (then indexed already); finish what is missing
+        if await self.store.create_graph(graph) is not None:
+            self.service.index.put_graph(graph)
         # Every process is written before any is assignable: a root that finished before its
         # children existed would find nobody to release.
         written = await asyncio.gather(*(self.store.create(p) for p in processes))
@@ -235,6 +237,7 @@ class Workflows:
                 await self.store.update_graph(updated, revision)
             except StaleRevisionError:
                 continue
+            self.service.index.put_graph(updated)
             if updated.state is not graph.state:
                 await self.store.publish_graph_event(updated)
             break
@@ -246,6 +249,7 @@ class Workflows:
     async def load(self) -> None:
         """A new leader finishes what a previous one may have left half-done."""
         async for graph, _ in self.store.all_graphs():
+            self.service.index.put_graph(graph)
             if graph.state.is_terminal:
                 continue
             members: dict[str, ProcessState] = {}
@@ -322,10 +326,8 @@ class Workflows:
         graph, _ = await self.store.get_graph(colony, req.process_graph_id)
         return graph
 
-    async def graph_list(self, colony: str, caller: str, req: ListGraphs) -> list[ProcessGraph]:
-        graphs = [g async for g, _ in self.store.all_graphs() if g.colony_name == colony]
-        graphs.sort(key=lambda g: g.submission_time, reverse=True)
-        return graphs[: req.limit]
+    async def graph_list(self, colony: str, caller: str, req: ListGraphs) -> msgspec.Raw:
+        return msgspec.Raw(await self.service.index.graphs(colony, req.limit))
 
     async def graph_cancel(self, colony: str, caller: str, req: GraphRef) -> ProcessGraph:
         graph, _ = await self.store.get_graph(colony, req.process_graph_id)
