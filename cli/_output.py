@@ -1,4 +1,11 @@
-"""Consoles, tables and JSON output shared by the commands."""
+"""Consoles, tables and JSON output shared by the commands.
+
+Tables are built to stay readable at 80 columns and in pipes: ids are shown short (the first
+12 characters, which every command accepts as a prefix), fixed-format values (ids, states,
+times, counts) are never cut, and only free text (function names, arguments, outputs) gives
+way when the terminal is narrow. ``--wide`` shows every column and whole ids, at the table's
+natural width whatever the terminal's.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +16,10 @@ from typing import Any
 import msgspec
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
-from colonyos.models import ZERO_TIME, Colony, Executor, Process, ProcessState
+from colonyos.ids import short_id
+from colonyos.models import ZERO_TIME, Colony, Executor, Process, ProcessState, now
 
 console = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
@@ -23,10 +32,21 @@ STATE_STYLE = {
     ProcessState.CANCELLED: "magenta",
 }
 
+# Wide enough for any table: --wide prints at the table's natural width.
+_UNBOUNDED = 100_000
+# The key column of a detail view ("assigned executor").
+_KEY_WIDTH = 19
+
 
 def print_json(value: Any) -> None:
     """One JSON document on stdout, with the Colonies keys (for scripts)."""
     print(msgspec.json.encode(value).decode())
+
+
+def say(text: str, out: Console = console) -> None:
+    """A plain line (no markup), never wrapped nor cut by us: whole ids stay whole for
+    copying, log lines stay lines in a pipe."""
+    out.print(text, markup=False, highlight=False, soft_wrap=True)
 
 
 def when(t: datetime) -> str:
@@ -42,31 +62,90 @@ def short(values: Iterable[Any], width: int = 40) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def process_table(processes: list[Process], title: str) -> Table:
-    table = Table(title=title, title_justify="left")
-    table.add_column("process id", no_wrap=True)  # whole, so that it can be copied
-    for column in ("func", "args", "executor type", "state", "submitted", "ended"):
-        table.add_column(column, overflow="ellipsis")
-    for p in processes:
-        table.add_row(
-            p.process_id,
-            p.spec.func_name,
-            short(p.spec.args),
-            p.executor_type,
-            state_text(p.state),
-            when(p.submission_time),
-            when(p.end_time),
-        )
+def show_id(ident: str, wide: bool) -> str:
+    return ident if wide else short_id(ident)
+
+
+def duration(start: datetime, end: datetime) -> str:
+    """How long from ``start`` to ``end`` (or until now, if it has not ended): 0.4s, 3m05s,
+    2h07m, 3d04h. Empty if it has not started."""
+    if start == ZERO_TIME:
+        return ""
+    seconds = max(0.0, ((now() if end == ZERO_TIME else end) - start).total_seconds())
+    if seconds < 1:
+        return f"{seconds * 1000:.0f}ms"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours}h{minutes:02d}m"
+    days, hours = divmod(hours, 24)
+    return f"{days}d{hours:02d}h"
+
+
+def free_text(text: str) -> Text:
+    """A cell that gives way (cut with an ellipsis) when the terminal is narrow."""
+    return Text(text, no_wrap=True, overflow="ellipsis")
+
+
+def new_table(title: str, columns: Iterable[tuple[str, bool]]) -> Table:
+    """A table without borders, with (header, is_fixed) columns. Fixed columns (ids, states,
+    times, counts) are never cut; the others hold free text, in :func:`free_text` cells, and
+    take what width is left."""
+    table = Table(title=title, title_justify="left", box=None, pad_edge=False, header_style="bold")
+    for header, is_fixed in columns:
+        table.add_column(header, no_wrap=is_fixed)
     return table
 
 
-def process_detail(p: Process) -> Table:
-    table = Table(show_header=False, box=None, pad_edge=False)
-    table.add_column(style="bold")
-    table.add_column(overflow="fold")
-    rows = [
+def show_table(table: Table, wide: bool = False) -> None:
+    """Print a table: to the terminal's width, or with ``wide`` at its natural width."""
+    if wide:
+        Console(highlight=False, width=_UNBOUNDED).print(table)
+    else:
+        console.print(table)
+
+
+def process_table(processes: list[Process], title: str, wide: bool = False) -> Table:
+    columns = [("process id", True), ("func", False)]
+    if wide:
+        columns.append(("args", False))
+    columns += [("executor type", False), ("state", True), ("submitted", True)]
+    if wide:
+        columns += [("started", True), ("ended", True)]
+    columns.append(("duration", True))
+    table = new_table(title, columns)
+    for p in processes:
+        row: list[str | Text] = [show_id(p.process_id, wide), free_text(p.spec.func_name)]
+        if wide:
+            row.append(free_text(short(p.spec.args, 200)))
+        row += [free_text(p.executor_type), state_text(p.state), when(p.submission_time)]
+        if wide:
+            row += [when(p.start_time), when(p.end_time)]
+        row.append(duration(p.start_time, p.end_time))
+        table.add_row(*row)
+    return table
+
+
+def print_detail(rows: Iterable[tuple[str, str | Text]]) -> None:
+    """A detail view, one ``key  value`` line per non-empty value, never cut nor folded by
+    us (ids stay whole for copying; a long value is wrapped by the terminal)."""
+    for key, value in rows:
+        if not value:
+            continue
+        line = Text(f"{key:<{_KEY_WIDTH}}", style="bold")
+        line.append(value if isinstance(value, Text) else Text(value))
+        console.print(line, soft_wrap=True)
+
+
+def process_detail(p: Process) -> list[tuple[str, str | Text]]:
+    errors = "; ".join(p.errors)
+    return [
         ("process id", p.process_id),
-        ("state", state_text(p.state)),
+        ("state", Text(p.state.name, style=STATE_STYLE[p.state])),
         ("colony", p.colony_name),
         ("executor type", p.executor_type),
         ("func", p.spec.func_name),
@@ -74,18 +153,16 @@ def process_detail(p: Process) -> Table:
         ("kwargs", msgspec.json.encode(p.spec.kwargs).decode() if p.spec.kwargs else ""),
         ("label", p.spec.label),
         ("priority", str(p.spec.priority)),
+        ("process graph", p.process_graph_id),
         ("assigned executor", p.assigned_executor_id),
         ("retries", f"{p.retries} of {p.spec.max_retries}"),
         ("submitted", when(p.submission_time)),
         ("started", when(p.start_time)),
         ("ended", when(p.end_time)),
+        ("duration", duration(p.start_time, p.end_time)),
         ("output", short(p.output, 200)),
-        ("errors", "; ".join(p.errors)),
+        ("errors", errors),
     ]
-    for key, value in rows:
-        if value:
-            table.add_row(key, value)
-    return table
 
 
 def executor_table(executors: list[Executor]) -> Table:
@@ -103,10 +180,8 @@ def executor_table(executors: list[Executor]) -> Table:
     return table
 
 
-def colony_table(colonies: list[Colony]) -> Table:
-    table = Table(title="colonies", title_justify="left")
-    for column in ("name", "colony id", "auto-approve"):
-        table.add_column(column)
+def colony_table(colonies: list[Colony], wide: bool = False) -> Table:
+    table = new_table("colonies", [("name", True), ("colony id", True), ("auto-approve", True)])
     for c in colonies:
-        table.add_row(c.name, c.colony_id, "yes" if c.auto_approve else "no")
+        table.add_row(c.name, show_id(c.colony_id, wide), "yes" if c.auto_approve else "no")
     return table

@@ -6,8 +6,8 @@ import typer
 
 from colonyos.models import Colony
 
-from ._common import connect
-from ._output import colony_table, console, print_json
+from ._common import JSON_OPTION, WIDE_OPTION, connect
+from ._output import colony_table, print_json, say, show_table
 from ._run import run
 
 app = typer.Typer(help="Create and list colonies.", no_args_is_help=True)
@@ -20,6 +20,7 @@ def add(
     auto_approve: bool = typer.Option(
         False, "--auto-approve", help="Approve executors as they register."
     ),
+    as_json: bool = JSON_OPTION,
 ) -> None:
     """Create a colony."""
 
@@ -28,13 +29,14 @@ def add(
             return await client.colony_add(name, auto_approve=auto_approve)
 
     colony = run(go())
-    console.print(f"colony {colony.name} added (id {colony.colony_id})")
+    if as_json:
+        print_json(colony)
+    else:
+        say(f"colony {colony.name} added (id {colony.colony_id})")
 
 
 @app.command("ls")
-def ls(
-    ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help="Print JSON.")
-) -> None:
+def ls(ctx: typer.Context, as_json: bool = JSON_OPTION, wide: bool = WIDE_OPTION) -> None:
     """List colonies."""
 
     async def go() -> list[Colony]:
@@ -44,5 +46,7 @@ def ls(
     colonies = run(go())
     if as_json:
         print_json(colonies)
+    elif not colonies:
+        say("no colonies: create one with 'colonies colony add --name NAME'")
     else:
-        console.print(colony_table(colonies))
+        show_table(colony_table(colonies, wide), wide)

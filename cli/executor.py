@@ -8,7 +8,7 @@ import typer
 
 from colonyos.models import GPU, Capabilities, Executor, Hardware
 
-from ._common import connect, settings_of
+from ._common import JSON_OPTION, connect, settings_of
 from ._executors import KINDS, build_executor
 from ._output import console, executor_table, print_json
 from ._run import fail, run
@@ -86,31 +86,37 @@ def ls(
 
 
 @app.command("approve")
-def approve(ctx: typer.Context, name: str = _NAME) -> None:
+def approve(ctx: typer.Context, name: str = _NAME, as_json: bool = JSON_OPTION) -> None:
     """Approve a registered executor, so that it can be assigned work."""
 
     async def go() -> Executor:
         async with await connect(ctx) as client:
             return await client.executor_approve(name)
 
-    run(go())
+    executor = run(go())
+    if as_json:
+        print_json(executor)
+        return
     console.print(f"executor {name} approved")
 
 
 @app.command("reject")
-def reject(ctx: typer.Context, name: str = _NAME) -> None:
+def reject(ctx: typer.Context, name: str = _NAME, as_json: bool = JSON_OPTION) -> None:
     """Reject a registered executor: it gets no work."""
 
     async def go() -> Executor:
         async with await connect(ctx) as client:
             return await client.executor_reject(name)
 
-    run(go())
+    executor = run(go())
+    if as_json:
+        print_json(executor)
+        return
     console.print(f"executor {name} rejected")
 
 
 @app.command("remove")
-def remove(ctx: typer.Context, name: str = _NAME) -> None:
+def remove(ctx: typer.Context, name: str = _NAME, as_json: bool = JSON_OPTION) -> None:
     """Remove an executor's registration."""
 
     async def go() -> None:
@@ -118,4 +124,7 @@ def remove(ctx: typer.Context, name: str = _NAME) -> None:
             await client.executor_remove(name)
 
     run(go())
+    if as_json:
+        print_json({"executorname": name, "removed": True})
+        return
     console.print(f"executor {name} removed")

@@ -10,13 +10,15 @@ from rich.logging import RichHandler
 from colonyos.config import DEFAULT_COLONY, DEFAULT_NATS_URL, DEFAULT_PREFIX, Settings
 
 from . import colony, events, executor, function, log, process, server, workflow
+from ._output import err
+from ._run import ColoniesGroup
 
 app = typer.Typer(
     name="colonies",
+    cls=ColoniesGroup,  # the root guard: one red line, never a traceback (see _run.py)
     help="ColonyOS on NATS JetStream: run function specs on executors anywhere.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
-    add_completion=False,
 )
 
 
@@ -35,12 +37,15 @@ def main_options(
         envvar="COLONIES_PREFIX",
         help="Subject prefix of the installation (one NATS server can host several).",
     ),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what happens (debug)."),
+    verbose: bool = typer.Option(
+        False, "--verbose", "-v", help="Log what happens (debug); show tracebacks of bugs."
+    ),
 ) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO if _is_service(ctx) else logging.WARNING,
         format="%(message)s",
-        handlers=[RichHandler(show_path=False, rich_tracebacks=True)],
+        # On stderr: stdout carries what a command prints (JSON for scripts).
+        handlers=[RichHandler(console=err, show_path=False, rich_tracebacks=True)],
         force=True,
     )
     if not verbose:

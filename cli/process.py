@@ -4,22 +4,26 @@ from __future__ import annotations
 
 import typer
 
+from colonyos.limits import MAX_LIST_LIMIT
 from colonyos.models import Process, ProcessState
 
-from ._common import connect
-from ._output import console, print_json, process_detail, process_table
-from ._run import fail, run
+from ._common import JSON_OPTION, TIMEOUT_OPTION, WIDE_OPTION, connect, wait_for_process
+from ._output import print_detail, print_json, process_detail, process_table, say, show_table
+from ._run import Awaiting, exit_code_for_state, run
 from .status import watch_colony
 
 app = typer.Typer(
     help="List, inspect, wait for, cancel and remove processes.", no_args_is_help=True
 )
 
-_COUNT = typer.Option(20, "--count", "-n", help="How many to show (newest first).")
-_JSON = typer.Option(False, "--json", help="Print JSON (Colonies keys).")
+_COUNT = typer.Option(
+    20, "--count", "-n", min=1, max=MAX_LIST_LIMIT, help="How many to show (newest first)."
+)
 _TYPE = typer.Option("", "--type", help="Only this executor type.")
 _LABEL = typer.Option("", "--label", help="Only processes with this label.")
-_PROCESS = typer.Option(..., "--process", "-p", help="Process id.")
+_PROCESS = typer.Option(
+    ..., "--process", "-p", help="Process id, or a unique prefix of it (12 characters do)."
+)
 _WATCH = typer.Option(False, "--watch", "-w", help="Show the colony live (Ctrl-C stops).")
 
 
@@ -31,6 +35,7 @@ def _listing(
     etype: str,
     label: str,
     live: bool = False,
+    wide: bool = False,
 ) -> None:
     if live:
         _watch(ctx, 0)
@@ -46,24 +51,26 @@ def _listing(
     if as_json:
         print_json(processes)
     elif not processes:
-        console.print(f"no {state.name.lower()} processes")
+        say(f"no {state.name.lower()} processes")
     else:
-        console.print(process_table(processes, f"{state.name.lower()} processes"))
+        show_table(process_table(processes, f"{state.name.lower()} processes", wide), wide)
 
 
 def _listing_command(name: str, state: ProcessState) -> None:
-    """``ps`` (running), ``psw`` (waiting), ``pss`` (successful), ``psf`` (failed): one shape."""
+    """``ps`` (running), ``psw`` (waiting), ``pss`` (successful), ``psf`` (failed), ``psc``
+    (cancelled): one shape."""
     word = {"success": "successful"}.get(state.token, state.token)
 
     def command(
         ctx: typer.Context,
         count: int = _COUNT,
-        as_json: bool = _JSON,
+        as_json: bool = JSON_OPTION,
         etype: str = _TYPE,
         label: str = _LABEL,
         live: bool = _WATCH,
+        wide: bool = WIDE_OPTION,
     ) -> None:
-        _listing(ctx, state, count, as_json, etype, label, live)
+        _listing(ctx, state, count, as_json, etype, label, live, wide)
 
     command.__doc__ = f"List {word} processes."
     app.command(name)(command)
@@ -74,6 +81,7 @@ for _name, _state in (
     ("psw", ProcessState.WAITING),
     ("pss", ProcessState.SUCCESS),
     ("psf", ProcessState.FAILED),
+    ("psc", ProcessState.CANCELLED),
 ):
     _listing_command(_name, _state)
 
@@ -89,7 +97,9 @@ def _watch(ctx: typer.Context, count: int) -> None:
 @app.command("watch")
 def watch(
     ctx: typer.Context,
-    count: int = typer.Option(0, "--count", "-n", help="Stop after this many events (0: never)."),
+    count: int = typer.Option(
+        0, "--count", "-n", min=0, help="Stop after this many events (0: never)."
+    ),
 ) -> None:
     """A live view of the colony: counts per state and executor type, executors online,
     throughput; updated from events as they happen."""
@@ -100,16 +110,16 @@ def _show(process: Process, as_json: bool) -> None:
     if as_json:
         print_json(process)
     else:
-        console.print(process_detail(process))
+        print_detail(process_detail(process))
 
 
 @app.command("get")
-def get(ctx: typer.Context, process_id: str = _PROCESS, as_json: bool = _JSON) -> None:
+def get(ctx: typer.Context, process_id: str = _PROCESS, as_json: bool = JSON_OPTION) -> None:
     """Show one process."""
 
     async def go() -> Process:
         async with await connect(ctx) as client:
-            return await client.get(process_id)
+            return await client.get(await client.resolve(process_id))
 
     _show(run(go()), as_json)
 
@@ -118,43 +128,53 @@ def get(ctx: typer.Context, process_id: str = _PROCESS, as_json: bool = _JSON) -
 def wait(
     ctx: typer.Context,
     process_id: str = _PROCESS,
-    timeout: float = typer.Option(3600.0, "--timeout", help="Give up after this many seconds."),
-    as_json: bool = _JSON,
+    timeout: float = TIMEOUT_OPTION,
+    as_json: bool = JSON_OPTION,
 ) -> None:
-    """Wait until a process ends; exit code 0 only if it ended SUCCESS."""
+    """Wait until a process ends; exit code 0 only if it ended SUCCESS.
+
+    It names the process first; on a timeout (exit code 124) or Ctrl-C (130) it says how to
+    follow the process up, which goes on.
+    """
+    awaiting = Awaiting.of(ctx, "process")
 
     async def go() -> Process:
         async with await connect(ctx) as client:
-            return await client.wait(process_id, timeout=timeout)
+            awaiting.ident = await client.resolve(process_id)
+            return await wait_for_process(client, awaiting, timeout=timeout, to_stderr=as_json)
 
-    try:
-        process = run(go())
-    except TimeoutError:
-        raise fail(f"process {process_id} did not end within {timeout:g} s") from None
+    process = run(go(), awaiting)
     _show(process, as_json)
-    if process.state is not ProcessState.SUCCESS:
-        raise typer.Exit(code=1)
+    raise typer.Exit(exit_code_for_state(process.state))
 
 
 @app.command("cancel")
-def cancel(ctx: typer.Context, process_id: str = _PROCESS) -> None:
+def cancel(ctx: typer.Context, process_id: str = _PROCESS, as_json: bool = JSON_OPTION) -> None:
     """Cancel a waiting or running process."""
 
     async def go() -> Process:
         async with await connect(ctx) as client:
-            return await client.cancel(process_id)
+            return await client.cancel(await client.resolve(process_id))
 
-    run(go())
-    console.print(f"process {process_id} cancelled")
+    process = run(go())
+    if as_json:
+        print_json(process)
+    else:
+        say(f"process {process.process_id} cancelled")
 
 
 @app.command("remove")
-def remove(ctx: typer.Context, process_id: str = _PROCESS) -> None:
+def remove(ctx: typer.Context, process_id: str = _PROCESS, as_json: bool = JSON_OPTION) -> None:
     """Remove a process and its record."""
 
-    async def go() -> None:
+    async def go() -> str:
         async with await connect(ctx) as client:
-            await client.remove(process_id)
+            pid = await client.resolve(process_id)
+            await client.remove(pid)
+            return pid
 
-    run(go())
-    console.print(f"process {process_id} removed")
+    pid = run(go())
+    if as_json:
+        print_json({"processid": pid, "removed": True})
+    else:
+        say(f"process {pid} removed")

@@ -14,22 +14,34 @@ from colonyos.config import Settings
 EXAMPLES = Path(__file__).parents[2] / "examples"
 
 
+def base_args(settings: Settings) -> list[str]:
+    return ["--nats", settings.nats_url, "--prefix", settings.prefix, "--colony", settings.colony]
+
+
 @pytest.fixture
 def cli(live_system: Settings):  # type: ignore[no-untyped-def]
+    """Run a command; returns what it printed (stdout and stderr), after checking its exit code."""
     runner = CliRunner()
-    base = [
-        "--nats",
-        live_system.nats_url,
-        "--prefix",
-        live_system.prefix,
-        "--colony",
-        live_system.colony,
-    ]
+    base = base_args(live_system)
 
     def invoke(*args: str, code: int = 0) -> str:
         result = runner.invoke(app, [*base, *args])
         assert result.exit_code == code, (result.output, result.exception)
         return result.output
+
+    return invoke
+
+
+@pytest.fixture
+def cli_json(live_system: Settings):  # type: ignore[no-untyped-def]
+    """Run a command with --json; returns the one JSON document on its stdout."""
+    runner = CliRunner()
+    base = base_args(live_system)
+
+    def invoke(*args: str, code: int = 0) -> object:
+        result = runner.invoke(app, [*base, *args, "--json"])
+        assert result.exit_code == code, (result.output, result.exception)
+        return json.loads(result.stdout)
 
     return invoke
 
@@ -69,32 +81,33 @@ def test_help_on_every_command() -> None:
         assert "Usage" in result.output
 
 
-def test_submit_run_and_inspect(cli, echo_executor, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_submit_run_and_inspect(cli, cli_json, echo_executor, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     pid = cli("function", "submit", "--spec", str(EXAMPLES / "echo.json")).strip()
     assert len(pid) == 64
-    waiting = json.loads(cli("process", "psw", "--json"))
+    waiting = cli_json("process", "psw")
     assert [p["processid"] for p in waiting] == [pid]
     assert "handled 1 processes" in echo_executor()
-    process = json.loads(cli("process", "wait", "--process", pid, "--json"))
+    process = cli_json("process", "wait", "--process", pid)
     assert process["state"] == 2 and process["out"] == ["helloworld"]
-    assert [p["processid"] for p in json.loads(cli("process", "pss", "--json"))] == [pid]
+    assert [p["processid"] for p in cli_json("process", "pss")] == [pid]
     assert "helloworld" in cli("process", "get", "--process", pid)
     assert cli("log", "get", "--process", pid).strip() == "echo helloworld"
     assert "cli-echo" in cli("executor", "ls")
-    assert json.loads(cli("process", "ps", "--json")) == []
+    assert cli_json("process", "ps") == []
     cli("process", "remove", "--process", pid)
-    assert json.loads(cli("process", "pss", "--json")) == []
+    assert cli_json("process", "pss") == []
 
 
-def test_submit_wait_json_prints_the_finished_process(cli, live_echo) -> None:  # type: ignore[no-untyped-def]
-    text = cli("function", "submit", "--spec", str(EXAMPLES / "echo.json"), "--wait", "--json")
-    process = json.loads(text)
+def test_submit_wait_json_prints_the_finished_process(cli_json, live_echo) -> None:  # type: ignore[no-untyped-def]
+    process = cli_json("function", "submit", "--spec", str(EXAMPLES / "echo.json"), "--wait")
     assert process["state"] == 2 and process["out"] == ["helloworld"]
 
 
 def test_submit_follow_streams_the_log(cli, live_echo) -> None:  # type: ignore[no-untyped-def]
     text = cli("function", "submit", "--spec", str(EXAMPLES / "echo.json"), "--follow")
-    assert text.splitlines()[0] == "echo helloworld"
+    first, log = text.splitlines()[:2]
+    assert first.startswith("waiting for process ")  # the id comes first
+    assert log == "echo helloworld"
     assert "SUCCESS" in text
 
 
@@ -103,65 +116,81 @@ def test_warnings_strict_and_bad_files(cli, tmp_path: Path) -> None:  # type: ig
     spec.write_text('{"conditions": {"executortype": "echo"}, "funcname": "echo", "maxexectme": 3}')
     out = cli("function", "submit", "--spec", str(spec))
     assert "$.maxexectme" in out
-    out = cli("function", "submit", "--spec", str(spec), "--strict", code=1)
+    out = cli("function", "submit", "--spec", str(spec), "--strict", code=2)
     assert "unknown keys" in out and "Traceback" not in out
-    out = cli("function", "submit", "--spec", str(tmp_path / "missing.json"), code=1)
+    out = cli("function", "submit", "--spec", str(tmp_path / "missing.json"), code=2)
     assert "no such file" in out
     bad = tmp_path / "bad.json"
-    bad.write_text('{"conditions": {"executortype": "echo"}, "funcname": ')
-    assert "malformed JSON" in cli("function", "submit", "--spec", str(bad), code=1)
+    bad.write_text('{"conditions": {"executortype": "echo"},\n "funcname": ')
+    out = cli("function", "submit", "--spec", str(bad), code=2)
+    assert "malformed JSON at line 2, column 13" in out
     wrong = tmp_path / "wrong.json"
     wrong.write_text('{"conditions": {"executortype": "echo"}, "funcname": ["x"]}')
-    assert "$.funcname" in cli("function", "submit", "--spec", str(wrong), code=1)
+    assert "$.funcname" in cli("function", "submit", "--spec", str(wrong), code=2)
 
 
 def test_user_errors_are_one_red_line(cli) -> None:  # type: ignore[no-untyped-def]
-    out = cli("process", "get", "--process", "f" * 64, code=1)
+    out = cli("process", "get", "--process", "f" * 64, code=2)
     assert "does not exist" in out and "Traceback" not in out
-    out = cli("--colony", "nowhere", "process", "psw", code=1)
+    out = cli("--colony", "nowhere", "process", "psw", code=2)
     assert "colony 'nowhere' does not exist" in out
-    out = cli("executor", "approve", "--name", "ghost", code=1)
+    out = cli("executor", "approve", "--name", "ghost", code=2)
     assert "not registered" in out
 
 
 def test_server_not_running_is_a_clear_error() -> None:
     result = CliRunner().invoke(app, ["--nats", "nats://127.0.0.1:1", "process", "psw"])
-    assert result.exit_code == 1
+    assert result.exit_code == 3
     assert "cannot reach NATS" in result.output and "Traceback" not in result.output
 
 
-def test_colonies_and_executors(cli, echo_executor) -> None:  # type: ignore[no-untyped-def]
+def test_colonies_and_executors(cli, cli_json, echo_executor) -> None:  # type: ignore[no-untyped-def]
     assert "colony lab added" in cli("colony", "add", "--name", "lab")
-    cli("colony", "add", "--name", "lab", code=1)
-    names = [c["name"] for c in json.loads(cli("colony", "ls", "--json"))]
-    assert names == ["dev", "lab"]
+    cli("colony", "add", "--name", "lab", code=3)  # a conflict
+    assert cli_json("colony", "add", "--name", "lab2")["name"] == "lab2"
+    names = [c["name"] for c in cli_json("colony", "ls")]
+    assert names == ["dev", "lab", "lab2"]
     echo_executor()
     assert "executor cli-echo rejected" in cli("executor", "reject", "--name", "cli-echo")
-    assert json.loads(cli("executor", "ls", "--json"))[0]["state"] == 2
-    cli("executor", "approve", "--name", "cli-echo")
-    cli("executor", "remove", "--name", "cli-echo")
-    assert json.loads(cli("executor", "ls", "--json")) == []
+    assert cli_json("executor", "ls")[0]["state"] == 2
+    assert cli_json("executor", "approve", "--name", "cli-echo")["state"] == 1
+    assert cli_json("executor", "reject", "--name", "cli-echo")["state"] == 2
+    assert cli_json("executor", "remove", "--name", "cli-echo") == {
+        "executorname": "cli-echo",
+        "removed": True,
+    }
+    assert cli_json("executor", "ls") == []
 
 
-def test_cancel(cli) -> None:  # type: ignore[no-untyped-def]
+def test_cancel(cli, cli_json) -> None:  # type: ignore[no-untyped-def]
     pid = cli("function", "submit", "--spec", str(EXAMPLES / "echo.json")).strip()
-    assert "cancelled" in cli("process", "cancel", "--process", pid)
-    process = json.loads(cli("process", "get", "--process", pid, "--json"))
+    assert f"process {pid} cancelled" in cli("process", "cancel", "--process", pid[:12])
+    process = cli_json("process", "get", "--process", pid)
     assert process["state"] == 4
-    cli("process", "cancel", "--process", pid, code=1)
-    cli("process", "wait", "--process", pid, code=1)
+    assert [p["processid"] for p in cli_json("process", "psc")] == [pid]
+    cli("process", "cancel", "--process", pid, code=3)  # a conflict: it ended
+    cli("process", "wait", "--process", pid, code=1)  # it ended CANCELLED
+    assert cli_json("process", "remove", "--process", pid[:12]) == {
+        "processid": pid,
+        "removed": True,
+    }
 
 
-def test_workflow_commands(cli, live_echo) -> None:  # type: ignore[no-untyped-def]
-    graph = json.loads(
-        cli("workflow", "submit", "--spec", str(EXAMPLES / "workflow.json"), "--wait", "--json")
-    )
+def test_workflow_commands(cli, cli_json, live_echo) -> None:  # type: ignore[no-untyped-def]
+    graph = cli_json("workflow", "submit", "--spec", str(EXAMPLES / "workflow.json"), "--wait")
     assert graph["state"] == 2 and len(graph["processids"]) == 4
     gid = graph["processgraphid"]
-    shown = json.loads(cli("workflow", "get", "--graph", gid, "--json"))
+    shown = cli_json("workflow", "get", "--graph", gid[:12])
     by_name = {p["spec"]["nodename"]: p for p in shown["processes"]}
     assert by_name["task_d"]["in"] == ["task_b", "task_c"]
-    assert [g["processgraphid"] for g in json.loads(cli("workflow", "ps", "--json"))] == [gid]
+    # In dependency order: a first, d last (b and c in the workflow's order between).
+    assert [p["spec"]["nodename"] for p in shown["processes"]] == [
+        "task_a",
+        "task_b",
+        "task_c",
+        "task_d",
+    ]
+    assert [g["processgraphid"] for g in cli_json("workflow", "ps")] == [gid]
     assert "graph id" in cli("workflow", "ps")
     cli("workflow", "watch", "--graph", gid)  # ended already: shows it and exits 0
     assert "task_d" in cli("workflow", "get", "--graph", gid)
@@ -178,15 +207,42 @@ def test_workflow_errors(cli, tmp_path: Path) -> None:  # type: ignore[no-untype
         '[{"nodename": "a", "funcname": "f", "conditions": {"executortype": "x", "dependencies": ["b"]}},'
         ' {"nodename": "b", "funcname": "f", "conditions": {"executortype": "x", "dependencies": ["a"]}}]'
     )
-    out = cli("workflow", "submit", "--spec", str(cyclic), code=1)
+    out = cli("workflow", "submit", "--spec", str(cyclic), code=2)
     assert "cycle" in out and "Traceback" not in out
-    out = cli("workflow", "get", "--graph", "0" * 64, code=1)
+    out = cli("workflow", "get", "--graph", "0" * 64, code=2)
     assert "does not exist" in out
-    out = cli("events", "--state", "done", code=1)
+    out = cli("events", "--state", "done", code=2)
     assert "unknown process state" in out
 
 
-def test_workflow_cancel_and_watch_exit_code(cli) -> None:  # type: ignore[no-untyped-def]
+def test_workflow_cancel_and_watch_exit_code(cli, cli_json) -> None:  # type: ignore[no-untyped-def]
     gid = cli("workflow", "submit", "--spec", str(EXAMPLES / "workflow.json")).strip()
+    assert cli_json("workflow", "cancel", "--graph", gid[:12])["state"] == 4
     assert "cancelled" in cli("workflow", "cancel", "--graph", gid)
     cli("workflow", "watch", "--graph", gid, code=1)
+
+
+def test_each_submit_names_the_other_for_its_files(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    workflow = str(EXAMPLES / "workflow.json")
+    out = cli("function", "submit", "--spec", workflow, code=2)
+    assert (
+        f"is a workflow (a JSON list of function specs): submit it with 'colonies workflow submit --spec {workflow}'"
+        in out
+    )
+    wrapped = tmp_path / "wrapped.json"
+    wrapped.write_text('{"colonyname": "dev", "functionspecs": []}')
+    assert "colonies workflow submit" in cli("function", "submit", "--spec", str(wrapped), code=2)
+    spec = str(EXAMPLES / "echo.json")
+    out = cli("workflow", "submit", "--spec", spec, code=2)
+    assert (
+        f"is a function spec (one JSON object): submit it with 'colonies function submit --spec {spec}'"
+        in out
+    )
+
+
+def test_log_get_json(cli, cli_json, live_echo) -> None:  # type: ignore[no-untyped-def]
+    pid = cli_json("function", "submit", "--spec", str(EXAMPLES / "echo.json"), "--wait")[
+        "processid"
+    ]
+    lines = [json.loads(line) for line in cli("log", "get", "-p", pid[:12], "--json").splitlines()]
+    assert [(line["processid"], line["message"]) for line in lines] == [(pid, "echo helloworld")]
