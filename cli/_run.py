@@ -98,7 +98,7 @@ class Awaiting:
     commands that follow it up; until ``ident`` is set (before the submission is confirmed)
     there is nothing to name."""
 
-    kind: str  # "process" or "graph"
+    kind: str = "process"  # or "graph"
     options: list[str] = field(default_factory=list)  # global options the user typed
     ident: str = ""
 
@@ -130,9 +130,12 @@ class Awaiting:
         ]
 
     def stopped(self, why: str) -> None:
-        """Say on stderr that the wait stopped (and why), what goes on, and what to type."""
+        """Say on stderr that the wait stopped (and why), what goes on, and what to type.
+        Before anything is named, a timeout says so and Ctrl-C says nothing (it is how a
+        stream such as ``events`` is stopped; the exit code tells)."""
         if not self.ident:
-            err.print(f"[bold red]{why}[/]", highlight=False)
+            if why != "interrupted":
+                err.print(f"[bold red]{why}[/]", highlight=False)
             return
         noun = "process graph" if self.kind == "graph" else "process"
         err.print(
@@ -168,10 +171,10 @@ def run(coro: Coroutine[Any, Any, T], awaiting: Awaiting | None = None) -> T:
     except ColoniesError as e:
         raise fail(e.message, exit_code_for(e)) from None
     except TimeoutError:
-        (awaiting or Awaiting("")).stopped("timed out")
+        (awaiting or Awaiting()).stopped("timed out")
         raise typer.Exit(code=ExitCode.TIMEOUT) from None
     except KeyboardInterrupt:
-        (awaiting or Awaiting("")).stopped("interrupted")
+        (awaiting or Awaiting()).stopped("interrupted")
         raise typer.Exit(code=ExitCode.INTERRUPTED) from None
 
 
@@ -197,7 +200,7 @@ class ColoniesGroup(TyperGroup):
         except (TyperException, Exit, Abort):
             raise
         except KeyboardInterrupt:
-            Awaiting("").stopped("interrupted")
+            Awaiting().stopped("interrupted")
             raise typer.Exit(code=ExitCode.INTERRUPTED) from None
         except BrokenPipeError:
             # The reader went away (``| head``): stop quietly, as a program killed by SIGPIPE.

@@ -215,3 +215,19 @@ def test_help_has_no_bool_marks_and_offers_completion() -> None:
         assert "<bool>" not in result.output, name
     top = runner.invoke(app, ["--help"]).output
     assert "--install-completion" in top and "--show-completion" in top
+
+
+def test_shell_completion_completes_commands_and_options() -> None:
+    def complete(words: str) -> list[str]:
+        env = {
+            "_COLONIES_COMPLETE": "complete_bash",
+            "COMP_WORDS": words,
+            "COMP_CWORD": str(len(words.split()) - 1),
+        }
+        result = CliRunner().invoke(app, [], env=env, prog_name="colonies")
+        assert result.exit_code == 0, result.output
+        return result.stdout.split()
+
+    assert complete("colonies proc") == ["process"]
+    assert complete("colonies process ps") == ["ps", "psw", "pss", "psf", "psc"]
+    assert complete("colonies process pss --w") == ["--watch", "--wide"]
