@@ -49,6 +49,10 @@ class Assign(Model, kw_only=True):
     # For ``assign_many``: how many processes at most. It waits (up to ``timeout``) for the
     # first; the others are those assignable at that moment.
     count: int = 1
+    # Colonies' bounds on this assign ("4", "500m"; "16Gi"): empty means no bound. They narrow
+    # what the executor registered, less what its running processes hold; never widen it.
+    available_cpu: str = ""
+    available_mem: str = ""
 
 
 class ProcessRef(Model, kw_only=True):
