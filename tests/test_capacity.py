@@ -1,5 +1,6 @@
 """Real capacity, over a real nats-server and broker.
 
+* an executor describes its machine, so Colonies' tutorial spec runs on a default executor;
 * running processes use up capacity: concurrency never overcommits, and the bookkeeping follows
   every way a process leaves RUNNING (also a broker restart);
 * raw assigns may bound themselves with Colonies' ``availablecpu``/``availablemem``, and an
@@ -17,6 +18,7 @@ from typing import Any
 import nats
 import pytest
 
+from colonyos import machine
 from colonyos.broker import Broker, transitions
 from colonyos.client import Client
 from colonyos.config import BrokerSettings, Settings
@@ -31,6 +33,7 @@ from colonyos.models import (
     ProcessState,
     now,
 )
+from colonyos.resources import format_bytes, parse_bytes, parse_cpu_millis
 from colonyos.subjects import Subjects
 
 from .conftest import COLONY, running_broker
@@ -88,6 +91,46 @@ async def serving(app: ExecutorApp) -> AsyncIterator[asyncio.Task[int]]:
 def parked(broker: Broker) -> int:
     assert broker.service is not None
     return len(broker.service.parked)
+
+
+# -- an executor describes its machine ---------------------------------------------------------
+
+
+async def test_colonies_tutorial_spec_runs_on_a_default_executor(client: Client, settings) -> None:
+    hw = machine.describe()
+    if parse_cpu_millis(hw.cpu) < 1000 or parse_bytes(hw.mem) < 10 * GiB:
+        pytest.skip(f"this machine has cpu {hw.cpu}, mem {hw.mem}: less than the tutorial asks")
+    app = ExecutorApp("tutorial", "tutorial-1", settings=settings)  # told nothing
+
+    @app.handler()
+    async def run(ctx: ProcessContext) -> list[object]:
+        return ["ran"]
+
+    tutorial = await submitted(client, spec("tutorial", nodes=1, cpu="1000m", mem="10Gi"))
+    async with serving(app):
+        done = await client.wait(tutorial.process_id, timeout=10)
+    assert done.state is ProcessState.SUCCESS and done.output == ["ran"]
+
+
+async def test_a_default_executor_takes_what_its_machine_has_and_not_more(
+    client: Client, settings, broker: Broker
+) -> None:
+    hw = machine.describe()
+    app = ExecutorApp("sized", "sized-1", settings=settings)
+    assert app.capabilities.hardware == [hw]
+
+    @app.handler()
+    async def run(ctx: ProcessContext) -> list[object]:
+        return []
+
+    fits = await submitted(client, spec("sized", cpu=hw.cpu, mem=hw.mem, nodes=1))
+    too_big = format_bytes(parse_bytes(hw.mem) + GiB)
+    big = await submitted(client, spec("sized", cpu=hw.cpu, mem=too_big))
+    async with serving(app):
+        done = await client.wait(fits.process_id, timeout=10)
+        assert done.state is ProcessState.SUCCESS
+        await until(lambda: parked(broker) == 1, "the executor asks again, and waits")
+    assert (await client.get(big.process_id)).state is ProcessState.WAITING
 
 
 # -- running processes use up capacity ---------------------------------------------------------
