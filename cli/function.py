@@ -10,6 +10,7 @@ from colonyos.models import Process, ProcessState
 from colonyos.specs import load_function_spec
 
 from ._common import connect, load_spec_file
+from ._explain import explaining
 from ._output import console, print_json, process_detail
 from ._run import run
 
@@ -33,9 +34,11 @@ def submit(
     spec = load_spec_file(load_function_spec, spec_file, strict)
 
     async def go() -> Process:
-        async with await connect(ctx) as client:
+        async with await connect(ctx) as client, explaining(client) as slow:
             submitted = await client.submit(spec)
             assert isinstance(submitted, Process)
+            if wait or follow:
+                slow.start(submitted.process_id)
             if follow:
                 async for line in client.logs(submitted.process_id, follow=True):
                     console.print(line.message, markup=False)

@@ -7,6 +7,7 @@ import typer
 from colonyos.models import Process, ProcessState
 
 from ._common import connect
+from ._explain import explaining, show_why_waiting
 from ._output import console, print_json, process_detail, process_table
 from ._run import fail, run
 from .status import watch_colony
@@ -111,7 +112,10 @@ def get(ctx: typer.Context, process_id: str = _PROCESS, as_json: bool = _JSON) -
         async with await connect(ctx) as client:
             return await client.get(process_id)
 
-    _show(run(go()), as_json)
+    process = run(go())
+    _show(process, as_json)
+    if not as_json:
+        show_why_waiting(ctx, process)
 
 
 @app.command("wait")
@@ -124,7 +128,7 @@ def wait(
     """Wait until a process ends; exit code 0 only if it ended SUCCESS."""
 
     async def go() -> Process:
-        async with await connect(ctx) as client:
+        async with await connect(ctx) as client, explaining(client, process_id):
             return await client.wait(process_id, timeout=timeout)
 
     try:

@@ -7,6 +7,8 @@ import re
 __all__ = [
     "format_bytes",
     "format_cpu",
+    "human_bytes",
+    "human_cpu",
     "parse_bytes",
     "parse_cpu_millis",
 ]
@@ -63,3 +65,16 @@ def format_bytes(n: int) -> str:
         if n and n % size == 0:
             return f"{n // size}{unit}"
     return str(n)
+
+
+def human_cpu(millis: int) -> str:
+    """Cores for people: 3500 -> ``"3.5"``, 4000 -> ``"4"``, 250 -> ``"0.25"``."""
+    return f"{millis / 1000:g}"
+
+
+def human_bytes(n: int) -> str:
+    """A size for people, to one decimal: ``"8Gi"``, ``"23.5Gi"``, ``"512Mi"``."""
+    for unit, size in _BINARY:
+        if abs(n) >= size:
+            return f"{round(n / size, 1):g}{unit}"
+    return f"{n}B"

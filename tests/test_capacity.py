@@ -1,10 +1,10 @@
-"""Real capacity, over a real nats-server and broker.
+"""Real capacity and why a process waits, over a real nats-server and broker.
 
 * an executor describes its machine, so Colonies' tutorial spec runs on a default executor;
 * running processes use up capacity: concurrency never overcommits, and the bookkeeping follows
   every way a process leaves RUNNING (also a broker restart);
-* raw assigns may bound themselves with Colonies' ``availablecpu``/``availablemem``, and an
-  executor that registers nothing takes every spec of its type.
+* raw assigns may bound themselves with Colonies' ``availablecpu``/``availablemem``;
+* ``explain`` says why a process waits, to any client (raw NATS too).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from colonyos.models import (
     ProcessState,
     now,
 )
-from colonyos.resources import format_bytes, parse_bytes, parse_cpu_millis
+from colonyos.resources import format_bytes, human_bytes, parse_bytes, parse_cpu_millis
 from colonyos.subjects import Subjects
 
 from .conftest import COLONY, running_broker
@@ -112,7 +112,7 @@ async def test_colonies_tutorial_spec_runs_on_a_default_executor(client: Client,
     assert done.state is ProcessState.SUCCESS and done.output == ["ran"]
 
 
-async def test_a_default_executor_takes_what_its_machine_has_and_not_more(
+async def test_a_default_executor_takes_what_its_machine_has_and_explains_the_rest(
     client: Client, settings, broker: Broker
 ) -> None:
     hw = machine.describe()
@@ -130,7 +130,12 @@ async def test_a_default_executor_takes_what_its_machine_has_and_not_more(
         done = await client.wait(fits.process_id, timeout=10)
         assert done.state is ProcessState.SUCCESS
         await until(lambda: parked(broker) == 1, "the executor asks again, and waits")
-    assert (await client.get(big.process_id)).state is ProcessState.WAITING
+        why = await client.explain(big.process_id)
+    assert why.state is ProcessState.WAITING
+    assert why.reason == "no executor of type 'sized' meets its conditions"
+    have, want = human_bytes(parse_bytes(hw.mem)), human_bytes(parse_bytes(too_big))
+    assert why.details == [f"sized-1: mem {have} < {want} requested"]
+    assert [f.executor_name for f in why.executors] == ["sized-1"]
 
 
 # -- running processes use up capacity ---------------------------------------------------------
@@ -162,6 +167,10 @@ async def test_concurrency_never_overcommits(client: Client, settings, broker: B
         # Two run; the executor, with six free slots, asks again and is told to wait.
         await until(lambda: inside == 2 and parked(broker) == 1, "two running, one parked")
         assert broker.service is not None and len(broker.service.queue) == 3
+        waiting = [p for p in processes if (await client.get(p.process_id)).state == 0]
+        why = await client.explain(waiting[0].process_id)
+        assert why.reason == "every executor of type 'cores' that meets its conditions is busy"
+        assert why.details == ["cores-1: busy: 4 of 4 cpu in use by 2 running processes"]
         gate.set()
         for p in processes:
             assert (await client.wait(p.process_id, timeout=15)).state is ProcessState.SUCCESS
@@ -221,6 +230,8 @@ async def test_capacity_in_use_survives_a_broker_restart(
             "the new process is queued",
         )
         assert await ex.assign(timeout=0) is None  # the first still holds both cores
+        why = await client.explain(second.process_id)
+        assert why.details == ["two-1: busy: 2 of 2 cpu in use by 1 running process"]
         await ex.close(first.process_id, [])
         got = await ex.assign(timeout=1)
         assert got is not None and got.process_id == second.process_id
@@ -228,7 +239,7 @@ async def test_capacity_in_use_survives_a_broker_restart(
     await client.aclose()
 
 
-# -- raw NATS: executors that state nothing, availablecpu -----------------------------------
+# -- raw NATS: executors that state nothing, availablecpu, explain -----------------------------
 
 
 async def raw_request(settings: Settings, caller: str, op: str, body: dict[str, Any]) -> Any:
@@ -261,6 +272,21 @@ async def test_raw_assign_with_available_cpu_and_mem(client: Client, settings) -
     assert reply["result"]["processid"] == p.process_id
 
 
+async def test_explain_over_raw_nats(client: Client, settings) -> None:
+    p = await submitted(client, spec("nobody", cpu="1"))
+    reply = await raw_request(settings, "someone", "explain", {"processid": p.process_id})
+    result = reply["result"]
+    assert result["reason"] == "no executor of type 'nobody' is registered in colony 'dev'"
+    assert result["processid"] == p.process_id and result["state"] == 0
+    ex = await executor_client(settings, "small-1", "nobody", Hardware(cpu="500m"))
+    reply = await raw_request(settings, "someone", "explain", {"processid": p.process_id})
+    assert reply["result"]["details"] == ["small-1: cpu 0.5 < 1 requested"]
+    assert reply["result"]["executors"][0]["online"] is True
+    await ex.aclose()
+    reply = await raw_request(settings, "someone", "explain", {"processid": "0" * 64})
+    assert reply["error"]["code"] == "process_not_found"
+
+
 async def test_a_registration_with_a_bad_quantity_is_refused(client: Client, settings) -> None:
     reply = await raw_request(
         settings,
@@ -275,3 +301,38 @@ async def test_a_registration_with_a_bad_quantity_is_refused(client: Client, set
         },
     )
     assert reply["error"]["detail"]["path"] == "$.executor.capabilities.hardware[1].mem"
+
+
+async def test_waiting_for_parents_is_explained(client: Client, settings) -> None:
+    from colonyos.models import WorkflowSpec
+
+    parent = FunctionSpec(
+        node_name="first", func_name="f", conditions=Conditions(executor_type="wf")
+    )
+    child = FunctionSpec(
+        node_name="second",
+        func_name="f",
+        conditions=Conditions(executor_type="wf", dependencies=["first"]),
+    )
+    graph = await client.submit_workflow(WorkflowSpec(function_specs=[parent, child]))
+    assert not isinstance(graph, str)
+    why = await client.explain(graph.nodes["second"])
+    assert why.reason == "waiting for 1 of its 1 parents to succeed"
+    assert why.details == ["first: WAITING"]
+
+
+async def test_a_process_that_can_run_waits_its_turn(
+    client: Client, settings, broker: Broker
+) -> None:
+    ex = await executor_client(settings, "busy-1", "queue")  # registered, not asking for work
+    await submitted(client, spec("queue", executor_names=["elsewhere"]))  # not in its way
+    first = await submitted(client, spec("queue"))
+    second = await submitted(client, spec("queue"))
+    queue = broker.service.queue if broker.service is not None else None
+    await until(lambda: queue is not None and second.process_id in queue, "both are queued")
+    why = await client.explain(second.process_id)
+    assert why.reason == "it waits its turn: 1 process of type 'queue' ahead of it"
+    assert why.details == ["busy-1: can take it (running 0)"] and why.ahead == 1
+    why = await client.explain(first.process_id)
+    assert why.reason == "it is next: an executor that can take it has not asked for work yet"
+    await ex.aclose()

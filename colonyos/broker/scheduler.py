@@ -18,7 +18,7 @@ import heapq
 import itertools
 import sys
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Generic, TypeVar
 
@@ -360,6 +360,24 @@ class WaitingQueue:
         offer.hold(pid, found.requirement)
         body = _decode(found.data) if found.data is not None else None
         return pid, body, found.revision
+
+    def ahead_of(self, process_id: str, caps: Sequence[Capacity] | None = None) -> int | None:
+        """How many queued processes of its colony and type come before it (None: not queued);
+        with ``caps``, only those that one of them would take (they are served first). A scan
+        of its queue: for explaining, not for the hot path."""
+        entry = self._entries.get(process_id)
+        if entry is None:
+            return None
+        heap = self._heaps.get((entry.colony, entry.executor_type), [])
+        mine = next(item for item in heap if item[2] == process_id and item[1] == entry.seq)
+        ahead = 0
+        for item in heap:
+            other = self._entries.get(item[2])
+            if item >= mine or other is None or other.seq != item[1]:
+                continue
+            if caps is None or any(other.requirement.accepts(c) for c in caps):
+                ahead += 1
+        return ahead
 
 
 W = TypeVar("W")

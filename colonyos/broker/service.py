@@ -551,6 +551,10 @@ class Service:
         self.executors.pop(key, None)
         self._capacities.pop(key, None)
 
+    def capacity_of(self, executor: Executor) -> Capacity:
+        """What ``executor`` registered that it offers (each dimension None if not stated)."""
+        return self._capacities[(executor.colony_name, executor.executor_name)]
+
     def remember_executor(self, executor: Executor) -> None:
         key = (executor.colony_name, executor.executor_name)
         self._names[executor.executor_id] = key

@@ -259,3 +259,22 @@ def test_parked_assigns_of_an_executor_whose_capacity_came_back() -> None:
     assert in_use.release("running") is None
     assert sorted(parked.take_all_of("ex-1")) == ["w1", "w1-other-type"]
     assert parked.all_waiters() == ["w2"]
+
+
+def test_place_in_the_queue() -> None:
+    q = WaitingQueue()
+    for i, pid in enumerate("abcd"):
+        q.push(proc(pid, i), 1)
+    q.push(proc("urgent", 9, priority=1), 1)
+    q.push(proc("other-type", 0, etype="y"), 1)
+    assert [q.ahead_of(pid) for pid in ("urgent", "a", "d", "other-type")] == [0, 1, 4, 0]
+    q.remove("b")
+    q.push(proc("a", 0), 1)  # re-queued: its old place is not counted twice
+    assert q.ahead_of("d") == 3
+    assert q.ahead_of("missing") is None
+    # Only those an executor that can take it would take first are ahead of it.
+    q.push(proc("big", 0, cpu="8"), 1)
+    q.push(proc("small", 99, cpu="1"), 1)
+    assert q.ahead_of("small") == 5  # a, c, d, urgent, big
+    assert q.ahead_of("small", [cap(cpu_millis=2000)]) == 4
+    assert q.ahead_of("small", [cap(cpu_millis=2000), cap(cpu_millis=8000)]) == 5

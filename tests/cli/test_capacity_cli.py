@@ -1,4 +1,4 @@
-"""The CLI side of capacity: what `executor start` offers, and its flags."""
+"""The CLI side of capacity: executor flags, and why a process waits."""
 
 from __future__ import annotations
 
@@ -44,6 +44,32 @@ def spec_file(tmp_path: Path, executor_type: str, **conditions: object) -> str:
     body = {"funcname": "f", "conditions": {"executortype": executor_type, **conditions}}
     path.write_text(json.dumps(body))
     return str(path)
+
+
+def test_process_get_says_why_a_process_waits(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    tutorial = spec_file(tmp_path, "nobody", nodes=1, cpu="1000m", mem="10Gi")
+    pid = cli("function", "submit", "--spec", tutorial).stdout.strip()
+    shown = cli("process", "get", "--process", pid).stdout
+    assert "waiting because: no executor of type 'nobody' is registered in colony 'dev'" in shown
+    as_json = json.loads(cli("process", "get", "--process", pid, "--json").stdout)
+    assert as_json["processid"] == pid  # the Colonies JSON, nothing added
+    cli("process", "cancel", "--process", pid)
+    assert "waiting because" not in cli("process", "get", "--process", pid).stdout
+
+
+def test_a_long_wait_says_once_why_the_process_waits(  # type: ignore[no-untyped-def]
+    cli, tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.setattr("colonyos.cli._explain.EXPLAIN_AFTER_S", 0.0)
+    big = spec_file(tmp_path, "gpu", gpu={"count": 1})
+    pid = cli("function", "submit", "--spec", big).stdout.strip()
+    waited = cli("process", "wait", "--process", pid, "--timeout", "2", code=1)
+    expected = "waiting because: no executor of type 'gpu' is registered in colony 'dev'"
+    assert waited.stderr.count(expected) == 1, waited.stderr
+    assert expected not in waited.stdout
+    submitted = cli("function", "submit", "--spec", big, "--wait", "--timeout", "2", code=None)
+    assert submitted.exit_code != 0
+    assert submitted.stderr.count(expected) == 1, submitted.stderr
 
 
 def test_executor_flags_override_the_machine(cli) -> None:  # type: ignore[no-untyped-def]
