@@ -87,12 +87,16 @@ class Capacity:
 
     def minus(self, used: Usage) -> Capacity:
         """What is left once ``used`` is taken (a dimension not stated stays unlimited)."""
-        return replace(
-            self,
-            cpu_millis=_less(self.cpu_millis, used.cpu_millis),
-            mem_bytes=_less(self.mem_bytes, used.mem_bytes),
-            storage_bytes=_less(self.storage_bytes, used.storage_bytes),
-            gpu_count=_less(self.gpu_count, used.gpu_count),
+        return Capacity(  # not dataclasses.replace: this is on the assign path
+            self.name,
+            self.location,
+            _less(self.cpu_millis, used.cpu_millis),
+            _less(self.mem_bytes, used.mem_bytes),
+            _less(self.storage_bytes, used.storage_bytes),
+            _less(self.gpu_count, used.gpu_count),
+            self.gpu_mem_bytes,
+            self.gpu_name,
+            self.nodes,
         )
 
     def within(self, cpu_millis: int | None, mem_bytes: int | None) -> Capacity:
@@ -228,7 +232,7 @@ class CapacityInUse:
         return len(self._held)
 
     def hold(self, executor_id: str, process_id: str, req: Requirement) -> None:
-        if not req.consumes:
+        if req is _PLAIN or not req.consumes:
             return
         self.release(process_id)
         self._held[process_id] = (executor_id, req)
