@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
+import msgspec
 import typer
 
+from colonyos import machine
 from colonyos.models import GPU, Capabilities, Executor, Hardware
+from colonyos.resources import parse_bytes, parse_cpu_millis
 
 from ._common import JSON_OPTION, connect, settings_of
 from ._executors import KINDS, build_executor
@@ -32,9 +36,25 @@ def start(
         [], "--module", help="python: module or file.py whose functions it runs (repeat)."
     ),
     location: str = typer.Option("", "--location", help="Location name, for locationname."),
-    cpu: str = typer.Option("", "--cpu", help="CPU it offers, e.g. '4' or '500m'."),
-    mem: str = typer.Option("", "--mem", help="Memory it offers, e.g. '16Gi'."),
-    gpus: int = typer.Option(0, "--gpus", help="GPUs it offers."),
+    cpu: str = typer.Option(
+        "", "--cpu", help="CPU it offers, e.g. '4' or '500m' (default: this machine's)."
+    ),
+    mem: str = typer.Option(
+        "", "--mem", help="Memory it offers, e.g. '16Gi' (default: this machine's)."
+    ),
+    storage: str = typer.Option(
+        "", "--storage", help="Storage it offers (default: free space of the working directory)."
+    ),
+    nodes: int = typer.Option(1, "--nodes", min=1, help="Nodes it spans."),
+    gpus: int | None = typer.Option(
+        None, "--gpus", min=0, help="GPUs it offers (default: nvidia-smi's count, else 0)."
+    ),
+    gpu_name: str = typer.Option(
+        "", "--gpu-name", help="Name of its GPUs, e.g. 'A100' (default: nvidia-smi's)."
+    ),
+    gpu_mem: str = typer.Option(
+        "", "--gpu-mem", help="Memory of each GPU, e.g. '80Gi' (default: nvidia-smi's)."
+    ),
     concurrency: int = typer.Option(1, "--concurrency", "-c", help="Processes run at once."),
 ) -> None:
     """Start a shipped executor in the foreground (Ctrl-C stops it after the current process)."""
@@ -46,16 +66,15 @@ def start(
     if kind == "python":
         options["modules"] = module
 
+    hardware = _hardware(cpu, mem, storage, nodes, gpus, gpu_name, gpu_mem)
+
     async def go() -> int:
         app_ = build_executor(
             kind, settings_of(ctx), executor_type or kind, name or None, **options
         )
         app_.location_name = location
         app_.concurrency = max(1, concurrency)
-        if cpu or mem or gpus:
-            app_.capabilities = Capabilities(
-                hardware=[Hardware(cpu=cpu, mem=mem, gpu=GPU(count=gpus))]
-            )
+        app_.capabilities = Capabilities(hardware=[hardware])
         console.print(
             f"executor [bold]{app_.name}[/] (type {app_.executor_type}) in colony "
             f"{app_.settings.colony}: waiting for work" + (" (burst)" if burst else "")
@@ -64,6 +83,40 @@ def start(
 
     handled = run(go())
     console.print(f"handled {handled} processes")
+
+
+def _hardware(
+    cpu: str, mem: str, storage: str, nodes: int, gpus: int | None, gpu_name: str, gpu_mem: str
+) -> Hardware:
+    """This machine's description, with what the flags say instead."""
+    for flag, value, parse in (
+        ("--cpu", cpu, parse_cpu_millis),
+        ("--mem", mem, parse_bytes),
+        ("--storage", storage, parse_bytes),
+        ("--gpu-mem", gpu_mem, parse_bytes),
+    ):
+        try:
+            parse(value)
+        except ValueError as e:
+            raise fail(f"{flag}: {e}") from None
+    hw = machine.describe()
+    gpu = GPU(
+        name=gpu_name or hw.gpu.name,
+        mem=gpu_mem or hw.gpu.mem,
+        count=hw.gpu.count if gpus is None else gpus,
+    )
+    if (gpu_name or gpu_mem) and not gpu.count:
+        raise fail("--gpu-name and --gpu-mem describe GPUs: say how many with --gpus N")
+    cores = math.ceil(parse_cpu_millis(cpu) / 1000) if cpu else hw.cores
+    return msgspec.structs.replace(
+        hw,
+        cpu=cpu or hw.cpu,
+        cores=cores,
+        mem=mem or hw.mem,
+        storage=storage or hw.storage,
+        nodes=nodes,
+        gpu=gpu,
+    )
 
 
 @app.command("ls")

@@ -11,6 +11,7 @@ from colonyos.models import Process
 from colonyos.specs import load_function_spec
 
 from ._common import JSON_OPTION, TIMEOUT_OPTION, connect, load_spec_file, wait_for_process
+from ._explain import explaining
 from ._output import console, err, print_detail, print_json, process_detail, say
 from ._run import Awaiting, announce_wait, exit_code_for_state, run
 
@@ -36,12 +37,13 @@ def submit(
     awaiting = Awaiting.of(ctx, "process")
 
     async def go() -> Process:
-        async with await connect(ctx) as client:
+        async with await connect(ctx) as client, explaining(client) as slow:
             submitted = await client.submit(spec)
             assert isinstance(submitted, Process)
             if not (wait or follow):
                 return submitted
             awaiting.ident = submitted.process_id
+            slow.start(submitted.process_id)
             async with asyncio.timeout(timeout):
                 if follow:
                     announce_wait(awaiting, to_stderr=as_json)

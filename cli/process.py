@@ -8,6 +8,7 @@ from colonyos.limits import MAX_LIST_LIMIT
 from colonyos.models import Process, ProcessState
 
 from ._common import JSON_OPTION, TIMEOUT_OPTION, WIDE_OPTION, connect, wait_for_process
+from ._explain import explaining, show_why_waiting
 from ._output import print_detail, print_json, process_detail, process_table, say, show_table
 from ._run import Awaiting, exit_code_for_state, run
 from .status import watch_colony
@@ -121,7 +122,10 @@ def get(ctx: typer.Context, process_id: str = _PROCESS, as_json: bool = JSON_OPT
         async with await connect(ctx) as client:
             return await client.get(await client.resolve(process_id))
 
-    _show(run(go()), as_json)
+    process = run(go())
+    _show(process, as_json)
+    if not as_json:
+        show_why_waiting(ctx, process)
 
 
 @app.command("wait")
@@ -141,7 +145,8 @@ def wait(
     async def go() -> Process:
         async with await connect(ctx) as client:
             awaiting.ident = await client.resolve(process_id)
-            return await wait_for_process(client, awaiting, timeout=timeout, to_stderr=as_json)
+            async with explaining(client, awaiting.ident):
+                return await wait_for_process(client, awaiting, timeout=timeout, to_stderr=as_json)
 
     process = run(go(), awaiting)
     _show(process, as_json)

@@ -46,6 +46,7 @@ from colonyos.messages import (
     Close,
     ColonyAdd,
     Empty,
+    Explanation,
     Fail,
     GraphRef,
     Heartbeat,
@@ -443,6 +444,11 @@ class Client:
 
     async def get(self, process_id: str, *, colony: str | None = None) -> Process:
         return await self._must("get", ProcessRef(process_id=process_id), Process, colony=colony)
+
+    async def explain(self, process_id: str, *, colony: str | None = None) -> Explanation:
+        """Why a process has not run: the broker's own answer (see :class:`Explanation`)."""
+        ref = ProcessRef(process_id=process_id)
+        return await self._must("explain", ref, Explanation, colony=colony)
 
     async def list_processes(
         self,

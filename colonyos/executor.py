@@ -33,6 +33,7 @@ from typing import Any, TextIO
 import msgspec
 import nats.errors
 
+from colonyos import machine
 from colonyos.client import Client
 from colonyos.config import Settings
 from colonyos.errors import (
@@ -184,7 +185,7 @@ class ExecutorApp:
         self.name = check_name("executorname", name or f"{executor_type}-{socket.gethostname()}")
         self.settings = settings or Settings.from_env()
         self.location_name = location_name
-        self.capabilities = capabilities or Capabilities()
+        self.capabilities = capabilities or machine.capabilities()  # this machine, unless told
         self.assign_timeout_s = assign_timeout_s
         # How many processes it runs at once (each slot assigns its own).
         self.concurrency = max(1, concurrency)

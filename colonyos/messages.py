@@ -14,7 +14,15 @@ from typing import Any
 import msgspec
 
 from colonyos.errors import ErrorReply
-from colonyos.models import Colony, Executor, FunctionSpec, Model, ProcessState
+from colonyos.models import (
+    ZERO_TIME,
+    Colony,
+    Executor,
+    ExecutorState,
+    FunctionSpec,
+    Model,
+    ProcessState,
+)
 
 __all__ = [
     "AddChild",
@@ -22,6 +30,8 @@ __all__ = [
     "Close",
     "ColonyAdd",
     "Empty",
+    "ExecutorFit",
+    "Explanation",
     "Fail",
     "GraphRef",
     "Heartbeat",
@@ -30,6 +40,7 @@ __all__ = [
     "LogLines",
     "Named",
     "Outcome",
+    "ParentState",
     "ProcessRef",
     "Register",
     "Rejection",
@@ -50,6 +61,10 @@ class Assign(Model, kw_only=True):
     # For ``assign_many``: how many processes at most. It waits (up to ``timeout``) for the
     # first; the others are those assignable at that moment.
     count: int = 1
+    # Colonies' bounds on this assign ("4", "500m"; "16Gi"): empty means no bound. They narrow
+    # what the executor registered, less what its running processes hold; never widen it.
+    available_cpu: str = ""
+    available_mem: str = ""
 
 
 class ProcessRef(Model, kw_only=True):
@@ -137,6 +152,41 @@ class Stats(Model, kw_only=True):
 
     states: dict[str, int] = msgspec.field(default_factory=dict)
     executor_types: dict[str, dict[str, int]] = msgspec.field(default_factory=dict)
+
+
+class ExecutorFit(Model, kw_only=True):
+    """In an :class:`Explanation`: one executor of the process's type, and what keeps it from
+    taking the process now (``reasons`` empty: nothing, it can take it when it next asks)."""
+
+    executor_name: str
+    state: ExecutorState
+    online: bool
+    last_heard_from_time: datetime = ZERO_TIME
+    running: int = 0  # processes it runs now
+    reasons: list[str] = msgspec.field(default_factory=list)
+
+
+class ParentState(Model, kw_only=True):
+    process_id: str
+    node_name: str = ""
+    state: ProcessState
+
+
+class Explanation(Model, kw_only=True):
+    """The reply of ``explain``: why a process has not run (HTCondor's ``-better-analyze``).
+
+    ``reason`` is the answer in one line, ``details`` what stands behind it (one line per
+    executor or parent: "edge-1: mem 8Gi < 10Gi requested"); ``parents`` and ``executors`` the
+    same facts as data; ``ahead`` how many processes of its type are before it in the queue.
+    """
+
+    process_id: str
+    state: ProcessState
+    reason: str
+    details: list[str] = msgspec.field(default_factory=list)
+    parents: list[ParentState] = msgspec.field(default_factory=list)
+    executors: list[ExecutorFit] = msgspec.field(default_factory=list)
+    ahead: int = 0
 
 
 class Revoke(Model, kw_only=True):

@@ -236,9 +236,13 @@ class Hardware(Model, kw_only=True):
     model: str = ""
     nodes: NonNegative = 0
     cpu: str = ""
+    cores: NonNegative = 0
     mem: str = ""
     storage: str = ""
     gpu: GPU = field(default_factory=GPU)
+    platform: str = ""  # as Go's GOOS: "linux", "darwin", "windows"
+    architecture: str = ""  # as Go's GOARCH: "amd64", "arm64", "riscv64"
+    network: list[str] = field(default_factory=list)  # local addresses
 
 
 class Software(Model, kw_only=True):

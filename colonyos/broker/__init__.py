@@ -21,6 +21,7 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig
 
 from colonyos.broker.admin import Admin
+from colonyos.broker.explain import Explainer
 from colonyos.broker.feed import PullFeed
 from colonyos.broker.index import ProcessIndex
 from colonyos.broker.intake import Intake
@@ -127,6 +128,7 @@ class Broker:
             stack.push_async_callback(index.close)
             service = Service(store, index, self.subjects)
             Admin(service)
+            Explainer(service, liveness_s=s.executor_liveness_s)
             workflows = Workflows(service)
             await service.load()
             await workflows.load()

@@ -86,6 +86,7 @@ class Admin:
         await self.service.store.delete(process)
         self.service.queue.remove(req.process_id)
         self.service.running.pop(req.process_id, None)
+        self.service.in_use.release(req.process_id)
         self.service.index.remove(req.process_id)
         return None
 

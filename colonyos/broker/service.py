@@ -26,7 +26,15 @@ from nats.aio.msg import Msg
 
 from colonyos.broker import transitions
 from colonyos.broker.index import ProcessIndex
-from colonyos.broker.scheduler import Capacity, DeadlineHeap, ParkedAssigns, WaitingQueue
+from colonyos.broker.scheduler import (
+    Capacity,
+    CapacityInUse,
+    DeadlineHeap,
+    Offer,
+    ParkedAssigns,
+    Requirement,
+    WaitingQueue,
+)
 from colonyos.broker.store import ProcessStore, StaleRevisionError
 from colonyos.errors import (
     ColoniesError,
@@ -58,6 +66,7 @@ from colonyos.models import (
     ProcessState,
     now,
 )
+from colonyos.resources import parse_bytes, parse_cpu_millis
 from colonyos.subjects import SERVER_SCOPE, Subjects, check_name
 
 __all__ = ["Service", "new_id"]
@@ -72,6 +81,8 @@ _TRANSITION_ATTEMPTS = 8
 _EVENT_SLACK = timedelta(seconds=30)
 
 Picked = tuple[Process, int]
+# Handed to a parked assign instead of a process: look at the queue again (capacity came back).
+_LOOK_AGAIN: Picked = (Process(process_id=""), -1)
 Handler = Callable[[str, str, Any], Awaitable[Any]]
 
 
@@ -112,6 +123,7 @@ class Service:
         self._names: dict[str, tuple[str, str]] = {}  # executor id -> (colony, name)
         # Live processes beyond the queue, and what the lifecycle sweeps need.
         self.running: dict[str, tuple[Process, int]] = {}  # with its KV revision
+        self.in_use = CapacityInUse()  # what each executor's running processes requested
         self.wait_deadlines = DeadlineHeap()
         self.exec_deadlines = DeadlineHeap()
         self.heard: dict[str, float] = {}  # executor id -> monotonic time of any sign of life
@@ -172,14 +184,21 @@ class Service:
         self.index.put(process, data)
         self.queue.remove(pid)
         self.running.pop(pid, None)
+        freed = self.in_use.release(pid)
         if process.state is ProcessState.WAITING and not process.wait_for_parents:
             if process.wait_deadline != ZERO_TIME:
                 self.wait_deadlines.push(_ns(process.wait_deadline), process.colony_name, pid)
             self._enqueue(process, revision)
         elif process.state is ProcessState.RUNNING:
             self.running[pid] = (process, revision)
+            self.in_use.hold(process.assigned_executor_id, pid, Requirement.of(process.spec))
             if process.exec_deadline != ZERO_TIME:
                 self.exec_deadlines.push(_ns(process.exec_deadline), process.colony_name, pid)
+        if freed is not None and process.state is not ProcessState.RUNNING:
+            # Capacity came back: a parked assign of that executor may now fit a queued one.
+            for waiter in self.parked.take_all_of(freed):
+                if not waiter.done():
+                    waiter.set_result(_LOOK_AGAIN)
 
     async def _confirm(self, process: Process, revision: int) -> None:
         """Before changing a loaded revision, make sure its event exists (stream order)."""
@@ -193,6 +212,7 @@ class Service:
             if not waiter.done():
                 waiter.set_result((process, revision))
                 return
+            self.in_use.release(process.process_id)  # held for a waiter that left meanwhile
         self.queue.push(process, revision)
 
     # -- request/reply ------------------------------------------------------------------
@@ -293,7 +313,7 @@ class Service:
     # -- executor operations ------------------------------------------------------------
     async def assign(self, colony: str, caller: str, req: Assign) -> Process | None:
         executor = self._approved(colony, caller)
-        cap = self._capacities[(colony, caller)]
+        cap = self.offer(executor, req)
         etype = executor.executor_type
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(0.0, req.timeout)
@@ -308,6 +328,8 @@ class Service:
                 picked = await self._park(colony, etype, cap, deadline - loop.time())
                 if picked is None:
                     return None
+                if picked is _LOOK_AGAIN:
+                    continue
             updated = await self._take(executor, *picked)
             if updated is not None:
                 return updated
@@ -319,7 +341,7 @@ class Service:
         if first is None:
             return []
         executor = self._approved(colony, caller)
-        cap = self._capacities[(colony, caller)]
+        cap = self.offer(executor, req)
         popped: list[tuple[str, Process | None, int]] = []
         while len(popped) < req.count - 1:
             item = self.queue.pop_match(colony, cap, executor.executor_type)
@@ -336,6 +358,17 @@ class Service:
             elif isinstance(outcome, BaseException):
                 logger.warning("assigning to %s in %s failed: %s", caller, colony, outcome)
         return assigned
+
+    def offer(self, executor: Executor, req: Assign) -> Offer:
+        """What ``executor`` can take in this assign: its capacity less what its running
+        processes hold, within the request's ``availablecpu``/``availablemem`` if given."""
+        return Offer(
+            self._capacities[(executor.colony_name, executor.executor_name)],
+            executor.executor_id,
+            self.in_use,
+            _available("availablecpu", req.available_cpu, parse_cpu_millis),
+            _available("availablemem", req.available_mem, parse_bytes),
+        )
 
     async def _take_popped(
         self, executor: Executor, popped: tuple[str, Process | None, int]
@@ -373,9 +406,10 @@ class Service:
         try:
             return await self.store.get(colony, pid)
         except ProcessNotFoundError:
+            self.in_use.release(pid)
             return None
 
-    async def _park(self, colony: str, etype: str, cap: Capacity, timeout: float) -> Picked | None:
+    async def _park(self, colony: str, etype: str, cap: Offer, timeout: float) -> Picked | None:
         if timeout <= 0:
             return None
         waiter: asyncio.Future[Picked] = asyncio.get_running_loop().create_future()
@@ -475,6 +509,7 @@ class Service:
         ex = req.executor
         check_name("executorname", ex.executor_name)
         check_name("executortype", ex.executor_type)
+        _check_capabilities(ex)
         if ex.executor_name != caller:
             raise NotAuthorizedError(
                 f"caller {caller!r} cannot register executor {ex.executor_name!r}",
@@ -516,11 +551,23 @@ class Service:
         self.executors.pop(key, None)
         self._capacities.pop(key, None)
 
+    def capacity_of(self, executor: Executor) -> Capacity:
+        """What ``executor`` registered that it offers (each dimension None if not stated)."""
+        return self._capacities[(executor.colony_name, executor.executor_name)]
+
     def remember_executor(self, executor: Executor) -> None:
         key = (executor.colony_name, executor.executor_name)
         self._names[executor.executor_id] = key
         self.executors[key] = executor
-        self._capacities[key] = Capacity.of(executor)
+        try:
+            self._capacities[key] = Capacity.of(executor)
+        except ValueError as err:  # stored before registrations were checked
+            logger.error(
+                "executor %s: %s; it gets only processes that ask for no resources",
+                executor.executor_name,
+                err,
+            )
+            self._capacities[key] = Capacity(key[1], executor.location_name, 0, 0, 0, 0, 0)
 
 
 def _close_step(executor: Executor, req: Close, t: datetime, process: Process) -> Process:
@@ -529,6 +576,32 @@ def _close_step(executor: Executor, req: Close, t: datetime, process: Process) -
 
 def _fail_step(executor: Executor, req: Fail, t: datetime, process: Process) -> Process:
     return transitions.fail(process, executor, req.errors, now=t, attempt=req.attempt)
+
+
+def _check_capabilities(executor: Executor) -> None:
+    """Every quantity an executor registers must parse, or it could never be matched."""
+    for i, hw in enumerate(executor.capabilities.hardware):
+        for key, value, parse in (
+            ("cpu", hw.cpu, parse_cpu_millis),
+            ("mem", hw.mem, parse_bytes),
+            ("storage", hw.storage, parse_bytes),
+            ("gpu.mem", hw.gpu.mem, parse_bytes),
+        ):
+            try:
+                parse(value)
+            except ValueError as err:
+                path = f"$.executor.capabilities.hardware[{i}].{key}"
+                raise InvalidSpecError(f"{path}: {err}", path=path, reason=str(err)) from None
+
+
+def _available(key: str, text: str, parse: Callable[[str], int]) -> int | None:
+    """An assign's ``availablecpu``/``availablemem``: empty is no bound, as in Colonies."""
+    if not text:
+        return None
+    try:
+        return parse(text)
+    except ValueError as err:
+        raise InvalidSpecError(f"$.{key}: {err}", path=f"$.{key}", reason=str(err)) from None
 
 
 def _result_bytes(result: Any) -> bytes:
