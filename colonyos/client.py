@@ -26,6 +26,7 @@ import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NATS
 
+from colonyos import limits
 from colonyos.config import Settings, default_caller
 from colonyos.connection import connect_nats
 from colonyos.errors import (
@@ -210,8 +211,9 @@ class Client:
         acknowledged every one (the broker makes them processes shortly after)."""
         acks = []
         pids = []
+        # Every spec is checked before any is sent: one bad spec refuses them all.
+        specs = [check_function_spec(spec, f"$[{i}]") for i, spec in enumerate(specs)]
         for spec in specs:
-            spec = check_function_spec(spec)
             colony = spec.conditions.colony_name or self.colony
             pid = _new_id()
             headers = self._submit_headers(pid)
@@ -492,7 +494,9 @@ class Client:
         return await self._must("register", Register(executor=executor), Executor)
 
     async def assign(self, timeout: float = 10.0) -> Process | None:
-        """Long-poll for work: a process, or None when nothing came within ``timeout``."""
+        """Long-poll for work: a process, or None when nothing came within ``timeout``
+        (at most an hour: a long poll may end early with "no work")."""
+        timeout = min(timeout, limits.MAX_ASSIGN_TIMEOUT_S)
         try:
             return await self._request(
                 "assign", Assign(timeout=timeout), Process, timeout=timeout + _ASSIGN_MARGIN_S
@@ -502,7 +506,10 @@ class Client:
 
     async def assign_many(self, count: int, timeout: float = 10.0) -> list[Process]:
         """Long-poll for up to ``count`` processes: waits (up to ``timeout``) for the first,
-        and gets with it those that are assignable at that moment. Empty when none came."""
+        and gets with it those that are assignable at that moment. Empty when none came.
+        One request takes at most ``limits.MAX_ASSIGN_COUNT``."""
+        timeout = min(timeout, limits.MAX_ASSIGN_TIMEOUT_S)
+        count = min(count, limits.MAX_ASSIGN_COUNT)
         result = await self._request(
             "assign_many",
             Assign(timeout=timeout, count=count),

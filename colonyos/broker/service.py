@@ -58,6 +58,7 @@ from colonyos.models import (
     ProcessState,
     now,
 )
+from colonyos.specs import from_validation_error
 from colonyos.subjects import SERVER_SCOPE, Subjects, check_name
 
 __all__ = ["Service", "new_id"]
@@ -206,7 +207,7 @@ class Service:
             try:
                 request = decoder.decode(msg.data or b"{}")
             except msgspec.ValidationError as err:
-                raise InvalidSpecError(f"bad {op} request: {err}", op=op) from err
+                raise from_validation_error(err, f"bad {op} request") from err
             except msgspec.DecodeError as err:
                 raise InvalidSpecError(f"malformed {op} request: {err}", op=op) from err
             if colony != SERVER_SCOPE and op not in ("colony_add", "colony_get"):
