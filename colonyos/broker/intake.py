@@ -80,7 +80,7 @@ class Intake:
         if written is None:
             await self._accept_duplicate(colony, executor_type, process_id)
         else:
-            self.service.track(process, *written)
+            await self.service.admit(process, *written)
         await msg.ack()
 
     def _process_id(self, msg: Msg) -> str:
@@ -130,4 +130,4 @@ class Intake:
             await self.store.reject(
                 colony, executor_type, process_id, ProcessExistsError(process_id, process.state)
             )
-        self.service.track(process, revision)
+        await self.service.admit(process, revision)

@@ -12,6 +12,7 @@ projection current. Nothing here blocks the event loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import secrets
@@ -22,6 +23,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import msgspec
+import nats.errors
 from nats.aio.msg import Msg
 
 from colonyos.broker import transitions
@@ -58,7 +60,7 @@ from colonyos.models import (
     ProcessState,
     now,
 )
-from colonyos.specs import from_validation_error
+from colonyos.specs import check_function_spec, from_validation_error
 from colonyos.subjects import SERVER_SCOPE, Subjects, check_name
 
 __all__ = ["Service", "new_id"]
@@ -145,14 +147,22 @@ class Service:
             self.remember_executor(executor)
         last_event = await self.store.last_event_time()
         count = 0
+        unkept: list[tuple[Process, int, str]] = []
         async for process, revision, written in self.store.all_processes():
             count += 1
-            self.track(process, revision)
             if not process.state.is_terminal:
                 self.unconfirmed.add(process.process_id)
-            elif last_event is None or written is None or written >= last_event - _EVENT_SLACK:
+                reason = self._keep(process, revision)
+                if reason is not None:
+                    unkept.append((process, revision, reason))
+                continue
+            self.track(process, revision)
+            if last_event is None or written is None or written >= last_event - _EVENT_SLACK:
                 # Written about when the last event was: its own event may never have been sent.
                 await self.store.ensure_event(process, revision)
+        # No stored value keeps a broker from starting: what it cannot run ends FAILED.
+        for process, revision, reason in unkept:
+            await self._refuse_loaded(process, revision, reason)
         started = time.monotonic()
         for executor in self.executors.values():
             self.heard[executor.executor_id] = started  # a new leader gives everyone a grace
@@ -165,6 +175,57 @@ class Service:
             len(self.queue),
             len(self.running),
         )
+
+    def _keep(self, process: Process, revision: int) -> str | None:
+        """Track a live process loaded from KV; why it cannot be kept, if it cannot (its spec
+        is out of today's bounds, or it cannot be queued)."""
+        try:
+            check_function_spec(process.spec)
+        except InvalidSpecError as err:
+            return f"its stored spec is invalid: {err.message}"
+        try:
+            self.track(process, revision)
+        except Exception as err:  # whatever it is, it must not stop the broker
+            return f"it cannot be queued: {type(err).__name__}: {err}"
+        return None
+
+    async def _refuse_loaded(self, process: Process, revision: int, reason: str) -> None:
+        try:
+            await self.refuse(process, revision, reason)
+        except (nats.errors.Error, TimeoutError):
+            raise  # NATS trouble: the broker stands by and loads again
+        except Exception:
+            logger.exception(
+                "process %s in %s cannot be kept (%s), nor marked FAILED; left as it is",
+                process.process_id,
+                process.colony_name,
+                reason,
+            )
+
+    async def admit(self, process: Process, revision: int, data: bytes | None = None) -> None:
+        """Track a process just created: as :meth:`track`, but one that cannot be queued
+        (for a reason no check at the door foresaw) ends FAILED with the reason rather than
+        stay WAITING where no executor will ever see it."""
+        try:
+            self.track(process, revision, data)
+        except Exception as err:  # whatever it is, the process says it, not the broker's log
+            reason = f"it cannot be queued: {type(err).__name__}: {err}"
+            await self.refuse(process, revision, reason)
+
+    async def refuse(self, process: Process, revision: int, reason: str) -> None:
+        """End a live process the broker cannot keep FAILED, with the reason, through the
+        normal transition (its event, its graph, a revoke to its executor)."""
+        logger.warning(
+            "process %s in %s fails: %s", process.process_id, process.colony_name, reason
+        )
+        # ConflictError, ProcessNotFoundError: it ended (or was removed) meanwhile.
+        with contextlib.suppress(ConflictError, ProcessNotFoundError):
+            await self.transition(
+                process.colony_name,
+                process.process_id,
+                lambda p: transitions.refuse(p, reason, now=now()),
+                current=(process, revision),
+            )
 
     def track(self, process: Process, revision: int, data: bytes | None = None) -> None:
         """The one place where in-memory state follows a written (or loaded) process

@@ -13,7 +13,7 @@ import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import msgspec
 import nats.errors
@@ -59,9 +59,23 @@ def _expect(revision: int) -> dict[str, str]:
 
 @dataclass(frozen=True, slots=True)
 class _Snapshot:
+    key: str
     value: bytes
     revision: int
     created: datetime | None
+
+
+T = TypeVar("T")
+
+
+def _decoded(decoder: msgspec.json.Decoder[T], entry: _Snapshot, what: str) -> T | None:
+    """A stored value, or None (logged with its key and why) if it does not decode: one bad
+    record must not keep a broker from loading the others."""
+    try:
+        return decoder.decode(entry.value)
+    except msgspec.MsgspecError as err:
+        logger.error("skipped the stored %s %s: it does not decode (%s)", what, entry.key, err)
+        return None
 
 
 class StaleRevisionError(Exception):
@@ -179,7 +193,12 @@ class ProcessStore:
             raise ProcessNotFoundError(process_id) from None
         except nats.js.errors.InvalidKeyError:
             raise ProcessNotFoundError(process_id) from None
-        return _process_decoder.decode(entry.value or b""), int(entry.revision or 0)
+        try:
+            return _process_decoder.decode(entry.value or b""), int(entry.revision or 0)
+        except msgspec.MsgspecError as err:
+            raise ColoniesError(
+                f"the stored process {process_id} cannot be read: {err}", process_id=process_id
+            ) from None
 
     async def update(self, process: Process, revision: int) -> tuple[int, bytes]:
         """Compare-and-set the process written at ``revision`` and publish its event: the new
@@ -200,9 +219,12 @@ class ProcessStore:
         )
 
     async def all_processes(self) -> AsyncIterator[tuple[Process, int, datetime | None]]:
-        """Every stored process: latest revision, and when that revision was written."""
+        """Every stored process: latest revision, and when that revision was written (a value
+        that does not decode is logged and skipped)."""
         async for entry in self._snapshot(self.processes):
-            yield _process_decoder.decode(entry.value), entry.revision, entry.created
+            process = _decoded(_process_decoder, entry, "process")
+            if process is not None:
+                yield process, entry.revision, entry.created
 
     def _event_subject(self, process: Process) -> str:
         return self.subjects.event(
@@ -340,7 +362,9 @@ class ProcessStore:
 
     async def all_graphs(self) -> AsyncIterator[tuple[ProcessGraph, int]]:
         async for entry in self._snapshot(self.graphs):
-            yield _graph_decoder.decode(entry.value), entry.revision
+            graph = _decoded(_graph_decoder, entry, "process graph")
+            if graph is not None:
+                yield graph, entry.revision
 
     # -- executors and colonies ---------------------------------------------------------
     async def put_executor(self, executor: Executor) -> None:
@@ -353,7 +377,9 @@ class ProcessStore:
 
     async def all_executors(self) -> AsyncIterator[Executor]:
         async for entry in self._snapshot(self.executors):
-            yield _executor_decoder.decode(entry.value)
+            executor = _decoded(_executor_decoder, entry, "executor")
+            if executor is not None:
+                yield executor
 
     async def put_colony(self, colony: Colony) -> None:
         await self.colonies.put(colony.name, _encode(colony))
@@ -363,7 +389,9 @@ class ProcessStore:
 
     async def all_colonies(self) -> AsyncIterator[Colony]:
         async for entry in self._snapshot(self.colonies):
-            yield _colony_decoder.decode(entry.value)
+            colony = _decoded(_colony_decoder, entry, "colony")
+            if colony is not None:
+                yield colony
 
     async def _snapshot(self, kv: KeyValue) -> AsyncIterator[_Snapshot]:
         """Every key's latest value, read once.
@@ -376,6 +404,7 @@ class ProcessStore:
         stream = f"KV_{kv._name}"  # nats-py's naming of a bucket's stream
         if (await self.js.stream_info(stream)).state.messages == 0:
             return
+        key_start = len(f"$KV.{kv._name}.")
         sub = await self.js.subscribe(
             f"$KV.{kv._name}.>",
             stream=stream,
@@ -388,7 +417,9 @@ class ProcessStore:
                 meta = msg.metadata
                 deleted = (msg.headers or {}).get("KV-Operation") in ("DEL", "PURGE")
                 if msg.data and not deleted:
-                    yield _Snapshot(msg.data, int(meta.sequence.stream), meta.timestamp)
+                    yield _Snapshot(
+                        msg.subject[key_start:], msg.data, int(meta.sequence.stream), meta.timestamp
+                    )
                 if meta.num_pending == 0:
                     return
         finally:

@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import Any
 
 import msgspec
+import nats.errors
 from nats.aio.msg import Msg
 
 from colonyos.broker import transitions
@@ -89,7 +90,7 @@ class Workflows:
             self._join(graph_id, process)
         self._states[graph_id] = graph.state
         for process, revision, data in stored:
-            self.service.track(process, revision, data)
+            await self.service.admit(process, revision, data)
         for process, _, _ in stored:
             if process.state.is_terminal:  # a redelivery: finish what its end started
                 await self.after_transition(process)
@@ -244,25 +245,38 @@ class Workflows:
             self._states.pop(graph_id, None)
 
     async def load(self) -> None:
-        """A new leader finishes what a previous one may have left half-done."""
+        """A new leader finishes what a previous one may have left half-done. A graph it cannot
+        finish is logged and left as it is: no stored value keeps a broker from starting."""
         async for graph, _ in self.store.all_graphs():
             if graph.state.is_terminal:
                 continue
-            members: dict[str, ProcessState] = {}
-            ended: list[Process] = []
-            for pid in graph.process_ids:
-                try:
-                    process, _ = await self.store.get(graph.colony_name, pid)
-                except NotFoundError:
-                    continue
-                members[pid] = process.state
-                self._graph_of[pid] = graph.process_graph_id
-                if process.state.is_terminal:
-                    ended.append(process)
-            self.members[graph.process_graph_id] = members
-            self._states[graph.process_graph_id] = graph.state
-            for process in ended:
-                await self.after_transition(process)
+            try:
+                await self._load_graph(graph)
+            except (nats.errors.Error, TimeoutError):
+                raise  # NATS trouble: the broker stands by and loads again
+            except Exception:
+                logger.exception(
+                    "process graph %s in %s could not be resumed; left as it is",
+                    graph.process_graph_id,
+                    graph.colony_name,
+                )
+
+    async def _load_graph(self, graph: ProcessGraph) -> None:
+        members: dict[str, ProcessState] = {}
+        ended: list[Process] = []
+        for pid in graph.process_ids:
+            try:
+                process, _ = await self.store.get(graph.colony_name, pid)
+            except ColoniesError:  # removed, or a value that does not decode: not a member
+                continue
+            members[pid] = process.state
+            self._graph_of[pid] = graph.process_graph_id
+            if process.state.is_terminal:
+                ended.append(process)
+        self.members[graph.process_graph_id] = members
+        self._states[graph.process_graph_id] = graph.state
+        for process in ended:
+            await self.after_transition(process)
 
     # -- requests -------------------------------------------------------------------------
     async def add_child(self, colony: str, caller: str, req: AddChild) -> Process:
