@@ -18,6 +18,7 @@ __all__ = [
     "MAX_SECONDS",
     "PRIORITY_MAX",
     "PRIORITY_MIN",
+    "SPEC_DELIVERIES",
     "record_limit",
 ]
 
@@ -40,6 +41,11 @@ MAX_COUNT = 1_000_000
 MAX_ASSIGN_TIMEOUT_S = 3_600.0
 MAX_ASSIGN_COUNT = 1_000
 MAX_LIST_LIMIT = 10_000
+
+# How often the broker is given one submitted spec or workflow: a message its intake failed on
+# (NATS trouble, or a broker that died on it) is delivered again, and on this delivery it is
+# rejected with the reason instead of tried once more.
+SPEC_DELIVERIES = 10
 
 # What a message needs beyond its body: headers (message id, expected revision), an event's
 # kind tag, a reply's envelope.

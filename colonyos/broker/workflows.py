@@ -66,7 +66,7 @@ class Workflows:
     # -- submission -----------------------------------------------------------------------
     async def accept(self, msg: Msg, t: datetime, ns: int) -> None:
         colony = msg.subject.split(".")[-2]
-        graph_id = self._graph_id(msg)
+        graph_id = self.graph_id(msg)
         try:
             graph, processes = self._plan(msg, colony, graph_id, t, ns)
         except ColoniesError as err:
@@ -97,7 +97,9 @@ class Workflows:
         await msg.ack()
         logger.info("workflow %s in %s: %d processes", graph_id, colony, len(processes))
 
-    def _graph_id(self, msg: Msg) -> str:
+    def graph_id(self, msg: Msg) -> str:
+        """The id of the graph a workflow message becomes: its ``Nats-Msg-Id``, else one
+        derived from its stream position (the same on every delivery)."""
         msg_id = (msg.headers or {}).get("Nats-Msg-Id", "")
         if len(msg_id) == 64 and all(c in "0123456789abcdef" for c in msg_id):
             return msg_id
