@@ -4,6 +4,7 @@
 
     ColoniesError
       ├─ InvalidSpecError          a spec or request that cannot be accepted (.path, .detail)
+      │    └─ RecordTooLargeError  what it would store exceeds the server's limit (.size, .limit)
       ├─ InvalidNameError          a colony/executor/type name that cannot be a subject token
       ├─ NotFoundError
       │    ├─ ColonyNotFoundError
@@ -42,6 +43,7 @@ __all__ = [
     "NotFoundError",
     "ProcessExistsError",
     "ProcessNotFoundError",
+    "RecordTooLargeError",
 ]
 
 
@@ -90,6 +92,23 @@ class InvalidSpecError(ColoniesError):
 
 class InvalidNameError(InvalidSpecError):
     code = "invalid_name"
+
+
+class RecordTooLargeError(InvalidSpecError):
+    """A record (a process, a process graph) larger than the NATS server can store and send on
+    as one message; ``.size``, ``.limit`` and ``.max_payload`` in bytes."""
+
+    code = "too_large"
+
+    def __init__(self, what: str, size: int, limit: int, max_payload: int, **detail: Any) -> None:
+        super().__init__(
+            f"{what} would be {size:,} bytes; this server stores at most {limit:,} "
+            f"(max_payload {max_payload:,})",
+            size=size,
+            limit=limit,
+            max_payload=max_payload,
+            **detail,
+        )
 
 
 class NotFoundError(ColoniesError):

@@ -88,3 +88,28 @@ async def test_the_last_delivery_is_rejected_with_a_reason(
     finally:
         await nc.close()
         await _drop_streams(settings.nats_url, settings.prefix)
+
+
+async def test_a_raw_spec_whose_record_cannot_be_stored_is_rejected_once(
+    client: Client, settings
+) -> None:
+    """Before: the broker's write raised MaxPayloadError and the spec came back for ever."""
+    subjects = Subjects(settings.prefix)
+    nc = await nats.connect(settings.nats_url)
+    try:
+        events = await nc.subscribe(subjects.events_filter(colony=COLONY))
+        filler = "x" * (nc.max_payload - 400)
+        body = msgspec.json.encode(
+            {"funcname": "f", "conditions": {"executortype": "echo"}, "args": [filler]}
+        )
+        assert len(body) < nc.max_payload  # the spec itself fits; its process record does not
+        await nc.jetstream().publish(subjects.specs(COLONY, "echo"), body)
+        msg = await events.next_msg(timeout=5)
+        assert ".rejected." in msg.subject, msg.subject
+        rejection = msgspec.json.decode(msg.data, type=Rejection)
+        assert "bytes" in rejection.error
+        assert await _drained(nc.jetstream(), subjects)
+        ok = await client.submit(spec())
+        assert isinstance(ok, Process)
+    finally:
+        await nc.close()

@@ -26,6 +26,7 @@ from typing import Any
 import msgspec
 import sqlite_utils
 
+from colonyos.limits import json_array_within
 from colonyos.messages import ListProcesses
 from colonyos.models import Process
 
@@ -185,11 +186,14 @@ class ProcessIndex:
             await self._drain()
 
     # -- reads --------------------------------------------------------------------------
-    async def query(self, colony: str, q: ListProcesses) -> bytes:
-        """The matching processes as one JSON array, newest first."""
+    async def query(self, colony: str, q: ListProcesses, max_bytes: int | None = None) -> bytes:
+        """The matching processes as one JSON array, newest first; with ``max_bytes``, only the
+        first of them that the array holds within that size (a reply is one NATS message)."""
         await self.flush()
         rows: list[str] = await self._run(self._query_sync, colony, q)
-        return b"[" + ",".join(rows).encode() + b"]"
+        if max_bytes is None:
+            return b"[" + ",".join(rows).encode() + b"]"
+        return json_array_within((row.encode() for row in rows), max_bytes)
 
     def _query_sync(self, colony: str, q: ListProcesses) -> list[str]:
         assert self._db is not None

@@ -17,7 +17,7 @@ import functools
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -38,7 +38,9 @@ from colonyos.errors import (
     InvalidSpecError,
     NotAuthorizedError,
     ProcessNotFoundError,
+    RecordTooLargeError,
 )
+from colonyos.limits import record_limit
 from colonyos.messages import (
     Assign,
     Close,
@@ -71,6 +73,8 @@ _encode = msgspec.json.Encoder().encode
 _NO_WORK = b'{"result":null}'
 _heartbeat_decoder = msgspec.json.Decoder(Heartbeat)
 _TRANSITION_ATTEMPTS = 8
+# What a process's JSON gains when it is assigned (its executor's id, start time, deadline).
+_ASSIGNED_GROWTH = 128
 # How far before the newest event a revision may have been written and still lack its event.
 _EVENT_SLACK = timedelta(seconds=30)
 
@@ -132,6 +136,11 @@ class Service:
             "log": (msgspec.json.Decoder(LogLines), self.log),
             "register": (msgspec.json.Decoder(Register), self.register),
         }
+
+    @property
+    def reply_limit(self) -> int:
+        """The most a reply's result may hold: a reply is one NATS message."""
+        return record_limit(self.store.nc.max_payload)
 
     def register_ops(self, **ops: tuple[type[Any], Handler]) -> None:
         """Add request operations (name -> (request type, handler)) served by another part."""
@@ -341,14 +350,28 @@ class Service:
                 process, revision = await self.store.get(colony, process_id)
             updated = step(process)
             await self._confirm(process, revision)
+            too_large: str | None = None
             try:
-                new_revision, data = await self.store.update(updated, revision)
+                try:
+                    new_revision, data = await self.store.update(updated, revision)
+                except RecordTooLargeError as err:
+                    # A close with a huge output, a child whose parents' outputs are too much:
+                    # the process ends FAILED with why, rather than the write failing for ever.
+                    too_large = f"{_what_grew(process, updated)} {err.message}"
+                    updated = transitions.refuse(process, too_large, now=now())
+                    new_revision, data = await self.store.update(updated, revision)
             except StaleRevisionError:
                 continue
             self.track(updated, new_revision, data)
             if notify and _revoked(process, updated):
                 await self._revoke(process, updated)
             await self._after(updated)
+            if too_large is not None:
+                raise ConflictError(
+                    f"process {process_id} is FAILED: {too_large}",
+                    process_id=process_id,
+                    state=updated.state.name,
+                )
             return updated
         raise ConflictError(f"process {process_id} kept changing; try again", process_id=process_id)
 
@@ -388,8 +411,9 @@ class Service:
             if item is None:
                 break
             popped.append(item)
+        picked = await self._within_reply(colony, first, popped)
         taken = await asyncio.gather(
-            *(self._take_popped(executor, item) for item in popped), return_exceptions=True
+            *(self._take(executor, *item) for item in picked), return_exceptions=True
         )
         assigned = [first]
         for outcome in taken:
@@ -399,11 +423,29 @@ class Service:
                 logger.warning("assigning to %s in %s failed: %s", caller, colony, outcome)
         return assigned
 
-    async def _take_popped(
-        self, executor: Executor, popped: tuple[str, Process | None, int]
-    ) -> Process | None:
-        picked = await self._body(executor.colony_name, popped)
-        return None if picked is None else await self._take(executor, *picked)
+    async def _within_reply(
+        self, colony: str, first: Process, popped: list[tuple[str, Process | None, int]]
+    ) -> list[Picked]:
+        """Those of ``popped`` that one reply still holds beside ``first``, in queue order
+        (the others go back to the queue): a reply is one NATS message."""
+        bodies = await asyncio.gather(
+            *(self._body(colony, item) for item in popped), return_exceptions=True
+        )
+        room = self.reply_limit - len(_encode(first)) - 2
+        kept: list[Picked] = []
+        for body in bodies:
+            if isinstance(body, BaseException):
+                logger.warning("reading a queued process in %s failed: %s", colony, body)
+                continue
+            if body is None:
+                continue  # removed meanwhile
+            if room >= 0:
+                room -= len(_encode(body[0])) + _ASSIGNED_GROWTH + 1
+            if room < 0:
+                self.track(*body)  # back in the queue, in its place
+            else:
+                kept.append(body)
+        return kept
 
     async def _take(self, executor: Executor, process: Process, revision: int) -> Process | None:
         """Write a process taken from the queue as running on ``executor``; None if it was no
@@ -522,14 +564,14 @@ class Service:
         transitions.require_lease(process, executor, "add logs to", req.attempt)
         subject = self.subjects.logs(colony, req.process_id)
         stamp = time.time_ns()
-        for i, line in enumerate(req.lines):
-            entry = LogEntry(
-                process_id=req.process_id,
-                colony_name=colony,
-                executor_name=caller,
-                message=line,
-                timestamp=stamp + i,
-            )
+        blank = LogEntry(
+            process_id=req.process_id, colony_name=colony, executor_name=caller, message=""
+        )
+        # A line too long for one message is split into pieces that each are one.
+        budget = record_limit(self.store.nc.max_payload) - len(_encode(blank))
+        pieces = (piece for line in req.lines for piece in _log_pieces(line, budget))
+        for i, piece in enumerate(pieces):
+            entry = msgspec.structs.replace(blank, message=piece, timestamp=stamp + i)
             await self.store.js.publish(subject, _encode(entry))
         return None
 
@@ -583,6 +625,33 @@ class Service:
         self._names[executor.executor_id] = key
         self.executors[key] = executor
         self._capacities[key] = Capacity.of(executor)
+
+
+def _log_pieces(line: str, budget: int) -> Iterator[str]:
+    """The line in pieces whose JSON strings are at most ``budget`` bytes each (most lines:
+    the line itself)."""
+    if len(line) * 6 + 2 <= budget:  # six bytes is the most JSON spends on a character
+        yield line
+        return
+    start = 0
+    while start < len(line):
+        end = min(len(line), start + budget)
+        while (size := len(_encode(line[start:end]))) > budget:
+            end = start + max(1, (end - start) * budget // size - 1)
+        yield line[start:end]
+        start = end
+
+
+def _what_grew(before: Process, after: Process) -> str:
+    """What a transition added that makes the record too large, for the error: "its output
+    would make the process record ... bytes" (the store's message follows)."""
+    if after.output != before.output:
+        return "its output: with it,"
+    if after.input != before.input:
+        return "its input (its parents' outputs): with it,"
+    if after.errors != before.errors:
+        return "its errors: with them,"
+    return "this change:"
 
 
 def _close_step(executor: Executor, req: Close, t: datetime, process: Process) -> Process:

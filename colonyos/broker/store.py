@@ -32,11 +32,12 @@ from nats.js.kv import KeyValue
 
 from colonyos.broker.publisher import JetStreamPublisher
 from colonyos.errors import ColoniesError, GraphNotFoundError, ProcessNotFoundError
+from colonyos.limits import check_record
 from colonyos.messages import Rejection
 from colonyos.models import Colony, Executor, Process, ProcessGraph
 from colonyos.subjects import GRAPH_TOKEN, Subjects
 
-__all__ = ["ProcessStore", "StaleRevisionError"]
+__all__ = ["GRAPH_RECORD", "ProcessStore", "StaleRevisionError"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +46,8 @@ _process_decoder = msgspec.json.Decoder(Process)
 _executor_decoder = msgspec.json.Decoder(Executor)
 _colony_decoder = msgspec.json.Decoder(Colony)
 _graph_decoder = msgspec.json.Decoder(ProcessGraph)
+
+GRAPH_RECORD = "the process graph record"
 
 # Lifecycle events and logs are kept this long (seconds); processes live in KV until removed.
 EVENTS_MAX_AGE_S = 7 * 86_400
@@ -169,12 +172,20 @@ class ProcessStore:
         return await self.js.create_key_value(config)
 
     # -- processes ----------------------------------------------------------------------
+    def encoded(self, record: msgspec.Struct, what: str = "the process record") -> bytes:
+        """A record's JSON, if the server can store it and send it on as one message (as an
+        event, in a reply): every process and graph record written passes here.
+        :class:`RecordTooLargeError` with its size and the limit if not."""
+        data = _encode(record)
+        check_record(len(data), self.nc.max_payload, what)
+        return data
+
     async def create(self, process: Process) -> tuple[int, bytes] | None:
         """Write a new process and publish its event: its revision and JSON, or None if one
         with this id exists already (a duplicate)."""
         key = self.subjects.process_key(process.colony_name, process.process_id)
         subject = self.subjects.kv_subject(self.subjects.bucket_processes, key)
-        data = _encode(process)
+        data = self.encoded(process)
         try:
             revision = await self.publisher.write(subject, data, _expect(0))
         except nats.js.errors.KeyWrongLastSequenceError:
@@ -205,7 +216,7 @@ class ProcessStore:
         revision and the JSON written. :class:`StaleRevisionError` if it changed since."""
         key = self.subjects.process_key(process.colony_name, process.process_id)
         subject = self.subjects.kv_subject(self.subjects.bucket_processes, key)
-        data = _encode(process)
+        data = self.encoded(process)
         try:
             new_revision = await self.publisher.write(subject, data, _expect(revision))
         except nats.js.errors.KeyWrongLastSequenceError as err:
@@ -328,8 +339,9 @@ class ProcessStore:
         return self.subjects.process_key(graph.colony_name, graph.process_graph_id)
 
     async def create_graph(self, graph: ProcessGraph) -> int | None:
+        data = self.encoded(graph, GRAPH_RECORD)
         try:
-            return int(await self.graphs.create(self._graph_key(graph), _encode(graph)))
+            return int(await self.graphs.create(self._graph_key(graph), data))
         except nats.js.errors.KeyWrongLastSequenceError:
             return None
 
@@ -346,10 +358,9 @@ class ProcessStore:
         return _graph_decoder.decode(entry.value or b""), int(entry.revision or 0)
 
     async def update_graph(self, graph: ProcessGraph, revision: int) -> int:
+        data = self.encoded(graph, GRAPH_RECORD)
         try:
-            return int(
-                await self.graphs.update(self._graph_key(graph), _encode(graph), last=revision)
-            )
+            return int(await self.graphs.update(self._graph_key(graph), data, last=revision))
         except nats.js.errors.KeyWrongLastSequenceError as err:
             raise StaleRevisionError(graph.process_graph_id) from err
 

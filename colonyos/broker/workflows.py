@@ -22,15 +22,17 @@ from nats.aio.msg import Msg
 
 from colonyos.broker import transitions
 from colonyos.broker.service import Service, new_id
-from colonyos.broker.store import StaleRevisionError
+from colonyos.broker.store import GRAPH_RECORD, StaleRevisionError
 from colonyos.errors import (
     ColoniesError,
     ColonyNotFoundError,
     ConflictError,
     InvalidSpecError,
     NotFoundError,
+    RecordTooLargeError,
 )
 from colonyos.graphs import check_workflow, graph_state, node_process_id
+from colonyos.limits import json_array_within
 from colonyos.messages import AddChild, GraphRef, ListGraphs
 from colonyos.models import ZERO_TIME, Process, ProcessGraph, ProcessState, WorkflowSpec, now
 from colonyos.specs import check_function_spec, load_workflow_spec
@@ -41,6 +43,7 @@ __all__ = ["Workflows"]
 logger = logging.getLogger(__name__)
 
 _replace = msgspec.structs.replace
+_encode = msgspec.json.Encoder().encode
 _GRAPH_ATTEMPTS = 16
 
 
@@ -118,7 +121,24 @@ class Workflows:
                 f"{colony!r}",
                 path="$.colonyname",
             )
-        return plan(workflow, colony, graph_id, t, ns, initiator=_initiator(msg))
+        graph, processes = plan(workflow, colony, graph_id, t, ns, initiator=_initiator(msg))
+        self._check_sizes(graph, processes)
+        return graph, processes
+
+    def _check_sizes(self, graph: ProcessGraph, processes: list[Process]) -> None:
+        """Every record of the workflow can be stored, or nothing is written."""
+        for i, process in enumerate(processes):
+            try:
+                self.store.encoded(process)
+            except RecordTooLargeError as err:
+                raise RecordTooLargeError(
+                    f"$[{i}]: the process record of node {process.spec.node_name!r}",
+                    err.size,
+                    err.limit,
+                    err.max_payload,
+                    path=f"$[{i}]",
+                ) from None
+        self.store.encoded(graph, GRAPH_RECORD)
 
     # -- progress ---------------------------------------------------------------------------
     async def after_transition(self, process: Process) -> None:
@@ -295,8 +315,14 @@ class Workflows:
         spec = _replace(spec, conditions=_replace(cond, colony_name=colony))
         downstream = await self._downstream(colony, parent) if req.insert else []
         t = now()
+        child_id = new_id()
+        # The graph must still fit with one more process, or nothing is added.
+        graph, _ = await self.store.get_graph(colony, parent.process_graph_id)
+        self.store.encoded(
+            _replace(graph, process_ids=[*graph.process_ids, child_id]), GRAPH_RECORD
+        )
         child = _replace(
-            transitions.create(new_id(), spec, now=t, now_ns=int(t.timestamp() * 1e9)),
+            transitions.create(child_id, spec, now=t, now_ns=int(t.timestamp() * 1e9)),
             process_graph_id=parent.process_graph_id,
             wait_for_parents=True,
             wait_deadline=ZERO_TIME,
@@ -338,10 +364,13 @@ class Workflows:
         graph, _ = await self.store.get_graph(colony, req.process_graph_id)
         return graph
 
-    async def graph_list(self, colony: str, caller: str, req: ListGraphs) -> list[ProcessGraph]:
+    async def graph_list(self, colony: str, caller: str, req: ListGraphs) -> msgspec.Raw:
+        """The colony's graphs, newest first: at most ``req.limit``, and only as many as one
+        reply holds."""
         graphs = [g async for g, _ in self.store.all_graphs() if g.colony_name == colony]
         graphs.sort(key=lambda g: g.submission_time, reverse=True)
-        return graphs[: req.limit]
+        encoded = (_encode(g) for g in graphs[: req.limit])
+        return msgspec.Raw(json_array_within(encoded, self.service.reply_limit))
 
     async def graph_cancel(self, colony: str, caller: str, req: GraphRef) -> ProcessGraph:
         graph, _ = await self.store.get_graph(colony, req.process_graph_id)
