@@ -255,3 +255,18 @@ async def test_raw_nats_max_payload_is_what_the_broker_reads(nats_url: str) -> N
         assert limits.record_limit(nc.max_payload) == nc.max_payload - limits.HEADROOM_BYTES
     finally:
         await nc.close()
+
+
+async def test_any_other_reply_too_large_is_an_error_not_silence(client: Client, settings) -> None:
+    """The backstop for replies no listing cap covers: the caller gets an answer."""
+    from colonyos.models import Location
+
+    big = Location(description="d" * (_limit(client) // 3))
+    executors = [await executor_client(settings, f"e{i}", location=big) for i in range(4)]
+    try:
+        with pytest.raises(RecordTooLargeError, match=r"^the executor_list reply would be "):
+            await client.executor_list()
+        assert isinstance(await client.submit(spec()), Process)  # and the broker goes on
+    finally:
+        for ex in executors:
+            await ex.aclose()

@@ -287,6 +287,13 @@ class Service:
                     self.heard[known.executor_id] = time.monotonic()
             result = await handler(colony, caller, request)
             body = _NO_WORK if result is None else b'{"result":' + _result_bytes(result) + b"}"
+            if len(body) > self.store.nc.max_payload:
+                # The backstop: listings are cut to fit, and any other reply that outgrew one
+                # message says so, rather than leave its caller waiting for it.
+                max_payload = self.store.nc.max_payload
+                raise RecordTooLargeError(
+                    f"the {op} reply", len(body), self.reply_limit, max_payload
+                )
         except ColoniesError as err:
             body = _encode({"error": err.to_reply()})
         if msg.reply:
