@@ -142,6 +142,8 @@ async def test_a_broker_starts_whatever_is_stored(
             assert _pid(2) not in listed and huge_args.process_id in listed
             with pytest.raises(ColoniesError, match=f"the stored process {_pid(2)} cannot be read"):
                 await c.get(_pid(2))
+            with pytest.raises(ColoniesError, match=f"process graph {_pid(99)} cannot be read"):
+                await c.graph_get(_pid(99))
             await ex.aclose()
 
 

@@ -650,8 +650,8 @@ def _log_pieces(line: str, budget: int) -> Iterator[str]:
 
 
 def _what_grew(before: Process, after: Process) -> str:
-    """What a transition added that makes the record too large, for the error: "its output
-    would make the process record ... bytes" (the store's message follows)."""
+    """What a transition added that makes the record too large, to lead the store's message:
+    "its output: with it, the process record would be ... bytes; ..."."""
     if after.output != before.output:
         return "its output: with it,"
     if after.input != before.input:

@@ -355,7 +355,13 @@ class ProcessStore:
             nats.js.errors.InvalidKeyError,
         ):
             raise GraphNotFoundError(graph_id) from None
-        return _graph_decoder.decode(entry.value or b""), int(entry.revision or 0)
+        try:
+            return _graph_decoder.decode(entry.value or b""), int(entry.revision or 0)
+        except msgspec.MsgspecError as err:
+            raise ColoniesError(
+                f"the stored process graph {graph_id} cannot be read: {err}",
+                process_graph_id=graph_id,
+            ) from None
 
     async def update_graph(self, graph: ProcessGraph, revision: int) -> int:
         data = self.encoded(graph, GRAPH_RECORD)

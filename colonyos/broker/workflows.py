@@ -240,7 +240,7 @@ class Workflows:
         for _ in range(_GRAPH_ATTEMPTS):
             try:
                 graph, revision = await self.store.get_graph(colony, graph_id)
-            except NotFoundError:
+            except ColoniesError:  # removed, or a value that does not decode: nothing to keep
                 return
             if graph.state is state and set(graph.process_ids) >= set(self.members[graph_id]):
                 break
