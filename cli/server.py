@@ -35,11 +35,17 @@ _DATA_DIR = typer.Option(
     Path(".colonies"), "--data-dir", envvar="COLONIES_DATA_DIR", help="Where data is kept."
 )
 _PORT = typer.Option(
-    4222, "--port", help="NATS client port on 127.0.0.1 (0: free ports, this and monitoring)."
+    4222,
+    "--port",
+    min=0,
+    max=65535,
+    help="NATS client port on 127.0.0.1 (0: free ports, this and monitoring).",
 )
 _HTTP_PORT = typer.Option(
     None,
     "--http-port",
+    min=0,
+    max=65535,
     help="Monitoring port (/healthz, /varz) on 127.0.0.1 (default: --port + 4000, so 8222; "
     "free with --port 0; 0: none).",
     show_default=False,

@@ -171,7 +171,12 @@ class NatsServer:
 
         self._pump = threading.Thread(target=pump, name="nats-server-log", daemon=True)
         self._pump.start()
-        if not ready.wait(timeout) or not ports or self.proc.poll() is not None:
+        try:
+            started = ready.wait(timeout)
+        except BaseException:  # Ctrl-C while it starts: it runs in a session of its own
+            self.stop()
+            raise
+        if not started or not ports or self.proc.poll() is not None:
             self.stop()
             raise self._why()
         self.port = ports[0]
