@@ -327,9 +327,12 @@ class Client:
     ) -> ProcessGraph | str:
         """Submit a workflow; returns its process graph (or the graph id without confirm).
 
-        The graph is checked here first (names, dependencies, cycles), so most mistakes are
-        reported before anything is sent; the broker checks again.
+        The workflow is checked here first (each spec as :meth:`submit` checks it, names,
+        dependencies, cycles, sizes), so mistakes are reported before anything is sent; the
+        broker checks again.
         """
+        checked = [check_function_spec(s, f"$[{i}]") for i, s in enumerate(workflow.function_specs)]
+        workflow = msgspec.structs.replace(workflow, function_specs=checked)
         check_workflow(workflow)
         colony = workflow.colony_name or self.colony
         gid = graph_id or _new_id()

@@ -10,7 +10,7 @@ from colonyos import limits
 from colonyos.client import Client
 from colonyos.errors import InvalidSpecError
 from colonyos.messages import Rejection
-from colonyos.models import Conditions, FunctionSpec, Process, ProcessState
+from colonyos.models import Conditions, FunctionSpec, Process, ProcessState, WorkflowSpec
 from colonyos.specs import check_function_spec, decode_function_spec, load_workflow_spec
 from colonyos.subjects import Subjects
 
@@ -120,6 +120,9 @@ async def test_the_sdk_refuses_an_out_of_range_spec_before_sending_it(client: Cl
             await client.submit(spec(priority=200_000))
         with pytest.raises(InvalidSpecError, match=r"^\$\[1\]\.maxexectime"):
             await client.submit_many([spec(), spec(max_exec_time=10**15)])
+        nodes = [spec(node_name="a"), spec(node_name="b", priority=-(10**6))]
+        with pytest.raises(InvalidSpecError, match=r"^\$\[1\]\.priority: -1000000 is out"):
+            await client.submit_workflow(WorkflowSpec(function_specs=nodes))
         ok = await client.submit(spec())
         assert isinstance(ok, Process)
         first = await events.next()
