@@ -8,10 +8,13 @@ STAMP  := $(VENV)/.installed
 
 install: $(STAMP)
 
+# setuptools adds a note ("Editable installation.") to every editable install it serves through
+# an import finder, as ours is (cli/ and executors/ install as colonyos.cli, colonyos.executors);
+# there is nothing to act on, so install prints no warnings of ours.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	PYTHONWARNINGS="ignore:Editable installation" $(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
 dev: install

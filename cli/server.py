@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+from collections.abc import Iterator
 from pathlib import Path
 
 import typer
@@ -14,12 +15,18 @@ from colonyos.client import Client
 from colonyos.config import BrokerSettings, Settings
 from colonyos.errors import ConflictError
 from colonyos.executor import ExecutorApp
-from colonyos.natsserver import NatsServer, NatsServerError
+from colonyos.natsserver import (
+    NatsServer,
+    NatsServerError,
+    PortInUseError,
+    StoreInUseError,
+    packaged_config,
+)
 
 from ._common import settings_of
 from ._executors import build_executor
 from ._output import console
-from ._run import fail, run
+from ._run import ExitCode, fail, run
 
 server_app = typer.Typer(help="The embedded NATS server with a broker.", no_args_is_help=True)
 broker_app = typer.Typer(help="The broker alone, against a NATS server.", no_args_is_help=True)
@@ -27,19 +34,70 @@ broker_app = typer.Typer(help="The broker alone, against a NATS server.", no_arg
 _DATA_DIR = typer.Option(
     Path(".colonies"), "--data-dir", envvar="COLONIES_DATA_DIR", help="Where data is kept."
 )
-_PORT = typer.Option(4222, "--port", help="NATS client port on 127.0.0.1 (0: any free port).")
-_CONFIG = typer.Option(
-    None, "--config", help="nats-server config file (default: ./nats.conf if present)."
+_PORT = typer.Option(
+    4222,
+    "--port",
+    min=0,
+    max=65535,
+    help="NATS client port on 127.0.0.1 (0: free ports, this and monitoring).",
 )
+_HTTP_PORT = typer.Option(
+    None,
+    "--http-port",
+    min=0,
+    max=65535,
+    help="Monitoring port (/healthz, /varz) on 127.0.0.1 (default: --port + 4000, so 8222; "
+    "free with --port 0; 0: none).",
+    show_default=False,
+)
+_CONFIG = typer.Option(
+    None, "--config", help="nats-server config file (default: the one shipped with colonyos)."
+)
+# NATS' own pair is 4222 and 8222: a server on another --port gets its monitoring port beside
+# it, so that a second server does not fail on the first one's.
+_HTTP_PORT_OFFSET = 4000
 
 
-def _config(path: Path | None) -> Path | None:
+def _http_port(port: int, http_port: int | None) -> int | None:
+    """The monitoring port to ask for: None for none, 0 for a free one."""
+    if http_port is None:
+        beside = port + _HTTP_PORT_OFFSET
+        return beside if port and beside <= 65535 else 0
+    return None if http_port == 0 else http_port
+
+
+@contextlib.contextmanager
+def _config(path: Path | None) -> Iterator[Path]:
+    """The server config: the file given, else the one packaged with colonyos (the same
+    wherever the command is started)."""
     if path is not None:
         if not path.is_file():
             raise fail(f"config {path}: no such file")
-        return path
-    default = Path("nats.conf")
-    return default if default.is_file() else None
+        yield path
+        return
+    with packaged_config() as packaged:
+        yield packaged
+
+
+def _start_server(data_dir: Path, port: int, http_port: int | None, config: Path) -> NatsServer:
+    server = NatsServer(
+        data_dir / "jetstream", port=port, http_port=_http_port(port, http_port), config=config
+    )
+    try:
+        return server.start()
+    except PortInUseError as err:
+        flag = "--port" if err.kind == "client" else "--http-port"
+        other = "0 for any free port" if err.kind == "client" else "0 for none"
+        raise fail(
+            f"{err} (is another server running?): choose another with {flag} N, or {flag} {other}",
+            ExitCode.SYSTEM,
+        ) from None
+    except StoreInUseError as err:
+        raise fail(
+            f"{err}: stop it, or choose another directory with --data-dir", ExitCode.SYSTEM
+        ) from None
+    except NatsServerError as err:
+        raise fail(str(err), ExitCode.SYSTEM) from None
 
 
 async def _until_signalled(*stoppers: asyncio.Event) -> None:
@@ -54,20 +112,18 @@ async def _serve(
     settings: Settings,
     data_dir: Path,
     port: int,
-    config: Path | None,
+    http_port: int | None,
+    config: Path,
     *,
     dev: bool,
 ) -> None:
-    try:
-        server = NatsServer(data_dir / "jetstream", port=port, config=config).start()
-    except NatsServerError as err:
-        raise fail(str(err)) from None
-    settings = Settings(nats_url=server.url, colony=settings.colony, prefix=settings.prefix)
-    broker = Broker(
-        BrokerSettings.from_env(nats_url=server.url, prefix=settings.prefix, data_dir=data_dir)
-    )
     async with contextlib.AsyncExitStack() as stack:
+        server = _start_server(data_dir, port, http_port, config)
         stack.callback(server.stop)
+        settings = Settings(nats_url=server.url, colony=settings.colony, prefix=settings.prefix)
+        broker = Broker(
+            BrokerSettings.from_env(nats_url=server.url, prefix=settings.prefix, data_dir=data_dir)
+        )
         broker_task = asyncio.create_task(broker.run())
         stack.push_async_callback(_stop_broker, broker, broker_task)
         await _wait_ready(broker, broker_task, lead=True)
@@ -106,6 +162,8 @@ async def _stop_executor(executor: ExecutorApp, task: asyncio.Task[int]) -> None
 
 def _banner(server: NatsServer, data_dir: Path, settings: Settings, dev: bool) -> None:
     console.print(f"[green]NATS[/] {server.url}   data in {data_dir}/   prefix {settings.prefix}")
+    if server.monitor_url is not None:
+        console.print(f"[green]monitoring[/] {server.monitor_url}/varz")
     console.print("[green]broker[/] ready")
     if dev:
         console.print(f"[green]colony[/] {settings.colony} (executors approved automatically)")
@@ -117,15 +175,29 @@ def _banner(server: NatsServer, data_dir: Path, settings: Settings, dev: bool) -
     console.print("\nCtrl-C stops everything; data is kept for the next start.")
 
 
+def _run_server(
+    ctx: typer.Context,
+    data_dir: Path,
+    port: int,
+    http_port: int | None,
+    config: Path | None,
+    *,
+    dev: bool,
+) -> None:
+    with _config(config) as conf:
+        run(_serve(settings_of(ctx), data_dir, port, http_port, conf, dev=dev))
+
+
 @server_app.command("start")
 def server_start(
     ctx: typer.Context,
     data_dir: Path = _DATA_DIR,
     port: int = _PORT,
+    http_port: int | None = _HTTP_PORT,
     config: Path | None = _CONFIG,
 ) -> None:
     """Start an embedded NATS server (JetStream) and a broker, in the foreground."""
-    run(_serve(settings_of(ctx), data_dir, port, _config(config), dev=False))
+    _run_server(ctx, data_dir, port, http_port, config, dev=False)
 
 
 @broker_app.command("start")
@@ -157,7 +229,8 @@ def dev(
     ctx: typer.Context,
     data_dir: Path = _DATA_DIR,
     port: int = _PORT,
+    http_port: int | None = _HTTP_PORT,
     config: Path | None = _CONFIG,
 ) -> None:
     """Everything for development: NATS, a broker, colony 'dev' and an echo executor."""
-    run(_serve(settings_of(ctx), data_dir, port, _config(config), dev=True))
+    _run_server(ctx, data_dir, port, http_port, config, dev=True)

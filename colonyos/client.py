@@ -16,7 +16,7 @@ import contextlib
 import logging
 import secrets
 from collections.abc import AsyncIterator
-from datetime import datetime
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -26,6 +26,7 @@ import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NATS
 
+from colonyos import limits
 from colonyos.config import Settings, default_caller
 from colonyos.connection import connect_nats
 from colonyos.errors import (
@@ -88,6 +89,8 @@ _graph_decoder = msgspec.json.Decoder(ProcessGraph)
 
 # Seconds an assign reply may lag behind the assign timeout before it counts as lost.
 _ASSIGN_MARGIN_S = 5.0
+# A prioritytime as wide as JSON writes one, for the largest a process record can be.
+_WIDEST_INT64 = -(2**63)
 
 
 def _new_id() -> str:
@@ -185,6 +188,7 @@ class Client:
         spec = check_function_spec(spec)
         colony = spec.conditions.colony_name or self.colony
         pid = process_id or _new_id()
+        self._check_record(self._process_of(spec, pid, colony))
         subject = self.subjects.specs(colony, spec.conditions.executor_type)
         data = _encode(spec)
         if not confirm:
@@ -213,10 +217,14 @@ class Client:
         acknowledged every one (the broker makes them processes shortly after)."""
         acks = []
         pids = []
-        for spec in specs:
-            spec = check_function_spec(spec)
+        # Every spec is checked before any is sent: one bad spec refuses them all.
+        specs = [check_function_spec(spec, f"$[{i}]") for i, spec in enumerate(specs)]
+        planned = [(spec, _new_id()) for spec in specs]
+        for i, (spec, pid) in enumerate(planned):
             colony = spec.conditions.colony_name or self.colony
-            pid = _new_id()
+            self._check_record(self._process_of(spec, pid, colony), f"$[{i}]: the process record")
+        for spec, pid in planned:
+            colony = spec.conditions.colony_name or self.colony
             headers = self._submit_headers(pid)
             subject = self.subjects.specs(colony, spec.conditions.executor_type)
             try:
@@ -232,6 +240,26 @@ class Client:
                 f"JetStream did not acknowledge every spec: {err}"
             ) from err
         return pids
+
+    def _process_of(self, spec: FunctionSpec, pid: str, colony: str, **graph: Any) -> Process:
+        """The process the broker would make of ``spec``, at its largest (the widest priority
+        time), to know before sending whether the server could store it."""
+        t = datetime.now(UTC)
+        cond = msgspec.structs.replace(spec.conditions, colony_name=colony)
+        return Process(
+            process_id=pid,
+            initiator_name=self.caller,
+            priority_time=_WIDEST_INT64,
+            submission_time=t,
+            wait_deadline=t,
+            spec=msgspec.structs.replace(spec, conditions=cond),
+            **graph,
+        )
+
+    def _check_record(self, record: msgspec.Struct, what: str = "the process record") -> None:
+        """:class:`RecordTooLargeError`, naming the size and the server's limit, for a record
+        the server could not store: refused here rather than rejected by the broker."""
+        limits.check_record(len(_encode(record)), self.nc.max_payload, what)
 
     def _submit_headers(self, item_id: str) -> dict[str, str]:
         """The id makes a re-publication harmless; the initiator is recorded on the process."""
@@ -302,14 +330,19 @@ class Client:
     ) -> ProcessGraph | str:
         """Submit a workflow; returns its process graph (or the graph id without confirm).
 
-        The graph is checked here first (names, dependencies, cycles), so most mistakes are
-        reported before anything is sent; the broker checks again.
+        The workflow is checked here first (each spec as :meth:`submit` checks it, names,
+        dependencies, cycles, sizes), so mistakes are reported before anything is sent; the
+        broker checks again.
         """
+        checked = [check_function_spec(s, f"$[{i}]") for i, s in enumerate(workflow.function_specs)]
+        workflow = msgspec.structs.replace(workflow, function_specs=checked)
         check_workflow(workflow)
         colony = workflow.colony_name or self.colony
         gid = graph_id or _new_id()
+        self._check_workflow_records(workflow, gid, colony)
         subject = self.subjects.workflows(colony)
         data = _encode(msgspec.structs.replace(workflow, colony_name=colony))
+        limits.check_record(len(data), self.nc.max_payload, "the workflow")
         if not confirm:
             await self._publish_spec(subject, data, gid)
             return gid
@@ -336,6 +369,37 @@ class Client:
                 if isinstance(event, Rejection):
                     raise ColoniesError.from_reply(_rejection_reply(event))
         return await self.graph_get(gid, colony=colony)
+
+    def _check_workflow_records(self, workflow: WorkflowSpec, gid: str, colony: str) -> None:
+        """Every process record the workflow would become, and its graph, can be stored."""
+        specs = workflow.function_specs
+        ids = {spec.node_name: node_process_id(gid, i) for i, spec in enumerate(specs)}
+        children: dict[str, list[str]] = {pid: [] for pid in ids.values()}
+        for spec in specs:
+            for dep in spec.conditions.dependencies:
+                children[ids[dep]].append(ids[spec.node_name])
+        for i, spec in enumerate(specs):
+            pid = ids[spec.node_name]
+            parents = [ids[d] for d in spec.conditions.dependencies]
+            process = self._process_of(
+                spec,
+                pid,
+                colony,
+                process_graph_id=gid,
+                wait_for_parents=bool(parents),
+                parents=parents,
+                children=children[pid],
+            )
+            self._check_record(process, f"$[{i}]: the process record of node {spec.node_name!r}")
+        graph = ProcessGraph(
+            process_graph_id=gid,
+            colony_name=colony,
+            root_process_ids=[ids[s.node_name] for s in specs if not s.conditions.dependencies],
+            process_ids=list(ids.values()),
+            nodes=ids,
+            submission_time=datetime.now(UTC),
+        )
+        self._check_record(graph, "the process graph record")
 
     async def graph_get(self, graph_id: str, *, colony: str | None = None) -> ProcessGraph:
         return await self._must(
@@ -510,7 +574,9 @@ class Client:
         return await self._must("register", Register(executor=executor), Executor)
 
     async def assign(self, timeout: float = 10.0) -> Process | None:
-        """Long-poll for work: a process, or None when nothing came within ``timeout``."""
+        """Long-poll for work: a process, or None when nothing came within ``timeout``
+        (at most an hour: a long poll may end early with "no work")."""
+        timeout = min(timeout, limits.MAX_ASSIGN_TIMEOUT_S)
         try:
             return await self._request(
                 "assign", Assign(timeout=timeout), Process, timeout=timeout + _ASSIGN_MARGIN_S
@@ -520,7 +586,10 @@ class Client:
 
     async def assign_many(self, count: int, timeout: float = 10.0) -> list[Process]:
         """Long-poll for up to ``count`` processes: waits (up to ``timeout``) for the first,
-        and gets with it those that are assignable at that moment. Empty when none came."""
+        and gets with it those that are assignable at that moment. Empty when none came.
+        One request takes at most ``limits.MAX_ASSIGN_COUNT``."""
+        timeout = min(timeout, limits.MAX_ASSIGN_TIMEOUT_S)
+        count = min(count, limits.MAX_ASSIGN_COUNT)
         result = await self._request(
             "assign_many",
             Assign(timeout=timeout, count=count),

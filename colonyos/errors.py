@@ -5,7 +5,8 @@
     ColoniesError
       ├─ InvalidSpecError          a spec or request that cannot be accepted (.path, .detail)
       │    ├─ InvalidNameError     a colony/executor/type name that cannot be a subject token
-      │    └─ AmbiguousIdError     an id prefix that more than one process (or graph) has
+      │    ├─ AmbiguousIdError     an id prefix that more than one process (or graph) has
+      │    └─ RecordTooLargeError  what it would store exceeds the server's limit (.size, .limit)
       ├─ NotFoundError
       │    ├─ ColonyNotFoundError
       │    ├─ ExecutorNotFoundError
@@ -44,6 +45,7 @@ __all__ = [
     "NotFoundError",
     "ProcessExistsError",
     "ProcessNotFoundError",
+    "RecordTooLargeError",
 ]
 
 
@@ -104,6 +106,23 @@ class AmbiguousIdError(InvalidSpecError):
             path="$.prefix",
             prefix=prefix,
             candidates=candidates,
+        )
+
+
+class RecordTooLargeError(InvalidSpecError):
+    """A record (a process, a process graph) larger than the NATS server can store and send on
+    as one message; ``.size``, ``.limit`` and ``.max_payload`` in bytes."""
+
+    code = "too_large"
+
+    def __init__(self, what: str, size: int, limit: int, max_payload: int, **detail: Any) -> None:
+        super().__init__(
+            f"{what} would be {size:,} bytes; this server stores at most {limit:,} "
+            f"(max_payload {max_payload:,})",
+            size=size,
+            limit=limit,
+            max_payload=max_payload,
+            **detail,
         )
 
 

@@ -8,6 +8,10 @@ a process record, an event and a reply each travel as one NATS message.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
+from colonyos.errors import RecordTooLargeError
+
 __all__ = [
     "HEADROOM_BYTES",
     "MAX_ASSIGN_COUNT",
@@ -18,6 +22,9 @@ __all__ = [
     "MAX_SECONDS",
     "PRIORITY_MAX",
     "PRIORITY_MIN",
+    "SPEC_DELIVERIES",
+    "check_record",
+    "json_array_within",
     "record_limit",
 ]
 
@@ -41,6 +48,11 @@ MAX_ASSIGN_TIMEOUT_S = 3_600.0
 MAX_ASSIGN_COUNT = 1_000
 MAX_LIST_LIMIT = 10_000
 
+# How often the broker is given one submitted spec or workflow: a message its intake failed on
+# (NATS trouble, or a broker that died on it) is delivered again, and on this delivery it is
+# rejected with the reason instead of tried once more.
+SPEC_DELIVERIES = 10
+
 # What a message needs beyond its body: headers (message id, expected revision), an event's
 # kind tag, a reply's envelope.
 HEADROOM_BYTES = 4_096
@@ -50,3 +62,24 @@ def record_limit(max_payload: int) -> int:
     """The largest process record (its JSON) that a server with this ``max_payload`` can store
     and send on as an event or a reply."""
     return max(0, max_payload - HEADROOM_BYTES)
+
+
+def check_record(size: int, max_payload: int, what: str = "the process record") -> None:
+    """:class:`RecordTooLargeError` (with the size and the limit) unless a record of ``size``
+    bytes can be stored on a server with this ``max_payload``."""
+    limit = record_limit(max_payload)
+    if size > limit:
+        raise RecordTooLargeError(what, size, limit, max_payload)
+
+
+def json_array_within(items: Iterable[bytes], max_bytes: int) -> bytes:
+    """A JSON array of ``items`` (each one JSON already), in order, stopping before the first
+    that would take it past ``max_bytes``: a listing that fits in one reply."""
+    kept: list[bytes] = []
+    size = 2  # the brackets
+    for item in items:
+        size += len(item) + (1 if kept else 0)
+        if size > max_bytes:
+            break
+        kept.append(item)
+    return b"[" + b",".join(kept) + b"]"

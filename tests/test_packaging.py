@@ -27,7 +27,12 @@ def test_wheel_in_a_fresh_venv(tmp_path: Path) -> None:
         top = {name.split("/")[0] for name in zf.namelist()}
         names = zf.namelist()
     assert {t for t in top if not t.endswith(".dist-info")} == {"colonyos"}
-    for module in ("colonyos/cli/main.py", "colonyos/executors/echo.py", "colonyos/py.typed"):
+    for module in (
+        "colonyos/cli/main.py",
+        "colonyos/executors/echo.py",
+        "colonyos/py.typed",
+        "colonyos/nats.conf",  # the server config of `colonies server start`, anywhere
+    ):
         assert module in names
 
     env_dir = tmp_path / "venv"

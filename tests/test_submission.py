@@ -101,7 +101,7 @@ async def test_unknown_colony_is_rejected_with_its_name(client: Client, settings
 
 async def test_oversized_spec_is_refused_before_it_is_sent(client: Client) -> None:
     big = spec(args=["x" * (client.nc.max_payload + 1)])
-    with pytest.raises(InvalidSpecError, match="more than the server accepts"):
+    with pytest.raises(InvalidSpecError, match="this server stores at most"):
         await client.submit(big)
     assert isinstance(await client.submit(spec()), Process)
 

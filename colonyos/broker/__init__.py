@@ -20,6 +20,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig
 
+from colonyos import limits
 from colonyos.broker.admin import Admin
 from colonyos.broker.explain import Explainer
 from colonyos.broker.feed import PullFeed
@@ -39,7 +40,10 @@ __all__ = ["Broker"]
 logger = logging.getLogger(__name__)
 
 _SHUTDOWN_GRACE_S = 5.0
-_SPEC_ACK_WAIT_S = 10.0
+# How long a delivered spec may stay unacked before it is delivered again: then, after NATS
+# trouble or a broker that died on it, the next waits (the last value for every later one),
+# until its last delivery (limits.SPEC_DELIVERIES) is rejected. About half an hour in all.
+_SPEC_REDELIVERY_S = (10.0, 30.0, 60.0, 120.0, 300.0)
 _LEASE_KEY = "broker"
 # Spec batches being written at once while the next is fetched.
 _BATCHES_IN_FLIGHT = 2
@@ -167,7 +171,9 @@ class Broker:
         config = ConsumerConfig(
             durable_name=self.subjects.consumer_specs,
             ack_policy=AckPolicy.EXPLICIT,
-            ack_wait=_SPEC_ACK_WAIT_S,
+            ack_wait=_SPEC_REDELIVERY_S[0],
+            backoff=list(_SPEC_REDELIVERY_S),
+            max_deliver=limits.SPEC_DELIVERIES,
             max_ack_pending=-1,
         )
         try:
@@ -233,7 +239,7 @@ class Broker:
     def _accepted(accepting: set[asyncio.Task[None]], count: int, task: asyncio.Task[None]) -> None:
         accepting.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            # Unacked specs are redelivered after ack_wait; log once and keep consuming.
+            # NATS trouble: those specs are delivered again after the backoff. Log once, go on.
             logger.error("accepting %d specs failed", count, exc_info=task.exception())
 
     async def _finish_inflight(self) -> None:

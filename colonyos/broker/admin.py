@@ -74,7 +74,9 @@ class Admin:
         return found[0]
 
     async def list_processes(self, colony: str, caller: str, req: ListProcesses) -> msgspec.Raw:
-        return msgspec.Raw(await self.service.index.query(colony, req))
+        return msgspec.Raw(
+            await self.service.index.query(colony, req, max_bytes=self.service.reply_limit)
+        )
 
     async def cancel(self, colony: str, caller: str, req: ProcessRef) -> Process:
         return await self.service.transition(

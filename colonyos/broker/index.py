@@ -26,6 +26,7 @@ from typing import Any
 import msgspec
 import sqlite_utils
 
+from colonyos.limits import json_array_within
 from colonyos.messages import ListProcesses
 from colonyos.models import Process, ProcessGraph
 
@@ -227,11 +228,14 @@ class ProcessIndex:
             await self._drain()
 
     # -- reads --------------------------------------------------------------------------
-    async def query(self, colony: str, q: ListProcesses) -> bytes:
-        """The matching processes as one JSON array, newest first."""
+    async def query(self, colony: str, q: ListProcesses, max_bytes: int | None = None) -> bytes:
+        """The matching processes as one JSON array, newest first; with ``max_bytes``, only the
+        first of them that the array holds within that size (a reply is one NATS message)."""
         await self.flush()
         rows: list[str] = await self._run(self._query_sync, colony, q)
-        return b"[" + ",".join(rows).encode() + b"]"
+        if max_bytes is None:
+            return b"[" + ",".join(rows).encode() + b"]"
+        return json_array_within((row.encode() for row in rows), max_bytes)
 
     def _query_sync(self, colony: str, q: ListProcesses) -> list[str]:
         assert self._db is not None
@@ -275,11 +279,14 @@ class ProcessIndex:
         rows = self._db.execute(sql, [prefix, prefix + _AFTER_HEX, colony, limit]).fetchall()
         return [str(row[0]) for row in rows]
 
-    async def graphs(self, colony: str, limit: int) -> bytes:
-        """The colony's process graphs as one JSON array, newest first."""
+    async def graphs(self, colony: str, limit: int, max_bytes: int | None = None) -> bytes:
+        """The colony's process graphs as one JSON array, newest first; with ``max_bytes``,
+        only the first of them that the array holds within that size."""
         await self.flush()
         rows: list[str] = await self._run(self._graphs_sync, colony, limit)
-        return b"[" + ",".join(rows).encode() + b"]"
+        if max_bytes is None:
+            return b"[" + ",".join(rows).encode() + b"]"
+        return json_array_within((row.encode() for row in rows), max_bytes)
 
     def _graphs_sync(self, colony: str, limit: int) -> list[str]:
         assert self._db is not None

@@ -185,6 +185,15 @@ _decode = msgspec.msgpack.Decoder(Process).decode
 _PLAIN = Requirement()
 
 
+def _body(process: Process) -> bytes | None:
+    """The process as msgpack, or None where msgpack cannot hold it (an integer beyond 64 bits
+    in its args or input, which JSON carries): it is then read back from KV when assigned."""
+    try:
+        return _encode(process)
+    except OverflowError:
+        return None
+
+
 def _is_plain(spec: FunctionSpec) -> bool:
     c = spec.conditions
     return not (
@@ -322,7 +331,7 @@ class WaitingQueue:
         # Interned: otherwise each of 100,000 queued processes keeps its own copy of both names.
         key = (sys.intern(process.colony_name), sys.intern(process.executor_type))
         self.remove(pid)
-        data = _encode(process) if self._bodies < self.max_bodies else None
+        data = _body(process) if self._bodies < self.max_bodies else None
         self._bodies += data is not None
         self._entries[pid] = _Entry(data, revision, Requirement.of(process.spec), seq, *key)
         heapq.heappush(self._heaps.setdefault(key, []), (process.priority_time, seq, pid))

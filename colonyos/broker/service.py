@@ -12,16 +12,18 @@ projection current. Nothing here blocks the event loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 import msgspec
+import nats.errors
 from nats.aio.msg import Msg
 
 from colonyos.broker import transitions
@@ -44,7 +46,9 @@ from colonyos.errors import (
     InvalidSpecError,
     NotAuthorizedError,
     ProcessNotFoundError,
+    RecordTooLargeError,
 )
+from colonyos.limits import record_limit
 from colonyos.messages import (
     Assign,
     Close,
@@ -67,6 +71,7 @@ from colonyos.models import (
     now,
 )
 from colonyos.resources import parse_bytes, parse_cpu_millis
+from colonyos.specs import check_function_spec, from_validation_error
 from colonyos.subjects import SERVER_SCOPE, Subjects, check_name
 
 __all__ = ["Service", "new_id"]
@@ -77,6 +82,8 @@ _encode = msgspec.json.Encoder().encode
 _NO_WORK = b'{"result":null}'
 _heartbeat_decoder = msgspec.json.Decoder(Heartbeat)
 _TRANSITION_ATTEMPTS = 8
+# What a process's JSON gains when it is assigned (its executor's id, start time, deadline).
+_ASSIGNED_GROWTH = 128
 # How far before the newest event a revision may have been written and still lack its event.
 _EVENT_SLACK = timedelta(seconds=30)
 
@@ -142,6 +149,11 @@ class Service:
             "register": (msgspec.json.Decoder(Register), self.register),
         }
 
+    @property
+    def reply_limit(self) -> int:
+        """The most a reply's result may hold: a reply is one NATS message."""
+        return record_limit(self.store.nc.max_payload)
+
     def register_ops(self, **ops: tuple[type[Any], Handler]) -> None:
         """Add request operations (name -> (request type, handler)) served by another part."""
         for name, (request_type, handler) in ops.items():
@@ -156,14 +168,22 @@ class Service:
             self.remember_executor(executor)
         last_event = await self.store.last_event_time()
         count = 0
+        unkept: list[tuple[Process, int, str]] = []
         async for process, revision, written in self.store.all_processes():
             count += 1
-            self.track(process, revision)
             if not process.state.is_terminal:
                 self.unconfirmed.add(process.process_id)
-            elif last_event is None or written is None or written >= last_event - _EVENT_SLACK:
+                reason = self._keep(process, revision)
+                if reason is not None:
+                    unkept.append((process, revision, reason))
+                continue
+            self.track(process, revision)
+            if last_event is None or written is None or written >= last_event - _EVENT_SLACK:
                 # Written about when the last event was: its own event may never have been sent.
                 await self.store.ensure_event(process, revision)
+        # No stored value keeps a broker from starting: what it cannot run ends FAILED.
+        for process, revision, reason in unkept:
+            await self._refuse_loaded(process, revision, reason)
         started = time.monotonic()
         for executor in self.executors.values():
             self.heard[executor.executor_id] = started  # a new leader gives everyone a grace
@@ -176,6 +196,57 @@ class Service:
             len(self.queue),
             len(self.running),
         )
+
+    def _keep(self, process: Process, revision: int) -> str | None:
+        """Track a live process loaded from KV; why it cannot be kept, if it cannot (its spec
+        is out of today's bounds, or it cannot be queued)."""
+        try:
+            check_function_spec(process.spec)
+        except InvalidSpecError as err:
+            return f"its stored spec is invalid: {err.message}"
+        try:
+            self.track(process, revision)
+        except Exception as err:  # whatever it is, it must not stop the broker
+            return f"it cannot be queued: {type(err).__name__}: {err}"
+        return None
+
+    async def _refuse_loaded(self, process: Process, revision: int, reason: str) -> None:
+        try:
+            await self.refuse(process, revision, reason)
+        except (nats.errors.Error, TimeoutError):
+            raise  # NATS trouble: the broker stands by and loads again
+        except Exception:
+            logger.exception(
+                "process %s in %s cannot be kept (%s), nor marked FAILED; left as it is",
+                process.process_id,
+                process.colony_name,
+                reason,
+            )
+
+    async def admit(self, process: Process, revision: int, data: bytes | None = None) -> None:
+        """Track a process just created: as :meth:`track`, but one that cannot be queued
+        (for a reason no check at the door foresaw) ends FAILED with the reason rather than
+        stay WAITING where no executor will ever see it."""
+        try:
+            self.track(process, revision, data)
+        except Exception as err:  # whatever it is, the process says it, not the broker's log
+            reason = f"it cannot be queued: {type(err).__name__}: {err}"
+            await self.refuse(process, revision, reason)
+
+    async def refuse(self, process: Process, revision: int, reason: str) -> None:
+        """End a live process the broker cannot keep FAILED, with the reason, through the
+        normal transition (its event, its graph, a revoke to its executor)."""
+        logger.warning(
+            "process %s in %s fails: %s", process.process_id, process.colony_name, reason
+        )
+        # ConflictError, ProcessNotFoundError: it ended (or was removed) meanwhile.
+        with contextlib.suppress(ConflictError, ProcessNotFoundError):
+            await self.transition(
+                process.colony_name,
+                process.process_id,
+                lambda p: transitions.refuse(p, reason, now=now()),
+                current=(process, revision),
+            )
 
     def track(self, process: Process, revision: int, data: bytes | None = None) -> None:
         """The one place where in-memory state follows a written (or loaded) process
@@ -226,7 +297,7 @@ class Service:
             try:
                 request = decoder.decode(msg.data or b"{}")
             except msgspec.ValidationError as err:
-                raise InvalidSpecError(f"bad {op} request: {err}", op=op) from err
+                raise from_validation_error(err, f"bad {op} request") from err
             except msgspec.DecodeError as err:
                 raise InvalidSpecError(f"malformed {op} request: {err}", op=op) from err
             if colony != SERVER_SCOPE and op not in ("colony_add", "colony_get"):
@@ -236,6 +307,13 @@ class Service:
                     self.heard[known.executor_id] = time.monotonic()
             result = await handler(colony, caller, request)
             body = _NO_WORK if result is None else b'{"result":' + _result_bytes(result) + b"}"
+            if len(body) > self.store.nc.max_payload:
+                # The backstop: listings are cut to fit, and any other reply that outgrew one
+                # message says so, rather than leave its caller waiting for it.
+                max_payload = self.store.nc.max_payload
+                raise RecordTooLargeError(
+                    f"the {op} reply", len(body), self.reply_limit, max_payload
+                )
         except ColoniesError as err:
             body = _encode({"error": err.to_reply()})
         if msg.reply:
@@ -299,14 +377,28 @@ class Service:
                 process, revision = await self.store.get(colony, process_id)
             updated = step(process)
             await self._confirm(process, revision)
+            too_large: str | None = None
             try:
-                new_revision, data = await self.store.update(updated, revision)
+                try:
+                    new_revision, data = await self.store.update(updated, revision)
+                except RecordTooLargeError as err:
+                    # A close with a huge output, a child whose parents' outputs are too much:
+                    # the process ends FAILED with why, rather than the write failing for ever.
+                    too_large = f"{_what_grew(process, updated)} {err.message}"
+                    updated = transitions.refuse(process, too_large, now=now())
+                    new_revision, data = await self.store.update(updated, revision)
             except StaleRevisionError:
                 continue
             self.track(updated, new_revision, data)
             if notify and _revoked(process, updated):
                 await self._revoke(process, updated)
             await self._after(updated)
+            if too_large is not None:
+                raise ConflictError(
+                    f"process {process_id} is FAILED: {too_large}",
+                    process_id=process_id,
+                    state=updated.state.name,
+                )
             return updated
         raise ConflictError(f"process {process_id} kept changing; try again", process_id=process_id)
 
@@ -348,8 +440,9 @@ class Service:
             if item is None:
                 break
             popped.append(item)
+        picked = await self._within_reply(colony, first, popped)
         taken = await asyncio.gather(
-            *(self._take_popped(executor, item) for item in popped), return_exceptions=True
+            *(self._take(executor, *item) for item in picked), return_exceptions=True
         )
         assigned = [first]
         for outcome in taken:
@@ -370,11 +463,30 @@ class Service:
             _available("availablemem", req.available_mem, parse_bytes),
         )
 
-    async def _take_popped(
-        self, executor: Executor, popped: tuple[str, Process | None, int]
-    ) -> Process | None:
-        picked = await self._body(executor.colony_name, popped)
-        return None if picked is None else await self._take(executor, *picked)
+    async def _within_reply(
+        self, colony: str, first: Process, popped: list[tuple[str, Process | None, int]]
+    ) -> list[Picked]:
+        """Those of ``popped`` that one reply still holds beside ``first``, in queue order
+        (the others go back to the queue): a reply is one NATS message."""
+        bodies = await asyncio.gather(
+            *(self._body(colony, item) for item in popped), return_exceptions=True
+        )
+        room = self.reply_limit - len(_encode(first)) - 2
+        kept: list[Picked] = []
+        for (pid, _, _), body in zip(popped, bodies, strict=True):
+            if isinstance(body, BaseException):
+                logger.warning("reading queued process %s in %s failed: %s", pid, colony, body)
+                self.in_use.release(pid)  # not taken: the next leader queues it again
+                continue
+            if body is None:
+                continue  # removed meanwhile
+            if room >= 0:
+                room -= len(_encode(body[0])) + _ASSIGNED_GROWTH + 1
+            if room < 0:
+                self.track(*body)  # back in the queue, in its place
+            else:
+                kept.append(body)
+        return kept
 
     async def _take(self, executor: Executor, process: Process, revision: int) -> Process | None:
         """Write a process taken from the queue as running on ``executor``; None if it was no
@@ -494,14 +606,14 @@ class Service:
         transitions.require_lease(process, executor, "add logs to", req.attempt)
         subject = self.subjects.logs(colony, req.process_id)
         stamp = time.time_ns()
-        for i, line in enumerate(req.lines):
-            entry = LogEntry(
-                process_id=req.process_id,
-                colony_name=colony,
-                executor_name=caller,
-                message=line,
-                timestamp=stamp + i,
-            )
+        blank = LogEntry(
+            process_id=req.process_id, colony_name=colony, executor_name=caller, message=""
+        )
+        # A line too long for one message is split into pieces that each are one.
+        budget = record_limit(self.store.nc.max_payload) - len(_encode(blank))
+        pieces = (piece for line in req.lines for piece in _log_pieces(line, budget))
+        for i, piece in enumerate(pieces):
+            entry = msgspec.structs.replace(blank, message=piece, timestamp=stamp + i)
             await self.store.js.publish(subject, _encode(entry))
         return None
 
@@ -568,6 +680,33 @@ class Service:
                 err,
             )
             self._capacities[key] = Capacity(key[1], executor.location_name, 0, 0, 0, 0, 0)
+
+
+def _log_pieces(line: str, budget: int) -> Iterator[str]:
+    """The line in pieces whose JSON strings are at most ``budget`` bytes each (most lines:
+    the line itself)."""
+    if len(line) * 6 + 2 <= budget:  # six bytes is the most JSON spends on a character
+        yield line
+        return
+    start = 0
+    while start < len(line):
+        end = min(len(line), start + budget)
+        while (size := len(_encode(line[start:end]))) > budget:
+            end = start + max(1, (end - start) * budget // size - 1)
+        yield line[start:end]
+        start = end
+
+
+def _what_grew(before: Process, after: Process) -> str:
+    """What a transition added that makes the record too large, to lead the store's message:
+    "its output: with it, the process record would be ... bytes; ..."."""
+    if after.output != before.output:
+        return "its output: with it,"
+    if after.input != before.input:
+        return "its input (its parents' outputs): with it,"
+    if after.errors != before.errors:
+        return "its errors: with them,"
+    return "this change:"
 
 
 def _close_step(executor: Executor, req: Close, t: datetime, process: Process) -> Process:

@@ -13,7 +13,7 @@ import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import msgspec
 import nats.errors
@@ -32,11 +32,12 @@ from nats.js.kv import KeyValue
 
 from colonyos.broker.publisher import JetStreamPublisher
 from colonyos.errors import ColoniesError, GraphNotFoundError, ProcessNotFoundError
+from colonyos.limits import check_record
 from colonyos.messages import Rejection
 from colonyos.models import Colony, Executor, Process, ProcessGraph
 from colonyos.subjects import GRAPH_TOKEN, Subjects
 
-__all__ = ["ProcessStore", "StaleRevisionError"]
+__all__ = ["GRAPH_RECORD", "ProcessStore", "StaleRevisionError"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +46,8 @@ _process_decoder = msgspec.json.Decoder(Process)
 _executor_decoder = msgspec.json.Decoder(Executor)
 _colony_decoder = msgspec.json.Decoder(Colony)
 _graph_decoder = msgspec.json.Decoder(ProcessGraph)
+
+GRAPH_RECORD = "the process graph record"
 
 # Lifecycle events and logs are kept this long (seconds); processes live in KV until removed.
 EVENTS_MAX_AGE_S = 7 * 86_400
@@ -59,9 +62,23 @@ def _expect(revision: int) -> dict[str, str]:
 
 @dataclass(frozen=True, slots=True)
 class _Snapshot:
+    key: str
     value: bytes
     revision: int
     created: datetime | None
+
+
+T = TypeVar("T")
+
+
+def _decoded(decoder: msgspec.json.Decoder[T], entry: _Snapshot, what: str) -> T | None:
+    """A stored value, or None (logged with its key and why) if it does not decode: one bad
+    record must not keep a broker from loading the others."""
+    try:
+        return decoder.decode(entry.value)
+    except msgspec.MsgspecError as err:
+        logger.error("skipped the stored %s %s: it does not decode (%s)", what, entry.key, err)
+        return None
 
 
 class StaleRevisionError(Exception):
@@ -155,12 +172,20 @@ class ProcessStore:
         return await self.js.create_key_value(config)
 
     # -- processes ----------------------------------------------------------------------
+    def encoded(self, record: msgspec.Struct, what: str = "the process record") -> bytes:
+        """A record's JSON, if the server can store it and send it on as one message (as an
+        event, in a reply): every process and graph record written passes here.
+        :class:`RecordTooLargeError` with its size and the limit if not."""
+        data = _encode(record)
+        check_record(len(data), self.nc.max_payload, what)
+        return data
+
     async def create(self, process: Process) -> tuple[int, bytes] | None:
         """Write a new process and publish its event: its revision and JSON, or None if one
         with this id exists already (a duplicate)."""
         key = self.subjects.process_key(process.colony_name, process.process_id)
         subject = self.subjects.kv_subject(self.subjects.bucket_processes, key)
-        data = _encode(process)
+        data = self.encoded(process)
         try:
             revision = await self.publisher.write(subject, data, _expect(0))
         except nats.js.errors.KeyWrongLastSequenceError:
@@ -179,14 +204,19 @@ class ProcessStore:
             raise ProcessNotFoundError(process_id) from None
         except nats.js.errors.InvalidKeyError:
             raise ProcessNotFoundError(process_id) from None
-        return _process_decoder.decode(entry.value or b""), int(entry.revision or 0)
+        try:
+            return _process_decoder.decode(entry.value or b""), int(entry.revision or 0)
+        except msgspec.MsgspecError as err:
+            raise ColoniesError(
+                f"the stored process {process_id} cannot be read: {err}", process_id=process_id
+            ) from None
 
     async def update(self, process: Process, revision: int) -> tuple[int, bytes]:
         """Compare-and-set the process written at ``revision`` and publish its event: the new
         revision and the JSON written. :class:`StaleRevisionError` if it changed since."""
         key = self.subjects.process_key(process.colony_name, process.process_id)
         subject = self.subjects.kv_subject(self.subjects.bucket_processes, key)
-        data = _encode(process)
+        data = self.encoded(process)
         try:
             new_revision = await self.publisher.write(subject, data, _expect(revision))
         except nats.js.errors.KeyWrongLastSequenceError as err:
@@ -200,9 +230,12 @@ class ProcessStore:
         )
 
     async def all_processes(self) -> AsyncIterator[tuple[Process, int, datetime | None]]:
-        """Every stored process: latest revision, and when that revision was written."""
+        """Every stored process: latest revision, and when that revision was written (a value
+        that does not decode is logged and skipped)."""
         async for entry in self._snapshot(self.processes):
-            yield _process_decoder.decode(entry.value), entry.revision, entry.created
+            process = _decoded(_process_decoder, entry, "process")
+            if process is not None:
+                yield process, entry.revision, entry.created
 
     def _event_subject(self, process: Process) -> str:
         return self.subjects.event(
@@ -306,8 +339,9 @@ class ProcessStore:
         return self.subjects.process_key(graph.colony_name, graph.process_graph_id)
 
     async def create_graph(self, graph: ProcessGraph) -> int | None:
+        data = self.encoded(graph, GRAPH_RECORD)
         try:
-            return int(await self.graphs.create(self._graph_key(graph), _encode(graph)))
+            return int(await self.graphs.create(self._graph_key(graph), data))
         except nats.js.errors.KeyWrongLastSequenceError:
             return None
 
@@ -321,13 +355,18 @@ class ProcessStore:
             nats.js.errors.InvalidKeyError,
         ):
             raise GraphNotFoundError(graph_id) from None
-        return _graph_decoder.decode(entry.value or b""), int(entry.revision or 0)
+        try:
+            return _graph_decoder.decode(entry.value or b""), int(entry.revision or 0)
+        except msgspec.MsgspecError as err:
+            raise ColoniesError(
+                f"the stored process graph {graph_id} cannot be read: {err}",
+                process_graph_id=graph_id,
+            ) from None
 
     async def update_graph(self, graph: ProcessGraph, revision: int) -> int:
+        data = self.encoded(graph, GRAPH_RECORD)
         try:
-            return int(
-                await self.graphs.update(self._graph_key(graph), _encode(graph), last=revision)
-            )
+            return int(await self.graphs.update(self._graph_key(graph), data, last=revision))
         except nats.js.errors.KeyWrongLastSequenceError as err:
             raise StaleRevisionError(graph.process_graph_id) from err
 
@@ -340,7 +379,9 @@ class ProcessStore:
 
     async def all_graphs(self) -> AsyncIterator[tuple[ProcessGraph, int]]:
         async for entry in self._snapshot(self.graphs):
-            yield _graph_decoder.decode(entry.value), entry.revision
+            graph = _decoded(_graph_decoder, entry, "process graph")
+            if graph is not None:
+                yield graph, entry.revision
 
     # -- executors and colonies ---------------------------------------------------------
     async def put_executor(self, executor: Executor) -> None:
@@ -353,7 +394,9 @@ class ProcessStore:
 
     async def all_executors(self) -> AsyncIterator[Executor]:
         async for entry in self._snapshot(self.executors):
-            yield _executor_decoder.decode(entry.value)
+            executor = _decoded(_executor_decoder, entry, "executor")
+            if executor is not None:
+                yield executor
 
     async def put_colony(self, colony: Colony) -> None:
         await self.colonies.put(colony.name, _encode(colony))
@@ -363,7 +406,9 @@ class ProcessStore:
 
     async def all_colonies(self) -> AsyncIterator[Colony]:
         async for entry in self._snapshot(self.colonies):
-            yield _colony_decoder.decode(entry.value)
+            colony = _decoded(_colony_decoder, entry, "colony")
+            if colony is not None:
+                yield colony
 
     async def _snapshot(self, kv: KeyValue) -> AsyncIterator[_Snapshot]:
         """Every key's latest value, read once.
@@ -376,6 +421,7 @@ class ProcessStore:
         stream = f"KV_{kv._name}"  # nats-py's naming of a bucket's stream
         if (await self.js.stream_info(stream)).state.messages == 0:
             return
+        key_start = len(f"$KV.{kv._name}.")
         sub = await self.js.subscribe(
             f"$KV.{kv._name}.>",
             stream=stream,
@@ -388,7 +434,9 @@ class ProcessStore:
                 meta = msg.metadata
                 deleted = (msg.headers or {}).get("KV-Operation") in ("DEL", "PURGE")
                 if msg.data and not deleted:
-                    yield _Snapshot(msg.data, int(meta.sequence.stream), meta.timestamp)
+                    yield _Snapshot(
+                        msg.subject[key_start:], msg.data, int(meta.sequence.stream), meta.timestamp
+                    )
                 if meta.num_pending == 0:
                     return
         finally:

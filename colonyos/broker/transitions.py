@@ -38,6 +38,7 @@ __all__ = [
     "expire_wait",
     "fail",
     "fail_descendant",
+    "refuse",
     "release",
     "requeue",
     "require_lease",
@@ -210,3 +211,14 @@ def fail_descendant(process: Process, reason: str, *, now: datetime) -> Process:
     if process.state.is_terminal:
         raise _conflict(process, "fail")
     return _replace(process, state=ProcessState.FAILED, errors=[reason], end_time=now)
+
+
+def refuse(process: Process, reason: str, *, now: datetime) -> Process:
+    """The broker cannot keep this process as it is (its stored spec is out of bounds, it
+    cannot be queued, or what a transition would make of it is too large to store): it ends
+    FAILED with the reason."""
+    if process.state.is_terminal:
+        raise _conflict(process, "fail")
+    return _replace(
+        process, state=ProcessState.FAILED, errors=[*process.errors, reason], end_time=now
+    )

@@ -17,17 +17,19 @@ from datetime import datetime
 from typing import Any
 
 import msgspec
+import nats.errors
 from nats.aio.msg import Msg
 
 from colonyos.broker import transitions
 from colonyos.broker.service import Service, new_id
-from colonyos.broker.store import StaleRevisionError
+from colonyos.broker.store import GRAPH_RECORD, StaleRevisionError
 from colonyos.errors import (
     ColoniesError,
     ColonyNotFoundError,
     ConflictError,
     InvalidSpecError,
     NotFoundError,
+    RecordTooLargeError,
 )
 from colonyos.graphs import check_workflow, graph_state, node_process_id
 from colonyos.messages import AddChild, GraphRef, ListGraphs
@@ -40,6 +42,7 @@ __all__ = ["Workflows"]
 logger = logging.getLogger(__name__)
 
 _replace = msgspec.structs.replace
+_encode = msgspec.json.Encoder().encode
 _GRAPH_ATTEMPTS = 16
 
 
@@ -65,7 +68,7 @@ class Workflows:
     # -- submission -----------------------------------------------------------------------
     async def accept(self, msg: Msg, t: datetime, ns: int) -> None:
         colony = msg.subject.split(".")[-2]
-        graph_id = self._graph_id(msg)
+        graph_id = self.graph_id(msg)
         try:
             graph, processes = self._plan(msg, colony, graph_id, t, ns)
         except ColoniesError as err:
@@ -91,14 +94,16 @@ class Workflows:
             self._join(graph_id, process)
         self._states[graph_id] = graph.state
         for process, revision, data in stored:
-            self.service.track(process, revision, data)
+            await self.service.admit(process, revision, data)
         for process, _, _ in stored:
             if process.state.is_terminal:  # a redelivery: finish what its end started
                 await self.after_transition(process)
         await msg.ack()
         logger.info("workflow %s in %s: %d processes", graph_id, colony, len(processes))
 
-    def _graph_id(self, msg: Msg) -> str:
+    def graph_id(self, msg: Msg) -> str:
+        """The id of the graph a workflow message becomes: its ``Nats-Msg-Id``, else one
+        derived from its stream position (the same on every delivery)."""
         msg_id = (msg.headers or {}).get("Nats-Msg-Id", "")
         if len(msg_id) == 64 and all(c in "0123456789abcdef" for c in msg_id):
             return msg_id
@@ -117,7 +122,24 @@ class Workflows:
                 f"{colony!r}",
                 path="$.colonyname",
             )
-        return plan(workflow, colony, graph_id, t, ns, initiator=_initiator(msg))
+        graph, processes = plan(workflow, colony, graph_id, t, ns, initiator=_initiator(msg))
+        self._check_sizes(graph, processes)
+        return graph, processes
+
+    def _check_sizes(self, graph: ProcessGraph, processes: list[Process]) -> None:
+        """Every record of the workflow can be stored, or nothing is written."""
+        for i, process in enumerate(processes):
+            try:
+                self.store.encoded(process)
+            except RecordTooLargeError as err:
+                raise RecordTooLargeError(
+                    f"$[{i}]: the process record of node {process.spec.node_name!r}",
+                    err.size,
+                    err.limit,
+                    err.max_payload,
+                    path=f"$[{i}]",
+                ) from None
+        self.store.encoded(graph, GRAPH_RECORD)
 
     # -- progress ---------------------------------------------------------------------------
     async def after_transition(self, process: Process) -> None:
@@ -219,7 +241,7 @@ class Workflows:
         for _ in range(_GRAPH_ATTEMPTS):
             try:
                 graph, revision = await self.store.get_graph(colony, graph_id)
-            except NotFoundError:
+            except ColoniesError:  # removed, or a value that does not decode: nothing to keep
                 return
             if graph.state is state and set(graph.process_ids) >= set(self.members[graph_id]):
                 break
@@ -247,26 +269,39 @@ class Workflows:
             self._states.pop(graph_id, None)
 
     async def load(self) -> None:
-        """A new leader finishes what a previous one may have left half-done."""
+        """A new leader finishes what a previous one may have left half-done. A graph it cannot
+        finish is logged and left as it is: no stored value keeps a broker from starting."""
         async for graph, _ in self.store.all_graphs():
             self.service.index.put_graph(graph)
             if graph.state.is_terminal:
                 continue
-            members: dict[str, ProcessState] = {}
-            ended: list[Process] = []
-            for pid in graph.process_ids:
-                try:
-                    process, _ = await self.store.get(graph.colony_name, pid)
-                except NotFoundError:
-                    continue
-                members[pid] = process.state
-                self._graph_of[pid] = graph.process_graph_id
-                if process.state.is_terminal:
-                    ended.append(process)
-            self.members[graph.process_graph_id] = members
-            self._states[graph.process_graph_id] = graph.state
-            for process in ended:
-                await self.after_transition(process)
+            try:
+                await self._load_graph(graph)
+            except (nats.errors.Error, TimeoutError):
+                raise  # NATS trouble: the broker stands by and loads again
+            except Exception:
+                logger.exception(
+                    "process graph %s in %s could not be resumed; left as it is",
+                    graph.process_graph_id,
+                    graph.colony_name,
+                )
+
+    async def _load_graph(self, graph: ProcessGraph) -> None:
+        members: dict[str, ProcessState] = {}
+        ended: list[Process] = []
+        for pid in graph.process_ids:
+            try:
+                process, _ = await self.store.get(graph.colony_name, pid)
+            except ColoniesError:  # removed, or a value that does not decode: not a member
+                continue
+            members[pid] = process.state
+            self._graph_of[pid] = graph.process_graph_id
+            if process.state.is_terminal:
+                ended.append(process)
+        self.members[graph.process_graph_id] = members
+        self._states[graph.process_graph_id] = graph.state
+        for process in ended:
+            await self.after_transition(process)
 
     # -- requests -------------------------------------------------------------------------
     async def add_child(self, colony: str, caller: str, req: AddChild) -> Process:
@@ -283,8 +318,14 @@ class Workflows:
         spec = _replace(spec, conditions=_replace(cond, colony_name=colony))
         downstream = await self._downstream(colony, parent) if req.insert else []
         t = now()
+        child_id = new_id()
+        # The graph must still fit with one more process, or nothing is added.
+        graph, _ = await self.store.get_graph(colony, parent.process_graph_id)
+        self.store.encoded(
+            _replace(graph, process_ids=[*graph.process_ids, child_id]), GRAPH_RECORD
+        )
         child = _replace(
-            transitions.create(new_id(), spec, now=t, now_ns=int(t.timestamp() * 1e9)),
+            transitions.create(child_id, spec, now=t, now_ns=int(t.timestamp() * 1e9)),
             process_graph_id=parent.process_graph_id,
             wait_for_parents=True,
             wait_deadline=ZERO_TIME,
@@ -327,7 +368,10 @@ class Workflows:
         return graph
 
     async def graph_list(self, colony: str, caller: str, req: ListGraphs) -> msgspec.Raw:
-        return msgspec.Raw(await self.service.index.graphs(colony, req.limit))
+        """The colony's graphs, newest first: at most ``req.limit``, and only as many as one
+        reply holds."""
+        graphs = await self.service.index.graphs(colony, req.limit, self.service.reply_limit)
+        return msgspec.Raw(graphs)
 
     async def graph_cancel(self, colony: str, caller: str, req: GraphRef) -> ProcessGraph:
         graph, _ = await self.store.get_graph(colony, req.process_graph_id)

@@ -1,0 +1,115 @@
+"""Intake never loops on a spec: each message is a process or a rejection with its reason.
+
+Only NATS trouble leaves a message to be delivered again, and the consumer bounds that too:
+its last delivery is rejected with the reason, never dropped in silence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import msgspec
+import nats
+import pytest
+
+from colonyos import limits
+from colonyos.broker import Broker
+from colonyos.broker.store import ProcessStore
+from colonyos.client import Client
+from colonyos.config import BrokerSettings, Settings
+from colonyos.messages import Rejection
+from colonyos.models import Colony, Process, ProcessState
+from colonyos.subjects import GRAPH_TOKEN, Subjects
+
+from .conftest import COLONY, _drop_streams, running_broker
+from .test_assign_flow import spec
+
+GOOD = b'{"funcname": "f", "conditions": {"executortype": "echo"}}'
+
+
+async def _drained(js: nats.js.JetStreamContext, subjects: Subjects) -> bool:
+    """Nothing left to deliver or awaiting an ack (the ack may trail the event a moment)."""
+    async with asyncio.timeout(5):
+        while True:
+            info = await js.consumer_info(subjects.stream_specs, subjects.consumer_specs)
+            if (info.num_pending, info.num_ack_pending) == (0, 0):
+                return True
+            await asyncio.sleep(0.05)  # sleep-ok: polling the consumer's state under a deadline
+
+
+async def test_the_specs_consumer_bounds_its_deliveries(client: Client, settings) -> None:
+    subjects = Subjects(settings.prefix)
+    info = await client.js.consumer_info(subjects.stream_specs, subjects.consumer_specs)
+    assert info.config.max_deliver == limits.SPEC_DELIVERIES
+    assert info.config.backoff and len(info.config.backoff) < limits.SPEC_DELIVERIES
+
+
+@pytest.mark.parametrize("kind", ["spec", "workflow"])
+async def test_the_last_delivery_is_rejected_with_a_reason(
+    broker_settings: BrokerSettings, settings: Settings, kind: str
+) -> None:
+    """A message the broker failed on (NATS trouble, a broker that died on it) for every
+    delivery but the last: the last is a rejection that says so, and nothing is left behind."""
+    subjects = Subjects(settings.prefix)
+    nc = await nats.connect(settings.nats_url)
+    js = nc.jetstream()
+    try:
+        store = ProcessStore(nc, subjects, storage="memory")
+        await store.setup()
+        await store.put_colony(Colony(name=COLONY, auto_approve=True))
+        await Broker(broker_settings)._specs_consumer(store)  # as a leader makes it
+        item_id = "d" * 64
+        if kind == "spec":
+            subject, body, token = subjects.specs(COLONY, "echo"), GOOD, "echo"
+        else:
+            subject, token = subjects.workflows(COLONY), GRAPH_TOKEN
+            body = b'[{"nodename": "a", "funcname": "f", "conditions": {"executortype": "e"}}]'
+        await js.publish(subject, body, headers={"Nats-Msg-Id": item_id})
+        # Every delivery but the last taken and given back, as by brokers that failed on it.
+        puller = await js.pull_subscribe_bind(subjects.consumer_specs, subjects.stream_specs)
+        for n in range(1, limits.SPEC_DELIVERIES):
+            (msg,) = await puller.fetch(1, timeout=5)
+            assert msg.metadata.num_delivered == n
+            await msg.nak()
+        await puller.unsubscribe()
+        events = await nc.subscribe(subjects.events_filter(colony=COLONY))
+        async with running_broker(broker_settings):
+            msg = await events.next_msg(timeout=10)
+            assert msg.subject == subjects.event(COLONY, token, "rejected", item_id)
+            rejection = msgspec.json.decode(msg.data, type=Rejection)
+            assert rejection.error.startswith(
+                f"not accepted in {limits.SPEC_DELIVERIES} deliveries; the last attempt: "
+            )
+            assert await _drained(js, subjects)
+            async with await Client.connect(settings, caller="tester") as c:
+                assert await c.list_processes() == []
+                ok = await c.submit(spec())
+                assert isinstance(ok, Process) and ok.state is ProcessState.WAITING
+    finally:
+        await nc.close()
+        await _drop_streams(settings.nats_url, settings.prefix)
+
+
+async def test_a_raw_spec_whose_record_cannot_be_stored_is_rejected_once(
+    client: Client, settings
+) -> None:
+    """Before: the broker's write raised MaxPayloadError and the spec came back for ever."""
+    subjects = Subjects(settings.prefix)
+    nc = await nats.connect(settings.nats_url)
+    try:
+        events = await nc.subscribe(subjects.events_filter(colony=COLONY))
+        filler = "x" * (nc.max_payload - 400)
+        body = msgspec.json.encode(
+            {"funcname": "f", "conditions": {"executortype": "echo"}, "args": [filler]}
+        )
+        assert len(body) < nc.max_payload  # the spec itself fits; its process record does not
+        await nc.jetstream().publish(subjects.specs(COLONY, "echo"), body)
+        msg = await events.next_msg(timeout=5)
+        assert ".rejected." in msg.subject, msg.subject
+        rejection = msgspec.json.decode(msg.data, type=Rejection)
+        assert "bytes" in rejection.error
+        assert await _drained(nc.jetstream(), subjects)
+        ok = await client.submit(spec())
+        assert isinstance(ok, Process)
+    finally:
+        await nc.close()
