@@ -380,7 +380,7 @@ class Client:
             parent_process_id=parent.process_id,
             spec=spec,
             insert=insert,
-            attempt=parent.retries,
+            attempt=parent.attempt,
         )
         return await self._must("add_child", body, Process)
 
@@ -528,7 +528,7 @@ class Client:
     ) -> Process:
         """Close a process this executor runs with its output (SUCCESS).
 
-        ``attempt`` (the process's ``retries`` when it was assigned) makes the broker refuse
+        ``attempt`` (the process's ``attempt`` when it was assigned) makes the broker refuse
         the close if the process was re-queued and assigned again since.
         """
         body = Close(process_id=process_id, output=output or [], attempt=attempt)

@@ -110,7 +110,7 @@ class ProcessContext:
             lines, self._lines = self._lines, []
             try:
                 await self.client.add_logs(
-                    self.process.process_id, lines, attempt=self.process.retries
+                    self.process.process_id, lines, attempt=self.process.attempt
                 )
                 return
             except BrokerUnavailableError:
@@ -381,10 +381,10 @@ class ExecutorApp:
                 f"executor {self.name!r} has no function {process.spec.func_name!r} "
                 f"(it has: {known})"
             )
-            await self._finish(results.fail(pid, [error], attempt=process.retries))
+            await self._finish(results.fail(pid, [error], attempt=process.attempt))
             return
         ctx = ProcessContext(process, client)
-        attempt = process.retries
+        attempt = process.attempt
         token = _current.set(ctx)
         self.running.add(pid)
         work: asyncio.Task[list[Any]] = asyncio.ensure_future(handler(ctx))

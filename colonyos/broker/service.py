@@ -83,7 +83,7 @@ def new_id() -> str:
 def _revoked(before: Process, after: Process) -> bool:
     """Did this write take a running process away from its executor?"""
     return before.state is ProcessState.RUNNING and (
-        after.state is not ProcessState.RUNNING or after.retries != before.retries
+        after.state is not ProcessState.RUNNING or after.assignments != before.assignments
     )
 
 
@@ -100,7 +100,14 @@ class _Report:
 
 
 class Service:
-    def __init__(self, store: ProcessStore, index: ProcessIndex, subjects: Subjects) -> None:
+    def __init__(
+        self,
+        store: ProcessStore,
+        index: ProcessIndex,
+        subjects: Subjects,
+        *,
+        max_executor_losses: int = 5,
+    ) -> None:
         self.store = store
         self.index = index
         self.subjects = subjects
@@ -110,6 +117,8 @@ class Service:
         self.executors: dict[tuple[str, str], Executor] = {}
         self._capacities: dict[tuple[str, str], Capacity] = {}
         self._names: dict[str, tuple[str, str]] = {}  # executor id -> (colony, name)
+        # Executor losses a process may have before it fails (see transitions.requeue_lost).
+        self.max_executor_losses = max_executor_losses
         # Live processes beyond the queue, and what the lifecycle sweeps need.
         self.running: dict[str, tuple[Process, int]] = {}  # with its KV revision
         self.wait_deadlines = DeadlineHeap()
