@@ -9,22 +9,32 @@ expects) or ``error``.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeAlias
 
 import msgspec
 
 from colonyos.errors import ErrorReply
-from colonyos.models import Colony, Executor, FunctionSpec, Model, ProcessState
+from colonyos.models import (
+    ZERO_TIME,
+    Colony,
+    Executor,
+    ExecutorState,
+    FunctionSpec,
+    Model,
+    ProcessState,
+)
 
 __all__ = [
     "AddChild",
     "Assign",
     "Close",
     "ColonyAdd",
+    "Control",
     "Empty",
     "Fail",
     "GraphRef",
     "Heartbeat",
+    "Instance",
     "ListGraphs",
     "ListProcesses",
     "LogLines",
@@ -33,10 +43,14 @@ __all__ = [
     "ProcessRef",
     "Register",
     "Rejection",
+    "Release",
+    "Replaced",
     "Reply",
     "Results",
     "Revoke",
+    "StateChanged",
     "Stats",
+    "WhoIs",
 ]
 
 
@@ -49,6 +63,9 @@ class Assign(Model, kw_only=True):
     # For ``assign_many``: how many processes at most. It waits (up to ``timeout``) for the
     # first; the others are those assignable at that moment.
     count: int = 1
+    # The executor's registration (its id) when it knows it: a request from a run that was
+    # replaced or removed since is refused.
+    executor_id: str = ""
 
 
 class ProcessRef(Model, kw_only=True):
@@ -58,7 +75,8 @@ class ProcessRef(Model, kw_only=True):
 class Close(Model, kw_only=True):
     process_id: str
     output: list[Any] = msgspec.field(default_factory=list, name="out")
-    # The process's retries when it was assigned: refuses a close from an earlier attempt.
+    # The process's ``attempt`` when it was assigned (0 for its first assignment, one more for
+    # each later one): refuses a close from an earlier assignment.
     attempt: int | None = None
 
 
@@ -130,16 +148,68 @@ class Stats(Model, kw_only=True):
     executor_types: dict[str, dict[str, int]] = msgspec.field(default_factory=dict)
 
 
-class Revoke(Model, kw_only=True):
-    """To an executor, on its control subject: a process it runs was taken from it."""
+class Release(Model, kw_only=True):
+    """From an executor run that stops: give back whatever is still assigned to it (processes
+    it will not finish, or whose assignment never reached it), so that they are queued again
+    at once (an executor loss, not a retry), and end its parked assign requests."""
+
+    executor_id: str
+    reason: str = ""
+
+
+class Instance(Model, kw_only=True):
+    """Who runs an executor registration: its id, host, process id and since when."""
+
+    executor_id: str
+    host: str = ""
+    pid: int = 0
+    since: datetime = ZERO_TIME
+
+
+# Messages to an executor on its control subject (core NATS), one tagged union: the kind is in
+# ``kind``. Several runs may listen on one name's subject (a run being replaced), so every
+# message but ``revoke`` (whose process id is enough) names the registration it is for.
+
+
+class Revoke(Model, kw_only=True, tag_field="kind", tag="revoke"):
+    """A process it runs was taken from it (cancelled, re-queued): stop its function."""
 
     process_id: str
     state: ProcessState
     reason: str = ""
 
 
+class WhoIs(Model, kw_only=True, tag_field="kind", tag="whois"):
+    """A request: is the run holding registration ``executor_id`` alive? It answers with its
+    :class:`Instance`; no answer means it is gone."""
+
+    executor_id: str
+
+
+class StateChanged(Model, kw_only=True, tag_field="kind", tag="state"):
+    """The colony owner approved, rejected or removed (UNREGISTERED) this registration."""
+
+    executor_id: str
+    state: ExecutorState
+    reason: str = ""
+
+
+class Replaced(Model, kw_only=True, tag_field="kind", tag="replaced"):
+    """Another start took this executor's name over (``replace``): stop now."""
+
+    executor_id: str
+    by: Instance
+
+
+Control: TypeAlias = Revoke | WhoIs | StateChanged | Replaced
+
+
 class Register(Model, kw_only=True):
     executor: Executor
+    # Take the name over from a live executor that holds it (else that is refused).
+    replace: bool = False
+    # Who is registering: told to a run it replaces.
+    instance: Instance | None = None
 
 
 class Named(Model, kw_only=True):
