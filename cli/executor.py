@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import typer
 
+from colonyos.executor import ExecutorStatus
 from colonyos.models import GPU, Capabilities, Executor, Hardware
 
 from ._common import connect, settings_of
@@ -24,7 +26,12 @@ def start(
     kind: str = typer.Argument(..., help=f"Which shipped executor: {', '.join(KINDS)}."),
     executor_type: str = typer.Option("", "--type", help="Executor type (default: KIND)."),
     name: str = typer.Option("", "--name", help="Executor name (default: TYPE-hostname)."),
-    burst: bool = typer.Option(False, "--burst", help="Exit once no more work can be assigned."),
+    burst: bool = typer.Option(
+        False, "--burst", help="Exit once no more work can be assigned; fail fast if none can be."
+    ),
+    replace: bool = typer.Option(
+        False, "--replace", help="Take the name over from a running executor that holds it."
+    ),
     allow: list[str] = typer.Option(
         [], "--allow", help="shell: a program it may run (repeat); none by default."
     ),
@@ -37,7 +44,8 @@ def start(
     gpus: int = typer.Option(0, "--gpus", help="GPUs it offers."),
     concurrency: int = typer.Option(1, "--concurrency", "-c", help="Processes run at once."),
 ) -> None:
-    """Start a shipped executor in the foreground (Ctrl-C stops it after the current process)."""
+    """Start a shipped executor in the foreground. Ctrl-C (or SIGTERM) stops it once its running
+    processes finish; a second Ctrl-C stops them now and gives them back to the queue."""
     if kind not in KINDS:
         raise fail(f"unknown executor kind {kind!r}; choose one of {', '.join(KINDS)}")
     options: dict[str, Any] = {}
@@ -52,18 +60,26 @@ def start(
         )
         app_.location_name = location
         app_.concurrency = max(1, concurrency)
+        app_.replace = replace
+        app_.on_status = functools.partial(_print_status, app_.name)
         if cpu or mem or gpus:
             app_.capabilities = Capabilities(
                 hardware=[Hardware(cpu=cpu, mem=mem, gpu=GPU(count=gpus))]
             )
         console.print(
             f"executor [bold]{app_.name}[/] (type {app_.executor_type}) in colony "
-            f"{app_.settings.colony}: waiting for work" + (" (burst)" if burst else "")
+            f"{app_.settings.colony}" + (", burst" if burst else ""),
+            soft_wrap=True,
         )
         return await app_.serve(burst=burst)
 
     handled = run(go())
     console.print(f"handled {handled} processes")
+
+
+def _print_status(name: str, status: ExecutorStatus) -> None:
+    """One line per status, said by the executor when it starts to apply."""
+    console.print(f"{name}: {status.message}", markup=False, soft_wrap=True)
 
 
 @app.command("ls")
@@ -111,11 +127,12 @@ def reject(ctx: typer.Context, name: str = _NAME) -> None:
 
 @app.command("remove")
 def remove(ctx: typer.Context, name: str = _NAME) -> None:
-    """Remove an executor's registration."""
+    """Remove an executor: it is kept as UNREGISTERED, what it runs is queued again at once, and
+    a running executor of that name stops. Starting it again registers it afresh."""
 
     async def go() -> None:
         async with await connect(ctx) as client:
             await client.executor_remove(name)
 
     run(go())
-    console.print(f"executor {name} removed")
+    console.print(f"executor {name} removed (UNREGISTERED); what it was running is queued again")

@@ -9,7 +9,9 @@ a process record, an event and a reply each travel as one NATS message.
 from __future__ import annotations
 
 __all__ = [
+    "ERROR_TEXT_MAX_CHARS",
     "HEADROOM_BYTES",
+    "LOG_LINE_MAX_CHARS",
     "MAX_ASSIGN_COUNT",
     "MAX_ASSIGN_TIMEOUT_S",
     "MAX_COUNT",
@@ -19,6 +21,7 @@ __all__ = [
     "PRIORITY_MAX",
     "PRIORITY_MIN",
     "record_limit",
+    "request_limit",
 ]
 
 # A priority point is a day of queue age (as in Colonies, which refuses values outside this).
@@ -50,3 +53,16 @@ def record_limit(max_payload: int) -> int:
     """The largest process record (its JSON) that a server with this ``max_payload`` can store
     and send on as an event or a reply."""
     return max(0, max_payload - HEADROOM_BYTES)
+
+
+def request_limit(max_payload: int) -> int:
+    """The largest body of one request (an executor's batch of log lines or of results) that a
+    server with this ``max_payload`` carries."""
+    return max(0, max_payload - HEADROOM_BYTES)
+
+
+# Executors: a log line longer than this is sent as several lines (and never more than a
+# request can carry); an error text longer than this is cut in the process record (the whole
+# text and the traceback are in the process log).
+LOG_LINE_MAX_CHARS = 16_384
+ERROR_TEXT_MAX_CHARS = 2_000
