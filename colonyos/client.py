@@ -113,8 +113,15 @@ class Client:
         return cls(nc, settings, caller or default_caller())
 
     async def aclose(self) -> None:
-        with contextlib.suppress(nats.errors.ConnectionClosedError):
+        try:
             await self.nc.drain()
+        except nats.errors.ConnectionClosedError:
+            pass
+        except nats.errors.ConnectionReconnectingError:
+            # NATS is away: nothing can be drained; stop reconnecting (what was still to be
+            # written is lost with the connection).
+            with contextlib.suppress(OSError, nats.errors.Error):
+                await self.nc.close()
 
     async def __aenter__(self) -> Client:
         return self

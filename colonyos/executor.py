@@ -658,6 +658,9 @@ class ExecutorApp:
         assignment never reached it), and end its parked assign requests."""
         if self.registered is None:
             return
+        if not client.nc.is_connected:
+            logger.warning("NATS is away: the broker takes this run's processes back by itself")
+            return
         reason = "stopped now" if self._forced.is_set() else "stopped"
         try:
             async with asyncio.timeout(_RELEASE_TIMEOUT_S):
@@ -665,7 +668,8 @@ class ExecutorApp:
                     self.executor_id, reason=reason, timeout=_RELEASE_TIMEOUT_S
                 )
         except (ColoniesError, TimeoutError) as err:
-            logger.warning("could not give processes back (%s): the broker takes them back", err)
+            why = err.message if isinstance(err, ColoniesError) else "no answer in time"
+            logger.warning("could not give processes back (%s): the broker takes them back", why)
             return
         if given:
             logger.info("gave %s back to the broker", _count(given, "process"))

@@ -17,6 +17,7 @@ import pytest
 from colonyos.client import Client
 from colonyos.config import BrokerSettings, Settings
 from colonyos.models import Conditions, FunctionSpec, Process, ProcessState
+from colonyos.natsserver import NatsServer
 from colonyos.subjects import Subjects
 
 from .procs import Child, free_port
@@ -273,3 +274,19 @@ async def test_burst_fails_fast_when_nats_is_unreachable(start) -> None:  # type
     child = start("executor", "start", "echo", "--burst", nats=url)
     assert await exit_code(child, timeout=20) != 0
     assert f"cannot reach NATS at {url}" in output(child)
+
+
+async def test_a_client_closes_at_once_when_nats_went_away(tmp_path: Path) -> None:
+    """What an executor does last when stopped while NATS is away: close without a hang or a
+    traceback (draining a connection that is reconnecting raised)."""
+    server = NatsServer(tmp_path / "js", port=free_port()).start()
+    try:
+        client = await Client.connect(Settings(nats_url=server.url))
+        await client.nc.subscribe("anything")
+    finally:
+        server.stop()
+    async with asyncio.timeout(10):
+        while not client.nc.is_reconnecting:
+            await asyncio.sleep(0.02)  # sleep-ok: polling the connection's state, bounded
+        await client.aclose()
+    assert client.nc.is_closed
