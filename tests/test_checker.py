@@ -366,7 +366,11 @@ async def test_killing_brokers_and_executors_loses_nothing(
         events = await _events(js, Subjects(PREFIX))
         outcome = Counter(final[pid].state.name for pid in run.accepted)
         retries = sum(final[pid].retries for pid in run.accepted)
-        print(f"checker: kills {dict(run.kills)}; outcomes {dict(outcome)}; {retries} retries")
+        losses = sum(final[pid].executor_losses for pid in run.accepted)
+        print(
+            f"checker: kills {dict(run.kills)}; outcomes {dict(outcome)}; {retries} retries, "
+            f"{losses} executor losses"
+        )
         problems = _check(run.accepted, events, final)
         assert not problems, "\n".join(problems[:50])
         assert len(run.accepted) == PROCESSES
