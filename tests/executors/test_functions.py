@@ -6,6 +6,7 @@ batches."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -14,7 +15,8 @@ import pytest
 
 from colonyos.client import Client
 from colonyos.config import BrokerSettings, Settings
-from colonyos.executor import ExecutorApp, ProcessContext, _ResultSender
+from colonyos.execution import ResultSender
+from colonyos.executor import ExecutorApp, ProcessContext
 from colonyos.messages import Close
 from colonyos.models import Conditions, Executor, FunctionSpec, Process, ProcessState
 from colonyos.natsserver import NatsServer
@@ -256,7 +258,7 @@ async def test_result_batches_are_split_to_fit(small: Client, small_settings: Se
         async with asyncio.timeout(10):
             while len(assigned) < 4:
                 assigned += await raw.assign_many(4 - len(assigned), timeout=2)
-        sender = _ResultSender(raw)
+        sender = ResultSender(raw)
         third = "z" * (SMALL_PAYLOAD // 3)  # two fit in a request, four do not
         await asyncio.gather(
             *(
@@ -279,7 +281,40 @@ async def test_a_result_refused_for_a_reason_fails_the_process_and_is_not_retrie
         assert got is not None
         app = ExecutorApp("fn", "raw", settings=small_settings)
         too_big = Close(process_id=got.process_id, output=["x" * SMALL_PAYLOAD], attempt=0)
-        await asyncio.wait_for(app._finish(_ResultSender(raw), too_big), timeout=10)
+        await asyncio.wait_for(app._finish(ResultSender(raw), too_big), timeout=10)
     done = await small.wait(p.process_id, timeout=10)
     assert done.state is ProcessState.FAILED
     assert done.errors[0].startswith("the broker refused the output:")
+
+
+async def test_a_process_log_holds_what_its_function_says_and_nothing_of_the_executor(
+    client: Client, settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    console = _ToStdout()  # as the CLI's console handler: it writes to sys.stdout of the moment
+    logging.getLogger().addHandler(console)
+    app = ExecutorApp("fn", "fn-log", settings=settings)
+
+    @app.function
+    def talks() -> None:
+        print("printed")
+        logging.getLogger("user.code").warning("logged")
+        raise ValueError("and failed")
+
+    ps = await submit_all(client, "talks")
+    try:
+        assert await asyncio.wait_for(app.run(burst=True), timeout=20) == 1
+    finally:
+        logging.getLogger().removeHandler(console)
+    pid = ps["talks"].process_id
+    log = await logs_of(client, pid)
+    assert log[:2] == ["printed", "logged"] and log[-1] == "ValueError: and failed"
+    assert not any(pid in line for line in log)  # the executor's own lines name the process
+    said = [(r.name, r.getMessage()) for r in caplog.records]
+    assert any(name.startswith("colonyos") and pid in message for name, message in said)
+    assert ("user.code", "logged") not in said  # the function's record went to its log only
+
+
+class _ToStdout(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        sys.stdout.write(self.format(record) + "\n")
