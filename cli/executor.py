@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -9,6 +10,7 @@ import msgspec
 import typer
 
 from colonyos import machine
+from colonyos.executor import ExecutorStatus
 from colonyos.models import GPU, Capabilities, Executor, Hardware
 from colonyos.resources import parse_bytes, parse_cpu_millis
 
@@ -28,7 +30,12 @@ def start(
     kind: str = typer.Argument(..., help=f"Which shipped executor: {', '.join(KINDS)}."),
     executor_type: str = typer.Option("", "--type", help="Executor type (default: KIND)."),
     name: str = typer.Option("", "--name", help="Executor name (default: TYPE-hostname)."),
-    burst: bool = typer.Option(False, "--burst", help="Exit once no more work can be assigned."),
+    burst: bool = typer.Option(
+        False, "--burst", help="Exit once no more work can be assigned; fail fast if none can be."
+    ),
+    replace: bool = typer.Option(
+        False, "--replace", help="Take the name over from a running executor that holds it."
+    ),
     allow: list[str] = typer.Option(
         [], "--allow", help="shell: a program it may run (repeat); none by default."
     ),
@@ -57,7 +64,8 @@ def start(
     ),
     concurrency: int = typer.Option(1, "--concurrency", "-c", help="Processes run at once."),
 ) -> None:
-    """Start a shipped executor in the foreground (Ctrl-C stops it after the current process)."""
+    """Start a shipped executor in the foreground. Ctrl-C (or SIGTERM) stops it once its running
+    processes finish; a second Ctrl-C stops them now and gives them back to the queue."""
     if kind not in KINDS:
         raise fail(f"unknown executor kind {kind!r}; choose one of {', '.join(KINDS)}")
     options: dict[str, Any] = {}
@@ -75,9 +83,12 @@ def start(
         app_.location_name = location
         app_.concurrency = max(1, concurrency)
         app_.capabilities = Capabilities(hardware=[hardware])
+        app_.replace = replace
+        app_.on_status = functools.partial(_print_status, app_.name)
         console.print(
             f"executor [bold]{app_.name}[/] (type {app_.executor_type}) in colony "
-            f"{app_.settings.colony}: waiting for work" + (" (burst)" if burst else "")
+            f"{app_.settings.colony}" + (", burst" if burst else ""),
+            soft_wrap=True,
         )
         return await app_.serve(burst=burst)
 
@@ -117,6 +128,11 @@ def _hardware(
         nodes=nodes,
         gpu=gpu,
     )
+
+
+def _print_status(name: str, status: ExecutorStatus) -> None:
+    """One line per status, said by the executor when it starts to apply."""
+    console.print(f"{name}: {status.message}", markup=False, soft_wrap=True)
 
 
 @app.command("ls")
@@ -170,7 +186,8 @@ def reject(ctx: typer.Context, name: str = _NAME, as_json: bool = JSON_OPTION) -
 
 @app.command("remove")
 def remove(ctx: typer.Context, name: str = _NAME, as_json: bool = JSON_OPTION) -> None:
-    """Remove an executor's registration."""
+    """Remove an executor: it is kept as UNREGISTERED, what it runs is queued again at once, and
+    a running executor of that name stops. Starting it again registers it afresh."""
 
     async def go() -> None:
         async with await connect(ctx) as client:
@@ -180,4 +197,4 @@ def remove(ctx: typer.Context, name: str = _NAME, as_json: bool = JSON_OPTION) -
     if as_json:
         print_json({"executorname": name, "removed": True})
         return
-    console.print(f"executor {name} removed")
+    console.print(f"executor {name} removed (UNREGISTERED); what it was running is queued again")

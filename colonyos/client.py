@@ -51,6 +51,7 @@ from colonyos.messages import (
     Fail,
     GraphRef,
     Heartbeat,
+    Instance,
     ListGraphs,
     ListProcesses,
     LogLines,
@@ -59,6 +60,7 @@ from colonyos.messages import (
     ProcessRef,
     Register,
     Rejection,
+    Release,
     Reply,
     Resolve,
     Results,
@@ -117,8 +119,15 @@ class Client:
         return cls(nc, settings, caller or default_caller())
 
     async def aclose(self) -> None:
-        with contextlib.suppress(nats.errors.ConnectionClosedError):
+        try:
             await self.nc.drain()
+        except nats.errors.ConnectionClosedError:
+            pass
+        except nats.errors.ConnectionReconnectingError:
+            # NATS is away: nothing can be drained; stop reconnecting (what was still to be
+            # written is lost with the connection).
+            with contextlib.suppress(OSError, nats.errors.Error):
+                await self.nc.close()
 
     async def __aenter__(self) -> Client:
         return self
@@ -447,7 +456,7 @@ class Client:
             parent_process_id=parent.process_id,
             spec=spec,
             insert=insert,
-            attempt=parent.retries,
+            attempt=parent.attempt,
         )
         return await self._must("add_child", body, Process)
 
@@ -570,8 +579,13 @@ class Client:
         await self._request("executor_remove", Named(name=name), type(None))
 
     # -- executor side ------------------------------------------------------------------
-    async def register(self, executor: Executor) -> Executor:
-        return await self._must("register", Register(executor=executor), Executor)
+    async def register(
+        self, executor: Executor, *, replace: bool = False, instance: Instance | None = None
+    ) -> Executor:
+        """Register (or, with the same ``executorid``, check) an executor. A name a live
+        executor holds is refused unless ``replace``; ``instance`` says who registers."""
+        body = Register(executor=executor, replace=replace, instance=instance)
+        return await self._must("register", body, Executor)
 
     async def assign(self, timeout: float = 10.0) -> Process | None:
         """Long-poll for work: a process, or None when nothing came within ``timeout``
@@ -584,15 +598,17 @@ class Client:
         except AssignTimeoutError:
             return None
 
-    async def assign_many(self, count: int, timeout: float = 10.0) -> list[Process]:
+    async def assign_many(
+        self, count: int, timeout: float = 10.0, *, executor_id: str = ""
+    ) -> list[Process]:
         """Long-poll for up to ``count`` processes: waits (up to ``timeout``) for the first,
         and gets with it those that are assignable at that moment. Empty when none came.
-        One request takes at most ``limits.MAX_ASSIGN_COUNT``."""
+        ``executor_id``: this run's registration (refused if it was replaced or removed)."""
         timeout = min(timeout, limits.MAX_ASSIGN_TIMEOUT_S)
         count = min(count, limits.MAX_ASSIGN_COUNT)
         result = await self._request(
             "assign_many",
-            Assign(timeout=timeout, count=count),
+            Assign(timeout=timeout, count=count, executor_id=executor_id),
             list[Process],
             timeout=timeout + _ASSIGN_MARGIN_S,
         )
@@ -615,7 +631,7 @@ class Client:
     ) -> Process:
         """Close a process this executor runs with its output (SUCCESS).
 
-        ``attempt`` (the process's ``retries`` when it was assigned) makes the broker refuse
+        ``attempt`` (the process's ``attempt`` when it was assigned) makes the broker refuse
         the close if the process was re-queued and assigned again since.
         """
         body = Close(process_id=process_id, output=output or [], attempt=attempt)
@@ -633,6 +649,15 @@ class Client:
         if lines:
             body = LogLines(process_id=process_id, lines=lines, attempt=attempt)
             await self._request("log", body, type(None))
+
+    async def release(
+        self, executor_id: str, *, reason: str = "", timeout: float | None = None
+    ) -> int:
+        """From an executor run that stops: whatever is still assigned to registration
+        ``executor_id`` is queued again at once, without spending a retry, and its parked
+        assign requests end. Returns how many processes went back."""
+        body = Release(executor_id=executor_id, reason=reason)
+        return await self._must("release", body, int, timeout=timeout)
 
     async def heartbeat(self, executor_id: str, running: list[str]) -> None:
         """Tell the broker this executor is alive, and what it is running (fire and forget)."""

@@ -69,6 +69,10 @@ class BrokerSettings(msgspec.Struct, frozen=True, kw_only=True):
     fetch_batch: int = 256
     # An executor silent (no heartbeat, no request) this long is lost: its processes re-queue.
     executor_liveness_s: float = 30.0
+    # A process whose executor is lost (or removed, replaced, restarted, stopped) is queued
+    # again without spending a retry; after this many such losses it fails instead, so that a
+    # process that takes down every executor that runs it does not go round for ever.
+    max_executor_losses: int = 5
     # How often the leader checks deadlines and liveness.
     sweep_interval_s: float = 0.5
     # The leader's lease; a standby takes over at most this long after the leader dies.
@@ -94,5 +98,7 @@ class BrokerSettings(msgspec.Struct, frozen=True, kw_only=True):
                 values[key] = float(env[var])
         if "COLONIES_REPLICAS" in env:
             values["replicas"] = int(env["COLONIES_REPLICAS"])
+        if "COLONIES_MAX_EXECUTOR_LOSSES" in env:
+            values["max_executor_losses"] = int(env["COLONIES_MAX_EXECUTOR_LOSSES"])
         values.update({k: v for k, v in overrides.items() if v is not None})
         return msgspec.convert(values, cls, strict=False)

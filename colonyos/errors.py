@@ -13,8 +13,11 @@
       │    ├─ ProcessNotFoundError
       │    └─ GraphNotFoundError
       ├─ ConflictError             already exists, or an illegal state transition
-      │    └─ ProcessExistsError   a process id submitted again
+      │    ├─ ProcessExistsError   a process id submitted again
+      │    ├─ ExecutorNameTakenError   a live executor holds the name (start with replace)
+      │    └─ ExecutorReplacedError    this executor's name was taken over (replace)
       ├─ NotAuthorizedError        e.g. a close from an executor the process is not assigned to
+      │    └─ ExecutorRemovedError     the colony owner removed this executor
       ├─ BrokerUnavailableError    no broker answered (not started, or NATS unreachable)
       └─ AssignTimeoutError        no work arrived before the assign timeout (also a TimeoutError)
 
@@ -37,7 +40,10 @@ __all__ = [
     "ColonyNotFoundError",
     "ConflictError",
     "ErrorReply",
+    "ExecutorNameTakenError",
     "ExecutorNotFoundError",
+    "ExecutorRemovedError",
+    "ExecutorReplacedError",
     "GraphNotFoundError",
     "InvalidNameError",
     "InvalidSpecError",
@@ -177,8 +183,26 @@ class ProcessExistsError(ConflictError):
         )
 
 
+class ExecutorNameTakenError(ConflictError):
+    """Registering a name that a live executor holds (.holder_host, .holder_pid, .holder_since)."""
+
+    code = "executor_name_taken"
+
+
+class ExecutorReplacedError(ConflictError):
+    """This executor's name was taken over by another start (.by_host, .by_pid)."""
+
+    code = "executor_replaced"
+
+
 class NotAuthorizedError(ColoniesError):
     code = "not_authorized"
+
+
+class ExecutorRemovedError(NotAuthorizedError):
+    """The colony owner removed this executor; starting it again registers it afresh."""
+
+    code = "executor_removed"
 
 
 class BrokerUnavailableError(ColoniesError):

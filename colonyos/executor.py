@@ -7,28 +7,32 @@
         print("adding")            # becomes a line of the process's log
         return a + b               # becomes the process's output: [a + b]
 
-    asyncio.run(app.run())
+    asyncio.run(app.serve())       # until Ctrl-C
 
-A raised exception fails the process with the error text. ``run(burst=True)`` returns once no
-more work can be assigned. Only nats-py and msgspec are needed, so this runs on small devices.
+A run goes through stages, each said once when it starts to apply (to ``on_status``, else to
+the log): connecting to NATS, registering, pending approval, waiting for work, stopping. Every
+wait ends when it is stopped: a first :meth:`ExecutorApp.stop` (Ctrl-C, SIGTERM) stops taking
+work and lets running processes finish, a second stops their functions and gives the processes
+back to the broker, which queues them again at once.
+
+Whatever a function returns or raises fails that process with a clear error, never the
+executor. Only nats-py and msgspec are needed, so this runs on small devices.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
-import functools
-import inspect
-import io
+import enum
 import logging
 import os
+import secrets
 import signal
 import socket
-import sys
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any, TextIO
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 import nats.errors
@@ -38,137 +42,102 @@ from colonyos.client import Client
 from colonyos.config import Settings
 from colonyos.errors import (
     BrokerUnavailableError,
+    ColoniesError,
     ColonyNotFoundError,
     ConflictError,
+    ExecutorNameTakenError,
+    ExecutorNotFoundError,
+    ExecutorRemovedError,
+    ExecutorReplacedError,
     NotAuthorizedError,
 )
-from colonyos.messages import Close, Fail, Revoke
+from colonyos.execution import (
+    RETRY_MAX_S,
+    FunctionOutcome,
+    Handler,
+    OwnLog,
+    ProcessContext,
+    Raised,
+    ResultSender,
+    call_function,
+    capture_output,
+    current,
+    cut,
+    describe,
+    first_of,
+    guarded,
+    output_of,
+    output_problem,
+    pause,
+)
+from colonyos.messages import (
+    Close,
+    Control,
+    Fail,
+    Instance,
+    Replaced,
+    Revoke,
+    StateChanged,
+    WhoIs,
+)
 from colonyos.models import (
     Capabilities,
     Executor,
     ExecutorState,
-    FunctionSpec,
     Process,
+    now,
 )
 from colonyos.subjects import check_name
 
-__all__ = ["ExecutorApp", "ProcessContext", "output_of"]
+__all__ = ["ExecutorApp", "ExecutorStage", "ExecutorStatus", "ProcessContext", "output_of"]
 
-logger = logging.getLogger(__name__)
-
-Handler = Callable[["ProcessContext"], Awaitable[list[Any]]]
+logger = OwnLog(__name__)
 
 _LOG_FLUSH_S = 0.25
-_RETRY_MAX_S = 5.0
-# How long an executor keeps trying to deliver a result while no broker answers.
+# How long a result is retried while no broker answers.
 _RESULT_PATIENCE_S = 120.0
-_FINAL_FLUSH_TRIES = 8
-_revoke_decoder = msgspec.json.Decoder(Revoke)
-_current: contextvars.ContextVar[ProcessContext | None] = contextvars.ContextVar(
-    "colonies_process", default=None
-)
+# While pending approval, how often it asks (besides being told at once on its control subject).
+_APPROVAL_CHECK_S = 5.0
+# How long a stopping run waits for the broker to take back what is still assigned to it.
+_RELEASE_TIMEOUT_S = 3.0
+
+_encode = msgspec.json.Encoder().encode
+_control_decoder: msgspec.json.Decoder[Control] = msgspec.json.Decoder(Control)
 
 
-def output_of(value: Any) -> list[Any]:
-    """A function's return value as a process output: None -> [], tuple -> list, else [v]."""
-    if value is None:
-        return []
-    if isinstance(value, tuple):
-        return list(value)
-    return [value]
+class ExecutorStage(enum.StrEnum):
+    """Where a run is. Only ``WAITING_FOR_WORK`` takes work."""
+
+    CONNECTING = "connecting"
+    UNREACHABLE = "unreachable"  # NATS does not answer
+    NO_BROKER = "no_broker"  # NATS answers, no broker does
+    NO_COLONY = "no_colony"
+    PENDING = "pending"  # registered, waiting for the colony owner's approval
+    REJECTED = "rejected"
+    WAITING_FOR_WORK = "waiting_for_work"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
 
 
-class ProcessContext:
-    """What a handler gets: the process, and a log that streams to the colony."""
+@dataclass(frozen=True, slots=True)
+class ExecutorStatus:
+    """One status line: what the run is doing or waiting for, in words a user acts on."""
 
-    def __init__(self, process: Process, client: Client) -> None:
-        self.process = process
-        self.client = client
-        self._lines: list[str] = []
-        self._partial = ""
+    stage: ExecutorStage
+    message: str
 
-    async def add_child(self, spec: FunctionSpec, *, insert: bool = False) -> Process:
-        """Add a process to this process's graph: after it (a new branch) or, with ``insert``,
-        between it and its children. The child gets this process's output as input."""
-        return await self.client.add_child(self.process, spec, insert=insert)
-
-    def log(self, line: str) -> None:
-        """Add one line to the process's log (sent in batches while the process runs)."""
-        self._lines.append(line)
-
-    def write(self, text: str) -> None:
-        """File-like: text written here is split into log lines."""
-        text = self._partial + text
-        *lines, self._partial = text.split("\n")
-        self._lines.extend(lines)
-
-    async def flush(self, final: bool = False) -> None:
-        if final and self._partial:
-            self._lines.append(self._partial)
-            self._partial = ""
-        delay = 0.2
-        for _ in range(_FINAL_FLUSH_TRIES if final else 1):
-            lines, self._lines = self._lines, []
-            try:
-                await self.client.add_logs(
-                    self.process.process_id, lines, attempt=self.process.retries
-                )
-                return
-            except BrokerUnavailableError:
-                self._lines[:0] = lines  # keep them for the next try
-            except (ConflictError, NotAuthorizedError) as err:
-                logger.warning("log of %s refused: %s", self.process.process_id, err.message)
-                return
-            if final:
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, _RETRY_MAX_S)
-        if final:
-            logger.warning(
-                "%d log lines of %s undelivered", len(self._lines), self.process.process_id
-            )
-
-
-class _RoutedStream(io.TextIOBase):
-    """Stands in for sys.stdout: text written while a process runs goes to its log."""
-
-    def __init__(self, fallback: TextIO) -> None:
-        self.fallback = fallback
-
-    def write(self, text: str) -> int:
-        ctx = _current.get()
-        if ctx is None:
-            return self.fallback.write(text)
-        ctx.write(text)
-        return len(text)
-
-    def flush(self) -> None:
-        if _current.get() is None:
-            self.fallback.flush()
-
-
-class _LogRouter(logging.Handler):
-    def emit(self, record: logging.LogRecord) -> None:
-        ctx = _current.get()
-        if ctx is not None:
-            ctx.log(self.format(record))
-
-
-@contextlib.contextmanager
-def _capture_output() -> Any:
-    original = sys.stdout
-    router = _RoutedStream(original)
-    sys.stdout = router
-    handler = _LogRouter()
-    logging.getLogger().addHandler(handler)
-    try:
-        yield
-    finally:
-        if sys.stdout is router:  # unless someone else has replaced it since
-            sys.stdout = original
-        logging.getLogger().removeHandler(handler)
+    def __str__(self) -> str:
+        return self.message
 
 
 class ExecutorApp:
+    """An executor: ``run()`` connects, registers and takes work until stopped.
+
+    ``replace``: take the name over from a live executor that holds it (else starting is
+    refused, naming the holder). ``on_status``: called with each :class:`ExecutorStatus`
+    (instead of logging it).
+    """
+
     def __init__(
         self,
         executor_type: str,
@@ -180,6 +149,8 @@ class ExecutorApp:
         assign_timeout_s: float = 10.0,
         heartbeat_s: float | None = None,
         concurrency: int = 1,
+        replace: bool = False,
+        on_status: Callable[[ExecutorStatus], None] | None = None,
     ) -> None:
         self.executor_type = check_name("executortype", executor_type)
         self.name = check_name("executorname", name or f"{executor_type}-{socket.gethostname()}")
@@ -191,16 +162,27 @@ class ExecutorApp:
         self.concurrency = max(1, concurrency)
         # Keep well under the broker's liveness window (30 s by default).
         self.heartbeat_s = heartbeat_s or float(os.environ.get("COLONIES_HEARTBEAT", "5"))
+        self.replace = replace
+        self.on_status = on_status
+        self.status: ExecutorStatus | None = None
         self.running: set[str] = set()
-        self._work: dict[str, asyncio.Task[list[Any]]] = {}
+        self._work: dict[str, asyncio.Future[FunctionOutcome]] = {}
         self._new_leader = asyncio.Event()
         self._revoked: dict[str, str] = {}
         self.handlers: dict[str, Handler] = {}
         self.default_handler: Handler | None = None
+        # Set once registered, approved and taking work.
         self.ready = asyncio.Event()
         self.registered: Executor | None = None
+        # This run's registration id (each run registers afresh).
+        self.executor_id = ""
         self.processed = 0
-        self._stopping = asyncio.Event()
+        self._stopping = asyncio.Event()  # stop taking work
+        self._forced = asyncio.Event()  # and stop what runs
+        self._state_changed = asyncio.Event()
+        self._ended_by: ColoniesError | None = None
+        self._again = "stop() again to stop now"
+        self._since = now()
         # print() inside Python functions becomes their log; only then is stdout routed.
         self._capture_print = False
 
@@ -209,7 +191,7 @@ class ExecutorApp:
         """Register a Python function (sync or async) for the funcname ``name or fn.__name__``."""
 
         def register(f: Callable[..., Any]) -> Callable[..., Any]:
-            self.handlers[name or f.__name__] = _call_function(f)
+            self.handlers[name or f.__name__] = call_function(f)
             self._capture_print = True
             return f
 
@@ -227,13 +209,45 @@ class ExecutorApp:
 
         return register
 
-    def stop(self) -> None:
+    # -- stopping -------------------------------------------------------------------------
+    def stop(self, *, force: bool = False) -> None:
+        """The first call stops taking work and lets running processes finish; a second (or
+        ``force``) stops their functions and gives the processes back to the broker."""
+        running = len(self.running)
+        if force or self._stopping.is_set():
+            if not self._forced.is_set():
+                self._forced.set()
+                self._stopping.set()
+                self._say(
+                    ExecutorStage.STOPPING,
+                    f"stopping now: {_count(running, 'running process')} given back to the broker"
+                    if running
+                    else "stopping now",
+                )
+            return
         self._stopping.set()
+        if running:
+            finish = "finishes" if running == 1 else "finish"
+            message = f"stopping after {_count(running, 'running process')} {finish}; {self._again}"
+        else:
+            message = "stopping"
+        self._say(ExecutorStage.STOPPING, message)
+
+    def _end(self, err: ColoniesError) -> None:
+        """The broker ended this run (removed, replaced): stop now; what ran is queued again
+        already."""
+        if self._ended_by is None:
+            self._ended_by = err
+            self._say(ExecutorStage.STOPPING, f"stopping: {err.message}")
+        self._stopping.set()
+        self._forced.set()
 
     async def serve(self, *, burst: bool = False) -> int:
-        """:meth:`run` until SIGINT or SIGTERM, which stop it after the current process."""
+        """:meth:`run` until SIGINT or SIGTERM: the first lets running processes finish, the
+        second stops them now."""
         loop = asyncio.get_running_loop()
         signals = (signal.SIGINT, signal.SIGTERM)
+        self._again = "Ctrl-C again to stop now"
         for sig in signals:
             loop.add_signal_handler(sig, self.stop)
         try:
@@ -242,63 +256,170 @@ class ExecutorApp:
             for sig in signals:
                 loop.remove_signal_handler(sig)
 
-    # -- the loop -------------------------------------------------------------------------
+    # -- the run ------------------------------------------------------------------------
     async def run(self, *, burst: bool = False) -> int:
-        """Register, then assign and execute until stopped. Returns the processes handled."""
-        async with await Client.connect(self.settings, caller=self.name, name=self.name) as client:
-            await self._register(client, burst)
-            control = await client.nc.subscribe(
-                client.subjects.control(client.colony, self.name), cb=self._on_control
-            )
-            leaders = await client.nc.subscribe(client.subjects.leader, cb=self._on_leader)
-            beating = asyncio.create_task(self._heartbeat(client))
-            try:
-                with _capture_output() if self._capture_print else contextlib.nullcontext():
-                    await self._dispatch(client, _ResultSender(client), burst)
-            finally:
-                beating.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await beating
-                with contextlib.suppress(nats.errors.Error):
-                    await control.unsubscribe()
-                    await leaders.unsubscribe()
-        logger.info("executor %s stopped after %d processes", self.name, self.processed)
+        """Connect, register, then assign and execute until stopped (or, with ``burst``, until
+        no more work can be assigned). Returns the processes handled. Raises what ended it:
+        removed or replaced by the broker, its name held by another, or (``burst``) what keeps
+        it from taking work."""
+        self.executor_id = secrets.token_hex(32)
+        self._since = now()
+        self._ended_by = None
+        try:
+            client = await self._connect(burst)
+            if client is not None:
+                async with client:
+                    await self._run_connected(client, burst)
+        finally:
+            self.ready.clear()
+            self._say(ExecutorStage.STOPPED, "stopped")
+        logger.debug("executor %s stopped after %d processes", self.name, self.processed)
+        if self._ended_by is not None:
+            raise self._ended_by
         return self.processed
 
-    async def _register(self, client: Client, burst: bool) -> None:
+    async def _connect(self, burst: bool) -> Client | None:
+        url = self.settings.nats_url
+        self._say(ExecutorStage.CONNECTING, f"connecting to NATS at {url}")
+        delay = 1.0
+        while not self._stopping.is_set():
+            connecting = asyncio.ensure_future(
+                Client.connect(self.settings, caller=self.name, name=self.name)
+            )
+            if not await self._until_done(connecting):
+                await _abandon(connecting)
+                return None
+            try:
+                return connecting.result()
+            except BrokerUnavailableError:
+                if burst:
+                    raise
+                self._say(
+                    ExecutorStage.UNREACHABLE,
+                    f"cannot reach NATS at {url}; trying again until it answers",
+                )
+            await pause(delay, self._stopping)
+            delay = min(delay * 2, RETRY_MAX_S)
+        return None
+
+    async def _run_connected(self, client: Client, burst: bool) -> None:
+        if await self._register(client, burst) is None:
+            return
+        nc = client.nc
+        control = await nc.subscribe(
+            client.subjects.control(client.colony, self.name), cb=self._on_control
+        )
+        leaders = await nc.subscribe(client.subjects.leader, cb=self._on_leader)
+        # The server has both subscriptions before this run says it is ready: a broker asking
+        # "who holds this name?" right after must reach it.
+        await nc.flush()
+        beating = asyncio.create_task(self._heartbeat(client))
+        try:
+            with capture_output() if self._capture_print else contextlib.nullcontext():
+                await self._dispatch(client, ResultSender(client), burst)
+        finally:
+            beating.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beating
+            if self._ended_by is None:
+                await self._release(client)
+            with contextlib.suppress(nats.errors.Error):
+                await control.unsubscribe()
+                await leaders.unsubscribe()
+
+    async def _register(self, client: Client, burst: bool) -> Executor | None:
+        """Register this run (or, registered already, learn its state). None if stopped."""
         executor = Executor(
+            executor_id=self.executor_id,
             executor_type=self.executor_type,
             executor_name=self.name,
             location_name=self.location_name,
             capabilities=self.capabilities,
         )
+        colony = client.colony
         delay = 0.2
-        while True:
+        while not self._stopping.is_set():
+            registering = asyncio.ensure_future(
+                client.register(executor, replace=self.replace, instance=self._instance())
+            )
+            if not await self._until_done(registering):
+                await _abandon(registering)
+                return None
             try:
-                self.registered = await client.register(executor)
-                break
-            except (BrokerUnavailableError, ColonyNotFoundError) as err:
-                if burst and isinstance(err, ColonyNotFoundError):
+                self.registered = registering.result()
+                return self.registered
+            except BrokerUnavailableError as err:
+                if burst:
                     raise
-                logger.warning("cannot register yet (%s); retrying in %.1fs", err.message, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, _RETRY_MAX_S)
-        if self.registered.state is not ExecutorState.APPROVED:
+                self._no_broker(client, err)
+            except ColonyNotFoundError:
+                if burst:
+                    raise
+                self._say(
+                    ExecutorStage.NO_COLONY,
+                    f"colony {colony!r} does not exist (create it with "
+                    f"'colonies colony add --name {colony}')",
+                )
+            await pause(delay, self._stopping)
+            delay = min(delay * 2, RETRY_MAX_S)
+        return None
+
+    async def _approved(self, client: Client, burst: bool) -> bool:
+        """Until this registration is approved (it is told at once, and asks now and then).
+        False if stopped meanwhile."""
+        while not self._stopping.is_set():
+            assert self.registered is not None
+            state = self.registered.state
+            if state is ExecutorState.APPROVED:
+                return True
+            command = f"colonies executor approve --name {self.name}"
             if burst:
                 raise NotAuthorizedError(
-                    f"executor {self.name!r} is {self.registered.state.name}: approve it with "
-                    f"'colonies executor approve --name {self.name}'",
+                    f"executor {self.name!r} is {state.name}: approve it with '{command}'",
                     executor_name=self.name,
                 )
-            logger.warning(
-                "executor %s is %s; waiting for 'colonies executor approve --name %s'",
-                self.name,
-                self.registered.state.name,
-                self.name,
-            )
-        self.ready.set()
+            if state is ExecutorState.REJECTED:
+                self._say(
+                    ExecutorStage.REJECTED,
+                    f"rejected by the colony owner; waiting until approved: {command}",
+                )
+            else:
+                self._say(ExecutorStage.PENDING, f"pending approval by the colony owner: {command}")
+            self._state_changed.clear()
+            await pause(_APPROVAL_CHECK_S, self._stopping, self._state_changed)
+            if self._stopping.is_set():
+                break
+            try:
+                if await self._register(client, burst) is None:
+                    break
+            except (ExecutorRemovedError, ExecutorNameTakenError) as err:
+                self._end(err)  # removed, or replaced by another start, meanwhile
+        return False
 
-    async def _dispatch(self, client: Client, results: _ResultSender, burst: bool) -> None:
+    def _instance(self) -> Instance:
+        return Instance(
+            executor_id=self.executor_id,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            since=self._since,
+        )
+
+    def _troubled(self) -> bool:
+        """Was the last word that NATS or the broker does not answer (not yet taken back)?"""
+        stage = self.status.stage if self.status is not None else None
+        return stage in (ExecutorStage.UNREACHABLE, ExecutorStage.NO_BROKER)
+
+    def _no_broker(self, client: Client, err: ColoniesError) -> None:
+        if not client.nc.is_connected:
+            self._say(
+                ExecutorStage.UNREACHABLE,
+                f"cannot reach NATS at {self.settings.nats_url}; trying again until it answers",
+            )
+        else:
+            self._say(ExecutorStage.NO_BROKER, f"{err.message}; trying again until one answers")
+
+    # -- taking work ----------------------------------------------------------------------
+    async def _dispatch(self, client: Client, results: ResultSender, burst: bool) -> None:
         """Keep ``concurrency`` processes running: ask for as many as there are free slots
         (one request), run each in its own task, and send their results together."""
         running: set[asyncio.Task[None]] = set()
@@ -306,75 +427,130 @@ class ExecutorApp:
         def reap() -> None:
             for task in [t for t in running if t.done()]:
                 running.discard(task)
-                task.result()  # a failure of the executor itself stops it, as it should
+                if not task.cancelled() and task.exception() is not None:
+                    # A failure of the executor's own code around one process: say so, and
+                    # go on with the others (its process is taken back by the broker).
+                    logger.error("running a process failed", exc_info=task.exception())
 
         try:
             while not self._stopping.is_set():
                 reap()
                 free = self.concurrency - len(running)
                 if free == 0:
-                    await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                    await first_of(running, self._stopping)
                     continue
                 processes = await self._next(client, burst, free)
                 if not processes:
-                    if burst:
+                    if burst and not self._stopping.is_set():
                         if not running:
                             return
                         # What is still running may release more work (workflow children).
-                        await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                        await first_of(running, self._stopping)
                     continue
                 for process in processes:
                     running.add(asyncio.create_task(self._execute(client, results, process)))
+        finally:
+            await self._wind_down(running)
+            reap()
+
+    async def _wind_down(self, running: set[asyncio.Task[None]]) -> None:
+        """Let running processes finish, unless stopped now: then stop their functions."""
+        try:
+            while running and not all(t.done() for t in running):
+                if self._forced.is_set():
+                    for task in running:
+                        task.cancel()
+                    await asyncio.wait(running)
+                    break
+                await first_of(running, self._forced)
         except asyncio.CancelledError:
             for task in running:
                 task.cancel()
             raise
-        finally:
-            if running:
-                await asyncio.wait(running)
-            reap()
+
+    async def _release(self, client: Client) -> None:
+        """Give back what is still assigned to this run (processes stopped now, or whose
+        assignment never reached it), and end its parked assign requests."""
+        if self.registered is None:
+            return
+        if not client.nc.is_connected:
+            logger.warning("NATS is away: the broker takes this run's processes back by itself")
+            return
+        reason = "stopped now" if self._forced.is_set() else "stopped"
+        try:
+            async with asyncio.timeout(_RELEASE_TIMEOUT_S):
+                given = await client.release(
+                    self.executor_id, reason=reason, timeout=_RELEASE_TIMEOUT_S
+                )
+        except (ColoniesError, TimeoutError) as err:
+            why = err.message if isinstance(err, ColoniesError) else "no answer in time"
+            logger.warning("could not give processes back (%s): the broker takes them back", why)
+            return
+        if given:
+            logger.info("gave %s back to the broker", _count(given, "process"))
 
     async def _heartbeat(self, client: Client) -> None:
-        assert self.registered is not None
         while True:
-            await client.heartbeat(self.registered.executor_id, sorted(self.running))
+            await client.heartbeat(self.executor_id, sorted(self.running))
             await asyncio.sleep(self.heartbeat_s)
 
     async def _next(self, client: Client, burst: bool, count: int) -> list[Process]:
         timeout = 0.0 if burst else self.assign_timeout_s
         delay = 0.5
         while not self._stopping.is_set():
+            if not await self._approved(client, burst):
+                return []
+            if not self._troubled():
+                self._say(ExecutorStage.WAITING_FOR_WORK, "waiting for work")
+                self.ready.set()
             leader = self._new_leader
-            assign = asyncio.ensure_future(client.assign_many(count, timeout))
-            stop = asyncio.ensure_future(self._stopping.wait())
-            switched = asyncio.ensure_future(leader.wait())
+            assign = asyncio.ensure_future(
+                client.assign_many(count, timeout, executor_id=self.executor_id)
+            )
+            if not await self._until_done(assign, leader):
+                await _abandon(assign)  # stopped, or a new leader: ask it rather than wait
+                continue
             try:
-                await asyncio.wait({assign, stop, switched}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                stop.cancel()
-                switched.cancel()
-            if not assign.done():
-                assign.cancel()
-                with contextlib.suppress(asyncio.CancelledError, BrokerUnavailableError):
-                    await assign
-                if self._stopping.is_set():
-                    return []
-                continue  # a new leader: ask it, rather than wait on the old one's long poll
-            try:
-                return assign.result()
-            except (BrokerUnavailableError, NotAuthorizedError) as err:
-                if burst:
-                    raise
-                logger.warning("assign failed (%s); retrying in %.1fs", err.message, delay)
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(delay):
-                        await self._stopping.wait()
-                delay = min(delay * 2, _RETRY_MAX_S)
+                processes = assign.result()
+            except ColoniesError as err:
+                if await self._assign_failed(client, burst, err):
+                    continue
+                await pause(delay, self._stopping)
+                delay = min(delay * 2, RETRY_MAX_S)
+                continue
+            self._say(ExecutorStage.WAITING_FOR_WORK, "waiting for work")
+            self.ready.set()
+            return processes
         return []
 
-    async def _execute(self, client: Client, results: _ResultSender, process: Process) -> None:
+    async def _assign_failed(self, client: Client, burst: bool, err: ColoniesError) -> bool:
+        """After a refused or unanswered assign: True to ask again at once, False to pause
+        first. Raises what ends the run (in burst mode, anything)."""
+        if isinstance(err, ExecutorRemovedError | ExecutorReplacedError):
+            self._end(err)
+            return True
+        if burst:
+            raise err
+        if isinstance(err, NotAuthorizedError):  # rejected (or pending) meanwhile
+            assert self.registered is not None
+            state = ExecutorState.__members__.get(str(err.detail.get("state")))
+            self.registered = msgspec.structs.replace(
+                self.registered, state=state or ExecutorState.PENDING
+            )
+            return True
+        if isinstance(err, ExecutorNotFoundError | ColonyNotFoundError):
+            await self._register(client, burst)  # forgotten by the broker: register again
+            return True
+        if isinstance(err, BrokerUnavailableError):
+            self._no_broker(client, err)
+            return False
+        raise err
+
+    # -- running one process -------------------------------------------------------------
+    async def _execute(self, client: Client, results: ResultSender, process: Process) -> None:
         handler = self.handlers.get(process.spec.func_name, self.default_handler)
         pid = process.process_id
+        attempt = process.attempt
         self.processed += 1
         if handler is None:
             known = ", ".join(sorted(self.handlers)) or "none"
@@ -382,35 +558,43 @@ class ExecutorApp:
                 f"executor {self.name!r} has no function {process.spec.func_name!r} "
                 f"(it has: {known})"
             )
-            await self._finish(results.fail(pid, [error], attempt=process.retries))
+            await self._finish(results, Fail(process_id=pid, errors=[error], attempt=attempt))
             return
-        ctx = ProcessContext(process, client)
-        attempt = process.retries
-        token = _current.set(ctx)
+        ctx = ProcessContext(process, client, give_up=self._forced)
+        token = current.set(ctx)
         self.running.add(pid)
-        work: asyncio.Task[list[Any]] = asyncio.ensure_future(handler(ctx))
+        work = asyncio.ensure_future(guarded(handler, ctx))
         self._work[pid] = work
         flusher = asyncio.create_task(self._flush_periodically(ctx))
         try:
-            output = await work
-        except asyncio.CancelledError:
-            revoked = self._revoked.pop(pid, None)
-            if revoked is None:
-                raise  # the executor itself is being cancelled
-            await self._stop_flusher(flusher, ctx, send=False)
-            logger.info("process %s: %s; its function was stopped", pid, revoked)
-        except Exception as err:
-            logger.info("process %s failed: %s", pid, err)
-            await self._stop_flusher(flusher, ctx)
-            error = f"{type(err).__name__}: {err}"
-            await self._finish(results.fail(pid, [error], attempt=attempt))
-        else:
-            await self._stop_flusher(flusher, ctx)
-            await self._finish(results.close(pid, output, attempt=attempt))
+            try:
+                outcome = await work
+            except asyncio.CancelledError:
+                revoked = self._revoked.pop(pid, None)
+                if revoked is None:
+                    raise  # the executor stops now: the broker gets the process back
+                logger.info("process %s: %s; its function was stopped", pid, revoked)
+                return
+            finally:
+                self._work.pop(pid, None)
+                await _cancelled(flusher)
+            if isinstance(outcome, Raised):
+                logger.info("process %s failed: %s", pid, outcome.error)
+                for line in outcome.traceback:
+                    ctx.log(line)
+                item: Close | Fail = Fail(process_id=pid, errors=[outcome.error], attempt=attempt)
+            else:
+                problem = output_problem(process, outcome.output, client.nc.max_payload)
+                if problem is None:
+                    item = Close(process_id=pid, output=outcome.output, attempt=attempt)
+                else:
+                    logger.info("process %s failed: %s", pid, problem)
+                    item = Fail(process_id=pid, errors=[problem], attempt=attempt)
+            await ctx.flush(final=True)
+            await self._finish(results, item)
         finally:
-            self._work.pop(pid, None)
             self.running.discard(pid)
-            _current.reset(token)
+            current.reset(token)
 
     async def _on_leader(self, msg: Any) -> None:
         """A broker started leading: wake every slot parked on the previous one."""
@@ -418,124 +602,137 @@ class ExecutorApp:
         woken.set()
 
     async def _on_control(self, msg: Any) -> None:
-        """The broker took a process away (cancelled, re-queued): stop its function now."""
+        """What the broker tells this executor: a process taken away (stop its function now),
+        "who holds your registration?", a new state (approved, rejected, removed), or that
+        another start took the name over."""
         try:
-            revoke = _revoke_decoder.decode(msg.data)
+            message = _control_decoder.decode(msg.data)
         except msgspec.MsgspecError:
             logger.warning("ignored a malformed control message")
             return
-        work = self._work.get(revoke.process_id)
-        if work is not None and not work.done():
-            self._revoked[revoke.process_id] = f"{revoke.state.name.lower()}: {revoke.reason}"
-            work.cancel()
+        if isinstance(message, Revoke):
+            work = self._work.get(message.process_id)
+            if work is not None and not work.done():
+                self._revoked[message.process_id] = (
+                    f"{message.state.name.lower()}: {message.reason}"
+                )
+                work.cancel()
+        elif message.executor_id != self.executor_id:
+            return  # for another run under this name
+        elif isinstance(message, WhoIs):
+            if msg.reply:
+                with contextlib.suppress(nats.errors.Error):
+                    await msg.respond(_encode(self._instance()))
+        elif isinstance(message, Replaced):
+            by = message.by
+            self._end(
+                ExecutorReplacedError(
+                    f"executor {self.name!r} was replaced by another start on host "
+                    f"{by.host or '?'} (pid {by.pid})",
+                    executor_name=self.name,
+                    by_host=by.host,
+                    by_pid=by.pid,
+                )
+            )
+        elif isinstance(message, StateChanged):
+            if message.state is ExecutorState.UNREGISTERED:
+                self._end(
+                    ExecutorRemovedError(
+                        f"executor {self.name!r} was {message.reason or 'removed'}; starting it "
+                        "again registers it afresh",
+                        executor_name=self.name,
+                    )
+                )
+            elif self.registered is not None:
+                self.registered = msgspec.structs.replace(self.registered, state=message.state)
+                self._state_changed.set()
 
-    async def _finish(self, closing: Callable[[], Awaitable[None]]) -> None:
-        """Send the result, riding out a broker fail-over; give up only if it is refused."""
+    async def _finish(self, results: ResultSender, item: Close | Fail) -> None:
+        """Send the result, riding out a broker fail-over (until stopped now); a result
+        refused for a reason is never sent again as it is."""
+        pid = item.process_id
         delay = 0.2
         deadline = time.monotonic() + _RESULT_PATIENCE_S
         while True:
             try:
-                await closing()
+                await results.send(item)
                 return
             except (ConflictError, NotAuthorizedError) as err:
                 # Cancelled, re-queued after this executor was presumed lost, or a retried send
                 # whose first try got through: not ours to close (again).
-                logger.warning("result not accepted: %s", err.message)
+                logger.warning("result of %s not accepted: %s", pid, err.message)
                 return
             except BrokerUnavailableError as err:
-                if time.monotonic() > deadline:
-                    logger.error(
-                        "result dropped: no broker for %.0fs (%s)", _RESULT_PATIENCE_S, err
-                    )
+                if time.monotonic() > deadline or self._forced.is_set():
+                    logger.error("result of %s dropped: no broker answered (%s)", pid, err)
                     return
-                logger.warning("sending the result failed (%s); retrying", err.message)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, _RETRY_MAX_S)
+                logger.warning("sending the result of %s failed (%s); retrying", pid, err.message)
+                await pause(delay, self._forced)
+                delay = min(delay * 2, RETRY_MAX_S)
+            except Exception as err:  # refused, or cannot be sent at all
+                if isinstance(err, ColoniesError):
+                    reason = f"the broker refused the output: {err.message}"
+                else:
+                    reason = f"the output could not be sent: {describe(err)}"
+                if isinstance(item, Fail):
+                    logger.error("result of %s not delivered: %s", pid, reason)
+                    return
+                item = Fail(process_id=pid, errors=[cut(reason)], attempt=item.attempt)
 
-    @staticmethod
-    async def _flush_periodically(ctx: ProcessContext) -> None:
+    async def _flush_periodically(self, ctx: ProcessContext) -> None:
         while True:
             await asyncio.sleep(_LOG_FLUSH_S)
-            await ctx.flush()
-
-    @staticmethod
-    async def _stop_flusher(
-        flusher: asyncio.Task[None], ctx: ProcessContext, *, send: bool = True
-    ) -> None:
-        flusher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await flusher
-        if send:
-            await ctx.flush(final=True)
-
-
-class _ResultSender:
-    """Delivers results; those that finish while a request is out go together in the next.
-
-    One process alone is sent at once; under load, the results of every slot that finished
-    meanwhile share one request (and the broker writes them concurrently).
-    """
-
-    def __init__(self, client: Client) -> None:
-        self.client = client
-        self._queue: list[tuple[Close | Fail, asyncio.Future[None]]] = []
-        self._sending: asyncio.Task[None] | None = None
-
-    def close(self, pid: str, output: list[Any], *, attempt: int) -> Callable[[], Awaitable[None]]:
-        item = Close(process_id=pid, output=output, attempt=attempt)
-        return lambda: self.send(item)
-
-    def fail(self, pid: str, errors: list[str], *, attempt: int) -> Callable[[], Awaitable[None]]:
-        item = Fail(process_id=pid, errors=errors, attempt=attempt)
-        return lambda: self.send(item)
-
-    async def send(self, item: Close | Fail) -> None:
-        """Returns once the broker accepted it; raises what refused it, or
-        :class:`BrokerUnavailableError` when the request went unanswered."""
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.append((item, done))
-        if self._sending is None or self._sending.done():
-            self._sending = asyncio.create_task(self._drain())
-        await done
-
-    async def _drain(self) -> None:
-        while self._queue:
-            batch, self._queue = self._queue, []
             try:
-                refused = await self.client.send_results(
-                    [i for i, _ in batch if isinstance(i, Close)],
-                    [i for i, _ in batch if isinstance(i, Fail)],
-                )
-            except Exception as err:  # every waiter gets it, to retry or to report
-                for _, done in batch:
-                    if not done.done():
-                        done.set_exception(err)
-                continue
-            for item, done in batch:
-                if done.done():
-                    continue
-                error = refused.get(item.process_id)
-                if error is None:
-                    done.set_result(None)
-                else:
-                    done.set_exception(error)
+                await ctx.flush()
+            except Exception:
+                logger.exception("sending the log of %s failed", ctx.process.process_id)
+
+    # -- waiting ------------------------------------------------------------------------
+    async def _until_done(self, fut: asyncio.Future[Any], *events: asyncio.Event) -> bool:
+        """Wait for ``fut``, or until stopped or one of ``events`` is set. True if it is done."""
+        await first_of({fut}, self._stopping, *events)
+        return fut.done()
+
+    def _say(self, stage: ExecutorStage, message: str) -> None:
+        """Report a status once, when it starts to apply."""
+        status = ExecutorStatus(stage, message)
+        if status == self.status:
+            return
+        if self._stopping.is_set() and stage not in (
+            ExecutorStage.STOPPING,
+            ExecutorStage.STOPPED,
+        ):
+            return  # an answer that arrived as it stopped: no longer what it waits for
+        self.status = status
+        if self.on_status is not None:
+            try:
+                self.on_status(status)
+            except Exception:
+                logger.exception("the status callback failed")
+            return
+        quiet = stage in (ExecutorStage.WAITING_FOR_WORK, ExecutorStage.STOPPED)
+        level = logging.INFO if quiet or stage is ExecutorStage.CONNECTING else logging.WARNING
+        if stage is ExecutorStage.STOPPING:
+            level = logging.INFO
+        logger.log(level, "executor %s: %s", self.name, message)
 
 
-def _call_function(fn: Callable[..., Any]) -> Handler:
-    """Adapt a function to a handler; sync functions run in a worker thread.
+async def _abandon(fut: asyncio.Future[Any]) -> None:
+    """Cancel a request no longer waited for; a client it produced meanwhile is closed."""
+    fut.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        result = await fut
+        if isinstance(result, Client):
+            await result.aclose()
 
-    It is called as ``fn(*args, *input, **kwargs)``: the spec's args, then the process's input
-    (in a workflow, its parents' outputs), then the spec's kwargs.
-    """
 
-    @functools.wraps(fn)
-    async def handler(ctx: ProcessContext) -> list[Any]:
-        spec = ctx.process.spec
-        args = [*spec.args, *ctx.process.input]
-        if inspect.iscoroutinefunction(fn):
-            value = await fn(*args, **spec.kwargs)
-        else:
-            value = await asyncio.to_thread(fn, *args, **spec.kwargs)
-        return output_of(value)
+async def _cancelled(task: asyncio.Task[Any]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
-    return handler
+
+def _count(n: int, noun: str) -> str:
+    if n == 1:
+        return f"1 {noun}"
+    return f"{n} {noun}es" if noun.endswith("s") else f"{n} {noun}s"

@@ -13,7 +13,9 @@ from collections.abc import Iterable
 from colonyos.errors import RecordTooLargeError
 
 __all__ = [
+    "ERROR_TEXT_MAX_CHARS",
     "HEADROOM_BYTES",
+    "LOG_LINE_MAX_CHARS",
     "MAX_ASSIGN_COUNT",
     "MAX_ASSIGN_TIMEOUT_S",
     "MAX_COUNT",
@@ -26,6 +28,7 @@ __all__ = [
     "check_record",
     "json_array_within",
     "record_limit",
+    "request_limit",
 ]
 
 # A priority point is a day of queue age (as in Colonies, which refuses values outside this).
@@ -83,3 +86,16 @@ def json_array_within(items: Iterable[bytes], max_bytes: int) -> bytes:
             break
         kept.append(item)
     return b"[" + b",".join(kept) + b"]"
+
+
+def request_limit(max_payload: int) -> int:
+    """The largest body of one request (an executor's batch of log lines or of results) that a
+    server with this ``max_payload`` carries."""
+    return max(0, max_payload - HEADROOM_BYTES)
+
+
+# Executors: a log line longer than this is sent as several lines (and never more than a
+# request can carry); an error text longer than this is cut in the process record (the whole
+# text and the traceback are in the process log).
+LOG_LINE_MAX_CHARS = 16_384
+ERROR_TEXT_MAX_CHARS = 2_000

@@ -9,7 +9,7 @@ expects) or ``error``.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeAlias
 
 import msgspec
 from msgspec import Meta
@@ -31,12 +31,14 @@ __all__ = [
     "Assign",
     "Close",
     "ColonyAdd",
+    "Control",
     "Empty",
     "ExecutorFit",
     "Explanation",
     "Fail",
     "GraphRef",
     "Heartbeat",
+    "Instance",
     "ListGraphs",
     "ListProcesses",
     "LogLines",
@@ -46,11 +48,15 @@ __all__ = [
     "ProcessRef",
     "Register",
     "Rejection",
+    "Release",
+    "Replaced",
     "Reply",
     "Resolve",
     "Results",
     "Revoke",
+    "StateChanged",
     "Stats",
+    "WhoIs",
 ]
 
 
@@ -76,6 +82,9 @@ class Assign(Model, kw_only=True):
     # what the executor registered, less what its running processes hold; never widen it.
     available_cpu: str = ""
     available_mem: str = ""
+    # The executor's registration (its id) when it knows it: a request from a run that was
+    # replaced or removed since is refused.
+    executor_id: str = ""
 
 
 class ProcessRef(Model, kw_only=True):
@@ -85,7 +94,8 @@ class ProcessRef(Model, kw_only=True):
 class Close(Model, kw_only=True):
     process_id: str
     output: list[Any] = msgspec.field(default_factory=list, name="out")
-    # The process's retries when it was assigned: refuses a close from an earlier attempt.
+    # The process's ``attempt`` when it was assigned (0 for its first assignment, one more for
+    # each later one): refuses a close from an earlier assignment.
     attempt: Attempt | None = None
 
 
@@ -200,16 +210,68 @@ class Explanation(Model, kw_only=True):
     ahead: int = 0
 
 
-class Revoke(Model, kw_only=True):
-    """To an executor, on its control subject: a process it runs was taken from it."""
+class Release(Model, kw_only=True):
+    """From an executor run that stops: give back whatever is still assigned to it (processes
+    it will not finish, or whose assignment never reached it), so that they are queued again
+    at once (an executor loss, not a retry), and end its parked assign requests."""
+
+    executor_id: str
+    reason: str = ""
+
+
+class Instance(Model, kw_only=True):
+    """Who runs an executor registration: its id, host, process id and since when."""
+
+    executor_id: str
+    host: str = ""
+    pid: int = 0
+    since: datetime = ZERO_TIME
+
+
+# Messages to an executor on its control subject (core NATS), one tagged union: the kind is in
+# ``kind``. Several runs may listen on one name's subject (a run being replaced), so every
+# message but ``revoke`` (whose process id is enough) names the registration it is for.
+
+
+class Revoke(Model, kw_only=True, tag_field="kind", tag="revoke"):
+    """A process it runs was taken from it (cancelled, re-queued): stop its function."""
 
     process_id: str
     state: ProcessState
     reason: str = ""
 
 
+class WhoIs(Model, kw_only=True, tag_field="kind", tag="whois"):
+    """A request: is the run holding registration ``executor_id`` alive? It answers with its
+    :class:`Instance`; no answer means it is gone."""
+
+    executor_id: str
+
+
+class StateChanged(Model, kw_only=True, tag_field="kind", tag="state"):
+    """The colony owner approved, rejected or removed (UNREGISTERED) this registration."""
+
+    executor_id: str
+    state: ExecutorState
+    reason: str = ""
+
+
+class Replaced(Model, kw_only=True, tag_field="kind", tag="replaced"):
+    """Another start took this executor's name over (``replace``): stop now."""
+
+    executor_id: str
+    by: Instance
+
+
+Control: TypeAlias = Revoke | WhoIs | StateChanged | Replaced
+
+
 class Register(Model, kw_only=True):
     executor: Executor
+    # Take the name over from a live executor that holds it (else that is refused).
+    replace: bool = False
+    # Who is registering: told to a run it replaces.
+    instance: Instance | None = None
 
 
 class Named(Model, kw_only=True):

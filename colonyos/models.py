@@ -87,6 +87,8 @@ class ExecutorState(enum.IntEnum):
     PENDING = 0
     APPROVED = 1
     REJECTED = 2
+    # Removed by the colony owner (Colonies' value): kept for the record, given no work.
+    UNREGISTERED = 3
 
 
 NonNegative = Annotated[int, Meta(ge=0)]
@@ -202,6 +204,17 @@ class Process(Model, kw_only=True):
     input: list[Any] = field(default_factory=list, name="in")
     output: list[Any] = field(default_factory=list, name="out")
     errors: list[str] = field(default_factory=list)
+    # Not in Colonies: how many times it was assigned, and how many of those assignments ended
+    # with its executor gone (lost, removed, replaced, restarted, stopped), which re-queue it
+    # without spending a retry.
+    assignments: int = 0
+    executor_losses: int = 0
+
+    @property
+    def attempt(self) -> int:
+        """The token close, fail and log carry: 0 for the first assignment, one more for each
+        later one, so that a result from an earlier assignment is refused."""
+        return max(0, self.assignments - 1)
 
     @property
     def colony_name(self) -> str:

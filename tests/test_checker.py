@@ -5,7 +5,9 @@ the design are checked from the events stream and the KV bucket:
 
 1. every accepted submission ends in exactly one terminal state, and KV agrees;
 2. no two overlapping leases: a result always comes from the latest assignment;
-3. no state moves backwards except RUNNING -> WAITING (a re-queue, one more retry);
+3. no state moves backwards except RUNNING -> WAITING (a re-queue: one more retry when it ran
+   out of time, or one more executor loss when its executor went away, never both or neither),
+   and every assignment counts one more (the attempt token of close, fail and log);
 4. every transition is recorded, in revision order, for each process.
 
 Seedable and bounded: COLONIES_CHECKER_SEED, COLONIES_CHECKER_PROCESSES and
@@ -147,10 +149,21 @@ def _check_history(pid: str, history: list[tuple[Process, int]]) -> list[str]:
         if b.state not in ALLOWED.get(a.state, set()):
             problems.append(f"{pid}: {a.state.name} -> {b.state.name}")
         requeued = a.state is ProcessState.RUNNING and b.state is ProcessState.WAITING
-        if requeued and b.retries != a.retries + 1:
-            problems.append(f"{pid}: re-queue did not count a retry")
+        counted = (b.retries - a.retries, b.executor_losses - a.executor_losses)
+        if requeued and counted not in ((1, 0), (0, 1)):
+            problems.append(f"{pid}: re-queue counted {counted} (retries, losses), not one")
+        if not requeued and counted != (0, 0) and not b.state.is_terminal:
+            problems.append(f"{pid}: {a.state.name} -> {b.state.name} changed the counts")
+        assigned = a.state is ProcessState.WAITING and b.state is ProcessState.RUNNING
+        if assigned and b.assignments != a.assignments + 1:
+            problems.append(f"{pid}: assignment did not count (attempt token unchanged)")
+        if not assigned and b.assignments != a.assignments:
+            problems.append(f"{pid}: {a.state.name} -> {b.state.name} changed the assignments")
         closed = a.state is ProcessState.RUNNING and b.state is ProcessState.SUCCESS
-        if closed and b.assigned_executor_id != a.assigned_executor_id:
+        if closed and (b.assigned_executor_id, b.assignments) != (
+            a.assigned_executor_id,
+            a.assignments,
+        ):
             problems.append(f"{pid}: closed by an executor that did not hold the lease")
     terminal = [s for s in states if s.is_terminal]
     if len(terminal) != 1 or not states[-1].is_terminal:
@@ -179,21 +192,58 @@ def test_the_checker_finds_violations() -> None:
     """The invariant check itself must be able to fail."""
     spec = FunctionSpec(func_name="f", conditions=Conditions(executor_type="x"))
 
-    def p(state: ProcessState, executor: str = "", retries: int = 0) -> Process:
+    def p(
+        state: ProcessState, executor: str = "", retries: int = 0, n: int = 0, lost: int = 0
+    ) -> Process:
         return Process(
-            process_id="p", state=state, spec=spec, assigned_executor_id=executor, retries=retries
+            process_id="p",
+            state=state,
+            spec=spec,
+            assigned_executor_id=executor,
+            retries=retries,
+            assignments=n,
+            executor_losses=lost,
         )
 
     w, r, ok = ProcessState.WAITING, ProcessState.RUNNING, ProcessState.SUCCESS
-    good = [(p(w), 1), (p(r, "a"), 2), (p(w, retries=1), 3), (p(r, "b", 1), 4), (p(ok, "b", 1), 5)]
+    good = [
+        (p(w), 1),
+        (p(r, "a", n=1), 2),
+        (p(w, retries=1, n=1), 3),  # ran out of time: a retry
+        (p(r, "b", 1, n=2), 4),
+        (p(w, retries=1, n=2, lost=1), 5),  # its executor was lost: no retry
+        (p(r, "c", 1, n=3, lost=1), 6),
+        (p(ok, "c", 1, n=3, lost=1), 7),
+    ]
     assert _check({"p"}, {"p": good}, {"p": good[-1][0]}) == []
     bad = {
-        "stolen close": [(p(w), 1), (p(r, "a"), 2), (p(ok, "b"), 3)],
-        "two ends": [(p(w), 1), (p(r, "a"), 2), (p(ok, "a"), 3), (p(ok, "a"), 4)],
-        "backwards": [(p(w), 1), (p(r, "a"), 2), (p(ok, "a"), 3), (p(r, "a"), 4)],
-        "reordered": [(p(w), 1), (p(r, "a"), 3), (p(ok, "a"), 2)],
-        "no retry": [(p(w), 1), (p(r, "a"), 2), (p(w), 3), (p(r, "a"), 4), (p(ok, "a"), 5)],
-        "never ends": [(p(w), 1), (p(r, "a"), 2)],
+        "stolen close": [(p(w), 1), (p(r, "a", n=1), 2), (p(ok, "b", n=1), 3)],
+        "earlier attempt": [(p(w), 1), (p(r, "a", n=2), 2), (p(ok, "a", n=1), 3)],
+        "two ends": [(p(w), 1), (p(r, "a", n=1), 2), (p(ok, "a", n=1), 3), (p(ok, "a", n=1), 4)],
+        "backwards": [(p(w), 1), (p(r, "a", n=1), 2), (p(ok, "a", n=1), 3), (p(r, "a", n=1), 4)],
+        "reordered": [(p(w), 1), (p(r, "a", n=1), 3), (p(ok, "a", n=1), 2)],
+        "nothing counted": [
+            (p(w), 1),
+            (p(r, "a", n=1), 2),
+            (p(w, n=1), 3),
+            (p(r, "a", n=2), 4),
+            (p(ok, "a", n=2), 5),
+        ],
+        "both counted": [
+            (p(w), 1),
+            (p(r, "a", n=1), 2),
+            (p(w, retries=1, n=1, lost=1), 3),
+            (p(r, "a", 1, n=2, lost=1), 4),
+            (p(ok, "a", 1, n=2, lost=1), 5),
+        ],
+        "same token twice": [
+            (p(w), 1),
+            (p(r, "a", n=1), 2),
+            (p(w, n=1, lost=1), 3),
+            (p(r, "a", n=1, lost=1), 4),
+            (p(ok, "a", n=1, lost=1), 5),
+        ],
+        "never ends": [(p(w), 1), (p(r, "a", n=1), 2)],
     }
     for name, history in bad.items():
         assert _check({"p"}, {"p": history}, {"p": history[-1][0]}), name
@@ -316,7 +366,11 @@ async def test_killing_brokers_and_executors_loses_nothing(
         events = await _events(js, Subjects(PREFIX))
         outcome = Counter(final[pid].state.name for pid in run.accepted)
         retries = sum(final[pid].retries for pid in run.accepted)
-        print(f"checker: kills {dict(run.kills)}; outcomes {dict(outcome)}; {retries} retries")
+        losses = sum(final[pid].executor_losses for pid in run.accepted)
+        print(
+            f"checker: kills {dict(run.kills)}; outcomes {dict(outcome)}; {retries} retries, "
+            f"{losses} executor losses"
+        )
         problems = _check(run.accepted, events, final)
         assert not problems, "\n".join(problems[:50])
         assert len(run.accepted) == PROCESSES

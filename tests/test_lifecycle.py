@@ -22,6 +22,7 @@ from .conftest import COLONY, running_broker
 from .test_assign_flow import executor_client, spec
 
 LIVENESS_S = 0.6
+MAX_LOSSES = 2
 
 
 @pytest.fixture
@@ -33,6 +34,7 @@ def broker_settings(nats_url: str, prefix: str) -> BrokerSettings:
         executor_liveness_s=LIVENESS_S,
         sweep_interval_s=0.05,
         lease_ttl_s=1.0,
+        max_executor_losses=MAX_LOSSES,
     )
 
 
@@ -111,27 +113,44 @@ async def test_a_close_from_an_earlier_attempt_is_refused(client: Client, settin
 
 
 async def test_silent_executor_loses_its_processes(client: Client, settings) -> None:
-    p = await submitted(client, max_retries=2)
+    """A lost executor is not the process's fault: it is queued again without a retry spent
+    (even with maxretries 0), and its next assignment has a new attempt token."""
+    p = await submitted(client)
     ex = await executor_client(settings, "doomed")
     got = await ex.assign(timeout=1)
-    assert got is not None
+    assert got is not None and got.assignments == 1 and got.attempt == 0
     await ex.aclose()  # no more heartbeats, no more requests
     async with client.watch(p.process_id) as watch:
         event = await watch.next(5)
     assert isinstance(event, Process) and event.state is ProcessState.WAITING
-    assert event.retries == 1 and not event.is_assigned
+    assert event.retries == 0 and event.executor_losses == 1 and not event.is_assigned
+    again = await executor_client(settings, "heir")
+    second = await again.assign(timeout=1)
+    assert second is not None and second.assignments == 2 and second.attempt == 1
+    with pytest.raises(NotAuthorizedError, match="not assigned"):
+        await again.close(p.process_id, ["stale"], attempt=got.attempt)
+    closed = await again.close(p.process_id, ["fresh"], attempt=second.attempt)
+    assert closed.state is ProcessState.SUCCESS and closed.retries == 0
+    await again.aclose()
 
 
-async def test_silent_executor_with_no_retries_left_fails_the_process(
+async def test_a_process_that_loses_every_executor_fails_after_the_bound(
     client: Client, settings
 ) -> None:
-    p = await submitted(client)
-    ex = await executor_client(settings, "doomed")
-    assert await ex.assign(timeout=1) is not None
-    await ex.aclose()
+    """Executor losses cost no retry, but are bounded (max_executor_losses)."""
+    p = await submitted(client, max_retries=-1)
+    for i in range(MAX_LOSSES + 1):
+        ex = await executor_client(settings, f"doomed-{i}")
+        assert await ex.assign(timeout=2) is not None
+        await ex.aclose()
+        if i < MAX_LOSSES:
+            waiting = await client.wait_for_state(p.process_id, ProcessState.WAITING, timeout=5)
+            assert waiting.executor_losses == i + 1 and waiting.retries == 0
     done = await client.wait(p.process_id, timeout=5)
-    assert done.state is ProcessState.FAILED and done.errors == [
-        f"{EXECUTOR_LOST} (attempt 1 of 1)"
+    assert done.state is ProcessState.FAILED and done.executor_losses == MAX_LOSSES + 1
+    assert done.errors == [
+        f"{EXECUTOR_LOST}; {MAX_LOSSES + 1} executors were lost while running this process, "
+        f"more than the {MAX_LOSSES} allowed (COLONIES_MAX_EXECUTOR_LOSSES)"
     ]
 
 
@@ -144,12 +163,14 @@ async def test_assignment_not_confirmed_by_heartbeats_is_requeued(client: Client
     async with client.watch(p.process_id) as watch, heartbeating(ex, []):
         event = await watch.next(5)
     assert isinstance(event, Process) and event.state is ProcessState.WAITING
-    assert (await client.get(p.process_id)).retries == 1
-    # Given again and still not confirmed: with no retries left it fails, saying why.
-    assert await ex.assign(timeout=1) is not None
+    again = await client.get(p.process_id)
+    assert again.retries == 0 and again.executor_losses == 1
+    # Given again and never confirmed, until more executors were lost than allowed.
     async with heartbeating(ex, []):
+        for _ in range(MAX_LOSSES):
+            assert await ex.assign(timeout=2) is not None
         done = await client.wait(p.process_id, timeout=5)
-    assert done.errors == [f"{ASSIGNMENT_LOST} (attempt 2 of 2)"]
+    assert done.state is ProcessState.FAILED and done.errors[0].startswith(ASSIGNMENT_LOST)
     await ex.aclose()
 
 

@@ -130,7 +130,9 @@ class Broker:
             index = ProcessIndex(s.data_dir / "index.db" if s.data_dir is not None else None)
             await index.open()
             stack.push_async_callback(index.close)
-            service = Service(store, index, self.subjects)
+            service = Service(
+                store, index, self.subjects, max_executor_losses=s.max_executor_losses
+            )
             Admin(service)
             Explainer(service, liveness_s=s.executor_liveness_s)
             workflows = Workflows(service)

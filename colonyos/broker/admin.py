@@ -9,7 +9,7 @@ import logging
 import msgspec
 
 from colonyos.broker import transitions
-from colonyos.broker.service import Service, new_id
+from colonyos.broker.service import Service, new_id, removed_message
 from colonyos.errors import (
     AmbiguousIdError,
     ConflictError,
@@ -17,7 +17,16 @@ from colonyos.errors import (
     ProcessNotFoundError,
 )
 from colonyos.ids import check_id_prefix, distinct_length
-from colonyos.messages import ColonyAdd, Empty, ListProcesses, Named, ProcessRef, Resolve, Stats
+from colonyos.messages import (
+    ColonyAdd,
+    Empty,
+    ListProcesses,
+    Named,
+    ProcessRef,
+    Resolve,
+    StateChanged,
+    Stats,
+)
 from colonyos.models import Colony, Executor, ExecutorState, Process, ProcessState, now
 from colonyos.subjects import check_name
 
@@ -106,15 +115,31 @@ class Admin:
         return executor
 
     async def executor_approve(self, colony: str, caller: str, req: Named) -> Executor:
-        return await self._set_executor_state(colony, req.name, ExecutorState.APPROVED)
+        executor = await self._set_executor_state(colony, req.name, ExecutorState.APPROVED)
+        # A run waiting for approval starts taking work at once.
+        await self.service.tell(
+            colony, req.name, StateChanged(executor_id=executor.executor_id, state=executor.state)
+        )
+        return executor
 
     async def executor_reject(self, colony: str, caller: str, req: Named) -> Executor:
-        return await self._set_executor_state(colony, req.name, ExecutorState.REJECTED)
+        executor = await self._set_executor_state(colony, req.name, ExecutorState.REJECTED)
+        await self.service.tell(
+            colony, req.name, StateChanged(executor_id=executor.executor_id, state=executor.state)
+        )
+        return executor
 
     async def executor_remove(self, colony: str, caller: str, req: Named) -> None:
-        executor = self.service.executor(colony, req.name)
-        await self.service.store.delete_executor(executor)
-        self.service.forget_executor(executor)
+        """UNREGISTERED, kept for the record: its running processes are queued again at once
+        (no retry spent), and its live run is told, and stops. Starting it again registers it
+        afresh."""
+        if self.service.executor(colony, req.name).state is ExecutorState.UNREGISTERED:
+            return None
+        executor = await self._set_executor_state(colony, req.name, ExecutorState.UNREGISTERED)
+        reason = transitions.EXECUTOR_REMOVED.format(name=req.name)
+        self.service.unpark_run(executor.executor_id)
+        await self.service.give_back(executor.executor_id, reason)
+        await self.service.tell(colony, req.name, removed_message(executor))
         return None
 
     async def stats(self, colony: str, caller: str, req: Empty) -> Stats:

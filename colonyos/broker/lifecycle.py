@@ -5,8 +5,9 @@
   left, ends FAILED.
 * A running process whose executor has been silent for longer than the liveness window, or
   whose executor's heartbeats stopped listing it (the assignment never reached it), is
-  re-queued the same way. An executor that keeps heartbeating keeps its processes however long
-  they run: there is no visibility timeout to outlive.
+  re-queued as an executor loss: no retry spent, but after the broker's ``max_executor_losses``
+  it ends FAILED. An executor that keeps heartbeating keeps its processes however long they
+  run: there is no visibility timeout to outlive.
 
 Every change goes through :meth:`Service.transition`, so the state machine has the last word
 (a process closed a moment ago is not re-queued) and a compare-and-set guards each write.
@@ -56,19 +57,14 @@ class Lifecycle:
                 transitions.WAIT_TIMEOUT,
             )
         for colony, pid in self.service.exec_deadlines.pop_due(t_ns):
-            await self._apply(
-                colony,
-                pid,
-                self._requeue_if(transitions.EXEC_TIMEOUT, _past_exec),
-                transitions.EXEC_TIMEOUT,
-            )
+            await self._apply(colony, pid, _requeue_if_past_exec, transitions.EXEC_TIMEOUT)
         for process, _ in list(self.service.running.values()):
             reason = self._lost(process, time.monotonic(), t_ns)
             if reason is not None:
                 await self._apply(
                     process.colony_name,
                     process.process_id,
-                    self._requeue_if(reason, _same_attempt(process)),
+                    self._requeue_lost(reason, process),
                     reason,
                 )
 
@@ -91,14 +87,13 @@ class Lifecycle:
             return ASSIGNMENT_LOST
         return None
 
-    @staticmethod
-    def _requeue_if(
-        reason: str, applies: Callable[[Process], bool]
-    ) -> Callable[[Process], Process]:
+    def _requeue_lost(self, reason: str, seen: Process) -> Callable[[Process], Process]:
+        max_losses = self.service.max_executor_losses
+
         def step(process: Process) -> Process:
-            if process.state is not ProcessState.RUNNING or not applies(process):
+            if not transitions.same_assignment(process, seen):
                 raise ConflictError("no longer applies")
-            return transitions.requeue(process, reason, now=now())
+            return transitions.requeue_lost(process, reason, now=now(), max_losses=max_losses)
 
         return step
 
@@ -110,21 +105,20 @@ class Lifecycle:
         except (ConflictError, NotFoundError):
             return  # it moved on (closed, cancelled, removed): nothing to do
         logger.info(
-            "%s: process %s in %s is %s (retries %d)",
+            "%s: process %s in %s is %s (retries %d, executor losses %d)",
             reason,
             pid,
             colony,
             process.state.name,
             process.retries,
+            process.executor_losses,
         )
 
 
-def _same_attempt(seen: Process) -> Callable[[Process], bool]:
-    expected = (seen.assigned_executor_id, seen.retries)
-    return lambda p: (p.assigned_executor_id, p.retries) == expected
-
-
-def _past_exec(process: Process) -> bool:
-    return process.exec_deadline != ZERO_TIME and process.exec_deadline <= now() + timedelta(
+def _requeue_if_past_exec(process: Process) -> Process:
+    past = process.exec_deadline != ZERO_TIME and process.exec_deadline <= now() + timedelta(
         milliseconds=1
     )
+    if process.state is not ProcessState.RUNNING or not past:
+        raise ConflictError("no longer applies")
+    return transitions.requeue(process, transitions.EXEC_TIMEOUT, now=now())

@@ -42,9 +42,13 @@ from colonyos.errors import (
     ColoniesError,
     ColonyNotFoundError,
     ConflictError,
+    ExecutorNameTakenError,
     ExecutorNotFoundError,
+    ExecutorRemovedError,
+    ExecutorReplacedError,
     InvalidSpecError,
     NotAuthorizedError,
+    NotFoundError,
     ProcessNotFoundError,
     RecordTooLargeError,
 )
@@ -52,13 +56,19 @@ from colonyos.limits import record_limit
 from colonyos.messages import (
     Assign,
     Close,
+    Control,
     Fail,
     Heartbeat,
+    Instance,
     LogLines,
     Outcome,
     Register,
+    Release,
+    Replaced,
     Results,
     Revoke,
+    StateChanged,
+    WhoIs,
 )
 from colonyos.models import (
     ZERO_TIME,
@@ -74,18 +84,22 @@ from colonyos.resources import parse_bytes, parse_cpu_millis
 from colonyos.specs import check_function_spec, from_validation_error
 from colonyos.subjects import SERVER_SCOPE, Subjects, check_name
 
-__all__ = ["Service", "new_id"]
+__all__ = ["Service", "new_id", "removed_message"]
 
 logger = logging.getLogger(__name__)
 
 _encode = msgspec.json.Encoder().encode
 _NO_WORK = b'{"result":null}'
 _heartbeat_decoder = msgspec.json.Decoder(Heartbeat)
+_instance_decoder = msgspec.json.Decoder(Instance)
 _TRANSITION_ATTEMPTS = 8
 # What a process's JSON gains when it is assigned (its executor's id, start time, deadline).
 _ASSIGNED_GROWTH = 128
 # How far before the newest event a revision may have been written and still lack its event.
 _EVENT_SLACK = timedelta(seconds=30)
+# How long the run holding an executor name has to answer "are you alive?" before a new start
+# takes the name over (no answer at all is known at once: nobody listens on its subject).
+_HOLDER_ANSWER_S = 2.0
 
 Picked = tuple[Process, int]
 # Handed to a parked assign instead of a process: look at the queue again (capacity came back).
@@ -101,7 +115,7 @@ def new_id() -> str:
 def _revoked(before: Process, after: Process) -> bool:
     """Did this write take a running process away from its executor?"""
     return before.state is ProcessState.RUNNING and (
-        after.state is not ProcessState.RUNNING or after.retries != before.retries
+        after.state is not ProcessState.RUNNING or after.assignments != before.assignments
     )
 
 
@@ -118,7 +132,14 @@ class _Report:
 
 
 class Service:
-    def __init__(self, store: ProcessStore, index: ProcessIndex, subjects: Subjects) -> None:
+    def __init__(
+        self,
+        store: ProcessStore,
+        index: ProcessIndex,
+        subjects: Subjects,
+        *,
+        max_executor_losses: int = 5,
+    ) -> None:
         self.store = store
         self.index = index
         self.subjects = subjects
@@ -128,6 +149,14 @@ class Service:
         self.executors: dict[tuple[str, str], Executor] = {}
         self._capacities: dict[tuple[str, str], Capacity] = {}
         self._names: dict[str, tuple[str, str]] = {}  # executor id -> (colony, name)
+        # Who runs each registration (host, pid, since), as its last register said.
+        self._instances: dict[tuple[str, str], Instance] = {}
+        self._registering: dict[tuple[str, str], asyncio.Lock] = {}
+        self._telling: set[asyncio.Task[None]] = set()
+        # Parked assign requests by executor run (id), so that a run that goes can end them.
+        self._parked_runs: dict[str, set[asyncio.Future[Picked]]] = {}
+        # Executor losses a process may have before it fails (see transitions.requeue_lost).
+        self.max_executor_losses = max_executor_losses
         # Live processes beyond the queue, and what the lifecycle sweeps need.
         self.running: dict[str, tuple[Process, int]] = {}  # with its KV revision
         self.in_use = CapacityInUse()  # what each executor's running processes requested
@@ -147,6 +176,7 @@ class Service:
             "fail": (msgspec.json.Decoder(Fail), self.fail),
             "log": (msgspec.json.Decoder(LogLines), self.log),
             "register": (msgspec.json.Decoder(Register), self.register),
+            "release": (msgspec.json.Decoder(Release), self.release),
         }
 
     @property
@@ -328,6 +358,28 @@ class Service:
             return
         self.heard[beat.executor_id] = time.monotonic()
         self.reports[beat.executor_id] = _Report(time.time_ns(), frozenset(beat.running))
+        stale = self._stale_run(beat.executor_id)
+        if stale is not None:  # it missed being told: tell it again
+            task = asyncio.create_task(self.tell(*stale))
+            self._telling.add(task)
+            task.add_done_callback(self._telling.discard)
+
+    def _stale_run(self, executor_id: str) -> tuple[str, str, Control] | None:
+        """What to tell a run that still heartbeats although it was removed or replaced."""
+        key = self._names.get(executor_id)
+        current = self.executors.get(key) if key is not None else None
+        if key is None or current is None:
+            return None
+        if current.executor_id != executor_id:
+            by = self._instances.get(key) or Instance(executor_id=current.executor_id)
+            return (*key, Replaced(executor_id=executor_id, by=by))
+        if current.state is ExecutorState.UNREGISTERED:
+            return (*key, removed_message(current))
+        return None
+
+    async def tell(self, colony: str, executor_name: str, message: Control) -> None:
+        """A message to a live executor on its control subject (not stored)."""
+        await self.store.tell(self.subjects.control(colony, executor_name), message)
 
     def colony(self, colony: str) -> Colony:
         try:
@@ -341,8 +393,17 @@ class Service:
         except KeyError:
             raise ExecutorNotFoundError(colony, name) from None
 
-    def _approved(self, colony: str, name: str) -> Executor:
+    def _approved(self, colony: str, name: str, executor_id: str = "") -> Executor:
+        """The caller's registration, if it may be given work; ``executor_id``: the run asking
+        (a run replaced since is refused)."""
         executor = self.executor(colony, name)
+        if executor_id and executor.executor_id != executor_id:
+            raise ExecutorReplacedError(
+                f"executor {name!r} was replaced by another start under its name",
+                executor_name=name,
+            )
+        if executor.state is ExecutorState.UNREGISTERED:
+            raise self._removed_error(colony, name)
         if executor.state is not ExecutorState.APPROVED:
             raise NotAuthorizedError(
                 f"executor {name!r} is {executor.state.name}, not APPROVED: ask the colony owner "
@@ -351,6 +412,14 @@ class Service:
                 state=executor.state.name,
             )
         return executor
+
+    @staticmethod
+    def _removed_error(colony: str, name: str) -> ExecutorRemovedError:
+        return ExecutorRemovedError(
+            f"executor {name!r} was removed from colony {colony!r} by its owner; starting it "
+            "again registers it afresh",
+            executor_name=name,
+        )
 
     async def transition(
         self,
@@ -404,7 +473,7 @@ class Service:
 
     # -- executor operations ------------------------------------------------------------
     async def assign(self, colony: str, caller: str, req: Assign) -> Process | None:
-        executor = self._approved(colony, caller)
+        executor = self._approved(colony, caller, req.executor_id)
         cap = self.offer(executor, req)
         etype = executor.executor_type
         loop = asyncio.get_running_loop()
@@ -417,11 +486,19 @@ class Service:
                     continue  # removed meanwhile: take the next one
             else:
                 logger.debug("assign from %s in %s parked", caller, colony)
-                picked = await self._park(colony, etype, cap, deadline - loop.time())
+                picked = await self._park(
+                    colony, etype, cap, deadline - loop.time(), run=executor.executor_id
+                )
                 if picked is None:
                     return None
                 if picked is _LOOK_AGAIN:
                     continue
+                try:  # parked a while: removed, rejected or replaced meanwhile?
+                    executor = self._approved(colony, caller, executor.executor_id)
+                except ColoniesError:
+                    self.in_use.release(picked[0].process_id)  # held for this executor
+                    self._enqueue(*picked)  # for another executor
+                    raise
             updated = await self._take(executor, *picked)
             if updated is not None:
                 return updated
@@ -432,7 +509,10 @@ class Service:
         first = await self.assign(colony, caller, req)
         if first is None:
             return []
-        executor = self._approved(colony, caller)
+        try:
+            executor = self._approved(colony, caller, req.executor_id)
+        except ColoniesError:
+            return [first]  # changed in this instant: the rest waits for the next request
         cap = self.offer(executor, req)
         popped: list[tuple[str, Process | None, int]] = []
         while len(popped) < req.count - 1:
@@ -521,11 +601,15 @@ class Service:
             self.in_use.release(pid)
             return None
 
-    async def _park(self, colony: str, etype: str, cap: Offer, timeout: float) -> Picked | None:
+    async def _park(
+        self, colony: str, etype: str, cap: Offer, timeout: float, *, run: str
+    ) -> Picked | None:
         if timeout <= 0:
             return None
         waiter: asyncio.Future[Picked] = asyncio.get_running_loop().create_future()
         self.parked.park(colony, etype, cap, waiter)
+        runs = self._parked_runs.setdefault(run, set())
+        runs.add(waiter)
         try:
             async with asyncio.timeout(timeout):
                 return await asyncio.shield(waiter)
@@ -537,10 +621,13 @@ class Service:
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if waiter.cancelled() and task is not None and not task.cancelling():
-                return None  # released by release_parked(): answer "no work"
+                return None  # released by release_parked() or unpark_run(): "no work"
             raise
         finally:
             self.parked.unpark(colony, etype, waiter)
+            runs.discard(waiter)
+            if not runs and self._parked_runs.get(run) is runs:
+                del self._parked_runs[run]
 
     async def _revoke(self, before: Process, after: Process) -> None:
         holder = self._names.get(before.assigned_executor_id)
@@ -618,6 +705,9 @@ class Service:
         return None
 
     async def register(self, colony: str, caller: str, req: Register) -> Executor:
+        """Register an executor run. Its name stays with a live run unless ``req.replace``;
+        a run that no longer answers (crashed, killed) gives its name and processes up at once.
+        The same run registering again (same id) is told its current state."""
         ex = req.executor
         check_name("executorname", ex.executor_name)
         check_name("executortype", ex.executor_type)
@@ -627,41 +717,122 @@ class Service:
                 f"caller {caller!r} cannot register executor {ex.executor_name!r}",
                 executor_name=ex.executor_name,
             )
-        previous = self.executors.get((colony, ex.executor_name))
-        if previous is not None and previous.executor_id != ex.executor_id:
-            # The same executor started again: what its previous run held is lost now.
-            self.heard[previous.executor_id] = float("-inf")
-        if previous is not None and previous.executor_type == ex.executor_type:
-            state = previous.state
-        elif self.colonies[colony].auto_approve:
-            state = ExecutorState.APPROVED
-        else:
-            state = ExecutorState.PENDING
-        t = now()
-        registered = msgspec.structs.replace(
-            ex,
-            executor_id=ex.executor_id or new_id(),
-            colony_name=colony,
-            state=state,
-            commission_time=t,
-            last_heard_from_time=t,
-        )
-        await self.store.put_executor(registered)
-        self.remember_executor(registered)
+        key = (colony, ex.executor_name)
+        async with self._registering.setdefault(key, asyncio.Lock()):
+            previous = self.executors.get(key)
+            same_run = previous is not None and previous.executor_id == ex.executor_id != ""
+            if same_run and previous is not None and previous.state is ExecutorState.UNREGISTERED:
+                raise self._removed_error(colony, ex.executor_name)
+            state: ExecutorState
+            if previous is not None and previous.state is not ExecutorState.UNREGISTERED:
+                if not same_run:
+                    await self._take_name(colony, previous, req)
+                if previous.executor_type == ex.executor_type:
+                    state = previous.state
+                else:
+                    state = self._first_state(colony)
+            else:
+                state = self._first_state(colony)
+            t = now()
+            registered = msgspec.structs.replace(
+                ex,
+                executor_id=ex.executor_id or new_id(),
+                colony_name=colony,
+                state=state,
+                commission_time=previous.commission_time if same_run and previous else t,
+                last_heard_from_time=t,
+            )
+            await self.store.put_executor(registered)
+            self.remember_executor(registered)
+            if req.instance is not None:
+                self._instances[key] = req.instance
         self.heard[registered.executor_id] = time.monotonic()
-        logger.info(
-            "registered executor %s (%s) in %s: %s",
-            registered.executor_name,
-            registered.executor_type,
-            colony,
-            state.name,
-        )
+        if not same_run:
+            logger.info(
+                "registered executor %s (%s) in %s: %s",
+                registered.executor_name,
+                registered.executor_type,
+                colony,
+                state.name,
+            )
         return registered
 
-    def forget_executor(self, executor: Executor) -> None:
-        key = (executor.colony_name, executor.executor_name)
-        self.executors.pop(key, None)
-        self._capacities.pop(key, None)
+    def _first_state(self, colony: str) -> ExecutorState:
+        if self.colonies[colony].auto_approve:
+            return ExecutorState.APPROVED
+        return ExecutorState.PENDING
+
+    async def _take_name(self, colony: str, previous: Executor, req: Register) -> None:
+        """A new run registers a name an earlier run holds: refused while that run answers
+        (unless ``req.replace``); its running processes are queued again at once."""
+        name = previous.executor_name
+        holder = await self._ask_holder(colony, previous)
+        if holder is not None and not req.replace:
+            since = holder.since.strftime("%Y-%m-%d %H:%M:%S UTC")
+            raise ExecutorNameTakenError(
+                f"executor name {name!r} is held by a running executor on host "
+                f"{holder.host or '?'} (pid {holder.pid}) since {since}: stop it, choose "
+                "another name, or take the name over with --replace",
+                executor_name=name,
+                holder_host=holder.host,
+                holder_pid=holder.pid,
+                holder_since=holder.since.isoformat(),
+            )
+        if holder is not None:
+            by = req.instance or Instance(executor_id=req.executor.executor_id)
+            await self.tell(colony, name, Replaced(executor_id=previous.executor_id, by=by))
+            reason = transitions.EXECUTOR_REPLACED
+            logger.info("executor %s in %s: replaced (was on %s)", name, colony, holder.host)
+        else:
+            reason = transitions.EXECUTOR_RESTARTED
+        self.unpark_run(previous.executor_id)
+        await self.give_back(previous.executor_id, reason.format(name=name))
+
+    async def _ask_holder(self, colony: str, executor: Executor) -> Instance | None:
+        """The run holding ``executor``'s registration, if it answers on its control subject."""
+        if not executor.executor_id:
+            return None
+        subject = self.subjects.control(colony, executor.executor_name)
+        try:
+            msg = await self.store.nc.request(
+                subject, _encode(WhoIs(executor_id=executor.executor_id)), timeout=_HOLDER_ANSWER_S
+            )
+            instance = _instance_decoder.decode(msg.data)
+        except (nats.errors.Error, msgspec.MsgspecError):
+            return None  # nobody listens, nobody answered in time, or not an answer
+        return instance if instance.executor_id == executor.executor_id else None
+
+    async def give_back(self, executor_id: str, reason: str) -> int:
+        """Queue again at once what a registration runs (its run is gone or going): an executor
+        loss for each process, not a retry. Returns how many were running."""
+        held = [p for p, _ in list(self.running.values()) if p.assigned_executor_id == executor_id]
+        for seen in held:
+            step = functools.partial(_lost_step, seen, reason, self.max_executor_losses, now())
+            with contextlib.suppress(ConflictError, NotFoundError):
+                await self.transition(seen.colony_name, seen.process_id, step)
+        if held:
+            logger.info("%s: %d processes queued again", reason, len(held))
+        return len(held)
+
+    async def release(self, colony: str, caller: str, req: Release) -> int:
+        """An executor run that stops gives back what is still assigned to it, and its parked
+        assign requests end ("no work")."""
+        if self._names.get(req.executor_id) != (colony, caller):
+            raise NotAuthorizedError(
+                f"caller {caller!r} has no registration {req.executor_id!r}",
+                executor_name=caller,
+            )
+        self.unpark_run(req.executor_id)
+        reason = transitions.EXECUTOR_STOPPED.format(name=caller)
+        return await self.give_back(
+            req.executor_id, f"{reason} ({req.reason})" if req.reason else reason
+        )
+
+    def unpark_run(self, executor_id: str) -> None:
+        """End the parked assign requests of one executor run (it stops, or was replaced or
+        removed): each answers "no work", and no process is handed to it any more."""
+        for waiter in self._parked_runs.pop(executor_id, set()):
+            waiter.cancel()
 
     def capacity_of(self, executor: Executor) -> Capacity:
         """What ``executor`` registered that it offers (each dimension None if not stated)."""
@@ -707,6 +878,23 @@ def _what_grew(before: Process, after: Process) -> str:
     if after.errors != before.errors:
         return "its errors: with them,"
     return "this change:"
+
+
+def removed_message(executor: Executor) -> StateChanged:
+    """What a removed executor's live run is told (and told again while it heartbeats)."""
+    return StateChanged(
+        executor_id=executor.executor_id,
+        state=ExecutorState.UNREGISTERED,
+        reason=f"removed from colony {executor.colony_name!r} by its owner",
+    )
+
+
+def _lost_step(
+    seen: Process, reason: str, max_losses: int, t: datetime, process: Process
+) -> Process:
+    if not transitions.same_assignment(process, seen):
+        raise ConflictError("no longer applies")
+    return transitions.requeue_lost(process, reason, now=t, max_losses=max_losses)
 
 
 def _close_step(executor: Executor, req: Close, t: datetime, process: Process) -> Process:

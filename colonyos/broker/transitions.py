@@ -4,12 +4,17 @@
 
     WAITING ──assign──▶ RUNNING ──close──▶ SUCCESS
      │ ▲                 │ │ └───fail───▶ FAILED
-     │ └────requeue──────┘ └─(retries exhausted)─▶ FAILED
+     │ ├────requeue──────┤ └─(retries exhausted)─▶ FAILED
+     │ └──requeue_lost───┘ └─(executor losses exhausted)─▶ FAILED
      ├──expire_wait──────────────────────▶ FAILED
      └──────cancel───────┴──cancel──────▶ CANCELLED
 
-A re-queue (execution deadline passed, or the executor was lost) counts a retry; a process
-runs at most ``maxretries + 1`` times (``maxretries = -1``: no limit).
+A re-queue because the execution deadline passed counts a retry: a process runs out of time at
+most ``maxretries + 1`` times (``maxretries = -1``: no limit). A re-queue because its executor
+went away (lost, removed, replaced, restarted, stopped) is not the process's doing and spends
+no retry; it counts an executor loss instead, and the broker's ``max_executor_losses`` bounds
+those. Every assignment counts in ``assignments``, whose ``attempt`` token close, fail and log
+carry.
 
 A transition that is not allowed raises :class:`ConflictError` (wrong state) or
 :class:`NotAuthorizedError` (a request from an executor the process is not assigned to), and
@@ -29,6 +34,10 @@ from colonyos.models import ZERO_TIME, Executor, FunctionSpec, Process, ProcessS
 
 __all__ = [
     "EXECUTOR_LOST",
+    "EXECUTOR_REMOVED",
+    "EXECUTOR_REPLACED",
+    "EXECUTOR_RESTARTED",
+    "EXECUTOR_STOPPED",
     "EXEC_TIMEOUT",
     "WAIT_TIMEOUT",
     "assign",
@@ -41,13 +50,20 @@ __all__ = [
     "refuse",
     "release",
     "requeue",
+    "requeue_lost",
     "require_lease",
+    "same_assignment",
 ]
 
 # The error texts Colonies uses, so that users' scripts that look for them keep working.
 WAIT_TIMEOUT = "Maximum waiting time limit exceeded"
 EXEC_TIMEOUT = "Maximum execution time limit exceeded"
 EXECUTOR_LOST = "Executor stopped responding (no heartbeat)"
+# Why a process went back to the queue without its executor finishing it (no retry spent).
+EXECUTOR_REMOVED = "Executor {name} was removed by the colony owner"
+EXECUTOR_REPLACED = "Executor {name} was replaced by another start under its name"
+EXECUTOR_RESTARTED = "Executor {name} started again (its previous run is gone)"
+EXECUTOR_STOPPED = "Executor {name} stopped before the process finished"
 
 _replace = msgspec.structs.replace
 
@@ -98,6 +114,7 @@ def assign(process: Process, executor: Executor, *, now: datetime) -> Process:
         assigned_executor_id=executor.executor_id,
         start_time=now,
         exec_deadline=exec_deadline,
+        assignments=process.assignments + 1,
     )
 
 
@@ -106,13 +123,13 @@ def require_lease(
 ) -> None:
     """Only the executor a running process is assigned to, in this attempt, may act on it.
 
-    ``attempt`` is the process's ``retries`` when the executor was given it; a request from an
-    earlier attempt (the process was re-queued and assigned again since) is refused.
+    ``attempt`` is the process's ``attempt`` when the executor was given it; a request from an
+    earlier assignment (the process was re-queued and assigned again since) is refused.
     """
     if process.state is not ProcessState.RUNNING:
         raise _conflict(process, action)
     if process.assigned_executor_id != executor.executor_id or (
-        attempt is not None and attempt != process.retries
+        attempt is not None and attempt != process.attempt
     ):
         raise NotAuthorizedError(
             f"cannot {action} process {process.process_id}: it is not assigned to executor "
@@ -167,7 +184,8 @@ def expire_wait(process: Process, *, now: datetime) -> Process:
 
 
 def requeue(process: Process, reason: str, *, now: datetime) -> Process:
-    """Take a running process back: WAITING with one more retry, or FAILED when none are left.
+    """Take a running process back after its execution deadline: WAITING with one more retry,
+    or FAILED when none are left.
 
     It keeps its prioritytime, so it keeps its place in the queue.
     """
@@ -182,15 +200,51 @@ def requeue(process: Process, reason: str, *, now: datetime) -> Process:
             errors=[*process.errors, f"{reason} (attempt {attempts} of {limit + 1})"],
             end_time=now,
         )
+    return _back_in_queue(process, now, retries=process.retries + 1)
+
+
+def requeue_lost(process: Process, reason: str, *, now: datetime, max_losses: int) -> Process:
+    """Take a running process back whose executor went away: WAITING again without spending a
+    retry, or FAILED once ``max_losses`` executors were lost running it.
+
+    It keeps its prioritytime, so it keeps its place in the queue.
+    """
+    if process.state is not ProcessState.RUNNING:
+        raise _conflict(process, "re-queue")
+    losses = process.executor_losses + 1
+    if losses > max_losses:
+        return _replace(
+            process,
+            state=ProcessState.FAILED,
+            errors=[
+                *process.errors,
+                f"{reason}; {losses} executors were lost while running this process, more "
+                f"than the {max_losses} allowed (COLONIES_MAX_EXECUTOR_LOSSES)",
+            ],
+            end_time=now,
+            executor_losses=losses,
+        )
+    return _back_in_queue(process, now, executor_losses=losses)
+
+
+def same_assignment(process: Process, seen: Process) -> bool:
+    """Is ``process`` still running in the assignment ``seen`` was read in?"""
+    return process.state is ProcessState.RUNNING and (
+        process.assigned_executor_id,
+        process.assignments,
+    ) == (seen.assigned_executor_id, seen.assignments)
+
+
+def _back_in_queue(process: Process, now: datetime, **counts: int) -> Process:
     return _replace(
         process,
         state=ProcessState.WAITING,
-        retries=process.retries + 1,
         is_assigned=False,
         assigned_executor_id="",
         start_time=ZERO_TIME,
         exec_deadline=ZERO_TIME,
         wait_deadline=_wait_deadline(process.spec, now),
+        **counts,
     )
 
 

@@ -32,4 +32,4 @@ async def blink(ctx: ProcessContext) -> list[object]:
 
 
 if __name__ == "__main__":
-    asyncio.run(app.serve())  # Ctrl-C stops it after the current process
+    asyncio.run(app.serve())  # Ctrl-C: finish what runs, then stop (twice: stop now)

@@ -78,7 +78,12 @@ async def test_python_functions_output_logs_and_errors(client: Client, settings)
     failed = await client.wait(bad.process_id, timeout=5)
     assert failed.state is ProcessState.FAILED
     assert failed.errors == ["ValueError: no such thing"]
-    assert await logs_of(client, bad.process_id) == ["about to fail"]
+    # Its print, then its traceback (the function's frames only).
+    log = await logs_of(client, bad.process_id)
+    assert log[:2] == ["about to fail", "Traceback (most recent call last):"]
+    assert log[-1] == "ValueError: no such thing"
+    assert any("in explode" in line for line in log)
+    assert not any("colonyos/execut" in line for line in log)  # the executor's own frames
     unknown = await client.wait(missing.process_id, timeout=5)
     assert unknown.state is ProcessState.FAILED and "no function 'nosuchfunc'" in unknown.errors[0]
 
