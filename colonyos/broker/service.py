@@ -511,6 +511,12 @@ class Service:
         )
         return registered
 
+    def forget(self, process_id: str) -> None:
+        """A removed process: out of the queue, the running set and the index."""
+        self.queue.remove(process_id)
+        self.running.pop(process_id, None)
+        self.index.remove(process_id)
+
     def forget_executor(self, executor: Executor) -> None:
         key = (executor.colony_name, executor.executor_name)
         self.executors.pop(key, None)
