@@ -1,4 +1,4 @@
-"""``colonies colony add|ls``."""
+"""``colonies colony add|ls|remove``."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from ._common import JSON_OPTION, WIDE_OPTION, connect
 from ._output import colony_table, print_json, say, show_table
 from ._run import run
 
-app = typer.Typer(help="Create and list colonies.", no_args_is_help=True)
+app = typer.Typer(help="Create, list and remove colonies.", no_args_is_help=True)
 
 
 @app.command("add")
@@ -50,3 +50,23 @@ def ls(ctx: typer.Context, as_json: bool = JSON_OPTION, wide: bool = WIDE_OPTION
         say("no colonies: create one with 'colonies colony add --name NAME'")
     else:
         show_table(colony_table(colonies, wide), wide)
+
+
+@app.command("remove")
+def remove(
+    ctx: typer.Context,
+    name: str = typer.Option(..., "--name", help="Colony name."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Remove a colony and everything in it: its processes (running ones are cancelled first),
+    workflows, executors, logs, events and submissions not yet taken."""
+
+    async def go() -> int:
+        async with await connect(ctx) as client:
+            return await client.colony_remove(name)
+
+    count = run(go())
+    if as_json:
+        print_json({"name": name, "removed": count})
+    else:
+        say(f"colony {name} removed with its {count} processes")

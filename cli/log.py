@@ -5,8 +5,10 @@ from __future__ import annotations
 import msgspec
 import typer
 
+from colonyos.models import ZERO_TIME
+
 from ._common import connect
-from ._output import say
+from ._output import err, say, when
 from ._run import Awaiting, announce_wait, run
 
 app = typer.Typer(help="Read process logs.", no_args_is_help=True)
@@ -31,7 +33,7 @@ def get(
     async def go() -> None:
         async with await connect(ctx) as client:
             pid = await client.resolve(process_id)
-            await client.get(pid)  # a clear error for an unknown process
+            process = await client.get(pid)  # a clear error for an unknown process
             if follow:
                 awaiting.ident = pid
                 announce_wait(awaiting, to_stderr=True)
@@ -40,5 +42,13 @@ def get(
                     print(msgspec.json.encode(line).decode(), flush=True)
                 else:
                     say(line.message)
+            dropped = await client.logs_dropped_before()
+            if dropped is not None and ZERO_TIME < process.start_time < dropped:
+                err.print(
+                    f"[yellow]note:[/] the logs stream has dropped its lines older than "
+                    f"{when(dropped)} (its size limit or the retention): earlier lines of this "
+                    "process may be gone",
+                    highlight=False,
+                )
 
     run(go(), awaiting)

@@ -170,7 +170,7 @@ def cancel(ctx: typer.Context, process_id: str = _PROCESS, as_json: bool = JSON_
 
 @app.command("remove")
 def remove(ctx: typer.Context, process_id: str = _PROCESS, as_json: bool = JSON_OPTION) -> None:
-    """Remove a process and its record."""
+    """Remove a process with its record and its log (not a running one: cancel it first)."""
 
     async def go() -> str:
         async with await connect(ctx) as client:
@@ -183,3 +183,40 @@ def remove(ctx: typer.Context, process_id: str = _PROCESS, as_json: bool = JSON_
         print_json({"processid": pid, "removed": True})
     else:
         say(f"process {pid} removed")
+
+
+_REMOVABLE = ("waiting", "success", "failed", "cancelled")
+
+
+def _removable_state(text: str) -> ProcessState:
+    try:
+        state = ProcessState.parse(text)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+    if state is ProcessState.RUNNING:
+        raise typer.BadParameter("running processes are never removed: cancel them first")
+    return state
+
+
+@app.command("removeall")
+def removeall(
+    ctx: typer.Context,
+    state: str = typer.Option(
+        ..., "--state", help=f"Remove every process in this state: {', '.join(_REMOVABLE)}."
+    ),
+    etype: str = _TYPE,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Remove every process of the colony in one state, with their logs (never running ones;
+    processes of workflows go with 'colonies workflow remove')."""
+    which = _removable_state(state)
+
+    async def go() -> int:
+        async with await connect(ctx) as client:
+            return await client.remove_all(which, executor_type=etype)
+
+    count = run(go())
+    if as_json:
+        print_json({"state": which.name.lower(), "removed": count})
+    else:
+        say(f"removed {count} {which.name.lower()} processes")

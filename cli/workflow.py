@@ -190,6 +190,23 @@ def cancel(ctx: typer.Context, graph_id: str = _GRAPH, as_json: bool = JSON_OPTI
         say(f"graph {graph.process_graph_id} {graph.state.name.lower()}")
 
 
+@app.command("remove")
+def remove(ctx: typer.Context, graph_id: str = _GRAPH, as_json: bool = JSON_OPTION) -> None:
+    """Remove a process graph with all its processes and their logs (none may be running:
+    cancel it first)."""
+
+    async def go() -> tuple[str, int]:
+        async with await connect(ctx) as client:
+            gid = await client.resolve(graph_id, graph=True)
+            return gid, await client.graph_remove(gid)
+
+    gid, count = run(go())
+    if as_json:
+        print_json({"processgraphid": gid, "removed": count})
+    else:
+        say(f"graph {gid} removed with its {count} processes")
+
+
 @app.command("watch")
 def watch(ctx: typer.Context, graph_id: str = _GRAPH) -> None:
     """Show a graph live until it ends; exit code 0 only if it ended SUCCESS."""

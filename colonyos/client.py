@@ -61,6 +61,8 @@ from colonyos.messages import (
     Register,
     Rejection,
     Release,
+    RemoveAll,
+    Removed,
     Reply,
     Resolve,
     Results,
@@ -549,7 +551,33 @@ class Client:
         return await self._must("cancel", ProcessRef(process_id=process_id), Process)
 
     async def remove(self, process_id: str) -> None:
+        """Remove a process (not running, not part of a workflow) with its log."""
         await self._request("remove", ProcessRef(process_id=process_id), type(None))
+
+    async def remove_all(self, state: ProcessState, *, executor_type: str = "") -> int:
+        """Remove every process of the colony in ``state`` (never RUNNING) that is not part
+        of a workflow, with their logs; returns how many."""
+        body = RemoveAll(state=state, executor_type=executor_type)
+        return (await self._must("remove_all", body, Removed)).count
+
+    async def graph_remove(self, graph_id: str) -> int:
+        """Remove a process graph (none of its processes running) with all its processes;
+        returns how many processes went."""
+        body = GraphRef(process_graph_id=graph_id)
+        return (await self._must("graph_remove", body, Removed)).count
+
+    async def logs_dropped_before(self) -> datetime | None:
+        """When the oldest line still kept in the logs stream was written, if older lines have
+        been dropped (by its size limit or age); None if none were. A process that started
+        before that time may have lost lines."""
+        stream = self.subjects.stream_logs
+        try:
+            first = (await self.js.stream_info(stream)).state.first_seq
+            if first <= 1:
+                return None
+            return (await self.js.get_msg(stream, seq=first)).time
+        except nats.js.errors.NotFoundError:
+            return None
 
     def logs(self, process_id: str, *, follow: bool = False) -> AsyncIterator[LogEntry]:
         """The process's log lines in order; with ``follow``, until the process ends."""
@@ -562,6 +590,12 @@ class Client:
 
     async def colony_list(self) -> list[Colony]:
         return await self._request("colony_list", Empty(), list[Colony], colony=SERVER_SCOPE) or []
+
+    async def colony_remove(self, name: str) -> int:
+        """Remove a colony and everything in it (its running processes are cancelled first);
+        returns how many processes it had."""
+        body = Named(name=name)
+        return (await self._must("colony_remove", body, Removed, colony=SERVER_SCOPE)).count
 
     async def colony_get(self, name: str) -> Colony:
         return await self._must("colony_get", Named(name=name), Colony, colony=SERVER_SCOPE)

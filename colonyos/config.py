@@ -14,11 +14,30 @@ from typing import Literal
 
 import msgspec
 
-__all__ = ["DEFAULT_NATS_URL", "BrokerSettings", "Settings", "default_caller"]
+__all__ = ["DEFAULT_NATS_URL", "BrokerSettings", "Settings", "default_caller", "parse_duration"]
 
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 DEFAULT_COLONY = "dev"
 DEFAULT_PREFIX = "colonies"
+DEFAULT_RETENTION_S = 7 * 86_400.0
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
+
+
+def parse_duration(text: str, what: str = "duration") -> float:
+    """Seconds from ``"3600"``, ``"90s"``, ``"15m"``, ``"12h"`` or ``"7d"``."""
+    value = text.strip()
+    unit = _DURATION_UNITS.get(value[-1:], 0) if value else 0
+    number = value[:-1] if unit else value
+    try:
+        seconds = float(number) * (unit or 1)
+    except ValueError:
+        raise ValueError(
+            f"{what}: {text!r} is not a duration such as 3600, 90s, 15m, 12h or 7d"
+        ) from None
+    if not seconds > 0:
+        raise ValueError(f"{what}: {text!r} must be more than zero")
+    return seconds
 
 
 def default_caller() -> str:
@@ -77,6 +96,11 @@ class BrokerSettings(msgspec.Struct, frozen=True, kw_only=True):
     sweep_interval_s: float = 0.5
     # The leader's lease; a standby takes over at most this long after the leader dies.
     lease_ttl_s: float = 5.0
+    # How long what has ended is kept: finished processes (with their logs), finished graphs,
+    # and the messages of the events and logs streams.
+    retention_s: float = DEFAULT_RETENTION_S
+    # How often the leader removes what has been kept longer.
+    retention_sweep_s: float = 60.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> BrokerSettings:
@@ -96,6 +120,8 @@ class BrokerSettings(msgspec.Struct, frozen=True, kw_only=True):
         ):
             if var in env:
                 values[key] = float(env[var])
+        if "COLONIES_RETENTION" in env:
+            values["retention_s"] = parse_duration(env["COLONIES_RETENTION"], "COLONIES_RETENTION")
         if "COLONIES_REPLICAS" in env:
             values["replicas"] = int(env["COLONIES_REPLICAS"])
         if "COLONIES_MAX_EXECUTOR_LOSSES" in env:

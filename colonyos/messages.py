@@ -49,6 +49,8 @@ __all__ = [
     "Register",
     "Rejection",
     "Release",
+    "RemoveAll",
+    "Removed",
     "Replaced",
     "Reply",
     "Resolve",
@@ -280,6 +282,20 @@ class Named(Model, kw_only=True):
 
 class ColonyAdd(Model, kw_only=True):
     colony: Colony
+
+
+class RemoveAll(Model, kw_only=True):
+    """Remove every process of the colony in one state (never RUNNING) that is not part of a
+    process graph; optionally only those of one executor type."""
+
+    state: ProcessState
+    executor_type: str = ""
+
+
+class Removed(Model, kw_only=True):
+    """How many processes a removal took away."""
+
+    count: int = 0
 
 
 class Rejection(Model, kw_only=True):

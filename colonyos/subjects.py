@@ -158,6 +158,11 @@ class Subjects:
         return f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
 
     @staticmethod
+    def kv_stream(bucket: str) -> str:
+        """The stream that holds a KV bucket (JetStream's naming)."""
+        return f"KV_{bucket}"
+
+    @staticmethod
     def kv_subject(bucket: str, key: str) -> str:
         """The subject a write to ``key`` of ``bucket`` is published on (JetStream's naming)."""
         return f"$KV.{bucket}.{key}"

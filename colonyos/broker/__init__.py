@@ -28,6 +28,8 @@ from colonyos.broker.index import ProcessIndex
 from colonyos.broker.intake import Intake
 from colonyos.broker.lease import Lease
 from colonyos.broker.lifecycle import Lifecycle
+from colonyos.broker.removal import Removal
+from colonyos.broker.retention import Retention
 from colonyos.broker.service import Service, new_id
 from colonyos.broker.store import ProcessStore
 from colonyos.broker.workflows import Workflows
@@ -77,6 +79,7 @@ class Broker:
                 storage=s.storage,
                 dedup_window_s=s.dedup_window_s,
                 replicas=s.replicas,
+                retention_s=s.retention_s,
             )
             if not await self._setup(store):
                 return
@@ -136,12 +139,16 @@ class Broker:
             Admin(service)
             Explainer(service, liveness_s=s.executor_liveness_s)
             workflows = Workflows(service)
+            removal = Removal(service, workflows)
             await service.load()
             await workflows.load()
             self.service = service
             intake = Intake(service, workflows)
             lifecycle = Lifecycle(
                 service, liveness_s=s.executor_liveness_s, sweep_interval_s=s.sweep_interval_s
+            )
+            retention = Retention(
+                removal, retention_s=s.retention_s, interval_s=s.retention_sweep_s
             )
             await self._specs_consumer(store)
             rpc = await nc.subscribe(
@@ -158,6 +165,7 @@ class Broker:
             tasks = [
                 asyncio.create_task(self._consume(nc, intake), name="consume-specs"),
                 asyncio.create_task(lifecycle.run(), name="lifecycle"),
+                asyncio.create_task(retention.run(), name="retention"),
             ]
             stack.push_async_callback(self._cancel, tasks)
             self.leading.set()

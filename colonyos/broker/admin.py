@@ -45,7 +45,6 @@ class Admin:
             get=(ProcessRef, self.get),
             list=(ListProcesses, self.list_processes),
             cancel=(ProcessRef, self.cancel),
-            remove=(ProcessRef, self.remove),
             stats=(Empty, self.stats),
             executor_list=(Empty, self.executor_list),
             executor_approve=(Named, self.executor_approve),
@@ -54,7 +53,6 @@ class Admin:
             colony_add=(ColonyAdd, self.colony_add),
             colony_list=(Empty, self.colony_list),
             colony_get=(Named, self.colony_get),
-            colony_remove=(Named, self.colony_remove),
             resolve=(Resolve, self.resolve),
         )
 
@@ -91,15 +89,6 @@ class Admin:
         return await self.service.transition(
             colony, req.process_id, lambda p: transitions.cancel(p, now=now())
         )
-
-    async def remove(self, colony: str, caller: str, req: ProcessRef) -> None:
-        process, _ = await self.service.store.get(colony, req.process_id)
-        await self.service.store.delete(process)
-        self.service.queue.remove(req.process_id)
-        self.service.running.pop(req.process_id, None)
-        self.service.in_use.release(req.process_id)
-        self.service.index.remove(req.process_id)
-        return None
 
     async def executor_list(self, colony: str, caller: str, req: Empty) -> list[Executor]:
         return sorted(
@@ -167,9 +156,3 @@ class Admin:
 
     async def colony_get(self, colony: str, caller: str, req: Named) -> Colony:
         return self.service.colony(req.name)
-
-    async def colony_remove(self, colony: str, caller: str, req: Named) -> None:
-        removed = self.service.colony(req.name)
-        await self.service.store.delete_colony(removed)
-        del self.service.colonies[req.name]
-        return None

@@ -28,7 +28,7 @@ import sqlite_utils
 
 from colonyos.limits import json_array_within
 from colonyos.messages import ListProcesses
-from colonyos.models import Process, ProcessGraph
+from colonyos.models import ZERO_TIME, Process, ProcessGraph
 
 __all__ = ["ProcessIndex"]
 
@@ -51,6 +51,7 @@ _COLUMNS = (
     "submissiontime",
     "prioritytime",
     "graphid",
+    "endtime",
     "json",
 )
 _ROWS_PER_STATEMENT = 1000
@@ -61,9 +62,9 @@ _UPSERT = (
     "WHERE true "  # sqlite's upsert-from-SELECT needs a WHERE before ON CONFLICT
     "ON CONFLICT(processid) DO UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in _COLUMNS[1:])
 )
-_GRAPH_COLUMNS = ("graphid", "colony", "state", "submissiontime", "json")
+_GRAPH_COLUMNS = ("graphid", "colony", "state", "submissiontime", "endtime", "json")
 _GRAPH_UPSERT = (
-    f"INSERT INTO {_GRAPHS} ({', '.join(_GRAPH_COLUMNS)}) VALUES (?, ?, ?, ?, ?) "
+    f"INSERT INTO {_GRAPHS} ({', '.join(_GRAPH_COLUMNS)}) VALUES (?, ?, ?, ?, ?, ?) "
     "ON CONFLICT(graphid) DO UPDATE SET "
     + ", ".join(f"{c} = excluded.{c}" for c in _GRAPH_COLUMNS[1:])
 )
@@ -77,6 +78,11 @@ def _iso(t: datetime) -> str:
     return t.isoformat(timespec="microseconds")
 
 
+def _ended(t: datetime) -> str:
+    """An end time for the index: empty while not ended (Go's zero time in the JSON)."""
+    return "" if t == ZERO_TIME else _iso(t)
+
+
 def _row(process: Process, data: bytes | None = None) -> tuple[Any, ...]:
     """The values of _COLUMNS for a process."""
     return (
@@ -88,6 +94,7 @@ def _row(process: Process, data: bytes | None = None) -> tuple[Any, ...]:
         _iso(process.submission_time),
         process.priority_time,
         process.process_graph_id,
+        _ended(process.end_time),
         (data if data is not None else _encode(process)).decode(),
     )
 
@@ -99,6 +106,7 @@ def _graph_row(graph: ProcessGraph) -> tuple[Any, ...]:
         graph.colony_name,
         int(graph.state),
         _iso(graph.submission_time),
+        _ended(graph.end_time),
         _encode(graph).decode(),
     )
 
@@ -109,7 +117,7 @@ class ProcessIndex:
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="colonies-index")
         # processid -> latest process (and its JSON if known), or None: delete its row
         self._pending: dict[str, tuple[Process, bytes | None] | None] = {}
-        self._pending_graphs: dict[str, ProcessGraph] = {}  # graphid -> latest
+        self._pending_graphs: dict[str, ProcessGraph | None] = {}  # graphid -> latest, or gone
         self._flushing: asyncio.Task[None] | None = None
         self._db: sqlite_utils.Database | None = None
         self._flush_now = asyncio.Event()
@@ -141,20 +149,30 @@ class ProcessIndex:
                 "submissiontime": str,
                 "prioritytime": int,
                 "graphid": str,
+                "endtime": str,
                 "json": str,
             },
             pk="processid",
         )
         table.create_index(["colony", "state", "submissiontime"])
         table.create_index(["colony", "executortype"])
+        table.create_index(["endtime"])
         graphs = db.table(_GRAPHS)
         if graphs.exists():
             graphs.drop()
         graphs.create(
-            {"graphid": str, "colony": str, "state": int, "submissiontime": str, "json": str},
+            {
+                "graphid": str,
+                "colony": str,
+                "state": int,
+                "submissiontime": str,
+                "endtime": str,
+                "json": str,
+            },
             pk="graphid",
         )
         graphs.create_index(["colony", "submissiontime"])
+        graphs.create_index(["endtime"])
         self._db = db
 
     async def close(self) -> None:
@@ -184,6 +202,10 @@ class ProcessIndex:
         self._pending_graphs[graph.process_graph_id] = graph
         self._schedule()
 
+    def remove_graph(self, graph_id: str) -> None:
+        self._pending_graphs[graph_id] = None
+        self._schedule()
+
     def _schedule(self) -> None:
         if self._flushing is None or self._flushing.done():
             self._flushing = asyncio.get_running_loop().create_task(self._drain())
@@ -203,7 +225,7 @@ class ProcessIndex:
     def _apply_sync(
         self,
         batch: dict[str, tuple[Process, bytes | None] | None],
-        graphs: dict[str, ProcessGraph] | None = None,
+        graphs: dict[str, ProcessGraph | None] | None = None,
     ) -> None:
         assert self._db is not None
         rows = [_row(*latest) for latest in batch.values() if latest is not None]
@@ -217,7 +239,10 @@ class ProcessIndex:
             if gone:
                 conn.executemany(f"DELETE FROM {_TABLE} WHERE processid = ?", gone)
             if graphs:
-                conn.executemany(_GRAPH_UPSERT, [_graph_row(g) for g in graphs.values()])
+                written = [_graph_row(g) for g in graphs.values() if g is not None]
+                removed = [(gid,) for gid, g in graphs.items() if g is None]
+                conn.executemany(_GRAPH_UPSERT, written)
+                conn.executemany(f"DELETE FROM {_GRAPHS} WHERE graphid = ?", removed)
 
     async def flush(self) -> None:
         """Wait until every write handed in so far is applied (read-your-writes for list)."""
@@ -295,6 +320,86 @@ class ProcessIndex:
             "ORDER BY submissiontime DESC, graphid LIMIT ?"
         )
         return [row[0] for row in self._db.execute(sql, [colony, max(0, limit)]).fetchall()]
+
+    async def ended_before(
+        self, cutoff: datetime, *, limit: int, colony: str = "", state: int | None = None
+    ) -> list[tuple[str, str]]:
+        """(colony, process id) of finished processes that are not part of a graph and ended
+        before ``cutoff``, oldest first; optionally of one colony, in one state."""
+        await self.flush()
+        found: list[tuple[str, str]] = await self._run(
+            self._ended_before_sync, _iso(cutoff), limit, colony, state
+        )
+        return found
+
+    def _ended_before_sync(
+        self, cutoff: str, limit: int, colony: str, state: int | None
+    ) -> list[tuple[str, str]]:
+        assert self._db is not None
+        where, params = ["endtime != ''", "endtime < ?", "graphid = ''"], [cutoff]
+        if colony:
+            where.append("colony = ?")
+            params.append(colony)
+        if state is not None:
+            where.append("state = ?")
+            params.append(str(state))
+        sql = (
+            f"SELECT colony, processid FROM {_TABLE} WHERE {' AND '.join(where)} "
+            "ORDER BY endtime LIMIT ?"
+        )
+        rows = self._db.execute(sql, [*params, str(limit)]).fetchall()
+        return [(str(c), str(p)) for c, p in rows]
+
+    async def graphs_ended_before(self, cutoff: datetime, *, limit: int) -> list[tuple[str, str]]:
+        """(colony, graph id) of graphs whose state ended before ``cutoff``, oldest first."""
+        await self.flush()
+        found: list[tuple[str, str]] = await self._run(
+            self._graphs_ended_before_sync, _iso(cutoff), limit
+        )
+        return found
+
+    def _graphs_ended_before_sync(self, cutoff: str, limit: int) -> list[tuple[str, str]]:
+        assert self._db is not None
+        sql = (
+            f"SELECT colony, graphid FROM {_GRAPHS} WHERE endtime != '' AND endtime < ? "
+            "ORDER BY endtime LIMIT ?"
+        )
+        rows = self._db.execute(sql, [cutoff, limit]).fetchall()
+        return [(str(c), str(g)) for c, g in rows]
+
+    async def standalone_in_state(
+        self, colony: str, state: int, executor_type: str, *, limit: int
+    ) -> list[str]:
+        """Ids of the colony's processes in ``state`` that are not part of a graph (optionally
+        of one executor type)."""
+        await self.flush()
+        found: list[str] = await self._run(
+            self._standalone_sync, colony, state, executor_type, limit
+        )
+        return found
+
+    def _standalone_sync(
+        self, colony: str, state: int, executor_type: str, limit: int
+    ) -> list[str]:
+        assert self._db is not None
+        where, params = ["colony = ?", "state = ?", "graphid = ''"], [colony, str(state)]
+        if executor_type:
+            where.append("executortype = ?")
+            params.append(executor_type)
+        sql = f"SELECT processid FROM {_TABLE} WHERE {' AND '.join(where)} LIMIT ?"
+        return [str(r[0]) for r in self._db.execute(sql, [*params, str(limit)]).fetchall()]
+
+    async def colony_ids(self, colony: str) -> tuple[list[str], list[str]]:
+        """Every process id and every graph id of the colony."""
+        await self.flush()
+        found: tuple[list[str], list[str]] = await self._run(self._colony_ids_sync, colony)
+        return found
+
+    def _colony_ids_sync(self, colony: str) -> tuple[list[str], list[str]]:
+        assert self._db is not None
+        processes = self._db.execute(f"SELECT processid FROM {_TABLE} WHERE colony = ?", [colony])
+        graphs = self._db.execute(f"SELECT graphid FROM {_GRAPHS} WHERE colony = ?", [colony])
+        return [str(r[0]) for r in processes.fetchall()], [str(r[0]) for r in graphs.fetchall()]
 
     async def stats(self, colony: str) -> tuple[dict[int, int], dict[str, dict[int, int]]]:
         """Process counts per state, and per executor type and state."""

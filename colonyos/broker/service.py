@@ -838,6 +838,22 @@ class Service:
         """What ``executor`` registered that it offers (each dimension None if not stated)."""
         return self._capacities[(executor.colony_name, executor.executor_name)]
 
+    def forget(self, process_id: str) -> None:
+        """A removed process: out of the queue, the running set, the capacity it held and the
+        index."""
+        self.queue.remove(process_id)
+        self.running.pop(process_id, None)
+        self.in_use.release(process_id)
+        self.index.remove(process_id)
+
+    def drop_executor(self, executor: Executor) -> None:
+        """A registration removed with its colony: its live run is not served any more."""
+        self.unpark_run(executor.executor_id)
+        key = (executor.colony_name, executor.executor_name)
+        self.executors.pop(key, None)
+        self._capacities.pop(key, None)
+        self._names.pop(executor.executor_id, None)
+
     def remember_executor(self, executor: Executor) -> None:
         key = (executor.colony_name, executor.executor_name)
         self._names[executor.executor_id] = key

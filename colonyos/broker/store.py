@@ -31,6 +31,7 @@ from nats.js.api import (
 from nats.js.kv import KeyValue
 
 from colonyos.broker.publisher import JetStreamPublisher
+from colonyos.config import DEFAULT_RETENTION_S
 from colonyos.errors import ColoniesError, GraphNotFoundError, ProcessNotFoundError
 from colonyos.limits import check_record
 from colonyos.messages import Rejection
@@ -49,9 +50,8 @@ _graph_decoder = msgspec.json.Decoder(ProcessGraph)
 
 GRAPH_RECORD = "the process graph record"
 
-# Lifecycle events and logs are kept this long (seconds); processes live in KV until removed.
-EVENTS_MAX_AGE_S = 7 * 86_400
-LOGS_MAX_AGE_S = 7 * 86_400
+# Lifecycle events and logs are kept for the retention (as finished processes are); logs are
+# also bounded in size.
 LOGS_MAX_BYTES = 1 << 30
 
 
@@ -94,6 +94,7 @@ class ProcessStore:
         storage: Literal["file", "memory"] = "file",
         dedup_window_s: float = 120.0,
         replicas: int = 1,
+        retention_s: float = DEFAULT_RETENTION_S,
     ) -> None:
         self.nc = nc
         self.js: JetStreamContext = nc.jetstream()
@@ -101,6 +102,7 @@ class ProcessStore:
         self._storage = StorageType.MEMORY if storage == "memory" else StorageType.FILE
         self._dedup_window_s = dedup_window_s
         self._replicas = replicas
+        self._retention_s = retention_s
         self.publisher = JetStreamPublisher(nc)
         self._unacked: set[asyncio.Future[Any]] = set()
         self._republishing: set[asyncio.Task[None]] = set()
@@ -128,8 +130,9 @@ class ProcessStore:
             StreamConfig(
                 name=s.stream_events,
                 subjects=[s.events_all],
-                max_age=EVENTS_MAX_AGE_S,
-                duplicate_window=self._dedup_window_s,
+                max_age=self._retention_s,
+                # JetStream refuses a dedup window longer than the age limit.
+                duplicate_window=min(self._dedup_window_s, self._retention_s),
                 storage=self._storage,
                 num_replicas=self._replicas,
             )
@@ -138,7 +141,8 @@ class ProcessStore:
             StreamConfig(
                 name=s.stream_logs,
                 subjects=[s.logs_all],
-                max_age=LOGS_MAX_AGE_S,
+                max_age=self._retention_s,
+                duplicate_window=min(self._dedup_window_s, self._retention_s),
                 max_bytes=LOGS_MAX_BYTES,
                 discard=DiscardPolicy.OLD,
                 storage=self._storage,
@@ -224,10 +228,36 @@ class ProcessStore:
         await self._publish_event(process, new_revision, data)
         return new_revision, data
 
-    async def delete(self, process: Process) -> None:
-        await self.processes.delete(
-            self.subjects.process_key(process.colony_name, process.process_id)
+    async def purge_process(self, process: Process) -> None:
+        """Remove a process for good: its record with its whole history (no delete marker is
+        left behind), and its log."""
+        s = self.subjects
+        key = s.process_key(process.colony_name, process.process_id)
+        await self.js.purge_stream(
+            s.kv_stream(s.bucket_processes), subject=s.kv_subject(s.bucket_processes, key)
         )
+        await self.js.purge_stream(
+            s.stream_logs, subject=s.logs(process.colony_name, process.process_id)
+        )
+
+    async def purge_graph(self, graph: ProcessGraph) -> None:
+        s = self.subjects
+        key = s.process_key(graph.colony_name, graph.process_graph_id)
+        await self.js.purge_stream(
+            s.kv_stream(s.bucket_graphs), subject=s.kv_subject(s.bucket_graphs, key)
+        )
+
+    async def purge_colony(self, colony: str) -> None:
+        """Everything stored under a colony's name: processes, graphs, executors, logs, events
+        and the submissions not yet taken."""
+        s = self.subjects
+        every_key = s.process_key(colony, "*")
+        for bucket in (s.bucket_processes, s.bucket_graphs, s.bucket_executors):
+            await self.js.purge_stream(s.kv_stream(bucket), subject=s.kv_subject(bucket, every_key))
+        await self.js.purge_stream(s.stream_logs, subject=s.logs(colony, "*"))
+        await self.js.purge_stream(s.stream_events, subject=s.events_filter(colony=colony))
+        await self.js.purge_stream(s.stream_specs, subject=s.specs(colony, "*"))
+        await self.js.purge_stream(s.stream_specs, subject=s.workflows(colony))
 
     async def all_processes(self) -> AsyncIterator[tuple[Process, int, datetime | None]]:
         """Every stored process: latest revision, and when that revision was written (a value

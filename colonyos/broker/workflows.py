@@ -264,9 +264,13 @@ class Workflows:
                 await self.store.publish_graph_event(updated)
             break
         if state.is_terminal:
-            for pid in self.members.pop(graph_id, {}):
-                self._graph_of.pop(pid, None)
-            self._states.pop(graph_id, None)
+            self.forget(graph_id)
+
+    def forget(self, graph_id: str) -> None:
+        """A removed graph: nothing of it is followed any more."""
+        for pid in self.members.pop(graph_id, {}):
+            self._graph_of.pop(pid, None)
+        self._states.pop(graph_id, None)
 
     async def load(self) -> None:
         """A new leader finishes what a previous one may have left half-done. A graph it cannot

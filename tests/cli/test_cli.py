@@ -247,3 +247,38 @@ def test_log_get_json(cli, cli_json, live_echo) -> None:  # type: ignore[no-unty
     ]
     lines = [json.loads(line) for line in cli("log", "get", "-p", pid[:12], "--json").splitlines()]
     assert [(line["processid"], line["message"]) for line in lines] == [(pid, "echo helloworld")]
+
+
+def test_removal_commands(cli, cli_json, live_echo) -> None:  # type: ignore[no-untyped-def]
+    cli("function", "submit", "--spec", str(EXAMPLES / "echo.json"), "--wait")
+    assert "removed 1 success processes" in cli("process", "removeall", "--state", "success")
+    out = cli("process", "removeall", "--state", "running", code=2)
+    assert "cancel them first" in out and "Traceback" not in out
+    graph = cli_json("workflow", "submit", "--spec", str(EXAMPLES / "workflow.json"), "--wait")
+    gid = graph["processgraphid"]
+    assert "with its 4 processes" in cli("workflow", "remove", "--graph", gid[:12])
+    cli("workflow", "get", "--graph", gid, code=2)
+    cli("colony", "add", "--name", "lab")
+    assert "colony lab removed" in cli("colony", "remove", "--name", "lab")
+    cli("colony", "remove", "--name", "lab", code=2)
+
+
+def test_log_get_says_when_older_lines_are_gone(cli, cli_json, live_echo) -> None:  # type: ignore[no-untyped-def]
+    import asyncio
+
+    import nats
+
+    from colonyos.subjects import Subjects
+
+    first = cli_json("function", "submit", "--spec", str(EXAMPLES / "echo.json"), "--wait")
+    assert "note:" not in cli("log", "get", "--process", first["processid"])
+
+    async def drop_old_lines() -> None:  # as the stream's size limit would
+        nc = await nats.connect(live_echo.nats_url)
+        await nc.jetstream().purge_stream(Subjects(live_echo.prefix).stream_logs)
+        await nc.close()
+
+    asyncio.run(drop_old_lines())
+    cli("function", "submit", "--spec", str(EXAMPLES / "echo.json"), "--wait")
+    out = cli("log", "get", "--process", first["processid"])
+    assert "earlier lines of this process may be gone" in out

@@ -116,7 +116,10 @@ def _valid(name: str, command: Any, fx: dict[str, str]) -> dict[str, list[str]]:
         elif flag == "--graph":
             values[flag] = [flag, fx["graph"]]
         elif flag == "--name":
-            values[flag] = [flag, "lab"]
+            # Removing a colony needs one that exists; the others take any name.
+            values[flag] = [flag, "dev" if name == "colony remove" else "lab"]
+        elif flag == "--state":
+            values[flag] = [flag, "success"]
         elif flag == "kind":
             values[flag] = ["echo"]
         else:
