@@ -7,10 +7,12 @@ from datetime import datetime, timedelta
 import msgspec
 import typer
 
+from colonyos.messages import Event, GraphEvent, Rejection, UnknownEvent
 from colonyos.models import Process, ProcessState, now
+from colonyos.subjects import REJECTED_TOKEN
 
 from ._common import connect
-from ._output import console, state_text
+from ._output import console, err, state_text
 from ._run import fail, run
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -48,6 +50,9 @@ def events(
             seen = 0
             async with stream as subscription:
                 async for event in subscription:
+                    if isinstance(event, UnknownEvent):
+                        _skipped(event)
+                        continue
                     _show(event, as_json)
                     seen += 1
                     if count and seen >= count:
@@ -57,7 +62,7 @@ def events(
 
 
 def _state_token(text: str) -> str:
-    if text == "rejected":
+    if text == REJECTED_TOKEN:
         return text
     try:
         return ProcessState.parse(text).token
@@ -65,7 +70,7 @@ def _state_token(text: str) -> str:
         raise fail(f"--state: {e}") from None
 
 
-def _show(event: object, as_json: bool) -> None:
+def _show(event: Event, as_json: bool) -> None:
     if as_json:
         print(msgspec.json.encode(event).decode())
         return
@@ -74,5 +79,22 @@ def _show(event: object, as_json: bool) -> None:
             f"{event.process_id}  {state_text(event.state):<18}  {event.executor_type}  "
             f"{event.spec.func_name}  retries {event.retries}"
         )
-    else:
-        console.print(f"[red]rejected[/] {msgspec.json.encode(event).decode()}", markup=True)
+    elif isinstance(event, GraphEvent):
+        console.print(
+            f"{event.process_graph_id}  {state_text(event.state):<18}  graph  "
+            f"{len(event.process_ids)} processes"
+        )
+    elif isinstance(event, Rejection):
+        console.print(
+            f"{event.process_id}  [red]rejected[/]  {event.executor_type}  {event.error}",
+            markup=True,
+        )
+
+
+def _skipped(event: UnknownEvent) -> None:
+    err.print(
+        f"[yellow]warning:[/] skipped an event this version cannot read on {event.subject}: "
+        f"{event.reason}",
+        markup=True,
+        soft_wrap=True,
+    )
