@@ -25,7 +25,7 @@ from colonyos.models import LogEntry, now
 if TYPE_CHECKING:
     from colonyos.client import Client
 
-__all__ = ["EventStream", "ProcessWatch", "Received", "is_end", "read_logs"]
+__all__ = ["EventStream", "ProcessWatch", "Received", "has_events", "is_end", "read_logs"]
 
 logger = logging.getLogger(__name__)
 
@@ -147,6 +147,12 @@ class EventStream:
 
     async def __anext__(self) -> Event | UnknownEvent:
         return await self.next(None)
+
+
+async def has_events(client: Client, item_id: str) -> bool:
+    """Does the events stream keep any event of this process or graph id?"""
+    subject = client.subjects.events_filter(colony=client.colony, process_id=item_id)
+    return await _last_seq(client, client.subjects.stream_events, subject) > 0
 
 
 async def read_logs(

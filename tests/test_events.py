@@ -16,6 +16,7 @@ import signal
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import datetime
 
 import msgspec
 import nats
@@ -317,10 +318,12 @@ async def test_subscription_yields_every_kind_live_and_replayed(
         await publish(raw_nc.jetstream(), raws)
         got = [label(await live.next(5)) for _ in raws]
     assert got == expected(raws)
+    t1 = now()
     async with client.subscribe(since=t0) as replay:
         received = [await replay.receive(5) for _ in raws]
     assert [label(r.event) for r in received] == expected(raws)
-    assert all(isinstance(r, Received) and r.time >= t0 for r in received)
+    # Replayed: the time each was stored, not the time it is read again.
+    assert all(isinstance(r, Received) and t0 <= r.time <= t1 for r in received)
     # Filters still apply: only failures, of any kind.
     async with client.subscribe(state=ProcessState.FAILED, since=t0) as failed:
         failures = [r for r in raws if r.subject.split(".")[-2] == "failed"]
@@ -492,8 +495,74 @@ async def test_cli_events_replays_every_kind(
 
     result = await asyncio.to_thread(invoke, "--count", str(READABLE))
     assert result.exit_code == 0, result.output
-    assert result.stdout.count("rejected") == 2
     assert result.stderr.count("skipped an event") == 3
+    lines = result.stdout.splitlines()  # no header in a pipe
+    shown = [r for r in raws if r.kind != "unknown"]
+    assert len(lines) == READABLE
+    for line, raw in zip(lines, shown, strict=True):
+        # Aligned columns: time, state, type, short id at fixed places, whatever the kind.
+        time, state, etype, short = line[:15], line[17:26], line[28:38], line[40:52]
+        assert datetime.strptime(time, "%b %d %H:%M:%S")
+        assert state.strip() == (raw.state or "rejected")
+        assert etype.strip() == raw.subject.split(".")[-3]
+        assert short == raw.item_id[:12]
+        assert len(line) <= 80, line
+
+
+async def test_cli_events_for_an_unknown_id_says_so(
+    client: Client, settings: Settings, raw_nc: NATS
+) -> None:
+    subjects = Subjects(settings.prefix)
+    runner = CliRunner()
+
+    def invoke(*args: str):  # type: ignore[no-untyped-def]
+        return runner.invoke(app, _cli(settings, "events", *args))
+
+    nobody = _id(99)
+    # Before, it waited silently for ever: a subprocess, so that the test stays bounded.
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "colonyos.cli.main",
+        *_cli(settings, "events", "--process", nobody),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        _, stderr = await asyncio.wait_for(proc.communicate(), 15)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 1
+    assert f"no process or graph {nobody}".encode() in stderr and b"Traceback" not in stderr
+    assert len(stderr.decode().strip().splitlines()) == 1
+    result = await asyncio.to_thread(invoke, "--process", "a.b")
+    assert result.exit_code == 1 and "not a valid name" in result.stderr
+    # A refused submission has no process, but its rejection is kept: it is known.
+    refused = Rejection(process_id=nobody, colony_name=COLONY, executor_type="echo", error="no")
+    await raw_nc.jetstream().publish(
+        subjects.event(COLONY, "echo", REJECTED_TOKEN, nobody), _encode(refused)
+    )
+    result = await asyncio.to_thread(invoke, "--process", nobody, "--since", "1m", "-n", "1")
+    assert result.exit_code == 0, result.output
+    assert "rejected" in result.stdout
+    # A process and a graph are known at once.
+    p = await client.submit(FunctionSpec(func_name="f", conditions=Conditions(executor_type="x")))
+    g = await client.submit_workflow(
+        WorkflowSpec(
+            function_specs=[
+                FunctionSpec(node_name="a", func_name="f", conditions=Conditions(executor_type="x"))
+            ]
+        )
+    )
+    assert isinstance(p, Process) and isinstance(g, ProcessGraph)
+    await client.graph_cancel(g.process_graph_id)  # a graph has events once its state changes
+    await client.graph_wait(g.process_graph_id, timeout=5)
+    for known, shown in ((p.process_id, "waiting"), (g.process_graph_id, "cancelled")):
+        result = await asyncio.to_thread(invoke, "--process", known, "--since", "1m", "-n", "1")
+        assert result.exit_code == 0, result.output
+        assert shown in result.stdout and known[:12] in result.stdout
 
 
 async def test_cli_events_live_shows_every_kind(
