@@ -6,6 +6,7 @@ from typing import Any
 
 import typer
 
+from colonyos.messages import ExecutorInfo
 from colonyos.models import GPU, Capabilities, Executor, Hardware
 
 from ._common import connect, settings_of
@@ -70,9 +71,10 @@ def start(
 def ls(
     ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help="Print JSON.")
 ) -> None:
-    """List the colony's executors."""
+    """List the colony's executors: state, online or not (heard from within the broker's
+    liveness window), when last heard from, processes running, capabilities."""
 
-    async def go() -> list[Executor]:
+    async def go() -> list[ExecutorInfo]:
         async with await connect(ctx) as client:
             return await client.executor_list()
 
@@ -82,7 +84,7 @@ def ls(
     elif not executors:
         console.print("no executors registered")
     else:
-        console.print(executor_table(executors))
+        console.print(executor_table(executors), soft_wrap=True)
 
 
 @app.command("approve")

@@ -45,6 +45,7 @@ from colonyos.messages import (
     Close,
     ColonyAdd,
     Empty,
+    ExecutorInfo,
     Fail,
     GraphEvent,
     GraphRef,
@@ -467,8 +468,9 @@ class Client:
     async def colony_get(self, name: str) -> Colony:
         return await self._must("colony_get", Named(name=name), Colony, colony=SERVER_SCOPE)
 
-    async def executor_list(self) -> list[Executor]:
-        return await self._request("executor_list", Empty(), list[Executor]) or []
+    async def executor_list(self) -> list[ExecutorInfo]:
+        """The colony's executors: registrations, last heard, online, running count."""
+        return await self._request("executor_list", Empty(), list[ExecutorInfo]) or []
 
     async def executor_approve(self, name: str) -> Executor:
         return await self._must("executor_approve", Named(name=name), Executor)

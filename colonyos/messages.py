@@ -32,6 +32,7 @@ __all__ = [
     "ColonyAdd",
     "Empty",
     "Event",
+    "ExecutorInfo",
     "Fail",
     "GraphEvent",
     "GraphRef",
@@ -163,6 +164,15 @@ class Named(Model, kw_only=True):
 
 class ColonyAdd(Model, kw_only=True):
     colony: Colony
+
+
+class ExecutorInfo(Executor, kw_only=True):
+    """An executor as ``executor_list`` answers: its registration (the Colonies keys, with
+    ``lastheardfromtime`` the last time the broker heard from it), and what the broker knows
+    of it live."""
+
+    online: bool = False  # heard from (heartbeat or request) within the liveness window
+    running: int = 0  # processes it runs now
 
 
 # -- events -------------------------------------------------------------------------------

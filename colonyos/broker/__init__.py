@@ -126,7 +126,7 @@ class Broker:
             await index.open()
             stack.push_async_callback(index.close)
             service = Service(store, index, self.subjects)
-            Admin(service)
+            Admin(service, liveness_s=s.executor_liveness_s)
             workflows = Workflows(service)
             await service.load()
             await workflows.load()

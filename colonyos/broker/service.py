@@ -115,6 +115,9 @@ class Service:
         self.wait_deadlines = DeadlineHeap()
         self.exec_deadlines = DeadlineHeap()
         self.heard: dict[str, float] = {}  # executor id -> monotonic time of any sign of life
+        # When this broker started leading (monotonic): a heard time no later than this is the
+        # grace given at load, not a sign of life.
+        self.lead_start = float("-inf")
         self.reports: dict[str, _Report] = {}  # executor id -> last heartbeat
         # Revisions loaded from KV whose event may be missing (their writer may have died).
         self.unconfirmed: set[str] = set()
@@ -152,7 +155,7 @@ class Service:
             elif last_event is None or written is None or written >= last_event - _EVENT_SLACK:
                 # Written about when the last event was: its own event may never have been sent.
                 await self.store.ensure_event(process, revision)
-        started = time.monotonic()
+        started = self.lead_start = time.monotonic()
         for executor in self.executors.values():
             self.heard[executor.executor_id] = started  # a new leader gives everyone a grace
         await self.index.flush()
