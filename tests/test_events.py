@@ -615,13 +615,14 @@ async def test_colony_view_applies_process_events_and_skips_the_rest(
 ) -> None:
     raws = every_kind(Subjects(settings.prefix))
     ready = asyncio.Event()
-    view_task = asyncio.create_task(watch_colony(client, count=len(raws), ready=ready))
+    view_task = asyncio.create_task(watch_colony(client, count=READABLE, ready=ready))
     async with asyncio.timeout(10):
         await ready.wait()
     await publish(raw_nc.jetstream(), raws)
     view = await asyncio.wait_for(view_task, 10)
     processes = {r.item_id: r.state for r in raws if r.kind == "process"}
     assert {pid: s.token for pid, s in view.known.items()} == processes
+    assert view.rejected == 2 and view.skipped == 3
 
 
 async def test_workflow_watch_follows_graph_events_and_skips_the_rest(
