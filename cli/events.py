@@ -138,7 +138,8 @@ def event_line(when: datetime, event: Event) -> str:
     else:
         state, style = REJECTED_TOKEN, "red"
         etype, item_id, func = event.executor_type, event.process_id, "-"
-        detail = f"{event.path}: {event.error}" if event.path else event.error
+        path = event.path and event.path not in event.error
+        detail = f"{event.path}: {event.error}" if path else event.error
     cells = [
         _cell(when.astimezone().strftime("%b %d %H:%M:%S"), _WIDTHS[0]),
         f"[{style}]{_cell(state, _WIDTHS[1])}[/]",

@@ -643,3 +643,17 @@ async def test_workflow_watch_follows_graph_events_and_skips_the_rest(
         await js.publish(subjects.event(COLONY, GRAPH_TOKEN, "cancelled", gid), _encode(ended))
         got = await asyncio.wait_for(watching, 10)
     assert got.state is ProcessState.CANCELLED and got.process_graph_id == gid
+
+
+def test_event_line_names_a_rejections_path_once() -> None:
+    from colonyos.cli.events import event_line
+
+    def rejected(error: str, path: str) -> Rejection:
+        return Rejection(
+            process_id=_id(5), colony_name=COLONY, executor_type="echo", error=error, path=path
+        )
+
+    line = event_line(now(), rejected("$.funcname: expected `str`, got `int`", "$.funcname"))
+    assert line.count("$.funcname") == 1
+    line = event_line(now(), rejected("Object missing required field", "$.funcname"))
+    assert line.endswith("$.funcname: Object missing required field")
