@@ -10,7 +10,7 @@ natural width whatever the terminal's.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 import msgspec
@@ -19,6 +19,7 @@ from rich.table import Table
 from rich.text import Text
 
 from colonyos.ids import short_id
+from colonyos.messages import ExecutorInfo
 from colonyos.models import ZERO_TIME, Colony, Executor, Process, ProcessState, now
 
 console = Console(highlight=False)
@@ -165,19 +166,65 @@ def process_detail(p: Process) -> list[tuple[str, str | Text]]:
     ]
 
 
-def executor_table(executors: list[Executor]) -> Table:
-    table = Table(title="executors", title_justify="left")
-    for column in ("name", "type", "state", "location", "last heard"):
-        table.add_column(column)
-    for e in executors:
-        table.add_row(
+def executor_table(executors: list[ExecutorInfo]) -> Text:
+    """Aligned columns, one executor a line (whole names, which other commands take); the
+    capabilities come last and are never cut. Print with ``soft_wrap=True``."""
+    header = ("NAME", "TYPE", "STATE", "ONLINE", "HEARD", "RUNNING", "CAPABILITIES")
+    rows = [
+        (
             e.executor_name,
             e.executor_type,
-            e.state.name,
-            e.location_name,
-            when(e.last_heard_from_time),
+            e.state.name.lower(),
+            "online" if e.online else "offline",
+            heard_text(e.last_heard_from_time),
+            str(e.running),
+            capabilities_text(e),
         )
-    return table
+        for e in executors
+    ]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header) - 1)]
+    lines = [_aligned(header, widths, style="bold")]
+    lines += [_aligned(row, widths, style="") for row in rows]
+    return Text("\n").join(lines)
+
+
+def _aligned(row: tuple[str, ...], widths: list[int], style: str) -> Text:
+    """One line of :func:`executor_table`: the running count right-aligned, online green."""
+    line = Text(style=style)
+    for i, cell in enumerate(row):
+        last = i == len(widths)
+        text = cell if last else cell.rjust(widths[i]) if i == 5 else cell.ljust(widths[i])
+        if not style and i == 3:
+            line.append(text, style="green" if cell == "online" else "dim")
+        else:
+            line.append(text)
+        if not last:
+            line.append("  ")
+    return line
+
+
+def heard_text(t: datetime, today: date | None = None) -> str:
+    """A wall-clock time, short: the time of day if it is today, else the date too."""
+    if t == ZERO_TIME:
+        return "never"
+    local = t.astimezone()
+    if local.date() == (today or datetime.now().astimezone().date()):
+        return local.strftime("%H:%M:%S")
+    return local.strftime("%b %d %H:%M")
+
+
+def capabilities_text(e: Executor) -> str:
+    """What it registered it can offer: cpu, mem and gpus of its hardware entries."""
+    parts = []
+    for h in e.capabilities.hardware:
+        if h.cpu:
+            parts.append(f"cpu {h.cpu}")
+        if h.mem:
+            parts.append(f"mem {h.mem}")
+        if h.gpu.count:
+            gpu = f"gpu {h.gpu.count}"
+            parts.append(f"{gpu} {h.gpu.name}".strip() if h.gpu.name else gpu)
+    return ", ".join(parts) or "-"
 
 
 def colony_table(colonies: list[Colony], wide: bool = False) -> Table:

@@ -1,16 +1,24 @@
-"""``colonies events``: lifecycle events as they happen, or replayed from a time."""
+"""``colonies events``: the colony's events as they happen, or replayed from a time: one
+aligned line each (or one JSON object with ``--json``)."""
 
 from __future__ import annotations
 
+import contextlib
 from datetime import datetime, timedelta
 
 import msgspec
 import typer
+from rich.markup import escape
 
+from colonyos.client import Client
+from colonyos.errors import GraphNotFoundError, ProcessNotFoundError
+from colonyos.events import has_events
+from colonyos.messages import Event, GraphEvent, UnknownEvent
 from colonyos.models import Process, ProcessState, now
+from colonyos.subjects import GRAPH_TOKEN, REJECTED_TOKEN, check_name
 
 from ._common import connect
-from ._output import console, state_text
+from ._output import STATE_STYLE, console, err
 from ._run import fail, run
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -29,35 +37,63 @@ def parse_since(text: str) -> datetime:
 
 def events(
     ctx: typer.Context,
-    process_id: str = typer.Option("*", "--process", "-p", help="Only this process."),
-    executor_type: str = typer.Option("*", "--type", help="Only this executor type."),
-    state: str = typer.Option("*", "--state", help="Only this state (waiting, running, ...)."),
+    process_id: str = typer.Option("*", "--process", "-p", help="Only this process or graph."),
+    executor_type: str = typer.Option(
+        "*", "--type", help="Only this executor type (_graph: graph events)."
+    ),
+    state: str = typer.Option(
+        "*", "--state", help="Only this state (waiting, running, ..., rejected)."
+    ),
     since: str = typer.Option("", "--since", help="Replay from an ISO time or an age (15m)."),
     count: int = typer.Option(0, "--count", "-n", help="Stop after this many events (0: never)."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
 ) -> None:
-    """Stream lifecycle events of the colony (Ctrl-C stops)."""
+    """Stream the colony's events: processes, graphs and refused submissions (Ctrl-C stops)."""
     token = state if state == "*" else _state_token(state)
     start = parse_since(since) if since else None
 
     async def go() -> None:
         async with await connect(ctx) as client:
+            if process_id != "*" and not await _known(client, process_id):
+                raise fail(
+                    f"no process or graph {process_id} in colony {client.colony} "
+                    "(and no event of it is kept)"
+                )
             stream = client.subscribe(
                 process_id=process_id, executor_type=executor_type, state=token, since=start
             )
             seen = 0
             async with stream as subscription:
-                async for event in subscription:
-                    _show(event, as_json)
+                if not as_json and console.is_terminal:
+                    console.print(f"[dim]{HEADER}[/]", soft_wrap=True)
+                while not count or seen < count:
+                    received = await subscription.receive()
+                    if isinstance(received.event, UnknownEvent):
+                        _skipped(received.event)
+                        continue
+                    if as_json:
+                        print(msgspec.json.encode(received.event).decode(), flush=True)
+                    else:
+                        console.print(event_line(received.time, received.event), soft_wrap=True)
                     seen += 1
-                    if count and seen >= count:
-                        return
 
     run(go())
 
 
+async def _known(client: Client, item_id: str) -> bool:
+    """A process, a graph, or at least an event kept in the stream (a refused submission)."""
+    check_name("process id", item_id)
+    with contextlib.suppress(ProcessNotFoundError):
+        await client.get(item_id)
+        return True
+    with contextlib.suppress(GraphNotFoundError):
+        await client.graph_get(item_id)
+        return True
+    return await has_events(client, item_id)
+
+
 def _state_token(text: str) -> str:
-    if text == "rejected":
+    if text == REJECTED_TOKEN:
         return text
     try:
         return ProcessState.parse(text).token
@@ -65,14 +101,61 @@ def _state_token(text: str) -> str:
         raise fail(f"--state: {e}") from None
 
 
-def _show(event: object, as_json: bool) -> None:
-    if as_json:
-        print(msgspec.json.encode(event).decode())
-        return
+# Columns of an event line: time, state, executor type, short id, func, then what else there
+# is to say (node, retries, error). The fixed part fits 68 columns.
+_WIDTHS = (15, 9, 10, 12, 12)
+HEADER = (
+    "  ".join(
+        name.ljust(width)
+        for name, width in zip(("TIME", "STATE", "TYPE", "ID", "FUNC"), _WIDTHS, strict=True)
+    )
+    + "  DETAIL"
+)
+
+
+def _cell(text: str, width: int) -> str:
+    text = text if len(text) <= width else text[: width - 1] + "…"
+    return escape(text.ljust(width))
+
+
+def event_line(when: datetime, event: Event) -> str:
+    """One aligned line (rich markup) for an event of any kind."""
     if isinstance(event, Process):
-        console.print(
-            f"{event.process_id}  {state_text(event.state):<18}  {event.executor_type}  "
-            f"{event.spec.func_name}  retries {event.retries}"
-        )
+        state, style = event.state.token, STATE_STYLE[event.state]
+        etype, item_id, func = event.executor_type, event.process_id, event.spec.func_name
+        details = []
+        if event.spec.node_name:
+            details.append(f"node {event.spec.node_name}")
+        if event.retries or event.spec.max_retries:
+            details.append(f"retries {event.retries}/{event.spec.max_retries}")
+        if event.errors and event.state in (ProcessState.FAILED, ProcessState.WAITING):
+            details.append(event.errors[-1])
+        detail = ", ".join(details)
+    elif isinstance(event, GraphEvent):
+        state, style = event.state.token, STATE_STYLE[event.state]
+        etype, item_id, func = GRAPH_TOKEN, event.process_graph_id, "-"
+        detail = f"{len(event.process_ids)} processes"
     else:
-        console.print(f"[red]rejected[/] {msgspec.json.encode(event).decode()}", markup=True)
+        state, style = REJECTED_TOKEN, "red"
+        etype, item_id, func = event.executor_type, event.process_id, "-"
+        path = event.path and event.path not in event.error
+        detail = f"{event.path}: {event.error}" if path else event.error
+    cells = [
+        _cell(when.astimezone().strftime("%b %d %H:%M:%S"), _WIDTHS[0]),
+        f"[{style}]{_cell(state, _WIDTHS[1])}[/]",
+        _cell(etype, _WIDTHS[2]),
+        _cell(item_id[:12], _WIDTHS[3]),
+        _cell(func, _WIDTHS[4]),
+        escape(detail),
+    ]
+    return "  ".join(cells).rstrip()
+
+
+def _skipped(event: UnknownEvent) -> None:
+    kind = f" (kind {event.kind!r})" if event.kind else ""
+    err.print(
+        f"[yellow]warning:[/] skipped an event this version cannot read{kind} on "
+        f"{escape(event.subject)}: {escape(event.reason)}",
+        markup=True,
+        soft_wrap=True,
+    )

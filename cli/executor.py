@@ -11,6 +11,7 @@ import typer
 
 from colonyos import machine
 from colonyos.executor import ExecutorStatus
+from colonyos.messages import ExecutorInfo
 from colonyos.models import GPU, Capabilities, Executor, Hardware
 from colonyos.resources import parse_bytes, parse_cpu_millis
 
@@ -139,9 +140,10 @@ def _print_status(name: str, status: ExecutorStatus) -> None:
 def ls(
     ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help="Print JSON.")
 ) -> None:
-    """List the colony's executors."""
+    """List the colony's executors: state, online or not (heard from within the broker's
+    liveness window), when last heard from, processes running, capabilities."""
 
-    async def go() -> list[Executor]:
+    async def go() -> list[ExecutorInfo]:
         async with await connect(ctx) as client:
             return await client.executor_list()
 
@@ -151,7 +153,7 @@ def ls(
     elif not executors:
         console.print("no executors registered")
     else:
-        console.print(executor_table(executors))
+        console.print(executor_table(executors), soft_wrap=True)
 
 
 @app.command("approve")

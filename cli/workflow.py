@@ -12,6 +12,7 @@ from rich.text import Text
 from colonyos.client import Client
 from colonyos.graphs import topological_order
 from colonyos.limits import MAX_LIST_LIMIT
+from colonyos.messages import GraphEvent
 from colonyos.models import Process, ProcessGraph, ProcessState
 from colonyos.specs import load_workflow_spec
 
@@ -224,16 +225,24 @@ def watch(ctx: typer.Context, graph_id: str = _GRAPH) -> None:
 
 
 async def _watch(client: Client, graph_id: str) -> ProcessGraph:
+    """Follow a graph from the colony's events: process events update its nodes, graph events
+    its state; other kinds are not about it."""
     async with client.subscribe() as events:
         graph = await client.graph_get(graph_id)
         processes = {p.process_id: p for p in await client.graph_processes(graph)}
         with Live(graph_table(graph, processes), console=console, auto_refresh=False) as live:
             while not graph.state.is_terminal:
                 event = await events.next()
-                if not isinstance(event, Process) or event.process_graph_id != graph_id:
+                if isinstance(event, GraphEvent) and event.process_graph_id == graph_id:
+                    graph = event.graph()
+                elif isinstance(event, Process) and event.process_graph_id == graph_id:
+                    processes[event.process_id] = event
+                    if event.process_id not in graph.process_ids:
+                        graph = await client.graph_get(graph_id)  # a child added at run time
+                else:
                     continue
-                processes[event.process_id] = event
-                if event.process_id not in graph.process_ids or event.state.is_terminal:
-                    graph = await client.graph_get(graph_id)
                 live.update(graph_table(graph, processes), refresh=True)
+            # Ended: show every node as it ended (its last event may not be read yet).
+            processes = {p.process_id: p for p in await client.graph_processes(graph)}
+            live.update(graph_table(graph, processes), refresh=True)
     return graph

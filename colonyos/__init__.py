@@ -23,6 +23,7 @@ from colonyos.errors import (
     ProcessNotFoundError,
 )
 from colonyos.executor import ExecutorApp, ProcessContext
+from colonyos.messages import Event, GraphEvent, ProcessEvent, Rejection, UnknownEvent
 from colonyos.models import (
     Colony,
     Conditions,
@@ -45,11 +46,13 @@ __all__ = [
     "ColonyNotFoundError",
     "Conditions",
     "ConflictError",
+    "Event",
     "Executor",
     "ExecutorApp",
     "ExecutorNotFoundError",
     "ExecutorState",
     "FunctionSpec",
+    "GraphEvent",
     "GraphNotFoundError",
     "InvalidNameError",
     "InvalidSpecError",
@@ -57,11 +60,14 @@ __all__ = [
     "NotFoundError",
     "Process",
     "ProcessContext",
+    "ProcessEvent",
     "ProcessExistsError",
     "ProcessGraph",
     "ProcessNotFoundError",
     "ProcessState",
+    "Rejection",
     "Settings",
+    "UnknownEvent",
     "WorkflowSpec",
     "load_function_spec",
     "load_workflow_spec",

@@ -47,8 +47,10 @@ from colonyos.messages import (
     Close,
     ColonyAdd,
     Empty,
+    ExecutorInfo,
     Explanation,
     Fail,
+    GraphEvent,
     GraphRef,
     Heartbeat,
     Instance,
@@ -57,6 +59,7 @@ from colonyos.messages import (
     LogLines,
     Named,
     Outcome,
+    ProcessEvent,
     ProcessRef,
     Register,
     Rejection,
@@ -79,7 +82,7 @@ from colonyos.models import (
     WorkflowSpec,
 )
 from colonyos.specs import check_function_spec
-from colonyos.subjects import GRAPH_TOKEN, SERVER_SCOPE, Subjects, check_name
+from colonyos.subjects import SERVER_SCOPE, Subjects, check_name
 
 __all__ = ["Client"]
 
@@ -89,7 +92,6 @@ T = TypeVar("T")
 
 _encode = msgspec.json.Encoder().encode
 _reply_decoder = msgspec.json.Decoder(Reply)
-_graph_decoder = msgspec.json.Decoder(ProcessGraph)
 
 # Seconds an assign reply may lag behind the assign timeout before it counts as lost.
 _ASSIGN_MARGIN_S = 5.0
@@ -210,7 +212,10 @@ class Client:
             if ack.duplicate:
                 return await self.get(pid, colony=colony)
             try:
-                first = await watch.next(timeout or self.settings.request_timeout_s * 2)
+                async with asyncio.timeout(timeout or self.settings.request_timeout_s * 2):
+                    first = await watch.next(None)
+                    while not isinstance(first, ProcessEvent | Rejection):
+                        first = await watch.next(None)  # not about this submission: skip
             except TimeoutError:
                 raise BrokerUnavailableError(
                     f"process {pid} is submitted (JetStream has the spec) but no broker has "
@@ -221,7 +226,7 @@ class Client:
                 if first.code == ProcessExistsError.code:
                     return await self.get(pid, colony=colony)  # idempotent: the same process
                 raise ColoniesError.from_reply(_rejection_reply(first))
-            return first
+            return first.process()
 
     async def submit_many(self, specs: list[FunctionSpec]) -> list[str]:
         """Submit many specs at once, pipelined; returns their process ids once JetStream has
@@ -295,8 +300,9 @@ class Client:
             raise BrokerUnavailableError("JetStream did not acknowledge the spec in time") from err
 
     def watch(self, process_id: str, *, colony: str | None = None) -> ProcessWatch:
-        """Subscribe to one process's events (use before acting, so nothing is missed)."""
-        return ProcessWatch(self, process_id, colony or self.colony)
+        """Subscribe to one process's (or graph's) events; use before acting, so nothing is
+        missed. Bodies this version cannot read are logged and skipped."""
+        return ProcessWatch(self, colony or self.colony, process_id)
 
     async def wait(
         self,
@@ -317,8 +323,8 @@ class Client:
             process = await self._get_patiently(process_id, colony)
             while not process.state.is_terminal:
                 event = await watch.next(None)
-                if isinstance(event, Process):
-                    process = event
+                if isinstance(event, ProcessEvent):
+                    process = event.process()
             return process
 
     async def _get_patiently(self, process_id: str, colony: str | None) -> Process:
@@ -357,26 +363,18 @@ class Client:
         if not confirm:
             await self._publish_spec(subject, data, gid)
             return gid
-        first_node = node_process_id(gid, 0)
-        async with (
-            self.watch(first_node, colony=colony) as created,
-            self.watch(gid, colony=colony) as rejected,
-        ):
+        # Created: the first node's process (or the graph) has an event; refused: the graph
+        # id has a rejection.
+        async with ProcessWatch(self, colony, node_process_id(gid, 0), gid) as watch:
             ack = await self._publish_spec(subject, data, gid)
             if not ack.duplicate:
-                done, pending = await asyncio.wait(
-                    [
-                        asyncio.ensure_future(created.next(None)),
-                        asyncio.ensure_future(rejected.next(None)),
-                    ],
-                    timeout=timeout or self.settings.request_timeout_s * 2,
-                    return_when=asyncio.FIRST_COMPLETED,
-                )
-                for task in pending:
-                    task.cancel()
-                if not done:
-                    raise BrokerUnavailableError("no broker took the workflow in time")
-                event = next(iter(done)).result()
+                try:
+                    async with asyncio.timeout(timeout or self.settings.request_timeout_s * 2):
+                        event = await watch.next(None)
+                except TimeoutError:
+                    raise BrokerUnavailableError(
+                        "no broker took the workflow in time", process_graph_id=gid
+                    ) from None
                 if isinstance(event, Rejection):
                     raise ColoniesError.from_reply(_rejection_reply(event))
         return await self.graph_get(gid, colony=colony)
@@ -427,22 +425,15 @@ class Client:
         return [await self.get(pid, colony=graph.colony_name) for pid in graph.process_ids]
 
     async def graph_wait(self, graph_id: str, *, timeout: float = 60.0) -> ProcessGraph:
-        """Wait until the graph is SUCCESS, FAILED or CANCELLED."""
-        subject = self.subjects.events_filter(
-            colony=self.colony, executor_type=GRAPH_TOKEN, process_id=graph_id
-        )
-        sub = await self.nc.subscribe(subject)
-        try:
-            await self.nc.flush()
-            async with asyncio.timeout(timeout):
-                graph = await self.graph_get(graph_id)
-                while not graph.state.is_terminal:
-                    msg = await sub.next_msg(timeout=None)
-                    graph = _graph_decoder.decode(msg.data)
-                return graph
-        finally:
-            with contextlib.suppress(nats.errors.Error):
-                await sub.unsubscribe()
+        """Wait until the graph is SUCCESS, FAILED or CANCELLED (from its ``graph`` events;
+        it listens before it looks)."""
+        async with self.watch(graph_id) as watch, asyncio.timeout(timeout):
+            graph = await self.graph_get(graph_id)
+            while not graph.state.is_terminal:
+                event = await watch.next(None)
+                if isinstance(event, GraphEvent):
+                    graph = event.graph()
+            return graph
 
     async def add_child(
         self,
@@ -472,8 +463,10 @@ class Client:
         colony: str | None = None,
         since: datetime | None = None,
     ) -> EventStream:
-        """Lifecycle events as they happen (or replayed from ``since``), filtered by process,
-        executor type or state. Use as ``async with client.subscribe(...) as events``."""
+        """Events as they happen (or replayed from ``since``), filtered by process, executor
+        type or state. Use as ``async with client.subscribe(...) as events``; each is a
+        :class:`ProcessEvent`, :class:`GraphEvent` or :class:`Rejection` (test with
+        ``isinstance(event, Process)`` and so on), or an :class:`UnknownEvent` to skip."""
         token = state.token if isinstance(state, ProcessState) else state
         subject = self.subjects.events_filter(
             colony=colony or self.colony,
@@ -499,8 +492,8 @@ class Client:
                         state=process.state.name,
                     )
                 event = await watch.next(None)
-                if isinstance(event, Process):
-                    process = event
+                if isinstance(event, ProcessEvent):
+                    process = event.process()
             return process
 
     async def stats(self) -> Stats:
@@ -600,8 +593,9 @@ class Client:
     async def colony_get(self, name: str) -> Colony:
         return await self._must("colony_get", Named(name=name), Colony, colony=SERVER_SCOPE)
 
-    async def executor_list(self) -> list[Executor]:
-        return await self._request("executor_list", Empty(), list[Executor]) or []
+    async def executor_list(self) -> list[ExecutorInfo]:
+        """The colony's executors: registrations, last heard, online, running count."""
+        return await self._request("executor_list", Empty(), list[ExecutorInfo]) or []
 
     async def executor_approve(self, name: str) -> Executor:
         return await self._must("executor_approve", Named(name=name), Executor)

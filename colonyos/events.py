@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -17,67 +19,91 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from colonyos.messages import Rejection
-from colonyos.models import LogEntry, Process, ProcessState
+from colonyos.messages import Event, GraphEvent, ProcessEvent, Rejection, UnknownEvent, decode_event
+from colonyos.models import LogEntry, now
 
 if TYPE_CHECKING:
     from colonyos.client import Client
 
-__all__ = ["EventStream", "ProcessWatch", "decode_event", "read_logs"]
+__all__ = ["EventStream", "ProcessWatch", "Received", "has_events", "is_end", "read_logs"]
 
-_process_decoder = msgspec.json.Decoder(Process)
-_rejection_decoder = msgspec.json.Decoder(Rejection)
+logger = logging.getLogger(__name__)
+
 _log_decoder = msgspec.json.Decoder(LogEntry)
 # How often a log follower that has seen no line checks whether the process ended.
 _FOLLOW_TICK_S = 0.2
 
 
-def decode_event(msg: Msg) -> Process | Rejection:
-    if msg.subject.split(".")[-2] == "rejected":
-        return _rejection_decoder.decode(msg.data)
-    return _process_decoder.decode(msg.data)
+def is_end(event: Event | UnknownEvent) -> bool:
+    """Does this event end what it is about (a process or graph finished, a rejection)?"""
+    if isinstance(event, ProcessEvent | GraphEvent):
+        return event.state.is_terminal
+    return isinstance(event, Rejection)
 
 
-_TERMINAL_TOKENS = frozenset(s.token for s in ProcessState if s.is_terminal) | {"rejected"}
+def _skipped(event: UnknownEvent) -> None:
+    logger.warning(
+        "skipped an event this version cannot read on %s (kind %r): %s",
+        event.subject,
+        event.kind,
+        event.reason,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """An event as a subscriber got it: the subject it came on, and its time (when the stream
+    stored it, for a replayed event; when it arrived, for a live one)."""
+
+    subject: str
+    time: datetime
+    event: Event | UnknownEvent
 
 
 class ProcessWatch:
-    """The events of one process, from the moment of subscription (core NATS)."""
+    """The events of one process or graph (or of several ids), from the moment of
+    subscription (core NATS). Every body is decoded once, as it arrives."""
 
-    def __init__(self, client: Client, process_id: str, colony: str) -> None:
+    def __init__(self, client: Client, colony: str, *ids: str) -> None:
         self._client = client
-        self._subject = client.subjects.events_filter(colony=colony, process_id=process_id)
-        self._queue: asyncio.Queue[Msg] = asyncio.Queue()
-        self._sub: Subscription | None = None
+        self._subjects = [client.subjects.events_filter(colony=colony, process_id=i) for i in ids]
+        self._queue: asyncio.Queue[Event] = asyncio.Queue()
+        self._subs: list[Subscription] = []
         self.ended = asyncio.Event()
 
     async def _on_event(self, msg: Msg) -> None:
-        if msg.subject.split(".")[-2] in _TERMINAL_TOKENS:
+        event = decode_event(msg.subject, msg.data)
+        if isinstance(event, UnknownEvent):
+            _skipped(event)
+            return
+        if is_end(event):
             self.ended.set()
-        await self._queue.put(msg)
+        await self._queue.put(event)
 
     async def __aenter__(self) -> ProcessWatch:
-        self._sub = await self._client.nc.subscribe(self._subject, cb=self._on_event)
+        for subject in self._subjects:
+            self._subs.append(await self._client.nc.subscribe(subject, cb=self._on_event))
         # Make sure the server has the interest before the caller acts.
         await self._client.nc.flush()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._sub is not None:
+        for sub in self._subs:
             with contextlib.suppress(
                 nats.errors.ConnectionClosedError, nats.errors.BadSubscriptionError
             ):
-                await self._sub.unsubscribe()
+                await sub.unsubscribe()
 
-    async def next(self, timeout: float | None) -> Process | Rejection:
+    async def next(self, timeout: float | None) -> Event:
+        """The next event this version can read (others are logged and skipped)."""
         async with asyncio.timeout(timeout):
-            msg = await self._queue.get()
-        return decode_event(msg)
+            return await self._queue.get()
 
 
 class EventStream:
-    """Lifecycle events from one subject filter: live (core NATS), or replayed from a time
-    through the events stream and then live, in order."""
+    """Events from one subject filter: live (core NATS), or replayed from a time through the
+    events stream and then live, in order. Yields every kind of :data:`Event`, and an
+    :class:`UnknownEvent` for a body this version cannot read (to skip)."""
 
     def __init__(self, client: Client, subject: str, since: datetime | None) -> None:
         self._client = client
@@ -106,15 +132,27 @@ class EventStream:
             with contextlib.suppress(nats.errors.Error):
                 await self._sub.unsubscribe()
 
-    async def next(self, timeout: float | None = None) -> Process | Rejection:
+    async def receive(self, timeout: float | None = None) -> Received:
+        """The next event with its subject and time."""
         msg = await self._sub.next_msg(timeout=timeout)
-        return decode_event(msg)
+        # Replayed through the stream: the time it was stored; live: now, as it arrives.
+        when = now() if self._since is None else msg.metadata.timestamp
+        return Received(msg.subject, when, decode_event(msg.subject, msg.data))
+
+    async def next(self, timeout: float | None = None) -> Event | UnknownEvent:
+        return (await self.receive(timeout)).event
 
     def __aiter__(self) -> EventStream:
         return self
 
-    async def __anext__(self) -> Process | Rejection:
+    async def __anext__(self) -> Event | UnknownEvent:
         return await self.next(None)
+
+
+async def has_events(client: Client, item_id: str) -> bool:
+    """Does the events stream keep any event of this process or graph id?"""
+    subject = client.subjects.events_filter(colony=client.colony, process_id=item_id)
+    return await _last_seq(client, client.subjects.stream_events, subject) > 0
 
 
 async def read_logs(

@@ -23,8 +23,11 @@ from colonyos.models import (
     ExecutorState,
     FunctionSpec,
     Model,
+    Process,
+    ProcessGraph,
     ProcessState,
 )
+from colonyos.subjects import GRAPH_TOKEN, REJECTED_TOKEN, Subjects
 
 __all__ = [
     "AddChild",
@@ -33,9 +36,12 @@ __all__ = [
     "ColonyAdd",
     "Control",
     "Empty",
+    "Event",
     "ExecutorFit",
+    "ExecutorInfo",
     "Explanation",
     "Fail",
+    "GraphEvent",
     "GraphRef",
     "Heartbeat",
     "Instance",
@@ -45,6 +51,7 @@ __all__ = [
     "Named",
     "Outcome",
     "ParentState",
+    "ProcessEvent",
     "ProcessRef",
     "Register",
     "Rejection",
@@ -58,7 +65,10 @@ __all__ = [
     "Revoke",
     "StateChanged",
     "Stats",
+    "UnknownEvent",
     "WhoIs",
+    "decode_event",
+    "process_event_body",
 ]
 
 
@@ -298,8 +308,43 @@ class Removed(Model, kw_only=True):
     count: int = 0
 
 
-class Rejection(Model, kw_only=True):
-    """Body of a ``rejected`` event: a submission that did not become a process."""
+class ExecutorInfo(Executor, kw_only=True):
+    """An executor as ``executor_list`` answers: its registration (the Colonies keys, with
+    ``lastheardfromtime`` the last time the broker heard from it), and what the broker knows
+    of it live."""
+
+    online: bool = False  # heard from (heartbeat or request) within the liveness window
+    running: int = 0  # processes it runs now
+
+
+# -- events -------------------------------------------------------------------------------
+# Every body on the event subjects (``<prefix>.<colony>.events.<type>.<state>.<id>``) is one of
+# the kinds of the tagged union :data:`Event`, told apart by its ``kind`` field. KV values stay
+# plain Colonies JSON: only event bodies carry the tag.
+
+
+class ProcessEvent(Process, kw_only=True, tag_field="kind", tag="process"):
+    """A process after a transition (``kind: process``): the process JSON plus the tag."""
+
+    def process(self) -> Process:
+        """The same process as a plain :class:`Process` (what KV holds, without the tag)."""
+        return Process(**msgspec.structs.asdict(self))
+
+
+class GraphEvent(ProcessGraph, kw_only=True, tag_field="kind", tag="graph"):
+    """A process graph whose state changed (``kind: graph``), on ``events._graph.<state>``."""
+
+    @classmethod
+    def of(cls, graph: ProcessGraph) -> GraphEvent:
+        return cls(**msgspec.structs.asdict(graph))
+
+    def graph(self) -> ProcessGraph:
+        return ProcessGraph(**msgspec.structs.asdict(self))
+
+
+class Rejection(Model, kw_only=True, tag_field="kind", tag="rejection"):
+    """A submission that did not become a process or graph (``kind: rejection``), on the
+    ``rejected`` state token."""
 
     process_id: str
     colony_name: str
@@ -307,6 +352,77 @@ class Rejection(Model, kw_only=True):
     error: str
     code: str = "invalid"
     path: str = ""
+
+
+Event = ProcessEvent | GraphEvent | Rejection
+
+
+class UnknownEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """A body on an event subject that this version cannot read: a kind added by a newer
+    broker, or something that is not an event at all. Consumers skip it, knowingly."""
+
+    subject: str
+    kind: str  # its ``kind`` if it has one, else ""
+    reason: str
+    raw: bytes
+
+
+class _Kind(msgspec.Struct):
+    kind: str = ""
+
+
+_event_decoder = msgspec.json.Decoder(Event)
+_kind_decoder = msgspec.json.Decoder(_Kind)
+# Events written before the tag existed (the stream keeps them for days): the subject's tokens
+# say what they are.
+_legacy_decoders: dict[type[Event], msgspec.json.Decoder[Any]] = {
+    kind: msgspec.json.Decoder(kind) for kind in (ProcessEvent, GraphEvent, Rejection)
+}
+_PROCESS_TAG = (
+    b"{"
+    + msgspec.json.encode(ProcessEvent.__struct_config__.tag_field)
+    + b":"
+    + msgspec.json.encode(ProcessEvent.__struct_config__.tag)
+    + b","
+)
+
+
+def process_event_body(process_json: bytes) -> bytes:
+    """The event body of a process already encoded for KV: the same bytes with the tag spliced
+    in front, so that a transition encodes its process once (equal to encoding a
+    :class:`ProcessEvent`)."""
+    return _PROCESS_TAG + process_json[1:]
+
+
+def decode_event(subject: str, data: bytes) -> Event | UnknownEvent:
+    """The one way to read an event body; never raises.
+
+    A tagged body decodes by its ``kind``; an untagged one (written before the tag) by its
+    subject: the ``rejected`` state token is a rejection, the ``_graph`` executor type a graph,
+    anything else a process. What decodes as nothing known is an :class:`UnknownEvent`.
+    """
+    try:
+        return _event_decoder.decode(data)
+    except msgspec.MsgspecError as err:
+        first_error = str(err)
+    try:
+        kind = _kind_decoder.decode(data).kind
+    except msgspec.MsgspecError:
+        return UnknownEvent(subject=subject, kind="", reason=first_error, raw=data)
+    if kind:  # tagged, but with a kind this version does not know, or the wrong shape
+        return UnknownEvent(subject=subject, kind=kind, reason=first_error, raw=data)
+    executor_type, state, _ = Subjects.event_tokens(subject)
+    legacy: type[Event] = ProcessEvent
+    if state == REJECTED_TOKEN:
+        legacy = Rejection
+    elif executor_type == GRAPH_TOKEN:
+        legacy = GraphEvent
+    try:
+        event: Event = _legacy_decoders[legacy].decode(data)
+    except msgspec.MsgspecError as err:
+        reason = f"untagged {legacy.__struct_config__.tag}: {err}"
+        return UnknownEvent(subject=subject, kind="", reason=reason, raw=data)
+    return event
 
 
 _NULL = msgspec.Raw(b"null")

@@ -11,12 +11,16 @@ from dataclasses import dataclass
 
 from colonyos.errors import InvalidNameError
 
-__all__ = ["GRAPH_TOKEN", "SERVER_SCOPE", "Subjects", "check_name"]
+__all__ = ["GRAPH_TOKEN", "REJECTED_TOKEN", "SERVER_SCOPE", "Subjects", "check_name"]
 
 _TOKEN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,127}$")
 
-# The executor-type token of events about a whole graph (a rejected workflow).
+# The executor-type token of events about a whole process graph (its state, or a rejected
+# workflow).
 GRAPH_TOKEN = "_graph"
+
+# The state token of events about a submission that did not become a process (or graph).
+REJECTED_TOKEN = "rejected"
 
 # The rpc "colony" token for requests that concern the whole server (colony add/list).
 SERVER_SCOPE = "_server"
@@ -76,6 +80,15 @@ class Subjects:
         process_id: str = "*",
     ) -> str:
         return self.event(colony, executor_type, state, process_id)
+
+    @staticmethod
+    def event_tokens(subject: str) -> tuple[str, str, str]:
+        """``<prefix>.<colony>.events.<type>.<state>.<id>`` -> (type, state, id); empty
+        strings for a subject too short to have them."""
+        parts = subject.split(".")
+        if len(parts) < 6:
+            return "", "", ""
+        return parts[-3], parts[-2], parts[-1]
 
     @property
     def events_all(self) -> str:

@@ -136,7 +136,7 @@ class Broker:
             service = Service(
                 store, index, self.subjects, max_executor_losses=s.max_executor_losses
             )
-            Admin(service)
+            Admin(service, liveness_s=s.executor_liveness_s)
             Explainer(service, liveness_s=s.executor_liveness_s)
             workflows = Workflows(service)
             removal = Removal(service, workflows)

@@ -5,6 +5,9 @@ the service's; this part only reads and changes its state through it."""
 from __future__ import annotations
 
 import logging
+import time
+from collections import Counter
+from datetime import UTC, datetime, timedelta
 
 import msgspec
 
@@ -20,6 +23,7 @@ from colonyos.ids import check_id_prefix, distinct_length
 from colonyos.messages import (
     ColonyAdd,
     Empty,
+    ExecutorInfo,
     ListProcesses,
     Named,
     ProcessRef,
@@ -39,8 +43,9 @@ _CANDIDATES = 5
 
 
 class Admin:
-    def __init__(self, service: Service) -> None:
+    def __init__(self, service: Service, *, liveness_s: float = 30.0) -> None:
         self.service = service
+        self.liveness_s = liveness_s
         service.register_ops(
             get=(ProcessRef, self.get),
             list=(ListProcesses, self.list_processes),
@@ -90,11 +95,23 @@ class Admin:
             colony, req.process_id, lambda p: transitions.cancel(p, now=now())
         )
 
-    async def executor_list(self, colony: str, caller: str, req: Empty) -> list[Executor]:
-        return sorted(
-            (e for (c, _), e in self.service.executors.items() if c == colony),
-            key=lambda e: e.executor_name,
-        )
+    async def executor_list(self, colony: str, caller: str, req: Empty) -> list[ExecutorInfo]:
+        """The colony's executors, each with when the broker last heard from it, whether that
+        is within the liveness window, and how many processes it runs."""
+        running = Counter(p.assigned_executor_id for p, _ in self.service.running.values())
+        mono, wall = time.monotonic(), datetime.now(UTC)
+        infos = []
+        for (c, _), e in self.service.executors.items():
+            if c != colony:
+                continue
+            last, online = e.last_heard_from_time, False  # registered (KV), not heard since
+            heard = self.service.heard.get(e.executor_id, float("-inf"))
+            if heard > self.service.lead_start:  # a sign of life since this broker leads
+                last = max(last, wall - timedelta(seconds=mono - heard))
+                online = mono - heard <= self.liveness_s
+            fields = msgspec.structs.asdict(e) | {"last_heard_from_time": last}
+            infos.append(ExecutorInfo(**fields, online=online, running=running[e.executor_id]))
+        return sorted(infos, key=lambda e: e.executor_name)
 
     async def _set_executor_state(self, colony: str, name: str, state: ExecutorState) -> Executor:
         executor = msgspec.structs.replace(self.service.executor(colony, name), state=state)

@@ -163,6 +163,9 @@ class Service:
         self.wait_deadlines = DeadlineHeap()
         self.exec_deadlines = DeadlineHeap()
         self.heard: dict[str, float] = {}  # executor id -> monotonic time of any sign of life
+        # When this broker started leading (monotonic): a heard time no later than this is the
+        # grace given at load, not a sign of life.
+        self.lead_start = float("-inf")
         self.reports: dict[str, _Report] = {}  # executor id -> last heartbeat
         # Revisions loaded from KV whose event may be missing (their writer may have died).
         self.unconfirmed: set[str] = set()
@@ -214,7 +217,7 @@ class Service:
         # No stored value keeps a broker from starting: what it cannot run ends FAILED.
         for process, revision, reason in unkept:
             await self._refuse_loaded(process, revision, reason)
-        started = time.monotonic()
+        started = self.lead_start = time.monotonic()
         for executor in self.executors.values():
             self.heard[executor.executor_id] = started  # a new leader gives everyone a grace
         await self.index.flush()

@@ -34,9 +34,9 @@ from colonyos.broker.publisher import JetStreamPublisher
 from colonyos.config import DEFAULT_RETENTION_S
 from colonyos.errors import ColoniesError, GraphNotFoundError, ProcessNotFoundError
 from colonyos.limits import check_record
-from colonyos.messages import Rejection
+from colonyos.messages import GraphEvent, Rejection, process_event_body
 from colonyos.models import Colony, Executor, Process, ProcessGraph
-from colonyos.subjects import GRAPH_TOKEN, Subjects
+from colonyos.subjects import GRAPH_TOKEN, REJECTED_TOKEN, Subjects
 
 __all__ = ["GRAPH_RECORD", "ProcessStore", "StaleRevisionError"]
 
@@ -275,7 +275,8 @@ class ProcessStore:
     async def _publish_event(
         self, process: Process, revision: int, data: bytes, *, wait: bool = False
     ) -> None:
-        """Publish a transition's event (``data``: the process's JSON).
+        """Publish a transition's event (``data``: the process's JSON as written to KV; the
+        event body is the same bytes tagged ``kind: process``).
 
         By default the acknowledgement is not waited for: events leave on one connection in
         order, and one that is not acknowledged is published again in the background (its id
@@ -283,10 +284,11 @@ class ProcessStore:
         a crash before the acknowledgement loses no event either.
         """
         headers = {"Nats-Msg-Id": f"{process.process_id}.{revision}"}
+        body = process_event_body(data)
         if wait:
-            await self.publisher.write(self._event_subject(process), data, headers)
+            await self.publisher.write(self._event_subject(process), body, headers)
             return
-        ack = await self.publisher.publish(self._event_subject(process), data, headers)
+        ack = await self.publisher.publish(self._event_subject(process), body, headers)
         self._unacked.add(ack)
         ack.add_done_callback(lambda f: self._acked(f, process, revision))
 
@@ -360,7 +362,7 @@ class ProcessStore:
 
     async def publish_rejection(self, rejection: Rejection) -> None:
         subject = self.subjects.event(
-            rejection.colony_name, rejection.executor_type, "rejected", rejection.process_id
+            rejection.colony_name, rejection.executor_type, REJECTED_TOKEN, rejection.process_id
         )
         await self.js.publish(subject, _encode(rejection))
 
@@ -405,7 +407,7 @@ class ProcessStore:
         subject = self.subjects.event(
             graph.colony_name, GRAPH_TOKEN, graph.state.token, graph.process_graph_id
         )
-        await self.js.publish(subject, _encode(graph))
+        await self.js.publish(subject, _encode(GraphEvent.of(graph)))
 
     async def all_graphs(self) -> AsyncIterator[tuple[ProcessGraph, int]]:
         async for entry in self._snapshot(self.graphs):
