@@ -11,11 +11,12 @@ import typer
 from rich.markup import escape
 
 from colonyos.client import Client
-from colonyos.errors import GraphNotFoundError, ProcessNotFoundError
+from colonyos.errors import GraphNotFoundError, NotFoundError, ProcessNotFoundError
 from colonyos.events import has_events
+from colonyos.ids import check_id_prefix, is_full_id
 from colonyos.messages import Event, GraphEvent, UnknownEvent
 from colonyos.models import Process, ProcessState, now
-from colonyos.subjects import GRAPH_TOKEN, REJECTED_TOKEN, check_name
+from colonyos.subjects import GRAPH_TOKEN, REJECTED_TOKEN
 
 from ._common import connect
 from ._output import STATE_STYLE, console, err
@@ -54,13 +55,17 @@ def events(
 
     async def go() -> None:
         async with await connect(ctx) as client:
-            if process_id != "*" and not await _known(client, process_id):
-                raise fail(
-                    f"no process or graph {process_id} in colony {client.colony} "
-                    "(and no event of it is kept)"
-                )
+            wanted = process_id
+            if process_id != "*":
+                found = await _full_id(client, process_id)
+                if found is None:
+                    raise fail(
+                        f"no process or graph {process_id} in colony {client.colony} "
+                        "(and no event of it is kept)"
+                    )
+                wanted = found
             stream = client.subscribe(
-                process_id=process_id, executor_type=executor_type, state=token, since=start
+                process_id=wanted, executor_type=executor_type, state=token, since=start
             )
             seen = 0
             async with stream as subscription:
@@ -80,16 +85,22 @@ def events(
     run(go())
 
 
-async def _known(client: Client, item_id: str) -> bool:
-    """A process, a graph, or at least an event kept in the stream (a refused submission)."""
-    check_name("process id", item_id)
+async def _full_id(client: Client, item_id: str) -> str | None:
+    """The whole id of the process or graph ``item_id`` names (a unique prefix will do), or of
+    a submission of which an event is kept (a refused one); None if it names nothing."""
+    prefix = check_id_prefix(item_id)
+    if not is_full_id(prefix):
+        for graph in (False, True):
+            with contextlib.suppress(NotFoundError):
+                return await client.resolve(prefix, graph=graph)
+        return None
     with contextlib.suppress(ProcessNotFoundError):
-        await client.get(item_id)
-        return True
+        await client.get(prefix)
+        return prefix
     with contextlib.suppress(GraphNotFoundError):
-        await client.graph_get(item_id)
-        return True
-    return await has_events(client, item_id)
+        await client.graph_get(prefix)
+        return prefix
+    return prefix if await has_events(client, prefix) else None
 
 
 def _state_token(text: str) -> str:

@@ -538,7 +538,7 @@ async def test_cli_events_for_an_unknown_id_says_so(
     assert f"no process or graph {nobody}".encode() in stderr and b"Traceback" not in stderr
     assert len(stderr.decode().strip().splitlines()) == 1
     result = await asyncio.to_thread(invoke, "--process", "a.b")
-    assert result.exit_code != 0 and "not a valid name" in result.stderr
+    assert result.exit_code != 0 and "not hexadecimal" in result.stderr
     # A refused submission has no process, but its rejection is kept: it is known.
     refused = Rejection(process_id=nobody, colony_name=COLONY, executor_type="echo", error="no")
     await raw_nc.jetstream().publish(

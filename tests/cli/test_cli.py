@@ -282,3 +282,12 @@ def test_log_get_says_when_older_lines_are_gone(cli, cli_json, live_echo) -> Non
     cli("function", "submit", "--spec", str(EXAMPLES / "echo.json"), "--wait")
     out = cli("log", "get", "--process", first["processid"])
     assert "earlier lines of this process may be gone" in out
+
+
+def test_events_of_one_process_by_a_short_id(cli, cli_json, live_echo) -> None:  # type: ignore[no-untyped-def]
+    pid = cli_json("function", "submit", "--spec", str(EXAMPLES / "echo.json"), "--wait")[
+        "processid"
+    ]
+    out = cli("events", "--process", pid[:12], "--since", "5m", "--count", "3", "--json")
+    events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert [(e["processid"], e["state"]) for e in events] == [(pid, 0), (pid, 1), (pid, 2)]
