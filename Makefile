@@ -32,10 +32,14 @@ unit: install
 
 test: lint typecheck unit
 
-# The fault-injection checker at length: more processes, a minute of kills (outside make test).
+# At length, outside make test: the fault-injection checker (more processes, a minute of kills),
+# the fuzzers with thousands of new examples, and the monkey with hundreds of commands.
 soak: install
 	COLONIES_CHECKER_PROCESSES=3000 COLONIES_CHECKER_CHAOS_S=60 \
 		$(BIN)/pytest -q -s tests/test_checker.py -o timeout=900
+	COLONIES_FUZZ_EXAMPLES=2000 COLONIES_FUZZ_RANDOM=1 \
+		$(BIN)/pytest -q tests/fuzz -o timeout=1800
+	COLONIES_MONKEY_COMMANDS=400 $(BIN)/pytest -q -s tests/cli/test_monkey.py -o timeout=1800
 
 # Throughput, latency, workflows, memory, edge executor; prints a table and writes
 # bench/results/latest.json. bench-quick takes under a minute.

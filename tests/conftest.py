@@ -114,8 +114,10 @@ def live_system(broker_settings: BrokerSettings, settings: Settings) -> Iterator
     thread.start()
     assert started.wait(15), "broker thread did not start"
     live_loops[settings.prefix] = loop
+    live_brokers[settings.prefix] = holder["broker"]
     yield settings
     live_loops.pop(settings.prefix, None)
+    live_brokers.pop(settings.prefix, None)
     loop.call_soon_threadsafe(holder["broker"].stop)
     thread.join(15)
     loop.run_until_complete(_drop_streams(broker_settings.nats_url, broker_settings.prefix))
@@ -124,6 +126,8 @@ def live_system(broker_settings: BrokerSettings, settings: Settings) -> Iterator
 
 # The event loop of each live_system, by prefix, so that tests can run executors on it.
 live_loops: dict[str, asyncio.AbstractEventLoop] = {}
+# And its broker, so that tests can check it still leads.
+live_brokers: dict[str, Broker] = {}
 
 
 @pytest.fixture

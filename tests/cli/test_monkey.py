@@ -1,0 +1,153 @@
+"""A monkey at the terminal: random `colonies` commands, right and wrong, some interrupted with
+Ctrl-C in the middle of a wait, each a real OS process against a live system. No traceback may
+reach the user, every exit code is a documented one, and the system works at the end.
+
+``COLONIES_MONKEY_COMMANDS`` sets how many commands (``make soak`` runs many more);
+``COLONIES_MONKEY_SEED`` replays a run.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from colonyos.config import Settings
+
+from ..procs import COLONIES
+
+EXAMPLES = Path(__file__).parents[2] / "examples"
+COMMANDS = int(os.environ.get("COLONIES_MONKEY_COMMANDS", "30"))
+# The documented exit codes (docs/cli.md).
+EXIT_CODES = {0, 1, 2, 3, 124, 130}
+_HEX = re.compile(r"\b[0-9a-f]{12,64}\b")
+_COMMAND_S = 60.0
+
+
+class Monkey:
+    def __init__(self, live: Settings, tmp: Path, rng: random.Random) -> None:
+        self.env = {
+            **os.environ,
+            "COLONIES_NATS_URL": live.nats_url,
+            "COLONIES_PREFIX": live.prefix,
+            "COLONIES_COLONY_NAME": live.colony,
+            "COLUMNS": str(rng.choice([80, 120])),
+        }
+        self.tmp = tmp
+        self.rng = rng
+        self.ids: list[str] = []
+        self.log: list[str] = []
+        self.never_runs = tmp / "never.json"
+        self.never_runs.write_text(
+            '{"funcname": "f", "conditions": {"executortype": "nobody-runs-this"}}'
+        )
+        self.bad = tmp / "bad.json"
+        self.bad.write_text('{"funcname": "f", "conditions": {"executortype": ')
+
+    def some_id(self) -> str:
+        choices = [*self.ids, "f" * 64, "0123", "not-an-id", ""]
+        pick = self.rng.choice(choices)
+        if pick in self.ids and self.rng.random() < 0.5:
+            return pick[: self.rng.choice([8, 12, 20])]  # a prefix, as users type them
+        return pick
+
+    def commands(self) -> list[Callable[[], list[str]]]:
+        echo = str(EXAMPLES / "echo.json")
+        workflow = str(EXAMPLES / "workflow.json")
+        rng = self.rng
+        return [
+            lambda: ["function", "submit", "--spec", echo],
+            lambda: ["function", "submit", "--spec", echo, "--wait", "--timeout", "20"],
+            lambda: ["function", "submit", "--spec", echo, "--follow", "--json"],
+            lambda: [
+                "function",
+                "submit",
+                "--spec",
+                str(self.never_runs),
+                "--wait",
+                "--timeout",
+                "1",
+            ],
+            lambda: ["function", "submit", "--spec", str(self.bad)],
+            lambda: ["function", "submit", "--spec", workflow],
+            lambda: ["function", "submit", "--spec", str(self.tmp / "missing.json")],
+            lambda: ["workflow", "submit", "--spec", workflow, "--wait", "--timeout", "20"],
+            lambda: ["workflow", "submit", "--spec", echo],
+            lambda: [
+                "process",
+                rng.choice(["ps", "psw", "pss", "psf"]),
+                "-n",
+                str(rng.randint(-1, 5)),
+            ],
+            lambda: ["process", "pss", "--json"],
+            lambda: ["process", "get", "--process", self.some_id()],
+            lambda: ["process", "wait", "--process", self.some_id(), "--timeout", "1"],
+            lambda: ["process", "cancel", "--process", self.some_id()],
+            lambda: ["process", "remove", "--process", self.some_id()],
+            lambda: ["log", "get", "--process", self.some_id()],
+            lambda: ["workflow", "ps"],
+            lambda: ["workflow", "get", "--graph", self.some_id()],
+            lambda: ["events", "--since", "10m", "--count", "2"],
+            lambda: ["colony", "ls"],
+            lambda: ["executor", "ls"],
+            lambda: ["executor", "approve", "--name", rng.choice(["ghost", "live-echo", "x y"])],
+            lambda: ["--colony", rng.choice(["nosuch", "bad name"]), "process", "psw"],
+            lambda: ["process", "get"],
+            lambda: ["nosuchcommand"],
+        ]
+
+    def run(self, args: list[str], interrupt: bool = False) -> tuple[int, str]:
+        out_path = self.tmp / "out.txt"
+        with out_path.open("wb") as out:
+            proc = subprocess.Popen(
+                [*COLONIES, *args], stdout=out, stderr=subprocess.STDOUT, env=self.env
+            )
+        try:
+            if interrupt:
+                self._interrupt_once_started(proc, out_path)
+            code = proc.wait(_COMMAND_S)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        text = out_path.read_text(errors="replace")
+        self.ids.extend(m for m in _HEX.findall(text) if len(m) == 64)
+        self.log.append(f"$ colonies {' '.join(args)}{' ^C' if interrupt else ''} -> {code}")
+        return code, text
+
+    @staticmethod
+    def _interrupt_once_started(proc: subprocess.Popen[bytes], out_path: Path) -> None:
+        """Ctrl-C once the command has said something (the id it waits for), or after 5 s."""
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and proc.poll() is None:
+            if out_path.stat().st_size > 0:
+                break
+            time.sleep(0.05)  # sleep-ok: polling the command's output under a deadline
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+
+
+def test_random_commands_never_show_a_traceback(live_echo: Settings, tmp_path: Path) -> None:
+    seed = int(os.environ.get("COLONIES_MONKEY_SEED", random.randrange(2**32)))
+    rng = random.Random(seed)
+    monkey = Monkey(live_echo, tmp_path, rng)
+    commands = monkey.commands()
+    for _ in range(COMMANDS):
+        if rng.random() < 0.15:
+            args = ["function", "submit", "--spec", str(monkey.never_runs), "--wait"]
+            code, text = monkey.run(args, interrupt=True)
+        else:
+            code, text = monkey.run(rng.choice(commands)())
+        context = f"seed {seed}\n" + "\n".join(monkey.log) + "\n" + text
+        assert "Traceback" not in text, context
+        assert code in EXIT_CODES, context
+    # And the system still works.
+    code, text = monkey.run(
+        ["function", "submit", "--spec", str(EXAMPLES / "echo.json"), "--wait", "--timeout", "30"]
+    )
+    assert code == 0, f"seed {seed}\n" + "\n".join(monkey.log) + "\n" + text
