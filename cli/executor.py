@@ -12,7 +12,7 @@ import typer
 from colonyos import machine
 from colonyos.executor import ExecutorStatus
 from colonyos.messages import ExecutorInfo
-from colonyos.models import GPU, Capabilities, Executor, Hardware
+from colonyos.models import GPU, Capabilities, Executor, ExecutorState, Hardware
 from colonyos.resources import parse_bytes, parse_cpu_millis
 
 from ._common import JSON_OPTION, connect, settings_of
@@ -138,7 +138,11 @@ def _print_status(name: str, status: ExecutorStatus) -> None:
 
 @app.command("ls")
 def ls(
-    ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help="Print JSON.")
+    ctx: typer.Context,
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    everything: bool = typer.Option(
+        False, "--all", help="Also the removed (UNREGISTERED) ones, kept for the record."
+    ),
 ) -> None:
     """List the colony's executors: state, online or not (heard from within the broker's
     liveness window), when last heard from, processes running, capabilities."""
@@ -147,7 +151,7 @@ def ls(
         async with await connect(ctx) as client:
             return await client.executor_list()
 
-    executors = run(go())
+    executors = [e for e in run(go()) if everything or e.state is not ExecutorState.UNREGISTERED]
     if as_json:
         print_json(executors)
     elif not executors:

@@ -33,6 +33,7 @@ from nats.js.api import DeliverPolicy
 from colonyos.client import Client
 from colonyos.config import Settings
 from colonyos.errors import BrokerUnavailableError
+from colonyos.messages import ProcessEvent, decode_event
 from colonyos.models import Conditions, FunctionSpec, Process, ProcessState
 from colonyos.natsserver import NatsServer
 from colonyos.subjects import Subjects
@@ -129,9 +130,10 @@ async def _events(js, subjects: Subjects) -> dict[str, list[tuple[Process, int]]
         except nats.errors.TimeoutError:
             break  # the rest are rejections or other colonies' events
         seq = msg.metadata.sequence.stream
-        if msg.subject.split(".")[-2] == "rejected":
-            continue
-        p = msgspec.json.decode(msg.data, type=Process)
+        event = decode_event(msg.subject, msg.data)
+        if not isinstance(event, ProcessEvent):
+            continue  # rejections and graph events: the checks are about processes
+        p = event.process()
         per[p.process_id].append((p, int(msg.headers["Nats-Msg-Id"].rsplit(".", 1)[1])))
     await sub.unsubscribe()
     return per

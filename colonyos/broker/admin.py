@@ -38,6 +38,8 @@ __all__ = ["Admin"]
 
 logger = logging.getLogger(__name__)
 
+UNREGISTERED = ExecutorState.UNREGISTERED
+
 # How many candidates an ambiguous id prefix lists.
 _CANDIDATES = 5
 
@@ -108,7 +110,7 @@ class Admin:
             heard = self.service.heard.get(e.executor_id, float("-inf"))
             if heard > self.service.lead_start:  # a sign of life since this broker leads
                 last = max(last, wall - timedelta(seconds=mono - heard))
-                online = mono - heard <= self.liveness_s
+                online = mono - heard <= self.liveness_s and e.state is not UNREGISTERED
             fields = msgspec.structs.asdict(e) | {"last_heard_from_time": last}
             infos.append(ExecutorInfo(**fields, online=online, running=running[e.executor_id]))
         return sorted(infos, key=lambda e: e.executor_name)

@@ -123,7 +123,8 @@ _BUSY = "busy: "
 
 def _fit(process: Process, facts: ExecutorFacts, liveness_s: float, at: datetime) -> ExecutorFit:
     ex = facts.executor
-    online = facts.silent_s <= liveness_s
+    gone = ex.state is ExecutorState.UNREGISTERED
+    online = facts.silent_s <= liveness_s and not gone
     heard = (
         at - timedelta(seconds=facts.silent_s)
         if math.isfinite(facts.silent_s)
@@ -134,7 +135,9 @@ def _fit(process: Process, facts: ExecutorFacts, liveness_s: float, at: datetime
         reasons.append(f"not approved yet (colonies executor approve --name {ex.executor_name})")
     elif ex.state is ExecutorState.REJECTED:
         reasons.append("rejected by the colony owner")
-    if not online:
+    elif gone:
+        reasons.append("removed (UNREGISTERED): starting it again registers it afresh")
+    if not online and not gone:
         reasons.append(
             f"offline: last heard {_ago(facts.silent_s)} ago"
             if math.isfinite(facts.silent_s)

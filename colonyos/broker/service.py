@@ -637,7 +637,12 @@ class Service:
         if holder is None:
             return
         colony, name = holder
-        reason = after.errors[-1] if after.errors else after.state.name.lower()
+        if after.errors:
+            reason = after.errors[-1]
+        elif after.state is ProcessState.WAITING:
+            reason = "taken back and queued again"
+        else:
+            reason = after.state.name.lower()
         body = Revoke(process_id=after.process_id, state=after.state, reason=reason)
         await self.store.tell(self.subjects.control(colony, name), body)
 

@@ -179,3 +179,10 @@ def test_a_process_that_is_not_waiting() -> None:
     assert why(running, facts("edge-1")).reason == "it is not waiting: it runs on edge-1"
     done = proc(ProcessState.SUCCESS)
     assert why(done).reason == "it is not waiting: it ended SUCCESS"
+
+
+def test_a_removed_executor_is_named_as_removed_not_online() -> None:
+    e = why(proc(), facts("edge-1", silent_s=1, state=ExecutorState.UNREGISTERED))
+    assert e.reason == "no executor of type 'edge' is online and approved"
+    assert e.details == ["edge-1: removed (UNREGISTERED): starting it again registers it afresh"]
+    assert not e.executors[0].online

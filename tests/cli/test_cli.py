@@ -160,7 +160,9 @@ def test_colonies_and_executors(cli, cli_json, echo_executor) -> None:  # type: 
         "removed": True,
     }
     # Kept for the record, as UNREGISTERED (Colonies' state 3).
-    assert [e["state"] for e in cli_json("executor", "ls")] == [3]
+    removed = cli_json("executor", "ls", "--all")
+    assert [(e["state"], e["online"]) for e in removed] == [(3, False)]
+    assert cli_json("executor", "ls") == []  # as Colonies: removed ones only with --all
 
 
 def test_cancel(cli, cli_json) -> None:  # type: ignore[no-untyped-def]
