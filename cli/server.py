@@ -12,7 +12,7 @@ import typer
 
 from colonyos.broker import Broker
 from colonyos.client import Client
-from colonyos.config import BrokerSettings, Settings
+from colonyos.config import DEFAULT_NATS_URL, BrokerSettings, Settings
 from colonyos.errors import ConflictError
 from colonyos.executor import ExecutorApp
 from colonyos.natsserver import (
@@ -169,10 +169,26 @@ def _banner(server: NatsServer, data_dir: Path, settings: Settings, dev: bool) -
         console.print(f"[green]colony[/] {settings.colony} (executors approved automatically)")
         console.print("[green]executor[/] echo-dev (type echo)")
         console.print("\nIn another terminal, try:")
-        console.print("  colonies function submit --spec examples/echo.json --wait")
-        console.print("  colonies process pss")
-        console.print("  colonies log get --process <process id>")
+        for line in _first_steps(server.url):
+            console.print(f"  {line}", markup=False, highlight=False, soft_wrap=True)
     console.print("\nCtrl-C stops everything; data is kept for the next start.")
+
+
+def _first_steps(url: str) -> list[str]:
+    """What to type next, wherever the server was started: the repository's example spec if
+    it is at hand, else one written on the spot; the server's URL if it is not the default."""
+    steps = [] if url == DEFAULT_NATS_URL else [f"export COLONIES_NATS_URL={url}"]
+    spec = "examples/echo.json"
+    if not Path(spec).is_file():
+        spec = "hello.json"
+        body = '{"funcname": "echo", "args": ["hello"], "conditions": {"executortype": "echo"}}'
+        steps.append(f"echo '{body}' > {spec}")
+    return [
+        *steps,
+        f"colonies function submit --spec {spec} --wait",
+        "colonies process pss",
+        "colonies log get --process <process id>",
+    ]
 
 
 def _run_server(

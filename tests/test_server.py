@@ -178,3 +178,21 @@ def test_a_server_on_another_port_gets_its_monitoring_port_beside_it() -> None:
     assert _http_port(64000, None) == 0
     assert _http_port(4222, 0) is None  # --http-port 0: none
     assert _http_port(4222, 9000) == 9000
+
+
+def test_the_first_steps_work_wherever_dev_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Outside the repository there is no examples/ folder, and on another port the other
+    terminal needs the URL: the banner's steps say both, and its spec is a valid one."""
+    from colonyos.cli.server import _first_steps
+    from colonyos.specs import load_function_spec
+
+    monkeypatch.chdir(tmp_path)
+    steps = _first_steps("nats://127.0.0.1:4999")
+    assert steps[0] == "export COLONIES_NATS_URL=nats://127.0.0.1:4999"
+    subprocess.run(steps[1], shell=True, cwd=tmp_path, check=True)
+    spec, warnings = load_function_spec((tmp_path / "hello.json").read_bytes(), strict=True)
+    assert spec.conditions.executor_type == "echo" and not warnings
+    assert "--spec hello.json" in steps[2]
+    assert _first_steps("nats://127.0.0.1:4222")[0].startswith("echo ")
