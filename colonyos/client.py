@@ -103,6 +103,16 @@ def _new_id() -> str:
     return secrets.token_hex(32)
 
 
+def _checked(settings: Settings, caller: str) -> tuple[str, str, Subjects]:
+    """The colony, the caller and the subjects, each a valid subject token (else
+    :class:`InvalidNameError` naming which)."""
+    return (
+        check_name("colony", settings.colony),
+        check_name("caller", caller),
+        Subjects(settings.prefix),
+    )
+
+
 class Client:
     """One NATS connection, speaking for one caller (a user or an executor) in one colony."""
 
@@ -110,17 +120,17 @@ class Client:
         self.nc = nc
         self.js = nc.jetstream()
         self.settings = settings
-        self.colony = settings.colony
-        self.caller = check_name("caller", caller)
-        self.subjects = Subjects(settings.prefix)
+        self.colony, self.caller, self.subjects = _checked(settings, caller)
 
     @classmethod
     async def connect(
         cls, settings: Settings | None = None, *, caller: str | None = None, name: str = "colonies"
     ) -> Client:
         settings = settings or Settings.from_env()
+        caller = caller or default_caller()
+        _checked(settings, caller)  # a name that cannot be a subject token: say so, not "no broker"
         nc = await connect_nats(settings.nats_url, name=name)
-        return cls(nc, settings, caller or default_caller())
+        return cls(nc, settings, caller)
 
     async def aclose(self) -> None:
         try:

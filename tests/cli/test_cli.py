@@ -293,3 +293,9 @@ def test_events_of_one_process_by_a_short_id(cli, cli_json, live_echo) -> None: 
     out = cli("events", "--process", pid[:12], "--since", "5m", "--count", "3", "--json")
     events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     assert [(e["processid"], e["state"]) for e in events] == [(pid, 0), (pid, 1), (pid, 2)]
+
+
+def test_a_colony_name_that_cannot_be_a_subject_token_is_named_not_no_broker(cli) -> None:  # type: ignore[no-untyped-def]
+    for bad in ("bad.name", "two words", "star*"):
+        out = cli("--colony", bad, "process", "psw", code=2)
+        assert f"colony {bad!r} is not a valid name" in out, out
