@@ -28,6 +28,7 @@ from colonyos.broker.index import ProcessIndex
 from colonyos.broker.intake import Intake
 from colonyos.broker.lease import Lease
 from colonyos.broker.lifecycle import Lifecycle
+from colonyos.broker.registry import Registry
 from colonyos.broker.removal import Removal
 from colonyos.broker.retention import Retention
 from colonyos.broker.service import Service, new_id
@@ -140,6 +141,7 @@ class Broker:
             Explainer(service, liveness_s=s.executor_liveness_s)
             workflows = Workflows(service)
             removal = Removal(service, workflows)
+            Registry(service)
             await service.load()
             await workflows.load()
             self.service = service

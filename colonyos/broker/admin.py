@@ -12,7 +12,8 @@ from datetime import UTC, datetime, timedelta
 import msgspec
 
 from colonyos.broker import transitions
-from colonyos.broker.service import Service, new_id, removed_message
+from colonyos.broker.registry import removed_message
+from colonyos.broker.service import Service, new_id
 from colonyos.errors import (
     AmbiguousIdError,
     ConflictError,

@@ -42,7 +42,6 @@ from colonyos.errors import (
     ColoniesError,
     ColonyNotFoundError,
     ConflictError,
-    ExecutorNameTakenError,
     ExecutorNotFoundError,
     ExecutorRemovedError,
     ExecutorReplacedError,
@@ -59,16 +58,10 @@ from colonyos.messages import (
     Control,
     Fail,
     Heartbeat,
-    Instance,
     LogLines,
     Outcome,
-    Register,
-    Release,
-    Replaced,
     Results,
     Revoke,
-    StateChanged,
-    WhoIs,
 )
 from colonyos.models import (
     ZERO_TIME,
@@ -82,24 +75,20 @@ from colonyos.models import (
 )
 from colonyos.resources import parse_bytes, parse_cpu_millis
 from colonyos.specs import check_function_spec, from_validation_error
-from colonyos.subjects import SERVER_SCOPE, Subjects, check_name
+from colonyos.subjects import SERVER_SCOPE, Subjects
 
-__all__ = ["Service", "new_id", "removed_message"]
+__all__ = ["Service", "new_id"]
 
 logger = logging.getLogger(__name__)
 
 _encode = msgspec.json.Encoder().encode
 _NO_WORK = b'{"result":null}'
 _heartbeat_decoder = msgspec.json.Decoder(Heartbeat)
-_instance_decoder = msgspec.json.Decoder(Instance)
 _TRANSITION_ATTEMPTS = 8
 # What a process's JSON gains when it is assigned (its executor's id, start time, deadline).
 _ASSIGNED_GROWTH = 128
 # How far before the newest event a revision may have been written and still lack its event.
 _EVENT_SLACK = timedelta(seconds=30)
-# How long the run holding an executor name has to answer "are you alive?" before a new start
-# takes the name over (no answer at all is known at once: nobody listens on its subject).
-_HOLDER_ANSWER_S = 2.0
 
 Picked = tuple[Process, int]
 # Handed to a parked assign instead of a process: look at the queue again (capacity came back).
@@ -149,10 +138,6 @@ class Service:
         self.executors: dict[tuple[str, str], Executor] = {}
         self._capacities: dict[tuple[str, str], Capacity] = {}
         self._names: dict[str, tuple[str, str]] = {}  # executor id -> (colony, name)
-        # Who runs each registration (host, pid, since), as its last register said.
-        self._instances: dict[tuple[str, str], Instance] = {}
-        self._registering: dict[tuple[str, str], asyncio.Lock] = {}
-        self._telling: set[asyncio.Task[None]] = set()
         # Parked assign requests by executor run (id), so that a run that goes can end them.
         self._parked_runs: dict[str, set[asyncio.Future[Picked]]] = {}
         # Executor losses a process may have before it fails (see transitions.requeue_lost).
@@ -171,6 +156,9 @@ class Service:
         self.unconfirmed: set[str] = set()
         # Called after every write of a process that belongs to a graph (workflows).
         self.graph_hook: Callable[[Process], Awaitable[None]] | None = None
+        # Called with the executor id of every heartbeat (registrations: a run told to stop
+        # that still heartbeats is told again).
+        self.heartbeat_hook: Callable[[str], None] | None = None
         self._ops: dict[str, tuple[msgspec.json.Decoder[Any], Handler]] = {
             "assign": (msgspec.json.Decoder(Assign), self.assign),
             "assign_many": (msgspec.json.Decoder(Assign), self.assign_many),
@@ -178,8 +166,6 @@ class Service:
             "close": (msgspec.json.Decoder(Close), self.close),
             "fail": (msgspec.json.Decoder(Fail), self.fail),
             "log": (msgspec.json.Decoder(LogLines), self.log),
-            "register": (msgspec.json.Decoder(Register), self.register),
-            "release": (msgspec.json.Decoder(Release), self.release),
         }
 
     @property
@@ -361,24 +347,8 @@ class Service:
             return
         self.heard[beat.executor_id] = time.monotonic()
         self.reports[beat.executor_id] = _Report(time.time_ns(), frozenset(beat.running))
-        stale = self._stale_run(beat.executor_id)
-        if stale is not None:  # it missed being told: tell it again
-            task = asyncio.create_task(self.tell(*stale))
-            self._telling.add(task)
-            task.add_done_callback(self._telling.discard)
-
-    def _stale_run(self, executor_id: str) -> tuple[str, str, Control] | None:
-        """What to tell a run that still heartbeats although it was removed or replaced."""
-        key = self._names.get(executor_id)
-        current = self.executors.get(key) if key is not None else None
-        if key is None or current is None:
-            return None
-        if current.executor_id != executor_id:
-            by = self._instances.get(key) or Instance(executor_id=current.executor_id)
-            return (*key, Replaced(executor_id=executor_id, by=by))
-        if current.state is ExecutorState.UNREGISTERED:
-            return (*key, removed_message(current))
-        return None
+        if self.heartbeat_hook is not None:
+            self.heartbeat_hook(beat.executor_id)
 
     async def tell(self, colony: str, executor_name: str, message: Control) -> None:
         """A message to a live executor on its control subject (not stored)."""
@@ -406,7 +376,7 @@ class Service:
                 executor_name=name,
             )
         if executor.state is ExecutorState.UNREGISTERED:
-            raise self._removed_error(colony, name)
+            raise self.removed_error(colony, name)
         if executor.state is not ExecutorState.APPROVED:
             raise NotAuthorizedError(
                 f"executor {name!r} is {executor.state.name}, not APPROVED: ask the colony owner "
@@ -417,7 +387,7 @@ class Service:
         return executor
 
     @staticmethod
-    def _removed_error(colony: str, name: str) -> ExecutorRemovedError:
+    def removed_error(colony: str, name: str) -> ExecutorRemovedError:
         return ExecutorRemovedError(
             f"executor {name!r} was removed from colony {colony!r} by its owner; starting it "
             "again registers it afresh",
@@ -712,104 +682,6 @@ class Service:
             await self.store.js.publish(subject, _encode(entry))
         return None
 
-    async def register(self, colony: str, caller: str, req: Register) -> Executor:
-        """Register an executor run. Its name stays with a live run unless ``req.replace``;
-        a run that no longer answers (crashed, killed) gives its name and processes up at once.
-        The same run registering again (same id) is told its current state."""
-        ex = req.executor
-        check_name("executorname", ex.executor_name)
-        check_name("executortype", ex.executor_type)
-        _check_capabilities(ex)
-        if ex.executor_name != caller:
-            raise NotAuthorizedError(
-                f"caller {caller!r} cannot register executor {ex.executor_name!r}",
-                executor_name=ex.executor_name,
-            )
-        key = (colony, ex.executor_name)
-        async with self._registering.setdefault(key, asyncio.Lock()):
-            previous = self.executors.get(key)
-            same_run = previous is not None and previous.executor_id == ex.executor_id != ""
-            if same_run and previous is not None and previous.state is ExecutorState.UNREGISTERED:
-                raise self._removed_error(colony, ex.executor_name)
-            state: ExecutorState
-            if previous is not None and previous.state is not ExecutorState.UNREGISTERED:
-                if not same_run:
-                    await self._take_name(colony, previous, req)
-                if previous.executor_type == ex.executor_type:
-                    state = previous.state
-                else:
-                    state = self._first_state(colony)
-            else:
-                state = self._first_state(colony)
-            t = now()
-            registered = msgspec.structs.replace(
-                ex,
-                executor_id=ex.executor_id or new_id(),
-                colony_name=colony,
-                state=state,
-                commission_time=previous.commission_time if same_run and previous else t,
-                last_heard_from_time=t,
-            )
-            await self.store.put_executor(registered)
-            self.remember_executor(registered)
-            if req.instance is not None:
-                self._instances[key] = req.instance
-        self.heard[registered.executor_id] = time.monotonic()
-        if not same_run:
-            logger.info(
-                "registered executor %s (%s) in %s: %s",
-                registered.executor_name,
-                registered.executor_type,
-                colony,
-                state.name,
-            )
-        return registered
-
-    def _first_state(self, colony: str) -> ExecutorState:
-        if self.colonies[colony].auto_approve:
-            return ExecutorState.APPROVED
-        return ExecutorState.PENDING
-
-    async def _take_name(self, colony: str, previous: Executor, req: Register) -> None:
-        """A new run registers a name an earlier run holds: refused while that run answers
-        (unless ``req.replace``); its running processes are queued again at once."""
-        name = previous.executor_name
-        holder = await self._ask_holder(colony, previous)
-        if holder is not None and not req.replace:
-            since = holder.since.strftime("%Y-%m-%d %H:%M:%S UTC")
-            raise ExecutorNameTakenError(
-                f"executor name {name!r} is held by a running executor on host "
-                f"{holder.host or '?'} (pid {holder.pid}) since {since}: stop it, choose "
-                "another name, or take the name over with --replace",
-                executor_name=name,
-                holder_host=holder.host,
-                holder_pid=holder.pid,
-                holder_since=holder.since.isoformat(),
-            )
-        if holder is not None:
-            by = req.instance or Instance(executor_id=req.executor.executor_id)
-            await self.tell(colony, name, Replaced(executor_id=previous.executor_id, by=by))
-            reason = transitions.EXECUTOR_REPLACED
-            logger.info("executor %s in %s: replaced (was on %s)", name, colony, holder.host)
-        else:
-            reason = transitions.EXECUTOR_RESTARTED
-        self.unpark_run(previous.executor_id)
-        await self.give_back(previous.executor_id, reason.format(name=name))
-
-    async def _ask_holder(self, colony: str, executor: Executor) -> Instance | None:
-        """The run holding ``executor``'s registration, if it answers on its control subject."""
-        if not executor.executor_id:
-            return None
-        subject = self.subjects.control(colony, executor.executor_name)
-        try:
-            msg = await self.store.nc.request(
-                subject, _encode(WhoIs(executor_id=executor.executor_id)), timeout=_HOLDER_ANSWER_S
-            )
-            instance = _instance_decoder.decode(msg.data)
-        except (nats.errors.Error, msgspec.MsgspecError):
-            return None  # nobody listens, nobody answered in time, or not an answer
-        return instance if instance.executor_id == executor.executor_id else None
-
     async def give_back(self, executor_id: str, reason: str) -> int:
         """Queue again at once what a registration runs (its run is gone or going): an executor
         loss for each process, not a retry. Returns how many were running."""
@@ -821,20 +693,6 @@ class Service:
         if held:
             logger.info("%s: %d processes queued again", reason, len(held))
         return len(held)
-
-    async def release(self, colony: str, caller: str, req: Release) -> int:
-        """An executor run that stops gives back what is still assigned to it, and its parked
-        assign requests end ("no work")."""
-        if self._names.get(req.executor_id) != (colony, caller):
-            raise NotAuthorizedError(
-                f"caller {caller!r} has no registration {req.executor_id!r}",
-                executor_name=caller,
-            )
-        self.unpark_run(req.executor_id)
-        reason = transitions.EXECUTOR_STOPPED.format(name=caller)
-        return await self.give_back(
-            req.executor_id, f"{reason} ({req.reason})" if req.reason else reason
-        )
 
     def unpark_run(self, executor_id: str) -> None:
         """End the parked assign requests of one executor run (it stops, or was replaced or
@@ -904,15 +762,6 @@ def _what_grew(before: Process, after: Process) -> str:
     return "this change:"
 
 
-def removed_message(executor: Executor) -> StateChanged:
-    """What a removed executor's live run is told (and told again while it heartbeats)."""
-    return StateChanged(
-        executor_id=executor.executor_id,
-        state=ExecutorState.UNREGISTERED,
-        reason=f"removed from colony {executor.colony_name!r} by its owner",
-    )
-
-
 def _lost_step(
     seen: Process, reason: str, max_losses: int, t: datetime, process: Process
 ) -> Process:
@@ -927,22 +776,6 @@ def _close_step(executor: Executor, req: Close, t: datetime, process: Process) -
 
 def _fail_step(executor: Executor, req: Fail, t: datetime, process: Process) -> Process:
     return transitions.fail(process, executor, req.errors, now=t, attempt=req.attempt)
-
-
-def _check_capabilities(executor: Executor) -> None:
-    """Every quantity an executor registers must parse, or it could never be matched."""
-    for i, hw in enumerate(executor.capabilities.hardware):
-        for key, value, parse in (
-            ("cpu", hw.cpu, parse_cpu_millis),
-            ("mem", hw.mem, parse_bytes),
-            ("storage", hw.storage, parse_bytes),
-            ("gpu.mem", hw.gpu.mem, parse_bytes),
-        ):
-            try:
-                parse(value)
-            except ValueError as err:
-                path = f"$.executor.capabilities.hardware[{i}].{key}"
-                raise InvalidSpecError(f"{path}: {err}", path=path, reason=str(err)) from None
 
 
 def _available(key: str, text: str, parse: Callable[[str], int]) -> int | None:
