@@ -187,12 +187,13 @@ class Registry:
         return None
 
 
-def removed_message(executor: Executor) -> StateChanged:
-    """What a removed executor's live run is told (and told again while it heartbeats)."""
+def removed_message(executor: Executor, reason: str = "") -> StateChanged:
+    """What a removed executor's live run is told (and told again while it heartbeats): it
+    stops, saying why (by default, that the colony's owner removed it)."""
     return StateChanged(
         executor_id=executor.executor_id,
         state=ExecutorState.UNREGISTERED,
-        reason=f"removed from colony {executor.colony_name!r} by its owner",
+        reason=reason or f"removed from colony {executor.colony_name!r} by its owner",
     )
 
 

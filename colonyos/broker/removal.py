@@ -17,14 +17,13 @@ import logging
 from datetime import datetime
 
 from colonyos.broker import transitions
+from colonyos.broker.registry import removed_message
 from colonyos.broker.service import Service
 from colonyos.broker.workflows import Workflows
 from colonyos.errors import ConflictError, InvalidSpecError, NotFoundError
-from colonyos.messages import GraphRef, Named, ProcessRef, RemoveAll, Removed, StateChanged
+from colonyos.messages import GraphRef, Named, ProcessRef, RemoveAll, Removed
 from colonyos.models import (
     ZERO_TIME,
-    Executor,
-    ExecutorState,
     Process,
     ProcessGraph,
     ProcessState,
@@ -118,7 +117,8 @@ class Removal:
             self.workflows.forget(graph_id)
             self.index.remove_graph(graph_id)
         for executor in [e for (c, _), e in self.service.executors.items() if c == req.name]:
-            await self.service.tell(req.name, executor.executor_name, _gone_with(executor))
+            gone = removed_message(executor, f"removed with its colony {req.name!r}")
+            await self.service.tell(req.name, executor.executor_name, gone)
             self.service.drop_executor(executor)
         await self.store.delete_colony(removed)
         logger.info("removed colony %s: %d processes", req.name, len(process_ids))
@@ -191,15 +191,6 @@ class Removal:
             await self.service.transition(
                 colony, process_id, lambda p: transitions.cancel(p, now=now())
             )
-
-
-def _gone_with(executor: Executor) -> StateChanged:
-    """What a live executor of a removed colony is told: it stops."""
-    return StateChanged(
-        executor_id=executor.executor_id,
-        state=ExecutorState.UNREGISTERED,
-        reason=f"removed with its colony {executor.colony_name!r}",
-    )
 
 
 def _removable(process: Process) -> None:
