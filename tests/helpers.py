@@ -7,13 +7,16 @@ import contextlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import msgspec
+import nats
+
 from colonyos.broker.index import ProcessIndex
 from colonyos.broker.service import Service
 from colonyos.broker.store import ProcessStore
 from colonyos.client import Client
 from colonyos.config import BrokerSettings, Settings
 from colonyos.connection import connect_nats
-from colonyos.models import Conditions, Executor, FunctionSpec, Process
+from colonyos.models import Conditions, Executor, FunctionSpec, Process, ProcessState
 from colonyos.subjects import Subjects
 
 
@@ -65,4 +68,24 @@ async def standalone_service(settings: BrokerSettings) -> AsyncIterator[Service]
     finally:
         await store.close()
         await index.close()
+        await nc.close()
+
+
+async def stored_events(
+    nats_url: str, prefix: str, colony: str, process_id: str, *, last: ProcessState
+) -> list[tuple[ProcessState, int]]:
+    """A process's stored events, in stream order, up to the first in state ``last``: each
+    event's state and the KV revision it carries (its ``Nats-Msg-Id``)."""
+    nc = await nats.connect(nats_url)
+    try:
+        subject = Subjects(prefix).events_filter(colony=colony, process_id=process_id)
+        sub = await nc.jetstream().subscribe(subject, ordered_consumer=True)
+        seen: list[tuple[ProcessState, int]] = []
+        async with asyncio.timeout(10):
+            while not seen or seen[-1][0] is not last:
+                msg = await sub.next_msg(timeout=10)
+                state = msgspec.json.decode(msg.data, type=Process).state
+                seen.append((state, int((msg.headers or {})["Nats-Msg-Id"].rsplit(".", 1)[1])))
+        return seen
+    finally:
         await nc.close()

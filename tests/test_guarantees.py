@@ -1,0 +1,135 @@
+"""One test for each documented behaviour that had none: each fails when the line of the broker
+that keeps the promise is broken (see docs/guarantees.md)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from colonyos.broker import Broker, transitions
+from colonyos.client import Client
+from colonyos.config import BrokerSettings, Settings
+from colonyos.errors import NotAuthorizedError
+from colonyos.models import (
+    Conditions,
+    Executor,
+    FunctionSpec,
+    Process,
+    ProcessGraph,
+    ProcessState,
+    now,
+)
+
+from .conftest import COLONY, running_broker
+from .helpers import (
+    executor_client,
+    standalone_service,
+    stored_events,
+    submitted,
+    until,
+)
+
+
+@pytest.fixture
+def broker_settings(nats_url: str, prefix: str) -> BrokerSettings:
+    return BrokerSettings(nats_url=nats_url, prefix=prefix, storage="memory", sweep_interval_s=0.05)
+
+
+def node(name: str, *deps: str, args: list[Any] | None = None) -> FunctionSpec:
+    return FunctionSpec(
+        node_name=name,
+        func_name="emit",
+        args=args if args is not None else [name],
+        conditions=Conditions(executor_type="echo", dependencies=list(deps)),
+    )
+
+
+async def nodes_of(client: Client, graph: ProcessGraph) -> dict[str, Process]:
+    processes = {p.process_id: p for p in await client.graph_processes(graph)}
+    return {name: processes[pid] for name, pid in graph.nodes.items()}
+
+
+async def test_one_new_process_resolves_exactly_one_parked_request(
+    client: Client, settings: Settings, broker: Broker
+) -> None:
+    """Wake-ups, not only assignments: the other parked requests are never woken (woken ones
+    would lose the compare-and-set and park again, unseen by the executors)."""
+    assert broker.service is not None
+    service = broker.service
+    async with (
+        executor_client(settings, "e0") as e0,
+        executor_client(settings, "e1") as e1,
+        executor_client(settings, "e2") as e2,
+    ):
+        polls = [asyncio.ensure_future(ex.assign(timeout=20)) for ex in (e0, e1, e2)]
+        await until(lambda: len(service.parked) == 3)
+        parked = service.parked.all_waiters()
+        first = await submitted(client)
+        done, _ = await asyncio.wait(polls, timeout=10, return_when=asyncio.FIRST_COMPLETED)
+        assert len(done) == 1
+        assert sum(w.done() for w in parked) == 1
+        assert len(service.parked) == 2
+        # The two others get the next two, one each.
+        rest = [await submitted(client), await submitted(client)]
+        got = await asyncio.gather(*polls)
+    assert sorted(p.process_id for p in got if p is not None) == sorted(
+        p.process_id for p in [first, *rest]
+    )
+
+
+async def test_a_new_leader_stores_a_loaded_revisions_event_before_the_next(
+    own_brokers: BrokerSettings, settings: Settings
+) -> None:
+    """A broker wrote a revision and died before publishing its event: the next leader stores
+    that event before the event of the next transition."""
+    async with (
+        await Client.connect(settings, caller="tester") as c,
+        await Client.connect(settings, caller="e1") as ex,
+    ):
+        async with running_broker(own_brokers):
+            await c.colony_add(COLONY, auto_approve=True)
+            p = await submitted(c)
+            await ex.register(Executor(executor_name="e1", executor_type="echo"))
+        # No broker runs: one that dies after its KV write, before its event.
+        async with standalone_service(own_brokers) as dying:
+            process, waiting = await dying.store.get(COLONY, p.process_id)
+            taken = transitions.assign(process, dying.executor(COLONY, "e1"), now=now())
+            subjects = dying.subjects
+            subject = subjects.kv_subject(
+                subjects.bucket_processes, subjects.process_key(COLONY, p.process_id)
+            )
+            cas = {"Nats-Expected-Last-Subject-Sequence": str(waiting)}
+            running = await dying.store.publisher.write(subject, dying.store.encoded(taken), cas)
+        async with running_broker(own_brokers):
+            closed = await ex.close(p.process_id, ["done"], attempt=0)
+            assert closed.state is ProcessState.SUCCESS
+        events = await stored_events(
+            settings.nats_url, settings.prefix, COLONY, p.process_id, last=ProcessState.SUCCESS
+        )
+    assert [state for state, _ in events] == [
+        ProcessState.WAITING,
+        ProcessState.RUNNING,
+        ProcessState.SUCCESS,
+    ]
+    assert [revision for _, revision in events][:2] == [waiting, running]
+    assert events[2][1] > running
+
+
+async def test_log_lines_only_from_the_executor_that_holds_the_process(
+    client: Client, settings: Settings
+) -> None:
+    p = await submitted(client)
+    async with (
+        executor_client(settings, "owner") as owner,
+        executor_client(settings, "other") as other,
+    ):
+        got = await owner.assign(timeout=5)
+        assert got is not None and got.process_id == p.process_id
+        with pytest.raises(NotAuthorizedError, match="not assigned"):
+            await other.add_logs(p.process_id, ["not mine"])
+        await owner.add_logs(p.process_id, ["mine"], attempt=got.attempt)
+        await owner.close(p.process_id, [], attempt=got.attempt)
+    lines = [entry.message async for entry in client.logs(p.process_id)]
+    assert lines == ["mine"]
