@@ -4,14 +4,17 @@ that keeps the promise is broken (see docs/guarantees.md)."""
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 from typing import Any
 
 import pytest
 
 from colonyos.broker import Broker, transitions
+from colonyos.broker.transitions import WAIT_TIMEOUT
 from colonyos.client import Client
 from colonyos.config import BrokerSettings, Settings
 from colonyos.errors import NotAuthorizedError
+from colonyos.messages import Close
 from colonyos.models import (
     Conditions,
     Executor,
@@ -19,6 +22,7 @@ from colonyos.models import (
     Process,
     ProcessGraph,
     ProcessState,
+    WorkflowSpec,
     now,
 )
 
@@ -133,3 +137,101 @@ async def test_log_lines_only_from_the_executor_that_holds_the_process(
         await owner.close(p.process_id, [], attempt=got.attempt)
     lines = [entry.message async for entry in client.logs(p.process_id)]
     assert lines == ["mine"]
+
+
+def diamond() -> WorkflowSpec:
+    return WorkflowSpec(
+        function_specs=[
+            node("a"),
+            node("b", "a", args=["from-b"]),
+            node("c", "a", args=["from-c"]),
+            node("d", "b", "c"),
+        ]
+    )
+
+
+async def run_parents_in_reverse(
+    client: Client, ex: Client, graph: ProcessGraph, *, one_batch: bool
+) -> Process:
+    """Run a diamond's a, then b and c at once (two slots), ending c before b (or both in one
+    ``results`` batch, c first); the child d as it is assigned."""
+    a = await ex.assign(timeout=5)
+    assert a is not None and a.spec.node_name == "a"
+    await ex.close(a.process_id, ["a"], attempt=a.attempt)
+    slots = [await ex.assign(timeout=5), await ex.assign(timeout=5)]
+    by_name = {p.spec.node_name: p for p in slots if p is not None}
+    b, c = by_name["b"], by_name["c"]
+    if one_batch:
+        closes = [
+            Close(process_id=p.process_id, output=list(p.spec.args), attempt=p.attempt)
+            for p in (c, b)
+        ]
+        assert await ex.send_results(closes=closes) == {}
+    else:
+        await ex.close(c.process_id, list(c.spec.args), attempt=c.attempt)
+        await ex.close(b.process_id, list(b.spec.args), attempt=b.attempt)
+    d = await ex.assign(timeout=5)
+    assert d is not None and d.spec.node_name == "d"
+    return d
+
+
+@pytest.mark.parametrize("one_batch", [False, True], ids=["one-by-one", "one-batch"])
+async def test_a_child_gets_its_parents_outputs_in_dependency_order(
+    client: Client, settings: Settings, one_batch: bool
+) -> None:
+    """Parents that finish in the reverse of their order in the spec: the child's input still
+    follows the spec (b's output, then c's)."""
+    graph = await client.submit_workflow(diamond())
+    assert isinstance(graph, ProcessGraph)
+    async with executor_client(settings, "two-slots") as ex:
+        d = await run_parents_in_reverse(client, ex, graph, one_batch=one_batch)
+        assert d.input == ["from-b", "from-c"]
+        await ex.close(d.process_id, list(d.input), attempt=d.attempt)
+    done = await client.graph_wait(graph.process_graph_id, timeout=10)
+    assert done.state is ProcessState.SUCCESS
+
+
+async def test_cancelling_a_process_fails_its_unfinished_descendants(client: Client) -> None:
+    graph = await client.submit_workflow(
+        WorkflowSpec(function_specs=[node("a"), node("b", "a"), node("c", "b")])
+    )
+    assert isinstance(graph, ProcessGraph)
+    await client.cancel(graph.nodes["a"])
+    done = await client.graph_wait(graph.process_graph_id, timeout=10)
+    nodes = await nodes_of(client, done)
+    assert nodes["a"].state is ProcessState.CANCELLED
+    for name in ("b", "c"):
+        assert nodes[name].state is ProcessState.FAILED
+    assert nodes["b"].errors == ["parent a cancelled"]
+    assert nodes["c"].errors == ["parent b failed"]
+
+
+async def test_maxwaittime_counts_again_from_a_requeue(client: Client, settings: Settings) -> None:
+    """A process re-queued after its maxexectime may wait maxwaittime again, from then on."""
+    async with executor_client(settings, "slow") as ex:
+        poll = asyncio.ensure_future(ex.assign(timeout=10))
+        # Parked before the process exists: it is assigned at once, whatever maxwaittime is.
+        p = await submitted(client, max_wait_time=2, max_exec_time=1, max_retries=1)
+        got = await poll
+        assert got is not None and got.process_id == p.process_id
+        again = await client.wait_for_state(p.process_id, ProcessState.WAITING, timeout=10)
+    assert again.retries == 1
+    # Re-armed at the re-queue, which came after the first run's execution deadline.
+    assert again.wait_deadline >= got.exec_deadline + timedelta(seconds=2)
+    done = await client.wait(p.process_id, timeout=10)
+    assert done.state is ProcessState.FAILED and done.errors == [WAIT_TIMEOUT]
+
+
+async def test_unlimited_retries_are_unlimited(client: Client, settings: Settings) -> None:
+    """``maxretries: -1``: running out of time re-queues it, however many times."""
+    p = await submitted(client, max_exec_time=1, max_retries=-1)
+    async with executor_client(settings, "slow") as ex:
+        for retries in range(3):
+            got = await ex.assign(timeout=10)
+            assert got is not None and got.process_id == p.process_id
+            assert got.retries == retries
+            await client.wait_for_state(p.process_id, ProcessState.WAITING, timeout=10)
+        last = await ex.assign(timeout=10)
+        assert last is not None and last.retries == 3
+        done = await ex.close(p.process_id, ["at last"], attempt=last.attempt)
+    assert done.state is ProcessState.SUCCESS and done.errors == [] and done.retries == 3
