@@ -235,3 +235,25 @@ async def test_unlimited_retries_are_unlimited(client: Client, settings: Setting
         assert last is not None and last.retries == 3
         done = await ex.close(p.process_id, ["at last"], attempt=last.attempt)
     assert done.state is ProcessState.SUCCESS and done.errors == [] and done.retries == 3
+
+
+async def test_a_new_run_under_a_name_requeues_the_old_runs_processes_at_once(
+    client: Client, settings: Settings
+) -> None:
+    """The old run does not answer (crashed): registering the name again queues what it ran
+    before the register returns, as an executor loss; the old run's close is refused."""
+    p = await submitted(client, max_retries=0)
+    async with executor_client(settings, "e1") as old:
+        got = await old.assign(timeout=5)
+        assert got is not None and got.process_id == p.process_id
+        async with executor_client(settings, "e1") as new:
+            back = await client.get(p.process_id)
+            assert back.state is ProcessState.WAITING and not back.is_assigned
+            assert back.executor_losses == 1 and back.retries == 0
+            again = await new.assign(timeout=5)
+            assert again is not None and again.process_id == p.process_id
+            assert again.attempt == got.attempt + 1
+            with pytest.raises(NotAuthorizedError, match="not assigned"):
+                await old.close(p.process_id, ["old"], attempt=got.attempt)
+            done = await new.close(p.process_id, ["new"], attempt=again.attempt)
+    assert done.state is ProcessState.SUCCESS and done.output == ["new"]
