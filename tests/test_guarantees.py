@@ -14,6 +14,7 @@ from colonyos.broker.transitions import WAIT_TIMEOUT
 from colonyos.client import Client
 from colonyos.config import BrokerSettings, Settings
 from colonyos.errors import NotAuthorizedError
+from colonyos.executor import ExecutorApp, ProcessContext
 from colonyos.messages import Close
 from colonyos.models import (
     Conditions,
@@ -257,3 +258,31 @@ async def test_a_new_run_under_a_name_requeues_the_old_runs_processes_at_once(
                 await old.close(p.process_id, ["old"], attempt=got.attempt)
             done = await new.close(p.process_id, ["new"], attempt=again.attempt)
     assert done.state is ProcessState.SUCCESS and done.output == ["new"]
+
+
+async def test_a_requeue_stops_the_running_function(client: Client, settings: Settings) -> None:
+    """Out of time and queued again: the executor is told, its function stops, and the next
+    attempt runs."""
+    app = ExecutorApp("echo", "timed-out", settings=settings, heartbeat_s=0.05)
+    first_stopped = asyncio.Event()
+
+    @app.handler()
+    async def slow_then_fast(ctx: ProcessContext) -> list[object]:
+        if ctx.process.retries == 0:
+            try:
+                await asyncio.Event().wait()
+            finally:
+                first_stopped.set()
+        return ["second"]
+
+    p = await submitted(client, max_exec_time=1, max_retries=1)
+    runner = asyncio.create_task(app.run())
+    try:
+        async with asyncio.timeout(10):
+            await first_stopped.wait()
+        done = await client.wait(p.process_id, timeout=10)
+    finally:
+        app.stop()
+        await asyncio.wait_for(runner, 15)  # a function that never stopped is cancelled
+    assert done.state is ProcessState.SUCCESS and done.output == ["second"]
+    assert done.retries == 1
