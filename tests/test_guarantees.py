@@ -15,7 +15,7 @@ from colonyos.client import Client
 from colonyos.config import BrokerSettings, Settings
 from colonyos.errors import NotAuthorizedError
 from colonyos.executor import ExecutorApp, ProcessContext
-from colonyos.messages import Close
+from colonyos.messages import Close, GraphEvent
 from colonyos.models import (
     Conditions,
     Executor,
@@ -286,3 +286,80 @@ async def test_a_requeue_stops_the_running_function(client: Client, settings: Se
         await asyncio.wait_for(runner, 15)  # a function that never stopped is cancelled
     assert done.state is ProcessState.SUCCESS and done.output == ["second"]
     assert done.retries == 1
+
+
+async def test_a_graph_says_each_change_of_its_state(client: Client, settings: Settings) -> None:
+    graph = await client.submit_workflow(WorkflowSpec(function_specs=[node("a"), node("b", "a")]))
+    assert isinstance(graph, ProcessGraph) and graph.state is ProcessState.WAITING
+    states: list[ProcessState] = []
+    async with client.watch(graph.process_graph_id) as watch:
+        async with executor_client(settings, "e1") as ex:
+            for name in ("a", "b"):
+                p = await ex.assign(timeout=5)
+                assert p is not None and p.spec.node_name == name
+                await ex.close(p.process_id, [name], attempt=p.attempt)
+        async with asyncio.timeout(10):
+            while not states or not states[-1].is_terminal:
+                event = await watch.next(None)
+                if isinstance(event, GraphEvent):
+                    assert event.process_graph_id == graph.process_graph_id
+                    states.append(event.state)
+    assert states == [ProcessState.RUNNING, ProcessState.SUCCESS]
+
+
+async def test_add_child_as_a_branch_runs_beside_the_existing_children(
+    client: Client, settings: Settings
+) -> None:
+    """Without ``insert``, the new child is one more child of the parent: the parent's other
+    children keep it as their parent and run too."""
+    graph = await client.submit_workflow(WorkflowSpec(function_specs=[node("a"), node("b", "a")]))
+    assert isinstance(graph, ProcessGraph)
+    async with executor_client(settings, "e1") as ex:
+        a = await ex.assign(timeout=5)
+        assert a is not None and a.spec.node_name == "a"
+        branch = await ex.add_child(a, node("branch"))
+        assert branch.parents == [a.process_id]
+        await ex.close(a.process_id, ["from-a"], attempt=a.attempt)
+        ran: dict[str, list[Any]] = {}
+        for _ in range(2):
+            p = await ex.assign(timeout=5)
+            assert p is not None
+            ran[p.process_id] = list(p.input)
+            await ex.close(p.process_id, [], attempt=p.attempt)
+    assert ran == {graph.nodes["b"]: ["from-a"], branch.process_id: ["from-a"]}
+    done = await client.graph_wait(graph.process_graph_id, timeout=10)
+    assert done.state is ProcessState.SUCCESS and len(done.process_ids) == 3
+    parent = await client.get(a.process_id)
+    assert parent.children == [graph.nodes["b"], branch.process_id]
+
+
+async def test_a_new_leader_finishes_a_half_done_workflow(
+    own_brokers: BrokerSettings, settings: Settings
+) -> None:
+    """A broker wrote a parent's success and died before releasing its child: the next
+    leader releases it, with the parent's output."""
+    async with (
+        await Client.connect(settings, caller="tester") as c,
+        await Client.connect(settings, caller="e1") as ex,
+    ):
+        async with running_broker(own_brokers):
+            await c.colony_add(COLONY, auto_approve=True)
+            graph = await c.submit_workflow(
+                WorkflowSpec(function_specs=[node("a"), node("b", "a")])
+            )
+            assert isinstance(graph, ProcessGraph)
+            await ex.register(Executor(executor_name="e1", executor_type="echo"))
+            a = await ex.assign(timeout=5)
+            assert a is not None and a.spec.node_name == "a"
+        # No broker leads: one without its workflow part writes a's success, and dies.
+        async with standalone_service(own_brokers) as dying:
+            closed = await dying.close(
+                COLONY, "e1", Close(process_id=a.process_id, output=["from-a"])
+            )
+            assert closed.state is ProcessState.SUCCESS
+        async with running_broker(own_brokers):
+            b = await ex.assign(timeout=5)
+            assert b is not None and b.process_id == graph.nodes["b"] and b.input == ["from-a"]
+            await ex.close(b.process_id, ["done"], attempt=b.attempt)
+            done = await c.graph_wait(graph.process_graph_id, timeout=10)
+    assert done.state is ProcessState.SUCCESS
