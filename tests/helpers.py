@@ -27,12 +27,19 @@ def spec(executor_type: str = "echo", **kw: Any) -> FunctionSpec:
 
 @contextlib.asynccontextmanager
 async def executor_client(
-    settings: Settings, name: str, executor_type: str = "echo", **kw: Any
+    settings: Settings,
+    name: str,
+    executor_type: str = "echo",
+    *,
+    register: bool = True,
+    **kw: Any,
 ) -> AsyncIterator[Client]:
-    """A raw executor client, registered under ``name``, closed on leaving."""
+    """A raw executor client, registered under ``name`` (unless not ``register``: no broker
+    runs yet), closed on leaving."""
     c = await Client.connect(settings, caller=name)
     try:
-        await c.register(Executor(executor_name=name, executor_type=executor_type, **kw))
+        if register:
+            await c.register(Executor(executor_name=name, executor_type=executor_type, **kw))
         yield c
     finally:
         await c.aclose()

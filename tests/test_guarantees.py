@@ -7,15 +7,16 @@ import asyncio
 from datetime import timedelta
 from typing import Any
 
+import msgspec
 import pytest
 
 from colonyos.broker import Broker, transitions
 from colonyos.broker.transitions import WAIT_TIMEOUT
 from colonyos.client import Client
 from colonyos.config import BrokerSettings, Settings
-from colonyos.errors import NotAuthorizedError
+from colonyos.errors import NotAuthorizedError, ProcessExistsError
 from colonyos.executor import ExecutorApp, ProcessContext
-from colonyos.messages import Close, GraphEvent
+from colonyos.messages import Close, GraphEvent, ProcessEvent, Rejection
 from colonyos.models import (
     Conditions,
     Executor,
@@ -30,6 +31,7 @@ from colonyos.models import (
 from .conftest import COLONY, running_broker
 from .helpers import (
     executor_client,
+    spec,
     standalone_service,
     stored_events,
     submitted,
@@ -363,3 +365,44 @@ async def test_a_new_leader_finishes_a_half_done_workflow(
             await ex.close(b.process_id, ["done"], attempt=b.attempt)
             done = await c.graph_wait(graph.process_graph_id, timeout=10)
     assert done.state is ProcessState.SUCCESS
+
+
+DEDUP_WINDOW_S = 2.0
+
+
+async def test_the_same_id_after_the_dedup_window_is_refused_by_kv(
+    own_brokers: BrokerSettings, settings: Settings
+) -> None:
+    """Within JetStream's dedup window the second publish is dropped; after it, the spec
+    reaches the broker, whose KV create refuses the existing key: still one process."""
+    bs = msgspec.structs.replace(own_brokers, dedup_window_s=DEDUP_WINDOW_S)
+    pid = "d" * 64
+    async with (
+        running_broker(bs),
+        await Client.connect(settings, caller="tester") as c,
+        executor_client(settings, "e1", register=False) as ex,
+    ):
+        await c.colony_add(COLONY, auto_approve=True)
+        await ex.register(Executor(executor_name="e1", executor_type="echo"))
+        loop = asyncio.get_running_loop()
+        sent = loop.time()
+        first = await c.submit(spec(), process_id=pid)
+        subject = c.subjects.specs(COLONY, "echo")
+        again = msgspec.json.encode(spec())
+        headers = {"Nats-Msg-Id": pid}
+        assert (await c.js.publish(subject, again, headers=headers)).duplicate
+        got = await ex.assign(timeout=5)
+        assert got is not None and got.process_id == first.process_id == pid
+        while loop.time() - sent < DEDUP_WINDOW_S + 0.5:
+            await asyncio.sleep(0.1)  # sleep-ok: letting the dedup window pass is the point
+        async with c.watch(pid) as watch:
+            assert not (await c.js.publish(subject, again, headers=headers)).duplicate
+            async with asyncio.timeout(10):
+                event = await watch.next(None)
+                while not isinstance(event, Rejection | ProcessEvent):
+                    event = await watch.next(None)
+        # Refused, not written over (which would be a process event).
+        assert isinstance(event, Rejection) and event.code == ProcessExistsError.code
+        assert [p.process_id for p in await c.list_processes()] == [pid]
+        now_ = await c.get(pid)
+        assert now_.state is ProcessState.RUNNING and now_.assignments == 1
