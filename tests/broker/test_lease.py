@@ -12,7 +12,7 @@ from colonyos.broker.lease import Lease
 from colonyos.config import BrokerSettings
 
 from ..conftest import running_broker
-from ..helpers import standalone_service
+from ..helpers import standalone_service, until
 
 TTL_S = 2.0
 
@@ -60,3 +60,19 @@ async def test_a_standby_broker_takes_over_when_the_leaders_lease_expires(
             async with asyncio.timeout(10):
                 await standby.leading.wait()
             assert time.time_ns() >= expires_ns
+
+
+async def test_a_leader_that_finds_its_lease_taken_steps_down(
+    own_brokers: BrokerSettings,
+) -> None:
+    """Cut off long enough for another to take the lease: at its next renewal the leader
+    stops leading, and stands by while the other holds it."""
+    settings = msgspec.structs.replace(own_brokers, lease_ttl_s=TTL_S)
+    async with running_broker(settings) as leader, standalone_service(settings) as service:
+        assert leader.leading.is_set()
+        kv = service.store.leases
+        entry = await kv.get("broker")
+        other = _Holder("other-broker", time.time_ns() + int(60e9))
+        await kv.update("broker", msgspec.json.encode(other), last=entry.revision)
+        await until(lambda: not leader.leading.is_set())
+        assert await _expiry(Lease(kv, "broker", "probe", TTL_S)) == other.expires_ns
