@@ -86,6 +86,14 @@ async def broker(broker_settings: BrokerSettings) -> AsyncIterator[Broker]:
 
 
 @pytest.fixture
+async def own_brokers(broker_settings: BrokerSettings) -> AsyncIterator[BrokerSettings]:
+    """For a test that starts and stops its brokers itself: the settings, and the prefix's
+    streams dropped afterwards."""
+    yield broker_settings
+    await _drop_streams(broker_settings.nats_url, broker_settings.prefix)
+
+
+@pytest.fixture
 async def client(broker: Broker, settings: Settings) -> AsyncIterator[Client]:
     """A user client of colony ``dev`` (created with auto-approve)."""
     c = await Client.connect(settings, caller="tester")

@@ -21,7 +21,8 @@ from colonyos.models import Process, ProcessState
 from .conftest import COLONY, running_broker
 from .test_assign_flow import executor_client, spec
 
-LIVENESS_S = 0.6
+# Many heartbeat periods (0.05 s): a busy machine that delays a few does not lose anyone.
+LIVENESS_S = 1.5
 MAX_LOSSES = 2
 
 
@@ -76,10 +77,8 @@ async def test_maxexectime_requeues_then_fails_after_maxretries(client: Client, 
     await alive.__aenter__()
     got = await ex.assign(timeout=1)
     assert got is not None and got.process_id == first.process_id
-    async with client.watch(first.process_id) as watch:
-        event = await watch.next(5)
-        assert isinstance(event, Process)
-        assert event.state is ProcessState.WAITING and event.retries == 1
+    event = await client.wait_for_state(first.process_id, ProcessState.WAITING, timeout=10)
+    assert event.retries == 1
     # It kept its place in the queue: it comes before the one submitted after it.
     again = await ex.assign(timeout=1)
     assert again is not None and again.process_id == first.process_id and again.retries == 1
@@ -120,9 +119,7 @@ async def test_silent_executor_loses_its_processes(client: Client, settings) -> 
     got = await ex.assign(timeout=1)
     assert got is not None and got.assignments == 1 and got.attempt == 0
     await ex.aclose()  # no more heartbeats, no more requests
-    async with client.watch(p.process_id) as watch:
-        event = await watch.next(5)
-    assert isinstance(event, Process) and event.state is ProcessState.WAITING
+    event = await client.wait_for_state(p.process_id, ProcessState.WAITING, timeout=10)
     assert event.retries == 0 and event.executor_losses == 1 and not event.is_assigned
     again = await executor_client(settings, "heir")
     second = await again.assign(timeout=1)
@@ -141,10 +138,10 @@ async def test_a_process_that_loses_every_executor_fails_after_the_bound(
     p = await submitted(client, max_retries=-1)
     for i in range(MAX_LOSSES + 1):
         ex = await executor_client(settings, f"doomed-{i}")
-        assert await ex.assign(timeout=2) is not None
+        assert await ex.assign(timeout=10) is not None
         await ex.aclose()
         if i < MAX_LOSSES:
-            waiting = await client.wait_for_state(p.process_id, ProcessState.WAITING, timeout=5)
+            waiting = await client.wait_for_state(p.process_id, ProcessState.WAITING, timeout=10)
             assert waiting.executor_losses == i + 1 and waiting.retries == 0
     done = await client.wait(p.process_id, timeout=5)
     assert done.state is ProcessState.FAILED and done.executor_losses == MAX_LOSSES + 1
@@ -160,16 +157,15 @@ async def test_assignment_not_confirmed_by_heartbeats_is_requeued(client: Client
     ex = await executor_client(settings, "forgetful")
     got = await ex.assign(timeout=1)
     assert got is not None
-    async with client.watch(p.process_id) as watch, heartbeating(ex, []):
-        event = await watch.next(5)
-    assert isinstance(event, Process) and event.state is ProcessState.WAITING
+    async with heartbeating(ex, []):
+        await client.wait_for_state(p.process_id, ProcessState.WAITING, timeout=10)
     again = await client.get(p.process_id)
     assert again.retries == 0 and again.executor_losses == 1
     # Given again and never confirmed, until more executors were lost than allowed.
     async with heartbeating(ex, []):
         for _ in range(MAX_LOSSES):
-            assert await ex.assign(timeout=2) is not None
-        done = await client.wait(p.process_id, timeout=5)
+            assert await ex.assign(timeout=10) is not None
+        done = await client.wait(p.process_id, timeout=10)
     assert done.state is ProcessState.FAILED and done.errors[0].startswith(ASSIGNMENT_LOST)
     await ex.aclose()
 
@@ -181,7 +177,7 @@ async def test_a_heartbeating_executor_keeps_a_long_job(client: Client, settings
 
     @app.handler()
     async def long_job(ctx: ProcessContext) -> list[object]:
-        # Outlive five liveness windows, measured on the broker's own clock by its sweeps.
+        # Outlive three liveness windows, measured on the broker's own clock by its sweeps.
         await asyncio.wait_for(windows.wait(), timeout=10)
         return ["done"]
 
@@ -190,7 +186,7 @@ async def test_a_heartbeating_executor_keeps_a_long_job(client: Client, settings
     loop = asyncio.get_running_loop()
     started = loop.time()
     async with asyncio.timeout(10):
-        while loop.time() - started < 5 * LIVENESS_S:
+        while loop.time() - started < 3 * LIVENESS_S:
             await asyncio.sleep(0.05)  # sleep-ok: letting time pass is the point of the test
             assert (await client.get(p.process_id)).state is ProcessState.RUNNING
     windows.set()

@@ -1,0 +1,98 @@
+"""Helpers shared by test modules (import from here, never from another test module)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import msgspec
+import nats
+
+from colonyos.broker.index import ProcessIndex
+from colonyos.broker.service import Service
+from colonyos.broker.store import ProcessStore
+from colonyos.client import Client
+from colonyos.config import BrokerSettings, Settings
+from colonyos.connection import connect_nats
+from colonyos.models import Conditions, Executor, FunctionSpec, Process, ProcessState
+from colonyos.subjects import Subjects
+
+
+def spec(executor_type: str = "echo", **kw: Any) -> FunctionSpec:
+    conditions = Conditions(executor_type=executor_type, **kw.pop("conditions", {}))
+    return FunctionSpec(func_name=str(kw.pop("func_name", "echo")), conditions=conditions, **kw)
+
+
+@contextlib.asynccontextmanager
+async def executor_client(
+    settings: Settings,
+    name: str,
+    executor_type: str = "echo",
+    *,
+    register: bool = True,
+    **kw: Any,
+) -> AsyncIterator[Client]:
+    """A raw executor client, registered under ``name`` (unless not ``register``: no broker
+    runs yet), closed on leaving."""
+    c = await Client.connect(settings, caller=name)
+    try:
+        if register:
+            await c.register(Executor(executor_name=name, executor_type=executor_type, **kw))
+        yield c
+    finally:
+        await c.aclose()
+
+
+async def submitted(client: Client, **kw: Any) -> Process:
+    p = await client.submit(spec(**kw))
+    assert isinstance(p, Process)
+    return p
+
+
+async def until(check: Callable[[], bool], *, timeout: float = 10.0) -> None:
+    """Poll a condition on in-process state under a deadline."""
+    async with asyncio.timeout(timeout):
+        while not check():
+            await asyncio.sleep(0.01)  # sleep-ok: polling state under a deadline
+
+
+@contextlib.asynccontextmanager
+async def standalone_service(settings: BrokerSettings) -> AsyncIterator[Service]:
+    """A broker's Service on its own NATS connection, loaded from the prefix's KV, without a
+    lease: what a broker that believes it leads would write with."""
+    nc = await connect_nats(settings.nats_url, name="colonies-test-writer")
+    subjects = Subjects(settings.prefix)
+    store = ProcessStore(nc, subjects, storage=settings.storage)
+    index = ProcessIndex(None)
+    try:
+        await store.setup()
+        await index.open()
+        service = Service(store, index, subjects)
+        await service.load()
+        yield service
+    finally:
+        await store.close()
+        await index.close()
+        await nc.close()
+
+
+async def stored_events(
+    nats_url: str, prefix: str, colony: str, process_id: str, *, last: ProcessState
+) -> list[tuple[ProcessState, int]]:
+    """A process's stored events, in stream order, up to the first in state ``last``: each
+    event's state and the KV revision it carries (its ``Nats-Msg-Id``)."""
+    nc = await nats.connect(nats_url)
+    try:
+        subject = Subjects(prefix).events_filter(colony=colony, process_id=process_id)
+        sub = await nc.jetstream().subscribe(subject, ordered_consumer=True)
+        seen: list[tuple[ProcessState, int]] = []
+        async with asyncio.timeout(10):
+            while not seen or seen[-1][0] is not last:
+                msg = await sub.next_msg(timeout=10)
+                state = msgspec.json.decode(msg.data, type=Process).state
+                seen.append((state, int((msg.headers or {})["Nats-Msg-Id"].rsplit(".", 1)[1])))
+        return seen
+    finally:
+        await nc.close()
