@@ -17,12 +17,16 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from colonyos.config import Settings
 
 from ..procs import COLONIES
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
 COMMANDS = int(os.environ.get("COLONIES_MONKEY_COMMANDS", "30"))
+# The whole run, bounded generously: a loaded machine runs each command slower.
+_TEST_S = 120 + COMMANDS * 10
 # The documented exit codes (docs/cli.md).
 EXIT_CODES = {0, 1, 2, 3, 124, 130}
 _HEX = re.compile(r"\b[0-9a-f]{12,64}\b")
@@ -132,6 +136,7 @@ class Monkey:
             proc.send_signal(signal.SIGINT)
 
 
+@pytest.mark.timeout(_TEST_S)
 def test_random_commands_never_show_a_traceback(live_echo: Settings, tmp_path: Path) -> None:
     seed = int(os.environ.get("COLONIES_MONKEY_SEED", random.randrange(2**32)))
     rng = random.Random(seed)

@@ -36,6 +36,8 @@ from .strategies import bodies, request_like, spec_like, tokens, workflow_like
 T = TypeVar("T")
 
 EXAMPLES = int(os.environ.get("COLONIES_FUZZ_EXAMPLES", "60"))
+# The whole run, bounded generously: a loaded machine runs each input slower.
+_TEST_S = 120 + EXAMPLES * 2
 FUZZ = settings(
     max_examples=EXAMPLES,
     deadline=None,
@@ -174,6 +176,7 @@ colonies = st.one_of(st.just(COLONY), st.just(COLONY), tokens)
 executor_types = st.one_of(st.just("echo"), tokens)
 
 
+@pytest.mark.timeout(_TEST_S)
 def test_every_spec_becomes_a_process_or_a_rejection(door: Door) -> None:
     @FUZZ
     @given(colony=colonies, executor_type=executor_types, body=bodies(spec_like()))
@@ -198,6 +201,7 @@ def test_every_spec_becomes_a_process_or_a_rejection(door: Door) -> None:
     door.assert_good_spec_runs()
 
 
+@pytest.mark.timeout(_TEST_S)
 def test_every_workflow_becomes_a_graph_or_a_rejection(door: Door) -> None:
     @FUZZ
     @given(colony=colonies, body=bodies(workflow_like()))
@@ -233,6 +237,7 @@ def _operations(door: Door) -> dict[str, list[str]]:
     return found
 
 
+@pytest.mark.timeout(_TEST_S)
 def test_every_request_gets_an_answer(door: Door) -> None:
     operations = _operations(door)
 
@@ -258,6 +263,7 @@ def test_every_request_gets_an_answer(door: Door) -> None:
     door.assert_good_spec_runs()
 
 
+@pytest.mark.timeout(_TEST_S)
 def test_after_the_fuzz_a_good_spec_still_runs(door: Door) -> None:
     """The same end check, on its own: it must pass on an untouched system too."""
     door.assert_broker_leads()

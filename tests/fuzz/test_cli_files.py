@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
@@ -16,10 +17,13 @@ from colonyos.config import Settings
 from .strategies import bodies, spec_like, workflow_like
 
 EXAMPLES = int(os.environ.get("COLONIES_FUZZ_EXAMPLES", "60"))
+# The whole run, bounded generously: a loaded machine runs each input slower.
+_TEST_S = 120 + EXAMPLES * 2
 # The documented exit codes (docs/cli.md).
 EXIT_CODES = {0, 1, 2, 3}
 
 
+@pytest.mark.timeout(_TEST_S)
 def test_arbitrary_files_at_both_submit_commands(live_system: Settings, tmp_path: Path) -> None:
     runner = CliRunner()
     base = ["--nats", live_system.nats_url, "--prefix", live_system.prefix]
