@@ -59,7 +59,7 @@ def test_create_is_waiting_with_its_priority_time_and_wait_deadline() -> None:
 
 
 def test_assign_counts_the_attempt_and_sets_the_exec_deadline() -> None:
-    p = waiting(spec=spec(max_exec_time=10), assignments=2)
+    p = waiting(spec=spec(max_exec_time=10), assignments=3)
     assert t.assign(p, A, now=NOW) == msgspec.structs.replace(
         p,
         state=R,
@@ -67,7 +67,7 @@ def test_assign_counts_the_attempt_and_sets_the_exec_deadline() -> None:
         assigned_executor_id="a",
         start_time=NOW,
         exec_deadline=NOW + timedelta(seconds=10),
-        assignments=3,
+        assignments=4,
     )
     assert t.assign(waiting(spec=spec(max_exec_time=0)), A, now=NOW).exec_deadline == ZERO_TIME
     assert t.assign(waiting(spec=spec(max_exec_time=1)), A, now=NOW).exec_deadline == (
@@ -187,9 +187,9 @@ def test_requeue_spends_a_retry_and_keeps_the_place_in_the_queue() -> None:
 
 
 def test_requeue_fails_with_the_attempt_count_once_retries_are_spent() -> None:
-    p = running(spec=spec(max_exec_time=10, max_retries=2), retries=2, errors=["e"])
+    p = running(spec=spec(max_exec_time=10, max_retries=3), retries=3, errors=["e"])
     assert t.requeue(p, t.EXEC_TIMEOUT, now=LATER) == msgspec.structs.replace(
-        p, state=KO, errors=["e", f"{t.EXEC_TIMEOUT} (attempt 3 of 3)"], end_time=LATER
+        p, state=KO, errors=["e", f"{t.EXEC_TIMEOUT} (attempt 4 of 4)"], end_time=LATER
     )
     none = running(spec=spec(max_exec_time=10, max_retries=0))
     assert t.requeue(none, "x", now=LATER).errors == ["x (attempt 1 of 1)"]
@@ -263,3 +263,22 @@ def test_fail_descendant_and_refuse_end_a_live_process(state: ProcessState) -> N
     assert t.refuse(p, "too big", now=LATER) == msgspec.structs.replace(
         p, state=KO, errors=["before", "too big"], end_time=LATER
     )
+
+
+def test_the_holder_is_recognised_by_its_id_equal_not_the_same_object() -> None:
+    # Ids decoded from JSON are new strings each time: the lease compares their value.
+    holder = Executor(executor_id="ex-c", executor_type="x", executor_name="ec")
+    same = Executor(executor_id="".join(["ex", "-c"]), executor_type="x", executor_name="ec")
+    assert same.executor_id == holder.executor_id and same.executor_id is not holder.executor_id
+    p = t.assign(waiting(), holder, now=NOW)
+    assert t.close(p, same, [], now=LATER, attempt=0).state is OK
+
+
+def test_retries_left_and_losses_under_the_bound_go_back_to_the_queue() -> None:
+    first = running(spec=spec(max_exec_time=10, max_retries=2))
+    assert (t.requeue(first, "x", now=LATER).state, t.requeue(first, "x", now=LATER).retries) == (
+        W,
+        1,
+    )
+    lost = t.requeue_lost(running(), "x", now=LATER, max_losses=5)
+    assert (lost.state, lost.executor_losses, lost.retries) == (W, 1, 0)
