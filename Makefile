@@ -53,7 +53,7 @@ mutate: install
 	@set -e; for m in $(MUTATE); do \
 		case $$m in \
 			transitions) tests="tests/broker/test_transitions.py";; \
-			scheduler) tests="tests/broker/test_scheduler.py";; \
+			scheduler) tests="tests/broker/test_scheduler.py tests/broker/test_scheduler_edges.py";; \
 			store) tests="tests/broker/test_store.py";; \
 			lease) tests="tests/test_cluster.py";; \
 			lifecycle) tests="tests/test_lifecycle.py tests/test_executor_liveness.py";; \
