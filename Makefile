@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install dev test lint typecheck unit soak bench bench-quick bench-durability clean
+.PHONY: install dev test lint typecheck unit soak mutate bench bench-quick bench-durability clean
 
 install: $(STAMP)
 
@@ -40,6 +40,38 @@ soak: install
 	COLONIES_FUZZ_EXAMPLES=2000 COLONIES_FUZZ_RANDOM=1 \
 		$(BIN)/pytest -q tests/fuzz -o timeout=1800
 	COLONIES_MONKEY_COMMANDS=400 $(BIN)/pytest -q -s tests/cli/test_monkey.py -o timeout=1800
+
+# Mutation testing (cosmic-ray), outside make test: each module is changed one operator at a time
+# and the tests that cover it run against every change; a change no test notices "survives".
+# `make mutate MUTATE="transitions scheduler store"` picks the modules of colonyos/broker (the
+# default: the two the server-free tests cover in minutes); sessions and reports go to .mutate/.
+# cosmic-ray changes the file in place and puts it back; after an interrupted run, `git diff`.
+MUTATE ?= transitions scheduler
+
+mutate: install
+	@mkdir -p .mutate
+	@set -e; for m in $(MUTATE); do \
+		case $$m in \
+			transitions) tests="tests/broker/test_transitions.py";; \
+			scheduler) tests="tests/broker/test_scheduler.py tests/broker/test_scheduler_edges.py";; \
+			store) tests="tests/broker/test_store.py";; \
+			lease) tests="tests/test_cluster.py";; \
+			lifecycle) tests="tests/test_lifecycle.py tests/test_executor_liveness.py";; \
+			workflows) tests="tests/test_workflows.py";; \
+			service) tests="tests/test_assign_flow.py tests/test_lifecycle.py tests/test_capacity.py";; \
+			*) echo "make mutate: no tests listed for $$m"; exit 2;; \
+		esac; \
+		printf '%s\n' '[cosmic-ray]' "module-path = \"colonyos/broker/$$m.py\"" 'timeout = 120.0' \
+			'excluded-modules = []' \
+			"test-command = \"$(BIN)/pytest -x -q -p no:cacheprovider $$tests\"" \
+			'' '[cosmic-ray.distributor]' 'name = "local"' > .mutate/$$m.toml; \
+		rm -f .mutate/$$m.sqlite; \
+		$(BIN)/cosmic-ray baseline .mutate/$$m.toml; \
+		$(BIN)/cosmic-ray init .mutate/$$m.toml .mutate/$$m.sqlite; \
+		$(BIN)/cosmic-ray exec .mutate/$$m.toml .mutate/$$m.sqlite; \
+		$(BIN)/cr-report --surviving-only --show-diff .mutate/$$m.sqlite > .mutate/$$m.txt; \
+		tail -n 3 .mutate/$$m.txt; \
+	done
 
 # Throughput, latency, workflows, memory, edge executor; prints a table and writes
 # bench/results/latest.json. bench-quick takes under a minute.

@@ -8,7 +8,14 @@ the design are checked from the events stream and the KV bucket:
 3. no state moves backwards except RUNNING -> WAITING (a re-queue: one more retry when it ran
    out of time, or one more executor loss when its executor went away, never both or neither),
    and every assignment counts one more (the attempt token of close, fail and log);
-4. every transition is recorded, in revision order, for each process.
+4. every transition is recorded, in revision order, for each process, and the events are the
+   KV history exactly: one event per revision, the same process;
+5. from the executors' side (tests/checker_tasks.py records every run of `work`): each attempt
+   ran once, on the executor it was assigned to; a stored result is the output of the last
+   attempt's run; two runs of one process overlap only where the broker could not stop the
+   earlier one (see `_check_runs`);
+6. outcomes: every short process succeeded; every process built to outlive its maxexectime
+   failed, saying it used all its attempts.
 
 Seedable and bounded: COLONIES_CHECKER_SEED, COLONIES_CHECKER_PROCESSES and
 COLONIES_CHECKER_CHAOS_S (seconds of killing) change the run; `make soak` runs a long one.
@@ -18,11 +25,13 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import os
 import random
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
@@ -48,13 +57,13 @@ CHAOS_S = float(os.environ.get("COLONIES_CHECKER_CHAOS_S", "15"))
 PREFIX = "checker"
 COLONY = "dev"
 
-TASKS = """
-import time
-
-def work(i, ms):
-    time.sleep(ms / 1000)  # sleep-ok: the work the executors do
-    return i
-"""
+TASKS = Path(__file__).with_name("checker_tasks.py")
+# Short work (0-60 ms) has a maxexectime of 30 s: it must succeed. Long work sleeps until its
+# executor stops it, far past its maxexectime of 1 s: it must fail, every attempt spent.
+SHORT_EXEC_S = 30
+LONG_MS = 30_000
+# The brokers' COLONIES_MAX_EXECUTOR_LOSSES (the default): past it a process fails, whatever it is.
+MAX_LOSSES = 5
 
 ALLOWED = {
     ProcessState.WAITING: {ProcessState.RUNNING, ProcessState.FAILED, ProcessState.CANCELLED},
@@ -79,7 +88,7 @@ def _spec(rng: random.Random, i: int) -> FunctionSpec:
         # Always outlives its maxexectime: re-queued once, then FAILED.
         return FunctionSpec(
             func_name="work",
-            args=[i, rng.randint(1200, 1500)],
+            args=[i, LONG_MS],
             max_exec_time=1,
             max_retries=1,
             conditions=Conditions(executor_type="work"),
@@ -87,7 +96,7 @@ def _spec(rng: random.Random, i: int) -> FunctionSpec:
     return FunctionSpec(
         func_name="work",
         args=[i, rng.randint(0, 60)],
-        max_exec_time=30,
+        max_exec_time=SHORT_EXEC_S,
         max_retries=rng.choice([-1, -1, -1, 2]),
         conditions=Conditions(executor_type="work"),
     )
@@ -190,6 +199,224 @@ def _check(
     return problems
 
 
+async def _kv_history(js, subjects: Subjects) -> tuple[dict[str, list[tuple[Process, int]]], int]:  # type: ignore[no-untyped-def]
+    """Every revision the processes bucket still holds, per process, and how many it keeps of
+    each key (older revisions of a key are dropped past that)."""
+    stream = f"KV_{subjects.bucket_processes}"
+    info = await js.stream_info(stream)
+    last = info.state.last_seq
+    sub = await js.subscribe(
+        f"$KV.{subjects.bucket_processes}.>",
+        ordered_consumer=True,
+        deliver_policy=DeliverPolicy.ALL,
+    )
+    per: dict[str, list[tuple[Process, int]]] = defaultdict(list)
+    seq = 0
+    while seq < last:
+        msg = await sub.next_msg(timeout=5)
+        seq = msg.metadata.sequence.stream
+        if msg.headers and msg.headers.get("KV-Operation"):
+            continue  # a delete or purge marker: none is written while the checker runs
+        p = msgspec.json.decode(msg.data, type=Process)
+        per[p.process_id].append((p, seq))
+    await sub.unsubscribe()
+    return per, info.config.max_msgs_per_subject
+
+
+def _check_kv(
+    events: dict[str, list[tuple[Process, int]]],
+    kv: dict[str, list[tuple[Process, int]]],
+    keep: int,
+) -> list[str]:
+    """The events of each process are its KV history: one event per revision, in revision
+    order, each the process that revision holds. KV keeps the last ``keep`` revisions of a key;
+    a process with fewer has its whole history there, and has exactly those events."""
+    problems = []
+    for pid in sorted(set(events) | set(kv)):
+        stored = kv.get(pid, [])
+        seen = events.get(pid, [])
+        if len(stored) < keep and len(seen) != len(stored):
+            problems.append(f"{pid}: {len(seen)} events for {len(stored)} KV revisions")
+        tail = seen[-len(stored) :] if stored else []
+        if [r for _, r in tail] != [r for _, r in stored]:
+            problems.append(
+                f"{pid}: event revisions {[r for _, r in seen]} are not the KV revisions "
+                f"{[r for _, r in stored]}"
+            )
+            continue
+        for (event, revision), (value, _) in zip(tail, stored, strict=True):
+            if event != value:
+                problems.append(f"{pid}: the event of revision {revision} is not what KV holds")
+    return problems
+
+
+@dataclass(frozen=True, slots=True)
+class ExecRun:
+    """One run of `work` as its executor recorded it; ``how`` it ended: returned, stopped (its
+    executor stopped the function), or killed (with its executor: ``end`` is the kill)."""
+
+    process: str
+    attempt: int
+    executor: str
+    pid: int
+    start: float
+    end: float
+    how: str
+
+
+def _read_runs(path: Path, kills: dict[int, list[float]], stopped_at: float) -> list[ExecRun]:
+    """The runs recorded in ``path``. A run without an end line was killed with its executor
+    (OS pid): it ended at the first kill of that pid after it started."""
+    starts: dict[tuple[str, int, str], dict[str, object]] = {}
+    ends: dict[tuple[str, int, str], dict[str, object]] = {}
+    runs = []
+    lines = path.read_text().splitlines() if path.exists() else []
+    for line in lines:
+        record = json.loads(line)
+        key = (record["process"], record["attempt"], record["executor"])
+        if record["at"] == "start":
+            if key in starts:  # the same attempt started twice on one executor run
+                runs.append(_run(starts.pop(key), ends.pop(key, None), kills, stopped_at))
+            starts[key] = record
+        else:
+            ends[key] = record
+    for key, start in starts.items():
+        runs.append(_run(start, ends.get(key), kills, stopped_at))
+    return runs
+
+
+def _run(
+    start: dict[str, object],
+    end: dict[str, object] | None,
+    kills: dict[int, list[float]],
+    stopped_at: float,
+) -> ExecRun:
+    t0 = float(start["t"])  # type: ignore[arg-type]
+    pid = int(start["pid"])  # type: ignore[call-overload]
+    if end is not None:
+        t1, how = float(end["t"]), str(end["how"])  # type: ignore[arg-type]
+    else:
+        after = [k for k in kills.get(pid, []) if k >= t0]
+        t1, how = (min(after), "killed") if after else (stopped_at, "unended")
+    return ExecRun(
+        str(start["process"]),
+        int(start["attempt"]),
+        str(start["executor"]),
+        pid,
+        t0,
+        t1,
+        how,  # type: ignore[call-overload]
+    )
+
+
+def _assigned(history: list[tuple[Process, int]]) -> dict[int, tuple[Process, Process | None]]:
+    """Per attempt: the revision that assigned it, and the first that ended it (if any)."""
+    found: dict[int, tuple[Process, Process | None]] = {}
+    for i, (p, _) in enumerate(history):
+        if p.state is not ProcessState.RUNNING or p.attempt in found:
+            continue
+        after = next(
+            (
+                q
+                for q, _ in history[i + 1 :]
+                if q.state is not ProcessState.RUNNING or q.attempt != p.attempt
+            ),
+            None,
+        )
+        found[p.attempt] = (p, after)
+    return found
+
+
+def _check_runs(
+    runs: list[ExecRun],
+    events: dict[str, list[tuple[Process, int]]],
+    broker_kills: list[float],
+) -> list[str]:
+    """What the executors did, against what the broker recorded.
+
+    Provable, and checked strictly: each attempt ran at most once, on the executor run the
+    KV history assigned that attempt to (the compare-and-set on assignment, seen from the
+    executor side).
+
+    Overlap of two runs of one process: the broker takes a process back by a KV write, then tells
+    its executor, which stops the function; it does not wait for that. So a later attempt may
+    start before the earlier run has stopped, and that is allowed when the earlier run was
+    stopped on being told (``stopped``: it overlapped by the time the message took), or when the
+    re-queue counted an executor loss (the broker thought its executor gone: nobody waits for a
+    lost executor), or when a broker was killed between the two starts (the message to stop may
+    have died with it: it is sent once, after the write). An earlier run that ran to its end
+    (``returned``) or until its executor was killed, after its process was re-queued for running
+    out of time and the next attempt had started, without a broker kill in between, is a
+    violation: its executor was reachable and was not stopped.
+    """
+    problems = []
+    per: dict[str, list[ExecRun]] = defaultdict(list)
+    for run in runs:
+        per[run.process].append(run)
+    for pid, mine in sorted(per.items()):
+        assigned = _assigned(events.get(pid, []))
+        by_attempt: dict[int, list[ExecRun]] = defaultdict(list)
+        for run in mine:
+            by_attempt[run.attempt].append(run)
+        for attempt, those in sorted(by_attempt.items()):
+            if len(those) > 1:
+                where = sorted(r.executor[:8] for r in those)
+                problems.append(f"{pid}: attempt {attempt} ran {len(those)} times, on {where}")
+            if attempt not in assigned:
+                problems.append(f"{pid}: attempt {attempt} ran but was never assigned")
+            elif any(r.executor != assigned[attempt][0].assigned_executor_id for r in those):
+                problems.append(f"{pid}: attempt {attempt} ran on an executor it was not given to")
+        ordered = sorted(mine, key=lambda r: r.start)
+        for a, b in itertools.combinations(ordered, 2):
+            if b.start >= a.end or a.attempt >= b.attempt:
+                continue
+            ended = assigned.get(a.attempt, (None, None))[1]
+            lost = (
+                ended is not None and ended.executor_losses > assigned[a.attempt][0].executor_losses
+            )
+            told = a.how == "stopped"
+            broker_died = any(a.start <= k <= b.start for k in broker_kills)
+            if not (lost or told or broker_died):
+                problems.append(
+                    f"{pid}: attempt {a.attempt} ran on ({a.how}) after attempt {b.attempt} "
+                    f"started, and its executor was neither lost nor stopped"
+                )
+    return problems
+
+
+def _check_outcomes(
+    accepted: set[str], final: dict[str, Process], runs: list[ExecRun]
+) -> list[str]:
+    """Every short process succeeded, with the output of its last attempt's run; every process
+    built to outlive its maxexectime failed, its last error saying it used all its attempts.
+    Either may instead fail for losing more than MAX_LOSSES executors, saying so."""
+    problems = []
+    returned = {(r.process, r.attempt, r.executor) for r in runs if r.how == "returned"}
+    for pid in sorted(accepted & set(final)):
+        p = final[pid]
+        error = p.errors[-1] if p.errors else ""
+        if p.state is ProcessState.FAILED and p.executor_losses > MAX_LOSSES:
+            if f"{p.executor_losses} executors were lost" not in error:
+                problems.append(f"{pid}: failed for its losses without saying so: {error!r}")
+            continue
+        if p.spec.max_exec_time == SHORT_EXEC_S:
+            if p.state is not ProcessState.SUCCESS:
+                problems.append(f"{pid}: short work ended {p.state.name}: {error!r}")
+                continue
+            last = (p.spec.args[0], p.attempt, p.assigned_executor_id)
+            if p.output != list(last):
+                problems.append(f"{pid}: stored output {p.output} is not attempt {p.attempt}'s")
+            if (pid, p.attempt, p.assigned_executor_id) not in returned:
+                problems.append(f"{pid}: no run of attempt {p.attempt} returned its result")
+        else:
+            spent = p.spec.max_retries + 1
+            if p.state is not ProcessState.FAILED:
+                problems.append(f"{pid}: outlived its maxexectime and ended {p.state.name}")
+            elif not error.endswith(f"(attempt {spent} of {spent})"):
+                problems.append(f"{pid}: failed without its attempt count: {error!r}")
+    return problems
+
+
 def test_the_checker_finds_violations() -> None:
     """The invariant check itself must be able to fail."""
     spec = FunctionSpec(func_name="f", conditions=Conditions(executor_type="x"))
@@ -252,14 +479,135 @@ def test_the_checker_finds_violations() -> None:
     assert _check({"p", "q"}, {"p": good}, {"p": good[-1][0]})  # q was lost
 
 
+def _proc(
+    state: ProcessState,
+    executor: str = "",
+    retries: int = 0,
+    n: int = 0,
+    lost: int = 0,
+    *,
+    spec: FunctionSpec | None = None,
+    output: list[object] | None = None,
+    errors: list[str] | None = None,
+) -> Process:
+    return Process(
+        process_id="p",
+        state=state,
+        spec=spec or FunctionSpec(func_name="f", conditions=Conditions(executor_type="x")),
+        assigned_executor_id=executor,
+        retries=retries,
+        assignments=n,
+        executor_losses=lost,
+        output=output or [],
+        errors=errors or [],
+    )
+
+
+W, R, OK, KO = ProcessState.WAITING, ProcessState.RUNNING, ProcessState.SUCCESS, ProcessState.FAILED
+# Attempt 0 on a runs out of time (a retry), attempt 1 on b loses its executor, 2 on c succeeds.
+HISTORY = [
+    (_proc(W), 1),
+    (_proc(R, "a", n=1), 2),
+    (_proc(W, retries=1, n=1), 3),
+    (_proc(R, "b", 1, n=2), 4),
+    (_proc(W, retries=1, n=2, lost=1), 5),
+    (_proc(R, "c", 1, n=3, lost=1), 6),
+    (_proc(OK, "c", 1, n=3, lost=1), 7),
+]
+
+
+def test_the_kv_check_finds_violations() -> None:
+    assert _check_kv({"p": HISTORY}, {"p": HISTORY}, keep=8) == []
+    # KV keeps the last two revisions only: the events before them are not compared.
+    assert _check_kv({"p": HISTORY}, {"p": HISTORY[-2:]}, keep=2) == []
+    changed = (_proc(OK, "c", 1, n=3, lost=0), 7)
+    bad = {
+        "an event missing": HISTORY[:3] + HISTORY[4:],
+        "an event too many": [*HISTORY[:3], (HISTORY[3][0], 9), *HISTORY[3:]],
+        "an event twice": [*HISTORY[:3], HISTORY[3], *HISTORY[3:]],
+        "out of order": [*HISTORY[:3], HISTORY[4], HISTORY[3], *HISTORY[5:]],
+        "not what KV holds": [*HISTORY[:-1], changed],
+        "no events": [],
+        "an event before the first revision": [(HISTORY[0][0], 0), *HISTORY],
+    }
+    for name, events in bad.items():
+        assert _check_kv({"p": events}, {"p": HISTORY}, keep=8), name
+    assert _check_kv({"p": HISTORY[:-1]}, {"p": HISTORY[-2:]}, keep=2), "the last one missing"
+
+
+def test_the_run_check_finds_violations() -> None:
+    def run(
+        attempt: int, executor: str, start: float, end: float, how: str = "returned"
+    ) -> ExecRun:
+        return ExecRun("p", attempt, executor, 1, start, end, how)
+
+    events = {"p": HISTORY}
+    good = [run(0, "a", 0, 1, "stopped"), run(1, "b", 2, 3, "killed"), run(2, "c", 4, 5)]
+    assert _check_runs(good, events, []) == []
+    allowed = {
+        "stopped on being told, after the next started": [
+            run(0, "a", 0, 2.5, "stopped"),
+            run(1, "b", 2, 3),
+        ],
+        "its executor was lost": [run(1, "b", 2, 4.5, "returned"), run(2, "c", 4, 5)],
+        "a broker died between the starts": [run(0, "a", 0, 2.5), run(1, "b", 2, 3)],
+    }
+    for name, runs in allowed.items():
+        kills = [1.5] if "broker" in name else []
+        assert _check_runs(runs, events, kills) == [], name
+    bad = {
+        "one attempt run twice": [run(0, "a", 0, 1), run(0, "a", 1.5, 1.8), run(2, "c", 4, 5)],
+        "on an executor it was not given to": [run(0, "b", 0, 1)],
+        "never assigned": [run(5, "c", 6, 7)],
+        "ran on after the re-queue": [run(0, "a", 0, 2.5), run(1, "b", 2, 3)],
+        "killed after the re-queue": [run(0, "a", 0, 2.5, "killed"), run(1, "b", 2, 3)],
+    }
+    for name, runs in bad.items():
+        assert _check_runs(runs, events, [3.5]), name
+
+
+def test_the_outcome_check_finds_violations() -> None:
+    short = FunctionSpec(func_name="work", args=[7, 10], max_exec_time=SHORT_EXEC_S, max_retries=-1)
+    long = FunctionSpec(func_name="work", args=[8, LONG_MS], max_exec_time=1, max_retries=1)
+    won = _proc(OK, "c", 1, n=3, spec=short, output=[7, 2, "c"])
+    spent = _proc(KO, "b", 1, n=2, spec=long, errors=["ran out of time (attempt 2 of 2)"])
+    runs = [ExecRun("p", 2, "c", 1, 4, 5, "returned")]
+    assert _check_outcomes({"p"}, {"p": won}, runs) == []
+    assert _check_outcomes({"p"}, {"p": spent}, []) == []
+    lost = "gone; 6 executors were lost while running this process, more than the 5 allowed"
+    too_many = _proc(KO, "b", 0, n=6, lost=6, spec=short, errors=[lost])
+    assert _check_outcomes({"p"}, {"p": too_many}, []) == []
+    bad = {
+        "short work failed": (
+            _proc(KO, "c", 1, n=3, spec=short, output=[7, 2, "c"], errors=["x"]),
+            runs,
+        ),
+        "an earlier attempt's output": (
+            _proc(OK, "c", 1, n=3, spec=short, output=[7, 1, "b"]),
+            runs,
+        ),
+        "no run returned it": (won, [ExecRun("p", 2, "c", 1, 4, 5, "stopped")]),
+        "long work succeeded": (
+            _proc(OK, "b", 1, n=2, spec=long, errors=["ran out of time (attempt 2 of 2)"]),
+            [],
+        ),
+        "no attempt count": (_proc(KO, "b", 1, n=2, spec=long, errors=["ran out of time"]), []),
+        "count not spent": (_proc(KO, "b", 0, n=1, spec=long, errors=["x (attempt 1 of 2)"]), []),
+        "losses unsaid": (_proc(KO, "b", 0, n=6, lost=6, spec=short, errors=["gone"]), []),
+    }
+    for name, (process, those) in bad.items():
+        assert _check_outcomes({"p"}, {"p": process}, those), name
+
+
 def _children(tmp_path: Path, env: dict[str, str]) -> tuple[list[Child], list[Child]]:
+    env = {**env, "COLONIES_CHECKER_RUNS": str(tmp_path / "runs.jsonl")}
     brokers = [
         Child(
             ["broker", "start", "--data-dir", str(tmp_path / f"b{i}")], tmp_path / f"b{i}.log", env
         )
         for i in range(2)
     ]
-    module = str(tmp_path / "tasks.py")
+    module = str(TASKS)
     executors = [
         Child(
             [
@@ -286,7 +634,6 @@ class Run:
 
     def __init__(self, server: NatsServer, tmp_path: Path, rng: random.Random) -> None:
         self.rng = rng
-        (tmp_path / "tasks.py").write_text(TASKS)
         env = {
             "COLONIES_NATS_URL": server.url,
             "COLONIES_PREFIX": PREFIX,
@@ -301,6 +648,9 @@ class Run:
         self.settings = Settings(nats_url=server.url, colony=COLONY, prefix=PREFIX)
         self.accepted: set[str] = set()
         self.kills: Counter[str] = Counter()
+        self.runs = tmp_path / "runs.jsonl"
+        self.killed_at: dict[int, list[float]] = defaultdict(list)  # OS pid -> when
+        self.broker_kills: list[float] = []
 
     async def colony_added(self, client: Client) -> bool:
         try:
@@ -326,7 +676,12 @@ class Run:
         while time.monotonic() < end:
             await asyncio.sleep(self.rng.uniform(0.3, 1.2))  # sleep-ok: random fault timing
             victim = self.rng.choice(self.children)
+            pid = victim.proc.pid if victim.alive and victim.proc is not None else 0
             victim.kill()
+            killed = time.time()  # once it is gone: every run it had has ended by now
+            self.killed_at[pid].append(killed)
+            if victim in self.brokers:
+                self.broker_kills.append(killed)
             self.kills["broker" if victim in self.brokers else "executor"] += 1
             await asyncio.sleep(self.rng.uniform(0.0, 0.6))  # sleep-ok: random down time
             victim.start()
@@ -373,10 +728,24 @@ async def test_killing_brokers_and_executors_loses_nothing(
             f"checker: kills {dict(run.kills)}; outcomes {dict(outcome)}; {retries} retries, "
             f"{losses} executor losses"
         )
-        problems = _check(run.accepted, events, final)
+        kv, keep = await _kv_history(js, Subjects(PREFIX))
+        for child in run.executors:  # every process ended: no run is left to record
+            child.stop()
+        runs = _read_runs(run.runs, run.killed_at, time.time())
+        overlaps = sum(
+            1
+            for a, b in itertools.combinations(runs, 2)
+            if a.process == b.process and a.start < b.end and b.start < a.end
+        )
+        print(f"checker: {len(runs)} runs recorded by the executors, {overlaps} overlapping")
+        problems = [
+            *_check(run.accepted, events, final),
+            *_check_kv(events, kv, keep),
+            *_check_runs(runs, events, run.broker_kills),
+            *_check_outcomes(run.accepted, final, runs),
+        ]
         assert not problems, "\n".join(problems[:50])
         assert len(run.accepted) == PROCESSES
-        assert outcome["SUCCESS"] > 0
     finally:
         for child in run.children:
             child.stop()
