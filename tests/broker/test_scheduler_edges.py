@@ -112,3 +112,19 @@ def test_deadlines_pop_when_due_and_in_order() -> None:
     assert len(heap) == 1
     assert heap.pop_due(100) == [("c", "late")]
     assert heap.pop_due(100) == []
+
+
+def test_place_in_the_queue_when_the_stale_entry_came_first() -> None:
+    q = WaitingQueue()
+    q.push(proc("a", 1), 1)
+    q.push(proc("b", 3), 1)
+    q.push(proc("a", 5), 2)  # re-queued behind b: its old entry (before b) is stale
+    assert q.ahead_of("a") == 1
+    assert q.ahead_of("b") == 0
+
+
+def test_an_assign_may_bound_cpu_and_not_mem_or_the_other_way() -> None:
+    cap = Capacity(name="e", location="", cpu_millis=4000, mem_bytes=100)
+    assert cap.within(1000, None) == dataclasses.replace(cap, cpu_millis=1000)
+    assert cap.within(None, 10) == dataclasses.replace(cap, mem_bytes=10)
+    assert cap.within(None, None) == cap
