@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import msgspec
 import pytest
 
 from colonyos.broker.scheduler import (
@@ -128,3 +129,87 @@ def test_an_assign_may_bound_cpu_and_not_mem_or_the_other_way() -> None:
     assert cap.within(1000, None) == dataclasses.replace(cap, cpu_millis=1000)
     assert cap.within(None, 10) == dataclasses.replace(cap, mem_bytes=10)
     assert cap.within(None, None) == cap
+
+
+def test_an_assign_bound_applies_where_the_executor_states_nothing() -> None:
+    unstated = Capacity(name="e", location="")
+    assert unstated.within(500, None) == dataclasses.replace(unstated, cpu_millis=500)
+    assert unstated.within(None, 64) == dataclasses.replace(unstated, mem_bytes=64)
+
+
+def _accepts(req_cond: dict[str, object], cap: Capacity) -> bool:
+    return Requirement.of(proc("p", 0, **req_cond).spec).accepts(cap)
+
+
+def test_location_and_gpu_name_must_be_equal_not_ordered_or_the_same_object() -> None:
+    built = "".join(["l", "ab"])  # equal to "lab", another object
+    assert _accepts({"location_name": "lab"}, Capacity(name="e", location=built))
+    for other in ("la", "lab2", "lb"):
+        assert not _accepts({"location_name": "lab"}, Capacity(name="e", location=other))
+    gpu = GPU(name="A100", count=1)
+    assert _accepts(
+        {"gpu": gpu}, Capacity(name="e", location="", gpu_count=1, gpu_name="".join(["A", "100"]))
+    )
+    for other in ("A10", "A1000", "B100"):
+        cap = Capacity(name="e", location="", gpu_count=1, gpu_name=other)
+        assert not _accepts({"gpu": gpu}, cap)
+
+
+def test_storage_alone_is_a_condition() -> None:
+    req = Requirement.of(proc("p", 0, storage="10Gi").spec)
+    assert req.storage_bytes == 10 * 2**30
+    assert not req.accepts(Capacity(name="e", location="", storage_bytes=2**30))
+    assert req.accepts(Capacity(name="e", location="", storage_bytes=20 * 2**30))
+
+
+def test_a_process_msgpack_cannot_hold_is_queued_without_a_body() -> None:
+    q = WaitingQueue()
+    big = msgspec.structs.replace(proc("big", 1), input=[2**70])
+    q.push(big, 3)
+    q.push(proc("small", 2), 4)
+    offer = Offer(Capacity(name="e", location=""))
+    assert q.pop_match("c", offer, "x") == ("big", None, 3)  # read back from KV
+    popped = q.pop_match("c", offer, "x")
+    assert popped is not None and popped[1] is not None and popped[1].process_id == "small"
+
+
+def test_removal_says_whether_it_removed_and_gives_its_body_room_back() -> None:
+    q = WaitingQueue(max_bodies=1)
+    q.push(proc("a", 1), 1)
+    assert q.remove("a") is True
+    assert q.remove("a") is False
+    assert q.remove("never") is False
+    q.push(proc("b", 2), 1)  # the room a's body took is free again
+    offer = Offer(Capacity(name="e", location=""))
+    popped = q.pop_match("c", offer, "x")
+    assert popped is not None and popped[1] is not None
+
+
+def test_bodies_stop_at_the_limit_past_small_numbers() -> None:
+    q = WaitingQueue(max_bodies=300)  # past the integers Python keeps as single objects
+    for i in range(301):
+        q.push(proc(f"p{i:03}", i), 1)
+    offer = Offer(Capacity(name="e", location=""))
+    bodies = [q.pop_match("c", offer, "x") for _ in range(301)]
+    assert [b is not None and b[1] is not None for b in bodies] == [True] * 300 + [False]
+
+
+def test_unpark_takes_only_the_waiter_given_and_says_so() -> None:
+    parked: ParkedAssigns[int] = ParkedAssigns()
+    offer = Offer(Capacity(name="e", location=""))
+    parked.park("c", "x", offer, 1)
+    parked.park("c", "x", offer, 3)
+    assert parked.unpark("c", "x", 2) is False  # neither 1 nor 3 is 2
+    assert len(parked) == 2
+    assert parked.unpark("c", "x", 3) is True
+    assert parked.all_waiters() == [1]
+    assert parked.unpark("other", "x", 1) is False
+
+
+def test_taking_an_executors_parked_assigns_takes_no_other() -> None:
+    parked: ParkedAssigns[str] = ParkedAssigns()
+    for executor_id in ("a", "b", "c"):
+        offer = Offer(Capacity(name=executor_id, location=""), executor_id=executor_id)
+        parked.park("c", "x", offer, f"w-{executor_id}")
+    assert parked.take_all_of("b") == ["w-b"]
+    assert sorted(parked.all_waiters()) == ["w-a", "w-c"]
