@@ -81,6 +81,9 @@ from colonyos.models import (
     ProcessState,
     WorkflowSpec,
 )
+from colonyos.security.claim import ConnectClaim
+from colonyos.security.keys import Identity, default_identity_path, load_identity
+from colonyos.security.permissions import inbox_prefix
 from colonyos.specs import check_function_spec
 from colonyos.subjects import SERVER_SCOPE, Subjects, check_name
 
@@ -97,6 +100,15 @@ _reply_decoder = msgspec.json.Decoder(Reply)
 _ASSIGN_MARGIN_S = 5.0
 # A prioritytime as wide as JSON writes one, for the largest a process record can be.
 _WIDEST_INT64 = -(2**63)
+
+
+def _identity(settings: Settings) -> Identity | None:
+    """The seed named by the settings (which must exist), else the default identity file if
+    there is one; None: connect without an identity (an insecure server)."""
+    if settings.identity is not None:
+        return load_identity(settings.identity)
+    default = default_identity_path()
+    return load_identity(default) if default.exists() else None
 
 
 def _new_id() -> str:
@@ -128,8 +140,18 @@ class Client:
     ) -> Client:
         settings = settings or Settings.from_env()
         caller = caller or default_caller()
-        _checked(settings, caller)  # a name that cannot be a subject token: say so, not "no broker"
-        nc = await connect_nats(settings.nats_url, name=name)
+        colony, caller, _ = _checked(settings, caller)  # not a subject token: say so first
+        identity = _identity(settings)
+        claim = ConnectClaim(prefix=settings.prefix, colony=colony, name=caller)
+        nc = await connect_nats(
+            settings.nats_url,
+            name=name,
+            seed=identity.seed if identity is not None else None,
+            token=claim.token() if identity is not None else None,
+            inbox_prefix=inbox_prefix(colony, caller),
+            who=f"{caller!r} in colony {colony!r}"
+            + (f" (key {identity.public_key})" if identity is not None else ""),
+        )
         return cls(nc, settings, caller)
 
     async def aclose(self) -> None:

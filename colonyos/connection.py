@@ -1,14 +1,20 @@
-"""Connecting to NATS: fail fast when nothing answers, then reconnect for ever."""
+"""Connecting to NATS: fail fast when nothing answers, then reconnect for ever.
+
+On a secure installation a connection proves who it is with an nkey (its seed never leaves
+this process) and says which colony and name it acts as (:class:`ConnectClaim`); the server
+asks the brokers' auth callout, which grants exactly that role's subjects.
+"""
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import nats
 import nats.errors
 from nats.aio.client import Client as NATS
 
-from colonyos.errors import BrokerUnavailableError
+from colonyos.errors import BrokerUnavailableError, NotAuthorizedError
 
 __all__ = ["connect_nats"]
 
@@ -17,12 +23,32 @@ logger = logging.getLogger(__name__)
 _INITIAL_CONNECT_ATTEMPTS = 3
 
 
-async def _quiet_error_cb(err: Exception) -> None:
-    logger.debug("nats: %s", err)
+async def connect_nats(
+    url: str,
+    *,
+    name: str,
+    seed: bytes | None = None,
+    token: str | None = None,
+    inbox_prefix: str | None = None,
+    who: str = "",
+) -> NATS:
+    """Connect, failing fast if no server answers; once connected, reconnect forever.
 
+    ``seed`` signs the server's nonce; ``token`` is the identity claim a member sends beside
+    it; ``who`` names the identity in a refusal ("alice in colony dev (key U...)")."""
+    errors: list[Exception] = []
 
-async def connect_nats(url: str, *, name: str) -> NATS:
-    """Connect, failing fast if no server answers; once connected, reconnect forever."""
+    async def error_cb(err: Exception) -> None:
+        errors.append(err)
+        logger.debug("nats: %s", err)
+
+    options: dict[str, Any] = {}
+    if seed is not None:
+        options["nkeys_seed_str"] = seed.decode()
+    if token is not None:
+        options["token"] = token
+    if inbox_prefix is not None:
+        options["inbox_prefix"] = inbox_prefix
     try:
         nc = await nats.connect(
             servers=[u.strip() for u in url.split(",") if u.strip()],
@@ -31,14 +57,35 @@ async def connect_nats(url: str, *, name: str) -> NATS:
             allow_reconnect=True,
             max_reconnect_attempts=_INITIAL_CONNECT_ATTEMPTS,
             reconnect_time_wait=0.5,
-            error_cb=_quiet_error_cb,
+            error_cb=error_cb,
+            **options,
         )
-    except (OSError, nats.errors.NoServersError, nats.errors.TimeoutError) as err:
-        raise BrokerUnavailableError(
-            f"cannot reach NATS at {url}: is the server running? "
-            "('colonies dev' or 'colonies server start' starts one)",
-            nats_url=url,
-        ) from err
+    except (OSError, nats.errors.Error) as err:
+        if any("authorization violation" in str(e).lower() for e in [*errors, err]):
+            raise _refused(url, who, seed is not None) from err
+        if isinstance(err, OSError | nats.errors.NoServersError | nats.errors.TimeoutError):
+            raise BrokerUnavailableError(
+                f"cannot reach NATS at {url}: is the server running? "
+                "('colonies dev' or 'colonies server start' starts one)",
+                nats_url=url,
+            ) from err
+        raise
     # The server was reachable: from now on, ride out restarts however long they take.
     nc.options["max_reconnect_attempts"] = -1
     return nc
+
+
+def _refused(url: str, who: str, with_key: bool) -> NotAuthorizedError:
+    if not with_key:
+        return NotAuthorizedError(
+            f"not allowed: the NATS server at {url} is secure and this connection has no "
+            "identity; name your key with --identity or COLONIES_IDENTITY "
+            "(make one with 'colonies key generate')",
+            nats_url=url,
+        )
+    return NotAuthorizedError(
+        f"not allowed: the NATS server at {url} refused {who or 'this identity'}: the colony "
+        "does not exist, the name belongs to another key, or the key is not a member; the "
+        "colony owner adds it with 'colonies user add --name NAME --key PUBLIC_KEY'",
+        nats_url=url,
+    )

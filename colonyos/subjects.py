@@ -158,6 +158,11 @@ class Subjects:
         return f"{self.prefix}-colonies"
 
     @property
+    def bucket_members(self) -> str:
+        """Who may connect: each member's public key and role, by colony and name."""
+        return f"{self.prefix}-members"
+
+    @property
     def bucket_graphs(self) -> str:
         return f"{self.prefix}-graphs"
 
@@ -183,6 +188,10 @@ class Subjects:
     @staticmethod
     def process_key(colony: str, process_id: str) -> str:
         return f"{colony}.{process_id}"
+
+    @staticmethod
+    def member_key(colony: str, name: str) -> str:
+        return f"{colony}.{name}"
 
     @staticmethod
     def executor_key(colony: str, executor_name: str) -> str:

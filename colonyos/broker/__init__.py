@@ -22,6 +22,7 @@ from nats.js.api import AckPolicy, ConsumerConfig
 
 from colonyos import limits
 from colonyos.broker.admin import Admin
+from colonyos.broker.callout import Callout
 from colonyos.broker.explain import Explainer
 from colonyos.broker.feed import PullFeed
 from colonyos.broker.index import ProcessIndex
@@ -36,6 +37,8 @@ from colonyos.broker.store import ProcessStore
 from colonyos.broker.workflows import Workflows
 from colonyos.config import BrokerSettings
 from colonyos.connection import connect_nats
+from colonyos.security.members import MemberBook
+from colonyos.security.serverconf import ServerKeys
 from colonyos.subjects import Subjects
 
 __all__ = ["Broker"]
@@ -65,6 +68,8 @@ class Broker:
         self._stopping = asyncio.Event()
         self._inflight: set[asyncio.Task[None]] = set()
         self.service: Service | None = None
+        # The membership book, on a secure installation (keys_dir set).
+        self.members: MemberBook | None = None
 
     def stop(self) -> None:
         self._stopping.set()
@@ -72,7 +77,12 @@ class Broker:
     async def run(self) -> None:
         s = self.settings
         async with AsyncExitStack() as stack:
-            nc = await connect_nats(s.nats_url, name=f"colonies-broker-{self.broker_id}")
+            keys = ServerKeys.load(s.keys_dir) if s.keys_dir is not None else None
+            nc = await connect_nats(
+                s.nats_url,
+                name=f"colonies-broker-{self.broker_id}",
+                seed=keys.broker.seed if keys is not None else None,
+            )
             stack.push_async_callback(self._drain, nc)
             store = ProcessStore(
                 nc,
@@ -85,6 +95,15 @@ class Broker:
             if not await self._setup(store):
                 return
             stack.push_async_callback(store.close)
+            if keys is not None:
+                # Every broker, leading or not, lets members in: it needs only the book.
+                self.members = MemberBook(
+                    store.js, self.subjects, storage=s.storage, replicas=s.replicas
+                )
+                await self.members.start()
+                callout = Callout(s.nats_url, self.subjects, keys, self.members)
+                await callout.start()
+                stack.push_async_callback(callout.stop)
             lease = Lease(store.leases, _LEASE_KEY, self.broker_id, s.lease_ttl_s)
             stack.push_async_callback(lease.release)
             self.ready.set()
