@@ -8,11 +8,12 @@ import signal
 from collections.abc import Iterator
 from pathlib import Path
 
+import msgspec
 import typer
 
 from colonyos.broker import Broker
 from colonyos.client import Client
-from colonyos.config import DEFAULT_NATS_URL, BrokerSettings, Settings
+from colonyos.config import DEFAULT_NATS_URL, BrokerSettings, Settings, default_caller
 from colonyos.errors import ConflictError
 from colonyos.executor import ExecutorApp
 from colonyos.natsserver import (
@@ -22,6 +23,17 @@ from colonyos.natsserver import (
     StoreInUseError,
     packaged_config,
 )
+from colonyos.security.keys import (
+    Identity,
+    default_identity_path,
+    generate,
+    load_identity,
+    write_seed,
+)
+from colonyos.security.members import Member
+from colonyos.security.permissions import Role
+from colonyos.security.serverconf import ServerKeys, secure_config
+from colonyos.subjects import SERVER_SCOPE
 
 from ._common import settings_of
 from ._executors import build_executor
@@ -79,6 +91,34 @@ def _config(path: Path | None) -> Iterator[Path]:
         yield packaged
 
 
+_INSECURE = typer.Option(
+    False,
+    "--insecure",
+    help="No identities: anyone who reaches the server may do anything (experiments only).",
+)
+
+
+def _secure_config(data_dir: Path, base: Path) -> tuple[Path, Path]:
+    """The installation's keys (made on first start) and the server config with the auth
+    callout, written before the server starts (the callout cannot be added by a reload)."""
+    keys_dir = data_dir / "keys"
+    keys = ServerKeys.load_or_create(keys_dir)
+    config = data_dir / "nats-secure.conf"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    config.write_text(secure_config(base.read_text(), keys))
+    return config, keys_dir
+
+
+def _local_identity(settings: Settings) -> tuple[Identity, Path, bool]:
+    """This user's key (made at the default place on first start); True if made now."""
+    path = settings.identity or default_identity_path()
+    if path.exists():
+        return load_identity(path), path, False
+    identity = generate()
+    write_seed(path, identity)
+    return identity, path, True
+
+
 def _start_server(data_dir: Path, port: int, http_port: int | None, config: Path) -> NatsServer:
     server = NatsServer(
         data_dir / "jetstream", port=port, http_port=_http_port(port, http_port), config=config
@@ -116,17 +156,31 @@ async def _serve(
     config: Path,
     *,
     dev: bool,
+    insecure: bool,
 ) -> None:
     async with contextlib.AsyncExitStack() as stack:
+        keys_dir = None
+        if insecure:
+            console.print(
+                "[bold red]INSECURE:[/] no identities; anyone who can reach this server may "
+                "submit, read, cancel and approve anything in any colony"
+            )
+        else:
+            config, keys_dir = _secure_config(data_dir, config)
         server = _start_server(data_dir, port, http_port, config)
         stack.callback(server.stop)
-        settings = Settings(nats_url=server.url, colony=settings.colony, prefix=settings.prefix)
+        settings = msgspec.structs.replace(settings, nats_url=server.url)
         broker = Broker(
-            BrokerSettings.from_env(nats_url=server.url, prefix=settings.prefix, data_dir=data_dir)
+            BrokerSettings.from_env(
+                nats_url=server.url, prefix=settings.prefix, data_dir=data_dir, keys_dir=keys_dir
+            )
         )
         broker_task = asyncio.create_task(broker.run())
         stack.push_async_callback(_stop_broker, broker, broker_task)
         await _wait_ready(broker, broker_task, lead=True)
+        you = None
+        if keys_dir is not None:
+            you = await _enrol_local_user(broker, settings)
         executor_task = None
         if dev:
             async with await Client.connect(settings, name="colonies-dev") as client:
@@ -136,9 +190,27 @@ async def _serve(
             executor_task = asyncio.create_task(executor.run())
             stack.push_async_callback(_stop_executor, executor, executor_task)
             await executor.ready.wait()
-        _banner(server, data_dir, settings, dev)
+        _banner(server, data_dir, settings, dev, you)
         await _until_signalled()
         console.print("stopping…")
+
+
+async def _enrol_local_user(broker: Broker, settings: Settings) -> str:
+    """The user who starts the server owns it: its key (made now if it has none) is recorded
+    as server owner under its name. Returns what to say about it."""
+    identity, path, made = _local_identity(settings)
+    name = settings.caller or default_caller()
+    assert broker.members is not None
+    await broker.members.put(
+        Member(
+            colony_name=SERVER_SCOPE,
+            name=name,
+            public_key=identity.public_key,
+            role=Role.SERVER_OWNER,
+        )
+    )
+    made_text = "made now, " if made else ""
+    return f"{name} (server owner; key {identity.public_key[:12]}…, {made_text}seed in {path})"
 
 
 async def _wait_ready(broker: Broker, task: asyncio.Task[None], *, lead: bool = False) -> None:
@@ -160,8 +232,12 @@ async def _stop_executor(executor: ExecutorApp, task: asyncio.Task[int]) -> None
     await task
 
 
-def _banner(server: NatsServer, data_dir: Path, settings: Settings, dev: bool) -> None:
+def _banner(
+    server: NatsServer, data_dir: Path, settings: Settings, dev: bool, you: str | None
+) -> None:
     console.print(f"[green]NATS[/] {server.url}   data in {data_dir}/   prefix {settings.prefix}")
+    if you is not None:
+        console.print(f"[green]secure[/] you are {you}", soft_wrap=True)
     if server.monitor_url is not None:
         console.print(f"[green]monitoring[/] {server.monitor_url}/varz")
     console.print("[green]broker[/] ready")
@@ -199,9 +275,10 @@ def _run_server(
     config: Path | None,
     *,
     dev: bool,
+    insecure: bool,
 ) -> None:
     with _config(config) as conf:
-        run(_serve(settings_of(ctx), data_dir, port, http_port, conf, dev=dev))
+        run(_serve(settings_of(ctx), data_dir, port, http_port, conf, dev=dev, insecure=insecure))
 
 
 @server_app.command("start")
@@ -211,9 +288,11 @@ def server_start(
     port: int = _PORT,
     http_port: int | None = _HTTP_PORT,
     config: Path | None = _CONFIG,
+    insecure: bool = _INSECURE,
 ) -> None:
-    """Start an embedded NATS server (JetStream) and a broker, in the foreground."""
-    _run_server(ctx, data_dir, port, http_port, config, dev=False)
+    """Start an embedded NATS server (JetStream) and a broker, in the foreground. Secure
+    unless --insecure: you (your key) own the server."""
+    _run_server(ctx, data_dir, port, http_port, config, dev=False, insecure=insecure)
 
 
 @broker_app.command("start")
@@ -225,9 +304,13 @@ def broker_start(
     settings = settings_of(ctx)
 
     async def go() -> None:
+        keys_dir = data_dir / "keys"
         broker = Broker(
             BrokerSettings.from_env(
-                nats_url=settings.nats_url, prefix=settings.prefix, data_dir=data_dir
+                nats_url=settings.nats_url,
+                prefix=settings.prefix,
+                data_dir=data_dir,
+                keys_dir=keys_dir if keys_dir.is_dir() else None,
             )
         )
         task = asyncio.create_task(broker.run())
@@ -247,6 +330,8 @@ def dev(
     port: int = _PORT,
     http_port: int | None = _HTTP_PORT,
     config: Path | None = _CONFIG,
+    insecure: bool = _INSECURE,
 ) -> None:
-    """Everything for development: NATS, a broker, colony 'dev' and an echo executor."""
-    _run_server(ctx, data_dir, port, http_port, config, dev=True)
+    """Everything for development: NATS, a broker, colony 'dev' and an echo executor. Secure
+    unless --insecure: you (your key) own the server and colony 'dev'."""
+    _run_server(ctx, data_dir, port, http_port, config, dev=True, insecure=insecure)

@@ -18,7 +18,7 @@ import secrets
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import msgspec
 import nats
@@ -28,7 +28,7 @@ from nats.aio.client import Client as NATS
 
 from colonyos import limits
 from colonyos.config import Settings, default_caller
-from colonyos.connection import connect_nats
+from colonyos.connection import connect_nats, denied
 from colonyos.errors import (
     AssignTimeoutError,
     BrokerUnavailableError,
@@ -36,6 +36,7 @@ from colonyos.errors import (
     ConflictError,
     ErrorReply,
     InvalidSpecError,
+    NotAuthorizedError,
     ProcessExistsError,
 )
 from colonyos.events import EventStream, ProcessWatch, read_logs
@@ -57,6 +58,7 @@ from colonyos.messages import (
     ListGraphs,
     ListProcesses,
     LogLines,
+    MemberAdd,
     Named,
     Outcome,
     ProcessEvent,
@@ -83,6 +85,7 @@ from colonyos.models import (
 )
 from colonyos.security.claim import ConnectClaim
 from colonyos.security.keys import Identity, default_identity_path, load_identity
+from colonyos.security.members import Member
 from colonyos.security.permissions import inbox_prefix
 from colonyos.specs import check_function_spec
 from colonyos.subjects import SERVER_SCOPE, Subjects, check_name
@@ -128,21 +131,33 @@ def _checked(settings: Settings, caller: str) -> tuple[str, str, Subjects]:
 class Client:
     """One NATS connection, speaking for one caller (a user or an executor) in one colony."""
 
-    def __init__(self, nc: NATS, settings: Settings, caller: str) -> None:
+    def __init__(
+        self, nc: NATS, settings: Settings, caller: str, identity: Identity | None = None
+    ) -> None:
         self.nc = nc
         self.js = nc.jetstream()
         self.settings = settings
         self.colony, self.caller, self.subjects = _checked(settings, caller)
+        # The key this connection proved it holds; its rights were decided when it connected.
+        self.identity = identity
 
     @classmethod
     async def connect(
-        cls, settings: Settings | None = None, *, caller: str | None = None, name: str = "colonies"
+        cls,
+        settings: Settings | None = None,
+        *,
+        caller: str | None = None,
+        name: str = "colonies",
+        executor: bool = False,
     ) -> Client:
+        """Connect as ``caller`` (default: the settings' caller, else the login name) in the
+        settings' colony. ``executor``: an executor's connection, which on a secure
+        installation may take a free name to register under."""
         settings = settings or Settings.from_env()
-        caller = caller or default_caller()
+        caller = caller or settings.caller or default_caller()
         colony, caller, _ = _checked(settings, caller)  # not a subject token: say so first
         identity = _identity(settings)
-        claim = ConnectClaim(prefix=settings.prefix, colony=colony, name=caller)
+        claim = ConnectClaim(prefix=settings.prefix, colony=colony, name=caller, executor=executor)
         nc = await connect_nats(
             settings.nats_url,
             name=name,
@@ -152,7 +167,7 @@ class Client:
             who=f"{caller!r} in colony {colony!r}"
             + (f" (key {identity.public_key})" if identity is not None else ""),
         )
-        return cls(nc, settings, caller)
+        return cls(nc, settings, caller, identity)
 
     async def aclose(self) -> None:
         try:
@@ -177,6 +192,14 @@ class Client:
         await self.aclose()
 
     # -- plumbing -----------------------------------------------------------------------
+    def _not_allowed(self, what: str, subject: str) -> NotAuthorizedError:
+        return NotAuthorizedError(
+            f"not allowed: the server refused {what!r} to {self.caller!r} in colony "
+            f"{self.colony!r} (it may not publish to {subject}): the colony owner decides "
+            "who may do what; a new role takes effect on the next connection",
+            subject=subject,
+        )
+
     async def _request(
         self,
         op: str,
@@ -197,6 +220,8 @@ class Client:
                 "'colonies broker start'"
             ) from err
         except nats.errors.TimeoutError as err:
+            if denied(self.nc, subject):
+                raise self._not_allowed(op, subject) from err
             raise BrokerUnavailableError(f"the broker did not answer {op!r} in time") from err
         except nats.errors.MaxPayloadError as err:
             raise InvalidSpecError(f"{op} request is too large for the server: {err}") from err
@@ -329,6 +354,8 @@ class Client:
                 "no JetStream stream takes specs yet: has a broker ever started on this server?"
             ) from err
         except nats.errors.TimeoutError as err:
+            if denied(self.nc, subject):
+                raise self._not_allowed("submit", subject) from err
             raise BrokerUnavailableError("JetStream did not acknowledge the spec in time") from err
 
     def watch(self, process_id: str, *, colony: str | None = None) -> ProcessWatch:
@@ -609,9 +636,34 @@ class Client:
         return read_logs(self, process_id, follow=follow)
 
     # -- colonies and executors (owner operations) --------------------------------------
-    async def colony_add(self, name: str, *, auto_approve: bool = False) -> Colony:
+    async def colony_add(
+        self, name: str, *, auto_approve: bool = False, owner_key: str = "", owner_name: str = ""
+    ) -> Colony:
+        """Create a colony (a server owner's request). Its owner is ``owner_key`` under
+        ``owner_name``; by default, on a secure installation, the server owner who asks."""
         colony = Colony(name=check_name("colony", name), auto_approve=auto_approve)
-        return await self._must("colony_add", ColonyAdd(colony=colony), Colony, colony=SERVER_SCOPE)
+        body = ColonyAdd(colony=colony, owner_key=owner_key, owner_name=owner_name)
+        return await self._must("colony_add", body, Colony, colony=SERVER_SCOPE)
+
+    # -- members (a colony owner's requests) ---------------------------------------------
+    async def member_add(
+        self,
+        name: str,
+        public_key: str,
+        *,
+        role: Literal["user", "colony-owner", "executor"] = "user",
+        executor_type: str = "",
+    ) -> Member:
+        """Let the holder of ``public_key`` in as ``name``: a ``user``, a ``colony-owner``,
+        or an ``executor`` of ``executor_type`` approved ahead of its first start."""
+        body = MemberAdd(name=name, public_key=public_key, role=role, executor_type=executor_type)
+        return await self._must("member_add", body, Member)
+
+    async def member_list(self) -> list[Member]:
+        return await self._request("member_list", Empty(), list[Member]) or []
+
+    async def member_remove(self, name: str) -> None:
+        await self._request("member_remove", Named(name=name), type(None))
 
     async def colony_list(self) -> list[Colony]:
         return await self._request("colony_list", Empty(), list[Colony], colony=SERVER_SCOPE) or []

@@ -59,6 +59,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # The seed file of this party's nkey (colonies key generate); None: $COLONIES_IDENTITY,
     # else the default identity file when it exists, else no identity (insecure servers).
     identity: Path | None = None
+    # The name a user acts under (the rpc caller token); None: the login name. Executors act
+    # under their own names.
+    caller: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -72,6 +75,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             values["request_timeout_s"] = float(env["COLONIES_REQUEST_TIMEOUT"])
         if "COLONIES_IDENTITY" in env:
             values["identity"] = env["COLONIES_IDENTITY"]
+        if "COLONIES_USER" in env:
+            values["caller"] = env["COLONIES_USER"]
         values.update({k: v for k, v in overrides.items() if v is not None})
         return msgspec.convert(values, cls, strict=False)
 

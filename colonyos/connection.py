@@ -7,20 +7,32 @@ asks the brokers' auth callout, which grants exactly that role's subjects.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import re
+import weakref
 from typing import Any
 
-import nats
 import nats.errors
 from nats.aio.client import Client as NATS
 
 from colonyos.errors import BrokerUnavailableError, NotAuthorizedError
 
-__all__ = ["connect_nats"]
+__all__ = ["connect_nats", "denied"]
 
 logger = logging.getLogger(__name__)
 
 _INITIAL_CONNECT_ATTEMPTS = 3
+# 'Permissions Violation for Publish to "colonies.b.specs.echo"' (nats-py lowercases it).
+_VIOLATION = re.compile(r'permissions violation for (publish|subscription) to "([^"]+)"', re.I)
+# What the server refused each connection, by subject: nats-py reports a refusal only to the
+# error callback, and the request itself then just times out.
+_denials: weakref.WeakKeyDictionary[NATS, dict[str, str]] = weakref.WeakKeyDictionary()
+
+
+def denied(nc: NATS, subject: str) -> str | None:
+    """``publish`` or ``subscription`` if the server refused ``subject`` to this connection."""
+    return _denials.get(nc, {}).get(subject)
 
 
 async def connect_nats(
@@ -37,9 +49,15 @@ async def connect_nats(
     ``seed`` signs the server's nonce; ``token`` is the identity claim a member sends beside
     it; ``who`` names the identity in a refusal ("alice in colony dev (key U...)")."""
     errors: list[Exception] = []
+    refused: dict[str, str] = {}
 
     async def error_cb(err: Exception) -> None:
-        errors.append(err)
+        if m := _VIOLATION.search(str(err)):
+            refused[m[2]] = m[1].lower()
+            if len(refused) > 1000:  # a long-lived connection refused many subjects
+                refused.pop(next(iter(refused)))
+        else:
+            errors.append(err)
         logger.debug("nats: %s", err)
 
     options: dict[str, Any] = {}
@@ -49,18 +67,21 @@ async def connect_nats(
         options["token"] = token
     if inbox_prefix is not None:
         options["inbox_prefix"] = inbox_prefix
+    nc = NATS()
     try:
-        nc = await nats.connect(
+        await nc.connect(
             servers=[u.strip() for u in url.split(",") if u.strip()],
             name=name,
             connect_timeout=2,
             allow_reconnect=True,
             max_reconnect_attempts=_INITIAL_CONNECT_ATTEMPTS,
-            reconnect_time_wait=0.5,
+            reconnect_time_wait=0.5,  # type: ignore[arg-type]  # annotated int; a float works
             error_cb=error_cb,
             **options,
         )
     except (OSError, nats.errors.Error) as err:
+        with contextlib.suppress(Exception):
+            await nc.close()  # a refused connection leaves its socket open otherwise
         if any("authorization violation" in str(e).lower() for e in [*errors, err]):
             raise _refused(url, who, seed is not None) from err
         if isinstance(err, OSError | nats.errors.NoServersError | nats.errors.TimeoutError):
@@ -72,6 +93,7 @@ async def connect_nats(
         raise
     # The server was reachable: from now on, ride out restarts however long they take.
     nc.options["max_reconnect_attempts"] = -1
+    _denials[nc] = refused
     return nc
 
 

@@ -267,6 +267,8 @@ class ExecutorApp:
         self._ended_by = None
         try:
             client = await self._connect(burst)
+            if client is not None and client.identity is not None:
+                client = await self._with_executor_rights(client, burst)
             if client is not None:
                 async with client:
                     await self._run_connected(client, burst)
@@ -284,7 +286,7 @@ class ExecutorApp:
         delay = 1.0
         while not self._stopping.is_set():
             connecting = asyncio.ensure_future(
-                Client.connect(self.settings, caller=self.name, name=self.name)
+                Client.connect(self.settings, caller=self.name, name=self.name, executor=True)
             )
             if not await self._until_done(connecting):
                 await _abandon(connecting)
@@ -301,6 +303,22 @@ class ExecutorApp:
             await pause(delay, self._stopping)
             delay = min(delay * 2, RETRY_MAX_S)
         return None
+
+    async def _with_executor_rights(self, client: Client, burst: bool) -> Client | None:
+        """On a secure installation a connection's rights are decided when it connects: a
+        first start registers (and waits for approval) on a connection that may only do that,
+        then connects again as the approved executor. None if stopped meanwhile."""
+        async with client:
+            control = await client.nc.subscribe(
+                client.subjects.control(client.colony, self.name), cb=self._on_control
+            )
+            if await self._register(client, burst) is None:
+                return None
+            if not await self._approved(client, burst):
+                return None
+            with contextlib.suppress(nats.errors.Error):
+                await control.unsubscribe()
+        return await self._connect(burst)
 
     async def _run_connected(self, client: Client, burst: bool) -> None:
         if await self._register(client, burst) is None:

@@ -9,7 +9,7 @@ expects) or ``error``.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, TypeAlias
+from typing import Annotated, Any, Literal, TypeAlias
 
 import msgspec
 from msgspec import Meta
@@ -292,6 +292,20 @@ class Named(Model, kw_only=True):
 
 class ColonyAdd(Model, kw_only=True):
     colony: Colony
+    # Its owner: a public key (``U...``) and the name it acts under in the colony. On a secure
+    # installation an empty key makes the server owner who adds it its owner.
+    owner_key: str = ""
+    owner_name: str = ""
+
+
+class MemberAdd(Model, kw_only=True):
+    """A colony owner adds a member: a user (or a co-owner), or an executor it approves ahead
+    of its first start (``executor_type`` then says which type it registers as)."""
+
+    name: str
+    public_key: str
+    role: Literal["user", "colony-owner", "executor"] = "user"
+    executor_type: str = ""
 
 
 class RemoveAll(Model, kw_only=True):

@@ -29,6 +29,7 @@ from colonyos.broker.index import ProcessIndex
 from colonyos.broker.intake import Intake
 from colonyos.broker.lease import Lease
 from colonyos.broker.lifecycle import Lifecycle
+from colonyos.broker.membership import Membership
 from colonyos.broker.registry import Registry
 from colonyos.broker.removal import Removal
 from colonyos.broker.retention import Retention
@@ -68,7 +69,7 @@ class Broker:
         self._stopping = asyncio.Event()
         self._inflight: set[asyncio.Task[None]] = set()
         self.service: Service | None = None
-        # The membership book, on a secure installation (keys_dir set).
+        # Who may connect, as whom (used by the auth callout on a secure installation).
         self.members: MemberBook | None = None
 
     def stop(self) -> None:
@@ -95,12 +96,12 @@ class Broker:
             if not await self._setup(store):
                 return
             stack.push_async_callback(store.close)
+            self.members = MemberBook(
+                store.js, self.subjects, storage=s.storage, replicas=s.replicas
+            )
+            await self.members.start()
             if keys is not None:
                 # Every broker, leading or not, lets members in: it needs only the book.
-                self.members = MemberBook(
-                    store.js, self.subjects, storage=s.storage, replicas=s.replicas
-                )
-                await self.members.start()
                 callout = Callout(s.nats_url, self.subjects, keys, self.members)
                 await callout.start()
                 stack.push_async_callback(callout.stop)
@@ -156,7 +157,9 @@ class Broker:
             service = Service(
                 store, index, self.subjects, max_executor_losses=s.max_executor_losses
             )
-            Admin(service, liveness_s=s.executor_liveness_s)
+            admin = Admin(service, liveness_s=s.executor_liveness_s)
+            assert self.members is not None
+            Membership(service, admin, self.members, secure=s.keys_dir is not None)
             Explainer(service, liveness_s=s.executor_liveness_s)
             workflows = Workflows(service)
             removal = Removal(service, workflows)

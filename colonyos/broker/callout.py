@@ -109,7 +109,9 @@ class Callout:
             raise Refused("connect with a user nkey (colonies key generate)")
         if not _signed(request):
             raise Refused("the nkey's signature of the server's nonce is wrong")
-        roles = await self.book.roles_of(claim.colony, claim.name, request.key)
+        roles = await self.book.roles_of(
+            claim.colony, claim.name, request.key, executor=claim.executor
+        )
         granted = grants(self.subjects, claim.colony, claim.name, roles)
         logger.debug("granted %s in %s as %s", claim.name, claim.colony, roles)
         return jwt.user_jwt(

@@ -173,6 +173,9 @@ class Service:
         """The most a reply's result may hold: a reply is one NATS message."""
         return record_limit(self.store.nc.max_payload)
 
+    # The role rules of a secure installation (broker/membership.py): raises to refuse.
+    authorize: Callable[[str, str, str], Awaitable[None]] | None = None
+
     def register_ops(self, **ops: tuple[type[Any], Handler]) -> None:
         """Add request operations (name -> (request type, handler)) served by another part."""
         for name, (request_type, handler) in ops.items():
@@ -319,6 +322,8 @@ class Service:
                 raise from_validation_error(err, f"bad {op} request") from err
             except msgspec.DecodeError as err:
                 raise InvalidSpecError(f"malformed {op} request: {err}", op=op) from err
+            if self.authorize is not None:
+                await self.authorize(colony, caller, op)
             if colony != SERVER_SCOPE and op not in ("colony_add", "colony_get"):
                 self.colony(colony)
                 known = self.executors.get((colony, caller))

@@ -13,6 +13,9 @@ class ConnectClaim(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     prefix: str
     colony: str
     name: str
+    # An executor may take a free name (it then registers, pending approval); a user's
+    # connection under a name that is not a member's is refused.
+    executor: bool = False
 
     def token(self) -> str:
         return msgspec.json.encode(self).decode()

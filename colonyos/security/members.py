@@ -31,6 +31,9 @@ class Member(Model, kw_only=True):
     name: str
     public_key: str
     role: Role
+    # Removed by the colony owner: the record stays, so that the name is not free for anyone
+    # who connects next (an owner may add it again).
+    removed: bool = False
 
 
 class Refused(Exception):
@@ -79,12 +82,13 @@ class MemberBook:
         return _member_decoder.decode(entry.value) if entry.value else None
 
     async def list(self, colony: str) -> list[Member]:
+        head = self.subjects.member_key(colony, "")
         try:
-            keys = await self.members.keys(filters=[self.subjects.member_key(colony, "*")])
+            keys = await self.members.keys()  # nats-py's filters match substrings
         except nats.js.errors.NoKeysError:
             return []
-        found = [await self.get(colony, key.split(".", 1)[1]) for key in keys]
-        return sorted((m for m in found if m is not None), key=lambda m: m.name)
+        found = [await self.get(colony, key[len(head) :]) for key in keys if key.startswith(head)]
+        return sorted((m for m in found if m is not None and not m.removed), key=lambda m: m.name)
 
     async def _executor_state(self, colony: str, name: str) -> ExecutorState | None:
         assert self._executors is not None
@@ -115,6 +119,9 @@ class MemberBook:
             await self.members.create(key, msgspec.json.encode(member))
         except nats.js.errors.KeyWrongLastSequenceError:
             held = await self.get(member.colony_name, member.name)
+            if held is not None and held.removed:
+                await self.put(member)  # the owner adds a removed name again
+                return member
             if held is None or held.public_key != member.public_key:
                 raise Refused(
                     f"the name {member.name!r} is taken in colony {member.colony_name!r}"
@@ -124,43 +131,54 @@ class MemberBook:
         return member
 
     async def remove(self, colony: str, name: str) -> bool:
-        """Forget a member; its next connection is refused (or, for a free name, pending)."""
-        if await self.get(colony, name) is None:
+        """Remove a member: its next connection is refused. The name stays taken (by the
+        record marked removed) until the owner adds it again."""
+        held = await self.get(colony, name)
+        if held is None or held.removed:
             return False
-        await self.members.delete(self.subjects.member_key(colony, name))
+        await self.put(msgspec.structs.replace(held, removed=True))
         return True
 
     # -- deciding ---------------------------------------------------------------------------
-    async def roles_of(self, colony: str, name: str, public_key: str) -> tuple[Role, ...]:
+    async def roles_of(
+        self, colony: str, name: str, public_key: str, *, executor: bool = False
+    ) -> tuple[Role, ...]:
         """The roles of a connection that proved it holds ``public_key`` and asks to act as
-        ``name`` in ``colony``; :class:`Refused` says why it has none. A server owner has that
-        role on a connection to any colony, under the same name and key (so that one CLI can
-        add a colony and then use it)."""
+        ``name`` in ``colony`` (``executor``: as an executor, which may take a free name);
+        :class:`Refused` says why it has none. A server owner has that role on a connection
+        to any colony, under the same name and key (so that one CLI can add a colony and then
+        use it)."""
         owner = await self.get(SERVER_SCOPE, name)
-        server_owner = owner is not None and owner.public_key == public_key
+        server_owner = owner is not None and owner.public_key == public_key and not owner.removed
         extra = (Role.SERVER_OWNER,) if server_owner else ()
-        if colony == SERVER_SCOPE:
-            if not server_owner:
-                raise Refused(f"{name!r} with this key is not an owner of this server")
-            return extra
-        if not await self._colony_exists(colony):
+        if colony == SERVER_SCOPE or not await self._colony_exists(colony):
             if server_owner:
                 return extra
+            if colony == SERVER_SCOPE:
+                raise Refused(f"{name!r} with this key is not an owner of this server")
             raise Refused(f"there is no colony {colony!r}")
         held = await self.get(colony, name)
         if held is None and server_owner:
             return extra
+        if held is None and not executor:
+            raise Refused(f"{name!r} is not a member of colony {colony!r}")
         if held is None:  # a free name: an executor that comes to register takes it
             held = await self.add(
                 Member(colony_name=colony, name=name, public_key=public_key, role=Role.EXECUTOR)
             )
+        return (await self._member_role(held, public_key), *extra)
+
+    async def _member_role(self, held: Member, public_key: str) -> Role:
+        colony, name = held.colony_name, held.name
         if held.public_key != public_key:
             raise Refused(f"the name {name!r} in colony {colony!r} belongs to another key")
+        if held.removed:
+            raise Refused(f"{name!r} was removed from colony {colony!r} by its owner")
         if held.role is not Role.EXECUTOR:
-            return (held.role, *extra)
+            return held.role
         state = await self._executor_state(colony, name)
         if state is ExecutorState.APPROVED:
-            return (Role.EXECUTOR, *extra)
+            return Role.EXECUTOR
         if state is ExecutorState.REJECTED:
             raise Refused(f"executor {name!r} was rejected by the owner of colony {colony!r}")
-        return (Role.PENDING_EXECUTOR, *extra)
+        return Role.PENDING_EXECUTOR

@@ -127,13 +127,21 @@ async def enroll(book: MemberBook, party: Party, colony: str, role: Role) -> Non
 
 
 @pytest.fixture
-async def owner(make_party: object, book: MemberBook) -> AsyncIterator[Client]:
-    """The server owner ``root``, who made colony ``dev`` (auto-approve) and owns it."""
-    party = make_party("root")  # type: ignore[operator]
+async def root(make_party: object, book: MemberBook) -> Party:
+    """The server owner ``root``."""
+    party: Party = make_party("root")  # type: ignore[operator]
     await enroll(book, party, SERVER_SCOPE, Role.SERVER_OWNER)
-    client = await party.client()
-    await client.colony_add(COLONY, auto_approve=True)
-    await enroll(book, party, COLONY, Role.COLONY_OWNER)
+    return party
+
+
+@pytest.fixture
+async def owner(root: Party) -> AsyncIterator[Client]:
+    """``root``'s client in colony ``dev``, which it made (auto-approve) and so owns. A
+    connection's rights are decided when it connects: the owner of the new colony connects
+    again."""
+    async with await root.client() as first:
+        await first.colony_add(COLONY, auto_approve=True)
+    client = await root.client()
     yield client
     await client.aclose()
 
