@@ -27,6 +27,7 @@ from colonyos.broker.explain import Explainer
 from colonyos.broker.feed import PullFeed
 from colonyos.broker.index import ProcessIndex
 from colonyos.broker.intake import Intake
+from colonyos.broker.kicker import Kicker
 from colonyos.broker.lease import Lease
 from colonyos.broker.lifecycle import Lifecycle
 from colonyos.broker.membership import Membership
@@ -71,6 +72,7 @@ class Broker:
         self.service: Service | None = None
         # Who may connect, as whom (used by the auth callout on a secure installation).
         self.members: MemberBook | None = None
+        self._kicker: Kicker | None = None
 
     def stop(self) -> None:
         self._stopping.set()
@@ -105,6 +107,11 @@ class Broker:
                 callout = Callout(s.nats_url, self.subjects, keys, self.members)
                 await callout.start()
                 stack.push_async_callback(callout.stop)
+                system = await connect_nats(
+                    s.nats_url, name="colonies-broker-system", seed=keys.system.seed
+                )
+                stack.push_async_callback(self._drain, system)
+                self._kicker = Kicker(system, s.prefix)
             lease = Lease(store.leases, _LEASE_KEY, self.broker_id, s.lease_ttl_s)
             stack.push_async_callback(lease.release)
             self.ready.set()
@@ -160,6 +167,8 @@ class Broker:
             admin = Admin(service, liveness_s=s.executor_liveness_s)
             assert self.members is not None
             Membership(service, admin, self.members, secure=s.keys_dir is not None)
+            if self._kicker is not None:
+                service.cut = self._kicker.cut
             Explainer(service, liveness_s=s.executor_liveness_s)
             workflows = Workflows(service)
             removal = Removal(service, workflows)

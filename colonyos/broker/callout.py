@@ -22,6 +22,7 @@ import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
+from colonyos.broker.kicker import jwt_user_name
 from colonyos.connection import connect_nats
 from colonyos.security import jwt
 from colonyos.security.claim import ConnectClaim
@@ -116,7 +117,7 @@ class Callout:
         logger.debug("granted %s in %s as %s", claim.name, claim.colony, roles)
         return jwt.user_jwt(
             user_nkey=request.user_nkey,
-            name=f"{claim.colony}/{claim.name}",
+            name=jwt_user_name(claim.prefix, claim.colony, claim.name),
             account=ACCOUNT,
             issuer=self.keys.issuer,
             publish=list(granted.publish),

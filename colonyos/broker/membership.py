@@ -136,6 +136,8 @@ class Membership:
         if not await self.book.remove(colony, req.name):
             raise NotFoundError(f"colony {colony!r} has no member {req.name!r}", name=req.name)
         logger.info("%s removed member %s from %s", caller, req.name, colony)
+        if self.service.cut is not None:  # its live connections end now, not at JWT expiry
+            await self.service.cut(colony, req.name)
         return None
 
     # -- colonies and their owners ------------------------------------------------------------

@@ -175,6 +175,8 @@ class Service:
 
     # The role rules of a secure installation (broker/membership.py): raises to refuse.
     authorize: Callable[[str, str, str], Awaitable[None]] | None = None
+    # Cuts the live connections of a member of a colony (broker/kicker.py), when secure.
+    cut: Callable[[str, str], Awaitable[int]] | None = None
 
     def register_ops(self, **ops: tuple[type[Any], Handler]) -> None:
         """Add request operations (name -> (request type, handler)) served by another part."""

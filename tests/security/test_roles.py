@@ -7,10 +7,11 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 
 import msgspec
+import nats.errors
 import pytest
 
 from colonyos.client import Client
-from colonyos.errors import NotAuthorizedError
+from colonyos.errors import BrokerUnavailableError, NotAuthorizedError
 from colonyos.executor import ExecutorApp
 from colonyos.models import Conditions, ExecutorState, FunctionSpec, ProcessState
 from colonyos.security.members import Member, MemberBook
@@ -179,3 +180,17 @@ async def test_a_refused_request_says_not_allowed_not_no_broker(
     async with await Client.connect(settings, caller="worker-4", executor=True) as pending:
         with pytest.raises(NotAuthorizedError, match="not allowed: the server refused 'list'"):
             await pending.list_processes()
+
+
+# nats-py leaves the socket of a refused reconnect open: its warning is not this test's.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+async def test_removing_a_member_cuts_its_live_connection(bob: Party, owner: Client) -> None:
+    """Within the request: the removal answers once the server has closed bob's connection."""
+    async with await bob.client() as connected:
+        await connected.list_processes()  # in and working
+        await owner.member_remove("bob")
+        async with asyncio.timeout(10):
+            while connected.nc.is_connected:
+                await asyncio.sleep(0.01)
+        with pytest.raises((NotAuthorizedError, BrokerUnavailableError, nats.errors.Error)):
+            await connected.list_processes()
