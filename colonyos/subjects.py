@@ -131,6 +131,12 @@ class Subjects:
     def heartbeat(self, colony: str, executor_name: str) -> str:
         return f"{self.prefix}.{colony}.heartbeats.{executor_name}"
 
+    @staticmethod
+    def parse_heartbeat(subject: str) -> tuple[str, str]:
+        """``<prefix>.<colony>.heartbeats.<name>`` -> (colony, name)."""
+        parts = subject.split(".")
+        return parts[-3], parts[-1]
+
     @property
     def heartbeats_all(self) -> str:
         return f"{self.prefix}.*.heartbeats.*"

@@ -352,8 +352,13 @@ class Service:
         except msgspec.MsgspecError:
             logger.warning("ignored a malformed heartbeat on %s", msg.subject)
             return
-        self.heard[beat.executor_id] = time.monotonic()
-        self.reports[beat.executor_id] = _Report(time.time_ns(), frozenset(beat.running))
+        colony, name = self.subjects.parse_heartbeat(msg.subject)
+        current = self.executors.get((colony, name))
+        # Only the run registered under the name it beats as keeps a registration alive: a
+        # beat carrying another executor's id (or a replaced run's) is no sign of its life.
+        if current is not None and current.executor_id == beat.executor_id:
+            self.heard[beat.executor_id] = time.monotonic()
+            self.reports[beat.executor_id] = _Report(time.time_ns(), frozenset(beat.running))
         if self.heartbeat_hook is not None:
             self.heartbeat_hook(beat.executor_id)
 
