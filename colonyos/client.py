@@ -141,6 +141,12 @@ class Client:
         # The key this connection proved it holds; its rights were decided when it connected.
         self.identity = identity
 
+    @property
+    def secure(self) -> bool:
+        """Did the server ask this connection to prove its key (a secure installation)?"""
+        info: dict[str, Any] = getattr(self.nc, "_server_info", {}) or {}
+        return self.identity is not None and bool(info.get("auth_required"))
+
     @classmethod
     async def connect(
         cls,

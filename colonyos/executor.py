@@ -267,7 +267,7 @@ class ExecutorApp:
         self._ended_by = None
         try:
             client = await self._connect(burst)
-            if client is not None and client.identity is not None:
+            if client is not None and client.secure:
                 client = await self._with_executor_rights(client, burst)
             if client is not None:
                 async with client:

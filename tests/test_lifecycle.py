@@ -131,9 +131,7 @@ async def test_silent_executor_loses_its_processes(client: Client, settings) -> 
     await again.aclose()
 
 
-async def test_a_heartbeat_under_another_name_keeps_no_one_alive(
-    client: Client, settings
-) -> None:
+async def test_a_heartbeat_under_another_name_keeps_no_one_alive(client: Client, settings) -> None:
     """Heartbeats carry the registration id in their body, but only the executor registered
     under the name they are sent as is kept alive: another executor cannot keep a dead one's
     processes from coming back."""

@@ -164,8 +164,11 @@ def _cases(name: str, command: Any, fx: dict[str, str]) -> Iterator[Case]:
         elif kind in (int, float):
             yield Case(f"{flag} -1", [], [*everything, flag, "-1"], USAGE)
             yield Case(f"{flag} not a number", [], [*everything, flag, "lots"], USAGE)
-    if name in LOCAL:
-        return
+    if name not in LOCAL:
+        yield from _server_cases(name, everything)
+
+
+def _server_cases(name: str, everything: list[str]) -> Iterator[Case]:
     if name not in RUNS_UNTIL_STOPPED:
         server_scope = name.startswith("colony ")
         yield Case("wrong colony", ["--colony", "nosuch"], everything, 0 if server_scope else USAGE)
