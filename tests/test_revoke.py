@@ -20,7 +20,7 @@ from colonyos.config import Settings
 from colonyos.execution import EarlyRevokes
 from colonyos.executor import ExecutorApp, ProcessContext
 from colonyos.messages import Control, Revoke
-from colonyos.models import Process, ProcessState
+from colonyos.models import Executor, Process, ProcessState
 
 from .helpers import executor_client, submitted
 
@@ -28,12 +28,15 @@ _controls: msgspec.json.Decoder[Control] = msgspec.json.Decoder(Control)
 
 
 class HeldExecutor(ExecutorApp):
-    """Holds its first assignment before starting it, until ``let_go`` is set (then starts
-    it, or with ``lose_held`` never gets it, as if its reply was lost, and asks again);
-    ``revokes`` are the revokes it has handled."""
+    """Holds its first assignment before starting it (unless not ``hold``), until ``let_go``
+    is set (then starts it, or with ``lose_held`` never gets it, as if its reply was lost, and
+    asks again); ``revokes`` are the revokes it has handled."""
 
-    def __init__(self, *args: Any, lose_held: bool = False, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, hold: bool = True, lose_held: bool = False, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
+        self.hold = hold
         self.lose_held = lose_held
         self.holding = asyncio.Event()
         self.let_go = asyncio.Event()
@@ -43,7 +46,7 @@ class HeldExecutor(ExecutorApp):
 
     async def _next(self, client: Client, burst: bool, count: int) -> list[Process]:
         processes = await super()._next(client, burst, count)
-        if processes and not self.holding.is_set():
+        if processes and self.hold and not self.holding.is_set():
             self.held = processes
             self.holding.set()
             await self.let_go.wait()
@@ -117,6 +120,42 @@ async def test_a_revoke_before_the_start_does_not_stop_the_next_attempt(
     done = await client.get(p.process_id)
     assert done.state is ProcessState.SUCCESS and done.output == ["ran"]
     assert done.attempt == 1 and done.retries == 0
+
+
+async def test_a_late_revoke_of_an_earlier_attempt_does_not_stop_the_running_one(
+    client: Client, settings: Settings
+) -> None:
+    """The revoke of attempt 0 reaches the executor only while it runs attempt 1 of the same
+    process: attempt 1 runs on, to its end."""
+    p = await submitted(client)
+    async with executor_client(settings, "first", register=False) as first:
+        registered = await first.register(Executor(executor_name="first", executor_type="echo"))
+        got = await first.assign(timeout=5)
+        assert got is not None and got.attempt == 0
+        assert await first.release(registered.executor_id) == 1
+    app = HeldExecutor("echo", "second", settings=settings, heartbeat_s=0.05, hold=False)
+    started, finish = asyncio.Event(), asyncio.Event()
+    calls: list[int] = []
+
+    @app.handler()
+    async def record(ctx: ProcessContext) -> list[object]:
+        calls.append(ctx.process.attempt)
+        started.set()
+        await finish.wait()
+        return ["ran"]
+
+    runner = asyncio.create_task(app.run(burst=True))
+    late = Revoke(process_id=p.process_id, state=ProcessState.WAITING, reason="late", attempt=0)
+    async with asyncio.timeout(10):
+        await started.wait()
+        subject = client.subjects.control(client.colony, app.name)
+        await client.nc.publish(subject, msgspec.json.encode(late))
+        await app.revoked.wait()
+        finish.set()
+        assert await runner == 1
+    assert calls == [1]
+    done = await client.get(p.process_id)
+    assert done.state is ProcessState.SUCCESS and done.output == ["ran"]
 
 
 async def test_a_revoke_without_an_attempt_still_stops_the_running_function(
