@@ -33,7 +33,11 @@ async def test_a_silent_holder_loses_the_lease_at_expiry_having_stepped_down_bef
     async with standalone_service(own_brokers) as service:
         a = Lease(service.store.leases, "k", "a", TTL_S)
         b = Lease(service.store.leases, "k", "b", TTL_S)
+        asked = time.monotonic()
         assert await a.try_acquire() and a.held
+        # By a's own clock its lease runs out TTL_S after it asked, at the earliest (the expiry
+        # it wrote is later still): it acts only until a moment strictly before that.
+        assert a.valid_until < asked + TTL_S
         expires_ns = await _expiry(a)
         assert not await b.try_acquire()
         # a stops renewing, as a leader that died or lost NATS: b takes over at expiry.
