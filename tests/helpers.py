@@ -78,6 +78,17 @@ async def standalone_service(settings: BrokerSettings) -> AsyncIterator[Service]
         await nc.close()
 
 
+async def specs_drained(js: nats.js.JetStreamContext, subjects: Subjects) -> bool:
+    """The specs consumer has nothing left to deliver and nothing awaiting an ack (the ack may
+    trail the event a moment): polled under a deadline."""
+    async with asyncio.timeout(5):
+        while True:
+            info = await js.consumer_info(subjects.stream_specs, subjects.consumer_specs)
+            if (info.num_pending, info.num_ack_pending) == (0, 0):
+                return True
+            await asyncio.sleep(0.05)  # sleep-ok: polling the consumer's state under a deadline
+
+
 async def stored_events(
     nats_url: str, prefix: str, colony: str, process_id: str, *, last: ProcessState
 ) -> list[tuple[ProcessState, int]]:
