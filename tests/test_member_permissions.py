@@ -21,8 +21,10 @@ import nats
 import nats.errors
 import pytest
 from nats.aio.client import Client as NATS
+from nats.js.api import StorageType
 from typer.testing import CliRunner
 
+from colonyos.broker.store import ProcessStore
 from colonyos.cli.main import app
 from colonyos.cli.status import watch_colony
 from colonyos.cli.workflow import _watch as watch_graph
@@ -210,6 +212,56 @@ async def test_a_reader_goes_on_from_where_it_was_after_its_consumer_is_lost(
         with pytest.raises(TimeoutError):
             await reader.next(1)
     assert members.refused() == []
+
+
+async def test_a_reader_starts_again_after_a_heartbeat_shows_a_gap(members: Members) -> None:
+    """A heartbeat that counts a delivery this reader never got (as when a message is lost on
+    the way): a new consumer (a new name, as a member must) starts from the message after the
+    last one read, and nothing is read twice or missed. The broker user forges the heartbeat
+    on the reader's inbox (a forged delivery cannot be: the server refuses a publish whose
+    reply is a JetStream ack subject)."""
+    subjects = Subjects(members.settings.prefix)
+    first = await submitted(members.feeder)
+    reader = OrderedReader(
+        members.member.nc,
+        subjects.stream_events,
+        subjects.events_filter(colony=COLONY, state="waiting"),
+    )
+    async with reader:
+        assert (await reader.next(10)).subject.endswith(first.process_id)
+        before = reader.consumer
+        assert reader._sub is not None
+        forger = members.worker.nc
+        gap = {"Status": "100", "Nats-Last-Consumer": "2"}  # one delivered, two counted
+        await forger.publish(reader._sub.subject, b"", headers=gap)
+        await forger.flush()
+        later = [await submitted(members.feeder) for _ in range(3)]
+        got = [(await reader.next(10)).subject.rsplit(".", 1)[1] for _ in later]
+        assert got == [p.process_id for p in later]
+        assert reader.consumer != before
+    assert members.refused() == []
+
+
+async def test_a_broker_lets_streams_made_before_answer_direct_gets(
+    member_nats_url: str, prefix: str
+) -> None:
+    """Streams created before direct gets were used get them when a broker starts."""
+    subjects = Subjects(prefix)
+    nc = await nats.connect(as_user(member_nats_url, BROKER_USER))
+    try:
+        js = nc.jetstream()
+        for name, subject in (
+            (subjects.stream_events, subjects.events_all),
+            (subjects.stream_logs, subjects.logs_all),
+        ):
+            await js.add_stream(name=name, subjects=[subject], storage=StorageType.MEMORY)
+        store = ProcessStore(nc, subjects, storage="memory")
+        await store.setup()
+        await store.close()
+        for name in (subjects.stream_events, subjects.stream_logs):
+            assert (await js.stream_info(name)).config.allow_direct
+    finally:
+        await nc.close()
 
 
 # -- the CLI -------------------------------------------------------------------------------------
