@@ -21,7 +21,7 @@ import nats
 import nats.errors
 import pytest
 from nats.aio.client import Client as NATS
-from nats.js.api import StorageType
+from nats.js.api import AckPolicy, ConsumerConfig, StorageType
 from typer.testing import CliRunner
 
 from colonyos.broker.store import ProcessStore
@@ -343,3 +343,31 @@ async def test_a_member_cannot_read_another_colonys_events(
     assert all(REFUSED in str(e).lower() for e in refused)
     assert [str(e).count("$js.api.consumer.create.") for e in refused[:2]] == [1, 1]
     assert ".other.events." in str(refused[0]) and "$js.api.direct.get." in str(refused[2])
+
+
+@pytest.mark.xfail(
+    reason="nats-server does not check a push consumer's deliver subject against its creator's "
+    "rights (SECURITY.md, pitfall 6): a member can have its colony's events delivered on any "
+    "subject; left to the security work",
+    strict=True,
+)
+async def test_a_member_cannot_have_events_delivered_where_it_may_not_publish(
+    members: Members, member_nats_url: str
+) -> None:
+    subjects = Subjects(members.settings.prefix)
+    await submitted(members.feeder)
+    elsewhere = subjects.control("other", "someone")
+    overheard = await members.feeder.nc.subscribe(elsewhere)
+    await members.feeder.nc.flush()
+    config = ConsumerConfig(
+        name="elsewhere",
+        filter_subject=subjects.events_filter(colony=COLONY),
+        deliver_subject=elsewhere,
+        ack_policy=AckPolicy.NONE,
+    )
+    try:
+        await members.member.nc.jetstream(timeout=2).add_consumer(subjects.stream_events, config)
+    except nats.errors.Error:
+        return  # refused
+    msg = await overheard.next_msg(10)
+    pytest.fail(f"the server delivered {msg.subject} on {elsewhere} for a member")
