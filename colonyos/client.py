@@ -28,7 +28,7 @@ from nats.aio.client import Client as NATS
 
 from colonyos import limits
 from colonyos.config import Settings, default_caller
-from colonyos.connection import connect_nats
+from colonyos.connection import client_inbox_prefix, connect_nats
 from colonyos.errors import (
     AssignTimeoutError,
     BrokerUnavailableError,
@@ -129,7 +129,8 @@ class Client:
         settings = settings or Settings.from_env()
         caller = caller or default_caller()
         _checked(settings, caller)  # a name that cannot be a subject token: say so, not "no broker"
-        nc = await connect_nats(settings.nats_url, name=name)
+        inbox = client_inbox_prefix(settings.colony, caller)
+        nc = await connect_nats(settings.nats_url, name=name, inbox_prefix=inbox)
         return cls(nc, settings, caller)
 
     async def aclose(self) -> None:
@@ -573,14 +574,7 @@ class Client:
         """When the oldest line still kept in the logs stream was written, if older lines have
         been dropped (by its size limit or age); None if none were. A process that started
         before that time may have lost lines."""
-        stream = self.subjects.stream_logs
-        try:
-            first = (await self.js.stream_info(stream)).state.first_seq
-            if first <= 1:
-                return None
-            return (await self.js.get_msg(stream, seq=first)).time
-        except nats.js.errors.NotFoundError:
-            return None
+        return await self._request("logs_dropped_before", Empty(), datetime)
 
     def logs(self, process_id: str, *, follow: bool = False) -> AsyncIterator[LogEntry]:
         """The process's log lines in order; with ``follow``, until the process ends."""

@@ -10,7 +10,7 @@ from nats.aio.client import Client as NATS
 
 from colonyos.errors import BrokerUnavailableError
 
-__all__ = ["connect_nats"]
+__all__ = ["client_inbox_prefix", "connect_nats"]
 
 logger = logging.getLogger(__name__)
 
@@ -21,8 +21,16 @@ async def _quiet_error_cb(err: Exception) -> None:
     logger.debug("nats: %s", err)
 
 
-async def connect_nats(url: str, *, name: str) -> NATS:
-    """Connect, failing fast if no server answers; once connected, reconnect forever."""
+def client_inbox_prefix(colony: str, caller: str) -> str:
+    """Where a client of ``colony`` speaking as ``caller`` gets its replies and consumer
+    deliveries: a member may subscribe to ``_INBOX.<colony>.<caller>.>`` only, so no one
+    reads another's replies."""
+    return f"_INBOX.{colony}.{caller}"
+
+
+async def connect_nats(url: str, *, name: str, inbox_prefix: str = "_INBOX") -> NATS:
+    """Connect, failing fast if no server answers; once connected, reconnect forever.
+    ``inbox_prefix``: a client's comes from :func:`client_inbox_prefix`; brokers keep nats-py's."""
     try:
         nc = await nats.connect(
             servers=[u.strip() for u in url.split(",") if u.strip()],
@@ -32,6 +40,7 @@ async def connect_nats(url: str, *, name: str) -> NATS:
             max_reconnect_attempts=_INITIAL_CONNECT_ATTEMPTS,
             reconnect_time_wait=0.5,
             error_cb=_quiet_error_cb,
+            inbox_prefix=inbox_prefix,
         )
     except (OSError, nats.errors.NoServersError, nats.errors.TimeoutError) as err:
         raise BrokerUnavailableError(
