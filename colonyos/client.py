@@ -628,14 +628,7 @@ class Client:
         """When the oldest line still kept in the logs stream was written, if older lines have
         been dropped (by its size limit or age); None if none were. A process that started
         before that time may have lost lines."""
-        stream = self.subjects.stream_logs
-        try:
-            first = (await self.js.stream_info(stream)).state.first_seq
-            if first <= 1:
-                return None
-            return (await self.js.get_msg(stream, seq=first)).time
-        except nats.js.errors.NotFoundError:
-            return None
+        return await self._request("logs_dropped_before", Empty(), datetime)
 
     def logs(self, process_id: str, *, follow: bool = False) -> AsyncIterator[LogEntry]:
         """The process's log lines in order; with ``follow``, until the process ends."""

@@ -1,6 +1,9 @@
 """Listening to lifecycle events: one process's (:class:`ProcessWatch`), or a filtered stream
 (:class:`EventStream`, live or replayed from a time); and reading a process's log
-(:func:`read_logs`). Plain NATS subscriptions underneath."""
+(:func:`read_logs`). Plain NATS subscriptions underneath, and for what the streams keep, only
+the JetStream calls a member of a colony may make: named consumers whose filter is in their
+subject (:class:`~colonyos.ordered.OrderedReader`) and direct gets of a subject's last message.
+"""
 
 from __future__ import annotations
 
@@ -10,17 +13,17 @@ import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import msgspec
 import nats.errors
 import nats.js.errors
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from colonyos.messages import Event, GraphEvent, ProcessEvent, Rejection, UnknownEvent, decode_event
 from colonyos.models import LogEntry, now
+from colonyos.ordered import OrderedReader
 
 if TYPE_CHECKING:
     from colonyos.client import Client
@@ -109,7 +112,8 @@ class EventStream:
         self._client = client
         self._subject = subject
         self._since = since
-        self._sub: Any = None
+        self._sub: Subscription | None = None
+        self._reader: OrderedReader | None = None
 
     async def __aenter__(self) -> EventStream:
         nc = self._client.nc
@@ -117,26 +121,31 @@ class EventStream:
             self._sub = await nc.subscribe(self._subject)
             await nc.flush()
         else:
-            self._sub = await self._client.js.subscribe(
+            self._reader = await OrderedReader(
+                nc,
+                self._client.subjects.stream_events,
                 self._subject,
-                ordered_consumer=True,
-                stream=self._client.subjects.stream_events,
-                config=ConsumerConfig(
-                    deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=self._since
-                ),
-            )
+                start_time=self._since,
+                timeout_s=self._client.settings.request_timeout_s,
+            ).start()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         if self._sub is not None:
             with contextlib.suppress(nats.errors.Error):
                 await self._sub.unsubscribe()
+        if self._reader is not None:
+            await self._reader.close()
 
     async def receive(self, timeout: float | None = None) -> Received:
         """The next event with its subject and time."""
-        msg = await self._sub.next_msg(timeout=timeout)
-        # Replayed through the stream: the time it was stored; live: now, as it arrives.
-        when = now() if self._since is None else msg.metadata.timestamp
+        if self._reader is not None:
+            msg = await self._reader.next(timeout)
+            when = msg.metadata.timestamp  # replayed through the stream: when it was stored
+        else:
+            assert self._sub is not None, "use the stream inside 'async with'"
+            msg = await self._sub.next_msg(timeout=timeout)
+            when = now()  # live: as it arrives
         return Received(msg.subject, when, decode_event(msg.subject, msg.data))
 
     async def next(self, timeout: float | None = None) -> Event | UnknownEvent:
@@ -171,18 +180,19 @@ async def read_logs(
         else:
             ended.set()
         subject = client.subjects.logs(client.colony, process_id)
-        sub = await client.js.subscribe(
-            subject,
-            ordered_consumer=True,
-            deliver_policy=DeliverPolicy.ALL,
-            stream=client.subjects.stream_logs,
+        reader = await stack.enter_async_context(
+            OrderedReader(
+                client.nc,
+                client.subjects.stream_logs,
+                subject,
+                timeout_s=client.settings.request_timeout_s,
+            )
         )
-        stack.push_async_callback(sub.unsubscribe)
         seen = 0
         while not ended.is_set():
             try:
-                msg = await sub.next_msg(timeout=_FOLLOW_TICK_S)
-            except nats.errors.TimeoutError:
+                msg = await reader.next(_FOLLOW_TICK_S)
+            except TimeoutError:
                 continue
             seen = msg.metadata.sequence.stream
             yield _log_decoder.decode(msg.data)
@@ -190,13 +200,16 @@ async def read_logs(
         # holds the whole log; read up to its last line.
         last = await _last_seq(client, client.subjects.stream_logs, subject)
         while seen < last:
-            msg = await sub.next_msg(timeout=client.settings.request_timeout_s)
+            msg = await reader.next(client.settings.request_timeout_s)
             seen = msg.metadata.sequence.stream
             yield _log_decoder.decode(msg.data)
 
 
 async def _last_seq(client: Client, stream: str, subject: str) -> int:
+    """The stream sequence of the last message on ``subject`` (0: none), by a direct get,
+    whose subject names the subject asked for (a member may make it for its colony; the
+    streams allow direct gets)."""
     try:
-        return int((await client.js.get_last_msg(stream, subject)).seq or 0)
+        return int((await client.js.get_last_msg(stream, subject, direct=True)).seq or 0)
     except nats.js.errors.NotFoundError:
         return 0

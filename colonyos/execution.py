@@ -12,6 +12,8 @@ does escapes, and delivering results in requests that fit.
   process record too large to store).
 * :class:`ResultSender` sends the results of processes that finish together in shared requests,
   each no larger than ``max_payload``.
+* :class:`EarlyRevokes` remembers, for a while, the assignments the broker took back before
+  their functions started, so that they never start.
 
 Like :mod:`colonyos.executor`, it needs only nats-py and msgspec.
 """
@@ -29,6 +31,7 @@ import sys
 import threading
 import time
 import traceback
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TextIO, TypeVar
@@ -53,6 +56,7 @@ from colonyos.models import FunctionSpec, Process, ProcessState, now
 
 __all__ = [
     "RETRY_MAX_S",
+    "EarlyRevokes",
     "FunctionOutcome",
     "Handler",
     "OwnLog",
@@ -83,6 +87,10 @@ _FINAL_FLUSH_PATIENCE_S = 30.0
 _JSON_BYTES_PER_CHAR = 6
 # Bytes of a results or log request beyond its items (keys, process id, attempt).
 _REQUEST_ENVELOPE_BYTES = 256
+# How long, and how many, revokes of assignments not started yet are remembered: far longer
+# than an assign reply is in flight, and more than an executor has assignments in hand.
+_EARLY_REVOKE_KEEP_S = 300.0
+_EARLY_REVOKES_MAX = 1024
 
 
 class OwnLog:
@@ -442,6 +450,46 @@ class ResultSender:
                     done.set_result(None)
                 else:
                     done.set_exception(error)
+
+
+class EarlyRevokes:
+    """Revokes of assignments whose functions have not started: the assign reply was still
+    in flight, or the process not yet handed to its slot. Each names one assignment, a process
+    id and its attempt, so a later assignment of the same process is not held back by it.
+    Kept for ``keep_s`` at most (by ``clock``), the ``limit`` newest only."""
+
+    def __init__(
+        self,
+        *,
+        keep_s: float = _EARLY_REVOKE_KEEP_S,
+        limit: int = _EARLY_REVOKES_MAX,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.keep_s = keep_s
+        self.limit = limit
+        self._clock = clock
+        self._reasons: OrderedDict[tuple[str, int], tuple[str, float]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._reasons)
+
+    def remember(self, process_id: str, attempt: int, reason: str) -> None:
+        now_s = self._clock()
+        self._reasons[(process_id, attempt)] = (reason, now_s)
+        self._reasons.move_to_end((process_id, attempt))
+        while self._reasons:
+            _, since = next(iter(self._reasons.values()))
+            if len(self._reasons) <= self.limit and now_s - since <= self.keep_s:
+                break
+            self._reasons.popitem(last=False)
+
+    def take(self, process_id: str, attempt: int) -> str | None:
+        """Why this assignment was taken back before it started (forgotten once told), or
+        None if it was not."""
+        found = self._reasons.pop((process_id, attempt), None)
+        if found is None or self._clock() - found[1] > self.keep_s:
+            return None
+        return found[0]
 
 
 def call_function(fn: Callable[..., Any]) -> Handler:

@@ -53,6 +53,7 @@ from colonyos.errors import (
 )
 from colonyos.execution import (
     RETRY_MAX_S,
+    EarlyRevokes,
     FunctionOutcome,
     Handler,
     OwnLog,
@@ -166,9 +167,12 @@ class ExecutorApp:
         self.on_status = on_status
         self.status: ExecutorStatus | None = None
         self.running: set[str] = set()
-        self._work: dict[str, asyncio.Future[FunctionOutcome]] = {}
+        # The functions running, and why those revoked were stopped, by (process id, attempt).
+        self._work: dict[tuple[str, int], asyncio.Future[FunctionOutcome]] = {}
+        self._revoked: dict[tuple[str, int], str] = {}
+        # Assignments taken back before their functions started: they never start.
+        self._early = EarlyRevokes()
         self._new_leader = asyncio.Event()
-        self._revoked: dict[str, str] = {}
         self.handlers: dict[str, Handler] = {}
         self.default_handler: Handler | None = None
         # Set once registered, approved and taking work.
@@ -569,6 +573,13 @@ class ExecutorApp:
         handler = self.handlers.get(process.spec.func_name, self.default_handler)
         pid = process.process_id
         attempt = process.attempt
+        key = (pid, attempt)
+        revoked = self._early.take(pid, attempt)
+        if revoked is not None:
+            # Cancelled or queued again while its assignment was on its way: no longer this
+            # executor's, so its function does not start and nothing is reported.
+            logger.info("process %s: %s before its function started; not started", pid, revoked)
+            return
         self.processed += 1
         if handler is None:
             known = ", ".join(sorted(self.handlers)) or "none"
@@ -582,19 +593,19 @@ class ExecutorApp:
         token = current.set(ctx)
         self.running.add(pid)
         work = asyncio.ensure_future(guarded(handler, ctx))
-        self._work[pid] = work
+        self._work[key] = work
         flusher = asyncio.create_task(self._flush_periodically(ctx))
         try:
             try:
                 outcome = await work
             except asyncio.CancelledError:
-                revoked = self._revoked.pop(pid, None)
-                if revoked is None:
+                stopped = self._revoked.pop(key, None)
+                if stopped is None:
                     raise  # the executor stops now: the broker gets the process back
-                logger.info("process %s: %s; its function was stopped", pid, revoked)
+                logger.info("process %s: %s; its function was stopped", pid, stopped)
                 return
             finally:
-                self._work.pop(pid, None)
+                self._work.pop(key, None)
                 await _cancelled(flusher)
             if isinstance(outcome, Raised):
                 logger.info("process %s failed: %s", pid, outcome.error)
@@ -629,12 +640,7 @@ class ExecutorApp:
             logger.warning("ignored a malformed control message")
             return
         if isinstance(message, Revoke):
-            work = self._work.get(message.process_id)
-            if work is not None and not work.done():
-                self._revoked[message.process_id] = (
-                    f"{message.state.name.lower()}: {message.reason}"
-                )
-                work.cancel()
+            self._revoke(message)
         elif message.executor_id != self.executor_id:
             return  # for another run under this name
         elif isinstance(message, WhoIs):
@@ -664,6 +670,25 @@ class ExecutorApp:
             elif self.registered is not None:
                 self.registered = msgspec.structs.replace(self.registered, state=message.state)
                 self._state_changed.set()
+
+    def _revoke(self, revoke: Revoke) -> None:
+        """Stop the function of the assignment taken away; one that has not started yet (its
+        assignment is still on its way) never starts. A revoke that does not name its attempt
+        (from an older broker) stops whatever runs under the process id."""
+        pid = revoke.process_id
+        reason = f"{revoke.state.name.lower()}: {revoke.reason}"
+        if revoke.attempt is None:
+            keys = [key for key in self._work if key[0] == pid]
+        else:
+            keys = [(pid, revoke.attempt)]
+            if keys[0] not in self._work:
+                self._early.remember(pid, revoke.attempt, reason)
+                return
+        for key in keys:
+            work = self._work[key]
+            if not work.done():
+                self._revoked[key] = reason
+                work.cancel()
 
     async def _finish(self, results: ResultSender, item: Close | Fail) -> None:
         """Send the result, riding out a broker fail-over (until stopped now); a result

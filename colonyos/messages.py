@@ -246,11 +246,16 @@ class Instance(Model, kw_only=True):
 
 
 class Revoke(Model, kw_only=True, tag_field="kind", tag="revoke"):
-    """A process it runs was taken from it (cancelled, re-queued): stop its function."""
+    """A process assigned to it was taken from it (cancelled, re-queued): stop its function,
+    or never start it if the assignment has not reached the function yet."""
 
     process_id: str
     state: ProcessState
     reason: str = ""
+    # The ``attempt`` of the assignment taken away (as close and fail carry it): a later
+    # assignment of the same process is not revoked with it. None from a broker that did not
+    # say: whatever runs under the process id is stopped, and nothing not started yet is.
+    attempt: Attempt | None = None
 
 
 class WhoIs(Model, kw_only=True, tag_field="kind", tag="whois"):

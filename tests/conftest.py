@@ -15,11 +15,17 @@ import pytest
 
 from colonyos.broker import Broker
 from colonyos.client import Client
-from colonyos.config import BrokerSettings, Settings
+from colonyos.config import BrokerSettings, Settings, default_caller
 from colonyos.natsserver import NatsServer
 from colonyos.subjects import Subjects
 
+from .helpers import write_member_config
+
 COLONY = "dev"
+# The member users of member_nats_url: an SDK client speaking as "tester", and the CLI, which
+# speaks as the user at the terminal.
+MEMBER_USER, MEMBER_NAME = "tester", "tester"
+CLI_USER = "cli"
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -41,6 +47,18 @@ def own_config_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 @pytest.fixture(scope="session")
 def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     server = NatsServer(tmp_path_factory.mktemp("jetstream"), port=0).start()
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture
+def member_nats_url(tmp_path: Path, prefix: str) -> Iterator[str]:
+    """A second nats-server, its own, in plain config mode with static users: the broker user
+    (everything) and members of colony dev, each allowed exactly what a member may do (see
+    helpers.member_permissions) for this test's prefix. Connect with helpers.as_user."""
+    members = {MEMBER_USER: MEMBER_NAME, CLI_USER: default_caller()}
+    config = write_member_config(tmp_path / "members.conf", Subjects(prefix), COLONY, members)
+    server = NatsServer(tmp_path / "members-jetstream", port=0, config=config).start()
     yield server.url
     server.stop()
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -78,6 +80,17 @@ async def standalone_service(settings: BrokerSettings) -> AsyncIterator[Service]
         await nc.close()
 
 
+async def specs_drained(js: nats.js.JetStreamContext, subjects: Subjects) -> bool:
+    """The specs consumer has nothing left to deliver and nothing awaiting an ack (the ack may
+    trail the event a moment): polled under a deadline."""
+    async with asyncio.timeout(5):
+        while True:
+            info = await js.consumer_info(subjects.stream_specs, subjects.consumer_specs)
+            if (info.num_pending, info.num_ack_pending) == (0, 0):
+                return True
+            await asyncio.sleep(0.05)  # sleep-ok: polling the consumer's state under a deadline
+
+
 async def stored_events(
     nats_url: str, prefix: str, colony: str, process_id: str, *, last: ProcessState
 ) -> list[tuple[ProcessState, int]]:
@@ -96,3 +109,58 @@ async def stored_events(
         return seen
     finally:
         await nc.close()
+
+
+# -- a server that enforces a member's permissions ----------------------------------------------
+
+BROKER_USER = "broker"
+PASSWORD = "secret"
+
+
+def member_permissions(subjects: Subjects, colony: str, name: str) -> dict[str, Any]:
+    """Every member's rights (user or executor) of ``colony`` named ``name``: its part of the
+    JetStream API (named consumers and direct gets whose subject holds a filter of its colony),
+    replies to what it received (acks, flow control), its inbox, its colony's events, the
+    leader announcements, and requests to the broker under its own name. Nothing else."""
+    p = subjects.prefix
+    events, logs = subjects.stream_events, subjects.stream_logs
+    return {
+        "publish": {
+            "allow": [
+                f"$JS.API.CONSUMER.CREATE.{events}.*.{p}.{colony}.events.>",
+                f"$JS.API.CONSUMER.CREATE.{logs}.*.{p}.{colony}.logs.>",
+                f"$JS.API.DIRECT.GET.{events}.{p}.{colony}.events.>",
+                f"$JS.API.DIRECT.GET.{logs}.{p}.{colony}.logs.>",
+                subjects.rpc(colony, name, "*"),
+            ]
+        },
+        "subscribe": {
+            "allow": [f"_INBOX.{colony}.{name}.>", f"{p}.{colony}.events.>", subjects.leader]
+        },
+        "allow_responses": {"max": 1},
+    }
+
+
+def write_member_config(
+    path: Path, subjects: Subjects, colony: str, members: dict[str, str]
+) -> Path:
+    """A nats-server config (plain config mode, static users, all with password
+    :data:`PASSWORD`): :data:`BROKER_USER` may do everything; each member user (user -> the
+    name it speaks as) only what :func:`member_permissions` grants."""
+    users: list[dict[str, Any]] = [{"user": BROKER_USER, "password": PASSWORD}]
+    for user, name in members.items():
+        users.append(
+            {
+                "user": user,
+                "password": PASSWORD,
+                "permissions": member_permissions(subjects, colony, name),
+            }
+        )
+    path.write_text(json.dumps({"authorization": {"users": users}}))
+    return path
+
+
+def as_user(url: str, user: str) -> str:
+    """The server's URL with ``user``'s credentials in it."""
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://{user}:{PASSWORD}@{rest}"

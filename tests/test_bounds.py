@@ -15,6 +15,7 @@ from colonyos.specs import check_function_spec, decode_function_spec, load_workf
 from colonyos.subjects import Subjects
 
 from .conftest import COLONY
+from .helpers import specs_drained
 from .test_assign_flow import executor_client, spec
 
 BASE = {"funcname": "f", "conditions": {"executortype": "echo"}}
@@ -154,6 +155,8 @@ async def test_a_raw_spec_out_of_range_is_rejected_once_and_the_broker_goes_on(
         assert ".rejected." in msg.subject
         rejection = msgspec.json.decode(msg.data, type=Rejection)
         assert rejection.path == path and "out of range" in rejection.error
+        # Acked with its rejection: never delivered again.
+        assert await specs_drained(nc.jetstream(), subjects)
         # Nothing was made of it, and a good spec still runs.
         assert await client.list_processes() == []
         ok = await client.submit(spec(args=["after"]))

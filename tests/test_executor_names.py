@@ -17,6 +17,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from colonyos.broker import Broker
 from colonyos.client import Client
 from colonyos.config import BrokerSettings, Settings
 from colonyos.errors import (
@@ -30,6 +31,7 @@ from colonyos.models import Conditions, ExecutorState, FunctionSpec, Process, Pr
 from colonyos.subjects import Subjects
 
 from .conftest import COLONY
+from .helpers import executor_client, until
 from .procs import Child
 from .test_executor_stages import TASKS, said
 
@@ -227,6 +229,26 @@ async def test_removing_an_idle_executor_ends_its_parked_request(
     await other.start()
     done = await client.wait(p.process_id, timeout=10)
     assert done.output == ["Y"] and done.executor_losses == 0
+
+
+async def test_removal_ends_the_parked_request_and_tells_the_run_itself(
+    client: Client, settings: Settings, broker: Broker
+) -> None:
+    """A run that neither heartbeats nor listens for anything but its answer (a raw client):
+    before the removal returns, its long poll is ended and it is told on its control subject,
+    both by the removal itself (a heartbeat would otherwise tell it later)."""
+    service = broker.service
+    assert service is not None
+    told = await client.nc.subscribe(Subjects(settings.prefix).control(COLONY, "raw"))
+    async with executor_client(settings, "raw", "held") as raw:
+        poll = asyncio.ensure_future(raw.assign(timeout=30))
+        await until(lambda: len(service.parked) == 1)
+        await client.executor_remove("raw")
+        assert len(service.parked) == 0
+        assert await asyncio.wait_for(poll, 10) is None  # "no work", at once
+    # Sent before the removal's reply, on the connection that asked: already here.
+    message = msgspec.json.decode((await told.next_msg(timeout=5)).data, type=Control)
+    assert isinstance(message, StateChanged) and message.state is ExecutorState.UNREGISTERED
 
 
 async def test_approval_is_learned_at_once_from_the_broker(

@@ -142,37 +142,44 @@ async def test_log_lines_only_from_the_executor_that_holds_the_process(
     assert lines == ["mine"]
 
 
-def diamond() -> WorkflowSpec:
+def fan_in() -> WorkflowSpec:
+    """a; then b, c and e, each after a; then d, after b, c and e (in that order)."""
     return WorkflowSpec(
         function_specs=[
             node("a"),
             node("b", "a", args=["from-b"]),
             node("c", "a", args=["from-c"]),
-            node("d", "b", "c"),
+            node("e", "a", args=["from-e"]),
+            node("d", "b", "c", "e"),
         ]
     )
 
 
-async def run_parents_in_reverse(
-    client: Client, ex: Client, graph: ProcessGraph, *, one_batch: bool
-) -> Process:
-    """Run a diamond's a, then b and c at once (two slots), ending c before b (or both in one
-    ``results`` batch, c first); the child d as it is assigned."""
+async def run_parents_against_their_order(ex: Client, *, one_batch: bool) -> Process:
+    """Run a, then b, c and e at once (three slots) and end them against their order in d's
+    dependencies: e, c, then b, one request each; or b, then e and c in one ``results`` batch.
+    The child d as it is assigned.
+
+    In the batch, the end of c or of e releases d (whichever of the two the broker's
+    interleaving lets see both ended), never b's: a broker that put the output of the parent
+    whose end released the child first (outputs gathered as the parents come in) gives d c's
+    or e's output first, whatever that interleaving."""
     a = await ex.assign(timeout=5)
     assert a is not None and a.spec.node_name == "a"
     await ex.close(a.process_id, ["a"], attempt=a.attempt)
-    slots = [await ex.assign(timeout=5), await ex.assign(timeout=5)]
+    slots = [await ex.assign(timeout=5) for _ in range(3)]
     by_name = {p.spec.node_name: p for p in slots if p is not None}
-    b, c = by_name["b"], by_name["c"]
+    b, c, e = by_name["b"], by_name["c"], by_name["e"]
     if one_batch:
+        await ex.close(b.process_id, list(b.spec.args), attempt=b.attempt)
         closes = [
             Close(process_id=p.process_id, output=list(p.spec.args), attempt=p.attempt)
-            for p in (c, b)
+            for p in (e, c)
         ]
         assert await ex.send_results(closes=closes) == {}
     else:
-        await ex.close(c.process_id, list(c.spec.args), attempt=c.attempt)
-        await ex.close(b.process_id, list(b.spec.args), attempt=b.attempt)
+        for p in (e, c, b):
+            await ex.close(p.process_id, list(p.spec.args), attempt=p.attempt)
     d = await ex.assign(timeout=5)
     assert d is not None and d.spec.node_name == "d"
     return d
@@ -182,13 +189,13 @@ async def run_parents_in_reverse(
 async def test_a_child_gets_its_parents_outputs_in_dependency_order(
     client: Client, settings: Settings, one_batch: bool
 ) -> None:
-    """Parents that finish in the reverse of their order in the spec: the child's input still
-    follows the spec (b's output, then c's)."""
-    graph = await client.submit_workflow(diamond())
+    """Parents that finish against their order in the spec, one by one or two of them in one
+    batch: the child's input still follows the spec (b's output, then c's, then e's)."""
+    graph = await client.submit_workflow(fan_in())
     assert isinstance(graph, ProcessGraph)
-    async with executor_client(settings, "two-slots") as ex:
-        d = await run_parents_in_reverse(client, ex, graph, one_batch=one_batch)
-        assert d.input == ["from-b", "from-c"]
+    async with executor_client(settings, "three-slots") as ex:
+        d = await run_parents_against_their_order(ex, one_batch=one_batch)
+        assert d.input == ["from-b", "from-c", "from-e"]
         await ex.close(d.process_id, list(d.input), attempt=d.attempt)
     done = await client.graph_wait(graph.process_graph_id, timeout=10)
     assert done.state is ProcessState.SUCCESS

@@ -6,15 +6,15 @@ its last delivery is rejected with the reason, never dropped in silence.
 
 from __future__ import annotations
 
-import asyncio
-
 import msgspec
 import nats
 import pytest
 
 from colonyos import limits
 from colonyos.broker import Broker
+from colonyos.broker.intake import Intake
 from colonyos.broker.store import ProcessStore
+from colonyos.broker.workflows import Workflows
 from colonyos.client import Client
 from colonyos.config import BrokerSettings, Settings
 from colonyos.messages import Rejection
@@ -22,19 +22,10 @@ from colonyos.models import Colony, Process, ProcessState
 from colonyos.subjects import GRAPH_TOKEN, Subjects
 
 from .conftest import COLONY, _drop_streams, running_broker
+from .helpers import specs_drained, standalone_service
 from .test_assign_flow import spec
 
 GOOD = b'{"funcname": "f", "conditions": {"executortype": "echo"}}'
-
-
-async def _drained(js: nats.js.JetStreamContext, subjects: Subjects) -> bool:
-    """Nothing left to deliver or awaiting an ack (the ack may trail the event a moment)."""
-    async with asyncio.timeout(5):
-        while True:
-            info = await js.consumer_info(subjects.stream_specs, subjects.consumer_specs)
-            if (info.num_pending, info.num_ack_pending) == (0, 0):
-                return True
-            await asyncio.sleep(0.05)  # sleep-ok: polling the consumer's state under a deadline
 
 
 async def test_the_specs_consumer_bounds_its_deliveries(client: Client, settings) -> None:
@@ -80,11 +71,51 @@ async def test_the_last_delivery_is_rejected_with_a_reason(
             assert rejection.error.startswith(
                 f"not accepted in {limits.SPEC_DELIVERIES} deliveries; the last attempt: "
             )
-            assert await _drained(js, subjects)
+            assert await specs_drained(js, subjects)
             async with await Client.connect(settings, caller="tester") as c:
                 assert await c.list_processes() == []
                 ok = await c.submit(spec())
                 assert isinstance(ok, Process) and ok.state is ProcessState.WAITING
+    finally:
+        await nc.close()
+        await _drop_streams(settings.nats_url, settings.prefix)
+
+
+async def test_a_spec_is_acked_only_once_its_process_is_written(
+    broker_settings: BrokerSettings, settings: Settings
+) -> None:
+    """The broker's write fails (NATS trouble; a broker that dies there is the same): the spec
+    is still in the work queue, taken but not acked, and its next delivery becomes the
+    process."""
+    subjects = Subjects(settings.prefix)
+    nc = await nats.connect(settings.nats_url)
+    js = nc.jetstream()
+    try:
+        store = ProcessStore(nc, subjects, storage="memory")
+        await store.setup()
+        await store.put_colony(Colony(name=COLONY, auto_approve=True))
+        await Broker(broker_settings)._specs_consumer(store)  # as a leader makes it
+        pid = "e" * 64
+        await js.publish(subjects.specs(COLONY, "echo"), GOOD, headers={"Nats-Msg-Id": pid})
+        puller = await js.pull_subscribe_bind(subjects.consumer_specs, subjects.stream_specs)
+        async with standalone_service(broker_settings) as service:
+            intake = Intake(service, Workflows(service))
+            (msg,) = await puller.fetch(1, timeout=5)
+            # The processes bucket is gone: the write finds no stream to answer it.
+            await js.delete_stream(subjects.kv_stream(subjects.bucket_processes))
+            with pytest.raises(nats.errors.NoRespondersError):
+                await intake.accept_batch([msg])
+            info = await js.consumer_info(subjects.stream_specs, subjects.consumer_specs)
+            assert info.num_ack_pending == 1
+            assert (await js.stream_info(subjects.stream_specs)).state.messages == 1
+            await service.store.setup()  # the bucket is back
+            await msg.nak()  # as the ack wait running out would, without waiting for it
+            (again,) = await puller.fetch(1, timeout=5)
+            assert again.metadata.num_delivered == 2
+            await intake.accept_batch([again])
+            process, _ = await service.store.get(COLONY, pid)
+            assert process.state is ProcessState.WAITING
+        assert await specs_drained(js, subjects)
     finally:
         await nc.close()
         await _drop_streams(settings.nats_url, settings.prefix)
@@ -108,7 +139,7 @@ async def test_a_raw_spec_whose_record_cannot_be_stored_is_rejected_once(
         assert ".rejected." in msg.subject, msg.subject
         rejection = msgspec.json.decode(msg.data, type=Rejection)
         assert "bytes" in rejection.error
-        assert await _drained(nc.jetstream(), subjects)
+        assert await specs_drained(nc.jetstream(), subjects)
         ok = await client.submit(spec())
         assert isinstance(ok, Process)
     finally:

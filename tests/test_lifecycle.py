@@ -17,6 +17,7 @@ from colonyos.config import BrokerSettings
 from colonyos.errors import ConflictError, NotAuthorizedError
 from colonyos.executor import ExecutorApp, ProcessContext
 from colonyos.models import Process, ProcessState
+from colonyos.subjects import Subjects
 
 from .conftest import COLONY, running_broker
 from .test_assign_flow import executor_client, spec
@@ -267,6 +268,12 @@ async def test_cancel_a_waiting_process(client: Client, settings) -> None:
     await ex.aclose()
 
 
+class _Holder(msgspec.Struct):
+    """The lease's value: who holds it (empty: handed back)."""
+
+    holder: str
+
+
 @pytest.fixture
 async def standby(broker_settings: BrokerSettings, broker: Broker) -> AsyncIterator[Broker]:
     async with running_broker(broker_settings, lead=False) as b:
@@ -278,9 +285,21 @@ async def test_a_standby_takes_over_when_the_leader_stops(
 ) -> None:
     assert broker.leading.is_set() and not standby.leading.is_set()
     p = await submitted(client)
+    leases = await client.js.key_value(Subjects(settings.prefix).bucket_leases)
+    watcher = await leases.watch("broker")
     broker.stop()
     async with asyncio.timeout(5):
         await standby.leading.wait()
+    holders: list[str] = []
+    async with asyncio.timeout(5):
+        while standby.broker_id not in holders:
+            entry = await watcher.updates(timeout=5)
+            if entry is not None and entry.value:
+                holders.append(msgspec.json.decode(entry.value, type=_Holder).holder)
+    await watcher.stop()
+    # Handed over, not left to run out: the stopping leader wrote the lease free, and the
+    # standby took it from there.
+    assert holders[-3:] == [broker.broker_id, "", standby.broker_id]
     ex = await executor_client(settings, "e1")
     got = await ex.assign(timeout=2)
     assert got is not None and got.process_id == p.process_id

@@ -11,6 +11,9 @@ import nats
 import pytest
 
 from colonyos.broker import Broker
+from colonyos.broker.removal import Removal
+from colonyos.broker.retention import Retention
+from colonyos.broker.workflows import Workflows
 from colonyos.client import Client
 from colonyos.config import BrokerSettings, Settings, parse_duration
 from colonyos.errors import (
@@ -32,6 +35,7 @@ from colonyos.models import (
 from colonyos.subjects import Subjects
 
 from .conftest import COLONY, running_broker
+from .helpers import standalone_service
 
 
 def _spec(executor_type: str = "echo", node: str = "", deps: tuple[str, ...] = ()) -> FunctionSpec:
@@ -209,6 +213,8 @@ async def test_colony_remove_takes_everything_of_that_colony_only(
     ):
         assert await _messages(client.nc, stream, subject) == 0, subject
     assert (await client.get(kept.process_id)).state is ProcessState.WAITING
+    # The other colony keeps its events.
+    assert await _messages(client.nc, s.stream_events, s.events_filter(colony=COLONY)) >= 1
     # The name can be used again, and starts empty.
     await client.colony_add("lab")
     async with await Client.connect(lab, caller="user") as user:
@@ -277,6 +283,24 @@ async def test_retention_removes_what_ended_long_enough_ago(
         assert (await client.get(waiting.process_id)).state is ProcessState.WAITING
         await ex.aclose()
         await later_ex.aclose()
+
+
+async def test_retention_keeps_what_ended_less_long_ago(
+    client: Client, settings: Settings, broker_settings: BrokerSettings
+) -> None:
+    """A sweep with a retention of an hour leaves a process that ended a moment ago; a sweep
+    with none removes it (so the first left it for its age, not for anything else)."""
+    ex = await _executor(settings, "e1")
+    p = await _submitted(client)
+    await _run_one(ex, log="recent")
+    async with standalone_service(broker_settings) as service:
+        removal = Removal(service, Workflows(service))
+        assert await Retention(removal, retention_s=3600, interval_s=60).sweep() == 0
+        assert (await service.store.get(COLONY, p.process_id))[0].state is ProcessState.SUCCESS
+        assert await Retention(removal, retention_s=0, interval_s=60).sweep() == 1
+    with pytest.raises(ProcessNotFoundError):
+        await client.get(p.process_id)
+    await ex.aclose()
 
 
 def test_durations_for_the_retention_setting() -> None:

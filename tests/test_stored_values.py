@@ -21,9 +21,12 @@ from colonyos.broker.store import ProcessStore
 from colonyos.client import Client
 from colonyos.config import BrokerSettings, Settings
 from colonyos.errors import ColoniesError
+from colonyos.messages import Control, Revoke
 from colonyos.models import (
     Colony,
     Conditions,
+    Executor,
+    ExecutorState,
     FunctionSpec,
     Process,
     ProcessGraph,
@@ -145,6 +148,39 @@ async def test_a_broker_starts_whatever_is_stored(
             with pytest.raises(ColoniesError, match=f"process graph {_pid(99)} cannot be read"):
                 await c.graph_get(_pid(99))
             await ex.aclose()
+
+
+async def test_a_running_process_that_cannot_be_kept_is_taken_from_its_executor(
+    raw_store: tuple[NATS, Subjects], broker_settings: BrokerSettings
+) -> None:
+    """Failed at load through the normal transition: its executor is told, as for a cancel."""
+    nc, s = raw_store
+    await _put(nc, s.bucket_colonies, COLONY, _encode(Colony(name=COLONY, auto_approve=True)))
+    holder = Executor(
+        executor_id="a" * 64,
+        executor_name="e1",
+        executor_type="echo",
+        colony_name=COLONY,
+        state=ExecutorState.APPROVED,
+    )
+    await _put(nc, s.bucket_executors, s.executor_key(COLONY, "e1"), _encode(holder))
+    running = _stored(
+        5,
+        spec(priority=200_000),
+        state=ProcessState.RUNNING,
+        is_assigned=True,
+        assigned_executor_id=holder.executor_id,
+        start_time=now(),
+    )
+    key = s.process_key(COLONY, running.process_id)
+    await _put(nc, s.bucket_processes, key, _encode(running))
+    told = await nc.subscribe(s.control(COLONY, "e1"))
+    async with running_broker(broker_settings):
+        async with asyncio.timeout(10):
+            message = msgspec.json.decode((await told.next_msg(timeout=10)).data, type=Control)
+    assert isinstance(message, Revoke) and message.process_id == running.process_id
+    assert message.state is ProcessState.FAILED
+    assert message.reason.startswith("its stored spec is invalid: $.priority")
 
 
 async def test_a_broker_that_loads_twice_does_not_fail_anything_twice(

@@ -62,6 +62,7 @@ class Admin:
             colony_list=(Empty, self.colony_list),
             colony_get=(Named, self.colony_get),
             resolve=(Resolve, self.resolve),
+            logs_dropped_before=(Empty, self.logs_dropped_before),
         )
 
     async def get(self, colony: str, caller: str, req: ProcessRef) -> Process:
@@ -164,6 +165,11 @@ class Admin:
                 for etype, counts in by_type.items()
             },
         )
+
+    async def logs_dropped_before(self, colony: str, caller: str, req: Empty) -> datetime | None:
+        """The broker reads the logs stream's state for a client: members may not
+        (``STREAM.INFO`` and ``STREAM.MSG.GET`` are not scoped to a colony)."""
+        return await self.service.store.logs_dropped_before()
 
     async def colony_add(self, colony: str, caller: str, req: ColonyAdd) -> Colony:
         name = check_name("colonyname", req.colony.name)

@@ -625,7 +625,9 @@ class Service:
             reason = "taken back and queued again"
         else:
             reason = after.state.name.lower()
-        body = Revoke(process_id=after.process_id, state=after.state, reason=reason)
+        body = Revoke(
+            process_id=after.process_id, state=after.state, reason=reason, attempt=before.attempt
+        )
         await self.store.tell(self.subjects.control(colony, name), body)
 
     async def _after(self, process: Process) -> None:

@@ -131,6 +131,9 @@ class ProcessStore:
                 name=s.stream_events,
                 subjects=[s.events_all],
                 max_age=self._retention_s,
+                # Members read a subject's last event by a direct get, which names the subject
+                # (and so can be allowed per colony); an existing stream gets it on update.
+                allow_direct=True,
                 # JetStream refuses a dedup window longer than the age limit.
                 duplicate_window=min(self._dedup_window_s, self._retention_s),
                 storage=self._storage,
@@ -145,6 +148,7 @@ class ProcessStore:
                 duplicate_window=min(self._dedup_window_s, self._retention_s),
                 max_bytes=LOGS_MAX_BYTES,
                 discard=DiscardPolicy.OLD,
+                allow_direct=True,
                 storage=self._storage,
                 num_replicas=self._replicas,
             )
@@ -339,6 +343,18 @@ class ProcessStore:
         except nats.js.errors.NotFoundError:
             return None
         return last.time
+
+    async def logs_dropped_before(self) -> datetime | None:
+        """When the oldest line the logs stream keeps was written, if older ones were dropped
+        (its size limit, its age limit, or a purge); None if none were."""
+        stream = self.subjects.stream_logs
+        try:
+            first = (await self.js.stream_info(stream)).state.first_seq
+            if first <= 1:
+                return None
+            return (await self.js.get_msg(stream, seq=first)).time
+        except nats.js.errors.NotFoundError:
+            return None
 
     async def tell(self, subject: str, message: msgspec.Struct) -> None:
         """A core NATS message, not stored (to executors on their control subject)."""

@@ -33,7 +33,11 @@ async def test_a_silent_holder_loses_the_lease_at_expiry_having_stepped_down_bef
     async with standalone_service(own_brokers) as service:
         a = Lease(service.store.leases, "k", "a", TTL_S)
         b = Lease(service.store.leases, "k", "b", TTL_S)
+        asked = time.monotonic()
         assert await a.try_acquire() and a.held
+        # By a's own clock its lease runs out TTL_S after it asked, at the earliest (the expiry
+        # it wrote is later still): it acts only until a moment strictly before that.
+        assert a.valid_until < asked + TTL_S
         expires_ns = await _expiry(a)
         assert not await b.try_acquire()
         # a stops renewing, as a leader that died or lost NATS: b takes over at expiry.
@@ -76,3 +80,19 @@ async def test_a_leader_that_finds_its_lease_taken_steps_down(
         await kv.update("broker", msgspec.json.encode(other), last=entry.revision)
         await until(lambda: not leader.leading.is_set())
         assert await _expiry(Lease(kv, "broker", "probe", TTL_S)) == other.expires_ns
+
+
+async def test_a_holder_that_finds_its_lease_taken_stops_acting_at_once(
+    own_brokers: BrokerSettings,
+) -> None:
+    """Its term had most of a minute left by its own clock: finding another holder ends it all
+    the same (else a next try that cannot reach the bucket would answer "still held")."""
+    async with standalone_service(own_brokers) as service:
+        kv = service.store.leases
+        a = Lease(kv, "k", "a", 60.0)
+        assert await a.try_acquire() and a.held
+        entry = await kv.get("k")
+        other = _Holder("other", time.time_ns() + int(60e9))
+        await kv.update("k", msgspec.json.encode(other), last=entry.revision)
+        assert not await a.try_acquire()
+        assert not a.held
