@@ -63,6 +63,7 @@ from colonyos.messages import (
     Outcome,
     ProcessEvent,
     ProcessRef,
+    ReaderOpen,
     Register,
     Rejection,
     Release,
@@ -629,6 +630,11 @@ class Client:
         been dropped (by its size limit or age); None if none were. A process that started
         before that time may have lost lines."""
         return await self._request("logs_dropped_before", Empty(), datetime)
+
+    async def open_reader(self, request: ReaderOpen) -> str:
+        """A consumer of the events or logs stream delivering to this connection's inbox,
+        made by the broker (members may not make consumers); its name."""
+        return await self._must("reader_open", request, str)
 
     def logs(self, process_id: str, *, follow: bool = False) -> AsyncIterator[LogEntry]:
         """The process's log lines in order; with ``follow``, until the process ends."""

@@ -81,6 +81,23 @@ ListLimit = Annotated[int, Meta(ge=0, le=limits.MAX_LIST_LIMIT)]
 Attempt = Annotated[int, Meta(ge=0, le=limits.MAX_RETRIES)]
 
 
+class ReaderOpen(Model, kw_only=True):
+    """A client asks the broker for a consumer that delivers one filter of the events or logs
+    stream, in order, to its own inbox (see colonyos/ordered.py). Members may not create
+    consumers themselves: nats-server does not check a push consumer's deliver subject
+    against its creator's rights, so the broker creates them, within the caller's colony and
+    inbox."""
+
+    stream: Literal["events", "logs"]
+    filter_subject: str
+    deliver_subject: str
+    # From this stream sequence (0: not given), else from this time, else from the first.
+    start_sequence: Annotated[int, Meta(ge=0)] = 0
+    start_time: datetime | None = None
+    heartbeat_s: Annotated[float, Meta(ge=0.1, le=30)] = 2.0
+    inactive_s: Annotated[float, Meta(ge=1, le=300)] = 10.0
+
+
 class Empty(Model, kw_only=True):
     pass
 

@@ -31,6 +31,7 @@ from colonyos.broker.kicker import Kicker
 from colonyos.broker.lease import Lease
 from colonyos.broker.lifecycle import Lifecycle
 from colonyos.broker.membership import Membership
+from colonyos.broker.readers import Readers
 from colonyos.broker.registry import Registry
 from colonyos.broker.removal import Removal
 from colonyos.broker.retention import Retention
@@ -170,6 +171,7 @@ class Broker:
             if self._kicker is not None:
                 service.cut = self._kicker.cut
             Explainer(service, liveness_s=s.executor_liveness_s)
+            Readers(service)
             workflows = Workflows(service)
             removal = Removal(service, workflows)
             Registry(service)

@@ -58,14 +58,15 @@ def _grants(subjects: Subjects, colony: str, name: str, role: Role) -> Grants:
             subscribe=(inbox, s.control(colony, name)),
         )
     events, logs = s.stream_events, s.stream_logs
+    # No consumer creates: the broker makes a member's consumers (rpc reader_open), since the
+    # server does not check where a push consumer delivers.
     publish = [
         s.rpc(colony, name, "*"),
-        f"$JS.API.CONSUMER.CREATE.{events}.*.{p}.{colony}.events.>",
-        f"$JS.API.CONSUMER.CREATE.{logs}.*.{p}.{colony}.logs.>",
         f"$JS.API.DIRECT.GET.{events}.{p}.{colony}.events.>",
         f"$JS.API.DIRECT.GET.{logs}.{p}.{colony}.logs.>",
     ]
-    subscribe = [inbox, s.events_filter(colony=colony), s.leader]
+    # Heartbeats: who in the colony is alive and what it runs (the live status views).
+    subscribe = [inbox, s.events_filter(colony=colony), s.heartbeat(colony, "*"), s.leader]
     if role in (Role.USER, Role.COLONY_OWNER):
         publish += [s.specs(colony, "*"), s.workflows(colony)]
     elif role is Role.EXECUTOR:
