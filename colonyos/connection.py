@@ -18,7 +18,7 @@ from nats.aio.client import Client as NATS
 
 from colonyos.errors import BrokerUnavailableError, NotAuthorizedError
 
-__all__ = ["connect_nats", "denied"]
+__all__ = ["connect_nats", "denied", "shown_url"]
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +28,11 @@ _VIOLATION = re.compile(r'permissions violation for (publish|subscription) to "(
 # What the server refused each connection, by subject: nats-py reports a refusal only to the
 # error callback, and the request itself then just times out.
 _denials: weakref.WeakKeyDictionary[NATS, dict[str, str]] = weakref.WeakKeyDictionary()
+
+
+def shown_url(url: str) -> str:
+    """A server URL (or a comma-separated list) fit for a log: no user or password."""
+    return ",".join(re.sub(r"//[^/@]*@", "//", u) for u in url.split(","))
 
 
 def denied(nc: NATS, subject: str) -> str | None:
@@ -83,12 +88,12 @@ async def connect_nats(
         with contextlib.suppress(Exception):
             await nc.close()  # a refused connection leaves its socket open otherwise
         if any("authorization violation" in str(e).lower() for e in [*errors, err]):
-            raise _refused(url, who, seed is not None) from err
+            raise _refused(shown_url(url), who, seed is not None) from err
         if isinstance(err, OSError | nats.errors.NoServersError | nats.errors.TimeoutError):
             raise BrokerUnavailableError(
-                f"cannot reach NATS at {url}: is the server running? "
+                f"cannot reach NATS at {shown_url(url)}: is the server running? "
                 "('colonies dev' or 'colonies server start' starts one)",
-                nats_url=url,
+                nats_url=shown_url(url),
             ) from err
         raise
     # The server was reachable: from now on, ride out restarts however long they take.

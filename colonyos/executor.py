@@ -40,6 +40,7 @@ import nats.errors
 from colonyos import machine
 from colonyos.client import Client
 from colonyos.config import Settings
+from colonyos.connection import shown_url
 from colonyos.errors import (
     BrokerUnavailableError,
     ColoniesError,
@@ -285,7 +286,7 @@ class ExecutorApp:
         return self.processed
 
     async def _connect(self, burst: bool) -> Client | None:
-        url = self.settings.nats_url
+        url = shown_url(self.settings.nats_url)
         self._say(ExecutorStage.CONNECTING, f"connecting to NATS at {url}")
         delay = 1.0
         while not self._stopping.is_set():
@@ -435,7 +436,8 @@ class ExecutorApp:
         if not client.nc.is_connected:
             self._say(
                 ExecutorStage.UNREACHABLE,
-                f"cannot reach NATS at {self.settings.nats_url}; trying again until it answers",
+                f"cannot reach NATS at {shown_url(self.settings.nats_url)}; trying again until "
+                "it answers",
             )
         else:
             self._say(ExecutorStage.NO_BROKER, f"{err.message}; trying again until one answers")

@@ -39,7 +39,7 @@ from colonyos.broker.service import Service, new_id
 from colonyos.broker.store import ProcessStore
 from colonyos.broker.workflows import Workflows
 from colonyos.config import BrokerSettings
-from colonyos.connection import connect_nats
+from colonyos.connection import connect_nats, shown_url
 from colonyos.security.members import MemberBook
 from colonyos.security.serverconf import ServerKeys
 from colonyos.subjects import Subjects
@@ -117,7 +117,10 @@ class Broker:
             stack.push_async_callback(lease.release)
             self.ready.set()
             logger.info(
-                "broker %s standing on %s (prefix %s)", self.broker_id, s.nats_url, s.prefix
+                "broker %s standing on %s (prefix %s)",
+                self.broker_id,
+                shown_url(s.nats_url),
+                s.prefix,
             )
             while not self._stopping.is_set():
                 if await lease.try_acquire():

@@ -91,3 +91,12 @@ def test_key_generate_and_show_agree(tmp_path: Path) -> None:
     assert shown.exit_code == 0 and shown.stdout.strip() == public
     again = runner.invoke(app, ["key", "generate", "--out", str(path)])
     assert again.exit_code == 2 and "already exists" in again.output
+
+
+def test_server_urls_are_logged_without_credentials() -> None:
+    from colonyos.connection import shown_url
+
+    assert shown_url("nats://broker:secret@127.0.0.1:4222") == "nats://127.0.0.1:4222"
+    assert shown_url("nats://a:b@h1:1,tls://token@h2:2,nats://h3:3") == (
+        "nats://h1:1,tls://h2:2,nats://h3:3"
+    )
