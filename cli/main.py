@@ -50,6 +50,12 @@ def main_options(
         envvar="COLONIES_USER",
         help="The name you act under in the colony (default: your login name).",
     ),
+    tls_ca: Path | None = typer.Option(
+        None,
+        "--tls-ca",
+        envvar="COLONIES_TLS_CA",
+        help="Certificate authority of the server's TLS certificate (connects with TLS).",
+    ),
     verbose: bool = typer.Option(
         False, "--verbose", "-v", help="Log what happens (debug); show tracebacks of bugs."
     ),
@@ -64,7 +70,12 @@ def main_options(
     if not verbose:
         logging.getLogger("nats").setLevel(logging.CRITICAL)
     ctx.obj = Settings(
-        nats_url=nats, colony=colony_name, prefix=prefix, identity=identity, caller=caller
+        nats_url=nats,
+        colony=colony_name,
+        prefix=prefix,
+        identity=identity,
+        caller=caller,
+        tls_ca=tls_ca,
     )
 
 

@@ -32,7 +32,7 @@ from colonyos.security.keys import (
 )
 from colonyos.security.members import Member
 from colonyos.security.permissions import Role
-from colonyos.security.serverconf import ServerKeys, secure_config
+from colonyos.security.serverconf import ServerKeys, secure_config, tls_config
 from colonyos.subjects import SERVER_SCOPE
 
 from ._common import settings_of
@@ -91,6 +91,15 @@ def _config(path: Path | None) -> Iterator[Path]:
         yield packaged
 
 
+_TLS_CERT = typer.Option(
+    None,
+    "--tls-cert",
+    envvar="COLONIES_TLS_CERT",
+    help="Server certificate (PEM): clients must then connect with TLS (--tls-ca).",
+)
+_TLS_KEY = typer.Option(
+    None, "--tls-key", envvar="COLONIES_TLS_KEY", help="The certificate's private key (PEM)."
+)
 _INSECURE = typer.Option(
     False,
     "--insecure",
@@ -98,14 +107,28 @@ _INSECURE = typer.Option(
 )
 
 
-def _secure_config(data_dir: Path, base: Path) -> tuple[Path, Path]:
-    """The installation's keys (made on first start) and the server config with the auth
-    callout, written before the server starts (the callout cannot be added by a reload)."""
-    keys_dir = data_dir / "keys"
-    keys = ServerKeys.load_or_create(keys_dir)
-    config = data_dir / "nats-secure.conf"
+def _server_config(
+    data_dir: Path, base: Path, *, secure: bool, tls: tuple[Path, Path] | None
+) -> tuple[Path, Path | None]:
+    """The server config to start with, and the installation's keys (None when insecure):
+    ``base`` as it is, or with the auth callout (the keys made on first start) and TLS added,
+    written under the data directory before the server starts (the callout cannot be added by
+    a reload)."""
+    if not secure and tls is None:
+        return base, None
+    text = base.read_text()
+    keys_dir = None
+    if secure:
+        keys_dir = data_dir / "keys"
+        text = secure_config(text, ServerKeys.load_or_create(keys_dir))
+    if tls is not None:
+        for path in tls:
+            if not path.is_file():
+                raise fail(f"TLS file {path}: no such file")
+        text = tls_config(text, *tls)
     data_dir.mkdir(parents=True, exist_ok=True)
-    config.write_text(secure_config(base.read_text(), keys))
+    config = data_dir / ("nats-secure.conf" if secure else "nats-tls.conf")
+    config.write_text(text)
     return config, keys_dir
 
 
@@ -157,22 +180,25 @@ async def _serve(
     *,
     dev: bool,
     insecure: bool,
+    tls: tuple[Path, Path] | None,
 ) -> None:
     async with contextlib.AsyncExitStack() as stack:
-        keys_dir = None
         if insecure:
             console.print(
                 "[bold red]INSECURE:[/] no identities; anyone who can reach this server may "
                 "submit, read, cancel and approve anything in any colony"
             )
-        else:
-            config, keys_dir = _secure_config(data_dir, config)
+        config, keys_dir = _server_config(data_dir, config, secure=not insecure, tls=tls)
         server = _start_server(data_dir, port, http_port, config)
         stack.callback(server.stop)
         settings = msgspec.structs.replace(settings, nats_url=server.url)
         broker = Broker(
             BrokerSettings.from_env(
-                nats_url=server.url, prefix=settings.prefix, data_dir=data_dir, keys_dir=keys_dir
+                nats_url=server.url,
+                prefix=settings.prefix,
+                data_dir=data_dir,
+                keys_dir=keys_dir,
+                tls_ca=settings.tls_ca,
             )
         )
         broker_task = asyncio.create_task(broker.run())
@@ -276,9 +302,17 @@ def _run_server(
     *,
     dev: bool,
     insecure: bool,
+    tls_cert: Path | None = None,
+    tls_key: Path | None = None,
 ) -> None:
+    if (tls_cert is None) != (tls_key is None):
+        raise fail("give both --tls-cert and --tls-key, or neither")
+    tls = (tls_cert, tls_key) if tls_cert is not None and tls_key is not None else None
     with _config(config) as conf:
-        run(_serve(settings_of(ctx), data_dir, port, http_port, conf, dev=dev, insecure=insecure))
+        serving = _serve(
+            settings_of(ctx), data_dir, port, http_port, conf, dev=dev, insecure=insecure, tls=tls
+        )
+        run(serving)
 
 
 @server_app.command("start")
@@ -289,10 +323,22 @@ def server_start(
     http_port: int | None = _HTTP_PORT,
     config: Path | None = _CONFIG,
     insecure: bool = _INSECURE,
+    tls_cert: Path | None = _TLS_CERT,
+    tls_key: Path | None = _TLS_KEY,
 ) -> None:
     """Start an embedded NATS server (JetStream) and a broker, in the foreground. Secure
     unless --insecure: you (your key) own the server."""
-    _run_server(ctx, data_dir, port, http_port, config, dev=False, insecure=insecure)
+    _run_server(
+        ctx,
+        data_dir,
+        port,
+        http_port,
+        config,
+        dev=False,
+        insecure=insecure,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+    )
 
 
 @broker_app.command("start")
@@ -311,6 +357,7 @@ def broker_start(
                 prefix=settings.prefix,
                 data_dir=data_dir,
                 keys_dir=keys_dir if keys_dir.is_dir() else None,
+                tls_ca=settings.tls_ca,
             )
         )
         task = asyncio.create_task(broker.run())
@@ -331,7 +378,19 @@ def dev(
     http_port: int | None = _HTTP_PORT,
     config: Path | None = _CONFIG,
     insecure: bool = _INSECURE,
+    tls_cert: Path | None = _TLS_CERT,
+    tls_key: Path | None = _TLS_KEY,
 ) -> None:
     """Everything for development: NATS, a broker, colony 'dev' and an echo executor. Secure
     unless --insecure: you (your key) own the server and colony 'dev'."""
-    _run_server(ctx, data_dir, port, http_port, config, dev=True, insecure=insecure)
+    _run_server(
+        ctx,
+        data_dir,
+        port,
+        http_port,
+        config,
+        dev=True,
+        insecure=insecure,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+    )

@@ -62,6 +62,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # The name a user acts under (the rpc caller token); None: the login name. Executors act
     # under their own names.
     caller: str | None = None
+    # The certificate authority of the server's TLS certificate; None: the system's (and no
+    # TLS unless the URL says tls:// or the server asks for it).
+    tls_ca: Path | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -77,6 +80,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             values["identity"] = env["COLONIES_IDENTITY"]
         if "COLONIES_USER" in env:
             values["caller"] = env["COLONIES_USER"]
+        if "COLONIES_TLS_CA" in env:
+            values["tls_ca"] = env["COLONIES_TLS_CA"]
         values.update({k: v for k, v in overrides.items() if v is not None})
         return msgspec.convert(values, cls, strict=False)
 
@@ -114,6 +119,8 @@ class BrokerSettings(msgspec.Struct, frozen=True, kw_only=True):
     # The installation's keys (colonyos.security.serverconf): set on a secure installation,
     # where the broker connects with its own key and answers the server's auth callout.
     keys_dir: Path | None = None
+    # The certificate authority of the server's TLS certificate (see Settings.tls_ca).
+    tls_ca: Path | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> BrokerSettings:
@@ -126,6 +133,8 @@ class BrokerSettings(msgspec.Struct, frozen=True, kw_only=True):
             values["data_dir"] = env["COLONIES_DATA_DIR"]
         if "COLONIES_KEYS_DIR" in env:
             values["keys_dir"] = env["COLONIES_KEYS_DIR"]
+        if "COLONIES_TLS_CA" in env:
+            values["tls_ca"] = env["COLONIES_TLS_CA"]
         if "COLONIES_STORAGE" in env:
             values["storage"] = env["COLONIES_STORAGE"]
         for var, key in (

@@ -7,10 +7,14 @@ asks the brokers' auth callout, which grants exactly that role's subjects.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import re
+import ssl
 import weakref
+from collections.abc import Awaitable
+from pathlib import Path
 from typing import Any
 
 import nats.errors
@@ -40,6 +44,27 @@ def denied(nc: NATS, subject: str) -> str | None:
     return _denials.get(nc, {}).get(subject)
 
 
+class _Heard:
+    """What nats-py tells only the error callback of a connection: errors while connecting
+    (a refusal, TLS failing) and, later, the subjects the server refused it."""
+
+    def __init__(self) -> None:
+        self.errors: list[Exception] = []
+        self.refused: dict[str, str] = {}
+        self.tls_failed = asyncio.Event()
+
+    async def error_cb(self, err: Exception) -> None:
+        logger.debug("nats: %s", err)
+        if isinstance(err, ssl.SSLError):
+            self.tls_failed.set()
+        if m := _VIOLATION.search(str(err)):
+            self.refused[m[2]] = m[1].lower()
+            if len(self.refused) > 1000:  # a long-lived connection refused many subjects
+                self.refused.pop(next(iter(self.refused)))
+        else:
+            self.errors.append(err)
+
+
 async def connect_nats(
     url: str,
     *,
@@ -47,24 +72,16 @@ async def connect_nats(
     seed: bytes | None = None,
     token: str | None = None,
     inbox_prefix: str | None = None,
+    tls_ca: Path | None = None,
     who: str = "",
 ) -> NATS:
     """Connect, failing fast if no server answers; once connected, reconnect forever.
 
     ``seed`` signs the server's nonce; ``token`` is the identity claim a member sends beside
-    it; ``who`` names the identity in a refusal ("alice in colony dev (key U...)")."""
-    errors: list[Exception] = []
-    refused: dict[str, str] = {}
-
-    async def error_cb(err: Exception) -> None:
-        if m := _VIOLATION.search(str(err)):
-            refused[m[2]] = m[1].lower()
-            if len(refused) > 1000:  # a long-lived connection refused many subjects
-                refused.pop(next(iter(refused)))
-        else:
-            errors.append(err)
-        logger.debug("nats: %s", err)
-
+    it; ``tls_ca``: the certificate authority that signed the server's TLS certificate (else
+    the system's); ``who`` names the identity in a refusal ("alice in colony dev (key U...)").
+    """
+    heard = _Heard()
     options: dict[str, Any] = {}
     if seed is not None:
         options["nkeys_seed_str"] = seed.decode()
@@ -72,34 +89,76 @@ async def connect_nats(
         options["token"] = token
     if inbox_prefix is not None:
         options["inbox_prefix"] = inbox_prefix
+    if tls_ca is not None or url.startswith("tls://"):
+        options["tls"] = _tls_context(tls_ca)
     nc = NATS()
+    connecting = nc.connect(
+        servers=[u.strip() for u in url.split(",") if u.strip()],
+        name=name,
+        connect_timeout=2,
+        allow_reconnect=True,
+        max_reconnect_attempts=_INITIAL_CONNECT_ATTEMPTS,
+        reconnect_time_wait=0.5,  # type: ignore[arg-type]  # annotated int; a float works
+        error_cb=heard.error_cb,
+        **options,
+    )
     try:
-        await nc.connect(
-            servers=[u.strip() for u in url.split(",") if u.strip()],
-            name=name,
-            connect_timeout=2,
-            allow_reconnect=True,
-            max_reconnect_attempts=_INITIAL_CONNECT_ATTEMPTS,
-            reconnect_time_wait=0.5,  # type: ignore[arg-type]  # annotated int; a float works
-            error_cb=error_cb,
-            **options,
-        )
+        await _unless_tls_fails(connecting, heard.tls_failed)
     except (OSError, nats.errors.Error) as err:
         with contextlib.suppress(Exception):
             await nc.close()  # a refused connection leaves its socket open otherwise
-        if any("authorization violation" in str(e).lower() for e in [*errors, err]):
-            raise _refused(shown_url(url), who, seed is not None) from err
-        if isinstance(err, OSError | nats.errors.NoServersError | nats.errors.TimeoutError):
-            raise BrokerUnavailableError(
-                f"cannot reach NATS at {shown_url(url)}: is the server running? "
-                "('colonies dev' or 'colonies server start' starts one)",
-                nats_url=shown_url(url),
-            ) from err
-        raise
+        raise _why_not(err, heard.errors, url, who, with_key=seed is not None) from err
     # The server was reachable: from now on, ride out restarts however long they take.
     nc.options["max_reconnect_attempts"] = -1
-    _denials[nc] = refused
+    _denials[nc] = heard.refused
     return nc
+
+
+def _why_not(
+    err: Exception, errors: list[Exception], url: str, who: str, *, with_key: bool
+) -> Exception:
+    """What to tell about a connection that failed: refused, TLS, no server, or as it is."""
+    shown = shown_url(url)
+    if any("authorization violation" in str(e).lower() for e in [*errors, err]):
+        return _refused(shown, who, with_key)
+    if bad_tls := next((e for e in [*errors, err] if isinstance(e, ssl.SSLError)), None):
+        return BrokerUnavailableError(
+            f"TLS with the NATS server at {shown} failed: {bad_tls}; name the authority that "
+            "signed its certificate with --tls-ca or COLONIES_TLS_CA",
+            nats_url=shown,
+        )
+    if isinstance(err, OSError | nats.errors.NoServersError | nats.errors.TimeoutError):
+        return BrokerUnavailableError(
+            f"cannot reach NATS at {shown}: is the server running? "
+            "('colonies dev' or 'colonies server start' starts one)",
+            nats_url=shown,
+        )
+    return err
+
+
+async def _unless_tls_fails(connecting: Awaitable[None], tls_failed: asyncio.Event) -> None:
+    """Await the connect, but give up at once when TLS fails: nats-py then reports the error
+    to the error callback and waits for ever."""
+    task = asyncio.ensure_future(connecting)
+    failed = asyncio.ensure_future(tls_failed.wait())
+    try:
+        await asyncio.wait({task, failed}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        failed.cancel()
+    if not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+        raise nats.errors.Error("TLS failed")
+    task.result()
+
+
+def _tls_context(ca: Path | None) -> ssl.SSLContext:
+    """Verify the server's certificate and name (the system's authorities unless ``ca``)."""
+    try:
+        return ssl.create_default_context(cafile=str(ca) if ca is not None else None)
+    except (OSError, ssl.SSLError) as err:
+        raise BrokerUnavailableError(f"cannot use the TLS authority {ca}: {err}") from None
 
 
 def _refused(url: str, who: str, with_key: bool) -> NotAuthorizedError:

@@ -86,6 +86,7 @@ class Broker:
                 s.nats_url,
                 name=f"colonies-broker-{self.broker_id}",
                 seed=keys.broker.seed if keys is not None else None,
+                tls_ca=s.tls_ca,
             )
             stack.push_async_callback(self._drain, nc)
             store = ProcessStore(
@@ -105,11 +106,14 @@ class Broker:
             await self.members.start()
             if keys is not None:
                 # Every broker, leading or not, lets members in: it needs only the book.
-                callout = Callout(s.nats_url, self.subjects, keys, self.members)
+                callout = Callout(s.nats_url, self.subjects, keys, self.members, tls_ca=s.tls_ca)
                 await callout.start()
                 stack.push_async_callback(callout.stop)
                 system = await connect_nats(
-                    s.nats_url, name="colonies-broker-system", seed=keys.system.seed
+                    s.nats_url,
+                    name="colonies-broker-system",
+                    seed=keys.system.seed,
+                    tls_ca=s.tls_ca,
                 )
                 stack.push_async_callback(self._drain, system)
                 self._kicker = Kicker(system, s.prefix)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+from pathlib import Path
 
 import msgspec
 import nats.errors
@@ -54,9 +55,16 @@ class _Request(msgspec.Struct):
 
 class Callout:
     def __init__(
-        self, nats_url: str, subjects: Subjects, keys: ServerKeys, book: MemberBook
+        self,
+        nats_url: str,
+        subjects: Subjects,
+        keys: ServerKeys,
+        book: MemberBook,
+        *,
+        tls_ca: Path | None = None,
     ) -> None:
         self.nats_url = nats_url
+        self.tls_ca = tls_ca
         self.subjects = subjects
         self.keys = keys
         self.book = book
@@ -64,7 +72,7 @@ class Callout:
 
     async def start(self) -> None:
         self._nc = await connect_nats(
-            self.nats_url, name="colonies-callout", seed=self.keys.callout.seed
+            self.nats_url, name="colonies-callout", seed=self.keys.callout.seed, tls_ca=self.tls_ca
         )
         await self._nc.subscribe(
             AUTH_SUBJECT, queue=f"{self.subjects.prefix}-callout", cb=self._on_request

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from colonyos.security.keys import Identity, generate, load_identity, write_seed
 
-__all__ = ["ACCOUNT", "AUTH_ACCOUNT", "ServerKeys", "secure_config"]
+__all__ = ["ACCOUNT", "AUTH_ACCOUNT", "ServerKeys", "secure_config", "tls_config"]
 
 # The account that holds every stream and bucket, and every member's connection.
 ACCOUNT = "COLONIES"
@@ -70,5 +70,18 @@ authorization {{
     account: {AUTH_ACCOUNT}
     auth_users: [ {callout}, {broker}, {system} ]
   }}
+}}
+"""
+
+
+def tls_config(base: str, cert: Path, key: Path) -> str:
+    """``base`` with TLS required of every client connection (brokers included)."""
+    return f"""{base.rstrip()}
+
+# ---- written by colonyos: clients connect with TLS ----
+tls {{
+  cert_file: "{cert.resolve()}"
+  key_file: "{key.resolve()}"
+  timeout: 2
 }}
 """

@@ -33,15 +33,19 @@ class SecureServer:
     keys: ServerKeys
 
 
+def roomy_config() -> str:
+    """The packaged server config with room for many tests' memory streams: each reserves its
+    limits (the logs stream 1 GiB) until it drops them."""
+    with packaged_config() as base:
+        return re.sub(r"max_memory_store: \S+", "max_memory_store: 64GB", base.read_text())
+
+
 @pytest.fixture(scope="session")
 def secure_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureServer]:
     home = tmp_path_factory.mktemp("secure")
     keys = ServerKeys.load_or_create(home / "keys")
-    with packaged_config() as base:
-        # Each test's streams reserve their limits (the logs stream 1 GiB) until it drops them.
-        text = re.sub(r"max_memory_store: \S+", "max_memory_store: 64GB", base.read_text())
-        config = home / "nats.conf"
-        config.write_text(secure_config(text, keys))
+    config = home / "nats.conf"
+    config.write_text(secure_config(roomy_config(), keys))
     server = NatsServer(home / "jetstream", port=0, config=config).start()
     yield SecureServer(server.url, home / "keys", keys)
     server.stop()
