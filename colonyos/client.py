@@ -108,9 +108,11 @@ _WIDEST_INT64 = -(2**63)
 
 def _identity(settings: Settings) -> Identity | None:
     """The seed named by the settings (which must exist), else the default identity file if
-    there is one; None: connect without an identity (an insecure server)."""
+    there is one (and the URL names no user of its own); None: connect without an identity."""
     if settings.identity is not None:
         return load_identity(settings.identity)
+    if "@" in settings.nats_url:  # credentials in the URL: the server's own users, not keys
+        return None
     default = default_identity_path()
     return load_identity(default) if default.exists() else None
 
