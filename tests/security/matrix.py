@@ -98,6 +98,7 @@ CELLS: tuple[Cell, ...] = (
     Cell("workflows", _PUB, "{P}.{O}.workflows", _NOBODY),
     Cell("workflows", _SUB, "{P}.{C}.workflows", _NOBODY),
     Cell("events", _SUB, "{P}.{C}.events.*.*.*", _MEMBERS),
+    Cell("events", _SUB, "{P}.{O}.events.*.*.*", _NOBODY),
     Cell("events", _SUB, "{P}.{O}.events.>", _NOBODY),
     Cell("events", _SUB, "{P}.*.events.*.*.*", _NOBODY),
     Cell("events", _PUB, "{P}.{C}.events.{T}.success.{X}", _NOBODY),
