@@ -5,7 +5,7 @@ every role x cell against a real server, and :func:`render` writes it into docs/
 Subjects are written with placeholders: ``P`` the installation prefix, ``U`` the prefix in
 upper case (stream names), ``C`` the member's own colony ``dev``, ``O`` another colony that
 exists (``other``), ``N`` the member's own name, ``M`` another member's name (an approved
-executor), ``T`` an executor type, ``X`` a process id.
+executor), ``T`` an executor type, ``X`` a process id, ``K`` a new consumer's name.
 """
 
 from __future__ import annotations
@@ -56,18 +56,38 @@ class Cell:
     action: Action
     subject: str  # a template: "{P}.{C}.specs.{T}"
     allowed: frozenset[Who]
+    # A consumer create's body: the subject its messages are pushed to ("" for a pull
+    # consumer), and a second filter beside the one in the subject.
+    deliver: str = ""
+    also_filter: str = ""
+    # What the server does not refuse yet although it must: the roles it lets through, and
+    # why. Their cells are expected to fail (strictly: a fix shows up as a failure to mark).
+    hole_for: frozenset[Who] = frozenset()
+    hole: str = ""
 
     @property
     def shown(self) -> str:
         """The subject as docs/security.md writes it (``P.C.specs.T``)."""
-        return self.subject.replace("{", "").replace("}", "")
+        shown = _shown(self.subject)
+        if self.deliver:
+            shown += f" deliver={_shown(self.deliver)}"
+        if self.also_filter:
+            shown += f" +filter={_shown(self.also_filter)}"
+        return shown
 
     def test_id(self, who: Who) -> str:
         return f"{who.value.replace(' ', '-')}:{self.action.value}:{self.shown}"
 
 
-def subject_for(template: str, *, prefix: str, name: str, other_name: str) -> str:
+def _shown(template: str) -> str:
+    return template.replace("{", "").replace("}", "")
+
+
+def subject_for(
+    template: str, *, prefix: str, name: str, other_name: str, consumer: str = "K"
+) -> str:
     return template.format(
+        K=consumer,
         P=prefix,
         U=prefix.upper().replace("-", "_"),
         C="dev",
@@ -87,6 +107,13 @@ _EXECUTORS = frozenset({Who.EXECUTOR, Who.PENDING})
 
 _PUB, _SUB, _REQ = Action.PUBLISH, Action.SUBSCRIBE, Action.REQUEST
 
+_EVENTS_OWN = "$JS.API.CONSUMER.CREATE.{U}_EVENTS.{K}.{P}.{C}.events.>"
+_PUSHED_ANYWHERE = (
+    "a push consumer's deliver subject is not checked against its creator's permissions: a "
+    "member has its colony's events or logs pushed to any subject someone subscribes to by "
+    "name (another colony's control subjects, the leader subject every executor hears)"
+)
+
 # The table. A role not listed in a cell's set must be refused there by the server.
 CELLS: tuple[Cell, ...] = (
     Cell("specs", _PUB, "{P}.{C}.specs.{T}", _SUBMITTERS),
@@ -102,12 +129,41 @@ CELLS: tuple[Cell, ...] = (
     Cell("events", _SUB, "{P}.{O}.events.>", _NOBODY),
     Cell("events", _SUB, "{P}.*.events.*.*.*", _NOBODY),
     Cell("events", _PUB, "{P}.{C}.events.{T}.success.{X}", _NOBODY),
-    Cell("events", _REQ, "$JS.API.CONSUMER.CREATE.{U}_EVENTS.m1.{P}.{C}.events.>", _MEMBERS),
-    Cell("events", _REQ, "$JS.API.CONSUMER.CREATE.{U}_EVENTS.m1.{P}.{O}.events.>", _NOBODY),
+    Cell("events", _REQ, _EVENTS_OWN, _MEMBERS),
+    Cell("events", _REQ, "$JS.API.CONSUMER.CREATE.{U}_EVENTS.{K}.{P}.{O}.events.>", _NOBODY),
+    Cell("events", _REQ, _EVENTS_OWN, _MEMBERS, deliver="_INBOX.{C}.{N}.{X}"),
+    Cell("events", _REQ, _EVENTS_OWN, _NOBODY, also_filter="{P}.{O}.events.>"),
+    Cell(
+        "events",
+        _REQ,
+        _EVENTS_OWN,
+        _NOBODY,
+        deliver="{P}._server.leader",
+        hole_for=_MEMBERS,
+        hole=_PUSHED_ANYWHERE,
+    ),
+    Cell(
+        "events",
+        _REQ,
+        _EVENTS_OWN,
+        _NOBODY,
+        deliver="{P}.{O}.control.{M}",
+        hole_for=_MEMBERS,
+        hole=_PUSHED_ANYWHERE,
+    ),
     Cell("events", _REQ, "$JS.API.DIRECT.GET.{U}_EVENTS.{P}.{C}.events.{T}.success.{X}", _MEMBERS),
     Cell("events", _REQ, "$JS.API.DIRECT.GET.{U}_EVENTS.{P}.{O}.events.{T}.success.{X}", _NOBODY),
-    Cell("logs", _REQ, "$JS.API.CONSUMER.CREATE.{U}_LOGS.m1.{P}.{C}.logs.>", _MEMBERS),
-    Cell("logs", _REQ, "$JS.API.CONSUMER.CREATE.{U}_LOGS.m1.{P}.{O}.logs.>", _NOBODY),
+    Cell("logs", _REQ, "$JS.API.CONSUMER.CREATE.{U}_LOGS.{K}.{P}.{C}.logs.>", _MEMBERS),
+    Cell("logs", _REQ, "$JS.API.CONSUMER.CREATE.{U}_LOGS.{K}.{P}.{O}.logs.>", _NOBODY),
+    Cell(
+        "logs",
+        _REQ,
+        "$JS.API.CONSUMER.CREATE.{U}_LOGS.{K}.{P}.{C}.logs.>",
+        _NOBODY,
+        deliver="{P}.{C}.control.{M}",
+        hole_for=_MEMBERS,
+        hole=_PUSHED_ANYWHERE,
+    ),
     Cell("logs", _REQ, "$JS.API.DIRECT.GET.{U}_LOGS.{P}.{C}.logs.{X}", _MEMBERS),
     Cell("logs", _REQ, "$JS.API.DIRECT.GET.{U}_LOGS.{P}.{O}.logs.{X}", _NOBODY),
     Cell("logs", _REQ, "$JS.API.DIRECT.GET.{U}_LOGS", _NOBODY),
@@ -168,11 +224,15 @@ def render() -> str:
         "| connect | | | " + " | ".join(_mark(w.connects) for w in roles) + " |",
     ]
     for cell in CELLS:
-        marks = (_mark(w in cell.allowed) for w in roles)
+        marks = (
+            _mark(w in cell.allowed) + (" (hole)" if w in cell.hole_for else "") for w in roles
+        )
         subject = cell.shown.replace("|", "\\|")
         lines.append(
             f"| {cell.family} | {cell.action.value} | `{subject}` | " + " | ".join(marks) + " |"
         )
+    holes = sorted({cell.hole for cell in CELLS if cell.hole})
+    lines += ["", *(f"(hole): not refused yet: {hole}." for hole in holes)]
     return "\n".join(lines) + "\n"
 
 
