@@ -17,6 +17,7 @@ __all__ = [
     "CELLS",
     "DOC_END",
     "DOC_START",
+    "PUSHED_ANYWHERE",
     "Action",
     "Cell",
     "Who",
@@ -108,10 +109,11 @@ _EXECUTORS = frozenset({Who.EXECUTOR, Who.PENDING})
 _PUB, _SUB, _REQ = Action.PUBLISH, Action.SUBSCRIBE, Action.REQUEST
 
 _EVENTS_OWN = "$JS.API.CONSUMER.CREATE.{U}_EVENTS.{K}.{P}.{C}.events.>"
-_PUSHED_ANYWHERE = (
+PUSHED_ANYWHERE = (
     "a push consumer's deliver subject is not checked against its creator's permissions: a "
     "member has its colony's events or logs pushed to any subject someone subscribes to by "
-    "name (another colony's control subjects, the leader subject every executor hears)"
+    "name (another colony's control subjects, the leader subject every executor hears); "
+    "nats-server issue 8274"
 )
 
 # The table. A role not listed in a cell's set must be refused there by the server.
@@ -140,7 +142,7 @@ CELLS: tuple[Cell, ...] = (
         _NOBODY,
         deliver="{P}._server.leader",
         hole_for=_MEMBERS,
-        hole=_PUSHED_ANYWHERE,
+        hole=PUSHED_ANYWHERE,
     ),
     Cell(
         "events",
@@ -149,7 +151,7 @@ CELLS: tuple[Cell, ...] = (
         _NOBODY,
         deliver="{P}.{O}.control.{M}",
         hole_for=_MEMBERS,
-        hole=_PUSHED_ANYWHERE,
+        hole=PUSHED_ANYWHERE,
     ),
     Cell("events", _REQ, "$JS.API.DIRECT.GET.{U}_EVENTS.{P}.{C}.events.{T}.success.{X}", _MEMBERS),
     Cell("events", _REQ, "$JS.API.DIRECT.GET.{U}_EVENTS.{P}.{O}.events.{T}.success.{X}", _NOBODY),
@@ -162,7 +164,7 @@ CELLS: tuple[Cell, ...] = (
         _NOBODY,
         deliver="{P}.{C}.control.{M}",
         hole_for=_MEMBERS,
-        hole=_PUSHED_ANYWHERE,
+        hole=PUSHED_ANYWHERE,
     ),
     Cell("logs", _REQ, "$JS.API.DIRECT.GET.{U}_LOGS.{P}.{C}.logs.{X}", _MEMBERS),
     Cell("logs", _REQ, "$JS.API.DIRECT.GET.{U}_LOGS.{P}.{O}.logs.{X}", _NOBODY),

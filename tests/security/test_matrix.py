@@ -40,6 +40,7 @@ from tests.security.matrix import (
     CELLS,
     DOC_END,
     DOC_START,
+    PUSHED_ANYWHERE,
     Action,
     Cell,
     Who,
@@ -94,9 +95,11 @@ class World:
         )
 
 
-def _party_settings(server: SecureServer, prefix: str, seed_path: Path) -> Settings:
+def _party_settings(
+    server: SecureServer, prefix: str, seed_path: Path, colony: str = COLONY
+) -> Settings:
     return Settings(
-        nats_url=server.url, colony=COLONY, prefix=prefix, identity=seed_path, request_timeout_s=5
+        nats_url=server.url, colony=colony, prefix=prefix, identity=seed_path, request_timeout_s=5
     )
 
 
@@ -347,3 +350,56 @@ def test_the_docs_show_the_matrix() -> None:
         "docs/security.md's matrix differs from tests/security/matrix.py; paste this between "
         f"the markers:\n\n{render()}"
     )
+
+
+@in_module_loop
+@pytest.mark.xfail(strict=True, reason=PUSHED_ANYWHERE)
+async def test_a_member_cannot_push_its_colonys_events_to_another_colonys_executor(
+    world: World, tmp_path: Path
+) -> None:
+    """What the (hole) cells mean: otto, an executor of colony other, hears on its control
+    subject the events of colony dev, pushed there by a consumer alice made."""
+    p, u = world.prefix, world.prefix.upper()
+    olive_seed, otto_key = tmp_path / "olive.nk", generate()
+    write_seed(olive_seed, world.keys[Who.COLONY_OWNER])
+    settings = _party_settings(world.server, p, olive_seed, colony=OTHER)
+    async with await Client.connect(settings, caller="olive") as olive:
+        await olive.member_add("otto", otto_key.public_key, role="executor", executor_type="echo")
+    claim = ConnectClaim(prefix=p, colony=OTHER, name="otto", executor=True)
+    otto = await nats.connect(
+        world.server.url,
+        nkeys_seed_str=otto_key.seed.decode(),
+        token=claim.token(),
+        inbox_prefix=inbox_prefix(OTHER, "otto"),
+        allow_reconnect=False,
+    )
+    try:
+        control = await otto.subscribe(f"{p}.{OTHER}.control.otto")
+        await otto.flush()
+        alice = world.connections[Who.USER].nc
+        events = await alice.subscribe(f"{p}.{COLONY}.events.*.*.*")
+        spec = b'{"funcname": "f", "conditions": {"executortype": "echo"}}'
+        await alice.request(f"{p}.{COLONY}.specs.echo", spec, timeout=5)
+        await events.next_msg(timeout=5)  # dev has an event to push
+        await events.unsubscribe()
+        consumer = uuid.uuid4().hex
+        config = {
+            "name": consumer,
+            "filter_subject": f"{p}.{COLONY}.events.>",
+            "deliver_subject": f"{p}.{OTHER}.control.otto",
+            "deliver_policy": "all",
+            "ack_policy": "none",
+            "inactive_threshold": 1_000_000_000,
+        }
+        body = json.dumps({"stream_name": f"{u}_EVENTS", "config": config}).encode()
+        subject = f"$JS.API.CONSUMER.CREATE.{u}_EVENTS.{consumer}.{p}.{COLONY}.events.>"
+        try:
+            reply = await alice.request(subject, body, timeout=5)
+        except nats.errors.TimeoutError:
+            return  # refused by the server's permissions
+        if "error" in json.loads(reply.data):
+            return  # refused by JetStream
+        pushed = await control.next_msg(timeout=5)
+        pytest.fail(f"otto (colony {OTHER}) was pushed {pushed.subject}: {pushed.data[:60]!r}")
+    finally:
+        await otto.close()
