@@ -405,3 +405,64 @@ async def test_a_member_cannot_push_its_colonys_events_to_another_colonys_execut
         pytest.fail(f"otto (colony {OTHER}) was pushed {pushed.subject}: {pushed.data[:60]!r}")
     finally:
         await otto.close()
+
+
+SHARED_INBOX = (
+    "a member's inbox prefix (_INBOX.C.N) does not name the installation: a member of another "
+    "installation on the same server, in a colony and under a name of the same spelling, "
+    "subscribes to the same inboxes"
+)
+
+
+@in_module_loop
+@pytest.mark.xfail(strict=True, reason=SHARED_INBOX)
+async def test_a_namesake_in_another_installation_cannot_read_a_members_replies(
+    world: World, tmp_path: Path
+) -> None:
+    """Two installations (prefixes) on one server, each with an alice in a colony dev."""
+    prefix = f"n{uuid.uuid4().hex[:10]}"
+    settings = BrokerSettings(
+        nats_url=world.server.url,
+        prefix=prefix,
+        storage="memory",
+        keys_dir=world.server.keys_dir,
+    )
+    owner, namesake = generate(), generate()
+    try:
+        async with running_broker(settings) as broker:
+            book = _book(broker)
+            await book.put(
+                Member(
+                    colony_name=SERVER_SCOPE,
+                    name="root",
+                    public_key=owner.public_key,
+                    role=Role.SERVER_OWNER,
+                )
+            )
+            write_seed(tmp_path / "root.nk", owner)
+            root_settings = _party_settings(world.server, prefix, tmp_path / "root.nk")
+            async with await Client.connect(root_settings, caller="root") as root:
+                await root.colony_add(COLONY)
+            # The owner of the new colony: rights are decided at connect.
+            async with await Client.connect(root_settings, caller="root") as root:
+                await root.member_add("alice", namesake.public_key)
+            claim = ConnectClaim(prefix=prefix, colony=COLONY, name="alice")
+            other_alice = await nats.connect(
+                world.server.url,
+                nkeys_seed_str=namesake.seed.decode(),
+                token=claim.token(),
+                inbox_prefix=inbox_prefix(COLONY, "alice"),
+                allow_reconnect=False,
+            )
+            try:
+                overheard = await other_alice.subscribe(inbox_prefix(COLONY, "alice") + ".>")
+                await other_alice.flush()
+                alice = world.connections[Who.USER].nc
+                await alice.request(f"{world.prefix}.{COLONY}.rpc.alice.list", b"{}", timeout=5)
+                # The server sent any copy to the namesake before the PONG that answers this.
+                await other_alice.flush()
+                assert overheard.pending_msgs == 0, "the namesake got alice's reply"
+            finally:
+                await other_alice.close()
+    finally:
+        await drop_streams(world.server, prefix)
