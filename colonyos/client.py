@@ -172,7 +172,7 @@ class Client:
             name=name,
             seed=identity.seed if identity is not None else None,
             token=claim.token() if identity is not None else None,
-            inbox_prefix=inbox_prefix(colony, caller),
+            inbox_prefix=inbox_prefix(settings.prefix, colony, caller),
             tls_ca=settings.tls_ca,
             who=f"{caller!r} in colony {colony!r}"
             + (f" (key {identity.public_key})" if identity is not None else ""),

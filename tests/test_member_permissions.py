@@ -321,7 +321,7 @@ async def test_a_member_cannot_read_another_colonys_events(
     refuses a direct get of another colony's events."""
     subjects = Subjects(members.settings.prefix)
     member = members.member
-    inbox = inbox_prefix(COLONY, MEMBER_NAME) + ".reader"
+    inbox = inbox_prefix(subjects.prefix, COLONY, MEMBER_NAME) + ".reader"
     for colony in ("other", "*"):
         with pytest.raises(NotAuthorizedError, match="filtersubject"):
             await member.open_reader(
@@ -331,7 +331,7 @@ async def test_a_member_cannot_read_another_colonys_events(
                     deliver_subject=inbox,
                 )
             )
-    for deliver in (subjects.control("other", "someone"), f"_INBOX.{COLONY}.someone.x", "_INBOX.>"):
+    for deliver in (subjects.control("other", "someone"), f"_INBOX.{subjects.prefix}.{COLONY}.someone.x", "_INBOX.>"):
         with pytest.raises(NotAuthorizedError, match="deliversubject"):
             await member.open_reader(
                 ReaderOpen(

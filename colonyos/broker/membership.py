@@ -44,6 +44,20 @@ OWNER_OPS = frozenset(
 EXECUTOR_OPS = frozenset({"register"})
 
 
+def reply_in_inbox(prefix: str, colony: str, caller: str, reply: str) -> bool:
+    """Whether the broker may answer a request into ``reply``: only into the caller's own
+    inbox, ``_INBOX.<prefix>.<colony>.<caller>.``. nats-server checks what a client publishes
+    to, not the reply subject it names, and the answer goes out with the broker's rights (a
+    reply subject in another colony's specs would have it stored there). A server owner's
+    request names the scope ``_server``, its inbox the colony it connected to."""
+    if not reply:
+        return True  # nothing to answer
+    parts = reply.split(".")
+    if len(parts) < 5 or parts[:2] != ["_INBOX", prefix]:
+        return False
+    return parts[3] == caller and (colony == SERVER_SCOPE or parts[2] == colony)
+
+
 class Membership:
     def __init__(self, service: Service, admin: Admin, book: MemberBook, *, secure: bool) -> None:
         self.service = service
@@ -58,6 +72,7 @@ class Membership:
         )
         if secure:
             service.authorize = self.authorize
+            service.reply_allowed = self.reply_allowed
 
     # -- the role rules ---------------------------------------------------------------------
     async def authorize(self, colony: str, caller: str, op: str) -> None:
@@ -80,6 +95,9 @@ class Membership:
                     op=op,
                     caller=caller,
                 )
+
+    def reply_allowed(self, colony: str, caller: str, reply: str) -> bool:
+        return reply_in_inbox(self.service.subjects.prefix, colony, caller, reply)
 
     async def _owns(self, colony: str, caller: str) -> bool:
         member = await self.book.get(colony, caller)

@@ -5,7 +5,8 @@ its creator's rights (when the filter is in the subject) but not a push consumer
 subject, so a member allowed to create one could have its colony's messages delivered on any
 subject of the account, another colony's control subjects or a ``$KV`` subject among them.
 The broker creates the consumer instead, with a filter inside the caller's colony and a
-deliver subject inside the caller's own inbox (``_INBOX.<colony>.<caller>.``), and no acks.
+deliver subject inside the caller's own inbox (``_INBOX.<prefix>.<colony>.<caller>.``), and
+no acks.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ class Readers:
                 f"not allowed: filtersubject {req.filter_subject!r} is not within {scope}>",
                 path="$.filtersubject",
             )
-        inbox = inbox_prefix(colony, caller) + "."
+        inbox = inbox_prefix(s.prefix, colony, caller) + "."
         deliver = req.deliver_subject
         if not deliver.startswith(inbox) or "*" in deliver or ">" in deliver:
             raise NotAuthorizedError(

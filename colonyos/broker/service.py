@@ -175,6 +175,8 @@ class Service:
 
     # The role rules of a secure installation (broker/membership.py): raises to refuse.
     authorize: Callable[[str, str, str], Awaitable[None]] | None = None
+    # Whether a request's reply subject is the caller's own inbox (secure installations).
+    reply_allowed: Callable[[str, str, str], bool] | None = None
     # Cuts the live connections of a member of a colony (broker/kicker.py), when secure.
     cut: Callable[[str, str], Awaitable[int]] | None = None
 
@@ -313,6 +315,12 @@ class Service:
     # -- request/reply ------------------------------------------------------------------
     async def handle(self, msg: Msg) -> None:
         colony, caller, op = self.subjects.parse_rpc(msg.subject)
+        if self.reply_allowed is not None and not self.reply_allowed(colony, caller, msg.reply):
+            # Answering would publish, with the broker's rights, wherever the caller asked.
+            logger.warning(
+                "ignored %s from %s in %s: its reply subject is not its inbox", op, caller, colony
+            )
+            return
         try:
             entry = self._ops.get(op)
             if entry is None:

@@ -2,7 +2,7 @@
 user JWTs, and docs/security.md shows.
 
 ``C`` is the colony, ``N`` the member's name in it. Every client connects with
-``inbox_prefix=_INBOX.C.N`` (:func:`inbox_prefix`), so replies reach only their caller, and
+``inbox_prefix=_INBOX.P.C.N`` (:func:`inbox_prefix`), so replies reach only their caller, and
 publishes its requests as ``<prefix>.C.rpc.N.<op>``: the server lets no one speak under another
 name, and the broker reads the caller from the subject. Never granted to members: ``$KV.>``,
 stream management and message get, unfiltered consumers, another colony's subjects.
@@ -32,8 +32,10 @@ class Grants:
     subscribe: tuple[str, ...]
 
 
-def inbox_prefix(colony: str, name: str) -> str:
-    return f"_INBOX.{colony}.{name}"
+def inbox_prefix(prefix: str, colony: str, name: str) -> str:
+    """Where a member's replies and deliveries come: its installation, colony and name (two
+    installations on one server may each have an ``alice`` in a colony ``dev``)."""
+    return f"_INBOX.{prefix}.{colony}.{name}"
 
 
 def grants(subjects: Subjects, colony: str, name: str, roles: tuple[Role, ...]) -> Grants:
@@ -49,7 +51,7 @@ def grants(subjects: Subjects, colony: str, name: str, roles: tuple[Role, ...]) 
 
 def _grants(subjects: Subjects, colony: str, name: str, role: Role) -> Grants:
     s, p = subjects, subjects.prefix
-    inbox = inbox_prefix(colony, name) + ".>"
+    inbox = inbox_prefix(p, colony, name) + ".>"
     if role is Role.SERVER_OWNER:
         return Grants(publish=(s.rpc(SERVER_SCOPE, name, "*"),), subscribe=(inbox,))
     if role is Role.PENDING_EXECUTOR:

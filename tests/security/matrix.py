@@ -17,7 +17,6 @@ __all__ = [
     "CELLS",
     "DOC_END",
     "DOC_START",
-    "PUSHED_ANYWHERE",
     "Action",
     "Cell",
     "Who",
@@ -109,12 +108,6 @@ _EXECUTORS = frozenset({Who.EXECUTOR, Who.PENDING})
 _PUB, _SUB, _REQ = Action.PUBLISH, Action.SUBSCRIBE, Action.REQUEST
 
 _EVENTS_OWN = "$JS.API.CONSUMER.CREATE.{U}_EVENTS.{K}.{P}.{C}.events.>"
-PUSHED_ANYWHERE = (
-    "a push consumer's deliver subject is not checked against its creator's permissions: a "
-    "member has its colony's events or logs pushed to any subject someone subscribes to by "
-    "name (another colony's control subjects, the leader subject every executor hears); "
-    "nats-server issue 8274"
-)
 
 # The table. A role not listed in a cell's set must be refused there by the server.
 CELLS: tuple[Cell, ...] = (
@@ -131,9 +124,9 @@ CELLS: tuple[Cell, ...] = (
     Cell("events", _SUB, "{P}.{O}.events.>", _NOBODY),
     Cell("events", _SUB, "{P}.*.events.*.*.*", _NOBODY),
     Cell("events", _PUB, "{P}.{C}.events.{T}.success.{X}", _NOBODY),
-    Cell("events", _REQ, _EVENTS_OWN, _MEMBERS),
+    Cell("events", _REQ, _EVENTS_OWN, _NOBODY),
     Cell("events", _REQ, "$JS.API.CONSUMER.CREATE.{U}_EVENTS.{K}.{P}.{O}.events.>", _NOBODY),
-    Cell("events", _REQ, _EVENTS_OWN, _MEMBERS, deliver="_INBOX.{C}.{N}.{X}"),
+    Cell("events", _REQ, _EVENTS_OWN, _NOBODY, deliver="_INBOX.{P}.{C}.{N}.{X}"),
     Cell("events", _REQ, _EVENTS_OWN, _NOBODY, also_filter="{P}.{O}.events.>"),
     Cell(
         "events",
@@ -141,8 +134,6 @@ CELLS: tuple[Cell, ...] = (
         _EVENTS_OWN,
         _NOBODY,
         deliver="{P}._server.leader",
-        hole_for=_MEMBERS,
-        hole=PUSHED_ANYWHERE,
     ),
     Cell(
         "events",
@@ -150,12 +141,10 @@ CELLS: tuple[Cell, ...] = (
         _EVENTS_OWN,
         _NOBODY,
         deliver="{P}.{O}.control.{M}",
-        hole_for=_MEMBERS,
-        hole=PUSHED_ANYWHERE,
     ),
     Cell("events", _REQ, "$JS.API.DIRECT.GET.{U}_EVENTS.{P}.{C}.events.{T}.success.{X}", _MEMBERS),
     Cell("events", _REQ, "$JS.API.DIRECT.GET.{U}_EVENTS.{P}.{O}.events.{T}.success.{X}", _NOBODY),
-    Cell("logs", _REQ, "$JS.API.CONSUMER.CREATE.{U}_LOGS.{K}.{P}.{C}.logs.>", _MEMBERS),
+    Cell("logs", _REQ, "$JS.API.CONSUMER.CREATE.{U}_LOGS.{K}.{P}.{C}.logs.>", _NOBODY),
     Cell("logs", _REQ, "$JS.API.CONSUMER.CREATE.{U}_LOGS.{K}.{P}.{O}.logs.>", _NOBODY),
     Cell(
         "logs",
@@ -163,8 +152,6 @@ CELLS: tuple[Cell, ...] = (
         "$JS.API.CONSUMER.CREATE.{U}_LOGS.{K}.{P}.{C}.logs.>",
         _NOBODY,
         deliver="{P}.{C}.control.{M}",
-        hole_for=_MEMBERS,
-        hole=PUSHED_ANYWHERE,
     ),
     Cell("logs", _REQ, "$JS.API.DIRECT.GET.{U}_LOGS.{P}.{C}.logs.{X}", _MEMBERS),
     Cell("logs", _REQ, "$JS.API.DIRECT.GET.{U}_LOGS.{P}.{O}.logs.{X}", _NOBODY),
@@ -178,7 +165,7 @@ CELLS: tuple[Cell, ...] = (
     Cell("control", _SUB, "{P}.{O}.control.{N}", _NOBODY),
     Cell("heartbeats", _PUB, "{P}.{C}.heartbeats.{N}", frozenset({Who.EXECUTOR})),
     Cell("heartbeats", _PUB, "{P}.{C}.heartbeats.{M}", _NOBODY),
-    Cell("heartbeats", _SUB, "{P}.{C}.heartbeats.*", _NOBODY),
+    Cell("heartbeats", _SUB, "{P}.{C}.heartbeats.*", _MEMBERS),
     Cell("rpc", _REQ, "{P}.{C}.rpc.{N}.list", _MEMBERS),
     Cell("rpc", _REQ, "{P}.{C}.rpc.{N}.register", _MEMBERS | {Who.PENDING}),
     Cell("rpc", _REQ, "{P}.{C}.rpc.{M}.list", _NOBODY),
@@ -189,11 +176,11 @@ CELLS: tuple[Cell, ...] = (
     Cell("server rpc", _SUB, "{P}._server.rpc.>", _NOBODY),
     Cell("leader", _SUB, "{P}._server.leader", _MEMBERS),
     Cell("leader", _PUB, "{P}._server.leader", _NOBODY),
-    Cell("inbox", _SUB, "_INBOX.{C}.{N}.>", _CONNECTED),
-    Cell("inbox", _SUB, "_INBOX.{C}.{M}.>", _NOBODY),
+    Cell("inbox", _SUB, "_INBOX.{P}.{C}.{N}.>", _CONNECTED),
+    Cell("inbox", _SUB, "_INBOX.{P}.{C}.{M}.>", _NOBODY),
     Cell("inbox", _SUB, "_INBOX.>", _NOBODY),
-    Cell("inbox", _PUB, "_INBOX.{C}.{M}.{X}", _NOBODY),
-    Cell("inbox", _PUB, "_INBOX.{C}.{N}.{X}", _NOBODY),
+    Cell("inbox", _PUB, "_INBOX.{P}.{C}.{M}.{X}", _NOBODY),
+    Cell("inbox", _PUB, "_INBOX.{P}.{C}.{N}.{X}", _NOBODY),
     Cell("KV", _PUB, "$KV.{P}-processes.{C}.{X}", _NOBODY),
     Cell("KV", _PUB, "$KV.{P}-members.{C}.{N}", _NOBODY),
     Cell("KV", _SUB, "$KV.>", _NOBODY),
@@ -249,7 +236,8 @@ def render() -> str:
             f"| {cell.family} | {cell.action.value} | `{subject}` | " + " | ".join(marks) + " |"
         )
     holes = sorted({cell.hole for cell in CELLS if cell.hole})
-    lines += ["", *(f"(hole): not refused yet: {hole}." for hole in holes)]
+    if holes:
+        lines += ["", *(f"(hole): not refused yet: {hole}." for hole in holes)]
     return "\n".join(lines) + "\n"
 
 

@@ -60,7 +60,7 @@ async def _watched(party: Party, colony: str = COLONY) -> Watched:
         party.settings.nats_url,
         nkeys_seed_str=party.identity.seed.decode(),
         token=claim.token(),
-        inbox_prefix=inbox_prefix(colony, party.name),
+        inbox_prefix=inbox_prefix(party.settings.prefix, colony, party.name),
         error_cb=w.error_cb,
         allow_reconnect=False,
     )
@@ -191,6 +191,6 @@ async def test_a_member_cannot_reach_another_colony_or_name(
     ):
         await nc.publish(subject, b"{}")
         assert await watched_alice.refused(f'publish to "{subject}"'), subject
-    for subject in (f"{p}.other.events.>", f"{p}.{COLONY}.control.alice", "_INBOX.dev.root.>"):
+    for subject in (f"{p}.other.events.>", f"{p}.{COLONY}.control.alice", f"_INBOX.{p}.dev.root.>"):
         await nc.subscribe(subject)
         assert await watched_alice.refused(f'subscription to "{subject}"'), subject

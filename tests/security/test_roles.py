@@ -10,6 +10,7 @@ import msgspec
 import nats.errors
 import pytest
 
+from colonyos.broker.membership import reply_in_inbox
 from colonyos.client import Client
 from colonyos.errors import BrokerUnavailableError, NotAuthorizedError
 from colonyos.executor import ExecutorApp
@@ -194,3 +195,24 @@ async def test_removing_a_member_cuts_its_live_connection(bob: Party, owner: Cli
                 await asyncio.sleep(0.01)
         with pytest.raises((NotAuthorizedError, BrokerUnavailableError, nats.errors.Error)):
             await connected.list_processes()
+
+
+@pytest.mark.parametrize(
+    ("colony", "caller", "reply", "answered"),
+    [
+        ("dev", "alice", "_INBOX.P.dev.alice.abc.1", True),
+        ("dev", "alice", "", True),  # a publish without reply: nothing is sent
+        ("dev", "alice", "P.other.specs.echo", False),  # into another colony's stream
+        ("dev", "alice", "_INBOX.P.dev.bob.abc", False),  # another member's inbox
+        ("dev", "alice", "_INBOX.P.other.alice.abc", False),  # another colony's alice
+        ("dev", "alice", "_INBOX.Q.dev.alice.abc", False),  # another installation's
+        ("dev", "alice", "_INBOX.P.dev.alice", False),  # the prefix itself
+        ("dev", "alice", "_INBOX.abc", False),  # nats-py's default inbox
+        ("_server", "root", "_INBOX.P.dev.root.abc", True),  # a server owner connected to dev
+        ("_server", "root", "_INBOX.P.dev.alice.abc", False),
+    ],
+)
+def test_the_broker_answers_only_into_the_callers_inbox(
+    colony: str, caller: str, reply: str, answered: bool
+) -> None:
+    assert reply_in_inbox("P", colony, caller, reply) is answered
