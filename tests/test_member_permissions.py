@@ -331,7 +331,11 @@ async def test_a_member_cannot_read_another_colonys_events(
                     deliver_subject=inbox,
                 )
             )
-    for deliver in (subjects.control("other", "someone"), f"_INBOX.{subjects.prefix}.{COLONY}.someone.x", "_INBOX.>"):
+    for deliver in (
+        subjects.control("other", "someone"),
+        f"_INBOX.{subjects.prefix}.{COLONY}.someone.x",
+        "_INBOX.>",
+    ):
         with pytest.raises(NotAuthorizedError, match="deliversubject"):
             await member.open_reader(
                 ReaderOpen(
