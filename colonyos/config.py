@@ -77,11 +77,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         if "COLONIES_REQUEST_TIMEOUT" in env:
             values["request_timeout_s"] = float(env["COLONIES_REQUEST_TIMEOUT"])
         if "COLONIES_IDENTITY" in env:
-            values["identity"] = env["COLONIES_IDENTITY"]
+            values["identity"] = Path(env["COLONIES_IDENTITY"]).expanduser()
         if "COLONIES_USER" in env:
             values["caller"] = env["COLONIES_USER"]
         if "COLONIES_TLS_CA" in env:
-            values["tls_ca"] = env["COLONIES_TLS_CA"]
+            values["tls_ca"] = Path(env["COLONIES_TLS_CA"]).expanduser()
         values.update({k: v for k, v in overrides.items() if v is not None})
         return msgspec.convert(values, cls, strict=False)
 
@@ -130,11 +130,11 @@ class BrokerSettings(msgspec.Struct, frozen=True, kw_only=True):
             "prefix": env.get("COLONIES_PREFIX", DEFAULT_PREFIX),
         }
         if "COLONIES_DATA_DIR" in env:
-            values["data_dir"] = env["COLONIES_DATA_DIR"]
+            values["data_dir"] = Path(env["COLONIES_DATA_DIR"])
         if "COLONIES_KEYS_DIR" in env:
-            values["keys_dir"] = env["COLONIES_KEYS_DIR"]
+            values["keys_dir"] = Path(env["COLONIES_KEYS_DIR"])
         if "COLONIES_TLS_CA" in env:
-            values["tls_ca"] = env["COLONIES_TLS_CA"]
+            values["tls_ca"] = Path(env["COLONIES_TLS_CA"]).expanduser()
         if "COLONIES_STORAGE" in env:
             values["storage"] = env["COLONIES_STORAGE"]
         for var, key in (

@@ -114,6 +114,7 @@ class ExecutorStage(enum.StrEnum):
     UNREACHABLE = "unreachable"  # NATS does not answer
     NO_BROKER = "no_broker"  # NATS answers, no broker does
     NO_COLONY = "no_colony"
+    NOT_LET_IN = "not_let_in"  # a secure server refuses the connection (see its message)
     PENDING = "pending"  # registered, waiting for the colony owner's approval
     REJECTED = "rejected"
     WAITING_FOR_WORK = "waiting_for_work"
@@ -304,6 +305,17 @@ class ExecutorApp:
                 self._say(
                     ExecutorStage.UNREACHABLE,
                     f"cannot reach NATS at {url}; trying again until it answers",
+                )
+            except NotAuthorizedError:
+                if burst:
+                    raise
+                # The server does not say why: no broker answers its callout yet, the colony
+                # does not exist yet, or the name is another key's. The first two pass.
+                self._say(
+                    ExecutorStage.NOT_LET_IN,
+                    f"the server at {url} does not let {self.name!r} in yet (no broker "
+                    f"answering, no colony {self.settings.colony!r}, or the name is another "
+                    "key's); trying again",
                 )
             await pause(delay, self._stopping)
             delay = min(delay * 2, RETRY_MAX_S)
