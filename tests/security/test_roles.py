@@ -216,3 +216,29 @@ def test_the_broker_answers_only_into_the_callers_inbox(
     colony: str, caller: str, reply: str, answered: bool
 ) -> None:
     assert reply_in_inbox("P", colony, caller, reply) is answered
+
+
+async def test_an_executor_started_before_its_colony_waits_then_works(
+    make_party: MakeParty, owner: Client, root: Party
+) -> None:
+    """Refused while colony later does not exist, it says so and tries again; once the colony
+    is made it registers (auto-approve) and takes work."""
+    worker = make_party("worker-6", colony="later")
+    said: list[str] = []
+    app = echo.build(worker.settings, "echo", "worker-6")
+    app.on_status = lambda status: said.append(status.message)
+    task = asyncio.create_task(app.run())
+    try:
+        async with asyncio.timeout(20):
+            while not any("does not let 'worker-6' in yet" in m for m in said):
+                await asyncio.sleep(0.02)
+        assert not task.done()
+        await owner.colony_add("later", auto_approve=True)
+        async with asyncio.timeout(30):
+            await app.ready.wait()
+        async with await root.client("later") as later_owner:
+            process = await later_owner.submit(_spec())
+            done = await later_owner.wait(process.process_id, timeout=20)
+            assert done.state is ProcessState.SUCCESS
+    finally:
+        await _stop(app, task)
