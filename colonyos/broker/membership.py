@@ -29,6 +29,7 @@ from colonyos.models import Colony, Executor, ExecutorState, now
 from colonyos.security.keys import public_key_kind
 from colonyos.security.members import Member, MemberBook, Refused
 from colonyos.security.permissions import Role
+from colonyos.security.throttle import Throttle
 from colonyos.subjects import SERVER_SCOPE, check_name
 
 __all__ = ["OWNER_OPS", "Membership"]
@@ -64,6 +65,8 @@ class Membership:
         self.admin = admin
         self.book = book
         self.secure = secure
+        # A run registers once, then again every few seconds while pending approval.
+        self._registrations = Throttle(burst=20, per_s=0.5)
         service.register_ops(
             colony_add=(ColonyAdd, self.colony_add),
             member_add=(MemberAdd, self.member_add),
@@ -83,6 +86,14 @@ class Membership:
             raise NotAuthorizedError(
                 f"not allowed: {op.replace('_', ' ')} is for the owner of colony {colony!r}, "
                 f"and {caller!r} is not",
+                op=op,
+                caller=caller,
+            )
+        if op == "register" and not self._registrations.allow(f"{colony}.{caller}"):
+            wait = self._registrations.wait_s(f"{colony}.{caller}")
+            raise NotAuthorizedError(
+                f"not allowed: too many registrations of {caller!r} in colony {colony!r}; "
+                f"try again in {wait:.0f} s",
                 op=op,
                 caller=caller,
             )

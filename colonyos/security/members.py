@@ -21,6 +21,7 @@ from nats.js.kv import KeyValue
 
 from colonyos.models import Colony, Executor, ExecutorState, Model
 from colonyos.security.permissions import Role
+from colonyos.security.throttle import Throttle
 from colonyos.subjects import SERVER_SCOPE, Subjects
 
 __all__ = ["Member", "MemberBook", "Refused"]
@@ -54,6 +55,9 @@ class MemberBook:
         self._storage = storage
         self._replicas = replicas
         self._members: KeyValue | None = None
+        # New executor names taken per colony by strangers' connections: a flood of invented
+        # names must not fill the bucket.
+        self.claims = Throttle(burst=100, per_s=2.0)
         self._executors: KeyValue | None = None
         self._colonies: KeyValue | None = None
 
@@ -163,6 +167,12 @@ class MemberBook:
         if held is None and not executor:
             raise Refused(f"{name!r} is not a member of colony {colony!r}")
         if held is None:  # a free name: an executor that comes to register takes it
+            if not self.claims.allow(colony):
+                wait = self.claims.wait_s(colony)
+                raise Refused(
+                    f"too many new executors in colony {colony!r} at once; try again in "
+                    f"{wait:.0f} s"
+                )
             held = await self.add(
                 Member(colony_name=colony, name=name, public_key=public_key, role=Role.EXECUTOR)
             )
