@@ -387,6 +387,32 @@ async def scenario_edge(system: System, client: Client) -> list[Figure]:
     ]
 
 
+async def scenario_flood(system: System, client: Client, n: int) -> list[Figure]:
+    """End to end while a stranger floods the server with connections it must refuse (the
+    callout answers each: signature, book, refusal). On a 2-core machine the flood's own CPU
+    is part of what slows the rest."""
+    flood = system.spawn(["-m", "bench.flood", system.server.url, system.prefix], "flood")
+    t0 = time.monotonic()
+    try:
+        [e2e, *_] = await scenario_end_to_end(system, client, n, 4)
+    finally:
+        flood.stop()
+        took = time.monotonic() - t0
+        system.children.remove(flood)
+    tried = int((system.dir / "flood.log").read_text().split()[-1] or 0)
+    return [
+        Figure(
+            "end to end during a flood of refused connections",
+            e2e.value,
+            "processes/s",
+            "near the same without",
+            tried / took,
+            "refused connections/s",
+            "a stranger's key, correctly signed, invented names; 4 at once",
+        )
+    ]
+
+
 async def connect_p50(system: System, rounds: int) -> float:
     """Median time for a client to connect (through the auth callout when secure) and close."""
     took = []
@@ -446,6 +472,7 @@ async def main(quick: bool) -> list[Figure]:
         await _executors_ready(client, 4)
         end_to_end = await scenario_end_to_end(system, client, sizes["e2e"], 4)
         figures += end_to_end
+        figures += await scenario_flood(system, client, sizes["e2e"])
         figures += await scenario_latency(system, client, sizes["latency"])
         figures += await scenario_workflows(client)
         system.stop_executors(executors)
