@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import importlib.util
 import json
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import nats
@@ -14,7 +16,7 @@ import pytest
 
 from colonyos.client import Client
 from colonyos.errors import NotAuthorizedError
-from colonyos.models import Conditions, FunctionSpec
+from colonyos.models import Conditions, FunctionSpec, ProcessState
 from colonyos.security.claim import ConnectClaim
 from colonyos.security.keys import generate
 from colonyos.security.members import MemberBook
@@ -194,3 +196,22 @@ async def test_a_member_cannot_reach_another_colony_or_name(
     for subject in (f"{p}.other.events.>", f"{p}.{COLONY}.control.alice", f"_INBOX.{p}.dev.root.>"):
         await nc.subscribe(subject)
         assert await watched_alice.refused(f'subscription to "{subject}"'), subject
+
+
+async def test_the_raw_nats_example_submits_to_a_secure_colony(
+    alice: Party, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/examples/raw_publish.py, as printed, against this installation."""
+    path = Path(__file__).parents[2] / "docs" / "examples" / "raw_publish.py"
+    spec = importlib.util.spec_from_file_location("raw_publish", path)
+    assert spec is not None and spec.loader is not None
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    monkeypatch.setattr(example, "PREFIX", alice.settings.prefix)
+    assert alice.settings.identity is not None
+    process_id = await example.submit(
+        str(alice.settings.identity), "alice", alice.settings.nats_url
+    )
+    async with await alice.client() as client:
+        process = await client.wait_for_state(process_id, ProcessState.WAITING, timeout=10)
+        assert process.process_id == process_id and process.state is ProcessState.WAITING
