@@ -14,6 +14,7 @@ import typer
 from colonyos.broker import Broker
 from colonyos.client import Client
 from colonyos.config import DEFAULT_NATS_URL, BrokerSettings, Settings, default_caller
+from colonyos.connection import shown_url
 from colonyos.errors import ConflictError
 from colonyos.executor import ExecutorApp
 from colonyos.natsserver import (
@@ -28,12 +29,13 @@ from colonyos.security.keys import (
     default_identity_path,
     generate,
     load_identity,
+    public_key_kind,
     write_seed,
 )
 from colonyos.security.members import Member
 from colonyos.security.permissions import Role
 from colonyos.security.serverconf import ServerKeys, secure_config, tls_config
-from colonyos.subjects import SERVER_SCOPE
+from colonyos.subjects import SERVER_SCOPE, check_name
 
 from ._common import settings_of
 from ._executors import build_executor
@@ -226,17 +228,18 @@ async def _enrol_local_user(broker: Broker, settings: Settings) -> str:
     as server owner under its name. Returns what to say about it."""
     identity, path, made = _local_identity(settings)
     name = settings.caller or default_caller()
-    assert broker.members is not None
-    await broker.members.put(
-        Member(
-            colony_name=SERVER_SCOPE,
-            name=name,
-            public_key=identity.public_key,
-            role=Role.SERVER_OWNER,
-        )
-    )
+    await _enrol(broker, name, identity.public_key)
     made_text = "made now, " if made else ""
     return f"{name} (server owner; key {identity.public_key[:12]}…, {made_text}seed in {path})"
+
+
+async def _enrol(broker: Broker, name: str, public_key: str) -> None:
+    """Record ``public_key`` as a server owner under ``name``."""
+    assert broker.members is not None
+    owner = Member(
+        colony_name=SERVER_SCOPE, name=name, public_key=public_key, role=Role.SERVER_OWNER
+    )
+    await broker.members.put(owner)
 
 
 async def _wait_ready(broker: Broker, task: asyncio.Task[None], *, lead: bool = False) -> None:
@@ -341,13 +344,46 @@ def server_start(
     )
 
 
+@server_app.command("config")
+def server_config(
+    data_dir: Path = _DATA_DIR,
+    config: Path | None = _CONFIG,
+    tls_cert: Path | None = _TLS_CERT,
+    tls_key: Path | None = _TLS_KEY,
+) -> None:
+    """Write a secure installation's keys and nats-server config under --data-dir, for a
+    nats-server you run yourself; start brokers with the same --data-dir."""
+    if (tls_cert is None) != (tls_key is None):
+        raise fail("give both --tls-cert and --tls-key, or neither")
+    tls = (tls_cert, tls_key) if tls_cert is not None and tls_key is not None else None
+    with _config(config) as base:
+        written, keys_dir = _server_config(data_dir, base, secure=True, tls=tls)
+    console.print(f"keys in {keys_dir}/ (private: give them to brokers only)")
+    console.print(f"server config {written}")
+    console.print(f"start the server with:  nats-server -c {written} -js -sd {data_dir}/jetstream")
+    console.print(
+        f"and brokers with:       colonies broker start --data-dir {data_dir} "
+        "--owner NAME=PUBLIC_KEY"
+    )
+
+
 @broker_app.command("start")
 def broker_start(
     ctx: typer.Context,
     data_dir: Path = _DATA_DIR,
+    owner: str = typer.Option(
+        "",
+        "--owner",
+        envvar="COLONIES_SERVER_OWNER",
+        help="NAME=PUBLIC_KEY: enrol this key as a server owner under NAME (secure servers).",
+    ),
 ) -> None:
-    """Start a broker against --nats; run several for fail-over (one leads, others stand by)."""
+    """Start a broker against --nats; run several for fail-over (one leads, others stand by).
+    On a secure server it uses the keys under --data-dir (colonies server config)."""
     settings = settings_of(ctx)
+    name, _, key = owner.partition("=")
+    if owner and (not name or public_key_kind(key) != "user"):
+        raise fail(f"--owner {owner!r}: give NAME=PUBLIC_KEY, the key a user's (U..., 56 chars)")
 
     async def go() -> None:
         keys_dir = data_dir / "keys"
@@ -363,7 +399,10 @@ def broker_start(
         task = asyncio.create_task(broker.run())
         try:
             await _wait_ready(broker, task)
-            console.print(f"[green]broker[/] ready on {settings.nats_url}")
+            if owner:
+                await _enrol(broker, check_name("name", name), key)
+                console.print(f"[green]server owner[/] {name} ({key[:12]}…)")
+            console.print(f"[green]broker[/] ready on {shown_url(settings.nats_url)}")
             await _until_signalled()
         finally:
             await _stop_broker(broker, task)
