@@ -12,10 +12,18 @@ import tempfile
 from pathlib import Path
 from types import TracebackType
 
+import nats.errors
+
 from colonyos.client import Client
 from colonyos.config import Settings
+from colonyos.connection import connect_nats
 from colonyos.errors import BrokerUnavailableError, ConflictError
-from colonyos.natsserver import NatsServer
+from colonyos.natsserver import NatsServer, packaged_config
+from colonyos.security.keys import generate, load_identity, write_seed
+from colonyos.security.members import Member, MemberBook
+from colonyos.security.permissions import Role
+from colonyos.security.serverconf import ServerKeys, secure_config
+from colonyos.subjects import SERVER_SCOPE, Subjects
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -59,27 +67,49 @@ class Child:
 
 
 class System:
-    """nats-server + broker (+ executors on demand), each its own process, on loopback."""
+    """nats-server + broker (+ executors on demand), each its own process, on loopback.
 
-    def __init__(self, prefix: str = "bench") -> None:
+    ``secure``: as `colonies server start` runs it, with the auth callout; the bench client
+    is the server owner (and owns colony bench), the executors connect with a key of their own.
+    """
+
+    def __init__(self, prefix: str = "bench", *, secure: bool = True) -> None:
         self.prefix = prefix
+        self.secure = secure
         self._tmp = tempfile.TemporaryDirectory(prefix="colonies-bench-")
         self.dir = Path(self._tmp.name)
-        self.server = NatsServer(self.dir / "js", port=0)
+        config = None
+        if secure:
+            keys = ServerKeys.load_or_create(self.dir / "broker" / "keys")
+            with packaged_config() as base:
+                config = self.dir / "nats.conf"
+                config.write_text(secure_config(base.read_text(), keys))
+            self.keys = keys
+            for who in ("bench", "executors"):
+                write_seed(self.dir / f"{who}.nk", generate())
+        self.server = NatsServer(self.dir / "js", port=0, config=config)
         self.children: list[Child] = []
         self.broker: Child | None = None
 
     @property
     def env(self) -> dict[str, str]:
-        return {
+        env = {
             "COLONIES_NATS_URL": self.server.url,
             "COLONIES_PREFIX": self.prefix,
             "COLONIES_COLONY_NAME": "bench",
+            # Never the key of whoever runs the benchmark.
+            "XDG_CONFIG_HOME": str(self.dir / "config"),
         }
+        if self.secure:
+            env["COLONIES_IDENTITY"] = str(self.dir / "executors.nk")
+        return env
 
     @property
     def settings(self) -> Settings:
-        return Settings(nats_url=self.server.url, colony="bench", prefix=self.prefix)
+        identity = self.dir / "bench.nk" if self.secure else None
+        return Settings(
+            nats_url=self.server.url, colony="bench", prefix=self.prefix, identity=identity
+        )
 
     async def start(self) -> Client:
         self.server.start()
@@ -87,6 +117,8 @@ class System:
             ["-m", "colonyos.cli.main", "broker", "start", "--data-dir", str(self.dir / "broker")],
             "broker",
         )
+        if self.secure:
+            await self._enrol_owner()
         client = await Client.connect(self.settings, caller="bench")
         async with asyncio.timeout(30):
             while True:
@@ -97,7 +129,31 @@ class System:
                     break
                 except BrokerUnavailableError:
                     await asyncio.sleep(0.1)
+        if self.secure:  # rights are decided at connect: now the owner of colony bench too
+            await client.aclose()
+            client = await Client.connect(self.settings, caller="bench")
         return client
+
+    async def _enrol_owner(self) -> None:
+        """The bench client is the server owner, as `colonies server start` makes its user."""
+        nc = await connect_nats(self.server.url, name="bench-setup", seed=self.keys.broker.seed)
+        try:
+            book = MemberBook(nc.jetstream(), Subjects(self.prefix))
+            async with asyncio.timeout(30):
+                while True:  # the broker makes the bucket when it starts
+                    try:
+                        await book.start()
+                        break
+                    except nats.errors.Error:
+                        await asyncio.sleep(0.1)
+            owner = load_identity(self.dir / "bench.nk").public_key
+            await book.put(
+                Member(
+                    colony_name=SERVER_SCOPE, name="bench", public_key=owner, role=Role.SERVER_OWNER
+                )
+            )
+        finally:
+            await nc.close()
 
     def spawn(self, args: list[str], name: str, env: dict[str, str] | None = None) -> Child:
         child = Child(args, {**self.env, **(env or {})}, self.dir / f"{name}.log")

@@ -3,8 +3,10 @@
     make bench-quick      (under a minute)
     make bench            (the full sizes)
 
-Every run starts its own nats-server and a broker as separate processes, runs executors as
-separate processes, prints a table, and writes bench/results/latest.json. Each figure comes
+Every run starts its own nats-server and a broker as separate processes, secure as `colonies
+server start` runs them (the auth callout; each party with its own key), runs executors as
+separate processes, prints a table, and writes bench/results/latest.json. Connect time and end
+to end throughput are measured again on an insecure installation in the same run. Each figure comes
 with a raw nats-py baseline measured in the same run where one makes sense, so that ratios
 rather than absolute times are compared on a noisy machine.
 """
@@ -310,8 +312,11 @@ async def scenario_workflows(client: Client) -> list[Figure]:
 async def _assign_p50(client: Client, settings: Any, rounds: int) -> float:
     from colonyos.models import Executor
 
-    ex = await Client.connect(settings, caller="idle-probe")
+    ex = await Client.connect(settings, caller="idle-probe", executor=True)
     await ex.register(Executor(executor_name="idle-probe", executor_type="idle"))
+    if ex.secure:  # registered (auto-approved) on a connection that may only register
+        await ex.aclose()
+        ex = await Client.connect(settings, caller="idle-probe", executor=True)
     samples = []
     for _ in range(rounds):
         t = time.perf_counter()
@@ -382,6 +387,77 @@ async def scenario_edge(system: System, client: Client) -> list[Figure]:
     ]
 
 
+async def scenario_flood(system: System, client: Client, n: int) -> list[Figure]:
+    """End to end while a stranger floods the server with connections it must refuse (the
+    callout answers each: signature, book, refusal). On a 2-core machine the flood's own CPU
+    is part of what slows the rest."""
+    flood = system.spawn(["-m", "bench.flood", system.server.url, system.prefix], "flood")
+    t0 = time.monotonic()
+    try:
+        [e2e, *_] = await scenario_end_to_end(system, client, n, 4)
+    finally:
+        flood.stop()
+        took = time.monotonic() - t0
+        system.children.remove(flood)
+    tried = int((system.dir / "flood.log").read_text().split()[-1] or 0)
+    return [
+        Figure(
+            "end to end during a flood of refused connections",
+            e2e.value,
+            "processes/s",
+            "near the same without",
+            tried / took,
+            "refused connections/s",
+            "a stranger's key, correctly signed, invented names; 4 at once",
+        )
+    ]
+
+
+async def connect_p50(system: System, rounds: int) -> float:
+    """Median time for a client to connect (through the auth callout when secure) and close."""
+    took = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        client = await Client.connect(system.settings, caller="bench")
+        took.append(time.perf_counter() - t0)
+        await client.aclose()
+    return statistics.median(took) * 1000
+
+
+async def scenario_secure_against_insecure(
+    secure: System, secure_rate: float, n: int, rounds: int
+) -> list[Figure]:
+    """Connect time and end-to-end throughput of an insecure installation, in the same run."""
+    secure_connect = await connect_p50(secure, rounds)
+    async with System(prefix="open", secure=False) as insecure:
+        client = await insecure.start()
+        insecure_connect = await connect_p50(insecure, rounds)
+        insecure.executors(4, concurrency=SLOTS)
+        await _executors_ready(client, 4)
+        [e2e, *_] = await scenario_end_to_end(insecure, client, n, 4)
+        await client.aclose()
+    return [
+        Figure(
+            "connect and close, secure (auth callout)",
+            secure_connect,
+            "ms p50",
+            "near insecure",
+            insecure_connect,
+            "ms p50 insecure",
+            f"{rounds} connections",
+        ),
+        Figure(
+            "end to end, secure against insecure",
+            secure_rate,
+            "processes/s",
+            "near insecure",
+            e2e.value,
+            "processes/s insecure",
+            "the same scenario on an insecure installation, right after",
+        ),
+    ]
+
+
 async def main(quick: bool) -> list[Figure]:
     sizes = (
         {"submit": 5000, "e2e": 3000, "latency": 200, "waiting": 10_000}
@@ -394,12 +470,17 @@ async def main(quick: bool) -> list[Figure]:
         figures += await scenario_submit(system, client, sizes["submit"])
         executors = system.executors(4, concurrency=SLOTS)
         await _executors_ready(client, 4)
-        figures += await scenario_end_to_end(system, client, sizes["e2e"], 4)
+        end_to_end = await scenario_end_to_end(system, client, sizes["e2e"], 4)
+        figures += end_to_end
+        figures += await scenario_flood(system, client, sizes["e2e"])
         figures += await scenario_latency(system, client, sizes["latency"])
         figures += await scenario_workflows(client)
         system.stop_executors(executors)
         figures += await scenario_edge(system, client)
         figures += await scenario_memory(system, client, sizes["waiting"])
+        figures += await scenario_secure_against_insecure(
+            system, end_to_end[0].value, sizes["e2e"], 20 if quick else 100
+        )
         await client.aclose()
     return figures
 

@@ -20,13 +20,21 @@ def add(
     auto_approve: bool = typer.Option(
         False, "--auto-approve", help="Approve executors as they register."
     ),
+    owner: str = typer.Option(
+        "", "--owner", help="Public key of its owner (default: yours, the server owner's)."
+    ),
+    owner_name: str = typer.Option(
+        "", "--owner-name", help="The name its owner acts under in it (default: 'owner')."
+    ),
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Create a colony."""
+    """Create a colony (a server owner's command)."""
 
     async def go() -> Colony:
         async with await connect(ctx) as client:
-            return await client.colony_add(name, auto_approve=auto_approve)
+            return await client.colony_add(
+                name, auto_approve=auto_approve, owner_key=owner, owner_name=owner_name
+            )
 
     colony = run(go())
     if as_json:

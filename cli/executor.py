@@ -14,6 +14,7 @@ from colonyos.executor import ExecutorStatus
 from colonyos.messages import ExecutorInfo
 from colonyos.models import GPU, Capabilities, Executor, ExecutorState, Hardware
 from colonyos.resources import parse_bytes, parse_cpu_millis
+from colonyos.security.members import Member
 
 from ._common import JSON_OPTION, connect, settings_of
 from ._executors import KINDS, build_executor
@@ -158,6 +159,29 @@ def ls(
         console.print("no executors registered")
     else:
         console.print(executor_table(executors), soft_wrap=True)
+
+
+@app.command("add")
+def add(
+    ctx: typer.Context,
+    name: str = _NAME,
+    executor_type: str = typer.Option(..., "--type", help="The type it registers as."),
+    key: str = typer.Option(
+        ..., "--key", help="Its public key (U..., from 'colonies key generate' on its machine)."
+    ),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Approve an executor ahead of its first start, by its name, type and public key."""
+
+    async def go() -> Member:
+        async with await connect(ctx) as client:
+            return await client.member_add(name, key, role="executor", executor_type=executor_type)
+
+    member = run(go())
+    if as_json:
+        print_json(member)
+        return
+    console.print(f"executor {name} ({executor_type}) added and approved")
 
 
 @app.command("approve")

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import typer
 from rich.logging import RichHandler
 
 from colonyos.config import DEFAULT_COLONY, DEFAULT_NATS_URL, DEFAULT_PREFIX, Settings
 
-from . import colony, events, executor, function, log, process, server, workflow
+from . import colony, events, executor, function, key, log, process, server, user, workflow
 from ._output import err
 from ._run import ColoniesGroup
 
@@ -37,6 +38,24 @@ def main_options(
         envvar="COLONIES_PREFIX",
         help="Subject prefix of the installation (one NATS server can host several).",
     ),
+    identity: Path | None = typer.Option(
+        None,
+        "--identity",
+        envvar="COLONIES_IDENTITY",
+        help="Seed file of your key (default: ~/.config/colonies/identity.nk, if it exists).",
+    ),
+    caller: str | None = typer.Option(
+        None,
+        "--as",
+        envvar="COLONIES_USER",
+        help="The name you act under in the colony (default: your login name).",
+    ),
+    tls_ca: Path | None = typer.Option(
+        None,
+        "--tls-ca",
+        envvar="COLONIES_TLS_CA",
+        help="Certificate authority of the server's TLS certificate (connects with TLS).",
+    ),
     verbose: bool = typer.Option(
         False, "--verbose", "-v", help="Log what happens (debug); show tracebacks of bugs."
     ),
@@ -50,7 +69,14 @@ def main_options(
     )
     if not verbose:
         logging.getLogger("nats").setLevel(logging.CRITICAL)
-    ctx.obj = Settings(nats_url=nats, colony=colony_name, prefix=prefix)
+    ctx.obj = Settings(
+        nats_url=nats,
+        colony=colony_name,
+        prefix=prefix,
+        identity=identity,
+        caller=caller,
+        tls_ca=tls_ca,
+    )
 
 
 def _is_service(ctx: typer.Context) -> bool:
@@ -63,6 +89,8 @@ app.add_typer(workflow.app, name="workflow")
 app.add_typer(log.app, name="log")
 app.add_typer(colony.app, name="colony")
 app.add_typer(executor.app, name="executor")
+app.add_typer(user.app, name="user")
+app.add_typer(key.app, name="key")
 app.add_typer(server.server_app, name="server")
 app.add_typer(server.broker_app, name="broker")
 app.command("dev")(server.dev)

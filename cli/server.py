@@ -8,11 +8,13 @@ import signal
 from collections.abc import Iterator
 from pathlib import Path
 
+import msgspec
 import typer
 
 from colonyos.broker import Broker
 from colonyos.client import Client
-from colonyos.config import DEFAULT_NATS_URL, BrokerSettings, Settings
+from colonyos.config import DEFAULT_NATS_URL, BrokerSettings, Settings, default_caller
+from colonyos.connection import shown_url
 from colonyos.errors import ConflictError
 from colonyos.executor import ExecutorApp
 from colonyos.natsserver import (
@@ -22,6 +24,18 @@ from colonyos.natsserver import (
     StoreInUseError,
     packaged_config,
 )
+from colonyos.security.keys import (
+    Identity,
+    default_identity_path,
+    generate,
+    load_identity,
+    public_key_kind,
+    write_seed,
+)
+from colonyos.security.members import Member
+from colonyos.security.permissions import Role
+from colonyos.security.serverconf import ServerKeys, secure_config, tls_config
+from colonyos.subjects import SERVER_SCOPE, check_name
 
 from ._common import settings_of
 from ._executors import build_executor
@@ -79,6 +93,57 @@ def _config(path: Path | None) -> Iterator[Path]:
         yield packaged
 
 
+_TLS_CERT = typer.Option(
+    None,
+    "--tls-cert",
+    envvar="COLONIES_TLS_CERT",
+    help="Server certificate (PEM): clients must then connect with TLS (--tls-ca).",
+)
+_TLS_KEY = typer.Option(
+    None, "--tls-key", envvar="COLONIES_TLS_KEY", help="The certificate's private key (PEM)."
+)
+_INSECURE = typer.Option(
+    False,
+    "--insecure",
+    help="No identities: anyone who reaches the server may do anything (experiments only).",
+)
+
+
+def _server_config(
+    data_dir: Path, base: Path, *, secure: bool, tls: tuple[Path, Path] | None
+) -> tuple[Path, Path | None]:
+    """The server config to start with, and the installation's keys (None when insecure):
+    ``base`` as it is, or with the auth callout (the keys made on first start) and TLS added,
+    written under the data directory before the server starts (the callout cannot be added by
+    a reload)."""
+    if not secure and tls is None:
+        return base, None
+    text = base.read_text()
+    keys_dir = None
+    if secure:
+        keys_dir = data_dir / "keys"
+        text = secure_config(text, ServerKeys.load_or_create(keys_dir))
+    if tls is not None:
+        for path in tls:
+            if not path.is_file():
+                raise fail(f"TLS file {path}: no such file")
+        text = tls_config(text, *tls)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    config = data_dir / ("nats-secure.conf" if secure else "nats-tls.conf")
+    config.write_text(text)
+    return config, keys_dir
+
+
+def _local_identity(settings: Settings) -> tuple[Identity, Path, bool]:
+    """This user's key (made at the default place on first start); True if made now."""
+    path = settings.identity or default_identity_path()
+    if path.exists():
+        return load_identity(path), path, False
+    identity = generate()
+    write_seed(path, identity)
+    return identity, path, True
+
+
 def _start_server(data_dir: Path, port: int, http_port: int | None, config: Path) -> NatsServer:
     server = NatsServer(
         data_dir / "jetstream", port=port, http_port=_http_port(port, http_port), config=config
@@ -116,17 +181,34 @@ async def _serve(
     config: Path,
     *,
     dev: bool,
+    insecure: bool,
+    tls: tuple[Path, Path] | None,
 ) -> None:
     async with contextlib.AsyncExitStack() as stack:
+        if insecure:
+            console.print(
+                "[bold red]INSECURE:[/] no identities; anyone who can reach this server may "
+                "submit, read, cancel and approve anything in any colony"
+            )
+        config, keys_dir = _server_config(data_dir, config, secure=not insecure, tls=tls)
         server = _start_server(data_dir, port, http_port, config)
         stack.callback(server.stop)
-        settings = Settings(nats_url=server.url, colony=settings.colony, prefix=settings.prefix)
+        settings = msgspec.structs.replace(settings, nats_url=server.url)
         broker = Broker(
-            BrokerSettings.from_env(nats_url=server.url, prefix=settings.prefix, data_dir=data_dir)
+            BrokerSettings.from_env(
+                nats_url=server.url,
+                prefix=settings.prefix,
+                data_dir=data_dir,
+                keys_dir=keys_dir,
+                tls_ca=settings.tls_ca,
+            )
         )
         broker_task = asyncio.create_task(broker.run())
         stack.push_async_callback(_stop_broker, broker, broker_task)
         await _wait_ready(broker, broker_task, lead=True)
+        you = None
+        if keys_dir is not None:
+            you = await _enrol_local_user(broker, settings)
         executor_task = None
         if dev:
             async with await Client.connect(settings, name="colonies-dev") as client:
@@ -136,9 +218,28 @@ async def _serve(
             executor_task = asyncio.create_task(executor.run())
             stack.push_async_callback(_stop_executor, executor, executor_task)
             await executor.ready.wait()
-        _banner(server, data_dir, settings, dev)
+        _banner(server, data_dir, settings, dev, you)
         await _until_signalled()
         console.print("stopping…")
+
+
+async def _enrol_local_user(broker: Broker, settings: Settings) -> str:
+    """The user who starts the server owns it: its key (made now if it has none) is recorded
+    as server owner under its name. Returns what to say about it."""
+    identity, path, made = _local_identity(settings)
+    name = settings.caller or default_caller()
+    await _enrol(broker, name, identity.public_key)
+    made_text = "made now, " if made else ""
+    return f"{name} (server owner; key {identity.public_key[:12]}…, {made_text}seed in {path})"
+
+
+async def _enrol(broker: Broker, name: str, public_key: str) -> None:
+    """Record ``public_key`` as a server owner under ``name``."""
+    assert broker.members is not None
+    owner = Member(
+        colony_name=SERVER_SCOPE, name=name, public_key=public_key, role=Role.SERVER_OWNER
+    )
+    await broker.members.put(owner)
 
 
 async def _wait_ready(broker: Broker, task: asyncio.Task[None], *, lead: bool = False) -> None:
@@ -160,8 +261,12 @@ async def _stop_executor(executor: ExecutorApp, task: asyncio.Task[int]) -> None
     await task
 
 
-def _banner(server: NatsServer, data_dir: Path, settings: Settings, dev: bool) -> None:
+def _banner(
+    server: NatsServer, data_dir: Path, settings: Settings, dev: bool, you: str | None
+) -> None:
     console.print(f"[green]NATS[/] {server.url}   data in {data_dir}/   prefix {settings.prefix}")
+    if you is not None:
+        console.print(f"[green]secure[/] you are {you}", soft_wrap=True)
     if server.monitor_url is not None:
         console.print(f"[green]monitoring[/] {server.monitor_url}/varz")
     console.print("[green]broker[/] ready")
@@ -199,9 +304,18 @@ def _run_server(
     config: Path | None,
     *,
     dev: bool,
+    insecure: bool,
+    tls_cert: Path | None = None,
+    tls_key: Path | None = None,
 ) -> None:
+    if (tls_cert is None) != (tls_key is None):
+        raise fail("give both --tls-cert and --tls-key, or neither")
+    tls = (tls_cert, tls_key) if tls_cert is not None and tls_key is not None else None
     with _config(config) as conf:
-        run(_serve(settings_of(ctx), data_dir, port, http_port, conf, dev=dev))
+        serving = _serve(
+            settings_of(ctx), data_dir, port, http_port, conf, dev=dev, insecure=insecure, tls=tls
+        )
+        run(serving)
 
 
 @server_app.command("start")
@@ -211,29 +325,84 @@ def server_start(
     port: int = _PORT,
     http_port: int | None = _HTTP_PORT,
     config: Path | None = _CONFIG,
+    insecure: bool = _INSECURE,
+    tls_cert: Path | None = _TLS_CERT,
+    tls_key: Path | None = _TLS_KEY,
 ) -> None:
-    """Start an embedded NATS server (JetStream) and a broker, in the foreground."""
-    _run_server(ctx, data_dir, port, http_port, config, dev=False)
+    """Start an embedded NATS server (JetStream) and a broker, in the foreground. Secure
+    unless --insecure: you (your key) own the server."""
+    _run_server(
+        ctx,
+        data_dir,
+        port,
+        http_port,
+        config,
+        dev=False,
+        insecure=insecure,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+    )
+
+
+@server_app.command("config")
+def server_config(
+    data_dir: Path = _DATA_DIR,
+    config: Path | None = _CONFIG,
+    tls_cert: Path | None = _TLS_CERT,
+    tls_key: Path | None = _TLS_KEY,
+) -> None:
+    """Write a secure installation's keys and nats-server config under --data-dir, for a
+    nats-server you run yourself; start brokers with the same --data-dir."""
+    if (tls_cert is None) != (tls_key is None):
+        raise fail("give both --tls-cert and --tls-key, or neither")
+    tls = (tls_cert, tls_key) if tls_cert is not None and tls_key is not None else None
+    with _config(config) as base:
+        written, keys_dir = _server_config(data_dir, base, secure=True, tls=tls)
+    console.print(f"keys in {keys_dir}/ (private: give them to brokers only)")
+    console.print(f"server config {written}")
+    console.print(f"start the server with:  nats-server -c {written} -js -sd {data_dir}/jetstream")
+    console.print(
+        f"and brokers with:       colonies broker start --data-dir {data_dir} "
+        "--owner NAME=PUBLIC_KEY"
+    )
 
 
 @broker_app.command("start")
 def broker_start(
     ctx: typer.Context,
     data_dir: Path = _DATA_DIR,
+    owner: str = typer.Option(
+        "",
+        "--owner",
+        envvar="COLONIES_SERVER_OWNER",
+        help="NAME=PUBLIC_KEY: enrol this key as a server owner under NAME (secure servers).",
+    ),
 ) -> None:
-    """Start a broker against --nats; run several for fail-over (one leads, others stand by)."""
+    """Start a broker against --nats; run several for fail-over (one leads, others stand by).
+    On a secure server it uses the keys under --data-dir (colonies server config)."""
     settings = settings_of(ctx)
+    name, _, key = owner.partition("=")
+    if owner and (not name or public_key_kind(key) != "user"):
+        raise fail(f"--owner {owner!r}: give NAME=PUBLIC_KEY, the key a user's (U..., 56 chars)")
 
     async def go() -> None:
+        keys_dir = data_dir / "keys"
         broker = Broker(
             BrokerSettings.from_env(
-                nats_url=settings.nats_url, prefix=settings.prefix, data_dir=data_dir
+                nats_url=settings.nats_url,
+                prefix=settings.prefix,
+                data_dir=data_dir,
+                keys_dir=keys_dir if keys_dir.is_dir() else None,
+                tls_ca=settings.tls_ca,
             )
         )
         task = asyncio.create_task(broker.run())
         try:
             await _wait_ready(broker, task)
-            console.print(f"[green]broker[/] ready on {settings.nats_url}")
+            if owner:
+                await _enrol(broker, check_name("name", name), key)
+                console.print(f"[green]server owner[/] {name} ({key[:12]}…)")
+            console.print(f"[green]broker[/] ready on {shown_url(settings.nats_url)}")
             await _until_signalled()
         finally:
             await _stop_broker(broker, task)
@@ -247,6 +416,20 @@ def dev(
     port: int = _PORT,
     http_port: int | None = _HTTP_PORT,
     config: Path | None = _CONFIG,
+    insecure: bool = _INSECURE,
+    tls_cert: Path | None = _TLS_CERT,
+    tls_key: Path | None = _TLS_KEY,
 ) -> None:
-    """Everything for development: NATS, a broker, colony 'dev' and an echo executor."""
-    _run_server(ctx, data_dir, port, http_port, config, dev=True)
+    """Everything for development: NATS, a broker, colony 'dev' and an echo executor. Secure
+    unless --insecure: you (your key) own the server and colony 'dev'."""
+    _run_server(
+        ctx,
+        data_dir,
+        port,
+        http_port,
+        config,
+        dev=True,
+        insecure=insecure,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+    )

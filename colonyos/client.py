@@ -18,7 +18,7 @@ import secrets
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import msgspec
 import nats
@@ -28,7 +28,7 @@ from nats.aio.client import Client as NATS
 
 from colonyos import limits
 from colonyos.config import Settings, default_caller
-from colonyos.connection import client_inbox_prefix, connect_nats
+from colonyos.connection import connect_nats, denied
 from colonyos.errors import (
     AssignTimeoutError,
     BrokerUnavailableError,
@@ -36,6 +36,7 @@ from colonyos.errors import (
     ConflictError,
     ErrorReply,
     InvalidSpecError,
+    NotAuthorizedError,
     ProcessExistsError,
 )
 from colonyos.events import EventStream, ProcessWatch, read_logs
@@ -57,10 +58,12 @@ from colonyos.messages import (
     ListGraphs,
     ListProcesses,
     LogLines,
+    MemberAdd,
     Named,
     Outcome,
     ProcessEvent,
     ProcessRef,
+    ReaderOpen,
     Register,
     Rejection,
     Release,
@@ -81,6 +84,10 @@ from colonyos.models import (
     ProcessState,
     WorkflowSpec,
 )
+from colonyos.security.claim import ConnectClaim
+from colonyos.security.keys import Identity, default_identity_path, load_identity
+from colonyos.security.members import Member
+from colonyos.security.permissions import inbox_prefix
 from colonyos.specs import check_function_spec
 from colonyos.subjects import SERVER_SCOPE, Subjects, check_name
 
@@ -97,6 +104,17 @@ _reply_decoder = msgspec.json.Decoder(Reply)
 _ASSIGN_MARGIN_S = 5.0
 # A prioritytime as wide as JSON writes one, for the largest a process record can be.
 _WIDEST_INT64 = -(2**63)
+
+
+def _identity(settings: Settings) -> Identity | None:
+    """The seed named by the settings (which must exist), else the default identity file if
+    there is one (and the URL names no user of its own); None: connect without an identity."""
+    if settings.identity is not None:
+        return load_identity(settings.identity)
+    if "@" in settings.nats_url:  # credentials in the URL: the server's own users, not keys
+        return None
+    default = default_identity_path()
+    return load_identity(default) if default.exists() else None
 
 
 def _new_id() -> str:
@@ -116,22 +134,50 @@ def _checked(settings: Settings, caller: str) -> tuple[str, str, Subjects]:
 class Client:
     """One NATS connection, speaking for one caller (a user or an executor) in one colony."""
 
-    def __init__(self, nc: NATS, settings: Settings, caller: str) -> None:
+    def __init__(
+        self, nc: NATS, settings: Settings, caller: str, identity: Identity | None = None
+    ) -> None:
         self.nc = nc
         self.js = nc.jetstream()
         self.settings = settings
         self.colony, self.caller, self.subjects = _checked(settings, caller)
+        # The key this connection proved it holds; its rights were decided when it connected.
+        self.identity = identity
+
+    @property
+    def secure(self) -> bool:
+        """Did the server ask this connection to prove its key (a secure installation)?"""
+        info: dict[str, Any] = getattr(self.nc, "_server_info", {}) or {}
+        return self.identity is not None and bool(info.get("auth_required"))
 
     @classmethod
     async def connect(
-        cls, settings: Settings | None = None, *, caller: str | None = None, name: str = "colonies"
+        cls,
+        settings: Settings | None = None,
+        *,
+        caller: str | None = None,
+        name: str = "colonies",
+        executor: bool = False,
     ) -> Client:
+        """Connect as ``caller`` (default: the settings' caller, else the login name) in the
+        settings' colony. ``executor``: an executor's connection, which on a secure
+        installation may take a free name to register under."""
         settings = settings or Settings.from_env()
-        caller = caller or default_caller()
-        _checked(settings, caller)  # a name that cannot be a subject token: say so, not "no broker"
-        inbox = client_inbox_prefix(settings.colony, caller)
-        nc = await connect_nats(settings.nats_url, name=name, inbox_prefix=inbox)
-        return cls(nc, settings, caller)
+        caller = caller or settings.caller or default_caller()
+        colony, caller, _ = _checked(settings, caller)  # not a subject token: say so first
+        identity = _identity(settings)
+        claim = ConnectClaim(prefix=settings.prefix, colony=colony, name=caller, executor=executor)
+        nc = await connect_nats(
+            settings.nats_url,
+            name=name,
+            seed=identity.seed if identity is not None else None,
+            token=claim.token() if identity is not None else None,
+            inbox_prefix=inbox_prefix(settings.prefix, colony, caller),
+            tls_ca=settings.tls_ca,
+            who=f"{caller!r} in colony {colony!r}"
+            + (f" (key {identity.public_key})" if identity is not None else ""),
+        )
+        return cls(nc, settings, caller, identity)
 
     async def aclose(self) -> None:
         try:
@@ -156,6 +202,14 @@ class Client:
         await self.aclose()
 
     # -- plumbing -----------------------------------------------------------------------
+    def _not_allowed(self, what: str, subject: str) -> NotAuthorizedError:
+        return NotAuthorizedError(
+            f"not allowed: the server refused {what!r} to {self.caller!r} in colony "
+            f"{self.colony!r} (it may not publish to {subject}): the colony owner decides "
+            "who may do what; a new role takes effect on the next connection",
+            subject=subject,
+        )
+
     async def _request(
         self,
         op: str,
@@ -176,6 +230,8 @@ class Client:
                 "'colonies broker start'"
             ) from err
         except nats.errors.TimeoutError as err:
+            if denied(self.nc, subject):
+                raise self._not_allowed(op, subject) from err
             raise BrokerUnavailableError(f"the broker did not answer {op!r} in time") from err
         except nats.errors.MaxPayloadError as err:
             raise InvalidSpecError(f"{op} request is too large for the server: {err}") from err
@@ -308,6 +364,8 @@ class Client:
                 "no JetStream stream takes specs yet: has a broker ever started on this server?"
             ) from err
         except nats.errors.TimeoutError as err:
+            if denied(self.nc, subject):
+                raise self._not_allowed("submit", subject) from err
             raise BrokerUnavailableError("JetStream did not acknowledge the spec in time") from err
 
     def watch(self, process_id: str, *, colony: str | None = None) -> ProcessWatch:
@@ -576,14 +634,44 @@ class Client:
         before that time may have lost lines."""
         return await self._request("logs_dropped_before", Empty(), datetime)
 
+    async def open_reader(self, request: ReaderOpen) -> str:
+        """A consumer of the events or logs stream delivering to this connection's inbox,
+        made by the broker (members may not make consumers); its name."""
+        return await self._must("reader_open", request, str)
+
     def logs(self, process_id: str, *, follow: bool = False) -> AsyncIterator[LogEntry]:
         """The process's log lines in order; with ``follow``, until the process ends."""
         return read_logs(self, process_id, follow=follow)
 
     # -- colonies and executors (owner operations) --------------------------------------
-    async def colony_add(self, name: str, *, auto_approve: bool = False) -> Colony:
+    async def colony_add(
+        self, name: str, *, auto_approve: bool = False, owner_key: str = "", owner_name: str = ""
+    ) -> Colony:
+        """Create a colony (a server owner's request). Its owner is ``owner_key`` under
+        ``owner_name``; by default, on a secure installation, the server owner who asks."""
         colony = Colony(name=check_name("colony", name), auto_approve=auto_approve)
-        return await self._must("colony_add", ColonyAdd(colony=colony), Colony, colony=SERVER_SCOPE)
+        body = ColonyAdd(colony=colony, owner_key=owner_key, owner_name=owner_name)
+        return await self._must("colony_add", body, Colony, colony=SERVER_SCOPE)
+
+    # -- members (a colony owner's requests) ---------------------------------------------
+    async def member_add(
+        self,
+        name: str,
+        public_key: str,
+        *,
+        role: Literal["user", "colony-owner", "executor"] = "user",
+        executor_type: str = "",
+    ) -> Member:
+        """Let the holder of ``public_key`` in as ``name``: a ``user``, a ``colony-owner``,
+        or an ``executor`` of ``executor_type`` approved ahead of its first start."""
+        body = MemberAdd(name=name, public_key=public_key, role=role, executor_type=executor_type)
+        return await self._must("member_add", body, Member)
+
+    async def member_list(self) -> list[Member]:
+        return await self._request("member_list", Empty(), list[Member]) or []
+
+    async def member_remove(self, name: str) -> None:
+        await self._request("member_remove", Named(name=name), type(None))
 
     async def colony_list(self) -> list[Colony]:
         return await self._request("colony_list", Empty(), list[Colony], colony=SERVER_SCOPE) or []

@@ -56,6 +56,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     colony: str = DEFAULT_COLONY
     prefix: str = DEFAULT_PREFIX
     request_timeout_s: float = 5.0
+    # The seed file of this party's nkey (colonies key generate); None: $COLONIES_IDENTITY,
+    # else the default identity file when it exists, else no identity (insecure servers).
+    identity: Path | None = None
+    # The name a user acts under (the rpc caller token); None: the login name. Executors act
+    # under their own names.
+    caller: str | None = None
+    # The certificate authority of the server's TLS certificate; None: the system's (and no
+    # TLS unless the URL says tls:// or the server asks for it).
+    tls_ca: Path | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -67,8 +76,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         }
         if "COLONIES_REQUEST_TIMEOUT" in env:
             values["request_timeout_s"] = float(env["COLONIES_REQUEST_TIMEOUT"])
+        if "COLONIES_IDENTITY" in env:
+            values["identity"] = Path(env["COLONIES_IDENTITY"]).expanduser()
+        if "COLONIES_USER" in env:
+            values["caller"] = env["COLONIES_USER"]
+        if "COLONIES_TLS_CA" in env:
+            values["tls_ca"] = Path(env["COLONIES_TLS_CA"]).expanduser()
         values.update({k: v for k, v in overrides.items() if v is not None})
-        return msgspec.convert(values, cls)
+        return msgspec.convert(values, cls, strict=False)
 
 
 class BrokerSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -101,6 +116,11 @@ class BrokerSettings(msgspec.Struct, frozen=True, kw_only=True):
     retention_s: float = DEFAULT_RETENTION_S
     # How often the leader removes what has been kept longer.
     retention_sweep_s: float = 60.0
+    # The installation's keys (colonyos.security.serverconf): set on a secure installation,
+    # where the broker connects with its own key and answers the server's auth callout.
+    keys_dir: Path | None = None
+    # The certificate authority of the server's TLS certificate (see Settings.tls_ca).
+    tls_ca: Path | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> BrokerSettings:
@@ -110,7 +130,11 @@ class BrokerSettings(msgspec.Struct, frozen=True, kw_only=True):
             "prefix": env.get("COLONIES_PREFIX", DEFAULT_PREFIX),
         }
         if "COLONIES_DATA_DIR" in env:
-            values["data_dir"] = env["COLONIES_DATA_DIR"]
+            values["data_dir"] = Path(env["COLONIES_DATA_DIR"])
+        if "COLONIES_KEYS_DIR" in env:
+            values["keys_dir"] = Path(env["COLONIES_KEYS_DIR"])
+        if "COLONIES_TLS_CA" in env:
+            values["tls_ca"] = Path(env["COLONIES_TLS_CA"]).expanduser()
         if "COLONIES_STORAGE" in env:
             values["storage"] = env["COLONIES_STORAGE"]
         for var, key in (

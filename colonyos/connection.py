@@ -1,53 +1,177 @@
-"""Connecting to NATS: fail fast when nothing answers, then reconnect for ever."""
+"""Connecting to NATS: fail fast when nothing answers, then reconnect for ever.
+
+On a secure installation a connection proves who it is with an nkey (its seed never leaves
+this process) and says which colony and name it acts as (:class:`ConnectClaim`); the server
+asks the brokers' auth callout, which grants exactly that role's subjects.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import re
+import ssl
+import weakref
+from collections.abc import Awaitable
+from pathlib import Path
+from typing import Any
 
-import nats
 import nats.errors
 from nats.aio.client import Client as NATS
 
-from colonyos.errors import BrokerUnavailableError
+from colonyos.errors import BrokerUnavailableError, NotAuthorizedError
 
-__all__ = ["client_inbox_prefix", "connect_nats"]
+__all__ = ["connect_nats", "denied", "shown_url"]
 
 logger = logging.getLogger(__name__)
 
 _INITIAL_CONNECT_ATTEMPTS = 3
+# 'Permissions Violation for Publish to "colonies.b.specs.echo"' (nats-py lowercases it).
+_VIOLATION = re.compile(r'permissions violation for (publish|subscription) to "([^"]+)"', re.I)
+# What the server refused each connection, by subject: nats-py reports a refusal only to the
+# error callback, and the request itself then just times out.
+_denials: weakref.WeakKeyDictionary[NATS, dict[str, str]] = weakref.WeakKeyDictionary()
 
 
-async def _quiet_error_cb(err: Exception) -> None:
-    logger.debug("nats: %s", err)
+def shown_url(url: str) -> str:
+    """A server URL (or a comma-separated list) fit for a log: no user or password."""
+    return ",".join(re.sub(r"//[^/@]*@", "//", u) for u in url.split(","))
 
 
-def client_inbox_prefix(colony: str, caller: str) -> str:
-    """Where a client of ``colony`` speaking as ``caller`` gets its replies and consumer
-    deliveries: a member may subscribe to ``_INBOX.<colony>.<caller>.>`` only, so no one
-    reads another's replies."""
-    return f"_INBOX.{colony}.{caller}"
+def denied(nc: NATS, subject: str) -> str | None:
+    """``publish`` or ``subscription`` if the server refused ``subject`` to this connection."""
+    return _denials.get(nc, {}).get(subject)
 
 
-async def connect_nats(url: str, *, name: str, inbox_prefix: str = "_INBOX") -> NATS:
+class _Heard:
+    """What nats-py tells only the error callback of a connection: errors while connecting
+    (a refusal, TLS failing) and, later, the subjects the server refused it."""
+
+    def __init__(self) -> None:
+        self.errors: list[Exception] = []
+        self.refused: dict[str, str] = {}
+        self.tls_failed = asyncio.Event()
+
+    async def error_cb(self, err: Exception) -> None:
+        logger.debug("nats: %s", err)
+        if isinstance(err, ssl.SSLError):
+            self.tls_failed.set()
+        if m := _VIOLATION.search(str(err)):
+            self.refused[m[2]] = m[1].lower()
+            if len(self.refused) > 1000:  # a long-lived connection refused many subjects
+                self.refused.pop(next(iter(self.refused)))
+        else:
+            self.errors.append(err)
+
+
+async def connect_nats(
+    url: str,
+    *,
+    name: str,
+    seed: bytes | None = None,
+    token: str | None = None,
+    inbox_prefix: str | None = None,
+    tls_ca: Path | None = None,
+    who: str = "",
+) -> NATS:
     """Connect, failing fast if no server answers; once connected, reconnect forever.
-    ``inbox_prefix``: a client's comes from :func:`client_inbox_prefix`; brokers keep nats-py's."""
+
+    ``seed`` signs the server's nonce; ``token`` is the identity claim a member sends beside
+    it; ``tls_ca``: the certificate authority that signed the server's TLS certificate (else
+    the system's); ``who`` names the identity in a refusal ("alice in colony dev (key U...)").
+    """
+    heard = _Heard()
+    options: dict[str, Any] = {}
+    if seed is not None:
+        options["nkeys_seed_str"] = seed.decode()
+    if token is not None:
+        options["token"] = token
+    if inbox_prefix is not None:
+        options["inbox_prefix"] = inbox_prefix
+    if tls_ca is not None or url.startswith("tls://"):
+        options["tls"] = _tls_context(tls_ca)
+    nc = NATS()
+    connecting = nc.connect(
+        servers=[u.strip() for u in url.split(",") if u.strip()],
+        name=name,
+        connect_timeout=2,
+        allow_reconnect=True,
+        max_reconnect_attempts=_INITIAL_CONNECT_ATTEMPTS,
+        reconnect_time_wait=0.5,  # type: ignore[arg-type]  # annotated int; a float works
+        error_cb=heard.error_cb,
+        **options,
+    )
     try:
-        nc = await nats.connect(
-            servers=[u.strip() for u in url.split(",") if u.strip()],
-            name=name,
-            connect_timeout=2,
-            allow_reconnect=True,
-            max_reconnect_attempts=_INITIAL_CONNECT_ATTEMPTS,
-            reconnect_time_wait=0.5,
-            error_cb=_quiet_error_cb,
-            inbox_prefix=inbox_prefix,
-        )
-    except (OSError, nats.errors.NoServersError, nats.errors.TimeoutError) as err:
-        raise BrokerUnavailableError(
-            f"cannot reach NATS at {url}: is the server running? "
-            "('colonies dev' or 'colonies server start' starts one)",
-            nats_url=url,
-        ) from err
+        await _unless_tls_fails(connecting, heard.tls_failed)
+    except (OSError, nats.errors.Error) as err:
+        with contextlib.suppress(Exception):
+            await nc.close()  # a refused connection leaves its socket open otherwise
+        raise _why_not(err, heard.errors, url, who, with_key=seed is not None) from err
     # The server was reachable: from now on, ride out restarts however long they take.
     nc.options["max_reconnect_attempts"] = -1
+    _denials[nc] = heard.refused
     return nc
+
+
+def _why_not(
+    err: Exception, errors: list[Exception], url: str, who: str, *, with_key: bool
+) -> Exception:
+    """What to tell about a connection that failed: refused, TLS, no server, or as it is."""
+    shown = shown_url(url)
+    if any("authorization violation" in str(e).lower() for e in [*errors, err]):
+        return _refused(shown, who, with_key)
+    if bad_tls := next((e for e in [*errors, err] if isinstance(e, ssl.SSLError)), None):
+        return BrokerUnavailableError(
+            f"TLS with the NATS server at {shown} failed: {bad_tls}; name the authority that "
+            "signed its certificate with --tls-ca or COLONIES_TLS_CA",
+            nats_url=shown,
+        )
+    if isinstance(err, OSError | nats.errors.NoServersError | nats.errors.TimeoutError):
+        return BrokerUnavailableError(
+            f"cannot reach NATS at {shown}: is the server running? "
+            "('colonies dev' or 'colonies server start' starts one)",
+            nats_url=shown,
+        )
+    return err
+
+
+async def _unless_tls_fails(connecting: Awaitable[None], tls_failed: asyncio.Event) -> None:
+    """Await the connect, but give up at once when TLS fails: nats-py then reports the error
+    to the error callback and waits for ever."""
+    task = asyncio.ensure_future(connecting)
+    failed = asyncio.ensure_future(tls_failed.wait())
+    try:
+        await asyncio.wait({task, failed}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        failed.cancel()
+    if not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+        raise nats.errors.Error("TLS failed")
+    task.result()
+
+
+def _tls_context(ca: Path | None) -> ssl.SSLContext:
+    """Verify the server's certificate and name (the system's authorities unless ``ca``)."""
+    try:
+        return ssl.create_default_context(cafile=str(ca) if ca is not None else None)
+    except (OSError, ssl.SSLError) as err:
+        raise BrokerUnavailableError(f"cannot use the TLS authority {ca}: {err}") from None
+
+
+def _refused(url: str, who: str, with_key: bool) -> NotAuthorizedError:
+    if not with_key:
+        return NotAuthorizedError(
+            f"not allowed: the NATS server at {url} is secure and this connection has no "
+            "identity; name your key with --identity or COLONIES_IDENTITY "
+            "(make one with 'colonies key generate')",
+            nats_url=url,
+        )
+    return NotAuthorizedError(
+        f"not allowed: the NATS server at {url} refused {who or 'this identity'}: the colony "
+        "does not exist, the name belongs to another key, or the key is not a member; the "
+        "colony owner adds it with 'colonies user add --name NAME --key PUBLIC_KEY'",
+        nats_url=url,
+    )

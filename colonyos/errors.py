@@ -19,6 +19,7 @@
       ├─ NotAuthorizedError        e.g. a close from an executor the process is not assigned to
       │    └─ ExecutorRemovedError     the colony owner removed this executor
       ├─ BrokerUnavailableError    no broker answered (not started, or NATS unreachable)
+      ├─ IdentityError             a seed file that is missing, damaged or readable by others
       └─ AssignTimeoutError        no work arrived before the assign timeout (also a TimeoutError)
 
 The broker answers a failed request with an :class:`ErrorReply`; the client rebuilds the same
@@ -45,6 +46,7 @@ __all__ = [
     "ExecutorRemovedError",
     "ExecutorReplacedError",
     "GraphNotFoundError",
+    "IdentityError",
     "InvalidNameError",
     "InvalidSpecError",
     "NotAuthorizedError",
@@ -207,6 +209,12 @@ class ExecutorRemovedError(NotAuthorizedError):
 
 class BrokerUnavailableError(ColoniesError):
     code = "unavailable"
+
+
+class IdentityError(ColoniesError):
+    """The party's own key cannot be used (missing, not a seed, readable by others)."""
+
+    code = "identity"
 
 
 class AssignTimeoutError(ColoniesError, TimeoutError):

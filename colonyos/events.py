@@ -123,8 +123,9 @@ class EventStream:
         else:
             self._reader = await OrderedReader(
                 nc,
-                self._client.subjects.stream_events,
+                "events",
                 self._subject,
+                self._client.open_reader,
                 start_time=self._since,
                 timeout_s=self._client.settings.request_timeout_s,
             ).start()
@@ -183,8 +184,9 @@ async def read_logs(
         reader = await stack.enter_async_context(
             OrderedReader(
                 client.nc,
-                client.subjects.stream_logs,
+                "logs",
                 subject,
+                client.open_reader,
                 timeout_s=client.settings.request_timeout_s,
             )
         )

@@ -40,6 +40,7 @@ import nats.errors
 from colonyos import machine
 from colonyos.client import Client
 from colonyos.config import Settings
+from colonyos.connection import shown_url
 from colonyos.errors import (
     BrokerUnavailableError,
     ColoniesError,
@@ -113,6 +114,7 @@ class ExecutorStage(enum.StrEnum):
     UNREACHABLE = "unreachable"  # NATS does not answer
     NO_BROKER = "no_broker"  # NATS answers, no broker does
     NO_COLONY = "no_colony"
+    NOT_LET_IN = "not_let_in"  # a secure server refuses the connection (see its message)
     PENDING = "pending"  # registered, waiting for the colony owner's approval
     REJECTED = "rejected"
     WAITING_FOR_WORK = "waiting_for_work"
@@ -271,6 +273,8 @@ class ExecutorApp:
         self._ended_by = None
         try:
             client = await self._connect(burst)
+            if client is not None and client.secure:
+                client = await self._with_executor_rights(client, burst)
             if client is not None:
                 async with client:
                     await self._run_connected(client, burst)
@@ -283,12 +287,12 @@ class ExecutorApp:
         return self.processed
 
     async def _connect(self, burst: bool) -> Client | None:
-        url = self.settings.nats_url
+        url = shown_url(self.settings.nats_url)
         self._say(ExecutorStage.CONNECTING, f"connecting to NATS at {url}")
         delay = 1.0
         while not self._stopping.is_set():
             connecting = asyncio.ensure_future(
-                Client.connect(self.settings, caller=self.name, name=self.name)
+                Client.connect(self.settings, caller=self.name, name=self.name, executor=True)
             )
             if not await self._until_done(connecting):
                 await _abandon(connecting)
@@ -302,9 +306,36 @@ class ExecutorApp:
                     ExecutorStage.UNREACHABLE,
                     f"cannot reach NATS at {url}; trying again until it answers",
                 )
+            except NotAuthorizedError:
+                if burst:
+                    raise
+                # The server does not say why: no broker answers its callout yet, the colony
+                # does not exist yet, or the name is another key's. The first two pass.
+                self._say(
+                    ExecutorStage.NOT_LET_IN,
+                    f"the server at {url} does not let {self.name!r} in yet (no broker "
+                    f"answering, no colony {self.settings.colony!r}, or the name is another "
+                    "key's); trying again",
+                )
             await pause(delay, self._stopping)
             delay = min(delay * 2, RETRY_MAX_S)
         return None
+
+    async def _with_executor_rights(self, client: Client, burst: bool) -> Client | None:
+        """On a secure installation a connection's rights are decided when it connects: a
+        first start registers (and waits for approval) on a connection that may only do that,
+        then connects again as the approved executor. None if stopped meanwhile."""
+        async with client:
+            control = await client.nc.subscribe(
+                client.subjects.control(client.colony, self.name), cb=self._on_control
+            )
+            if await self._register(client, burst) is None:
+                return None
+            if not await self._approved(client, burst):
+                return None
+            with contextlib.suppress(nats.errors.Error):
+                await control.unsubscribe()
+        return await self._connect(burst)
 
     async def _run_connected(self, client: Client, burst: bool) -> None:
         if await self._register(client, burst) is None:
@@ -417,7 +448,8 @@ class ExecutorApp:
         if not client.nc.is_connected:
             self._say(
                 ExecutorStage.UNREACHABLE,
-                f"cannot reach NATS at {self.settings.nats_url}; trying again until it answers",
+                f"cannot reach NATS at {shown_url(self.settings.nats_url)}; trying again until "
+                "it answers",
             )
         else:
             self._say(ExecutorStage.NO_BROKER, f"{err.message}; trying again until one answers")

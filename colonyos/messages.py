@@ -9,7 +9,7 @@ expects) or ``error``.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, TypeAlias
+from typing import Annotated, Any, Literal, TypeAlias
 
 import msgspec
 from msgspec import Meta
@@ -79,6 +79,23 @@ AssignCount = Annotated[int, Meta(ge=1, le=limits.MAX_ASSIGN_COUNT)]
 ListLimit = Annotated[int, Meta(ge=0, le=limits.MAX_LIST_LIMIT)]
 # The process's ``retries`` when it was assigned.
 Attempt = Annotated[int, Meta(ge=0, le=limits.MAX_RETRIES)]
+
+
+class ReaderOpen(Model, kw_only=True):
+    """A client asks the broker for a consumer that delivers one filter of the events or logs
+    stream, in order, to its own inbox (see colonyos/ordered.py). Members may not create
+    consumers themselves: nats-server does not check a push consumer's deliver subject
+    against its creator's rights, so the broker creates them, within the caller's colony and
+    inbox."""
+
+    stream: Literal["events", "logs"]
+    filter_subject: str
+    deliver_subject: str
+    # From this stream sequence (0: not given), else from this time, else from the first.
+    start_sequence: Annotated[int, Meta(ge=0)] = 0
+    start_time: datetime | None = None
+    heartbeat_s: Annotated[float, Meta(ge=0.1, le=30)] = 2.0
+    inactive_s: Annotated[float, Meta(ge=1, le=300)] = 10.0
 
 
 class Empty(Model, kw_only=True):
@@ -297,6 +314,20 @@ class Named(Model, kw_only=True):
 
 class ColonyAdd(Model, kw_only=True):
     colony: Colony
+    # Its owner: a public key (``U...``) and the name it acts under in the colony. On a secure
+    # installation an empty key makes the server owner who adds it its owner.
+    owner_key: str = ""
+    owner_name: str = ""
+
+
+class MemberAdd(Model, kw_only=True):
+    """A colony owner adds a member: a user (or a co-owner), or an executor it approves ahead
+    of its first start (``executor_type`` then says which type it registers as)."""
+
+    name: str
+    public_key: str
+    role: Literal["user", "colony-owner", "executor"] = "user"
+    executor_type: str = ""
 
 
 class RemoveAll(Model, kw_only=True):

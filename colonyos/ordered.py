@@ -1,15 +1,14 @@
 """Reading one subject filter of a stream in order, each message once, with no more rights than
 a member of a colony has.
 
-nats-py's ordered consumer cannot do that: it creates its consumer unnamed
-(``$JS.API.CONSUMER.CREATE.<stream>``, a subject without the filter, which no permission can
-scope to a colony), and when it resets after a gap it creates the same name again with another
-start, which the server refuses (the reader then stalls). :class:`OrderedReader` creates a
-*named* ephemeral push consumer, ``$JS.API.CONSUMER.CREATE.<stream>.<name>.<filter>``, so the
-filter is in the subject a permission can match; after a gap (a missed message or silence for
-three heartbeats) it creates a new one under a new name from the next stream sequence. A
-consumer left behind is removed by the server once nothing listens to it (its inactive
-threshold): a member may not delete consumers.
+nats-py's ordered consumer cannot do that: it creates its consumer itself, unnamed, and when it
+resets after a gap it creates the same name again with another start, which the server refuses
+(the reader then stalls). A member may not create consumers at all (nats-server does not check a
+push consumer's deliver subject: see broker/readers.py). :class:`OrderedReader` asks the broker
+(``reader_open``) for an ephemeral push consumer delivering to an inbox of its own connection;
+after a gap (a missed message or silence for three heartbeats) it asks for a new one from the
+next stream sequence. A consumer left behind is removed by the server once nothing listens to it
+(its inactive threshold).
 """
 
 from __future__ import annotations
@@ -17,16 +16,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
 import time
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from types import TracebackType
+from typing import Literal
 
 import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from colonyos.errors import ColoniesError
+from colonyos.messages import ReaderOpen
 
 __all__ = ["OrderedReader"]
 
@@ -49,8 +51,9 @@ class OrderedReader:
     def __init__(
         self,
         nc: NATS,
-        stream: str,
+        stream: Literal["events", "logs"],
         filter_subject: str,
+        open_consumer: Callable[[ReaderOpen], Awaitable[str]],
         *,
         start_time: datetime | None = None,
         heartbeat_s: float = 2.0,
@@ -58,7 +61,7 @@ class OrderedReader:
         timeout_s: float = 5.0,
     ) -> None:
         self._nc = nc
-        self._js = nc.jetstream(timeout=timeout_s)
+        self._open_consumer = open_consumer
         self._stream = stream
         self._filter = filter_subject
         self._start_time = start_time
@@ -140,32 +143,20 @@ class OrderedReader:
                 await self._on_msg(msg)
 
         self._sub = await self._nc.subscribe(inbox, cb=on_msg)
-        config = ConsumerConfig(
-            name=secrets.token_hex(8),
+        request = ReaderOpen(
+            stream=self._stream,
             filter_subject=self._filter,
             deliver_subject=inbox,
-            ack_policy=AckPolicy.NONE,
-            max_deliver=1,
-            flow_control=True,
-            idle_heartbeat=self._heartbeat_s,
-            inactive_threshold=self._inactive_s,
-            num_replicas=1,
-            mem_storage=True,
+            start_sequence=self._stream_seq + 1 if self._stream_seq else 0,
+            start_time=None if self._stream_seq else self._start_time,
+            heartbeat_s=self._heartbeat_s,
+            inactive_s=self._inactive_s,
         )
-        if self._stream_seq:
-            config.deliver_policy = DeliverPolicy.BY_START_SEQUENCE
-            config.opt_start_seq = self._stream_seq + 1
-        elif self._start_time is not None:
-            config.deliver_policy = DeliverPolicy.BY_START_TIME
-            config.opt_start_time = self._start_time
-        else:
-            config.deliver_policy = DeliverPolicy.ALL
         self._consumer_seq = 0
         self._flow_reply = None
         self._broken = False
         self._heard = time.monotonic()
-        info = await self._js.add_consumer(self._stream, config)
-        self.consumer = info.name
+        self.consumer = await self._open_consumer(request)
 
     async def _reset(self) -> None:
         """After a gap: a new consumer from the next message. If the server cannot be asked
@@ -178,8 +169,8 @@ class OrderedReader:
         )
         try:
             await self._create()
-        except nats.errors.Error as err:
-            logger.debug("could not create a consumer on %s yet: %s", self._stream, err)
+        except (nats.errors.Error, ColoniesError) as err:
+            logger.debug("could not open a reader of %s yet: %s", self._stream, err)
             self._broken = True
             self._heard = time.monotonic()
 

@@ -131,6 +131,12 @@ class Subjects:
     def heartbeat(self, colony: str, executor_name: str) -> str:
         return f"{self.prefix}.{colony}.heartbeats.{executor_name}"
 
+    @staticmethod
+    def parse_heartbeat(subject: str) -> tuple[str, str]:
+        """``<prefix>.<colony>.heartbeats.<name>`` -> (colony, name)."""
+        parts = subject.split(".")
+        return parts[-3], parts[-1]
+
     @property
     def heartbeats_all(self) -> str:
         return f"{self.prefix}.*.heartbeats.*"
@@ -158,6 +164,11 @@ class Subjects:
         return f"{self.prefix}-colonies"
 
     @property
+    def bucket_members(self) -> str:
+        """Who may connect: each member's public key and role, by colony and name."""
+        return f"{self.prefix}-members"
+
+    @property
     def bucket_graphs(self) -> str:
         return f"{self.prefix}-graphs"
 
@@ -183,6 +194,10 @@ class Subjects:
     @staticmethod
     def process_key(colony: str, process_id: str) -> str:
         return f"{colony}.{process_id}"
+
+    @staticmethod
+    def member_key(colony: str, name: str) -> str:
+        return f"{colony}.{name}"
 
     @staticmethod
     def executor_key(colony: str, executor_name: str) -> str:

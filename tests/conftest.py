@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -25,6 +26,22 @@ COLONY = "dev"
 # speaks as the user at the terminal.
 MEMBER_USER, MEMBER_NAME = "tester", "tester"
 CLI_USER = "cli"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def own_config_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Identities made by the tests (``colonies dev`` makes the user's on first start) go to
+    a directory of the session's, never to the home of whoever runs the tests; so do the CLIs
+    the tests start."""
+    saved = {k: os.environ.get(k) for k in ("XDG_CONFIG_HOME", "COLONIES_IDENTITY")}
+    os.environ["XDG_CONFIG_HOME"] = str(tmp_path_factory.mktemp("config-home"))
+    os.environ.pop("COLONIES_IDENTITY", None)
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 @pytest.fixture(scope="session")

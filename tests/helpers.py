@@ -19,6 +19,7 @@ from colonyos.client import Client
 from colonyos.config import BrokerSettings, Settings
 from colonyos.connection import connect_nats
 from colonyos.models import Conditions, Executor, FunctionSpec, Process, ProcessState
+from colonyos.security.permissions import Role, grants
 from colonyos.subjects import Subjects
 
 
@@ -118,25 +119,12 @@ PASSWORD = "secret"
 
 
 def member_permissions(subjects: Subjects, colony: str, name: str) -> dict[str, Any]:
-    """Every member's rights (user or executor) of ``colony`` named ``name``: its part of the
-    JetStream API (named consumers and direct gets whose subject holds a filter of its colony),
-    replies to what it received (acks, flow control), its inbox, its colony's events, the
-    leader announcements, and requests to the broker under its own name. Nothing else."""
-    p = subjects.prefix
-    events, logs = subjects.stream_events, subjects.stream_logs
+    """A user's rights in ``colony`` under ``name``, exactly as the auth callout grants them
+    (colonyos/security/permissions.py), in nats-server's config form."""
+    granted = grants(subjects, colony, name, (Role.USER,))
     return {
-        "publish": {
-            "allow": [
-                f"$JS.API.CONSUMER.CREATE.{events}.*.{p}.{colony}.events.>",
-                f"$JS.API.CONSUMER.CREATE.{logs}.*.{p}.{colony}.logs.>",
-                f"$JS.API.DIRECT.GET.{events}.{p}.{colony}.events.>",
-                f"$JS.API.DIRECT.GET.{logs}.{p}.{colony}.logs.>",
-                subjects.rpc(colony, name, "*"),
-            ]
-        },
-        "subscribe": {
-            "allow": [f"_INBOX.{colony}.{name}.>", f"{p}.{colony}.events.>", subjects.leader]
-        },
+        "publish": {"allow": list(granted.publish)},
+        "subscribe": {"allow": list(granted.subscribe)},
         "allow_responses": {"max": 1},
     }
 

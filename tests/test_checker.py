@@ -17,6 +17,10 @@ the design are checked from the events stream and the KV bucket:
 6. outcomes: every short process succeeded; every process built to outlive its maxexectime
    failed, saying it used all its attempts.
 
+The installation is secure, as `colonies server start` runs it: the brokers answer the auth
+callout, each executor connects with its key, the checker's client is the server owner. The
+checker reads the buckets and streams with the brokers' key.
+
 Seedable and bounded: COLONIES_CHECKER_SEED, COLONIES_CHECKER_PROCESSES and
 COLONIES_CHECKER_CHAOS_S (seconds of killing) change the run; `make soak` runs a long one.
 """
@@ -37,15 +41,20 @@ from pathlib import Path
 import msgspec
 import nats
 import pytest
+from nats.aio.client import Client as NATS
 from nats.js.api import DeliverPolicy
 
 from colonyos.client import Client
 from colonyos.config import Settings
-from colonyos.errors import BrokerUnavailableError
+from colonyos.errors import BrokerUnavailableError, NotAuthorizedError
 from colonyos.messages import ProcessEvent, decode_event
 from colonyos.models import Conditions, FunctionSpec, Process, ProcessState
-from colonyos.natsserver import NatsServer
-from colonyos.subjects import Subjects
+from colonyos.natsserver import NatsServer, packaged_config
+from colonyos.security.keys import generate, load_identity, write_seed
+from colonyos.security.members import Member, MemberBook
+from colonyos.security.permissions import Role
+from colonyos.security.serverconf import ServerKeys, secure_config
+from colonyos.subjects import SERVER_SCOPE, Subjects
 
 from .procs import Child, free_port
 
@@ -78,7 +87,11 @@ ALLOWED = {
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[NatsServer]:
-    s = NatsServer(tmp_path / "js", port=free_port()).start()
+    keys = ServerKeys.load_or_create(tmp_path / "keys")
+    with packaged_config() as base:
+        config = tmp_path / "nats.conf"
+        config.write_text(secure_config(base.read_text(), keys))
+    s = NatsServer(tmp_path / "js", port=free_port(), config=config).start()
     yield s
     s.stop()
 
@@ -634,7 +647,13 @@ class Run:
 
     def __init__(self, server: NatsServer, tmp_path: Path, rng: random.Random) -> None:
         self.rng = rng
+        self.keys = ServerKeys.load(tmp_path / "keys")
+        for who in ("checker", "executors"):
+            write_seed(tmp_path / f"{who}.nk", generate())
         env = {
+            "COLONIES_KEYS_DIR": str(tmp_path / "keys"),
+            "COLONIES_IDENTITY": str(tmp_path / "executors.nk"),
+            "XDG_CONFIG_HOME": str(tmp_path / "config"),
             "COLONIES_NATS_URL": server.url,
             "COLONIES_PREFIX": PREFIX,
             "COLONIES_COLONY_NAME": COLONY,
@@ -645,12 +664,33 @@ class Run:
         }
         self.brokers, self.executors = _children(tmp_path, env)
         self.children = self.brokers + self.executors
-        self.settings = Settings(nats_url=server.url, colony=COLONY, prefix=PREFIX)
+        self.settings = Settings(
+            nats_url=server.url, colony=COLONY, prefix=PREFIX, identity=tmp_path / "checker.nk"
+        )
         self.accepted: set[str] = set()
         self.kills: Counter[str] = Counter()
         self.runs = tmp_path / "runs.jsonl"
         self.killed_at: dict[int, list[float]] = defaultdict(list)  # OS pid -> when
         self.broker_kills: list[float] = []
+
+    async def enrol(self, inspector: NATS) -> None:
+        """The checker's client is the server owner (the brokers make the same bucket)."""
+        book = MemberBook(inspector.jetstream(), Subjects(PREFIX))
+        await book.start()
+        owner = load_identity(self.settings.identity).public_key  # type: ignore[arg-type]
+        await book.put(
+            Member(
+                colony_name=SERVER_SCOPE, name="checker", public_key=owner, role=Role.SERVER_OWNER
+            )
+        )
+
+    async def connected(self, timeout: float) -> Client:
+        async with asyncio.timeout(timeout):
+            while True:
+                try:
+                    return await Client.connect(self.settings, caller="checker")
+                except (NotAuthorizedError, BrokerUnavailableError):
+                    await asyncio.sleep(0.2)  # sleep-ok: waiting for a broker to start
 
     async def colony_added(self, client: Client) -> bool:
         try:
@@ -706,14 +746,21 @@ async def test_killing_brokers_and_executors_loses_nothing(
 ) -> None:
     print(f"\nchecker: seed {SEED}, {PROCESSES} processes, {CHAOS_S:g} s of kills")
     run = Run(server, tmp_path, random.Random(SEED))
-    client = await Client.connect(run.settings, caller="checker")
+    # The checker's own eyes on the buckets and streams: the brokers' key (no member may).
+    inspector = await nats.connect(server.url, nkeys_seed_str=run.keys.broker.seed.decode())
+    await run.enrol(inspector)
+    for child in run.children:
+        child.start()
+    # A secure server lets a client in once a broker answers its callout.
+    client = await run.connected(60)
     try:
-        for child in run.children:
-            child.start()
         await _until(lambda: run.colony_added(client), 30, "a broker to serve")
+        # Rights are decided at connect: now the owner of the colony it made, it may submit.
+        await client.aclose()
+        client = await run.connected(30)
         await asyncio.gather(run.submit_all(client), run.chaos())
         run.revive()
-        js = client.nc.jetstream()
+        js = inspector.jetstream()
         since = time.monotonic()
         # A twentieth of the processes hold an executor for a second, twice (they outlive their
         # maxexectime): with three executors, that alone is a second per 30 processes.
@@ -750,3 +797,4 @@ async def test_killing_brokers_and_executors_loses_nothing(
         for child in run.children:
             child.stop()
         await client.aclose()
+        await inspector.close()

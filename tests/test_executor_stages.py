@@ -30,6 +30,7 @@ import time
 
 
 def hold(path):
+    open(path + ".started", "w").close()  # the function runs: the executor holds it
     print("holding until", path, "exists")
     while not os.path.exists(path):
         time.sleep(0.05)  # sleep-ok: the function's own work
@@ -213,9 +214,16 @@ def tasks(tmp_path: Path) -> str:
 
 
 async def running(client: Client, spec: FunctionSpec) -> Process:
+    """Submitted, and its function started: RUNNING for the broker is not enough, the
+    executor may not hold it yet when a signal comes."""
     p = await client.submit(spec)
     assert isinstance(p, Process)
-    return await client.wait_for_state(p.process_id, ProcessState.RUNNING, timeout=20)
+    started = Path(f"{spec.args[0]}.started")
+    p = await client.wait_for_state(p.process_id, ProcessState.RUNNING, timeout=20)
+    async with asyncio.timeout(20):
+        while not started.exists():
+            await asyncio.sleep(0.02)  # sleep-ok: polling the function's marker under a deadline
+    return p
 
 
 async def test_first_signal_lets_the_running_process_finish(

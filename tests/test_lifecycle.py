@@ -132,6 +132,33 @@ async def test_silent_executor_loses_its_processes(client: Client, settings) -> 
     await again.aclose()
 
 
+async def test_a_heartbeat_under_another_name_keeps_no_one_alive(client: Client, settings) -> None:
+    """Heartbeats carry the registration id in their body, but only the executor registered
+    under the name they are sent as is kept alive: another executor cannot keep a dead one's
+    processes from coming back."""
+    p = await submitted(client)
+    doomed = await executor_client(settings, "doomed")
+    got = await doomed.assign(timeout=1)
+    assert got is not None
+    await doomed.aclose()
+    liar = await executor_client(settings, "liar")
+
+    async def beat_for_the_dead() -> None:
+        while True:
+            await liar.heartbeat(got.assigned_executor_id, [p.process_id])
+            await asyncio.sleep(LIVENESS_S / 10)
+
+    beating = asyncio.create_task(beat_for_the_dead())
+    try:
+        event = await client.wait_for_state(p.process_id, ProcessState.WAITING, timeout=10)
+        assert event.executor_losses == 1
+    finally:
+        beating.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await beating
+        await liar.aclose()
+
+
 async def test_a_process_that_loses_every_executor_fails_after_the_bound(
     client: Client, settings
 ) -> None:

@@ -22,12 +22,16 @@ from nats.js.api import AckPolicy, ConsumerConfig
 
 from colonyos import limits
 from colonyos.broker.admin import Admin
+from colonyos.broker.callout import Callout
 from colonyos.broker.explain import Explainer
 from colonyos.broker.feed import PullFeed
 from colonyos.broker.index import ProcessIndex
 from colonyos.broker.intake import Intake
+from colonyos.broker.kicker import Kicker
 from colonyos.broker.lease import Lease
 from colonyos.broker.lifecycle import Lifecycle
+from colonyos.broker.membership import Membership
+from colonyos.broker.readers import Readers
 from colonyos.broker.registry import Registry
 from colonyos.broker.removal import Removal
 from colonyos.broker.retention import Retention
@@ -35,7 +39,9 @@ from colonyos.broker.service import Service, new_id
 from colonyos.broker.store import ProcessStore
 from colonyos.broker.workflows import Workflows
 from colonyos.config import BrokerSettings
-from colonyos.connection import connect_nats
+from colonyos.connection import connect_nats, shown_url
+from colonyos.security.members import MemberBook
+from colonyos.security.serverconf import ServerKeys
 from colonyos.subjects import Subjects
 
 __all__ = ["Broker"]
@@ -65,6 +71,9 @@ class Broker:
         self._stopping = asyncio.Event()
         self._inflight: set[asyncio.Task[None]] = set()
         self.service: Service | None = None
+        # Who may connect, as whom (used by the auth callout on a secure installation).
+        self.members: MemberBook | None = None
+        self._kicker: Kicker | None = None
 
     def stop(self) -> None:
         self._stopping.set()
@@ -72,7 +81,13 @@ class Broker:
     async def run(self) -> None:
         s = self.settings
         async with AsyncExitStack() as stack:
-            nc = await connect_nats(s.nats_url, name=f"colonies-broker-{self.broker_id}")
+            keys = ServerKeys.load(s.keys_dir) if s.keys_dir is not None else None
+            nc = await connect_nats(
+                s.nats_url,
+                name=f"colonies-broker-{self.broker_id}",
+                seed=keys.broker.seed if keys is not None else None,
+                tls_ca=s.tls_ca,
+            )
             stack.push_async_callback(self._drain, nc)
             store = ProcessStore(
                 nc,
@@ -85,11 +100,31 @@ class Broker:
             if not await self._setup(store):
                 return
             stack.push_async_callback(store.close)
+            self.members = MemberBook(
+                store.js, self.subjects, storage=s.storage, replicas=s.replicas
+            )
+            await self.members.start()
+            if keys is not None:
+                # Every broker, leading or not, lets members in: it needs only the book.
+                callout = Callout(s.nats_url, self.subjects, keys, self.members, tls_ca=s.tls_ca)
+                await callout.start()
+                stack.push_async_callback(callout.stop)
+                system = await connect_nats(
+                    s.nats_url,
+                    name="colonies-broker-system",
+                    seed=keys.system.seed,
+                    tls_ca=s.tls_ca,
+                )
+                stack.push_async_callback(self._drain, system)
+                self._kicker = Kicker(system, s.prefix)
             lease = Lease(store.leases, _LEASE_KEY, self.broker_id, s.lease_ttl_s)
             stack.push_async_callback(lease.release)
             self.ready.set()
             logger.info(
-                "broker %s standing on %s (prefix %s)", self.broker_id, s.nats_url, s.prefix
+                "broker %s standing on %s (prefix %s)",
+                self.broker_id,
+                shown_url(s.nats_url),
+                s.prefix,
             )
             while not self._stopping.is_set():
                 if await lease.try_acquire():
@@ -137,8 +172,13 @@ class Broker:
             service = Service(
                 store, index, self.subjects, max_executor_losses=s.max_executor_losses
             )
-            Admin(service, liveness_s=s.executor_liveness_s)
+            admin = Admin(service, liveness_s=s.executor_liveness_s)
+            assert self.members is not None
+            Membership(service, admin, self.members, secure=s.keys_dir is not None)
+            if self._kicker is not None:
+                service.cut = self._kicker.cut
             Explainer(service, liveness_s=s.executor_liveness_s)
+            Readers(service)
             workflows = Workflows(service)
             removal = Removal(service, workflows)
             Registry(service)

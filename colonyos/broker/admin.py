@@ -137,6 +137,8 @@ class Admin:
         await self.service.tell(
             colony, req.name, StateChanged(executor_id=executor.executor_id, state=executor.state)
         )
+        if self.service.cut is not None:  # secure: its connection may register, no more
+            await self.service.cut(colony, req.name)
         return executor
 
     async def executor_remove(self, colony: str, caller: str, req: Named) -> None:
@@ -150,6 +152,8 @@ class Admin:
         self.service.unpark_run(executor.executor_id)
         await self.service.give_back(executor.executor_id, reason)
         await self.service.tell(colony, req.name, removed_message(executor))
+        if self.service.cut is not None:  # secure: a run that does not stop is cut
+            await self.service.cut(colony, req.name)
         return None
 
     async def stats(self, colony: str, caller: str, req: Empty) -> Stats:

@@ -173,6 +173,13 @@ class Service:
         """The most a reply's result may hold: a reply is one NATS message."""
         return record_limit(self.store.nc.max_payload)
 
+    # The role rules of a secure installation (broker/membership.py): raises to refuse.
+    authorize: Callable[[str, str, str], Awaitable[None]] | None = None
+    # Whether a request's reply subject is the caller's own inbox (secure installations).
+    reply_allowed: Callable[[str, str, str], bool] | None = None
+    # Cuts the live connections of a member of a colony (broker/kicker.py), when secure.
+    cut: Callable[[str, str], Awaitable[int]] | None = None
+
     def register_ops(self, **ops: tuple[type[Any], Handler]) -> None:
         """Add request operations (name -> (request type, handler)) served by another part."""
         for name, (request_type, handler) in ops.items():
@@ -308,6 +315,12 @@ class Service:
     # -- request/reply ------------------------------------------------------------------
     async def handle(self, msg: Msg) -> None:
         colony, caller, op = self.subjects.parse_rpc(msg.subject)
+        if self.reply_allowed is not None and not self.reply_allowed(colony, caller, msg.reply):
+            # Answering would publish, with the broker's rights, wherever the caller asked.
+            logger.warning(
+                "ignored %s from %s in %s: its reply subject is not its inbox", op, caller, colony
+            )
+            return
         try:
             entry = self._ops.get(op)
             if entry is None:
@@ -319,6 +332,8 @@ class Service:
                 raise from_validation_error(err, f"bad {op} request") from err
             except msgspec.DecodeError as err:
                 raise InvalidSpecError(f"malformed {op} request: {err}", op=op) from err
+            if self.authorize is not None:
+                await self.authorize(colony, caller, op)
             if colony != SERVER_SCOPE and op not in ("colony_add", "colony_get"):
                 self.colony(colony)
                 known = self.executors.get((colony, caller))
@@ -345,8 +360,13 @@ class Service:
         except msgspec.MsgspecError:
             logger.warning("ignored a malformed heartbeat on %s", msg.subject)
             return
-        self.heard[beat.executor_id] = time.monotonic()
-        self.reports[beat.executor_id] = _Report(time.time_ns(), frozenset(beat.running))
+        colony, name = self.subjects.parse_heartbeat(msg.subject)
+        current = self.executors.get((colony, name))
+        # Only the run registered under the name it beats as keeps a registration alive: a
+        # beat carrying another executor's id (or a replaced run's) is no sign of its life.
+        if current is not None and current.executor_id == beat.executor_id:
+            self.heard[beat.executor_id] = time.monotonic()
+            self.reports[beat.executor_id] = _Report(time.time_ns(), frozenset(beat.running))
         if self.heartbeat_hook is not None:
             self.heartbeat_hook(beat.executor_id)
 

@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 from colonyos.cli._run import ExitCode
 from colonyos.cli.main import app
 from colonyos.config import Settings
+from colonyos.security.keys import generate
 
 from .test_cli import EXAMPLES, base_args
 
@@ -39,6 +40,8 @@ COMMANDS = dict(_commands(typer.main.get_command(app)))
 # they start running (a wrong file, a malformed id, a bad number, no server where they need
 # one), never a valid-looking invocation that would rightly run for ever.
 RUNS_UNTIL_STOPPED = {"dev", "server start", "broker start", "executor start", "events"}
+# Commands about this machine's own key: they reach no server, so no server case applies.
+LOCAL = {"key generate", "key show"}
 
 # Cases left out, each with its reason (a defect owned elsewhere, or a case that cannot apply).
 SKIPPED: dict[tuple[str, str], str] = {
@@ -122,6 +125,10 @@ def _valid(name: str, command: Any, fx: dict[str, str]) -> dict[str, list[str]]:
             values[flag] = [flag, "success"]
         elif flag == "kind":
             values[flag] = ["echo"]
+        elif flag == "--type":
+            values[flag] = [flag, "echo"]
+        elif flag == "--key":
+            values[flag] = [flag, generate().public_key]
         else:
             raise AssertionError(f"{name}: give {flag} a valid value in this test")
     return values
@@ -157,6 +164,11 @@ def _cases(name: str, command: Any, fx: dict[str, str]) -> Iterator[Case]:
         elif kind in (int, float):
             yield Case(f"{flag} -1", [], [*everything, flag, "-1"], USAGE)
             yield Case(f"{flag} not a number", [], [*everything, flag, "lots"], USAGE)
+    if name not in LOCAL:
+        yield from _server_cases(name, everything)
+
+
+def _server_cases(name: str, everything: list[str]) -> Iterator[Case]:
     if name not in RUNS_UNTIL_STOPPED:
         server_scope = name.startswith("colony ")
         yield Case("wrong colony", ["--colony", "nosuch"], everything, 0 if server_scope else USAGE)

@@ -1,0 +1,178 @@
+"""The NATS server's auth callout, answered by every broker (leader and standbys).
+
+nats-server sends each connection that is not a broker's to ``$SYS.REQ.USER.AUTH`` as an
+authorization request (a JWT signed by the server). The answer is a user JWT, signed by the
+installation's issuer key, naming exactly the subjects the member may use, or the reason it
+is refused. The server itself then refuses everything else: isolation does not depend on the
+broker handling each request correctly.
+
+The server does not check the client's nkey signature in callout mode: this does, over the
+nonce the server sent it. Requests for another installation (another prefix on the same
+server) are left to that installation's brokers.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+from pathlib import Path
+
+import msgspec
+import nats.errors
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+
+from colonyos.broker.kicker import jwt_user_name
+from colonyos.connection import connect_nats
+from colonyos.security import jwt
+from colonyos.security.claim import ConnectClaim
+from colonyos.security.keys import public_key_kind, verify
+from colonyos.security.members import MemberBook, Refused
+from colonyos.security.permissions import grants
+from colonyos.security.serverconf import ACCOUNT, ServerKeys
+from colonyos.subjects import Subjects, check_name
+
+__all__ = ["Callout"]
+
+logger = logging.getLogger(__name__)
+
+AUTH_SUBJECT = "$SYS.REQ.USER.AUTH"
+_REQUEST_AUDIENCE = "nats-authorization-request"
+# A member's JWT lasts this long; a member removed while connected is cut at once, this is the
+# backstop. The client reconnects through the callout when it expires.
+USER_JWT_TTL_S = 3600.0
+
+
+class _Request(msgspec.Struct):
+    user_nkey: str
+    server_id: str
+    nonce: str
+    key: str
+    signature: str
+    token: str
+
+
+class Callout:
+    def __init__(
+        self,
+        nats_url: str,
+        subjects: Subjects,
+        keys: ServerKeys,
+        book: MemberBook,
+        *,
+        tls_ca: Path | None = None,
+    ) -> None:
+        self.nats_url = nats_url
+        self.tls_ca = tls_ca
+        self.subjects = subjects
+        self.keys = keys
+        self.book = book
+        self._nc: NATS | None = None
+
+    async def start(self) -> None:
+        self._nc = await connect_nats(
+            self.nats_url, name="colonies-callout", seed=self.keys.callout.seed, tls_ca=self.tls_ca
+        )
+        await self._nc.subscribe(
+            AUTH_SUBJECT, queue=f"{self.subjects.prefix}-callout", cb=self._on_request
+        )
+        await self._nc.flush()
+
+    async def stop(self) -> None:
+        if self._nc is not None:
+            try:
+                await self._nc.drain()
+            except nats.errors.Error:
+                await self._nc.close()
+            self._nc = None
+
+    async def _on_request(self, msg: Msg) -> None:
+        try:
+            request = _read(msg.data)
+        except (jwt.JwtError, KeyError, TypeError, ValueError) as err:
+            logger.warning("ignored a malformed authorization request: %s", err)
+            return
+        try:
+            claim = ConnectClaim.parse(request.token)
+        except msgspec.MsgspecError:
+            await self._answer(msg, request, error="no colonies identity claim in auth_token")
+            return
+        if claim.prefix != self.subjects.prefix:
+            return  # another installation's brokers answer it
+        try:
+            jwt_ = await self._decide(request, claim)
+        except Refused as refused:
+            logger.info("refused %s in %s: %s", claim.name, claim.colony, refused)
+            await self._answer(msg, request, error=str(refused))
+            return
+        await self._answer(msg, request, user_jwt=jwt_)
+
+    async def _decide(self, request: _Request, claim: ConnectClaim) -> str:
+        try:
+            check_name("colony", claim.colony)
+            check_name("name", claim.name)
+        except ValueError as err:
+            raise Refused(str(err)) from None
+        if public_key_kind(request.key) != "user":
+            raise Refused("connect with a user nkey (colonies key generate)")
+        if not _signed(request):
+            raise Refused("the nkey's signature of the server's nonce is wrong")
+        roles = await self.book.roles_of(
+            claim.colony, claim.name, request.key, executor=claim.executor
+        )
+        granted = grants(self.subjects, claim.colony, claim.name, roles)
+        logger.debug("granted %s in %s as %s", claim.name, claim.colony, roles)
+        return jwt.user_jwt(
+            user_nkey=request.user_nkey,
+            name=jwt_user_name(claim.prefix, claim.colony, claim.name),
+            account=ACCOUNT,
+            issuer=self.keys.issuer,
+            publish=list(granted.publish),
+            subscribe=list(granted.subscribe),
+            expires_s=USER_JWT_TTL_S,
+        )
+
+    async def _answer(
+        self, msg: Msg, request: _Request, *, user_jwt: str = "", error: str = ""
+    ) -> None:
+        response = jwt.authorization_response(
+            user_nkey=request.user_nkey,
+            server_id=request.server_id,
+            issuer=self.keys.issuer,
+            jwt=user_jwt,
+            error=error,
+        )
+        try:
+            await msg.respond(response.encode())
+        except nats.errors.Error as err:
+            logger.warning("could not answer an authorization request: %s", err)
+
+
+def _read(data: bytes) -> _Request:
+    """The parts of the server's request the decision needs, its signature checked."""
+    claims = jwt.decode(data.decode())
+    if claims.get("aud") != _REQUEST_AUDIENCE or public_key_kind(claims["iss"]) != "server":
+        raise ValueError("not an authorization request signed by a server")
+    body = claims["nats"]
+    opts = body.get("connect_opts") or {}
+    return _Request(
+        user_nkey=body["user_nkey"],
+        server_id=body["server_id"]["id"],
+        nonce=body["client_info"].get("nonce", ""),
+        key=opts.get("nkey", ""),
+        signature=opts.get("sig", ""),
+        token=opts.get("auth_token", ""),
+    )
+
+
+def _signed(request: _Request) -> bool:
+    if not request.nonce or not request.signature:
+        return False
+    # Standard base64 with padding (nats-py), or the URL-safe form other clients send.
+    sig = request.signature.replace("-", "+").replace("_", "/")
+    try:
+        raw = base64.b64decode(sig + "=" * (-len(sig) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    return verify(request.key, request.nonce.encode(), raw)

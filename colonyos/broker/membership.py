@@ -1,0 +1,199 @@
+"""Members of a colony (its owners, users and executors' keys), and the role rules of every
+request on a secure installation.
+
+The NATS server already makes the caller token of ``<prefix>.<colony>.rpc.<caller>.<op>``
+unforgeable and keeps members inside their colony (see colonyos/security/permissions.py).
+What remains is the broker's to decide, here, in one place:
+
+- only a colony owner (or a server owner) approves, rejects, removes and adds executors and
+  manages members;
+- only a member whose key holds an executor name registers as an executor (a user cannot);
+- requests on the server scope reach the broker only from server owners (the server allows
+  no one else to publish there).
+
+Executors' own requests (assign, close, fail, log, release) are bound to the executor named by
+the caller token already (service.py): an executor acts only on what is assigned to it.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import msgspec
+
+from colonyos.broker.admin import Admin
+from colonyos.broker.service import Service, new_id
+from colonyos.errors import ConflictError, InvalidSpecError, NotAuthorizedError, NotFoundError
+from colonyos.messages import ColonyAdd, Empty, MemberAdd, Named
+from colonyos.models import Colony, Executor, ExecutorState, now
+from colonyos.security.keys import public_key_kind
+from colonyos.security.members import Member, MemberBook, Refused
+from colonyos.security.permissions import Role
+from colonyos.security.throttle import Throttle
+from colonyos.subjects import SERVER_SCOPE, check_name
+
+__all__ = ["OWNER_OPS", "Membership"]
+
+logger = logging.getLogger(__name__)
+
+# What only a colony's owner (or a server owner) may ask.
+OWNER_OPS = frozenset(
+    {"executor_approve", "executor_reject", "executor_remove", "member_add", "member_remove"}
+)
+# What only an executor's key may ask (the rest of an executor's requests need its
+# registration, which this guards).
+EXECUTOR_OPS = frozenset({"register"})
+
+
+def reply_in_inbox(prefix: str, colony: str, caller: str, reply: str) -> bool:
+    """Whether the broker may answer a request into ``reply``: only into the caller's own
+    inbox, ``_INBOX.<prefix>.<colony>.<caller>.``. nats-server checks what a client publishes
+    to, not the reply subject it names, and the answer goes out with the broker's rights (a
+    reply subject in another colony's specs would have it stored there). A server owner's
+    request names the scope ``_server``, its inbox the colony it connected to."""
+    if not reply:
+        return True  # nothing to answer
+    parts = reply.split(".")
+    if len(parts) < 5 or parts[:2] != ["_INBOX", prefix]:
+        return False
+    return parts[3] == caller and (colony == SERVER_SCOPE or parts[2] == colony)
+
+
+class Membership:
+    def __init__(self, service: Service, admin: Admin, book: MemberBook, *, secure: bool) -> None:
+        self.service = service
+        self.admin = admin
+        self.book = book
+        self.secure = secure
+        # A run registers once, then again every few seconds while pending approval.
+        self._registrations = Throttle(burst=20, per_s=0.5)
+        service.register_ops(
+            colony_add=(ColonyAdd, self.colony_add),
+            member_add=(MemberAdd, self.member_add),
+            member_list=(Empty, self.member_list),
+            member_remove=(Named, self.member_remove),
+        )
+        if secure:
+            service.authorize = self.authorize
+            service.reply_allowed = self.reply_allowed
+
+    # -- the role rules ---------------------------------------------------------------------
+    async def authorize(self, colony: str, caller: str, op: str) -> None:
+        """Refuse ``op`` to a caller whose role does not allow it (secure installations)."""
+        if colony == SERVER_SCOPE:
+            return  # only server owners can publish there
+        if op in OWNER_OPS and not await self._owns(colony, caller):
+            raise NotAuthorizedError(
+                f"not allowed: {op.replace('_', ' ')} is for the owner of colony {colony!r}, "
+                f"and {caller!r} is not",
+                op=op,
+                caller=caller,
+            )
+        if op == "register" and not self._registrations.allow(f"{colony}.{caller}"):
+            wait = self._registrations.wait_s(f"{colony}.{caller}")
+            raise NotAuthorizedError(
+                f"not allowed: too many registrations of {caller!r} in colony {colony!r}; "
+                f"try again in {wait:.0f} s",
+                op=op,
+                caller=caller,
+            )
+        if op in EXECUTOR_OPS:
+            member = await self.book.get(colony, caller)
+            if member is None or member.role is not Role.EXECUTOR:
+                raise NotAuthorizedError(
+                    f"not allowed: {caller!r} is a {member.role if member else 'stranger'} "
+                    f"of colony {colony!r}, not an executor",
+                    op=op,
+                    caller=caller,
+                )
+
+    def reply_allowed(self, colony: str, caller: str, reply: str) -> bool:
+        return reply_in_inbox(self.service.subjects.prefix, colony, caller, reply)
+
+    async def _owns(self, colony: str, caller: str) -> bool:
+        member = await self.book.get(colony, caller)
+        if member is not None:
+            return member.role is Role.COLONY_OWNER
+        # No record of that name in the colony: the connection holds the server owner's key.
+        return await self.book.get(SERVER_SCOPE, caller) is not None
+
+    # -- members ------------------------------------------------------------------------------
+    async def member_add(self, colony: str, caller: str, req: MemberAdd) -> Member:
+        self.service.colony(colony)
+        name = check_name("name", req.name)
+        if public_key_kind(req.public_key) != "user":
+            raise InvalidSpecError(
+                f"publickey {req.public_key!r} is not a user's public nkey (U..., 56 "
+                "characters, as 'colonies key generate' prints it)",
+                path="$.publickey",
+            )
+        member = Member(
+            colony_name=colony, name=name, public_key=req.public_key, role=Role(req.role)
+        )
+        try:
+            added = await self.book.add(member)
+        except Refused as err:
+            raise ConflictError(str(err), name=name) from None
+        if member.role is Role.EXECUTOR:
+            await self._approve_ahead(colony, name, req.executor_type)
+        logger.info("%s added %s %s to %s", caller, member.role, name, colony)
+        return added
+
+    async def _approve_ahead(self, colony: str, name: str, executor_type: str) -> None:
+        """An executor added by its owner is approved before it first starts."""
+        check_name("executortype", executor_type)
+        known = self.service.executors.get((colony, name))
+        if known is not None and known.state is not ExecutorState.UNREGISTERED:
+            approved = msgspec.structs.replace(known, state=ExecutorState.APPROVED)
+        else:
+            approved = Executor(
+                executor_id=new_id(),
+                executor_type=executor_type,
+                executor_name=name,
+                colony_name=colony,
+                state=ExecutorState.APPROVED,
+                commission_time=now(),
+            )
+        await self.service.store.put_executor(approved)
+        self.service.remember_executor(approved)
+
+    async def member_list(self, colony: str, caller: str, req: Empty) -> list[Member]:
+        self.service.colony(colony)
+        return await self.book.list(colony)
+
+    async def member_remove(self, colony: str, caller: str, req: Named) -> None:
+        if not await self.book.remove(colony, req.name):
+            raise NotFoundError(f"colony {colony!r} has no member {req.name!r}", name=req.name)
+        logger.info("%s removed member %s from %s", caller, req.name, colony)
+        if self.service.cut is not None:  # its live connections end now, not at JWT expiry
+            await self.service.cut(colony, req.name)
+        return None
+
+    # -- colonies and their owners ------------------------------------------------------------
+    async def colony_add(self, colony: str, caller: str, req: ColonyAdd) -> Colony:
+        """A new colony, with its owner: the key given, else (on a secure installation) the
+        server owner who adds it, under its own name."""
+        owner = await self._owner_of_new_colony(req.colony.name, caller, req)
+        added = await self.admin.colony_add(colony, caller, req)
+        if owner is not None:
+            try:
+                await self.book.add(owner)
+            except Refused as err:
+                raise ConflictError(str(err), name=owner.name) from None
+        return added
+
+    async def _owner_of_new_colony(self, colony: str, caller: str, req: ColonyAdd) -> Member | None:
+        key, name = req.owner_key, req.owner_name
+        if not key:
+            held = await self.book.get(SERVER_SCOPE, caller) if self.secure else None
+            if held is None:
+                return None
+            key, name = held.public_key, name or caller
+        if public_key_kind(key) != "user":
+            raise InvalidSpecError(
+                f"ownerkey {key!r} is not a user's public nkey (U..., 56 characters, as "
+                "'colonies key generate' prints it)",
+                path="$.ownerkey",
+            )
+        name = check_name("ownername", name or "owner")
+        return Member(colony_name=colony, name=name, public_key=key, role=Role.COLONY_OWNER)

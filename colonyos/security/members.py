@@ -1,0 +1,194 @@
+"""The membership book: who may connect, as whom, in which role.
+
+One record per (colony, name) in the KV bucket ``<prefix>-members``, holding the member's
+public key and role; server owners are kept under the colony ``_server``. Names are unique in a
+colony across users and executors (they share the inbox and rpc space). The auth callout reads
+the book on every connection, so a change takes effect on the next connection; nothing
+restarts.
+
+An executor's record is made when it first connects with a name nobody holds (its key takes
+the name, first come first served) or when the colony owner adds it with its key; whether it
+may work is its executor record's state (pending, approved, rejected, removed).
+"""
+
+from __future__ import annotations
+
+import msgspec
+import nats.js.errors
+from nats.js.api import KeyValueConfig, StorageType
+from nats.js.client import JetStreamContext
+from nats.js.kv import KeyValue
+
+from colonyos.models import Colony, Executor, ExecutorState, Model
+from colonyos.security.permissions import Role
+from colonyos.security.throttle import Throttle
+from colonyos.subjects import SERVER_SCOPE, Subjects
+
+__all__ = ["Member", "MemberBook", "Refused"]
+
+
+class Member(Model, kw_only=True):
+    colony_name: str
+    name: str
+    public_key: str
+    role: Role
+    # Removed by the colony owner: the record stays, so that the name is not free for anyone
+    # who connects next (an owner may add it again).
+    removed: bool = False
+
+
+class Refused(Exception):
+    """A connection the book does not allow; the message says why, to the one refused."""
+
+
+_member_decoder = msgspec.json.Decoder(Member)
+_executor_decoder = msgspec.json.Decoder(Executor)
+_colony_decoder = msgspec.json.Decoder(Colony)
+
+
+class MemberBook:
+    def __init__(
+        self, js: JetStreamContext, subjects: Subjects, *, storage: str = "file", replicas: int = 1
+    ) -> None:
+        self.js = js
+        self.subjects = subjects
+        self._storage = storage
+        self._replicas = replicas
+        self._members: KeyValue | None = None
+        # New executor names taken per colony by strangers' connections: a flood of invented
+        # names must not fill the bucket.
+        self.claims = Throttle(burst=100, per_s=2.0)
+        self._executors: KeyValue | None = None
+        self._colonies: KeyValue | None = None
+
+    async def start(self) -> None:
+        s = self.subjects
+        self._members = await self._bucket(s.bucket_members)
+        self._executors = await self._bucket(s.bucket_executors)
+        self._colonies = await self._bucket(s.bucket_colonies)
+
+    async def _bucket(self, name: str) -> KeyValue:
+        storage = StorageType.MEMORY if self._storage == "memory" else StorageType.FILE
+        config = KeyValueConfig(bucket=name, history=1, storage=storage, replicas=self._replicas)
+        return await self.js.create_key_value(config)
+
+    @property
+    def members(self) -> KeyValue:
+        assert self._members is not None, "MemberBook.start() first"
+        return self._members
+
+    # -- reading --------------------------------------------------------------------------
+    async def get(self, colony: str, name: str) -> Member | None:
+        try:
+            entry = await self.members.get(self.subjects.member_key(colony, name))
+        except nats.js.errors.KeyNotFoundError:
+            return None
+        return _member_decoder.decode(entry.value) if entry.value else None
+
+    async def list(self, colony: str) -> list[Member]:
+        head = self.subjects.member_key(colony, "")
+        try:
+            keys = await self.members.keys()  # nats-py's filters match substrings
+        except nats.js.errors.NoKeysError:
+            return []
+        found = [await self.get(colony, key[len(head) :]) for key in keys if key.startswith(head)]
+        return sorted((m for m in found if m is not None and not m.removed), key=lambda m: m.name)
+
+    async def _executor_state(self, colony: str, name: str) -> ExecutorState | None:
+        assert self._executors is not None
+        try:
+            entry = await self._executors.get(self.subjects.executor_key(colony, name))
+        except nats.js.errors.KeyNotFoundError:
+            return None
+        return _executor_decoder.decode(entry.value).state if entry.value else None
+
+    async def _colony_exists(self, colony: str) -> bool:
+        assert self._colonies is not None
+        try:
+            entry = await self._colonies.get(colony)
+        except nats.js.errors.KeyNotFoundError:
+            return False
+        return bool(entry.value)
+
+    # -- writing --------------------------------------------------------------------------
+    async def put(self, member: Member) -> None:
+        key = self.subjects.member_key(member.colony_name, member.name)
+        await self.members.put(key, msgspec.json.encode(member))
+
+    async def add(self, member: Member) -> Member:
+        """Add a member whose name is free in its colony; a name held by another key is
+        refused (the same key again is no change)."""
+        key = self.subjects.member_key(member.colony_name, member.name)
+        try:
+            await self.members.create(key, msgspec.json.encode(member))
+        except nats.js.errors.KeyWrongLastSequenceError:
+            held = await self.get(member.colony_name, member.name)
+            if held is not None and held.removed:
+                await self.put(member)  # the owner adds a removed name again
+                return member
+            if held is None or held.public_key != member.public_key:
+                raise Refused(
+                    f"the name {member.name!r} is taken in colony {member.colony_name!r}"
+                ) from None
+            if held.role is not member.role:
+                await self.put(member)
+        return member
+
+    async def remove(self, colony: str, name: str) -> bool:
+        """Remove a member: its next connection is refused. The name stays taken (by the
+        record marked removed) until the owner adds it again."""
+        held = await self.get(colony, name)
+        if held is None or held.removed:
+            return False
+        await self.put(msgspec.structs.replace(held, removed=True))
+        return True
+
+    # -- deciding ---------------------------------------------------------------------------
+    async def roles_of(
+        self, colony: str, name: str, public_key: str, *, executor: bool = False
+    ) -> tuple[Role, ...]:
+        """The roles of a connection that proved it holds ``public_key`` and asks to act as
+        ``name`` in ``colony`` (``executor``: as an executor, which may take a free name);
+        :class:`Refused` says why it has none. A server owner has that role on a connection
+        to any colony, under the same name and key (so that one CLI can add a colony and then
+        use it)."""
+        owner = await self.get(SERVER_SCOPE, name)
+        server_owner = owner is not None and owner.public_key == public_key and not owner.removed
+        extra = (Role.SERVER_OWNER,) if server_owner else ()
+        if colony == SERVER_SCOPE or not await self._colony_exists(colony):
+            if server_owner:
+                return extra
+            if colony == SERVER_SCOPE:
+                raise Refused(f"{name!r} with this key is not an owner of this server")
+            raise Refused(f"there is no colony {colony!r}")
+        held = await self.get(colony, name)
+        if held is None and server_owner:
+            return extra
+        if held is None and not executor:
+            raise Refused(f"{name!r} is not a member of colony {colony!r}")
+        if held is None:  # a free name: an executor that comes to register takes it
+            if not self.claims.allow(colony):
+                wait = self.claims.wait_s(colony)
+                raise Refused(
+                    f"too many new executors in colony {colony!r} at once; try again in "
+                    f"{wait:.0f} s"
+                )
+            held = await self.add(
+                Member(colony_name=colony, name=name, public_key=public_key, role=Role.EXECUTOR)
+            )
+        return (await self._member_role(held, public_key), *extra)
+
+    async def _member_role(self, held: Member, public_key: str) -> Role:
+        colony, name = held.colony_name, held.name
+        if held.public_key != public_key:
+            raise Refused(f"the name {name!r} in colony {colony!r} belongs to another key")
+        if held.removed:
+            raise Refused(f"{name!r} was removed from colony {colony!r} by its owner")
+        if held.role is not Role.EXECUTOR:
+            return held.role
+        state = await self._executor_state(colony, name)
+        if state is ExecutorState.APPROVED:
+            return Role.EXECUTOR
+        if state is ExecutorState.REJECTED:
+            raise Refused(f"executor {name!r} was rejected by the owner of colony {colony!r}")
+        return Role.PENDING_EXECUTOR

@@ -1,0 +1,79 @@
+"""What each role may publish and subscribe to: the one table the auth callout turns into
+user JWTs, and docs/security.md shows.
+
+``C`` is the colony, ``N`` the member's name in it. Every client connects with
+``inbox_prefix=_INBOX.P.C.N`` (:func:`inbox_prefix`), so replies reach only their caller, and
+publishes its requests as ``<prefix>.C.rpc.N.<op>``: the server lets no one speak under another
+name, and the broker reads the caller from the subject. Never granted to members: ``$KV.>``,
+stream management and message get, unfiltered consumers, another colony's subjects.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from colonyos.subjects import SERVER_SCOPE, Subjects
+
+__all__ = ["Grants", "Role", "grants", "inbox_prefix"]
+
+
+class Role(enum.StrEnum):
+    SERVER_OWNER = "server-owner"
+    COLONY_OWNER = "colony-owner"
+    USER = "user"
+    EXECUTOR = "executor"  # approved
+    PENDING_EXECUTOR = "pending-executor"  # may only register and wait for approval
+
+
+@dataclass(frozen=True, slots=True)
+class Grants:
+    publish: tuple[str, ...]
+    subscribe: tuple[str, ...]
+
+
+def inbox_prefix(prefix: str, colony: str, name: str) -> str:
+    """Where a member's replies and deliveries come: its installation, colony and name (two
+    installations on one server may each have an ``alice`` in a colony ``dev``)."""
+    return f"_INBOX.{prefix}.{colony}.{name}"
+
+
+def grants(subjects: Subjects, colony: str, name: str, roles: tuple[Role, ...]) -> Grants:
+    """Exactly the subjects ``name`` of ``colony`` may use in ``roles`` (their union)."""
+    publish: dict[str, None] = {}
+    subscribe: dict[str, None] = {}
+    for role in roles:
+        one = _grants(subjects, colony, name, role)
+        publish.update(dict.fromkeys(one.publish))
+        subscribe.update(dict.fromkeys(one.subscribe))
+    return Grants(publish=tuple(publish), subscribe=tuple(subscribe))
+
+
+def _grants(subjects: Subjects, colony: str, name: str, role: Role) -> Grants:
+    s, p = subjects, subjects.prefix
+    inbox = inbox_prefix(p, colony, name) + ".>"
+    if role is Role.SERVER_OWNER:
+        return Grants(publish=(s.rpc(SERVER_SCOPE, name, "*"),), subscribe=(inbox,))
+    if role is Role.PENDING_EXECUTOR:
+        return Grants(
+            publish=(s.rpc(colony, name, "register"),),
+            subscribe=(inbox, s.control(colony, name)),
+        )
+    events, logs = s.stream_events, s.stream_logs
+    # No consumer creates: the broker makes a member's consumers (rpc reader_open), since the
+    # server does not check where a push consumer delivers.
+    publish = [
+        s.rpc(colony, name, "*"),
+        f"$JS.API.DIRECT.GET.{events}.{p}.{colony}.events.>",
+        f"$JS.API.DIRECT.GET.{logs}.{p}.{colony}.logs.>",
+    ]
+    # Heartbeats: who in the colony is alive and what it runs (the live status views).
+    subscribe = [inbox, s.events_filter(colony=colony), s.heartbeat(colony, "*"), s.leader]
+    if role in (Role.USER, Role.COLONY_OWNER):
+        publish += [s.specs(colony, "*"), s.workflows(colony)]
+    elif role is Role.EXECUTOR:
+        # Log lines go through the broker (rpc ``log``), which checks the executor holds the
+        # process: no executor publishes to the logs stream.
+        publish += [s.heartbeat(colony, name)]
+        subscribe += [s.control(colony, name)]
+    return Grants(publish=tuple(publish), subscribe=tuple(subscribe))

@@ -1,0 +1,244 @@
+"""Role rules on a secure installation: owners manage members, users submit and read,
+executors register with their own key and work, and each is refused the others' requests."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+
+import msgspec
+import nats.errors
+import pytest
+
+from colonyos.broker.membership import reply_in_inbox
+from colonyos.client import Client
+from colonyos.errors import BrokerUnavailableError, NotAuthorizedError
+from colonyos.executor import ExecutorApp
+from colonyos.models import Conditions, ExecutorState, FunctionSpec, ProcessState
+from colonyos.security.members import Member, MemberBook
+from colonyos.security.permissions import Role
+from executors import echo
+from tests.security.conftest import COLONY, Party
+
+pytestmark = pytest.mark.timeout(60)
+
+MakeParty = Callable[..., Party]
+
+
+def _spec() -> FunctionSpec:
+    return FunctionSpec(func_name="echo", args=["hi"], conditions=Conditions(executor_type="echo"))
+
+
+@pytest.fixture
+async def bob(make_party: MakeParty, owner: Client) -> Party:
+    """A user the colony owner added through the broker."""
+    party = make_party("bob")
+    await owner.member_add("bob", party.identity.public_key)
+    return party
+
+
+@pytest.fixture
+async def bob_client(bob: Party) -> AsyncIterator[Client]:
+    client = await bob.client()
+    yield client
+    await client.aclose()
+
+
+async def _run_executor(party: Party) -> tuple[ExecutorApp, asyncio.Task[int]]:
+    app = echo.build(party.settings, "echo", party.name)
+    task = asyncio.create_task(app.run())
+    ready = asyncio.create_task(app.ready.wait())
+    await asyncio.wait({task, ready}, timeout=20, return_when=asyncio.FIRST_COMPLETED)
+    if task.done():
+        task.result()
+    assert ready.done(), "the executor did not become ready"
+    return app, task
+
+
+async def _stop(app: ExecutorApp, task: asyncio.Task[int]) -> None:
+    app.stop()
+    async with asyncio.timeout(10):
+        await task
+
+
+async def test_the_server_owner_who_adds_a_colony_owns_it(owner: Client, book: MemberBook) -> None:
+    held = await book.get(COLONY, "root")
+    assert held is not None and held.role is Role.COLONY_OWNER
+
+
+async def test_an_added_user_submits_and_reads(bob_client: Client) -> None:
+    process = await bob_client.submit(_spec())
+    assert (await bob_client.get(process.process_id)).initiator_name == "bob"
+
+
+async def test_a_user_cannot_do_what_the_owner_does(
+    bob_client: Client, make_party: MakeParty
+) -> None:
+    other = make_party("carol")
+    with pytest.raises(NotAuthorizedError, match="owner of colony"):
+        await bob_client.member_add("carol", other.identity.public_key)
+    with pytest.raises(NotAuthorizedError, match="owner of colony"):
+        await bob_client.executor_approve("anyone")
+    with pytest.raises(NotAuthorizedError, match="owner of colony"):
+        await bob_client.member_remove("root")
+
+
+async def test_a_user_cannot_register_as_an_executor(bob: Party) -> None:
+    app = echo.build(bob.settings, "echo", "bob")
+    with pytest.raises(NotAuthorizedError, match="not an executor"):
+        async with asyncio.timeout(20):
+            await app.run(burst=True)
+
+
+async def test_a_removed_user_cannot_connect_again(bob: Party, owner: Client) -> None:
+    async with await bob.client():
+        pass
+    await owner.member_remove("bob")
+    with pytest.raises(NotAuthorizedError, match="not allowed"):
+        await bob.client()
+
+
+async def test_an_executor_with_its_own_key_registers_and_runs_work(
+    make_party: MakeParty, owner: Client, bob_client: Client
+) -> None:
+    """Colony dev approves executors as they register: the first connection may only
+    register; the executor connects again as approved and takes work."""
+    worker = make_party("worker-1")
+    app, task = await _run_executor(worker)
+    try:
+        process = await bob_client.submit(_spec())
+        done = await bob_client.wait(process.process_id, timeout=20)
+        assert done.state is ProcessState.SUCCESS and done.output == ["hi"]
+    finally:
+        await _stop(app, task)
+
+
+async def test_an_executor_added_ahead_runs_without_waiting_for_approval(
+    make_party: MakeParty, owner: Client, root: Party
+) -> None:
+    """Colony strict approves no one by itself: an executor its owner added with its key and
+    type is approved before it first starts."""
+    await owner.colony_add("strict", auto_approve=False)
+    async with await root.client("strict") as strict_owner:
+        worker = make_party("worker-2", colony="strict")
+        added = await strict_owner.member_add(
+            "worker-2", worker.identity.public_key, role="executor", executor_type="echo"
+        )
+        assert added.role is Role.EXECUTOR
+        app, task = await _run_executor(worker)
+        try:
+            process = await strict_owner.submit(_spec())
+            done = await strict_owner.wait(process.process_id, timeout=20)
+            assert done.state is ProcessState.SUCCESS
+        finally:
+            await _stop(app, task)
+
+
+async def test_an_unknown_executor_waits_for_the_owner_then_works(
+    make_party: MakeParty, owner: Client, root: Party
+) -> None:
+    await owner.colony_add("strict", auto_approve=False)
+    async with await root.client("strict") as strict_owner:
+        worker = make_party("worker-3", colony="strict")
+        app = echo.build(worker.settings, "echo", "worker-3")
+        task = asyncio.create_task(app.run())
+        try:
+            async with asyncio.timeout(20):
+                while not [
+                    e for e in await strict_owner.executor_list() if e.executor_name == "worker-3"
+                ]:
+                    await asyncio.sleep(0.05)
+            [pending] = [
+                e for e in await strict_owner.executor_list() if e.executor_name == "worker-3"
+            ]
+            assert pending.state is ExecutorState.PENDING
+            await strict_owner.executor_approve("worker-3")
+            async with asyncio.timeout(20):
+                await app.ready.wait()
+            process = await strict_owner.submit(_spec())
+            assert (
+                await strict_owner.wait(process.process_id, timeout=20)
+            ).state is ProcessState.SUCCESS
+        finally:
+            await _stop(app, task)
+
+
+async def test_a_refused_request_says_not_allowed_not_no_broker(
+    make_party: MakeParty, owner: Client, book: MemberBook
+) -> None:
+    """The server refuses the publish and tells only the error callback; the request then
+    times out. The client says what was refused."""
+    worker = make_party("worker-4")
+    await book.add(
+        Member(
+            colony_name=COLONY,
+            name="worker-4",
+            public_key=worker.identity.public_key,
+            role=Role.EXECUTOR,
+        )
+    )
+    settings = msgspec.structs.replace(worker.settings, request_timeout_s=1.0)
+    async with await Client.connect(settings, caller="worker-4", executor=True) as pending:
+        with pytest.raises(NotAuthorizedError, match="not allowed: the server refused 'list'"):
+            await pending.list_processes()
+
+
+# nats-py leaves the socket of a refused reconnect open: its warning is not this test's.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+async def test_removing_a_member_cuts_its_live_connection(bob: Party, owner: Client) -> None:
+    """Within the request: the removal answers once the server has closed bob's connection."""
+    async with await bob.client() as connected:
+        await connected.list_processes()  # in and working
+        await owner.member_remove("bob")
+        async with asyncio.timeout(10):
+            while connected.nc.is_connected:
+                await asyncio.sleep(0.01)
+        with pytest.raises((NotAuthorizedError, BrokerUnavailableError, nats.errors.Error)):
+            await connected.list_processes()
+
+
+@pytest.mark.parametrize(
+    ("colony", "caller", "reply", "answered"),
+    [
+        ("dev", "alice", "_INBOX.P.dev.alice.abc.1", True),
+        ("dev", "alice", "", True),  # a publish without reply: nothing is sent
+        ("dev", "alice", "P.other.specs.echo", False),  # into another colony's stream
+        ("dev", "alice", "_INBOX.P.dev.bob.abc", False),  # another member's inbox
+        ("dev", "alice", "_INBOX.P.other.alice.abc", False),  # another colony's alice
+        ("dev", "alice", "_INBOX.Q.dev.alice.abc", False),  # another installation's
+        ("dev", "alice", "_INBOX.P.dev.alice", False),  # the prefix itself
+        ("dev", "alice", "_INBOX.abc", False),  # nats-py's default inbox
+        ("_server", "root", "_INBOX.P.dev.root.abc", True),  # a server owner connected to dev
+        ("_server", "root", "_INBOX.P.dev.alice.abc", False),
+    ],
+)
+def test_the_broker_answers_only_into_the_callers_inbox(
+    colony: str, caller: str, reply: str, answered: bool
+) -> None:
+    assert reply_in_inbox("P", colony, caller, reply) is answered
+
+
+async def test_an_executor_started_before_its_colony_waits_then_works(
+    make_party: MakeParty, owner: Client, root: Party
+) -> None:
+    """Refused while colony later does not exist, it says so and tries again; once the colony
+    is made it registers (auto-approve) and takes work."""
+    worker = make_party("worker-6", colony="later")
+    said: list[str] = []
+    app = echo.build(worker.settings, "echo", "worker-6")
+    app.on_status = lambda status: said.append(status.message)
+    task = asyncio.create_task(app.run())
+    try:
+        async with asyncio.timeout(20):
+            while not any("does not let 'worker-6' in yet" in m for m in said):
+                await asyncio.sleep(0.02)
+        assert not task.done()
+        await owner.colony_add("later", auto_approve=True)
+        async with asyncio.timeout(30):
+            await app.ready.wait()
+        async with await root.client("later") as later_owner:
+            process = await later_owner.submit(_spec())
+            done = await later_owner.wait(process.process_id, timeout=20)
+            assert done.state is ProcessState.SUCCESS
+    finally:
+        await _stop(app, task)
