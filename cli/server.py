@@ -37,9 +37,9 @@ from colonyos.security.permissions import Role
 from colonyos.security.serverconf import ServerKeys, secure_config, tls_config
 from colonyos.subjects import SERVER_SCOPE, check_name
 
-from ._common import settings_of
+from ._common import JSON_OPTION, settings_of
 from ._executors import build_executor
-from ._output import console
+from ._output import console, print_json
 from ._run import ExitCode, fail, run
 
 server_app = typer.Typer(help="The embedded NATS server with a broker.", no_args_is_help=True)
@@ -350,6 +350,7 @@ def server_config(
     config: Path | None = _CONFIG,
     tls_cert: Path | None = _TLS_CERT,
     tls_key: Path | None = _TLS_KEY,
+    as_json: bool = JSON_OPTION,
 ) -> None:
     """Write a secure installation's keys and nats-server config under --data-dir, for a
     nats-server you run yourself; start brokers with the same --data-dir."""
@@ -358,6 +359,9 @@ def server_config(
     tls = (tls_cert, tls_key) if tls_cert is not None and tls_key is not None else None
     with _config(config) as base:
         written, keys_dir = _server_config(data_dir, base, secure=True, tls=tls)
+    if as_json:
+        print_json({"keysdir": str(keys_dir), "config": str(written)})
+        return
     console.print(f"keys in {keys_dir}/ (private: give them to brokers only)")
     console.print(f"server config {written}")
     console.print(f"start the server with:  nats-server -c {written} -js -sd {data_dir}/jetstream")

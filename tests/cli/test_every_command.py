@@ -40,8 +40,9 @@ COMMANDS = dict(_commands(typer.main.get_command(app)))
 # they start running (a wrong file, a malformed id, a bad number, no server where they need
 # one), never a valid-looking invocation that would rightly run for ever.
 RUNS_UNTIL_STOPPED = {"dev", "server start", "broker start", "executor start", "events"}
-# Commands about this machine's own key: they reach no server, so no server case applies.
-LOCAL = {"key generate", "key show"}
+# Commands that write files here (keys, a server config): they reach no server, so no server
+# case applies.
+LOCAL = {"key generate", "key show", "server config"}
 
 # Cases left out, each with its reason (a defect owned elsewhere, or a case that cannot apply).
 SKIPPED: dict[tuple[str, str], str] = {
