@@ -144,7 +144,7 @@ async def _last_event_id(store: ProcessStore, process: Process) -> str:
 async def test_a_revisions_missing_event_is_published_once(store: ProcessStore) -> None:
     """A revision written by a broker that died before its event: ensure_event has stored it
     when it returns, and only if the last stored event is not that revision's (compared
-    exactly: revision 9's event is not revision 10's, though "9" sorts after "10")."""
+    exactly, not as strings sort)."""
     for i in range(1, 9):  # revisions 1 to 8, of other processes
         assert await store.create(_process(i)) is not None
     p = _process()
@@ -165,6 +165,11 @@ async def test_a_revisions_missing_event_is_published_once(store: ProcessStore) 
         process_event_body(msgspec.json.encode(requeued)),
     )
     assert not await store.ensure_event(requeued, r2)
+    # And revision 11's is not revision 10's, though "10" sorts before "11".
+    again = msgspec.structs.replace(p, retries=2)
+    assert await store.publisher.write(subject, store.encoded(again)) == 11
+    assert await store.ensure_event(again, 11)
+    assert await _last_event_id(store, again) == f"{p.process_id}.11"
     # A process with no event at all (the stream has none on its subject).
     lone = _process(100)
     key = store.subjects.process_key("c", lone.process_id)
