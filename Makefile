@@ -61,7 +61,7 @@ mutate: install
 	@mkdir -p .mutate
 	@set -e; for m in $(MUTATE); do \
 		case $$m in \
-			transitions) tests="tests/broker/test_transitions.py";; \
+			transitions) tests="tests/broker/test_transitions.py tests/broker/test_transitions_values.py";; \
 			scheduler) tests="tests/broker/test_scheduler.py tests/broker/test_scheduler_edges.py";; \
 			store) tests="$(MUTATE_STORE_TESTS)";; \
 			lease) tests="tests/broker/test_lease.py";; \
