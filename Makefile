@@ -44,12 +44,13 @@ soak: install
 # Mutation testing (cosmic-ray), outside make test: each module is changed one operator at a time
 # and the tests that cover it run against every change; a change no test notices "survives".
 # `make mutate MUTATE="transitions scheduler store"` picks the modules of colonyos/broker (the
-# default: the two the server-free tests cover in minutes); sessions and reports go to .mutate/.
+# default: those whose run takes under 20 minutes on 2 cores; store takes about half an hour);
+# sessions and reports go to .mutate/.
 # Each module runs the smallest set of fast tests that covers it (one nats-server per mutant for
 # the server tests); tests/mutate_filter.py skips the mutants inside type annotations, which no
 # test can notice. cosmic-ray changes the file in place and puts it back; after an interrupted
 # run, `git diff`.
-MUTATE ?= transitions scheduler
+MUTATE ?= transitions scheduler lease
 
 MUTATE_STORE_TESTS := tests/broker/test_store.py tests/broker/test_two_writers.py \
 	tests/test_stored_values.py tests/test_assign_flow.py \
