@@ -44,7 +44,7 @@ soak: install
 # Mutation testing (cosmic-ray), outside make test: each module is changed one operator at a time
 # and the tests that cover it run against every change; a change no test notices "survives".
 # `make mutate MUTATE="transitions scheduler store"` picks the modules of colonyos/broker (the
-# default: those whose run takes under 20 minutes on 2 cores; store takes about half an hour);
+# default: those whose run takes well under 20 minutes on 2 cores; store takes 17 or more);
 # sessions and reports go to .mutate/.
 # Each module runs the smallest set of fast tests that covers it (one nats-server per mutant for
 # the server tests); tests/mutate_filter.py skips the mutants inside type annotations, which no
