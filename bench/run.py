@@ -198,8 +198,9 @@ async def scenario_submit(system: System, client: Client, n: int) -> list[Figure
 
 
 async def scenario_end_to_end(
-    system: System, client: Client, n: int, executors: int
+    system: System, client: Client, n: int, executors: int, *, done_before: int = 0
 ) -> list[Figure]:
+    """``done_before``: no-op processes this colony already ran (the counts add up)."""
     assert system.broker is not None
     nats_pid = system.server.proc.pid if system.server.proc else 0
     cpu0 = cpu_seconds(system.broker.pid), cpu_seconds(nats_pid)
@@ -211,7 +212,7 @@ async def scenario_end_to_end(
     await _submit_many(client, [noop() for _ in range(n)])
     finished = await done
     cpu1 = cpu_seconds(system.broker.pid), cpu_seconds(nats_pid)
-    await _check_counts(client, "noop", {"success": n})
+    await _check_counts(client, "noop", {"success": done_before + n})
     rate = n / (finished - t0)
     baseline = await raw_lifecycle_rate(system, max(1000, n // 4), executors)
     per_k = 1000 / n
@@ -397,7 +398,7 @@ async def scenario_flood(system: System, client: Client, n: int) -> list[Figure]
     flood = system.spawn(["-m", "bench.flood", system.server.url, system.prefix], "flood")
     t0 = time.monotonic()
     try:
-        [e2e, *_] = await scenario_end_to_end(system, client, n, 4)
+        [e2e, *_] = await scenario_end_to_end(system, client, n, 4, done_before=n)
     finally:
         flood.stop()
         took = time.monotonic() - t0
@@ -438,6 +439,7 @@ async def scenario_secure_against_insecure(
         insecure.executors(4, concurrency=SLOTS)
         await _executors_ready(client, 4)
         [e2e, *_] = await scenario_end_to_end(insecure, client, n, 4)
+        edge = await scenario_edge(insecure, client)
         await client.aclose()
     return [
         Figure(
@@ -457,6 +459,10 @@ async def scenario_secure_against_insecure(
             e2e.value,
             "processes/s insecure",
             "the same scenario on an insecure installation, right after",
+        ),
+        *(
+            Figure(f"{f.scenario}, insecure", f.value, f.unit, f.target, note="for comparison")
+            for f in edge
         ),
     ]
 
