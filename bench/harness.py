@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 from types import TracebackType
 
+import nats.aio.client
 import nats.errors
 
 from colonyos.client import Client
@@ -133,6 +134,12 @@ class System:
             await client.aclose()
             client = await Client.connect(self.settings, caller="bench")
         return client
+
+    async def raw_connect(self) -> nats.aio.client.Client:
+        """A bare nats-py connection with every right (the brokers' key when secure): for the
+        raw baselines and for reading stream state, which no member may."""
+        seed = self.keys.broker.seed if self.secure else None
+        return await connect_nats(self.server.url, name="bench-raw", seed=seed)
 
     async def _enrol_owner(self) -> None:
         """The bench client is the server owner, as `colonies server start` makes its user."""

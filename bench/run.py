@@ -24,12 +24,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import nats
-
 from bench.harness import System, cpu_seconds, rss_mib
 from colonyos.client import Client
 from colonyos.errors import BrokerUnavailableError
 from colonyos.models import Conditions, FunctionSpec, Process, ProcessState, WorkflowSpec
+from colonyos.subjects import Subjects
 
 RESULTS = Path(__file__).parent / "results"
 SLOTS = 16  # processes each executor runs at once (ExecutorApp concurrency)
@@ -55,7 +54,7 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
 
 
-async def _events_stored(client: Client, more: int, ready: asyncio.Event) -> float:
+async def _events_stored(system: System, more: int, ready: asyncio.Event) -> float:
     """Wait until the events stream holds ``more`` events than when called; returns the
     monotonic time it saw them.
 
@@ -64,14 +63,18 @@ async def _events_stored(client: Client, more: int, ready: asyncio.Event) -> flo
     slows what it measures (and reading late only lowers the figure). The counts per state are
     then checked with :func:`_check_counts`.
     """
-    js = client.nc.jetstream()
-    stream = client.subjects.stream_events
-    base = (await js.stream_info(stream)).state.messages
-    ready.set()
-    async with asyncio.timeout(300):
-        while (await js.stream_info(stream)).state.messages < base + more:
-            await asyncio.sleep(0.02)  # sleep-ok: polling a count under a deadline
-    return time.monotonic()
+    nc = await system.raw_connect()  # stream state: a broker's right, not a member's
+    try:
+        js = nc.jetstream()
+        stream = Subjects(system.prefix).stream_events
+        base = (await js.stream_info(stream)).state.messages
+        ready.set()
+        async with asyncio.timeout(300):
+            while (await js.stream_info(stream)).state.messages < base + more:
+                await asyncio.sleep(0.02)  # sleep-ok: polling a count under a deadline
+        return time.monotonic()
+    finally:
+        await nc.close()
 
 
 async def _check_counts(client: Client, executor_type: str, expected: dict[str, int]) -> None:
@@ -94,9 +97,9 @@ async def _submit_many(client: Client, specs: list[FunctionSpec], chunk: int = 1
 
 
 # -- raw nats-py baselines ---------------------------------------------------------------
-async def raw_publish_rate(url: str, n: int, chunk: int = 1000) -> float:
+async def raw_publish_rate(system: System, n: int, chunk: int = 1000) -> float:
     """js.publish_async in chunks, acknowledgements awaited per chunk: as submit_many does."""
-    nc = await nats.connect(url)
+    nc = await system.raw_connect()
     js = nc.jetstream()
     await js.add_stream(name="RAWBENCH", subjects=["rawbench.>"])
     body = b'{"conditions":{"executortype":"noop"},"funcname":"noop"}'
@@ -113,8 +116,8 @@ async def raw_publish_rate(url: str, n: int, chunk: int = 1000) -> float:
     return rate
 
 
-async def raw_request_latency(url: str, n: int) -> list[float]:
-    nc = await nats.connect(url)
+async def raw_request_latency(system: System, n: int) -> list[float]:
+    nc = await system.raw_connect()
 
     async def echo(msg: Any) -> None:
         await msg.respond(msg.data)
@@ -129,10 +132,10 @@ async def raw_request_latency(url: str, n: int) -> list[float]:
     return samples
 
 
-async def raw_lifecycle_rate(url: str, n: int, workers: int = 4) -> float:
+async def raw_lifecycle_rate(system: System, n: int, workers: int = 4) -> float:
     """The messages of one process lifecycle, bare: 1 spec publish, 3 KV writes, 3 event
     publishes and 2 request/replies, with `workers` executors pulling concurrently."""
-    nc = await nats.connect(url)
+    nc = await system.raw_connect()
     js = nc.jetstream()
     await js.add_stream(name="RAWLIFE", subjects=["rawlife.>"])
     kv = await js.create_key_value(bucket="rawlife")
@@ -167,13 +170,13 @@ async def raw_lifecycle_rate(url: str, n: int, workers: int = 4) -> float:
 # -- scenarios --------------------------------------------------------------------------
 async def scenario_submit(system: System, client: Client, n: int) -> list[Figure]:
     ready = asyncio.Event()
-    done = asyncio.create_task(_events_stored(client, n, ready))  # one waiting event each
+    done = asyncio.create_task(_events_stored(system, n, ready))  # one waiting event each
     await ready.wait()
     t0 = time.monotonic()
     took = await _submit_many(client, [noop("idle-submit") for _ in range(n)])
     accepted_at = await done
     await _check_counts(client, "idle-submit", {"waiting": n})
-    baseline = await raw_publish_rate(system.server.url, n)
+    baseline = await raw_publish_rate(system, n)
     return [
         Figure(
             "submit: specs acknowledged by JetStream",
@@ -195,22 +198,23 @@ async def scenario_submit(system: System, client: Client, n: int) -> list[Figure
 
 
 async def scenario_end_to_end(
-    system: System, client: Client, n: int, executors: int
+    system: System, client: Client, n: int, executors: int, *, done_before: int = 0
 ) -> list[Figure]:
+    """``done_before``: no-op processes this colony already ran (the counts add up)."""
     assert system.broker is not None
     nats_pid = system.server.proc.pid if system.server.proc else 0
     cpu0 = cpu_seconds(system.broker.pid), cpu_seconds(nats_pid)
     ready = asyncio.Event()
     # Waiting, running, success: three events each.
-    done = asyncio.create_task(_events_stored(client, 3 * n, ready))
+    done = asyncio.create_task(_events_stored(system, 3 * n, ready))
     await ready.wait()
     t0 = time.monotonic()
     await _submit_many(client, [noop() for _ in range(n)])
     finished = await done
     cpu1 = cpu_seconds(system.broker.pid), cpu_seconds(nats_pid)
-    await _check_counts(client, "noop", {"success": n})
+    await _check_counts(client, "noop", {"success": done_before + n})
     rate = n / (finished - t0)
-    baseline = await raw_lifecycle_rate(system.server.url, max(1000, n // 4), executors)
+    baseline = await raw_lifecycle_rate(system, max(1000, n // 4), executors)
     per_k = 1000 / n
     return [
         Figure(
@@ -238,7 +242,7 @@ async def scenario_latency(system: System, client: Client, n: int) -> list[Figur
             assert isinstance(event, Process)
             has_it.append((event.output[0] - t0) / 1e6)
             closed.append((t1 - t0) / 1e6)
-    raw = await raw_request_latency(system.server.url, n)
+    raw = await raw_request_latency(system, n)
     return [
         Figure(
             "submit -> executor has it, p50",
@@ -394,7 +398,7 @@ async def scenario_flood(system: System, client: Client, n: int) -> list[Figure]
     flood = system.spawn(["-m", "bench.flood", system.server.url, system.prefix], "flood")
     t0 = time.monotonic()
     try:
-        [e2e, *_] = await scenario_end_to_end(system, client, n, 4)
+        [e2e, *_] = await scenario_end_to_end(system, client, n, 4, done_before=n)
     finally:
         flood.stop()
         took = time.monotonic() - t0
@@ -435,6 +439,7 @@ async def scenario_secure_against_insecure(
         insecure.executors(4, concurrency=SLOTS)
         await _executors_ready(client, 4)
         [e2e, *_] = await scenario_end_to_end(insecure, client, n, 4)
+        edge = await scenario_edge(insecure, client)
         await client.aclose()
     return [
         Figure(
@@ -454,6 +459,10 @@ async def scenario_secure_against_insecure(
             e2e.value,
             "processes/s insecure",
             "the same scenario on an insecure installation, right after",
+        ),
+        *(
+            Figure(f"{f.scenario}, insecure", f.value, f.unit, f.target, note="for comparison")
+            for f in edge
         ),
     ]
 

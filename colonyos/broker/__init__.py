@@ -210,6 +210,9 @@ class Broker:
                 asyncio.create_task(retention.run(), name="retention"),
             ]
             stack.push_async_callback(self._cancel, tasks)
+            # The server has the request subscription before anyone is told this broker leads:
+            # a request sent at once must not find "no responders".
+            await nc.flush()
             self.leading.set()
             stack.callback(self.leading.clear)
             # Executors parked at a leader that died would wait out their long poll: tell them.
