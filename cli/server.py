@@ -134,6 +134,14 @@ def _server_config(
     return config, keys_dir
 
 
+def _tls_pair(cert: Path | None, key: Path | None) -> tuple[Path, Path] | None:
+    if cert is not None and key is not None:
+        return cert, key
+    if cert is not None or key is not None:
+        raise fail("give both --tls-cert and --tls-key, or neither")
+    return None
+
+
 def _local_identity(settings: Settings) -> tuple[Identity, Path, bool]:
     """This user's key (made at the default place on first start); True if made now."""
     path = settings.identity or default_identity_path()
@@ -308,9 +316,7 @@ def _run_server(
     tls_cert: Path | None = None,
     tls_key: Path | None = None,
 ) -> None:
-    if (tls_cert is None) != (tls_key is None):
-        raise fail("give both --tls-cert and --tls-key, or neither")
-    tls = (tls_cert, tls_key) if tls_cert is not None and tls_key is not None else None
+    tls = _tls_pair(tls_cert, tls_key)
     with _config(config) as conf:
         serving = _serve(
             settings_of(ctx), data_dir, port, http_port, conf, dev=dev, insecure=insecure, tls=tls
@@ -354,9 +360,7 @@ def server_config(
 ) -> None:
     """Write a secure installation's keys and nats-server config under --data-dir, for a
     nats-server you run yourself; start brokers with the same --data-dir."""
-    if (tls_cert is None) != (tls_key is None):
-        raise fail("give both --tls-cert and --tls-key, or neither")
-    tls = (tls_cert, tls_key) if tls_cert is not None and tls_key is not None else None
+    tls = _tls_pair(tls_cert, tls_key)
     with _config(config) as base:
         written, keys_dir = _server_config(data_dir, base, secure=True, tls=tls)
     if as_json:

@@ -18,7 +18,7 @@ from colonyos.client import Client
 from colonyos.errors import NotAuthorizedError
 from colonyos.models import Conditions, FunctionSpec, ProcessState
 from colonyos.security.claim import ConnectClaim
-from colonyos.security.keys import generate
+from colonyos.security.keys import Identity, generate
 from colonyos.security.members import MemberBook
 from colonyos.security.permissions import Role, inbox_prefix
 from tests.security.conftest import COLONY, Party, SecureServer, enroll
@@ -111,32 +111,37 @@ async def test_a_connection_without_identity_is_refused(
         await Client.connect(settings, caller="alice")
 
 
-async def test_a_known_key_with_another_keys_signature_is_refused(
-    secure_server: SecureServer, alice: Party
-) -> None:
-    """The server does not check the nkey's signature in callout mode: the callout must."""
-    forger = generate()
-    reader, writer = await asyncio.open_connection("127.0.0.1", _port(secure_server.url))
+async def _raw_connect(server: SecureServer, party: Party, signer: Identity) -> bytes:
+    """A CONNECT by hand claiming ``party``'s key and name, the nonce signed by ``signer``;
+    the server's first answer."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", _port(server.url))
     try:
         info = json.loads((await reader.readline()).split(b" ", 1)[1])
-        sig = base64.b64encode(forger.sign(info["nonce"].encode())).decode()
-        claim = ConnectClaim(prefix=alice.settings.prefix, colony=COLONY, name="alice")
+        sig = base64.b64encode(signer.sign(info["nonce"].encode())).decode()
+        claim = ConnectClaim(prefix=party.settings.prefix, colony=COLONY, name=party.name)
         connect = {
             "verbose": False,
             "pedantic": False,
             "protocol": 1,
             "headers": True,
-            "nkey": alice.identity.public_key,
+            "nkey": party.identity.public_key,
             "sig": sig,
             "auth_token": claim.token(),
         }
         writer.write(b"CONNECT " + json.dumps(connect).encode() + b"\r\nPING\r\n")
         await writer.drain()
         async with asyncio.timeout(10):
-            answer = await reader.readline()
-        assert answer.startswith(b"-ERR") and b"authorization violation" in answer.lower()
+            return await reader.readline()
     finally:
         writer.close()
+
+
+async def test_a_known_key_with_another_keys_signature_is_refused(
+    secure_server: SecureServer, alice: Party
+) -> None:
+    """The server does not check the nkey's signature in callout mode: the callout must."""
+    answer = await _raw_connect(secure_server, alice, generate())
+    assert answer.startswith(b"-ERR") and b"authorization violation" in answer.lower()
 
 
 def _port(url: str) -> int:
@@ -147,27 +152,7 @@ async def test_the_same_connection_with_the_right_signature_gets_in(
     secure_server: SecureServer, alice: Party
 ) -> None:
     """The forgery test's raw CONNECT, signed by the right key: only the signature differs."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", _port(secure_server.url))
-    try:
-        info = json.loads((await reader.readline()).split(b" ", 1)[1])
-        sig = base64.b64encode(alice.identity.sign(info["nonce"].encode())).decode()
-        claim = ConnectClaim(prefix=alice.settings.prefix, colony=COLONY, name="alice")
-        connect = {
-            "verbose": False,
-            "pedantic": False,
-            "protocol": 1,
-            "headers": True,
-            "nkey": alice.identity.public_key,
-            "sig": sig,
-            "auth_token": claim.token(),
-        }
-        writer.write(b"CONNECT " + json.dumps(connect).encode() + b"\r\nPING\r\n")
-        await writer.drain()
-        async with asyncio.timeout(10):
-            answer = await reader.readline()
-        assert answer == b"PONG\r\n"
-    finally:
-        writer.close()
+    assert await _raw_connect(secure_server, alice, alice.identity) == b"PONG\r\n"
 
 
 async def test_a_member_cannot_reach_another_colony_or_name(
