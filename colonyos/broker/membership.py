@@ -40,6 +40,9 @@ logger = logging.getLogger(__name__)
 OWNER_OPS = frozenset(
     {"executor_approve", "executor_reject", "executor_remove", "member_add", "member_remove"}
 )
+# What only a server owner may ask, and only on the server scope (the server lets no one else
+# publish there): asked on a colony's subject, any member could run them.
+SERVER_OPS = frozenset({"colony_add", "colony_remove", "colony_list", "colony_get"})
 # What only an executor's key may ask (the rest of an executor's requests need its
 # registration, which this guards).
 EXECUTOR_OPS = frozenset({"register"})
@@ -73,6 +76,7 @@ class Membership:
             member_list=(Empty, self.member_list),
             member_remove=(Named, self.member_remove),
         )
+        service.on_colony_removed = self.colony_removed
         if secure:
             service.authorize = self.authorize
             service.reply_allowed = self.reply_allowed
@@ -80,6 +84,11 @@ class Membership:
     # -- the role rules ---------------------------------------------------------------------
     async def authorize(self, colony: str, caller: str, op: str) -> None:
         """Refuse ``op`` to a caller whose role does not allow it (secure installations)."""
+        if (colony == SERVER_SCOPE) != (op in SERVER_OPS):
+            where = "the server scope" if colony == SERVER_SCOPE else f"colony {colony!r}"
+            raise NotAuthorizedError(
+                f"not allowed: {op.replace('_', ' ')} is not asked on {where}", op=op
+            )
         if colony == SERVER_SCOPE:
             return  # only server owners can publish there
         if op in OWNER_OPS and not await self._owns(colony, caller):
@@ -130,6 +139,8 @@ class Membership:
         member = Member(
             colony_name=colony, name=name, public_key=req.public_key, role=Role(req.role)
         )
+        if member.role is Role.EXECUTOR:  # checked before anything is written
+            check_name("executortype", req.executor_type)
         try:
             added = await self.book.add(member)
         except Refused as err:
@@ -141,7 +152,6 @@ class Membership:
 
     async def _approve_ahead(self, colony: str, name: str, executor_type: str) -> None:
         """An executor added by its owner is approved before it first starts."""
-        check_name("executortype", executor_type)
         known = self.service.executors.get((colony, name))
         if known is not None and known.state is not ExecutorState.UNREGISTERED:
             approved = msgspec.structs.replace(known, state=ExecutorState.APPROVED)
@@ -159,7 +169,7 @@ class Membership:
 
     async def member_list(self, colony: str, caller: str, req: Empty) -> list[Member]:
         self.service.colony(colony)
-        return await self.book.list(colony)
+        return await self.book.all_of(colony)
 
     async def member_remove(self, colony: str, caller: str, req: Named) -> None:
         if not await self.book.remove(colony, req.name):
@@ -168,6 +178,16 @@ class Membership:
         if self.service.cut is not None:  # its live connections end now, not at JWT expiry
             await self.service.cut(colony, req.name)
         return None
+
+    async def colony_removed(self, colony: str, caller: str) -> None:
+        """A removed colony's members go with it (a colony made again under the name starts
+        with no one), and their live connections are cut, but the caller's: it waits for the
+        answer."""
+        names = await self.book.forget_colony(colony)
+        if self.service.cut is not None:
+            for name in names:
+                if name != caller:
+                    await self.service.cut(colony, name)
 
     # -- colonies and their owners ------------------------------------------------------------
     async def colony_add(self, colony: str, caller: str, req: ColonyAdd) -> Colony:

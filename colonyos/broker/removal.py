@@ -121,6 +121,8 @@ class Removal:
             await self.service.tell(req.name, executor.executor_name, gone)
             self.service.drop_executor(executor)
         await self.store.delete_colony(removed)
+        if self.service.on_colony_removed is not None:  # its members go too
+            await self.service.on_colony_removed(req.name, caller)
         logger.info("removed colony %s: %d processes", req.name, len(process_ids))
         return Removed(count=len(process_ids))
 

@@ -85,7 +85,7 @@ class MemberBook:
             return None
         return _member_decoder.decode(entry.value) if entry.value else None
 
-    async def list(self, colony: str) -> list[Member]:
+    async def all_of(self, colony: str) -> list[Member]:
         head = self.subjects.member_key(colony, "")
         try:
             keys = await self.members.keys()  # nats-py's filters match substrings
@@ -142,6 +142,17 @@ class MemberBook:
             return False
         await self.put(msgspec.structs.replace(held, removed=True))
         return True
+
+    async def forget_colony(self, colony: str) -> list[str]:
+        """Delete every member record of ``colony``; the names it had."""
+        head = self.subjects.member_key(colony, "")
+        try:
+            keys = [k for k in await self.members.keys() if k.startswith(head)]
+        except nats.js.errors.NoKeysError:
+            return []
+        for key in keys:
+            await self.members.purge(key)
+        return [key[len(head) :] for key in keys]
 
     # -- deciding ---------------------------------------------------------------------------
     async def roles_of(

@@ -12,9 +12,10 @@ import pytest
 
 from colonyos.broker.membership import reply_in_inbox
 from colonyos.client import Client
-from colonyos.errors import BrokerUnavailableError, NotAuthorizedError
+from colonyos.errors import BrokerUnavailableError, InvalidSpecError, NotAuthorizedError
 from colonyos.executor import ExecutorApp
-from colonyos.models import Conditions, ExecutorState, FunctionSpec, ProcessState
+from colonyos.messages import ColonyAdd, Empty, Named
+from colonyos.models import Colony, Conditions, ExecutorState, FunctionSpec, ProcessState
 from colonyos.security.members import Member, MemberBook
 from colonyos.security.permissions import Role
 from executors import echo
@@ -242,3 +243,40 @@ async def test_an_executor_started_before_its_colony_waits_then_works(
             assert done.state is ProcessState.SUCCESS
     finally:
         await _stop(app, task)
+
+
+async def test_server_operations_are_refused_on_a_colonys_subject(
+    bob_client: Client, owner: Client, book: MemberBook
+) -> None:
+    """A member may publish rpc on its own colony's subject, so a server operation asked there
+    must be refused by the broker: bob cannot list, remove or add colonies."""
+    await owner.colony_add("victim")
+    for op, body in (
+        ("colony_list", Empty()),
+        ("colony_remove", Named(name="victim")),
+        ("colony_add", ColonyAdd(colony=Colony(name="mine"))),
+        ("colony_get", Named(name="victim")),
+    ):
+        with pytest.raises(NotAuthorizedError, match="is not asked on colony 'dev'"):
+            await bob_client._must(op, body, object)
+    assert sorted(c.name for c in await owner.colony_list()) == ["dev", "victim"]
+
+
+async def test_a_removed_colony_takes_its_members_with_it(
+    bob: Party, owner: Client, book: MemberBook
+) -> None:
+    """Made again under the same name, a colony starts with no one: bob's old key is not let in."""
+    await owner.colony_remove(COLONY)
+    assert await book.all_of(COLONY) == []
+    await owner.colony_add(COLONY)
+    with pytest.raises(NotAuthorizedError, match="not allowed"):
+        await bob.client()
+
+
+async def test_an_executor_added_without_a_valid_type_leaves_nothing_behind(
+    owner: Client, book: MemberBook, make_party: MakeParty
+) -> None:
+    worker = make_party("w9")
+    with pytest.raises(InvalidSpecError):
+        await owner.member_add("w9", worker.identity.public_key, role="executor")
+    assert await book.get(COLONY, "w9") is None
