@@ -127,7 +127,6 @@ class EventStream:
                 self._subject,
                 self._client.open_reader,
                 start_time=self._since,
-                timeout_s=self._client.settings.request_timeout_s,
             ).start()
         return self
 
@@ -187,7 +186,6 @@ async def read_logs(
                 "logs",
                 subject,
                 client.open_reader,
-                timeout_s=client.settings.request_timeout_s,
             )
         )
         seen = 0

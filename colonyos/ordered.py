@@ -58,7 +58,6 @@ class OrderedReader:
         start_time: datetime | None = None,
         heartbeat_s: float = 2.0,
         inactive_s: float = 10.0,
-        timeout_s: float = 5.0,
     ) -> None:
         self._nc = nc
         self._open_consumer = open_consumer

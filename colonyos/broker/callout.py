@@ -23,13 +23,12 @@ import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from colonyos.broker.kicker import jwt_user_name
 from colonyos.connection import connect_nats
 from colonyos.security import jwt
 from colonyos.security.claim import ConnectClaim
 from colonyos.security.keys import public_key_kind, verify
 from colonyos.security.members import MemberBook, Refused
-from colonyos.security.permissions import grants
+from colonyos.security.permissions import grants, jwt_user_name
 from colonyos.security.serverconf import ACCOUNT, ServerKeys
 from colonyos.subjects import Subjects, check_name
 

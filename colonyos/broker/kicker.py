@@ -14,17 +14,14 @@ import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-__all__ = ["Kicker", "jwt_user_name"]
+from colonyos.security.permissions import jwt_user_name
+
+__all__ = ["Kicker"]
 
 logger = logging.getLogger(__name__)
 
 # How long to gather the answers of every server of a cluster to "who is connected".
 _GATHER_S = 0.25
-
-
-def jwt_user_name(prefix: str, colony: str, name: str) -> str:
-    """The name a member's user JWT carries: nats-server shows it as the connection's user."""
-    return f"{prefix}/{colony}/{name}"
 
 
 class _Conn(msgspec.Struct):

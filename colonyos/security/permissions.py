@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from colonyos.subjects import SERVER_SCOPE, Subjects
 
-__all__ = ["Grants", "Role", "grants", "inbox_prefix"]
+__all__ = ["Grants", "Role", "grants", "inbox_prefix", "jwt_user_name"]
 
 
 class Role(enum.StrEnum):
@@ -36,6 +36,12 @@ def inbox_prefix(prefix: str, colony: str, name: str) -> str:
     """Where a member's replies and deliveries come: its installation, colony and name (two
     installations on one server may each have an ``alice`` in a colony ``dev``)."""
     return f"_INBOX.{prefix}.{colony}.{name}"
+
+
+def jwt_user_name(prefix: str, colony: str, name: str) -> str:
+    """The name a member's user JWT carries: nats-server shows it as the connection's user
+    (what the kicker looks for to cut a member's connections)."""
+    return f"{prefix}/{colony}/{name}"
 
 
 def grants(subjects: Subjects, colony: str, name: str, roles: tuple[Role, ...]) -> Grants:

@@ -21,6 +21,7 @@ from colonyos.security.claim import ConnectClaim
 from colonyos.security.keys import Identity, generate
 from colonyos.security.members import MemberBook
 from colonyos.security.permissions import Role, inbox_prefix
+from tests.helpers import until
 from tests.security.conftest import COLONY, Party, SecureServer, enroll
 
 pytestmark = pytest.mark.timeout(60)
@@ -42,9 +43,7 @@ class Watched:
         """Whether the server says it refused ``needle`` (within a few seconds)."""
         assert self.nc is not None
         await self.nc.flush()
-        async with asyncio.timeout(5):
-            while not any(needle.lower() in e for e in self.errors):
-                await asyncio.sleep(0.01)
+        await until(lambda: any(needle.lower() in e for e in self.errors), timeout=5)
         return True
 
     async def allowed(self, needle: str) -> bool:

@@ -19,6 +19,7 @@ from colonyos.models import Colony, Conditions, ExecutorState, FunctionSpec, Pro
 from colonyos.security.members import Member, MemberBook
 from colonyos.security.permissions import Role
 from executors import echo
+from tests.helpers import until
 from tests.security.conftest import COLONY, Party
 
 pytestmark = pytest.mark.timeout(60)
@@ -148,7 +149,7 @@ async def test_an_unknown_executor_waits_for_the_owner_then_works(
                 while not [
                     e for e in await strict_owner.executor_list() if e.executor_name == "worker-3"
                 ]:
-                    await asyncio.sleep(0.05)
+                    await asyncio.sleep(0.05)  # sleep-ok: polling the owner's list under a deadline
             [pending] = [
                 e for e in await strict_owner.executor_list() if e.executor_name == "worker-3"
             ]
@@ -191,9 +192,7 @@ async def test_removing_a_member_cuts_its_live_connection(bob: Party, owner: Cli
     async with await bob.client() as connected:
         await connected.list_processes()  # in and working
         await owner.member_remove("bob")
-        async with asyncio.timeout(10):
-            while connected.nc.is_connected:
-                await asyncio.sleep(0.01)
+        await until(lambda: not connected.nc.is_connected, timeout=10)
         with pytest.raises((NotAuthorizedError, BrokerUnavailableError, nats.errors.Error)):
             await connected.list_processes()
 
@@ -230,9 +229,7 @@ async def test_an_executor_started_before_its_colony_waits_then_works(
     app.on_status = lambda status: said.append(status.message)
     task = asyncio.create_task(app.run())
     try:
-        async with asyncio.timeout(20):
-            while not any("does not let 'worker-6' in yet" in m for m in said):
-                await asyncio.sleep(0.02)
+        await until(lambda: any("does not let 'worker-6' in yet" in m for m in said), timeout=20)
         assert not task.done()
         await owner.colony_add("later", auto_approve=True)
         async with asyncio.timeout(30):
