@@ -42,24 +42,29 @@ soak: install
 	COLONIES_MONKEY_COMMANDS=400 $(BIN)/pytest -q -s tests/cli/test_monkey.py -o timeout=1800
 
 # Mutation testing (cosmic-ray), outside make test: each module is changed one operator at a time
-# and the tests that cover it run against every change; a change no test notices "survives".
-# `make mutate MUTATE="transitions scheduler store"` picks the modules of colonyos/broker (the
-# default: those whose run takes well under 20 minutes on 2 cores; store takes 17 or more);
-# sessions and reports go to .mutate/.
-# Each module runs the smallest set of fast tests that covers it (one nats-server per mutant for
-# the server tests); tests/mutate_filter.py skips the mutants inside type annotations, which no
-# test can notice. cosmic-ray changes the file in place and puts it back; after an interrupted
-# run, `git diff`.
-MUTATE ?= transitions scheduler lease
+# and the tests that run the changed line are run against it; a change no test notices "survives".
+# `make mutate MUTATE="service workflows"` picks the modules of colonyos/broker (default: all of
+# the core). First the broker's lines are mapped to the tests that run them (the suite under
+# coverage, except the tests whose brokers run in other processes; remade when code or tests
+# change); then each mutant runs only its line's tests, fastest first (tests/mutate_select.py). A
+# line run only at import (a default, a constant) takes the module's home set below.
+# tests/mutate_filter.py skips the mutants inside type annotations, which no test can notice.
+# cosmic-ray changes the file in place and puts it back; after an interrupted run, `git diff`.
+# Sessions and reports go to .mutate/.
+MUTATE ?= transitions scheduler store lease service workflows lifecycle
+MUTATE_MAP_TESTS := tests --ignore=tests/test_checker.py --ignore=tests/test_cluster.py \
+	--ignore=tests/test_packaging.py --ignore=tests/fuzz
 
 MUTATE_STORE_TESTS := tests/broker/test_store.py tests/broker/test_two_writers.py \
-	tests/test_stored_values.py tests/test_assign_flow.py \
-	tests/test_removal.py::test_remove_takes_the_record_its_history_and_its_log \
-	tests/test_removal.py::test_workflow_remove_takes_the_graph_and_its_processes \
-	tests/test_guarantees.py::test_the_same_id_after_the_dedup_window_is_refused_by_kv
+	tests/test_stored_values.py tests/test_assign_flow.py
+
+.mutate/map.json: $(STAMP) $(shell find colonyos tests -name '*.py')
+	@mkdir -p .mutate
+	$(BIN)/python tests/mutate_select.py map colonyos/broker $@ $(MUTATE_MAP_TESTS)
 
 mutate: install
-	@mkdir -p .mutate
+	@git diff --quiet HEAD -- colonyos || { echo "make mutate: commit colonyos/ first (the map and the mutants are read against HEAD)"; exit 2; }
+	@$(MAKE) --no-print-directory .mutate/map.json
 	@set -e; for m in $(MUTATE); do \
 		case $$m in \
 			transitions) tests="tests/broker/test_transitions.py tests/broker/test_transitions_values.py";; \
@@ -68,12 +73,12 @@ mutate: install
 			lease) tests="tests/broker/test_lease_terms.py tests/broker/test_lease.py";; \
 			lifecycle) tests="tests/test_lifecycle.py tests/test_executor_liveness.py";; \
 			workflows) tests="tests/test_workflows.py";; \
-			service) tests="tests/test_assign_flow.py tests/test_lifecycle.py tests/test_capacity.py";; \
-			*) echo "make mutate: no tests listed for $$m"; exit 2;; \
+			service) tests="tests/test_assign_flow.py tests/test_capacity.py";; \
+			*) echo "make mutate: no home tests listed for $$m"; exit 2;; \
 		esac; \
-		printf '%s\n' '[cosmic-ray]' "module-path = \"colonyos/broker/$$m.py\"" 'timeout = 120.0' \
+		printf '%s\n' '[cosmic-ray]' "module-path = \"colonyos/broker/$$m.py\"" 'timeout = 300.0' \
 			'excluded-modules = []' \
-			"test-command = \"$(BIN)/pytest -x -q -p no:cacheprovider $$tests\"" \
+			"test-command = \"$(BIN)/python tests/mutate_select.py run colonyos/broker/$$m.py .mutate/map.json $$tests\"" \
 			'' '[cosmic-ray.distributor]' 'name = "local"' > .mutate/$$m.toml; \
 		rm -f .mutate/$$m.sqlite; \
 		$(BIN)/cosmic-ray baseline .mutate/$$m.toml; \
