@@ -60,7 +60,7 @@ MUTATE_STORE_TESTS := tests/broker/test_store.py tests/broker/test_two_writers.p
 
 .mutate/map.json: $(STAMP) $(shell find colonyos tests -name '*.py')
 	@mkdir -p .mutate
-	$(BIN)/python tests/mutate_select.py map colonyos/broker $@ $(MUTATE_MAP_TESTS)
+	$(BIN)/python tests/mutate_select.py map colonyos/broker $@ -- $(MUTATE_MAP_TESTS)
 
 mutate: install
 	@git diff --quiet HEAD -- colonyos || { echo "make mutate: commit colonyos/ first (the map and the mutants are read against HEAD)"; exit 2; }

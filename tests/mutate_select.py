@@ -3,7 +3,7 @@
 ``make mutate`` first maps the broker's lines to the tests that run them (one run of the suite
 under coverage, each line's contexts being the tests that executed it, with their durations)::
 
-    python tests/mutate_select.py map colonyos/broker .mutate/map.json TESTS...
+    python tests/mutate_select.py map colonyos/broker .mutate/map.json -- TESTS...
 
 and then gives cosmic-ray this as its test command::
 
