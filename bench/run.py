@@ -374,11 +374,17 @@ async def _wait_waiting(client: Client, n: int) -> None:
             await asyncio.sleep(0.2)
 
 
+_EDGE_INSTALL = (
+    "import runpy, sys; sys.modules['aiohttp'] = None; "
+    "runpy.run_module('colonyos.executors.echo', run_name='__main__')"
+)
+
+
 async def scenario_edge(system: System, client: Client) -> list[Figure]:
     t0 = time.monotonic()
-    child = system.spawn(
-        ["-m", "colonyos.executors.echo"], "edge", {"COLONIES_EXECUTOR_NAME": "edge-1"}
-    )
+    # As installed on a device: nats-py, msgspec and nkeys. nats-py imports aiohttp (10 MiB) for
+    # websockets whenever it can, and the development install has it (cosmic-ray needs it).
+    child = system.spawn(["-c", _EDGE_INSTALL], "edge", {"COLONIES_EXECUTOR_NAME": "edge-1"})
     async with asyncio.timeout(30):
         while not any(e.executor_name == "edge-1" for e in await client.executor_list()):
             await asyncio.sleep(0.01)
