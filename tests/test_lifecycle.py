@@ -211,6 +211,8 @@ async def test_a_heartbeating_executor_keeps_a_long_job(client: Client, settings
 
     p = await submitted(client)
     runner = asyncio.create_task(app.run(burst=True))
+    # The windows count from the assignment: an executor slow to start has nothing to keep yet.
+    await client.wait_for_state(p.process_id, ProcessState.RUNNING, timeout=10)
     loop = asyncio.get_running_loop()
     started = loop.time()
     async with asyncio.timeout(10):
