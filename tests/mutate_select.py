@@ -10,7 +10,9 @@ and then gives cosmic-ray this as its test command::
     python tests/mutate_select.py run colonyos/broker/service.py .mutate/map.json HOME-TESTS...
 
 cosmic-ray changes the module in place; ``git diff`` says which lines of it changed, the map which
-tests run them. A mutant on a line that no test runs survives without a test run: no test could
+tests run them: the module's own tests first, then the others, each fastest first, as many as fit
+in ``MUTATE_BUDGET_S`` seconds of mapped test time (20 by default; a confirming run of the
+survivors can give more). A mutant on a line that no test runs survives without a test run: no test could
 notice it. A line run only outside any test (a ``def`` and its defaults, a constant: run at import) takes
 the module's home set: which tests read a constant, coverage cannot say. Without this every mutant paid for the slowest tests of the set (the timer tests
 of the lifecycle), even one that a fast test kills or that no test reaches.
@@ -32,6 +34,9 @@ from typing import Any
 from coverage import CoverageData
 
 _HUNK = re.compile(r"^@@ -(\d+)(?:,(\d+))? ", re.MULTILINE)
+# Seconds of mapped test time a mutant may spend: a line that every test runs (the broker's
+# start) would otherwise run the whole suite for each of its mutants that survives.
+BUDGET_S = 20.0
 _PYTEST = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
 
 
@@ -89,9 +94,12 @@ def changed_lines(module: Path) -> set[int]:
     return lines
 
 
-def select(mapping: dict[str, Any], module: Path, lines: set[int]) -> tuple[list[str], bool]:
-    """The tests that run the lines, fastest first, and whether a line was run outside any test
-    (at import: a ``def``, a default, a constant)."""
+def select(
+    mapping: dict[str, Any], module: Path, lines: set[int], home: list[str], budget_s: float
+) -> tuple[list[str], bool]:
+    """The tests that run the lines, the module's own (home) tests first, each group fastest
+    first, as many as fit in the budget of mapped seconds (at least one); and whether a line was
+    run outside any test (at import: a ``def``, a default, a constant)."""
     by_line: dict[str, list[str]] = mapping["files"].get(str(module), {})
     durations: dict[str, float] = mapping["durations"]
     chosen: set[str] = set()
@@ -100,7 +108,22 @@ def select(mapping: dict[str, Any], module: Path, lines: set[int]) -> tuple[list
         ids = by_line.get(str(line), [])
         at_import |= "" in ids
         chosen.update(node for node in ids if node)
-    return sorted(chosen, key=lambda node: (durations.get(node, 0.0), node)), at_import
+
+    def order(node: str) -> tuple[bool, float, str]:
+        own = any(
+            node == h or node.startswith(h.rstrip("/") + ("::" if h.endswith(".py") else "/"))
+            for h in home
+        )
+        return not own, durations.get(node, 0.0), node
+
+    picked: list[str] = []
+    spent = 0.0
+    for node in sorted(chosen, key=order):
+        if picked and spent + durations.get(node, 0.0) > budget_s:
+            break
+        picked.append(node)
+        spent += durations.get(node, 0.0)
+    return picked, at_import
 
 
 def run(module: Path, map_file: Path, home: list[str]) -> int:
@@ -108,7 +131,8 @@ def run(module: Path, map_file: Path, home: list[str]) -> int:
     (which tests read a constant, coverage cannot say)."""
     mapping = json.loads(map_file.read_text())
     lines = changed_lines(module)
-    chosen, at_import = select(mapping, module, lines)
+    budget_s = float(os.environ.get("MUTATE_BUDGET_S", BUDGET_S))
+    chosen, at_import = select(mapping, module, lines, home, budget_s)
     if not lines or (not chosen and at_import):
         chosen = home  # no change: cosmic-ray's baseline
     if not chosen:
