@@ -4,14 +4,22 @@ heartbeat carries, or the id a spec asks for."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import msgspec
 import nats
 import pytest
 
 from colonyos.client import Client
-from colonyos.models import Executor
+from colonyos.errors import IdTakenError, ProcessNotFoundError
+from colonyos.models import (
+    Conditions,
+    Executor,
+    FunctionSpec,
+    ProcessGraph,
+    ProcessState,
+    WorkflowSpec,
+)
 from tests.security.conftest import COLONY, Party, SecureServer
 
 pytestmark = pytest.mark.timeout(60)
@@ -68,3 +76,61 @@ async def test_a_heartbeat_cannot_make_the_broker_tell_another_colonys_executor(
         assert not [s for s in seen if f".{COLONY}." in s], seen
     finally:
         await watcher.close()
+
+
+def _spec(node: str = "") -> FunctionSpec:
+    return FunctionSpec(
+        func_name="echo", args=["x"], node_name=node, conditions=Conditions(executor_type="echo")
+    )
+
+
+@pytest.fixture
+async def mallory(owner: Client, root: Party, make_party: MakeParty) -> AsyncIterator[Client]:
+    """A user of colony ``other``, and nothing of ``dev``."""
+    await owner.colony_add(OTHER, auto_approve=True)
+    party = make_party("mallory", colony=OTHER)
+    async with await root.client(OTHER) as other_owner:
+        await other_owner.member_add("mallory", party.identity.public_key)
+    client = await party.client()
+    yield client
+    await client.aclose()
+
+
+async def _graph_in_dev(owner: Client) -> ProcessGraph:
+    """A workflow of ``dev``: its process ids were never a spec's ``Nats-Msg-Id``, so a
+    spec asking for one reaches the broker at once (no dedup window in the way)."""
+    graph = await owner.submit_workflow(WorkflowSpec(function_specs=[_spec("a")]))
+    assert isinstance(graph, ProcessGraph)
+    return graph
+
+
+async def test_a_spec_cannot_take_the_id_of_another_colonys_process(
+    owner: Client, mallory: Client
+) -> None:
+    """Mallory (colony ``other``) submits a spec asking for the id of a process of ``dev``:
+    refused, naming only the id; ``dev``'s process stays as it was, listed and readable."""
+    graph = await _graph_in_dev(owner)
+    pid = graph.process_ids[0]
+    before = await owner.get(pid)
+    with pytest.raises(IdTakenError) as refused:
+        await mallory.submit(_spec(), process_id=pid)
+    assert COLONY not in refused.value.message and "echo" not in refused.value.message
+    with pytest.raises(ProcessNotFoundError):
+        await mallory.get(pid)
+    assert await owner.get(pid) == before
+    assert [p.process_id for p in await owner.list_processes()] == [pid]
+    assert await mallory.list_processes() == []
+    assert before.state is ProcessState.WAITING
+
+
+async def test_a_workflow_cannot_take_the_id_of_another_colonys_process(
+    owner: Client, mallory: Client
+) -> None:
+    """The graph id of mallory's workflow is the id of a process of ``dev``: refused, and
+    nothing of it is written."""
+    graph = await _graph_in_dev(owner)
+    pid = graph.process_ids[0]
+    with pytest.raises(IdTakenError):
+        await mallory.submit_workflow(WorkflowSpec(function_specs=[_spec("b")]), graph_id=pid)
+    assert await mallory.list_processes() == []
+    assert [p.process_id for p in await owner.list_processes()] == [pid]
