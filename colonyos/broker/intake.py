@@ -136,7 +136,7 @@ class Intake:
         process_id = self._process_id(msg)
         try:
             process = self._new_process(msg, colony, executor_type, process_id, t, ns)
-            # The id is the client's choice: refused if a process of another colony has it.
+            # The id is the client's choice: refused if anything of another colony has it.
             held = self.service.index.claim(colony, [process_id])
             try:
                 written = await self.store.create(process)

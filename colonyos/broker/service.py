@@ -157,8 +157,7 @@ class Service:
         # Called after every write of a process that belongs to a graph (workflows).
         self.graph_hook: Callable[[Process], Awaitable[None]] | None = None
         # Called with the (colony, name) a heartbeat came on and the executor id it carries
-        # (registrations: a run told to stop that still heartbeats is told again). The id is
-        # the sender's word: the hook acts only where it matches the name and colony.
+        # (registrations: a run told to stop that still heartbeats is told again).
         self.heartbeat_hook: Callable[[str, str, str], None] | None = None
         self._ops: dict[str, tuple[msgspec.json.Decoder[Any], Handler]] = {
             "assign": (msgspec.json.Decoder(Assign), self.assign),
