@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import msgspec
 import sqlite_utils
@@ -31,6 +31,11 @@ from colonyos.errors import IdTakenError
 from colonyos.limits import json_array_within
 from colonyos.messages import ListProcesses
 from colonyos.models import ZERO_TIME, Process, ProcessGraph
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no lock on the index file
+    fcntl = None  # type: ignore[assignment]
 
 __all__ = ["ProcessIndex"]
 
@@ -122,6 +127,7 @@ class ProcessIndex:
         self._pending_graphs: dict[str, ProcessGraph | None] = {}  # graphid -> latest, or gone
         self._flushing: asyncio.Task[None] | None = None
         self._db: sqlite_utils.Database | None = None
+        self._lock: IO[bytes] | None = None  # held while this index owns its file
         self._flush_now = asyncio.Event()
         # Every process and graph id -> its colony: clients choose ids, and one id names one
         # thing in the whole installation (see claim), so that everything keyed by id alone
@@ -133,11 +139,14 @@ class ProcessIndex:
         await self._run(self._open_sync)
 
     def _open_sync(self) -> None:
-        if self._path is None:
+        path = self._path
+        if path is not None and not self._own_file(path):
+            logger.info("another broker keeps its index in %s: this one keeps it in memory", path)
+            path = None
+        if path is None:
             conn = sqlite3.connect(":memory:", check_same_thread=False)
         else:
-            self._path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(str(self._path), check_same_thread=False)
+            conn = sqlite3.connect(str(path), check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")
             # A projection rebuilt from KV at every start: nothing to gain from syncing it.
             conn.execute("PRAGMA synchronous=OFF")
@@ -187,9 +196,28 @@ class ProcessIndex:
         await self._run(self._close_sync)
         self._thread.shutdown(wait=True)
 
+    def _own_file(self, path: Path) -> bool:
+        """Lock the index file for this broker; False if another broker (sharing the data
+        directory) holds it: opening it would drop the other's table, which each broker
+        empties at start and refills from KV."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if fcntl is None:
+            return True
+        lock = path.with_name(path.name + ".lock").open("ab")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            return False
+        self._lock = lock
+        return True
+
     def _close_sync(self) -> None:
         if self._db is not None:
             self._db.conn.close()
+        if self._lock is not None:
+            self._lock.close()  # and with it the lock
+            self._lock = None
 
     async def _run(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 
 import msgspec
 import pytest
 
+from colonyos.broker.index import ProcessIndex
 from colonyos.client import Client
 from colonyos.config import BrokerSettings
 from colonyos.errors import IdTakenError
@@ -123,3 +125,22 @@ async def test_a_removed_process_gives_its_id_up(client: Client) -> None:
     await client.colony_add("other")
     again = await client.submit(helper_spec(conditions={"colony_name": "other"}), process_id=pid)
     assert isinstance(again, Process) and again.colony_name == "other"
+
+
+async def test_two_brokers_on_one_data_directory_keep_their_indexes_apart(tmp_path: Path) -> None:
+    """Each broker rebuilds its index from KV at start: a second broker started on the same
+    data directory must not empty the first one's."""
+    first, second = ProcessIndex(tmp_path / "index.db"), ProcessIndex(tmp_path / "index.db")
+    await first.open()
+    try:
+        mine = helper_spec(conditions={"colony_name": COLONY})
+        first.put(Process(process_id="a" * 64, spec=mine))
+        await first.flush()
+        await second.open()
+        try:
+            assert await first.colony_ids(COLONY) == (["a" * 64], [])
+            assert await second.colony_ids(COLONY) == ([], [])
+        finally:
+            await second.close()
+    finally:
+        await first.close()
