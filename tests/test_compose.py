@@ -201,6 +201,10 @@ async def _up(m: Machine) -> None:
                     await until(lambda log=log: "ready on" in log.read_text(), timeout=STEP)
             else:
                 _run(argv, env, own)
+    # A broker stands once "ready"; one of them serves requests once it leads (as a newcomer
+    # finds when the first command says no broker is answering yet).
+    logs = [m.log(name) for name, _ in m.running if name.startswith("broker-")]
+    await until(lambda: any(" leads" in log.read_text() for log in logs), timeout=STEP)
 
 
 async def _start_nats(m: Machine, name: str, service: dict[str, Any], own: Path) -> None:
