@@ -33,11 +33,25 @@ def generate_key(
         help="Seed file to write (default: --identity, $COLONIES_IDENTITY, "
         "or ~/.config/colonies/identity.nk).",
     ),
+    keep: bool = typer.Option(
+        False, "--keep", help="A seed already in the file is kept, and its public key printed."
+    ),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Make a new key pair: write its seed (private, mode 0600; never share it) and print its
-    public key. An existing file is never overwritten."""
+    public key. An existing file is never overwritten (with --keep, it is used)."""
     path = _identity_file(ctx, out)
+    if keep and path.exists():
+        try:
+            kept = load_identity(path)
+        except IdentityError as err:
+            raise fail(err.message, ExitCode.USAGE) from None
+        if as_json:
+            print_json({"publickey": kept.public_key, "file": str(path)})
+            return
+        say(f"kept the key already in {path}; its public key:")
+        print(kept.public_key)
+        return
     identity = generate()
     try:
         write_seed(path, identity)

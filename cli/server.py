@@ -385,22 +385,34 @@ def broker_start(
         envvar="COLONIES_SERVER_OWNER",
         help="NAME=PUBLIC_KEY: enrol this key as a server owner under NAME (secure servers).",
     ),
+    keys_dir: Path | None = typer.Option(
+        None,
+        "--keys-dir",
+        envvar="COLONIES_KEYS_DIR",
+        help="The installation's keys (default: DATA_DIR/keys, if there): brokers that share "
+        "keys need not share a data directory.",
+        show_default=False,
+    ),
 ) -> None:
     """Start a broker against --nats; run several for fail-over (one leads, others stand by).
-    On a secure server it uses the keys under --data-dir (colonies server config)."""
+    On a secure server it uses the keys under --data-dir (colonies server config), or
+    --keys-dir."""
     settings = settings_of(ctx)
     name, _, key = owner.partition("=")
     if owner and (not name or public_key_kind(key) != "user"):
         raise fail(f"--owner {owner!r}: give NAME=PUBLIC_KEY, the key a user's (U..., 56 chars)")
 
+    if keys_dir is not None and not keys_dir.is_dir():
+        raise fail(f"--keys-dir {keys_dir}: no such directory (colonies server config makes it)")
+    keys = keys_dir or data_dir / "keys"
+
     async def go() -> None:
-        keys_dir = data_dir / "keys"
         broker = Broker(
             BrokerSettings.from_env(
                 nats_url=settings.nats_url,
                 prefix=settings.prefix,
                 data_dir=data_dir,
-                keys_dir=keys_dir if keys_dir.is_dir() else None,
+                keys_dir=keys if keys.is_dir() else None,
                 tls_ca=settings.tls_ca,
             )
         )

@@ -185,6 +185,20 @@ class ProcessExistsError(ConflictError):
         )
 
 
+class IdTakenError(ConflictError):
+    """A submission asked for a process or graph id that another submission holds; it says
+    nothing more about the holder (which may be in another colony)."""
+
+    code = "id_taken"
+
+    def __init__(self, item_id: str) -> None:
+        super().__init__(
+            f"id {item_id} is taken: submit with a new id (a random one, as the SDK and the "
+            "CLI choose when given none)",
+            process_id=item_id,
+        )
+
+
 class ExecutorNameTakenError(ConflictError):
     """Registering a name that a live executor holds (.holder_host, .holder_pid, .holder_since)."""
 

@@ -144,3 +144,26 @@ async def test_a_raw_spec_whose_record_cannot_be_stored_is_rejected_once(
         assert isinstance(ok, Process)
     finally:
         await nc.close()
+
+
+async def test_a_spec_rejected_at_its_write_holds_no_id(
+    broker: Broker, client: Client, settings: Settings
+) -> None:
+    """The id a spec asked for is held from before its write; a write refused (the record too
+    large) gives it back, so no colony is refused an id under which nothing exists."""
+    subjects = Subjects(settings.prefix)
+    nc = await nats.connect(settings.nats_url)
+    try:
+        events = await nc.subscribe(subjects.events_filter(colony=COLONY))
+        filler = "x" * (nc.max_payload - 400)
+        body = msgspec.json.encode(
+            {"funcname": "f", "conditions": {"executortype": "echo"}, "args": [filler]}
+        )
+        await nc.jetstream().publish(subjects.specs(COLONY, "echo"), body)
+        msg = await events.next_msg(timeout=5)
+        rejection = msgspec.json.decode(msg.data, type=Rejection)
+        assert ".rejected." in msg.subject and "bytes" in rejection.error, rejection
+        held = broker.service.index.claim("other", [rejection.process_id])
+        assert held == [rejection.process_id]
+    finally:
+        await nc.close()

@@ -18,17 +18,24 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import msgspec
 import sqlite_utils
 
+from colonyos.errors import IdTakenError
 from colonyos.limits import json_array_within
 from colonyos.messages import ListProcesses
 from colonyos.models import ZERO_TIME, Process, ProcessGraph
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no lock on the index file
+    fcntl = None  # type: ignore[assignment]
 
 __all__ = ["ProcessIndex"]
 
@@ -120,17 +127,26 @@ class ProcessIndex:
         self._pending_graphs: dict[str, ProcessGraph | None] = {}  # graphid -> latest, or gone
         self._flushing: asyncio.Task[None] | None = None
         self._db: sqlite_utils.Database | None = None
+        self._lock: IO[bytes] | None = None  # held while this index owns its file
         self._flush_now = asyncio.Event()
+        # Every process and graph id -> its colony: clients choose ids, and one id names one
+        # thing in the whole installation (see claim), so that everything keyed by id alone
+        # (this index, the queue, the running set, the events' Nats-Msg-Id) stays in its colony.
+        self._holders: dict[str, str] = {}
+        self._colony_names: dict[str, str] = {}  # one string per colony, shared by its ids
 
     async def open(self) -> None:
         await self._run(self._open_sync)
 
     def _open_sync(self) -> None:
-        if self._path is None:
+        path = self._path
+        if path is not None and not self._own_file(path):
+            logger.info("another broker keeps its index in %s: this one keeps it in memory", path)
+            path = None
+        if path is None:
             conn = sqlite3.connect(":memory:", check_same_thread=False)
         else:
-            self._path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(str(self._path), check_same_thread=False)
+            conn = sqlite3.connect(str(path), check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")
             # A projection rebuilt from KV at every start: nothing to gain from syncing it.
             conn.execute("PRAGMA synchronous=OFF")
@@ -180,9 +196,28 @@ class ProcessIndex:
         await self._run(self._close_sync)
         self._thread.shutdown(wait=True)
 
+    def _own_file(self, path: Path) -> bool:
+        """Lock the index file for this broker; False if another broker (sharing the data
+        directory) holds it: opening it would drop the other's table, which each broker
+        empties at start and refills from KV."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if fcntl is None:
+            return True
+        lock = path.with_name(path.name + ".lock").open("ab")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            return False
+        self._lock = lock
+        return True
+
     def _close_sync(self) -> None:
         if self._db is not None:
             self._db.conn.close()
+        if self._lock is not None:
+            self._lock.close()  # and with it the lock
+            self._lock = None
 
     async def _run(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
@@ -190,21 +225,47 @@ class ProcessIndex:
     # -- writes: coalesced per process, applied in batches ------------------------------
     def put(self, process: Process, data: bytes | None = None) -> None:
         """Index the process (``data``: its JSON, if the caller has it already)."""
+        self._hold(process.colony_name, process.process_id)
         self._pending[process.process_id] = (process, data)
         self._schedule()
 
     def remove(self, process_id: str) -> None:
+        self._holders.pop(process_id, None)
         self._pending[process_id] = None
         self._schedule()
 
     def put_graph(self, graph: ProcessGraph) -> None:
         """Index the graph as written (at creation, and at every change of its state)."""
+        self._hold(graph.colony_name, graph.process_graph_id)
         self._pending_graphs[graph.process_graph_id] = graph
         self._schedule()
 
     def remove_graph(self, graph_id: str) -> None:
+        self._holders.pop(graph_id, None)
         self._pending_graphs[graph_id] = None
         self._schedule()
+
+    # -- ids: one colony each -------------------------------------------------------------
+    def _hold(self, colony: str, item_id: str) -> None:
+        self._holders[item_id] = self._colony_names.setdefault(colony, colony)
+
+    def claim(self, colony: str, ids: Sequence[str]) -> list[str]:
+        """Hold ``ids`` for ``colony`` before anything is written under them; the ids newly
+        held (to :meth:`release` should nothing be written after all). If another colony holds
+        any of them, :class:`IdTakenError`, holding nothing: the refusal names the id and
+        nothing of its holder. Synchronous, so two submissions of one id cannot both pass."""
+        for i in ids:
+            if self._holders.get(i, colony) != colony:
+                raise IdTakenError(i)
+        fresh = [i for i in dict.fromkeys(ids) if i not in self._holders]
+        for i in fresh:
+            self._hold(colony, i)
+        return fresh
+
+    def release(self, ids: Sequence[str]) -> None:
+        """Give back ids :meth:`claim` held, under which nothing was written."""
+        for i in ids:
+            self._holders.pop(i, None)
 
     def _schedule(self) -> None:
         if self._flushing is None or self._flushing.done():

@@ -136,7 +136,13 @@ class Intake:
         process_id = self._process_id(msg)
         try:
             process = self._new_process(msg, colony, executor_type, process_id, t, ns)
-            written = await self.store.create(process)
+            # The id is the client's choice: refused if anything of another colony has it.
+            held = self.service.index.claim(colony, [process_id])
+            try:
+                written = await self.store.create(process)
+            except ColoniesError:
+                self.service.index.release(held)
+                raise
         except ColoniesError as err:
             logger.info("rejected spec %s in colony %s: %s", process_id, colony, err.message)
             await self.store.reject(colony, executor_type, process_id, err)

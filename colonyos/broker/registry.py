@@ -166,7 +166,11 @@ class Registry:
             req.executor_id, f"{reason} ({req.reason})" if req.reason else reason
         )
 
-    def _heard(self, executor_id: str) -> None:
+    def _heard(self, colony: str, name: str, executor_id: str) -> None:
+        # The id is whatever the heartbeat says: only the run registered under the name and
+        # colony it beats as is told, never another colony's executor.
+        if self.service._names.get(executor_id) != (colony, name):
+            return
         stale = self._stale_run(executor_id)
         if stale is not None:  # it missed being told: tell it again
             task = asyncio.create_task(self.service.tell(*stale))

@@ -156,9 +156,9 @@ class Service:
         self.unconfirmed: set[str] = set()
         # Called after every write of a process that belongs to a graph (workflows).
         self.graph_hook: Callable[[Process], Awaitable[None]] | None = None
-        # Called with the executor id of every heartbeat (registrations: a run told to stop
-        # that still heartbeats is told again).
-        self.heartbeat_hook: Callable[[str], None] | None = None
+        # Called with the (colony, name) a heartbeat came on and the executor id it carries
+        # (registrations: a run told to stop that still heartbeats is told again).
+        self.heartbeat_hook: Callable[[str, str, str], None] | None = None
         self._ops: dict[str, tuple[msgspec.json.Decoder[Any], Handler]] = {
             "assign": (msgspec.json.Decoder(Assign), self.assign),
             "assign_many": (msgspec.json.Decoder(Assign), self.assign_many),
@@ -370,7 +370,7 @@ class Service:
             self.heard[beat.executor_id] = time.monotonic()
             self.reports[beat.executor_id] = _Report(time.time_ns(), frozenset(beat.running))
         if self.heartbeat_hook is not None:
-            self.heartbeat_hook(beat.executor_id)
+            self.heartbeat_hook(colony, name, beat.executor_id)
 
     async def tell(self, colony: str, executor_name: str, message: Control) -> None:
         """A message to a live executor on its control subject (not stored)."""

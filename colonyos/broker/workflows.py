@@ -71,6 +71,9 @@ class Workflows:
         graph_id = self.graph_id(msg)
         try:
             graph, processes = self._plan(msg, colony, graph_id, t, ns)
+            # The graph id is the client's choice (and the process ids derive from it):
+            # refused if anything of another colony has one of them.
+            self.service.index.claim(colony, [graph_id, *(p.process_id for p in processes)])
         except ColoniesError as err:
             logger.info("rejected workflow %s in %s: %s", graph_id, colony, err.message)
             await self.store.reject(colony, GRAPH_TOKEN, graph_id, err)

@@ -91,6 +91,21 @@ def test_key_generate_and_show_agree(tmp_path: Path) -> None:
     assert shown.exit_code == 0 and shown.stdout.strip() == public
     again = runner.invoke(app, ["key", "generate", "--out", str(path)])
     assert again.exit_code == 2 and "already exists" in again.output
+    kept = runner.invoke(app, ["key", "generate", "--out", str(path), "--keep"])
+    assert kept.exit_code == 0 and kept.stdout.strip().splitlines()[-1] == public, kept.output
+    junk = tmp_path / "junk.nk"
+    junk.write_text("not a seed\n")
+    junk.chmod(0o600)
+    refused = runner.invoke(app, ["key", "generate", "--out", str(junk), "--keep"])
+    assert refused.exit_code == 2 and "does not hold an nkey seed" in refused.output
+
+
+def test_broker_start_names_a_keys_dir_that_is_not_there(tmp_path: Path) -> None:
+    runner = CliRunner()
+    missing = tmp_path / "keys"
+    result = runner.invoke(app, ["broker", "start", "--keys-dir", str(missing)])
+    assert result.exit_code == 2, result.output
+    assert f"--keys-dir {missing}: no such directory" in result.output
 
 
 def test_server_urls_are_logged_without_credentials() -> None:
