@@ -11,8 +11,10 @@ What remains is the broker's to decide, here, in one place:
 - requests on the server scope reach the broker only from server owners (the server allows
   no one else to publish there).
 
-Executors' own requests (assign, close, fail, log, release) are bound to the executor named by
-the caller token already (service.py): an executor acts only on what is assigned to it.
+- executors' own requests (register, assign, close, fail, log, release...) need a live member
+  record of role executor for the caller: the executor record alone is not enough (its name may
+  since have been removed and given to a user). Beyond that they are bound to the executor named
+  by the caller token (service.py): an executor acts only on what is assigned to it.
 """
 
 from __future__ import annotations
@@ -43,9 +45,22 @@ OWNER_OPS = frozenset(
 # What only a server owner may ask, and only on the server scope (the server lets no one else
 # publish there): asked on a colony's subject, any member could run them.
 SERVER_OPS = frozenset({"colony_add", "colony_remove", "colony_list", "colony_get"})
-# What only an executor's key may ask (the rest of an executor's requests need its
-# registration, which this guards).
-EXECUTOR_OPS = frozenset({"register"})
+# What only an executor may ask: a live (not removed) member record of role executor for the
+# caller's name, whatever executor record the name still has (a removed executor's name added
+# again as a user must not inherit its registration).
+EXECUTOR_OPS = frozenset(
+    {
+        "register",
+        "release",
+        "assign",
+        "assign_many",
+        "results",
+        "close",
+        "fail",
+        "log",
+        "add_child",
+    }
+)
 
 
 def reply_in_inbox(prefix: str, colony: str, caller: str, reply: str) -> bool:
@@ -108,10 +123,13 @@ class Membership:
             )
         if op in EXECUTOR_OPS:
             member = await self.book.get(colony, caller)
-            if member is None or member.role is not Role.EXECUTOR:
+            if member is None or member.removed or member.role is not Role.EXECUTOR:
+                what = "a stranger"
+                if member is not None:
+                    what = "a removed member" if member.removed else f"a {member.role}"
                 raise NotAuthorizedError(
-                    f"not allowed: {caller!r} is a {member.role if member else 'stranger'} "
-                    f"of colony {colony!r}, not an executor",
+                    f"not allowed: {op.replace('_', ' ')}: {caller!r} is {what} of colony "
+                    f"{colony!r}, not an executor",
                     op=op,
                     caller=caller,
                 )
@@ -120,11 +138,10 @@ class Membership:
         return reply_in_inbox(self.service.subjects.prefix, colony, caller, reply)
 
     async def _owns(self, colony: str, caller: str) -> bool:
+        """A colony owner's live record: a server owner without one manages colonies, not
+        what is in them."""
         member = await self.book.get(colony, caller)
-        if member is not None:
-            return member.role is Role.COLONY_OWNER
-        # No record of that name in the colony: the connection holds the server owner's key.
-        return await self.book.get(SERVER_SCOPE, caller) is not None
+        return member is not None and not member.removed and member.role is Role.COLONY_OWNER
 
     # -- members ------------------------------------------------------------------------------
     async def member_add(self, colony: str, caller: str, req: MemberAdd) -> Member:
@@ -172,9 +189,16 @@ class Membership:
         return await self.book.all_of(colony)
 
     async def member_remove(self, colony: str, caller: str, req: Named) -> None:
+        """The member's next connection is refused and its live ones are cut; an executor is
+        unregistered too (its processes go back to the queue, as a lost executor's do), so
+        that nothing of its registration is left for whoever holds the name next."""
+        held = await self.book.get(colony, req.name)
         if not await self.book.remove(colony, req.name):
             raise NotFoundError(f"colony {colony!r} has no member {req.name!r}", name=req.name)
         logger.info("%s removed member %s from %s", caller, req.name, colony)
+        known = self.service.executors.get((colony, req.name))
+        if held is not None and held.role is Role.EXECUTOR and known is not None:
+            await self.admin.executor_remove(colony, caller, Named(name=req.name))
         if self.service.cut is not None:  # its live connections end now, not at JWT expiry
             await self.service.cut(colony, req.name)
         return None

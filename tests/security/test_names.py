@@ -1,0 +1,91 @@
+"""Names, roles and inboxes on a secure installation: what a name held once gives its next
+holder (nothing), who may take a free name, and whose replies an inbox carries."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import msgspec
+import pytest
+
+from colonyos.broker import Broker
+from colonyos.client import Client
+from colonyos.errors import NotAuthorizedError
+from colonyos.models import Executor, ExecutorState, Process, ProcessState
+from colonyos.security.members import Member, MemberBook
+from colonyos.security.permissions import Role
+from tests.helpers import spec
+from tests.security.conftest import COLONY, Party
+
+pytestmark = pytest.mark.timeout(60)
+
+MakeParty = Callable[..., Party]
+
+
+async def _approved_executor(party: Party) -> Client:
+    """``party`` registered as an executor of dev (auto-approve) and connected again with the
+    rights of an approved one."""
+    async with await Client.connect(party.settings, caller=party.name, executor=True) as first:
+        await first.register(Executor(executor_name=party.name, executor_type="echo"))
+    return await Client.connect(party.settings, caller=party.name, executor=True)
+
+
+async def test_a_removed_executors_name_given_to_a_user_inherits_nothing(
+    make_party: MakeParty, owner: Client, secure_broker: Broker
+) -> None:
+    """Removing an executor member unregisters it (what it ran goes back to the queue); the
+    name added again as a user's may not take, close or fail work: executor requests follow
+    the member record's role, not the executor record the name had."""
+    worker = make_party("w1")
+    async with await _approved_executor(worker) as ex:
+        submitted = await owner.submit(spec())
+        assert isinstance(submitted, Process)
+        taken = await ex.assign(timeout=10)
+        assert taken is not None and taken.process_id == submitted.process_id
+        await owner.member_remove("w1")
+    assert secure_broker.service is not None
+    assert secure_broker.service.executor(COLONY, "w1").state is ExecutorState.UNREGISTERED
+    back = await owner.get(submitted.process_id)
+    assert back.state is ProcessState.WAITING
+
+    user = make_party("w1")
+    await owner.member_add("w1", user.identity.public_key)
+    async with await user.client() as squatter:
+        with pytest.raises(NotAuthorizedError, match="'w1' is a user of colony 'dev', not an"):
+            await squatter.assign(timeout=1)
+        with pytest.raises(NotAuthorizedError, match="not an executor"):
+            await squatter.close(submitted.process_id, ["stolen"])
+        with pytest.raises(NotAuthorizedError, match="not an executor"):
+            await squatter.fail(submitted.process_id, ["stolen"])
+    assert (await owner.get(submitted.process_id)).state is ProcessState.WAITING
+
+
+async def test_a_removed_executor_record_gives_no_executor_rights(
+    make_party: MakeParty, owner: Client, secure_broker: Broker, book: MemberBook
+) -> None:
+    """The broker's own check, whatever rights a connection was given when it connected."""
+    worker = make_party("w2")
+    async with await _approved_executor(worker) as ex:
+        held = await book.get(COLONY, "w2")
+        assert held is not None
+        await book.put(msgspec.structs.replace(held, removed=True))
+        with pytest.raises(NotAuthorizedError, match="'w2' is a removed member of colony"):
+            await ex.assign(timeout=1)
+
+
+async def test_a_removed_colony_owner_owns_nothing(
+    make_party: MakeParty, owner: Client, secure_broker: Broker, book: MemberBook
+) -> None:
+    carol = make_party("carol")
+    await book.put(
+        Member(
+            colony_name=COLONY,
+            name="carol",
+            public_key=carol.identity.public_key,
+            role=Role.COLONY_OWNER,
+            removed=True,
+        )
+    )
+    assert secure_broker.service is not None and secure_broker.service.authorize is not None
+    with pytest.raises(NotAuthorizedError, match="owner of colony 'dev', and 'carol' is not"):
+        await secure_broker.service.authorize(COLONY, "carol", "member_add")
