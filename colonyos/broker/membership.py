@@ -5,12 +5,10 @@ The NATS server already makes the caller token of ``<prefix>.<colony>.rpc.<calle
 unforgeable and keeps members inside their colony (see colonyos/security/permissions.py).
 What remains is the broker's to decide, here, in one place:
 
-- only a colony owner (or a server owner) approves, rejects, removes and adds executors and
-  manages members;
-- only a member whose key holds an executor name registers as an executor (a user cannot);
+- only a colony owner (a live record; a server owner manages colonies, not their members)
+  approves, rejects, removes and adds executors and manages members;
 - requests on the server scope reach the broker only from server owners (the server allows
-  no one else to publish there).
-
+  no one else to publish there);
 - executors' own requests (register, assign, close, fail, log, release...) need a live member
   record of role executor for the caller: the executor record alone is not enough (its name may
   since have been removed and given to a user). Beyond that they are bound to the executor named
@@ -38,7 +36,7 @@ __all__ = ["OWNER_OPS", "Membership"]
 
 logger = logging.getLogger(__name__)
 
-# What only a colony's owner (or a server owner) may ask.
+# What only a colony's owner may ask (a server owner without a record there may not).
 OWNER_OPS = frozenset(
     {"executor_approve", "executor_reject", "executor_remove", "member_add", "member_remove"}
 )
@@ -68,13 +66,12 @@ def reply_in_inbox(prefix: str, colony: str, caller: str, reply: str) -> bool:
     inbox, ``_INBOX.<prefix>.<colony>.<caller>.``. nats-server checks what a client publishes
     to, not the reply subject it names, and the answer goes out with the broker's rights (a
     reply subject in another colony's specs would have it stored there). A server owner's
-    request names the scope ``_server``, its inbox the colony it connected to."""
+    request (colony ``_server``) is answered in its inbox on the server scope, which no colony
+    member's can be."""
     if not reply:
         return True  # nothing to answer
     parts = reply.split(".")
-    if len(parts) < 5 or parts[:2] != ["_INBOX", prefix]:
-        return False
-    return parts[3] == caller and (colony == SERVER_SCOPE or parts[2] == colony)
+    return len(parts) >= 5 and parts[:4] == ["_INBOX", prefix, colony, caller]
 
 
 class Membership:

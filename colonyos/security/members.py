@@ -162,7 +162,8 @@ class MemberBook:
         ``name`` in ``colony`` (``executor``: as an executor, which may take a free name);
         :class:`Refused` says why it has none. A server owner has that role on a connection
         to any colony, under the same name and key (so that one CLI can add a colony and then
-        use it)."""
+        use it); in a colony where it has no member record, that role only (it manages
+        colonies, not what is in them)."""
         owner = await self.get(SERVER_SCOPE, name)
         server_owner = owner is not None and owner.public_key == public_key and not owner.removed
         extra = (Role.SERVER_OWNER,) if server_owner else ()

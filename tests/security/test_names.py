@@ -89,3 +89,39 @@ async def test_a_removed_colony_owner_owns_nothing(
     assert secure_broker.service is not None and secure_broker.service.authorize is not None
     with pytest.raises(NotAuthorizedError, match="owner of colony 'dev', and 'carol' is not"):
         await secure_broker.service.authorize(COLONY, "carol", "member_add")
+
+
+async def test_a_squatter_of_the_server_owners_name_hears_none_of_its_answers(
+    make_party: MakeParty, owner: Client, root: Party, secure_prefix: str
+) -> None:
+    """root (a server owner) connects to colony lab, where it has no member record; a stranger
+    takes the name root in lab as an executor, with the inbox a member root of lab would have.
+    root's answers come on the server scope, where no colony member's inbox can be."""
+    olive = make_party("olive", colony="lab")
+    await owner.colony_add(
+        "lab", auto_approve=True, owner_key=olive.identity.public_key, owner_name="olive"
+    )
+    async with await root.client("lab") as root_in_lab:
+        squatter = make_party("root", colony="lab")
+        async with await Client.connect(squatter.settings, caller="root", executor=True) as sq:
+            sub = await sq.nc.subscribe(f"_INBOX.{secure_prefix}.lab.root.>")
+            await sq.nc.flush()
+            assert "lab" in [c.name for c in await root_in_lab.colony_list()]
+            await root_in_lab.colony_get("lab")
+            await sq.nc.flush()  # anything sent to its subscription has arrived by now
+            assert sub.pending_msgs == 0
+
+
+async def test_a_server_owner_manages_colonies_not_what_is_in_them(
+    make_party: MakeParty, owner: Client, root: Party
+) -> None:
+    """In a colony it has no member record in, a server owner's connection may ask server
+    operations only: the server refuses it the colony's processes and members."""
+    olive = make_party("olive", colony="lab")
+    await owner.colony_add("lab", owner_key=olive.identity.public_key, owner_name="olive")
+    async with await root.client("lab") as root_in_lab:
+        assert (await root_in_lab.colony_get("lab")).name == "lab"
+        with pytest.raises(NotAuthorizedError, match="the server refused 'list'"):
+            await root_in_lab.list_processes()
+        with pytest.raises(NotAuthorizedError, match="the server refused 'member_add'"):
+            await root_in_lab.member_add("mallory", make_party("m").identity.public_key)
