@@ -17,6 +17,7 @@ What remains is the broker's to decide, here, in one place:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import msgspec
@@ -82,6 +83,7 @@ class Membership:
         self.secure = secure
         # A run registers once, then again every few seconds while pending approval.
         self._registrations = Throttle(burst=20, per_s=0.5)
+        self._adding = asyncio.Lock()
         service.register_ops(
             colony_add=(ColonyAdd, self.colony_add),
             member_add=(MemberAdd, self.member_add),
@@ -213,15 +215,23 @@ class Membership:
     # -- colonies and their owners ------------------------------------------------------------
     async def colony_add(self, colony: str, caller: str, req: ColonyAdd) -> Colony:
         """A new colony, with its owner: the key given, else (on a secure installation) the
-        server owner who adds it, under its own name."""
-        owner = await self._owner_of_new_colony(req.colony.name, caller, req)
-        added = await self.admin.colony_add(colony, caller, req)
-        if owner is not None:
-            try:
-                await self.book.add(owner)
-            except Refused as err:
-                raise ConflictError(str(err), name=owner.name) from None
-        return added
+        server owner who adds it, under its own name. The owner's record is written first, so
+        that no colony is left made without its owner; one colony is added at a time, so that
+        two adding the same name cannot mix their owners."""
+        name = check_name("colonyname", req.colony.name)
+        owner = await self._owner_of_new_colony(name, caller, req)
+        async with self._adding:
+            if name in self.service.colonies:
+                raise ConflictError(f"colony {name!r} already exists", colony_name=name)
+            if owner is not None:
+                # A colony that does not exist has no members: records a removal or an
+                # earlier failed add left behind do not stand in its new owner's way.
+                await self.book.forget_colony(name)
+                try:
+                    await self.book.add(owner)
+                except Refused as err:
+                    raise ConflictError(str(err), name=owner.name) from None
+            return await self.admin.colony_add(colony, caller, req)
 
     async def _owner_of_new_colony(self, colony: str, caller: str, req: ColonyAdd) -> Member | None:
         key, name = req.owner_key, req.owner_name

@@ -10,7 +10,7 @@ import pytest
 
 from colonyos.broker import Broker
 from colonyos.client import Client
-from colonyos.errors import NotAuthorizedError
+from colonyos.errors import ConflictError, NotAuthorizedError
 from colonyos.models import Executor, ExecutorState, Process, ProcessState
 from colonyos.security.members import Member, MemberBook
 from colonyos.security.permissions import Role
@@ -125,3 +125,42 @@ async def test_a_server_owner_manages_colonies_not_what_is_in_them(
             await root_in_lab.list_processes()
         with pytest.raises(NotAuthorizedError, match="the server refused 'member_add'"):
             await root_in_lab.member_add("mallory", make_party("m").identity.public_key)
+
+
+async def test_a_new_colony_starts_with_its_owner_whatever_records_were_left(
+    make_party: MakeParty, owner: Client, book: MemberBook
+) -> None:
+    """Records of a colony that does not exist (left by a failed add or removal) neither
+    refuse the new colony's owner nor leave the colony made without it."""
+    stale, olive = make_party("olive", colony="lab"), make_party("olive", colony="lab")
+    for name in ("olive", "bob"):
+        await book.put(
+            Member(
+                colony_name="lab",
+                name=name,
+                public_key=stale.identity.public_key,
+                role=Role.COLONY_OWNER,
+            )
+        )
+    await owner.colony_add("lab", owner_key=olive.identity.public_key, owner_name="olive")
+    held = await book.get("lab", "olive")
+    assert held is not None and held.public_key == olive.identity.public_key
+    assert [m.name for m in await book.all_of("lab")] == ["olive"]
+
+
+async def test_adding_an_existing_colony_writes_no_owner_into_it(
+    make_party: MakeParty, owner: Client, book: MemberBook
+) -> None:
+    mallory = make_party("mallory")
+    with pytest.raises(ConflictError, match="colony 'dev' already exists"):
+        await owner.colony_add(COLONY, owner_key=mallory.identity.public_key, owner_name="mallory")
+    assert await book.get(COLONY, "mallory") is None
+    assert await book.get(COLONY, "root") is not None
+
+
+async def test_every_member_lists_the_colonys_members(make_party: MakeParty, owner: Client) -> None:
+    bob = make_party("bob")
+    await owner.member_add("bob", bob.identity.public_key)
+    async with await bob.client() as client:
+        listed = {m.name: m.role for m in await client.member_list()}
+    assert listed == {"bob": Role.USER, "root": Role.COLONY_OWNER}
