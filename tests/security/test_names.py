@@ -14,7 +14,7 @@ from colonyos.errors import ConflictError, NotAuthorizedError
 from colonyos.models import Executor, ExecutorState, Process, ProcessState
 from colonyos.security.members import Member, MemberBook
 from colonyos.security.permissions import Role
-from tests.helpers import spec
+from tests.helpers import spec, until
 from tests.security.conftest import COLONY, Party
 
 pytestmark = pytest.mark.timeout(60)
@@ -30,6 +30,8 @@ async def _approved_executor(party: Party) -> Client:
     return await Client.connect(party.settings, caller=party.name, executor=True)
 
 
+# nats-py leaves the socket of a refused reconnect open: its warning is not this test's.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 async def test_a_removed_executors_name_given_to_a_user_inherits_nothing(
     make_party: MakeParty, owner: Client, secure_broker: Broker
 ) -> None:
@@ -164,3 +166,57 @@ async def test_every_member_lists_the_colonys_members(make_party: MakeParty, own
     async with await bob.client() as client:
         listed = {m.name: m.role for m in await client.member_list()}
     assert listed == {"bob": Role.USER, "root": Role.COLONY_OWNER}
+
+
+async def test_executors_waiting_for_approval_are_bounded_per_colony(
+    make_party: MakeParty, owner: Client, book: MemberBook
+) -> None:
+    """A stranger's free names wait for approval at most max_pending at once; lapsed claims
+    do not count, and executors the owner adds ahead are never refused."""
+    await owner.colony_add("strict")
+    book.max_pending = 2
+    stranger = make_party("x", colony="strict")
+    for name in ("new-1", "new-2"):
+        async with await Client.connect(stranger.settings, caller=name, executor=True):
+            pass
+    with pytest.raises(NotAuthorizedError, match="not allowed"):
+        await Client.connect(stranger.settings, caller="new-3", executor=True)
+    assert await book.get("strict", "new-3") is None
+    book.pending_silence_s = 0.0  # every claim so far has lapsed
+    async with await Client.connect(stranger.settings, caller="new-3", executor=True):
+        pass
+    held = await book.get("strict", "new-3")
+    assert held is not None and held.claimed_at is not None
+
+
+# nats-py leaves the socket of a refused reconnect open: its warning is not this test's.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+async def test_a_silent_claim_never_approved_lapses_and_its_holder_is_cut(
+    make_party: MakeParty, owner: Client, book: MemberBook
+) -> None:
+    """A stranger took gpu-1 in a colony that approves no one by itself, and stays connected
+    without registering. Until its claim lapses the name is its; then the name's rightful
+    executor takes it, and the squatter's connection is cut (it held the name's inbox)."""
+    await owner.colony_add("strict")
+    squatter, gpu = make_party("gpu-1", colony="strict"), make_party("gpu-1", colony="strict")
+    async with await Client.connect(squatter.settings, caller="gpu-1", executor=True) as sq:
+        with pytest.raises(NotAuthorizedError, match="not allowed"):
+            await Client.connect(gpu.settings, caller="gpu-1", executor=True)
+        book.pending_silence_s = 0.0
+        async with await Client.connect(gpu.settings, caller="gpu-1", executor=True) as mine:
+            await until(lambda: not sq.nc.is_connected, timeout=10)
+            registered = await mine.register(Executor(executor_name="gpu-1", executor_type="gpu"))
+            assert registered.state is ExecutorState.PENDING
+        held = await book.get("strict", "gpu-1")
+        assert held is not None and held.public_key == gpu.identity.public_key
+
+
+async def test_a_claim_once_approved_does_not_lapse(
+    make_party: MakeParty, owner: Client, book: MemberBook
+) -> None:
+    worker, other = make_party("w3"), make_party("w3")
+    async with await _approved_executor(worker):
+        pass
+    book.pending_silence_s = 0.0
+    with pytest.raises(NotAuthorizedError, match="not allowed"):
+        await Client.connect(other.settings, caller="w3", executor=True)
