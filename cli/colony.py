@@ -18,7 +18,9 @@ def add(
     ctx: typer.Context,
     name: str = typer.Option(..., "--name", help="Colony name."),
     auto_approve: bool = typer.Option(
-        False, "--auto-approve", help="Approve executors as they register."
+        False,
+        "--auto-approve",
+        help="Approve executors as they register (secure: a member's key).",
     ),
     owner: str = typer.Option(
         "", "--owner", help="Public key of its owner (default: yours, the server owner's)."

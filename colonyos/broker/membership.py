@@ -94,6 +94,7 @@ class Membership:
         if secure:
             service.authorize = self.authorize
             service.reply_allowed = self.reply_allowed
+            service.auto_approves = self.auto_approves
 
     # -- the role rules ---------------------------------------------------------------------
     async def authorize(self, colony: str, caller: str, op: str) -> None:
@@ -132,6 +133,20 @@ class Membership:
                     op=op,
                     caller=caller,
                 )
+
+    async def auto_approves(self, colony: str, name: str) -> bool:
+        """An auto-approve colony approves at once only its own people's executors: the key
+        holding the executor's name is also the key of a live user or owner of the colony
+        (``colonies dev``'s echo executor runs with its owner's key). A stranger's key waits
+        for the owner's approval, as in any colony."""
+        held = await self.book.get(colony, name)
+        if held is None or held.removed:
+            return False
+        people = (Role.USER, Role.COLONY_OWNER)
+        return any(
+            m.public_key == held.public_key and m.role in people
+            for m in await self.book.all_of(colony)
+        )
 
     def reply_allowed(self, colony: str, caller: str, reply: str) -> bool:
         return reply_in_inbox(self.service.subjects.prefix, colony, caller, reply)

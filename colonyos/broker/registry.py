@@ -80,9 +80,9 @@ class Registry:
                 if previous.executor_type == ex.executor_type:
                     state = previous.state
                 else:
-                    state = self._first_state(colony)
+                    state = await self._first_state(colony, ex.executor_name)
             else:
-                state = self._first_state(colony)
+                state = await self._first_state(colony, ex.executor_name)
             t = now()
             registered = msgspec.structs.replace(
                 ex,
@@ -107,10 +107,13 @@ class Registry:
             )
         return registered
 
-    def _first_state(self, colony: str) -> ExecutorState:
-        if self.service.colonies[colony].auto_approve:
-            return ExecutorState.APPROVED
-        return ExecutorState.PENDING
+    async def _first_state(self, colony: str, name: str) -> ExecutorState:
+        if not self.service.colonies[colony].auto_approve:
+            return ExecutorState.PENDING
+        check = self.service.auto_approves
+        if check is not None and not await check(colony, name):
+            return ExecutorState.PENDING  # a stranger's key, even in an auto-approve colony
+        return ExecutorState.APPROVED
 
     async def _take_name(self, colony: str, previous: Executor, req: Register) -> None:
         """A new run registers a name an earlier run holds: refused while that run answers

@@ -22,9 +22,15 @@ pytestmark = pytest.mark.timeout(60)
 MakeParty = Callable[..., Party]
 
 
+def _runs_with_key_of(person: Party, name: str) -> Party:
+    """An executor ``name`` that runs with ``person``'s key (a member's executors are
+    approved as they register in an auto-approve colony)."""
+    return Party(name, person.identity, person.settings)
+
+
 async def _approved_executor(party: Party) -> Client:
-    """``party`` registered as an executor of dev (auto-approve) and connected again with the
-    rights of an approved one."""
+    """``party`` registered as an executor of dev (auto-approve, and its key is the owner's)
+    and connected again with the rights of an approved one."""
     async with await Client.connect(party.settings, caller=party.name, executor=True) as first:
         await first.register(Executor(executor_name=party.name, executor_type="echo"))
     return await Client.connect(party.settings, caller=party.name, executor=True)
@@ -33,12 +39,12 @@ async def _approved_executor(party: Party) -> Client:
 # nats-py leaves the socket of a refused reconnect open: its warning is not this test's.
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 async def test_a_removed_executors_name_given_to_a_user_inherits_nothing(
-    make_party: MakeParty, owner: Client, secure_broker: Broker
+    make_party: MakeParty, owner: Client, root: Party, secure_broker: Broker
 ) -> None:
     """Removing an executor member unregisters it (what it ran goes back to the queue); the
     name added again as a user's may not take, close or fail work: executor requests follow
     the member record's role, not the executor record the name had."""
-    worker = make_party("w1")
+    worker = _runs_with_key_of(root, "w1")
     async with await _approved_executor(worker) as ex:
         submitted = await owner.submit(spec())
         assert isinstance(submitted, Process)
@@ -63,10 +69,10 @@ async def test_a_removed_executors_name_given_to_a_user_inherits_nothing(
 
 
 async def test_a_removed_executor_record_gives_no_executor_rights(
-    make_party: MakeParty, owner: Client, secure_broker: Broker, book: MemberBook
+    owner: Client, root: Party, book: MemberBook
 ) -> None:
     """The broker's own check, whatever rights a connection was given when it connected."""
-    worker = make_party("w2")
+    worker = _runs_with_key_of(root, "w2")
     async with await _approved_executor(worker) as ex:
         held = await book.get(COLONY, "w2")
         assert held is not None
@@ -212,11 +218,33 @@ async def test_a_silent_claim_never_approved_lapses_and_its_holder_is_cut(
 
 
 async def test_a_claim_once_approved_does_not_lapse(
-    make_party: MakeParty, owner: Client, book: MemberBook
+    make_party: MakeParty, owner: Client, root: Party, book: MemberBook
 ) -> None:
-    worker, other = make_party("w3"), make_party("w3")
+    worker, other = _runs_with_key_of(root, "w3"), make_party("w3")
     async with await _approved_executor(worker):
         pass
     book.pending_silence_s = 0.0
     with pytest.raises(NotAuthorizedError, match="not allowed"):
         await Client.connect(other.settings, caller="w3", executor=True)
+
+
+async def test_an_auto_approve_colony_approves_only_its_members_executors(
+    make_party: MakeParty, owner: Client, root: Party
+) -> None:
+    """Anyone who reaches the server may connect as an executor under a free name; in an
+    auto-approve colony (dev, as 'colonies dev' makes it) only a key of the colony's own users
+    and owners is approved as it registers, and a stranger's waits for the owner."""
+    stranger = make_party("drive-by")
+    async with await Client.connect(stranger.settings, caller="drive-by", executor=True) as c:
+        got = await c.register(Executor(executor_name="drive-by", executor_type="echo"))
+        assert got.state is ExecutorState.PENDING
+    mine = _runs_with_key_of(root, "echo-2")
+    async with await Client.connect(mine.settings, caller="echo-2", executor=True) as c:
+        got = await c.register(Executor(executor_name="echo-2", executor_type="echo"))
+        assert got.state is ExecutorState.APPROVED
+    bob = make_party("bob")
+    await owner.member_add("bob", bob.identity.public_key)
+    bobs = _runs_with_key_of(bob, "bob-echo")
+    async with await Client.connect(bobs.settings, caller="bob-echo", executor=True) as c:
+        got = await c.register(Executor(executor_name="bob-echo", executor_type="echo"))
+        assert got.state is ExecutorState.APPROVED
