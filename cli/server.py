@@ -279,7 +279,10 @@ def _banner(
         console.print(f"[green]monitoring[/] {server.monitor_url}/varz")
     console.print("[green]broker[/] ready")
     if dev:
-        console.print(f"[green]colony[/] {settings.colony} (executors approved automatically)")
+        whose = "" if you is None else "with your key or a member's "  # secure: only those
+        console.print(
+            f"[green]colony[/] {settings.colony} (executors {whose}approved automatically)"
+        )
         console.print("[green]executor[/] echo-dev (type echo)")
         console.print("\nIn another terminal, try:")
         for line in _first_steps(server.url):
