@@ -86,8 +86,7 @@ class System:
                 config = self.dir / "nats.conf"
                 config.write_text(secure_config(base.read_text(), keys))
             self.keys = keys
-            for who in ("bench", "executors"):
-                write_seed(self.dir / f"{who}.nk", generate())
+            write_seed(self.dir / "bench.nk", generate())
         self.server = NatsServer(self.dir / "js", port=0, config=config)
         self.children: list[Child] = []
         self.broker: Child | None = None
@@ -102,7 +101,8 @@ class System:
             "XDG_CONFIG_HOME": str(self.dir / "config"),
         }
         if self.secure:
-            env["COLONIES_IDENTITY"] = str(self.dir / "executors.nk")
+            # The colony owner's key: colony bench approves its own people's executors.
+            env["COLONIES_IDENTITY"] = str(self.dir / "bench.nk")
         return env
 
     @property
