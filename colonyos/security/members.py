@@ -223,12 +223,12 @@ class MemberBook:
                 raise Refused(f"{name!r} with this key is not an owner of this server")
             raise Refused(f"there is no colony {colony!r}")
         held = await self.get(colony, name)
+        if held is not None and held.public_key != public_key and await self._lapsed(held):
+            held = None  # a stranger's claim, never approved and silent: the name is free
         if held is None and server_owner:
             return extra
         if held is None and not executor:
             raise Refused(f"{name!r} is not a member of colony {colony!r}")
-        if held is not None and held.public_key != public_key and await self._lapsed(held):
-            held = None  # a stranger's claim, never approved and silent: the name is free
         if held is None:  # a free name: an executor that comes to register takes it
             held = await self._claim(colony, name, public_key)
         return (await self._member_role(held, public_key), *extra)

@@ -209,6 +209,8 @@ async def test_a_silent_claim_never_approved_lapses_and_its_holder_is_cut(
         with pytest.raises(NotAuthorizedError, match="not allowed"):
             await Client.connect(gpu.settings, caller="gpu-1", executor=True)
         book.pending_silence_s = 0.0
+        with pytest.raises(NotAuthorizedError, match="not allowed"):  # a user takes no name
+            await Client.connect(gpu.settings, caller="gpu-1")
         async with await Client.connect(gpu.settings, caller="gpu-1", executor=True) as mine:
             await until(lambda: not sq.nc.is_connected, timeout=10)
             registered = await mine.register(Executor(executor_name="gpu-1", executor_type="gpu"))
