@@ -3,6 +3,7 @@ holder (nothing), who may take a free name, and whose replies an inbox carries."
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import msgspec
@@ -175,7 +176,7 @@ async def test_every_member_lists_the_colonys_members(make_party: MakeParty, own
 
 
 async def test_executors_waiting_for_approval_are_bounded_per_colony(
-    make_party: MakeParty, owner: Client, book: MemberBook
+    make_party: MakeParty, owner: Client, book: MemberBook, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A stranger's free names wait for approval at most max_pending at once; lapsed claims
     do not count, and executors the owner adds ahead are never refused."""
@@ -185,8 +186,15 @@ async def test_executors_waiting_for_approval_are_bounded_per_colony(
     for name in ("new-1", "new-2"):
         async with await Client.connect(stranger.settings, caller=name, executor=True):
             pass
-    with pytest.raises(NotAuthorizedError, match="not allowed"):
+    with (
+        caplog.at_level(logging.INFO, logger="colonyos.broker.callout"),
+        pytest.raises(NotAuthorizedError, match="not allowed"),
+    ):
         await Client.connect(stranger.settings, caller="new-3", executor=True)
+    # The server tells the client no reason; the broker's log does.
+    assert "refused new-3 in strict: colony 'strict' already has 2 executors waiting" in (
+        caplog.text
+    )
     assert await book.get("strict", "new-3") is None
     book.pending_silence_s = 0.0  # every claim so far has lapsed
     async with await Client.connect(stranger.settings, caller="new-3", executor=True):
