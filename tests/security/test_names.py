@@ -11,7 +11,8 @@ import pytest
 
 from colonyos.broker import Broker
 from colonyos.client import Client
-from colonyos.errors import ConflictError, NotAuthorizedError
+from colonyos.config import Settings
+from colonyos.errors import BrokerUnavailableError, ConflictError, NotAuthorizedError
 from colonyos.models import Executor, ExecutorState, Process, ProcessState
 from colonyos.security.members import Member, MemberBook
 from colonyos.security.permissions import Role
@@ -258,3 +259,11 @@ async def test_an_auto_approve_colony_approves_only_its_members_executors(
     async with await Client.connect(bobs.settings, caller="bob-echo", executor=True) as c:
         got = await c.register(Executor(executor_name="bob-echo", executor_type="echo"))
         assert got.state is ExecutorState.APPROVED
+
+
+async def test_a_server_operation_with_no_broker_says_so(settings: Settings) -> None:
+    """Answered in the server owner's own inbox, not through nats-py's request: the server's
+    no-responders answer still reads as "no broker", not a timeout."""
+    async with await Client.connect(settings, caller="root") as client:
+        with pytest.raises(BrokerUnavailableError, match="no broker is answering"):
+            await client.colony_list()
