@@ -86,7 +86,8 @@ class System:
                 config = self.dir / "nats.conf"
                 config.write_text(secure_config(base.read_text(), keys))
             self.keys = keys
-            write_seed(self.dir / "bench.nk", generate())
+            for who in ("bench", "executors"):
+                write_seed(self.dir / f"{who}.nk", generate())
         self.server = NatsServer(self.dir / "js", port=0, config=config)
         self.children: list[Child] = []
         self.broker: Child | None = None
@@ -101,8 +102,7 @@ class System:
             "XDG_CONFIG_HOME": str(self.dir / "config"),
         }
         if self.secure:
-            # The colony owner's key: colony bench approves its own people's executors.
-            env["COLONIES_IDENTITY"] = str(self.dir / "bench.nk")
+            env["COLONIES_IDENTITY"] = str(self.dir / "executors.nk")
         return env
 
     @property

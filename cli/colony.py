@@ -18,9 +18,7 @@ def add(
     ctx: typer.Context,
     name: str = typer.Option(..., "--name", help="Colony name."),
     auto_approve: bool = typer.Option(
-        False,
-        "--auto-approve",
-        help="Approve executors as they register (secure: a member's key).",
+        False, "--auto-approve", help="Approve executors as they register."
     ),
     owner: str = typer.Option(
         "", "--owner", help="Public key of its owner (default: yours, the server owner's)."

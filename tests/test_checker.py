@@ -648,12 +648,11 @@ class Run:
     def __init__(self, server: NatsServer, tmp_path: Path, rng: random.Random) -> None:
         self.rng = rng
         self.keys = ServerKeys.load(tmp_path / "keys")
-        write_seed(tmp_path / "checker.nk", generate())
+        for who in ("checker", "executors"):
+            write_seed(tmp_path / f"{who}.nk", generate())
         env = {
             "COLONIES_KEYS_DIR": str(tmp_path / "keys"),
-            # The executors run with the key of the colony's owner (the checker), as
-            # 'colonies dev' runs its echo executor: an auto-approve colony approves them.
-            "COLONIES_IDENTITY": str(tmp_path / "checker.nk"),
+            "COLONIES_IDENTITY": str(tmp_path / "executors.nk"),
             "XDG_CONFIG_HOME": str(tmp_path / "config"),
             "COLONIES_NATS_URL": server.url,
             "COLONIES_PREFIX": PREFIX,

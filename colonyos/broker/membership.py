@@ -94,7 +94,7 @@ class Membership:
         if secure:
             service.authorize = self.authorize
             service.reply_allowed = self.reply_allowed
-            service.auto_approves = self.auto_approves
+            service.owners_executor = self.owners_executor
 
     # -- the role rules ---------------------------------------------------------------------
     async def authorize(self, colony: str, caller: str, op: str) -> None:
@@ -134,17 +134,16 @@ class Membership:
                     caller=caller,
                 )
 
-    async def auto_approves(self, colony: str, name: str) -> bool:
-        """An auto-approve colony approves at once only its own people's executors: the key
-        holding the executor's name is also the key of a live user or owner of the colony
-        (``colonies dev``'s echo executor runs with its owner's key). A stranger's key waits
-        for the owner's approval, as in any colony."""
+    async def owners_executor(self, colony: str, name: str) -> bool:
+        """Whether the key holding executor ``name`` is also the key of a live owner of the
+        colony: the owner would approve its own executor, so it is approved as it registers,
+        in any colony (``colonies dev``'s echo executor, and the ones you start, run with the
+        key that owns ``dev``). Any other key waits for the owner's approval."""
         held = await self.book.get(colony, name)
         if held is None or held.removed:
             return False
-        people = (Role.USER, Role.COLONY_OWNER)
         return any(
-            m.public_key == held.public_key and m.role in people
+            m.public_key == held.public_key and m.role is Role.COLONY_OWNER
             for m in await self.book.all_of(colony)
         )
 

@@ -108,12 +108,12 @@ class Registry:
         return registered
 
     async def _first_state(self, colony: str, name: str) -> ExecutorState:
-        if not self.service.colonies[colony].auto_approve:
-            return ExecutorState.PENDING
-        check = self.service.auto_approves
-        if check is not None and not await check(colony, name):
-            return ExecutorState.PENDING  # a stranger's key, even in an auto-approve colony
-        return ExecutorState.APPROVED
+        if self.service.colonies[colony].auto_approve:
+            return ExecutorState.APPROVED
+        check = self.service.owners_executor
+        if check is not None and await check(colony, name):
+            return ExecutorState.APPROVED  # its owner would approve it: no need to ask
+        return ExecutorState.PENDING
 
     async def _take_name(self, colony: str, previous: Executor, req: Register) -> None:
         """A new run registers a name an earlier run holds: refused while that run answers

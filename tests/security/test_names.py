@@ -14,7 +14,7 @@ from colonyos.client import Client
 from colonyos.config import Settings
 from colonyos.errors import BrokerUnavailableError, ConflictError, NotAuthorizedError
 from colonyos.models import Executor, ExecutorState, Process, ProcessState
-from colonyos.security.members import Member, MemberBook
+from colonyos.security.members import PENDING_SILENCE_S, Member, MemberBook
 from colonyos.security.permissions import Role
 from tests.helpers import spec, until
 from tests.security.conftest import COLONY, Party
@@ -221,6 +221,7 @@ async def test_a_silent_claim_never_approved_lapses_and_its_holder_is_cut(
         with pytest.raises(NotAuthorizedError, match="not allowed"):  # a user takes no name
             await Client.connect(gpu.settings, caller="gpu-1")
         async with await Client.connect(gpu.settings, caller="gpu-1", executor=True) as mine:
+            book.pending_silence_s = PENDING_SILENCE_S  # the squatter's reconnect is refused
             await until(lambda: not sq.nc.is_connected, timeout=10)
             registered = await mine.register(Executor(executor_name="gpu-1", executor_type="gpu"))
             assert registered.state is ExecutorState.PENDING
@@ -239,26 +240,27 @@ async def test_a_claim_once_approved_does_not_lapse(
         await Client.connect(other.settings, caller="w3", executor=True)
 
 
-async def test_an_auto_approve_colony_approves_only_its_members_executors(
+async def test_a_colony_owners_executors_are_approved_as_they_register_strangers_wait(
     make_party: MakeParty, owner: Client, root: Party
 ) -> None:
-    """Anyone who reaches the server may connect as an executor under a free name; in an
-    auto-approve colony (dev, as 'colonies dev' makes it) only a key of the colony's own users
-    and owners is approved as it registers, and a stranger's waits for the owner."""
-    stranger = make_party("drive-by")
-    async with await Client.connect(stranger.settings, caller="drive-by", executor=True) as c:
-        got = await c.register(Executor(executor_name="drive-by", executor_type="echo"))
-        assert got.state is ExecutorState.PENDING
-    mine = _runs_with_key_of(root, "echo-2")
-    async with await Client.connect(mine.settings, caller="echo-2", executor=True) as c:
-        got = await c.register(Executor(executor_name="echo-2", executor_type="echo"))
-        assert got.state is ExecutorState.APPROVED
-    bob = make_party("bob")
-    await owner.member_add("bob", bob.identity.public_key)
-    bobs = _runs_with_key_of(bob, "bob-echo")
-    async with await Client.connect(bobs.settings, caller="bob-echo", executor=True) as c:
-        got = await c.register(Executor(executor_name="bob-echo", executor_type="echo"))
-        assert got.state is ExecutorState.APPROVED
+    """In a colony that does not auto-approve (dev, as 'colonies dev' makes it on a secure
+    installation) an executor running with its owner's key needs no approval: the owner would
+    give it. Anyone else who reaches the server, or a user's key, waits for the owner."""
+    await owner.colony_add("strict")
+    async with await root.client("strict") as strict_owner:
+        bob = make_party("bob", colony="strict")
+        await strict_owner.member_add("bob", bob.identity.public_key)
+    for party, state in (
+        (make_party("drive-by", colony="strict"), ExecutorState.PENDING),
+        (Party("bob-echo", bob.identity, bob.settings), ExecutorState.PENDING),
+        (
+            Party("echo-2", root.identity, msgspec.structs.replace(root.settings, colony="strict")),
+            ExecutorState.APPROVED,
+        ),
+    ):
+        async with await Client.connect(party.settings, caller=party.name, executor=True) as c:
+            got = await c.register(Executor(executor_name=party.name, executor_type="echo"))
+            assert got.state is state, party.name
 
 
 async def test_a_server_operation_with_no_broker_says_so(settings: Settings) -> None:

@@ -100,12 +100,12 @@ async def test_a_removed_user_cannot_connect_again(bob: Party, owner: Client) ->
         await bob.client()
 
 
-async def test_a_members_executor_registers_and_runs_work(
-    bob: Party, owner: Client, bob_client: Client
+async def test_an_executor_with_its_own_key_registers_and_runs_work(
+    make_party: MakeParty, owner: Client, bob_client: Client
 ) -> None:
-    """Colony dev approves its members' executors as they register: the first connection
-    may only register; the executor connects again as approved and takes work."""
-    worker = Party("worker-1", bob.identity, bob.settings)  # runs with bob's key
+    """Colony dev approves executors as they register: the first connection may only
+    register; the executor connects again as approved and takes work."""
+    worker = make_party("worker-1")
     app, task = await _run_executor(worker)
     try:
         process = await bob_client.submit(_spec())
@@ -223,9 +223,8 @@ async def test_an_executor_started_before_its_colony_waits_then_works(
     make_party: MakeParty, owner: Client, root: Party
 ) -> None:
     """Refused while colony later does not exist, it says so and tries again; once the colony
-    is made it registers (auto-approve: it runs with the key of later's owner) and takes work."""
-    worker = Party("worker-6", root.identity, root.settings)
-    worker.settings = msgspec.structs.replace(root.settings, colony="later")
+    is made it registers (auto-approve) and takes work."""
+    worker = make_party("worker-6", colony="later")
     said: list[str] = []
     app = echo.build(worker.settings, "echo", "worker-6")
     app.on_status = lambda status: said.append(status.message)
