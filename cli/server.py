@@ -221,7 +221,9 @@ async def _serve(
         if dev:
             async with await Client.connect(settings, name="colonies-dev") as client:
                 with contextlib.suppress(ConflictError):
-                    await client.colony_add(settings.colony, auto_approve=True)
+                    # Secure: no auto-approve (anyone who reaches the server could be an
+                    # approved executor); your own executors, with your key, need no approval.
+                    await client.colony_add(settings.colony, auto_approve=keys_dir is None)
             executor = build_executor("echo", settings, "echo", "echo-dev")
             executor_task = asyncio.create_task(executor.run())
             stack.push_async_callback(_stop_executor, executor, executor_task)
@@ -279,7 +281,8 @@ def _banner(
         console.print(f"[green]monitoring[/] {server.monitor_url}/varz")
     console.print("[green]broker[/] ready")
     if dev:
-        console.print(f"[green]colony[/] {settings.colony} (executors approved automatically)")
+        whose = "executors" if you is None else "executors with your key"
+        console.print(f"[green]colony[/] {settings.colony} ({whose} approved automatically)")
         console.print("[green]executor[/] echo-dev (type echo)")
         console.print("\nIn another terminal, try:")
         for line in _first_steps(server.url):

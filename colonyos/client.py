@@ -25,6 +25,7 @@ import nats
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 
 from colonyos import limits
 from colonyos.config import Settings, default_caller
@@ -87,7 +88,7 @@ from colonyos.models import (
 from colonyos.security.claim import ConnectClaim
 from colonyos.security.keys import Identity, default_identity_path, load_identity
 from colonyos.security.members import Member
-from colonyos.security.permissions import inbox_prefix
+from colonyos.security.permissions import inbox_prefix, server_inbox_prefix
 from colonyos.specs import check_function_spec
 from colonyos.subjects import SERVER_SCOPE, Subjects, check_name
 
@@ -219,10 +220,11 @@ class Client:
         colony: str | None = None,
         timeout: float | None = None,
     ) -> T | None:
-        subject = self.subjects.rpc(colony or self.colony, self.caller, op)
+        scope = colony or self.colony
+        subject = self.subjects.rpc(scope, self.caller, op)
         try:
-            msg = await self.nc.request(
-                subject, _encode(body), timeout=timeout or self.settings.request_timeout_s
+            msg = await self._ask(
+                scope, subject, _encode(body), timeout or self.settings.request_timeout_s
             )
         except nats.errors.NoRespondersError as err:
             raise BrokerUnavailableError(
@@ -243,6 +245,23 @@ class Client:
         if reply.is_empty:
             return None
         return msgspec.json.decode(reply.result, type=result_type)
+
+    async def _ask(self, scope: str, subject: str, data: bytes, timeout: float) -> Msg:
+        """One request. A server operation's answer comes in the server owner's inbox on the
+        server scope, not in this connection's colony inbox (permissions.server_inbox_prefix)."""
+        if scope != SERVER_SCOPE:
+            return await self.nc.request(subject, data, timeout=timeout)
+        inbox = f"{server_inbox_prefix(self.settings.prefix, self.caller)}.{secrets.token_hex(11)}"
+        sub = await self.nc.subscribe(inbox, max_msgs=1)
+        try:
+            await self.nc.publish(subject, data, reply=inbox)
+            msg = await sub.next_msg(timeout=timeout)
+        finally:
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
+        if msg.headers and msg.headers.get("Status") == "503":
+            raise nats.errors.NoRespondersError
+        return msg
 
     async def _must(self, op: str, body: msgspec.Struct, result_type: type[T], **kw: Any) -> T:
         result = await self._request(op, body, result_type, **kw)

@@ -117,6 +117,7 @@ class Broker:
                 )
                 stack.push_async_callback(self._drain, system)
                 self._kicker = Kicker(system, s.prefix)
+                self.members.lapsed = self._kicker.cut  # a lapsed claim's holder goes
             lease = Lease(store.leases, _LEASE_KEY, self.broker_id, s.lease_ttl_s)
             stack.push_async_callback(lease.release)
             self.ready.set()

@@ -5,18 +5,19 @@ The NATS server already makes the caller token of ``<prefix>.<colony>.rpc.<calle
 unforgeable and keeps members inside their colony (see colonyos/security/permissions.py).
 What remains is the broker's to decide, here, in one place:
 
-- only a colony owner (or a server owner) approves, rejects, removes and adds executors and
-  manages members;
-- only a member whose key holds an executor name registers as an executor (a user cannot);
+- only a colony owner (a live record; a server owner manages colonies, not their members)
+  approves, rejects, removes and adds executors and manages members;
 - requests on the server scope reach the broker only from server owners (the server allows
-  no one else to publish there).
-
-Executors' own requests (assign, close, fail, log, release) are bound to the executor named by
-the caller token already (service.py): an executor acts only on what is assigned to it.
+  no one else to publish there);
+- executors' own requests (register, assign, close, fail, log, release...) need a live member
+  record of role executor for the caller: the executor record alone is not enough (its name may
+  since have been removed and given to a user). Beyond that they are bound to the executor named
+  by the caller token (service.py): an executor acts only on what is assigned to it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import msgspec
@@ -36,16 +37,29 @@ __all__ = ["OWNER_OPS", "Membership"]
 
 logger = logging.getLogger(__name__)
 
-# What only a colony's owner (or a server owner) may ask.
+# What only a colony's owner may ask (a server owner without a record there may not).
 OWNER_OPS = frozenset(
     {"executor_approve", "executor_reject", "executor_remove", "member_add", "member_remove"}
 )
 # What only a server owner may ask, and only on the server scope (the server lets no one else
 # publish there): asked on a colony's subject, any member could run them.
 SERVER_OPS = frozenset({"colony_add", "colony_remove", "colony_list", "colony_get"})
-# What only an executor's key may ask (the rest of an executor's requests need its
-# registration, which this guards).
-EXECUTOR_OPS = frozenset({"register"})
+# What only an executor may ask: a live (not removed) member record of role executor for the
+# caller's name, whatever executor record the name still has (a removed executor's name added
+# again as a user must not inherit its registration).
+EXECUTOR_OPS = frozenset(
+    {
+        "register",
+        "release",
+        "assign",
+        "assign_many",
+        "results",
+        "close",
+        "fail",
+        "log",
+        "add_child",
+    }
+)
 
 
 def reply_in_inbox(prefix: str, colony: str, caller: str, reply: str) -> bool:
@@ -53,13 +67,12 @@ def reply_in_inbox(prefix: str, colony: str, caller: str, reply: str) -> bool:
     inbox, ``_INBOX.<prefix>.<colony>.<caller>.``. nats-server checks what a client publishes
     to, not the reply subject it names, and the answer goes out with the broker's rights (a
     reply subject in another colony's specs would have it stored there). A server owner's
-    request names the scope ``_server``, its inbox the colony it connected to."""
+    request (colony ``_server``) is answered in its inbox on the server scope, which no colony
+    member's can be."""
     if not reply:
         return True  # nothing to answer
     parts = reply.split(".")
-    if len(parts) < 5 or parts[:2] != ["_INBOX", prefix]:
-        return False
-    return parts[3] == caller and (colony == SERVER_SCOPE or parts[2] == colony)
+    return len(parts) >= 5 and parts[:4] == ["_INBOX", prefix, colony, caller]
 
 
 class Membership:
@@ -70,6 +83,7 @@ class Membership:
         self.secure = secure
         # A run registers once, then again every few seconds while pending approval.
         self._registrations = Throttle(burst=20, per_s=0.5)
+        self._adding = asyncio.Lock()
         service.register_ops(
             colony_add=(ColonyAdd, self.colony_add),
             member_add=(MemberAdd, self.member_add),
@@ -80,6 +94,7 @@ class Membership:
         if secure:
             service.authorize = self.authorize
             service.reply_allowed = self.reply_allowed
+            service.owners_executor = self.owners_executor
 
     # -- the role rules ---------------------------------------------------------------------
     async def authorize(self, colony: str, caller: str, op: str) -> None:
@@ -108,23 +123,38 @@ class Membership:
             )
         if op in EXECUTOR_OPS:
             member = await self.book.get(colony, caller)
-            if member is None or member.role is not Role.EXECUTOR:
+            if member is None or member.removed or member.role is not Role.EXECUTOR:
+                what = "a stranger"
+                if member is not None:
+                    what = "a removed member" if member.removed else f"a {member.role}"
                 raise NotAuthorizedError(
-                    f"not allowed: {caller!r} is a {member.role if member else 'stranger'} "
-                    f"of colony {colony!r}, not an executor",
+                    f"not allowed: {op.replace('_', ' ')}: {caller!r} is {what} of colony "
+                    f"{colony!r}, not an executor",
                     op=op,
                     caller=caller,
                 )
+
+    async def owners_executor(self, colony: str, name: str) -> bool:
+        """Whether the key holding executor ``name`` is also the key of a live owner of the
+        colony: the owner would approve its own executor, so it is approved as it registers,
+        in any colony (``colonies dev``'s echo executor, and the ones you start, run with the
+        key that owns ``dev``). Any other key waits for the owner's approval."""
+        held = await self.book.get(colony, name)
+        if held is None or held.removed:
+            return False
+        return any(
+            m.public_key == held.public_key and m.role is Role.COLONY_OWNER
+            for m in await self.book.all_of(colony)
+        )
 
     def reply_allowed(self, colony: str, caller: str, reply: str) -> bool:
         return reply_in_inbox(self.service.subjects.prefix, colony, caller, reply)
 
     async def _owns(self, colony: str, caller: str) -> bool:
+        """A colony owner's live record: a server owner without one manages colonies, not
+        what is in them."""
         member = await self.book.get(colony, caller)
-        if member is not None:
-            return member.role is Role.COLONY_OWNER
-        # No record of that name in the colony: the connection holds the server owner's key.
-        return await self.book.get(SERVER_SCOPE, caller) is not None
+        return member is not None and not member.removed and member.role is Role.COLONY_OWNER
 
     # -- members ------------------------------------------------------------------------------
     async def member_add(self, colony: str, caller: str, req: MemberAdd) -> Member:
@@ -172,9 +202,16 @@ class Membership:
         return await self.book.all_of(colony)
 
     async def member_remove(self, colony: str, caller: str, req: Named) -> None:
+        """The member's next connection is refused and its live ones are cut; an executor is
+        unregistered too (its processes go back to the queue, as a lost executor's do), so
+        that nothing of its registration is left for whoever holds the name next."""
+        held = await self.book.get(colony, req.name)
         if not await self.book.remove(colony, req.name):
             raise NotFoundError(f"colony {colony!r} has no member {req.name!r}", name=req.name)
         logger.info("%s removed member %s from %s", caller, req.name, colony)
+        known = self.service.executors.get((colony, req.name))
+        if held is not None and held.role is Role.EXECUTOR and known is not None:
+            await self.admin.executor_remove(colony, caller, Named(name=req.name))
         if self.service.cut is not None:  # its live connections end now, not at JWT expiry
             await self.service.cut(colony, req.name)
         return None
@@ -192,15 +229,23 @@ class Membership:
     # -- colonies and their owners ------------------------------------------------------------
     async def colony_add(self, colony: str, caller: str, req: ColonyAdd) -> Colony:
         """A new colony, with its owner: the key given, else (on a secure installation) the
-        server owner who adds it, under its own name."""
-        owner = await self._owner_of_new_colony(req.colony.name, caller, req)
-        added = await self.admin.colony_add(colony, caller, req)
-        if owner is not None:
-            try:
-                await self.book.add(owner)
-            except Refused as err:
-                raise ConflictError(str(err), name=owner.name) from None
-        return added
+        server owner who adds it, under its own name. The owner's record is written first, so
+        that no colony is left made without its owner; one colony is added at a time, so that
+        two adding the same name cannot mix their owners."""
+        name = check_name("colonyname", req.colony.name)
+        owner = await self._owner_of_new_colony(name, caller, req)
+        async with self._adding:
+            if name in self.service.colonies:
+                raise ConflictError(f"colony {name!r} already exists", colony_name=name)
+            if owner is not None:
+                # A colony that does not exist has no members: records a removal or an
+                # earlier failed add left behind do not stand in its new owner's way.
+                await self.book.forget_colony(name)
+                try:
+                    await self.book.add(owner)
+                except Refused as err:
+                    raise ConflictError(str(err), name=owner.name) from None
+            return await self.admin.colony_add(colony, caller, req)
 
     async def _owner_of_new_colony(self, colony: str, caller: str, req: ColonyAdd) -> Member | None:
         key, name = req.owner_key, req.owner_name

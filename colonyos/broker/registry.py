@@ -80,9 +80,9 @@ class Registry:
                 if previous.executor_type == ex.executor_type:
                     state = previous.state
                 else:
-                    state = self._first_state(colony)
+                    state = await self._first_state(colony, ex.executor_name)
             else:
-                state = self._first_state(colony)
+                state = await self._first_state(colony, ex.executor_name)
             t = now()
             registered = msgspec.structs.replace(
                 ex,
@@ -107,9 +107,12 @@ class Registry:
             )
         return registered
 
-    def _first_state(self, colony: str) -> ExecutorState:
+    async def _first_state(self, colony: str, name: str) -> ExecutorState:
         if self.service.colonies[colony].auto_approve:
             return ExecutorState.APPROVED
+        check = self.service.owners_executor
+        if check is not None and await check(colony, name):
+            return ExecutorState.APPROVED  # its owner would approve it: no need to ask
         return ExecutorState.PENDING
 
     async def _take_name(self, colony: str, previous: Executor, req: Register) -> None:

@@ -177,6 +177,9 @@ class Service:
     authorize: Callable[[str, str, str], Awaitable[None]] | None = None
     # Whether a request's reply subject is the caller's own inbox (secure installations).
     reply_allowed: Callable[[str, str, str], bool] | None = None
+    # Whether a colony that does not auto-approve approves this executor as it registers
+    # (secure installations: it runs with a colony owner's key; broker/membership.py).
+    owners_executor: Callable[[str, str], Awaitable[bool]] | None = None
     # Told a colony just removed, and by whom (broker/membership.py forgets its members).
     on_colony_removed: Callable[[str, str], Awaitable[None]] | None = None
     # Cuts the live connections of a member of a colony (broker/kicker.py), when secure.

@@ -7,11 +7,18 @@ the book on every connection, so a change takes effect on the next connection; n
 restarts.
 
 An executor's record is made when it first connects with a name nobody holds (its key takes
-the name, first come first served) or when the colony owner adds it with its key; whether it
-may work is its executor record's state (pending, approved, rejected, removed).
+the name, first come first served: a *claim*) or when the colony owner adds it with its key;
+whether it may work is its executor record's state (pending, approved, rejected, removed). A
+claim never approved lapses after :data:`PENDING_SILENCE_S` without a registration (a pending
+executor registers every few seconds while it waits), and a colony holds at most
+:data:`MAX_PENDING` live claims waiting for approval: strangers cannot keep names, nor fill the
+bucket.
 """
 
 from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
 
 import msgspec
 import nats.js.errors
@@ -19,12 +26,18 @@ from nats.js.api import KeyValueConfig, StorageType
 from nats.js.client import JetStreamContext
 from nats.js.kv import KeyValue
 
-from colonyos.models import Colony, Executor, ExecutorState, Model
+from colonyos.models import ZERO_TIME, Colony, Executor, ExecutorState, Model, now
 from colonyos.security.permissions import Role
 from colonyos.security.throttle import Throttle
 from colonyos.subjects import SERVER_SCOPE, Subjects
 
-__all__ = ["Member", "MemberBook", "Refused"]
+__all__ = ["MAX_PENDING", "PENDING_SILENCE_S", "Member", "MemberBook", "Refused"]
+
+# A claim never approved whose executor has not registered for this long is free again: a
+# waiting executor registers every five seconds, so ten minutes of silence means it is gone.
+PENDING_SILENCE_S = 600.0
+# Claims waiting for approval per colony; executors the owner adds ahead are not counted.
+MAX_PENDING = 100
 
 
 class Member(Model, kw_only=True):
@@ -35,6 +48,8 @@ class Member(Model, kw_only=True):
     # Removed by the colony owner: the record stays, so that the name is not free for anyone
     # who connects next (an owner may add it again).
     removed: bool = False
+    # When a stranger's connection took the free name (None: the owner added the member).
+    claimed_at: datetime | None = None
 
 
 class Refused(Exception):
@@ -58,6 +73,11 @@ class MemberBook:
         # New executor names taken per colony by strangers' connections: a flood of invented
         # names must not fill the bucket.
         self.claims = Throttle(burst=100, per_s=2.0)
+        self.pending_silence_s = PENDING_SILENCE_S
+        self.max_pending = MAX_PENDING
+        # Cuts the live connections of a name (the brokers' kicker): a lapsed claim's holder
+        # must not keep the name's inbox once another key takes it.
+        self.lapsed: Callable[[str, str], Awaitable[object]] | None = None
         self._executors: KeyValue | None = None
         self._colonies: KeyValue | None = None
 
@@ -94,13 +114,42 @@ class MemberBook:
         found = [await self.get(colony, key[len(head) :]) for key in keys if key.startswith(head)]
         return sorted((m for m in found if m is not None and not m.removed), key=lambda m: m.name)
 
-    async def _executor_state(self, colony: str, name: str) -> ExecutorState | None:
+    async def _executor(self, colony: str, name: str) -> Executor | None:
         assert self._executors is not None
         try:
             entry = await self._executors.get(self.subjects.executor_key(colony, name))
         except nats.js.errors.KeyNotFoundError:
             return None
-        return _executor_decoder.decode(entry.value).state if entry.value else None
+        return _executor_decoder.decode(entry.value) if entry.value else None
+
+    async def _executor_state(self, colony: str, name: str) -> ExecutorState | None:
+        executor = await self._executor(colony, name)
+        return executor.state if executor is not None else None
+
+    async def _waiting(self, held: Member) -> datetime | None:
+        """For a claim never approved, its last sign of life (the claim, or its executor's
+        last registration); None for anything else."""
+        if held.claimed_at is None or held.removed or held.role is not Role.EXECUTOR:
+            return None
+        executor = await self._executor(held.colony_name, held.name)
+        if executor is None:
+            return held.claimed_at
+        if executor.state is not ExecutorState.PENDING:
+            return None
+        return max(held.claimed_at, executor.last_heard_from_time or ZERO_TIME)
+
+    async def _lapsed(self, held: Member) -> bool:
+        since = await self._waiting(held)
+        return since is not None and now() - since > timedelta(seconds=self.pending_silence_s)
+
+    async def _pending_claims(self, colony: str) -> int:
+        """Claims of ``colony`` waiting for approval that have not lapsed."""
+        limit = now() - timedelta(seconds=self.pending_silence_s)
+        count = 0
+        for member in await self.all_of(colony):
+            since = await self._waiting(member)
+            count += since is not None and since >= limit
+        return count
 
     async def _colony_exists(self, colony: str) -> bool:
         assert self._colonies is not None
@@ -162,7 +211,8 @@ class MemberBook:
         ``name`` in ``colony`` (``executor``: as an executor, which may take a free name);
         :class:`Refused` says why it has none. A server owner has that role on a connection
         to any colony, under the same name and key (so that one CLI can add a colony and then
-        use it)."""
+        use it); in a colony where it has no member record, that role only (it manages
+        colonies, not what is in them)."""
         owner = await self.get(SERVER_SCOPE, name)
         server_owner = owner is not None and owner.public_key == public_key and not owner.removed
         extra = (Role.SERVER_OWNER,) if server_owner else ()
@@ -173,21 +223,53 @@ class MemberBook:
                 raise Refused(f"{name!r} with this key is not an owner of this server")
             raise Refused(f"there is no colony {colony!r}")
         held = await self.get(colony, name)
+        if held is not None and held.public_key != public_key and await self._lapsed(held):
+            held = None  # a stranger's claim, never approved and silent: the name is free
         if held is None and server_owner:
             return extra
         if held is None and not executor:
             raise Refused(f"{name!r} is not a member of colony {colony!r}")
         if held is None:  # a free name: an executor that comes to register takes it
-            if not self.claims.allow(colony):
-                wait = self.claims.wait_s(colony)
-                raise Refused(
-                    f"too many new executors in colony {colony!r} at once; try again in "
-                    f"{wait:.0f} s"
-                )
-            held = await self.add(
-                Member(colony_name=colony, name=name, public_key=public_key, role=Role.EXECUTOR)
-            )
+            held = await self._claim(colony, name, public_key)
         return (await self._member_role(held, public_key), *extra)
+
+    async def _claim(self, colony: str, name: str, public_key: str) -> Member:
+        if not self.claims.allow(colony):
+            wait = self.claims.wait_s(colony)
+            raise Refused(
+                f"too many new executors in colony {colony!r} at once; try again in {wait:.0f} s"
+            )
+        if await self._pending_claims(colony) >= self.max_pending:
+            raise Refused(
+                f"colony {colony!r} already has {self.max_pending} executors waiting for "
+                "approval: its owner approves or rejects them, or adds this one ahead "
+                "('colonies executor add'); a claim lapses after "
+                f"{self.pending_silence_s / 60:.0f} min without a registration"
+            )
+        claim = Member(
+            colony_name=colony,
+            name=name,
+            public_key=public_key,
+            role=Role.EXECUTOR,
+            claimed_at=now(),
+        )
+        key = self.subjects.member_key(colony, name)
+        try:
+            entry = await self.members.get(key)
+        except nats.js.errors.KeyNotFoundError:
+            entry = None
+        if entry is None or not entry.value:
+            return await self.add(claim)
+        # A lapsed claim is replaced only if it is still the one read (no one took it since).
+        if not await self._lapsed(_member_decoder.decode(entry.value)):
+            raise Refused(f"the name {name!r} is taken in colony {colony!r}")
+        try:
+            await self.members.update(key, msgspec.json.encode(claim), last=entry.revision)
+        except nats.js.errors.KeyWrongLastSequenceError:
+            raise Refused(f"the name {name!r} is taken in colony {colony!r}") from None
+        if self.lapsed is not None:
+            await self.lapsed(colony, name)
+        return claim
 
     async def _member_role(self, held: Member, public_key: str) -> Role:
         colony, name = held.colony_name, held.name

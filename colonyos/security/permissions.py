@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from colonyos.subjects import SERVER_SCOPE, Subjects
 
-__all__ = ["Grants", "Role", "grants", "inbox_prefix", "jwt_user_name"]
+__all__ = ["Grants", "Role", "grants", "inbox_prefix", "jwt_user_name", "server_inbox_prefix"]
 
 
 class Role(enum.StrEnum):
@@ -36,6 +36,14 @@ def inbox_prefix(prefix: str, colony: str, name: str) -> str:
     """Where a member's replies and deliveries come: its installation, colony and name (two
     installations on one server may each have an ``alice`` in a colony ``dev``)."""
     return f"_INBOX.{prefix}.{colony}.{name}"
+
+
+def server_inbox_prefix(prefix: str, name: str) -> str:
+    """Where a server owner's answers to server operations come. Not a colony inbox: a server
+    owner with no member record in the colony it connects to would share ``_INBOX.P.C.N`` with
+    whoever takes the name ``N`` there next. No colony is called ``_server`` (a colony name
+    starts with a letter or digit), and one key holds each server owner's name."""
+    return inbox_prefix(prefix, SERVER_SCOPE, name)
 
 
 def jwt_user_name(prefix: str, colony: str, name: str) -> str:
@@ -59,7 +67,10 @@ def _grants(subjects: Subjects, colony: str, name: str, role: Role) -> Grants:
     s, p = subjects, subjects.prefix
     inbox = inbox_prefix(p, colony, name) + ".>"
     if role is Role.SERVER_OWNER:
-        return Grants(publish=(s.rpc(SERVER_SCOPE, name, "*"),), subscribe=(inbox,))
+        # Colonies, not what is in them: nothing of the colony it connected to (that needs a
+        # member record there), and its answers in its own inbox on the server scope.
+        server_inbox = server_inbox_prefix(p, name) + ".>"
+        return Grants(publish=(s.rpc(SERVER_SCOPE, name, "*"),), subscribe=(server_inbox,))
     if role is Role.PENDING_EXECUTOR:
         return Grants(
             publish=(s.rpc(colony, name, "register"),),

@@ -44,6 +44,8 @@ async def test_dev_runs_a_spec_and_stops_cleanly(tmp_path: Path) -> None:
                     break
                 except (BrokerUnavailableError, ColonyNotFoundError):
                     await asyncio.sleep(0.1)  # sleep-ok: polling for the colony to exist
+        # Secure: dev approves no stranger by itself; its echo executor runs with your key.
+        assert not (await client.colony_get("dev")).auto_approve
         spec, _ = load_function_spec((EXAMPLES / "echo.json").read_bytes())
         pid = await client.submit(spec, confirm=False)
         await wait_created(client, str(pid))

@@ -176,7 +176,11 @@ CELLS: tuple[Cell, ...] = (
     Cell("server rpc", _SUB, "{P}._server.rpc.>", _NOBODY),
     Cell("leader", _SUB, "{P}._server.leader", _MEMBERS),
     Cell("leader", _PUB, "{P}._server.leader", _NOBODY),
-    Cell("inbox", _SUB, "_INBOX.{P}.{C}.{N}.>", _CONNECTED),
+    # The server owner (no member record in C) has no colony inbox: its answers come on the
+    # server scope, where no colony member's name can take its inbox.
+    Cell("inbox", _SUB, "_INBOX.{P}.{C}.{N}.>", _CONNECTED - {Who.SERVER_OWNER}),
+    Cell("inbox", _SUB, "_INBOX.{P}._server.{N}.>", frozenset({Who.SERVER_OWNER})),
+    Cell("inbox", _SUB, "_INBOX.{P}._server.{M}.>", _NOBODY),
     Cell("inbox", _SUB, "_INBOX.{P}.{C}.{M}.>", _NOBODY),
     Cell("inbox", _SUB, "_INBOX.>", _NOBODY),
     Cell("inbox", _PUB, "_INBOX.{P}.{C}.{M}.{X}", _NOBODY),

@@ -265,6 +265,8 @@ async def _try(world: World, who: Who, cell: Cell) -> bool:
         await _round_trip(nc)
         return not _refused(watched, cell.action, subject)
     inbox = nc.new_inbox()
+    if cell.subject.startswith("{P}._server.rpc."):  # answered on the server scope
+        inbox = world.subject(who, "_INBOX.{P}._server.{N}.") + uuid.uuid4().hex
     sub = await nc.subscribe(inbox, max_msgs=1)
     try:
         await nc.publish(subject, _payload(world, who, cell, subject), reply=inbox)

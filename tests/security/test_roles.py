@@ -208,8 +208,9 @@ async def test_removing_a_member_cuts_its_live_connection(bob: Party, owner: Cli
         ("dev", "alice", "_INBOX.Q.dev.alice.abc", False),  # another installation's
         ("dev", "alice", "_INBOX.P.dev.alice", False),  # the prefix itself
         ("dev", "alice", "_INBOX.abc", False),  # nats-py's default inbox
-        ("_server", "root", "_INBOX.P.dev.root.abc", True),  # a server owner connected to dev
-        ("_server", "root", "_INBOX.P.dev.alice.abc", False),
+        ("_server", "root", "_INBOX.P._server.root.abc", True),  # a server owner's own
+        ("_server", "root", "_INBOX.P.dev.root.abc", False),  # whoever holds root in dev
+        ("_server", "root", "_INBOX.P._server.alice.abc", False),
     ],
 )
 def test_the_broker_answers_only_into_the_callers_inbox(
