@@ -43,6 +43,9 @@ OWNER_OPS = frozenset(
 # What only a server owner may ask, and only on the server scope (the server lets no one else
 # publish there): asked on a colony's subject, any member could run them.
 SERVER_OPS = frozenset({"colony_add", "colony_remove", "colony_list", "colony_get"})
+# What an executor's key may not ask: a cron is a standing submission in the colony's name,
+# made by its people (Colonies lets any member, executors too).
+CRON_OPS = frozenset({"cron_add", "cron_run", "cron_remove"})
 # What only an executor's key may ask (the rest of an executor's requests need its
 # registration, which this guards).
 EXECUTOR_OPS = frozenset({"register"})
@@ -106,6 +109,13 @@ class Membership:
                 op=op,
                 caller=caller,
             )
+        if op in CRON_OPS and await self._is_executor(colony, caller):
+            raise NotAuthorizedError(
+                f"not allowed: {op.replace('_', ' ')} is for the owner and users of colony "
+                f"{colony!r}, and {caller!r} is an executor",
+                op=op,
+                caller=caller,
+            )
         if op in EXECUTOR_OPS:
             member = await self.book.get(colony, caller)
             if member is None or member.role is not Role.EXECUTOR:
@@ -125,6 +135,11 @@ class Membership:
             return member.role is Role.COLONY_OWNER
         # No record of that name in the colony: the connection holds the server owner's key.
         return await self.book.get(SERVER_SCOPE, caller) is not None
+
+    async def _is_executor(self, colony: str, caller: str) -> bool:
+        """A member with an executor's key (a server owner has no record in the colony)."""
+        member = await self.book.get(colony, caller)
+        return member is not None and member.role in (Role.EXECUTOR, Role.PENDING_EXECUTOR)
 
     # -- members ------------------------------------------------------------------------------
     async def member_add(self, colony: str, caller: str, req: MemberAdd) -> Member:

@@ -16,7 +16,7 @@ import msgspec
 
 from colonyos.models import ZERO_TIME, Model
 
-__all__ = ["NO_INTERVAL", "Cron", "CronDefinition"]
+__all__ = ["NO_INTERVAL", "Cron", "CronAdd", "CronDefinition"]
 
 # Colonies' "no interval: the cron expression decides".
 NO_INTERVAL = -1
@@ -69,3 +69,9 @@ class CronDefinition(Model, kw_only=True):
     def workflow_json(self) -> bytes:
         spec = self.workflow_spec
         return spec.encode() if isinstance(spec, str) else msgspec.json.encode(spec)
+
+
+class CronAdd(Model, kw_only=True):
+    """The ``cron_add`` request: ``{"cron": {...}}``, as Colonies' AddCronMsg."""
+
+    cron: CronDefinition
