@@ -89,16 +89,11 @@ class CronRunner:
 
     # -- the loop --------------------------------------------------------------------------
     async def load(self) -> None:
-        """Read every definition; finish any run a previous leader recorded but did not
-        start."""
+        """Read every definition (the first sweep finishes any run a previous leader recorded
+        but did not start)."""
         self.crons.clear()
         async for cron, revision in self.store.all_crons():
             self.crons[(cron.colony_name, cron.name)] = (cron, revision)
-        for key in list(self.crons):
-            cron, revision = self.crons[key]
-            if cron.run_pending:
-                async with self._lock(key):
-                    await self._finish(key, cron, revision)
 
     async def run(self) -> None:
         while True:

@@ -64,7 +64,8 @@ async def test_a_cron_every_second_runs_chained_workflows(client: Client, counte
     assert values == [([], [1]), ([1], [2]), ([2], [3])]
     # Every tick is on the events stream: the graph, waiting, with the cron's name.
     ticks = []
-    async with client.subscribe(executor_type=GRAPH_TOKEN, state="waiting", since=start) as events:
+    events = client.subscribe(executor_type=GRAPH_TOKEN, state="waiting", since=start)
+    async with events, asyncio.timeout(10):
         while len(ticks) < 3:
             received = await events.receive()
             if isinstance(received.event, GraphEvent) and received.event.cron_name == "tick":
