@@ -268,14 +268,22 @@ class CronRunner:
         return cron
 
     async def cron_get(self, colony: str, caller: str, req: Named) -> Cron:
-        return await self._get(colony, req.name)
+        """As stored (the loop's copy is changed only under its lock)."""
+        try:
+            entry = await self.store.crons.get(self.store.subjects.cron_key(colony, req.name))
+        except (
+            nats.js.errors.KeyNotFoundError,
+            nats.js.errors.KeyDeletedError,
+            nats.js.errors.InvalidKeyError,
+        ):
+            raise CronNotFoundError(colony, req.name) from None
+        return _decode_cron(entry.value or b"")
 
-    async def _get(self, colony: str, name: str) -> Cron:
-        await self._reload((colony, name))
-        entry = self.crons.get((colony, name))
+    def _held(self, key: Key) -> tuple[Cron, int]:
+        entry = self.crons.get(key)
         if entry is None:
-            raise CronNotFoundError(colony, name)
-        return entry[0]
+            raise CronNotFoundError(*key)
+        return entry
 
     async def cron_list(self, colony: str, caller: str, req: Empty) -> msgspec.Raw:
         """The colony's crons by name, as many as one reply holds."""
@@ -285,9 +293,8 @@ class CronRunner:
     async def cron_run(self, colony: str, caller: str, req: Named) -> Cron:
         """Start a run now, once, beside the schedule."""
         key = (colony, req.name)
-        await self._get(colony, req.name)
         async with self._lock(key):
-            cron, revision = self.crons[key]
+            cron, revision = self._held(key)
             if cron.run_pending:
                 cron = await self._finish(key, cron, revision)
                 cron, revision = self.crons[key]
@@ -302,8 +309,8 @@ class CronRunner:
     async def cron_remove(self, colony: str, caller: str, req: Named) -> None:
         """Remove the definition; runs already started go on."""
         key = (colony, req.name)
-        await self._get(colony, req.name)
         async with self._lock(key):
+            self._held(key)
             await self.store.crons.delete(self.store.subjects.cron_key(*key))
             self.crons.pop(key, None)
         logger.info("cron %s removed from %s by %s", req.name, colony, caller)

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+import nats
 import pytest
 
 from colonyos.broker import Broker
 from colonyos.client import Client
-from colonyos.config import BrokerSettings
+from colonyos.config import BrokerSettings, Settings
 from colonyos.crons.client import Crons
 from colonyos.crons.model import CronDefinition
 from colonyos.errors import ConflictError, CronNotFoundError, InvalidSpecError
+from colonyos.subjects import Subjects
 from tests.conftest import running_broker
 
 WORKFLOW: list[dict[str, Any]] = [
@@ -124,3 +127,32 @@ async def test_a_removed_colony_takes_its_crons_along(client: Client) -> None:
     assert await Crons(client).list() == []
     with pytest.raises(CronNotFoundError):
         await Crons(client).get("gone")
+
+
+async def test_raw_nats_adds_a_colonies_definition(client: Client, settings: Settings) -> None:
+    """Colonies' AddCronMsg shape over a plain request: the workflow as a JSON string, and
+    pycolonies' misspelt waitforprevprocessgrap."""
+    subjects = Subjects(settings.prefix)
+    body = {
+        "cron": {
+            "name": "raw",
+            "cronexpression": "0 0 3 * * *",
+            "interval": -1,
+            "waitforprevprocessgrap": True,
+            "workflowspec": json.dumps({"colonyname": "dev", "functionspecs": WORKFLOW}),
+        }
+    }
+    nc = await nats.connect(settings.nats_url)
+    try:
+        reply = await nc.request(
+            subjects.rpc("dev", "raw-user", "cron_add"), json.dumps(body).encode(), timeout=5
+        )
+        added = json.loads(reply.data)["result"]
+        assert added["waitforprevprocessgraph"] is True and "waitforprevprocessgrap" not in added
+        missing = await nc.request(
+            subjects.rpc("dev", "raw-user", "cron_get"), b'{"name": "no such"}', timeout=5
+        )
+        assert json.loads(missing.data)["error"]["code"] == "cron_not_found"
+    finally:
+        await nc.close()
+    assert (await Crons(client).get("raw")).initiator_name == "raw-user"
