@@ -38,6 +38,9 @@ async def test_a_cron_is_added_read_listed_and_removed(client: Client) -> None:
     await crons.remove("nightly")
     with pytest.raises(CronNotFoundError, match="cron 'nightly' does not exist in colony 'dev'"):
         await crons.get("nightly")
+    for gone in (crons.run, crons.remove):
+        with pytest.raises(CronNotFoundError, match="cron 'nightly' does not exist"):
+            await gone("nightly")
     assert await crons.list() == []
 
 
