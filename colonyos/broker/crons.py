@@ -79,6 +79,7 @@ class CronRunner:
         self.crons: dict[Key, tuple[Cron, int]] = {}
         self._locks: dict[Key, asyncio.Lock] = {}
         self._wake = asyncio.Event()
+        self._broken: set[Key] = set()  # crons that cannot be evaluated, logged once
         service.register_ops(
             cron_add=(CronAdd, self.cron_add),
             cron_get=(Named, self.cron_get),
@@ -118,7 +119,16 @@ class CronRunner:
                 self.crons.pop(key, None)
                 continue
             async with self._lock(key):
-                sleep = min(sleep, await self._tick(key))
+                try:
+                    sleep = min(sleep, await self._tick(key))
+                except ColoniesError as err:
+                    # This cron cannot be evaluated (a stored value today's rules refuse):
+                    # say so once, and let the others run.
+                    if key not in self._broken:
+                        self._broken.add(key)
+                        logger.error("cron %s in %s is not run: %s", key[1], key[0], err)
+                    continue
+            self._broken.discard(key)
         return sleep
 
     async def _tick(self, key: Key) -> float:

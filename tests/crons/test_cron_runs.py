@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 from datetime import timedelta
 
 import msgspec
@@ -144,3 +145,32 @@ def test_a_runs_graph_id_derives_from_the_cron_and_the_tick() -> None:
     assert run_graph_id(cron, t) == run_graph_id(Cron(name="c", cron_id="x", colony_name="dev"), t)
     assert run_graph_id(cron, t) != run_graph_id(cron, t + timedelta(seconds=1))
     assert len(run_graph_id(cron, t)) == 64
+
+
+async def test_a_stored_cron_that_cannot_run_does_not_stop_the_others(
+    client: Client, broker: Broker, broker_settings: BrokerSettings
+) -> None:
+    """Values written by hand or by another release: one that does not decode is skipped, one
+    that today's rules refuse (an unknown time zone) is left alone; the others run."""
+    s = Subjects(broker_settings.prefix)
+    broker.stop()
+    bad = Cron(
+        name="aaa-bad",
+        cron_id="bad",
+        colony_name="dev",
+        cron_expression="* * * * * *",
+        time_zone="Nowhere/Atlantis",
+        created=now(),
+        workflow_spec=json.dumps({"functionspecs": CHAIN}),
+    )
+    nc = await nats.connect(broker_settings.nats_url)
+    try:
+        kv = await nc.jetstream().key_value(s.bucket_crons)
+        await kv.put(s.cron_key("dev", "aaa-junk"), b"{not json")
+        await kv.put(s.cron_key("dev", "aaa-bad"), msgspec.json.encode(bad))
+    finally:
+        await nc.close()
+    async with running_broker(broker_settings):
+        await Crons(client).add("good", CHAIN, cron_expression="* * * * * *")
+        await _poll_runs(client, "good", 2, timeout=10)
+        assert await _runs(client, "aaa-bad") == []
