@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import msgspec
 import nats
+import pytest
 
 from colonyos.broker import Broker
 from colonyos.broker.crons import run_graph_id
@@ -174,3 +176,27 @@ async def test_a_stored_cron_that_cannot_run_does_not_stop_the_others(
         await Crons(client).add("good", CHAIN, cron_expression="* * * * * *")
         await _poll_runs(client, "good", 2, timeout=10)
         assert await _runs(client, "aaa-bad") == []
+
+
+@pytest.fixture
+async def standby(broker_settings: BrokerSettings, broker: Broker) -> AsyncIterator[Broker]:
+    async with running_broker(broker_settings, lead=False) as b:
+        yield b
+
+
+async def test_a_standby_that_takes_over_goes_on_with_the_chain(
+    client: Client, broker: Broker, standby: Broker, counter: Counter
+) -> None:
+    """The leader stops between ticks; the standby's runs go on from its last run: no tick
+    twice, none lost to the chain (run k's leaf outputs k)."""
+    await Crons(client).add("relay", CHAIN, cron_expression="* * * * * *", wait_for_previous=True)
+    before = await _poll_runs(client, "relay", 2, timeout=15)
+    broker.stop()
+    async with asyncio.timeout(15):
+        await standby.leading.wait()
+    runs = await _poll_runs(client, "relay", len(before) + 2, timeout=20)
+    for graph in runs:
+        await client.graph_wait(graph.process_graph_id, timeout=15)
+    values = [await _root_and_leaf(client, g) for g in runs]
+    assert [leaf for _, leaf in values] == [[k] for k in range(1, len(runs) + 1)]
+    assert [root for root, _ in values] == [[], *([k] for k in range(1, len(runs)))]
