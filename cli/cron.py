@@ -2,22 +2,37 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+import asyncio
+import math
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import typer
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
 
 from colonyos.crons.client import Crons
 from colonyos.crons.model import Cron
 from colonyos.crons.schedule import next_runs
 from colonyos.errors import ColoniesError
-from colonyos.models import WorkflowSpec, now
+from colonyos.models import ZERO_TIME, WorkflowSpec, now
 from colonyos.specs import load_function_spec, load_workflow_spec
 
 from ._common import JSON_OPTION, WIDE_OPTION, connect, read_file
-from ._output import err, free_text, new_table, print_detail, print_json, say, show_id, show_table
+from ._output import (
+    console,
+    err,
+    free_text,
+    new_table,
+    print_detail,
+    print_json,
+    say,
+    show_id,
+    show_table,
+)
 from ._output import when as shown_time
 from ._run import exit_code_for, fail, run
 
@@ -28,6 +43,7 @@ app = typer.Typer(
 
 _NAME = typer.Option(..., "--name", help="The cron's name (unique in the colony).")
 _NEXT_RUNS = 3  # one line of 80 columns
+_WATCH_S = 1.0
 
 
 def schedule_text(cron: Cron) -> str:
@@ -111,34 +127,81 @@ def add(
 
 
 @app.command("ls")
-def ls(ctx: typer.Context, as_json: bool = JSON_OPTION, wide: bool = WIDE_OPTION) -> None:
+def ls(
+    ctx: typer.Context,
+    watch: bool = typer.Option(
+        False, "--watch", help="Keep the list on screen, counting down to each next run."
+    ),
+    as_json: bool = JSON_OPTION,
+    wide: bool = WIDE_OPTION,
+) -> None:
     """List the colony's crons: schedule, next run, last run and its graph."""
+    if watch and as_json:
+        raise fail("--watch shows a live table; leave out --json")
 
     async def go() -> list[Cron]:
         async with await connect(ctx) as client:
-            return await Crons(client).list()
+            crons = await Crons(client).list()
+            if watch:
+                with Live(cron_table(crons, wide, now()), console=console) as live:
+                    while True:  # until Ctrl-C
+                        await asyncio.sleep(_WATCH_S)  # sleep-ok: a live view's refresh
+                        crons = await Crons(client).list()
+                        live.update(cron_table(crons, wide, now()), refresh=True)
+            return crons
 
     crons = run(go())
     if as_json:
         print_json(crons)
-        return
-    if not crons:
+    elif not crons:
         say("no crons: add one with 'colonies cron add --name N --spec F --cron EXPR'")
-        return
-    columns = [("name", False), ("schedule", False), ("next run", True), ("last run", True)]
-    columns.append(("last graph", True))
-    table = new_table("", columns)
+    else:
+        show_table(cron_table(crons, wide), wide)
+
+
+def cron_table(crons: list[Cron], wide: bool = False, at: datetime | None = None) -> Table:
+    """The crons, one a row; given the time ``at``, also how long until each next run."""
+    columns = [("name", False), ("schedule", False), ("next run", True)]
+    if at is not None:
+        columns.append(("in", True))
+    columns += [("last run", True), ("last graph", True)]
+    title = "" if at is None else f"crons at {shown_time(at)} (Ctrl-C stops)"
+    table = new_table(title, columns)
+    today = (at or now()).astimezone().date()
     for cron in crons:
-        table.add_row(
+        waits = ", waits" if cron.wait_for_prev_process_graph else ""
+        row: list[str | Text] = [
             free_text(cron.name),
-            free_text(
-                schedule_text(cron) + (", waits" if cron.wait_for_prev_process_graph else "")
-            ),
-            shown_time(cron.next_run),
-            shown_time(cron.last_run) or "never",
-            show_id(cron.prev_process_graph_id, wide),
-        )
-    show_table(table, wide)
+            free_text(schedule_text(cron) + waits),
+            short_time(cron.next_run, today),
+        ]
+        if at is not None:
+            row.append(countdown(cron.next_run - at))
+        row.append(short_time(cron.last_run, today) or "never")
+        row.append(show_id(cron.prev_process_graph_id, wide))
+        table.add_row(*row)
+    return table
+
+
+def short_time(t: datetime, today: date) -> str:
+    """``19:59:30`` today, ``Dec 02 03:00`` another day (local time): a table at 80 columns
+    keeps room for the schedule."""
+    if t == ZERO_TIME:
+        return ""
+    local = t.astimezone()
+    return local.strftime("%H:%M:%S" if local.date() == today else "%b %d %H:%M")
+
+
+def countdown(left: timedelta) -> str:
+    """``7s``, ``4m05s``, ``2h30m``, ``3d``: how long until a run (0s once it is due)."""
+    seconds = max(0, math.ceil(left.total_seconds()))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    if seconds < 86400:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 86400}d"
 
 
 @app.command("get")

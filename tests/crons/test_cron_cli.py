@@ -4,13 +4,17 @@ tables at 80 columns, JSON for scripts."""
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
+from colonyos.cli.cron import countdown, cron_table, short_time
 from colonyos.cli.main import app
 from colonyos.config import Settings
+from colonyos.crons.model import Cron
+from colonyos.models import ZERO_TIME
 
 COLONIES_CRONS = Path(__file__).parents[1] / "data" / "colonies-examples" / "cron"
 ONE_SPEC = '{"funcname": "echo", "args": ["tick"], "conditions": {"executortype": "echo"}}'
@@ -115,3 +119,29 @@ def test_wrong_input_is_one_line_naming_the_field(  # type: ignore[no-untyped-de
     output = cron_cli("add", "--name", "c", "--spec", str(spec), *options, code=2)
     assert message in output and "Traceback" not in output
     assert len(output.strip().splitlines()) == 1
+
+
+def test_the_watch_counts_down_to_each_next_run() -> None:
+    at = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
+    assert [countdown(timedelta(seconds=s)) for s in (-3, 0, 0.2, 59, 61, 3599, 7260, 90000)] == [
+        "0s", "0s", "1s", "59s", "1m01s", "59m59s", "2h01m", "1d",
+    ]  # fmt: skip
+    cron = Cron(name="c", cron_expression="0/5 * * * * *", next_run=at + timedelta(seconds=4))
+    table = cron_table([cron], at=at)
+    assert [c.header for c in table.columns] == [
+        "name", "schedule", "next run", "in", "last run", "last graph",
+    ]  # fmt: skip
+    assert list(table.columns[3].cells) == ["4s"]
+    assert list(table.columns[4].cells) == ["never"]
+
+
+def test_times_in_the_table_are_short_today_and_dated_otherwise() -> None:
+    t = datetime(2026, 3, 1, 12, 0, 5, tzinfo=UTC)
+    local = t.astimezone()
+    assert short_time(t, local.date()) == local.strftime("%H:%M:%S")
+    assert short_time(t, local.date() - timedelta(days=1)) == local.strftime("%b %d %H:%M")
+    assert short_time(ZERO_TIME, local.date()) == ""
+
+
+def test_watch_has_no_json(cron_cli) -> None:  # type: ignore[no-untyped-def]
+    assert "--watch shows a live table" in cron_cli("ls", "--watch", "--json", code=2)
