@@ -121,6 +121,11 @@ class CronRunner:
             async with self._lock(key):
                 try:
                     sleep = min(sleep, await self._tick(key))
+                except ConflictError:
+                    # Written meanwhile (a deposed leader's last write): read again, and the
+                    # next sweep decides from what is stored.
+                    sleep = 0.0
+                    continue
                 except ColoniesError as err:
                     # This cron cannot be evaluated (a stored value today's rules refuse):
                     # say so once, and let the others run.

@@ -200,3 +200,32 @@ async def test_a_standby_that_takes_over_goes_on_with_the_chain(
     values = [await _root_and_leaf(client, g) for g in runs]
     assert [leaf for _, leaf in values] == [[k] for k in range(1, len(runs) + 1)]
     assert [root for root, _ in values] == [[], *([k] for k in range(1, len(runs)))]
+
+
+async def test_a_write_the_leader_did_not_see_is_never_written_over(
+    client: Client, broker_settings: BrokerSettings
+) -> None:
+    """Another writer (a leader deposed a moment ago) changed the cron: the leader's next run,
+    decided from what it had read, loses the compare-and-set and it goes on from what is
+    stored."""
+    s = Subjects(broker_settings.prefix)
+    crons = Crons(client)
+    added = await crons.add("cas", CHAIN, cron_expression="* * * * * *")
+    await _poll_runs(client, "cas", 1, timeout=10)
+    held = await crons.get("cas")
+    later = held.last_run + timedelta(days=365)
+    nc = await nats.connect(broker_settings.nats_url)
+    try:
+        kv = await nc.jetstream().key_value(s.bucket_crons)
+        await kv.put(
+            s.cron_key("dev", "cas"),
+            msgspec.json.encode(msgspec.structs.replace(held, last_run=later)),
+        )
+    finally:
+        await nc.close()
+    written = now()
+    async with asyncio.timeout(10):  # three ticks of the cron go by
+        while now() < written + timedelta(seconds=3.2):
+            await _pause()
+    stored = await crons.get("cas")
+    assert stored.last_run == later and stored.cron_id == added.cron_id
