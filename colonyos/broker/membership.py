@@ -137,7 +137,8 @@ class Membership:
         return await self.book.get(SERVER_SCOPE, caller) is not None
 
     async def _is_executor(self, colony: str, caller: str) -> bool:
-        """A member with an executor's key (a server owner has no record in the colony)."""
+        """A member with an executor's key. (Only members publish on a colony's subjects; a
+        caller without a record is not taken for an executor.)"""
         member = await self.book.get(colony, caller)
         return member is not None and member.role in (Role.EXECUTOR, Role.PENDING_EXECUTOR)
 
