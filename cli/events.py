@@ -146,6 +146,8 @@ def event_line(when: datetime, event: Event) -> str:
         state, style = event.state.token, STATE_STYLE[event.state]
         etype, item_id, func = GRAPH_TOKEN, event.process_graph_id, "-"
         detail = f"{len(event.process_ids)} processes"
+        if event.cron_name:  # a cron's tick
+            detail += f", cron {event.cron_name}"
     else:
         state, style = REJECTED_TOKEN, "red"
         etype, item_id, func = event.executor_type, event.process_id, "-"

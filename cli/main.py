@@ -10,7 +10,7 @@ from rich.logging import RichHandler
 
 from colonyos.config import DEFAULT_COLONY, DEFAULT_NATS_URL, DEFAULT_PREFIX, Settings
 
-from . import colony, events, executor, function, key, log, process, server, user, workflow
+from . import colony, cron, events, executor, function, key, log, process, server, user, workflow
 from ._output import err
 from ._run import ColoniesGroup
 
@@ -86,6 +86,7 @@ def _is_service(ctx: typer.Context) -> bool:
 app.add_typer(function.app, name="function")
 app.add_typer(process.app, name="process")
 app.add_typer(workflow.app, name="workflow")
+app.add_typer(cron.app, name="cron")
 app.add_typer(log.app, name="log")
 app.add_typer(colony.app, name="colony")
 app.add_typer(executor.app, name="executor")

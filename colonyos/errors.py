@@ -170,6 +170,17 @@ class GraphNotFoundError(NotFoundError):
         super().__init__(f"process graph {graph_id} does not exist", process_graph_id=graph_id)
 
 
+class CronNotFoundError(NotFoundError):
+    code = "cron_not_found"
+
+    def __init__(self, colony_name: str, cron_name: str) -> None:
+        super().__init__(
+            f"cron {cron_name!r} does not exist in colony {colony_name!r}",
+            colony_name=colony_name,
+            cron_name=cron_name,
+        )
+
+
 class ConflictError(ColoniesError):
     code = "conflict"
 

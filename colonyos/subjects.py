@@ -173,6 +173,11 @@ class Subjects:
         return f"{self.prefix}-graphs"
 
     @property
+    def bucket_crons(self) -> str:
+        """Cron definitions with their last run, by colony and cron name."""
+        return f"{self.prefix}-crons"
+
+    @property
     def bucket_leases(self) -> str:
         return f"{self.prefix}-leases"
 
@@ -198,6 +203,10 @@ class Subjects:
     @staticmethod
     def member_key(colony: str, name: str) -> str:
         return f"{colony}.{name}"
+
+    @staticmethod
+    def cron_key(colony: str, cron_name: str) -> str:
+        return f"{colony}.{cron_name}"
 
     @staticmethod
     def executor_key(colony: str, executor_name: str) -> str:

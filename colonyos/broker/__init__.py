@@ -23,6 +23,7 @@ from nats.js.api import AckPolicy, ConsumerConfig
 from colonyos import limits
 from colonyos.broker.admin import Admin
 from colonyos.broker.callout import Callout
+from colonyos.broker.crons import CronRunner
 from colonyos.broker.explain import Explainer
 from colonyos.broker.feed import PullFeed
 from colonyos.broker.index import ProcessIndex
@@ -181,10 +182,12 @@ class Broker:
             Explainer(service, liveness_s=s.executor_liveness_s)
             Readers(service)
             workflows = Workflows(service)
-            removal = Removal(service, workflows)
+            crons = CronRunner(service, workflows)
+            removal = Removal(service, workflows, crons)
             Registry(service)
             await service.load()
             await workflows.load()
+            await crons.load()
             self.service = service
             intake = Intake(service, workflows)
             lifecycle = Lifecycle(
@@ -209,6 +212,7 @@ class Broker:
                 asyncio.create_task(self._consume(nc, intake), name="consume-specs"),
                 asyncio.create_task(lifecycle.run(), name="lifecycle"),
                 asyncio.create_task(retention.run(), name="retention"),
+                asyncio.create_task(crons.run(), name="crons"),
             ]
             stack.push_async_callback(self._cancel, tasks)
             # The server has the request subscription before anyone is told this broker leads:

@@ -44,6 +44,9 @@ OWNER_OPS = frozenset(
 # What only a server owner may ask, and only on the server scope (the server lets no one else
 # publish there): asked on a colony's subject, any member could run them.
 SERVER_OPS = frozenset({"colony_add", "colony_remove", "colony_list", "colony_get"})
+# What an executor's key may not ask: a cron is a standing submission in the colony's name,
+# made by its people (Colonies lets any member, executors too).
+CRON_OPS = frozenset({"cron_add", "cron_run", "cron_remove"})
 # What only an executor may ask: a live (not removed) member record of role executor for the
 # caller's name, whatever executor record the name still has (a removed executor's name added
 # again as a user must not inherit its registration).
@@ -121,6 +124,13 @@ class Membership:
                 op=op,
                 caller=caller,
             )
+        if op in CRON_OPS and await self._is_executor(colony, caller):
+            raise NotAuthorizedError(
+                f"not allowed: {op.replace('_', ' ')} is for the owner and users of colony "
+                f"{colony!r}, and {caller!r} is an executor",
+                op=op,
+                caller=caller,
+            )
         if op in EXECUTOR_OPS:
             member = await self.book.get(colony, caller)
             if member is None or member.removed or member.role is not Role.EXECUTOR:
@@ -155,6 +165,12 @@ class Membership:
         what is in them."""
         member = await self.book.get(colony, caller)
         return member is not None and not member.removed and member.role is Role.COLONY_OWNER
+
+    async def _is_executor(self, colony: str, caller: str) -> bool:
+        """A member with an executor's key. (Only members publish on a colony's subjects; a
+        caller without a record is not taken for an executor.)"""
+        member = await self.book.get(colony, caller)
+        return member is not None and member.role in (Role.EXECUTOR, Role.PENDING_EXECUTOR)
 
     # -- members ------------------------------------------------------------------------------
     async def member_add(self, colony: str, caller: str, req: MemberAdd) -> Member:

@@ -17,6 +17,7 @@ import logging
 from datetime import datetime
 
 from colonyos.broker import transitions
+from colonyos.broker.crons import CronRunner
 from colonyos.broker.registry import removed_message
 from colonyos.broker.service import Service
 from colonyos.broker.workflows import Workflows
@@ -39,9 +40,12 @@ _BATCH = 200
 
 
 class Removal:
-    def __init__(self, service: Service, workflows: Workflows) -> None:
+    def __init__(
+        self, service: Service, workflows: Workflows, crons: CronRunner | None = None
+    ) -> None:
         self.service = service
         self.workflows = workflows
+        self.crons = crons
         self.store = service.store
         self.index = service.index
         service.register_ops(
@@ -111,6 +115,8 @@ class Removal:
         process_ids, graph_ids = await self.index.colony_ids(req.name)
         await asyncio.gather(*(self._cancel(req.name, pid) for pid in process_ids))
         await self.store.purge_colony(req.name)
+        if self.crons is not None:
+            self.crons.forget_colony(req.name)
         for pid in process_ids:
             self.service.forget(pid)
         for graph_id in graph_ids:

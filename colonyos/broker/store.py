@@ -32,6 +32,7 @@ from nats.js.kv import KeyValue
 
 from colonyos.broker.publisher import JetStreamPublisher
 from colonyos.config import DEFAULT_RETENTION_S
+from colonyos.crons.model import Cron
 from colonyos.errors import ColoniesError, GraphNotFoundError, ProcessNotFoundError
 from colonyos.limits import check_record
 from colonyos.messages import GraphEvent, Rejection, process_event_body
@@ -47,6 +48,7 @@ _process_decoder = msgspec.json.Decoder(Process)
 _executor_decoder = msgspec.json.Decoder(Executor)
 _colony_decoder = msgspec.json.Decoder(Colony)
 _graph_decoder = msgspec.json.Decoder(ProcessGraph)
+_cron_decoder = msgspec.json.Decoder(Cron)
 
 GRAPH_RECORD = "the process graph record"
 
@@ -112,6 +114,7 @@ class ProcessStore:
         self.colonies: KeyValue
         self.leases: KeyValue
         self.graphs: KeyValue
+        self.crons: KeyValue
 
     async def setup(self) -> None:
         """Create (or update) every stream and bucket. Safe to run from several brokers."""
@@ -158,6 +161,7 @@ class ProcessStore:
         self.colonies = await self._bucket(s.bucket_colonies, history=1)
         self.leases = await self._bucket(s.bucket_leases, history=1)
         self.graphs = await self._bucket(s.bucket_graphs, history=1)
+        self.crons = await self._bucket(s.bucket_crons, history=1)
         if not self._writing:
             await self.publisher.start()
             self._writing = True
@@ -252,11 +256,11 @@ class ProcessStore:
         )
 
     async def purge_colony(self, colony: str) -> None:
-        """Everything stored under a colony's name: processes, graphs, executors, logs, events
-        and the submissions not yet taken."""
+        """Everything stored under a colony's name: processes, graphs, executors, crons, logs,
+        events and the submissions not yet taken."""
         s = self.subjects
         every_key = s.process_key(colony, "*")
-        for bucket in (s.bucket_processes, s.bucket_graphs, s.bucket_executors):
+        for bucket in (s.bucket_processes, s.bucket_graphs, s.bucket_executors, s.bucket_crons):
             await self.js.purge_stream(s.kv_stream(bucket), subject=s.kv_subject(bucket, every_key))
         await self.js.purge_stream(s.stream_logs, subject=s.logs(colony, "*"))
         await self.js.purge_stream(s.stream_events, subject=s.events_filter(colony=colony))
@@ -457,6 +461,12 @@ class ProcessStore:
             colony = _decoded(_colony_decoder, entry, "colony")
             if colony is not None:
                 yield colony
+
+    async def all_crons(self) -> AsyncIterator[tuple[Cron, int]]:
+        async for entry in self._snapshot(self.crons):
+            cron = _decoded(_cron_decoder, entry, "cron")
+            if cron is not None:
+                yield cron, entry.revision
 
     async def _snapshot(self, kv: KeyValue) -> AsyncIterator[_Snapshot]:
         """Every key's latest value, read once.

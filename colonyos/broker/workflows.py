@@ -79,9 +79,19 @@ class Workflows:
             await self.store.reject(colony, GRAPH_TOKEN, graph_id, err)
             await msg.ack()
             return
+        await self.start(graph, processes)
+        await msg.ack()
+
+    async def start(self, graph: ProcessGraph, processes: list[Process]) -> None:
+        """Write a planned graph and its processes and queue its roots. Idempotent: what exists
+        already (a redelivery, a tick a previous leader began) is kept, and what is missing is
+        finished."""
+        colony, graph_id = graph.colony_name, graph.process_graph_id
         # None: a redelivery (then indexed already); finish what is missing
         if await self.store.create_graph(graph) is not None:
             self.service.index.put_graph(graph)
+            if graph.cron_name:  # a cron's tick: its run starts, as an event
+                await self.store.publish_graph_event(graph)
         # Every process is written before any is assignable: a root that finished before its
         # children existed would find nobody to release.
         written = await asyncio.gather(*(self.store.create(p) for p in processes))
@@ -101,7 +111,6 @@ class Workflows:
         for process, _, _ in stored:
             if process.state.is_terminal:  # a redelivery: finish what its end started
                 await self.after_transition(process)
-        await msg.ack()
         logger.info("workflow %s in %s: %d processes", graph_id, colony, len(processes))
 
     def graph_id(self, msg: Msg) -> str:
@@ -126,10 +135,10 @@ class Workflows:
                 path="$.colonyname",
             )
         graph, processes = plan(workflow, colony, graph_id, t, ns, initiator=_initiator(msg))
-        self._check_sizes(graph, processes)
+        self.check_sizes(graph, processes)
         return graph, processes
 
-    def _check_sizes(self, graph: ProcessGraph, processes: list[Process]) -> None:
+    def check_sizes(self, graph: ProcessGraph, processes: list[Process]) -> None:
         """Every record of the workflow can be stored, or nothing is written."""
         for i, process in enumerate(processes):
             try:
@@ -417,8 +426,12 @@ def plan(
     ns: int,
     *,
     initiator: str = "",
+    root_input: list[Any] | None = None,
+    cron_name: str = "",
 ) -> tuple[ProcessGraph, list[Process]]:
-    """The graph and its processes, with parents and children linked by process id."""
+    """The graph and its processes, with parents and children linked by process id; the roots
+    get ``root_input`` as their input (``in``), as a cron's run gets its previous run's
+    outputs."""
     check_workflow(workflow)
     specs = workflow.function_specs
     ids = {spec.node_name: node_process_id(graph_id, i) for i, spec in enumerate(specs)}
@@ -440,6 +453,7 @@ def plan(
                 wait_deadline=ZERO_TIME if parents else process.wait_deadline,
                 parents=parents,
                 children=children[pid],
+                input=list(root_input or []) if not parents else [],
             )
         )
     graph = ProcessGraph(
@@ -449,5 +463,6 @@ def plan(
         process_ids=[p.process_id for p in processes],
         nodes=ids,
         submission_time=t,
+        cron_name=cron_name,
     )
     return graph, processes

@@ -103,6 +103,22 @@ class Monkey:
             lambda: ["--colony", rng.choice(["nosuch", "bad name"]), "process", "psw"],
             lambda: ["process", "get"],
             lambda: ["nosuchcommand"],
+            lambda: [
+                "cron",
+                "add",
+                "--name",
+                rng.choice(["nightly", "bad name", ""]),
+                "--spec",
+                rng.choice([echo, workflow, str(self.bad)]),
+                *rng.choice([["--cron", "0 0 3 * * *"], ["--cron", "61 * *"], ["--interval", "0"]]),
+            ],
+            lambda: [
+                "cron",
+                rng.choice(["get", "run", "remove"]),
+                "--name",
+                rng.choice(["nightly", "x y"]),
+            ],
+            lambda: ["cron", "ls", *rng.choice([[], ["--json"], ["--wide"]])],
         ]
 
     def run(self, args: list[str], interrupt: bool = False) -> tuple[int, str]:
