@@ -51,7 +51,7 @@ soak: install
 # tests/mutate_filter.py skips the mutants inside type annotations, which no test can notice.
 # cosmic-ray changes the file in place and puts it back; after an interrupted run, `git diff`.
 # Sessions and reports go to .mutate/.
-MUTATE ?= transitions scheduler store lease service workflows lifecycle
+MUTATE ?= transitions scheduler store lease service assignment reports workflows lifecycle
 MUTATE_MAP_TESTS := tests --ignore=tests/test_checker.py --ignore=tests/test_cluster.py \
 	--ignore=tests/test_packaging.py --ignore=tests/fuzz
 
@@ -74,6 +74,8 @@ mutate: install
 			lifecycle) tests="tests/test_lifecycle.py tests/test_executor_liveness.py";; \
 			workflows) tests="tests/test_workflows.py";; \
 			service) tests="tests/test_assign_flow.py tests/test_capacity.py";; \
+			assignment) tests="tests/test_assign_flow.py tests/test_capacity.py tests/broker/test_two_writers.py";; \
+			reports) tests="tests/test_assign_flow.py tests/test_lifecycle.py tests/test_sizes.py";; \
 			*) echo "make mutate: no home tests listed for $$m"; exit 2;; \
 		esac; \
 		printf '%s\n' '[cosmic-ray]' "module-path = \"colonyos/broker/$$m.py\"" 'timeout = 300.0' \

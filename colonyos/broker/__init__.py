@@ -22,6 +22,7 @@ from nats.js.api import AckPolicy, ConsumerConfig
 
 from colonyos import limits
 from colonyos.broker.admin import Admin
+from colonyos.broker.assignment import Assignment
 from colonyos.broker.callout import Callout
 from colonyos.broker.crons import CronRunner
 from colonyos.broker.explain import Explainer
@@ -35,6 +36,7 @@ from colonyos.broker.membership import Membership
 from colonyos.broker.readers import Readers
 from colonyos.broker.registry import Registry
 from colonyos.broker.removal import Removal
+from colonyos.broker.reports import Reports
 from colonyos.broker.retention import Retention
 from colonyos.broker.service import Service, new_id
 from colonyos.broker.store import ProcessStore
@@ -174,6 +176,8 @@ class Broker:
             service = Service(
                 store, index, self.subjects, max_executor_losses=s.max_executor_losses
             )
+            Assignment(service)
+            Reports(service)
             admin = Admin(service, liveness_s=s.executor_liveness_s)
             assert self.members is not None
             Membership(service, admin, self.members, secure=s.keys_dir is not None)

@@ -1,12 +1,14 @@
-"""The broker's state and request handlers: assigning, closing, and answering queries.
+"""The broker's state, the request dispatch, and the one path every transition takes.
 
 Everything the leading broker knows about live processes (the waiting queue, what is running
 and on which executor, deadlines) is updated in one place, :meth:`Service.track`, after every
 write, and rebuilt from KV by :meth:`Service.load` when a broker starts leading.
 
-Handlers decode at the edge, decide through the pure :mod:`scheduler` and :mod:`transitions`,
-write through :mod:`store` (KV compare-and-set, then one event), and keep the :mod:`index`
-projection current. Nothing here blocks the event loop.
+The handlers live with their parts (:mod:`assignment`, :mod:`reports`, :mod:`registry`,
+:mod:`admin`, ...) and register their operations here; :meth:`Service.handle` decodes at the
+edge and dispatches. Every change of a process goes through :meth:`Service.transition`: decide
+through the pure :mod:`transitions`, write through :mod:`store` (KV compare-and-set, then one
+event), and follow the write in memory. Nothing here blocks the event loop.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import functools
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -32,7 +34,6 @@ from colonyos.broker.scheduler import (
     Capacity,
     CapacityInUse,
     DeadlineHeap,
-    Offer,
     ParkedAssigns,
     Requirement,
     WaitingQueue,
@@ -53,14 +54,8 @@ from colonyos.errors import (
 )
 from colonyos.limits import record_limit
 from colonyos.messages import (
-    Assign,
-    Close,
     Control,
-    Fail,
     Heartbeat,
-    LogLines,
-    Outcome,
-    Results,
     Revoke,
 )
 from colonyos.models import (
@@ -68,16 +63,14 @@ from colonyos.models import (
     Colony,
     Executor,
     ExecutorState,
-    LogEntry,
     Process,
     ProcessState,
     now,
 )
-from colonyos.resources import parse_bytes, parse_cpu_millis
 from colonyos.specs import check_function_spec, from_validation_error
 from colonyos.subjects import SERVER_SCOPE, Subjects
 
-__all__ = ["Service", "new_id"]
+__all__ = ["LOOK_AGAIN", "Picked", "Service", "new_id"]
 
 logger = logging.getLogger(__name__)
 
@@ -85,14 +78,12 @@ _encode = msgspec.json.Encoder().encode
 _NO_WORK = b'{"result":null}'
 _heartbeat_decoder = msgspec.json.Decoder(Heartbeat)
 _TRANSITION_ATTEMPTS = 8
-# What a process's JSON gains when it is assigned (its executor's id, start time, deadline).
-_ASSIGNED_GROWTH = 128
 # How far before the newest event a revision may have been written and still lack its event.
 _EVENT_SLACK = timedelta(seconds=30)
 
 Picked = tuple[Process, int]
 # Handed to a parked assign instead of a process: look at the queue again (capacity came back).
-_LOOK_AGAIN: Picked = (Process(process_id=""), -1)
+LOOK_AGAIN: Picked = (Process(process_id=""), -1)
 Handler = Callable[[str, str, Any], Awaitable[Any]]
 
 
@@ -139,7 +130,7 @@ class Service:
         self._capacities: dict[tuple[str, str], Capacity] = {}
         self._names: dict[str, tuple[str, str]] = {}  # executor id -> (colony, name)
         # Parked assign requests by executor run (id), so that a run that goes can end them.
-        self._parked_runs: dict[str, set[asyncio.Future[Picked]]] = {}
+        self.parked_runs: dict[str, set[asyncio.Future[Picked]]] = {}
         # Executor losses a process may have before it fails (see transitions.requeue_lost).
         self.max_executor_losses = max_executor_losses
         # Live processes beyond the queue, and what the lifecycle sweeps need.
@@ -159,14 +150,8 @@ class Service:
         # Called with the (colony, name) a heartbeat came on and the executor id it carries
         # (registrations: a run told to stop that still heartbeats is told again).
         self.heartbeat_hook: Callable[[str, str, str], None] | None = None
-        self._ops: dict[str, tuple[msgspec.json.Decoder[Any], Handler]] = {
-            "assign": (msgspec.json.Decoder(Assign), self.assign),
-            "assign_many": (msgspec.json.Decoder(Assign), self.assign_many),
-            "results": (msgspec.json.Decoder(Results), self.results),
-            "close": (msgspec.json.Decoder(Close), self.close),
-            "fail": (msgspec.json.Decoder(Fail), self.fail),
-            "log": (msgspec.json.Decoder(LogLines), self.log),
-        }
+        # Served by the parts of the broker (assignment.py, reports.py, registry.py, ...).
+        self._ops: dict[str, tuple[msgspec.json.Decoder[Any], Handler]] = {}
 
     @property
     def reply_limit(self) -> int:
@@ -290,7 +275,7 @@ class Service:
         if process.state is ProcessState.WAITING and not process.wait_for_parents:
             if process.wait_deadline != ZERO_TIME:
                 self.wait_deadlines.push(_ns(process.wait_deadline), process.colony_name, pid)
-            self._enqueue(process, revision)
+            self.enqueue(process, revision)
         elif process.state is ProcessState.RUNNING:
             self.running[pid] = (process, revision)
             self.in_use.hold(process.assigned_executor_id, pid, Requirement.of(process.spec))
@@ -300,15 +285,15 @@ class Service:
             # Capacity came back: a parked assign of that executor may now fit a queued one.
             for waiter in self.parked.take_all_of(freed):
                 if not waiter.done():
-                    waiter.set_result(_LOOK_AGAIN)
+                    waiter.set_result(LOOK_AGAIN)
 
-    async def _confirm(self, process: Process, revision: int) -> None:
+    async def confirm(self, process: Process, revision: int) -> None:
         """Before changing a loaded revision, make sure its event exists (stream order)."""
         if process.process_id in self.unconfirmed:
             self.unconfirmed.discard(process.process_id)
             await self.store.ensure_event(process, revision)
 
-    def _enqueue(self, process: Process, revision: int) -> None:
+    def enqueue(self, process: Process, revision: int) -> None:
         """Hand a waiting process to one parked executor that matches it, else queue it."""
         while (waiter := self.parked.take_for(process)) is not None:
             if not waiter.done():
@@ -391,7 +376,7 @@ class Service:
         except KeyError:
             raise ExecutorNotFoundError(colony, name) from None
 
-    def _approved(self, colony: str, name: str, executor_id: str = "") -> Executor:
+    def approved(self, colony: str, name: str, executor_id: str = "") -> Executor:
         """The caller's registration, if it may be given work; ``executor_id``: the run asking
         (a run replaced since is refused)."""
         executor = self.executor(colony, name)
@@ -443,7 +428,7 @@ class Service:
             else:
                 process, revision = await self.store.get(colony, process_id)
             updated = step(process)
-            await self._confirm(process, revision)
+            await self.confirm(process, revision)
             too_large: str | None = None
             try:
                 try:
@@ -459,7 +444,7 @@ class Service:
             self.track(updated, new_revision, data)
             if notify and _revoked(process, updated):
                 await self._revoke(process, updated)
-            await self._after(updated)
+            await self.after_write(updated)
             if too_large is not None:
                 raise ConflictError(
                     f"process {process_id} is FAILED: {too_large}",
@@ -468,164 +453,6 @@ class Service:
                 )
             return updated
         raise ConflictError(f"process {process_id} kept changing; try again", process_id=process_id)
-
-    # -- executor operations ------------------------------------------------------------
-    async def assign(self, colony: str, caller: str, req: Assign) -> Process | None:
-        executor = self._approved(colony, caller, req.executor_id)
-        cap = self.offer(executor, req)
-        etype = executor.executor_type
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + max(0.0, req.timeout)
-        while True:
-            popped = self.queue.pop_match(colony, cap, etype)
-            if popped is not None:
-                picked = await self._body(colony, popped)
-                if picked is None:
-                    continue  # removed meanwhile: take the next one
-            else:
-                logger.debug("assign from %s in %s parked", caller, colony)
-                picked = await self._park(
-                    colony, etype, cap, deadline - loop.time(), run=executor.executor_id
-                )
-                if picked is None:
-                    return None
-                if picked is _LOOK_AGAIN:
-                    continue
-                try:  # parked a while: removed, rejected or replaced meanwhile?
-                    executor = self._approved(colony, caller, executor.executor_id)
-                except ColoniesError:
-                    self.in_use.release(picked[0].process_id)  # held for this executor
-                    self._enqueue(*picked)  # for another executor
-                    raise
-            updated = await self._take(executor, *picked)
-            if updated is not None:
-                return updated
-
-    async def assign_many(self, colony: str, caller: str, req: Assign) -> list[Process]:
-        """Up to ``req.count`` processes: the first as :meth:`assign` gets it (waiting for one
-        if need be), then those assignable at once, written together."""
-        first = await self.assign(colony, caller, req)
-        if first is None:
-            return []
-        try:
-            executor = self._approved(colony, caller, req.executor_id)
-        except ColoniesError:
-            return [first]  # changed in this instant: the rest waits for the next request
-        cap = self.offer(executor, req)
-        popped: list[tuple[str, Process | None, int]] = []
-        while len(popped) < req.count - 1:
-            item = self.queue.pop_match(colony, cap, executor.executor_type)
-            if item is None:
-                break
-            popped.append(item)
-        picked = await self._within_reply(colony, first, popped)
-        taken = await asyncio.gather(
-            *(self._take(executor, *item) for item in picked), return_exceptions=True
-        )
-        assigned = [first]
-        for outcome in taken:
-            if isinstance(outcome, Process):
-                assigned.append(outcome)
-            elif isinstance(outcome, BaseException):
-                logger.warning("assigning to %s in %s failed: %s", caller, colony, outcome)
-        return assigned
-
-    def offer(self, executor: Executor, req: Assign) -> Offer:
-        """What ``executor`` can take in this assign: its capacity less what its running
-        processes hold, within the request's ``availablecpu``/``availablemem`` if given."""
-        return Offer(
-            self._capacities[(executor.colony_name, executor.executor_name)],
-            executor.executor_id,
-            self.in_use,
-            _available("availablecpu", req.available_cpu, parse_cpu_millis),
-            _available("availablemem", req.available_mem, parse_bytes),
-        )
-
-    async def _within_reply(
-        self, colony: str, first: Process, popped: list[tuple[str, Process | None, int]]
-    ) -> list[Picked]:
-        """Those of ``popped`` that one reply still holds beside ``first``, in queue order
-        (the others go back to the queue): a reply is one NATS message."""
-        bodies = await asyncio.gather(
-            *(self._body(colony, item) for item in popped), return_exceptions=True
-        )
-        room = self.reply_limit - len(_encode(first)) - 2
-        kept: list[Picked] = []
-        for (pid, _, _), body in zip(popped, bodies, strict=True):
-            if isinstance(body, BaseException):
-                logger.warning("reading queued process %s in %s failed: %s", pid, colony, body)
-                self.in_use.release(pid)  # not taken: the next leader queues it again
-                continue
-            if body is None:
-                continue  # removed meanwhile
-            if room >= 0:
-                room -= len(_encode(body[0])) + _ASSIGNED_GROWTH + 1
-            if room < 0:
-                self.track(*body)  # back in the queue, in its place
-            else:
-                kept.append(body)
-        return kept
-
-    async def _take(self, executor: Executor, process: Process, revision: int) -> Process | None:
-        """Write a process taken from the queue as running on ``executor``; None if it was no
-        longer assignable. If the write fails, the process goes back to the queue."""
-        try:
-            updated = transitions.assign(process, executor, now=now())
-        except ConflictError:
-            self.track(process, revision)  # read back from KV, and no longer waiting
-            return None
-        try:
-            await self._confirm(process, revision)
-            new_revision, data = await self.store.update(updated, revision)
-        except StaleRevisionError:
-            await self._reload(process)  # changed meanwhile: learn what it is now
-            return None
-        except BaseException:
-            self.track(process, revision)
-            raise
-        self.track(updated, new_revision, data)
-        await self._after(updated)
-        logger.debug("assigned %s to %s", process.process_id, executor.executor_name)
-        return updated
-
-    async def _body(self, colony: str, popped: tuple[str, Process | None, int]) -> Picked | None:
-        """A queued process, read back from KV when the queue kept no body for it."""
-        pid, process, revision = popped
-        if process is not None:
-            return process, revision
-        try:
-            return await self.store.get(colony, pid)
-        except ProcessNotFoundError:
-            self.in_use.release(pid)
-            return None
-
-    async def _park(
-        self, colony: str, etype: str, cap: Offer, timeout: float, *, run: str
-    ) -> Picked | None:
-        if timeout <= 0:
-            return None
-        waiter: asyncio.Future[Picked] = asyncio.get_running_loop().create_future()
-        self.parked.park(colony, etype, cap, waiter)
-        runs = self._parked_runs.setdefault(run, set())
-        runs.add(waiter)
-        try:
-            async with asyncio.timeout(timeout):
-                return await asyncio.shield(waiter)
-        except TimeoutError:
-            if waiter.done() and not waiter.cancelled():  # handed one in the same instant
-                return waiter.result()
-            waiter.cancel()
-            return None
-        except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if waiter.cancelled() and task is not None and not task.cancelling():
-                return None  # released by release_parked() or unpark_run(): "no work"
-            raise
-        finally:
-            self.parked.unpark(colony, etype, waiter)
-            runs.discard(waiter)
-            if not runs and self._parked_runs.get(run) is runs:
-                del self._parked_runs[run]
 
     async def _revoke(self, before: Process, after: Process) -> None:
         holder = self._names.get(before.assigned_executor_id)
@@ -643,11 +470,11 @@ class Service:
         )
         await self.store.tell(self.subjects.control(colony, name), body)
 
-    async def _after(self, process: Process) -> None:
+    async def after_write(self, process: Process) -> None:
         if process.process_graph_id and self.graph_hook is not None:
             await self.graph_hook(process)
 
-    async def _reload(self, process: Process) -> None:
+    async def reload(self, process: Process) -> None:
         try:
             current, revision = await self.store.get(process.colony_name, process.process_id)
         except ProcessNotFoundError:
@@ -660,54 +487,6 @@ class Service:
         """Answer every parked assign with "no work" (the broker is stopping)."""
         for waiter in self.parked.all_waiters():
             waiter.cancel()
-
-    async def close(self, colony: str, caller: str, req: Close) -> Process:
-        step = functools.partial(_close_step, self.executor(colony, caller), req, now())
-        return await self.transition(colony, req.process_id, step, notify=False)
-
-    async def fail(self, colony: str, caller: str, req: Fail) -> Process:
-        step = functools.partial(_fail_step, self.executor(colony, caller), req, now())
-        return await self.transition(colony, req.process_id, step, notify=False)
-
-    async def results(self, colony: str, caller: str, req: Results) -> list[Outcome]:
-        """Close and fail several processes in one request; each is answered on its own."""
-        executor = self.executor(colony, caller)
-        t = now()
-        steps: list[tuple[str, Callable[[Process], Process]]] = []
-        for close in req.closes:
-            steps.append((close.process_id, functools.partial(_close_step, executor, close, t)))
-        for fail in req.fails:
-            steps.append((fail.process_id, functools.partial(_fail_step, executor, fail, t)))
-        done = await asyncio.gather(
-            *(self.transition(colony, pid, step, notify=False) for pid, step in steps),
-            return_exceptions=True,
-        )
-        outcomes = []
-        for (pid, _), outcome in zip(steps, done, strict=True):
-            if isinstance(outcome, ColoniesError):
-                outcomes.append(Outcome(process_id=pid, error=outcome.to_reply()))
-            elif isinstance(outcome, BaseException):
-                raise outcome  # NATS trouble: the executor sends them all again
-            else:
-                outcomes.append(Outcome(process_id=pid))
-        return outcomes
-
-    async def log(self, colony: str, caller: str, req: LogLines) -> None:
-        executor = self.executor(colony, caller)
-        process, _ = await self.store.get(colony, req.process_id)
-        transitions.require_lease(process, executor, "add logs to", req.attempt)
-        subject = self.subjects.logs(colony, req.process_id)
-        stamp = time.time_ns()
-        blank = LogEntry(
-            process_id=req.process_id, colony_name=colony, executor_name=caller, message=""
-        )
-        # A line too long for one message is split into pieces that each are one.
-        budget = record_limit(self.store.nc.max_payload) - len(_encode(blank))
-        pieces = (piece for line in req.lines for piece in _log_pieces(line, budget))
-        for i, piece in enumerate(pieces):
-            entry = msgspec.structs.replace(blank, message=piece, timestamp=stamp + i)
-            await self.store.js.publish(subject, _encode(entry))
-        return None
 
     async def give_back(self, executor_id: str, reason: str) -> int:
         """Queue again at once what a registration runs (its run is gone or going): an executor
@@ -724,7 +503,7 @@ class Service:
     def unpark_run(self, executor_id: str) -> None:
         """End the parked assign requests of one executor run (it stops, or was replaced or
         removed): each answers "no work", and no process is handed to it any more."""
-        for waiter in self._parked_runs.pop(executor_id, set()):
+        for waiter in self.parked_runs.pop(executor_id, set()):
             waiter.cancel()
 
     def capacity_of(self, executor: Executor) -> Capacity:
@@ -762,21 +541,6 @@ class Service:
             self._capacities[key] = Capacity(key[1], executor.location_name, 0, 0, 0, 0, 0)
 
 
-def _log_pieces(line: str, budget: int) -> Iterator[str]:
-    """The line in pieces whose JSON strings are at most ``budget`` bytes each (most lines:
-    the line itself)."""
-    if len(line) * 6 + 2 <= budget:  # six bytes is the most JSON spends on a character
-        yield line
-        return
-    start = 0
-    while start < len(line):
-        end = min(len(line), start + budget)
-        while (size := len(_encode(line[start:end]))) > budget:
-            end = start + max(1, (end - start) * budget // size - 1)
-        yield line[start:end]
-        start = end
-
-
 def _what_grew(before: Process, after: Process) -> str:
     """What a transition added that makes the record too large, to lead the store's message:
     "its output: with it, the process record would be ... bytes; ..."."""
@@ -795,24 +559,6 @@ def _lost_step(
     if not transitions.same_assignment(process, seen):
         raise ConflictError("no longer applies")
     return transitions.requeue_lost(process, reason, now=t, max_losses=max_losses)
-
-
-def _close_step(executor: Executor, req: Close, t: datetime, process: Process) -> Process:
-    return transitions.close(process, executor, req.output, now=t, attempt=req.attempt)
-
-
-def _fail_step(executor: Executor, req: Fail, t: datetime, process: Process) -> Process:
-    return transitions.fail(process, executor, req.errors, now=t, attempt=req.attempt)
-
-
-def _available(key: str, text: str, parse: Callable[[str], int]) -> int | None:
-    """An assign's ``availablecpu``/``availablemem``: empty is no bound, as in Colonies."""
-    if not text:
-        return None
-    try:
-        return parse(text)
-    except ValueError as err:
-        raise InvalidSpecError(f"$.{key}: {err}", path=f"$.{key}", reason=str(err)) from None
 
 
 def _result_bytes(result: Any) -> bytes:

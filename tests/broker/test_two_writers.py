@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from colonyos.broker.assignment import Assignment
+from colonyos.broker.reports import Reports
 from colonyos.broker.store import StaleRevisionError
 from colonyos.broker.transitions import assign as assign_step
 from colonyos.client import Client
@@ -29,8 +31,8 @@ async def test_two_services_race_assign_and_close_one_wins_each(
     ):
         # Both loaded the same WAITING revision; both try to assign it.
         assert p.process_id in a.queue and p.process_id in b.queue
-        won = await a.assign(COLONY, "e1", Assign(timeout=0))
-        lost = await b.assign(COLONY, "e2", Assign(timeout=0))
+        won = await Assignment(a).assign(COLONY, "e1", Assign(timeout=0))
+        lost = await Assignment(b).assign(COLONY, "e2", Assign(timeout=0))
         assert won is not None and won.process_id == p.process_id
         assert lost is None
         stored = await client.get(p.process_id)
@@ -42,10 +44,10 @@ async def test_two_services_race_assign_and_close_one_wins_each(
         standalone_service(broker_settings) as b,
     ):
         # Both loaded the same RUNNING revision; both close it, with different outputs.
-        first = await a.close(COLONY, "e1", Close(process_id=p.process_id, output=["a"]))
+        first = await Reports(a).close(COLONY, "e1", Close(process_id=p.process_id, output=["a"]))
         assert first.state is ProcessState.SUCCESS
         with pytest.raises(ConflictError):
-            await b.close(COLONY, "e1", Close(process_id=p.process_id, output=["b"]))
+            await Reports(b).close(COLONY, "e1", Close(process_id=p.process_id, output=["b"]))
     done = await client.get(p.process_id)
     assert done.state is ProcessState.SUCCESS and done.output == ["a"]
 

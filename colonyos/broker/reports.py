@@ -1,0 +1,114 @@
+"""What executors report: results (close, fail, several at once) and log lines.
+
+A result is a transition of the process by compare-and-set, refused unless the reporting run
+holds the process in the attempt it names (:func:`transitions.close`, :func:`transitions.fail`);
+a log line is accepted on the same condition, and published to the colony's log stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime
+
+import msgspec
+
+from colonyos.broker import transitions
+from colonyos.broker.service import Service
+from colonyos.errors import ColoniesError
+from colonyos.limits import record_limit
+from colonyos.messages import Close, Fail, LogLines, Outcome, Results
+from colonyos.models import Executor, LogEntry, Process, now
+
+__all__ = ["Reports"]
+
+logger = logging.getLogger(__name__)
+
+_encode = msgspec.json.Encoder().encode
+
+
+class Reports:
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        self.store = service.store
+        self.subjects = service.subjects
+        service.register_ops(
+            close=(Close, self.close),
+            fail=(Fail, self.fail),
+            results=(Results, self.results),
+            log=(LogLines, self.log),
+        )
+
+    async def close(self, colony: str, caller: str, req: Close) -> Process:
+        step = functools.partial(_close_step, self.service.executor(colony, caller), req, now())
+        return await self.service.transition(colony, req.process_id, step, notify=False)
+
+    async def fail(self, colony: str, caller: str, req: Fail) -> Process:
+        step = functools.partial(_fail_step, self.service.executor(colony, caller), req, now())
+        return await self.service.transition(colony, req.process_id, step, notify=False)
+
+    async def results(self, colony: str, caller: str, req: Results) -> list[Outcome]:
+        """Close and fail several processes in one request; each is answered on its own."""
+        executor = self.service.executor(colony, caller)
+        t = now()
+        steps: list[tuple[str, Callable[[Process], Process]]] = []
+        for close in req.closes:
+            steps.append((close.process_id, functools.partial(_close_step, executor, close, t)))
+        for fail in req.fails:
+            steps.append((fail.process_id, functools.partial(_fail_step, executor, fail, t)))
+        done = await asyncio.gather(
+            *(self.service.transition(colony, pid, step, notify=False) for pid, step in steps),
+            return_exceptions=True,
+        )
+        outcomes = []
+        for (pid, _), outcome in zip(steps, done, strict=True):
+            if isinstance(outcome, ColoniesError):
+                outcomes.append(Outcome(process_id=pid, error=outcome.to_reply()))
+            elif isinstance(outcome, BaseException):
+                raise outcome  # NATS trouble: the executor sends them all again
+            else:
+                outcomes.append(Outcome(process_id=pid))
+        return outcomes
+
+    async def log(self, colony: str, caller: str, req: LogLines) -> None:
+        executor = self.service.executor(colony, caller)
+        process, _ = await self.store.get(colony, req.process_id)
+        transitions.require_lease(process, executor, "add logs to", req.attempt)
+        subject = self.subjects.logs(colony, req.process_id)
+        stamp = time.time_ns()
+        blank = LogEntry(
+            process_id=req.process_id, colony_name=colony, executor_name=caller, message=""
+        )
+        # A line too long for one message is split into pieces that each are one.
+        budget = record_limit(self.store.nc.max_payload) - len(_encode(blank))
+        pieces = (piece for line in req.lines for piece in _log_pieces(line, budget))
+        for i, piece in enumerate(pieces):
+            entry = msgspec.structs.replace(blank, message=piece, timestamp=stamp + i)
+            await self.store.js.publish(subject, _encode(entry))
+        return None
+
+
+def _log_pieces(line: str, budget: int) -> Iterator[str]:
+    """The line in pieces whose JSON strings are at most ``budget`` bytes each (most lines:
+    the line itself)."""
+    if len(line) * 6 + 2 <= budget:  # six bytes is the most JSON spends on a character
+        yield line
+        return
+    start = 0
+    while start < len(line):
+        end = min(len(line), start + budget)
+        while (size := len(_encode(line[start:end]))) > budget:
+            end = start + max(1, (end - start) * budget // size - 1)
+        yield line[start:end]
+        start = end
+
+
+def _close_step(executor: Executor, req: Close, t: datetime, process: Process) -> Process:
+    return transitions.close(process, executor, req.output, now=t, attempt=req.attempt)
+
+
+def _fail_step(executor: Executor, req: Fail, t: datetime, process: Process) -> Process:
+    return transitions.fail(process, executor, req.errors, now=t, attempt=req.attempt)
