@@ -129,6 +129,7 @@ class Callout:
             issuer=self.keys.issuer,
             publish=list(granted.publish),
             subscribe=list(granted.subscribe),
+            subscriptions=granted.subscriptions,
             expires_s=USER_JWT_TTL_S,
         )
 

@@ -74,10 +74,14 @@ def user_jwt(
     issuer: Identity,
     publish: list[str],
     subscribe: list[str],
+    subscriptions: int,
     expires_s: float,
 ) -> str:
     """A user JWT for the account ``account``, allowing exactly ``publish`` and ``subscribe``
-    (and one reply to each message received, for acks and flow control)."""
+    (and one reply to each message received, for acks and flow control), with at most
+    ``subscriptions`` subscriptions at once."""
+    if subscriptions < 1:
+        raise ValueError("a user JWT needs room for at least one subscription")
     now = int(time.time())
     return encode(
         {
@@ -90,7 +94,7 @@ def user_jwt(
                 "pub": {"allow": publish},
                 "sub": {"allow": subscribe},
                 "resp": {"max": 1, "ttl": 0},
-                "subs": -1,
+                "subs": subscriptions,
                 "data": -1,
                 "payload": -1,
                 "type": "user",
