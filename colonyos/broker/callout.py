@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import time
 from pathlib import Path
 
 import msgspec
@@ -41,6 +42,10 @@ _REQUEST_AUDIENCE = "nats-authorization-request"
 # A member's JWT lasts this long; a member removed while connected is cut at once, this is the
 # backstop. The client reconnects through the callout when it expires.
 USER_JWT_TTL_S = 3600.0
+# How far the clocks of the servers and of this broker may differ.
+_CLOCK_SKEW_S = 30
+# The longest a server gives the callout to answer (its auth_timeout; 2 s unless configured).
+_MAX_AUTH_TIMEOUT_S = 60
 
 
 class _Request(msgspec.Struct):
@@ -90,7 +95,7 @@ class Callout:
         try:
             request = _read(msg.data)
         except (jwt.JwtError, KeyError, TypeError, ValueError) as err:
-            logger.warning("ignored a malformed authorization request: %s", err)
+            logger.warning("ignored an authorization request: %s", err)
             return
         try:
             claim = ConnectClaim.parse(request.token)
@@ -149,12 +154,18 @@ class Callout:
             logger.warning("could not answer an authorization request: %s", err)
 
 
-def _read(data: bytes) -> _Request:
-    """The parts of the server's request the decision needs, its signature checked."""
+def _read(data: bytes, now: float | None = None) -> _Request:
+    """The parts of the server's request the decision needs, once checked: signed by the
+    server that sends it (its ID is its public nkey, made afresh at each start, so there is
+    no lasting key to pin), and current (``iat`` not in the future, ``exp`` not past nor
+    further than a server waits for an answer)."""
     claims = jwt.decode(data.decode())
     if claims.get("aud") != _REQUEST_AUDIENCE or public_key_kind(claims["iss"]) != "server":
         raise ValueError("not an authorization request signed by a server")
     body = claims["nats"]
+    if body["server_id"]["id"] != claims["iss"]:
+        raise ValueError(f"signed by {claims['iss']}, not by the server it names")
+    _check_times(claims, time.time() if now is None else now)
     opts = body.get("connect_opts") or {}
     return _Request(
         user_nkey=body["user_nkey"],
@@ -164,6 +175,18 @@ def _read(data: bytes) -> _Request:
         signature=opts.get("sig", ""),
         token=opts.get("auth_token", ""),
     )
+
+
+def _check_times(claims: dict[str, object], now: float) -> None:
+    issued, expires = claims.get("iat"), claims.get("exp")
+    if not isinstance(issued, int) or not isinstance(expires, int):
+        raise ValueError("an authorization request without iat and exp")
+    if issued > now + _CLOCK_SKEW_S:
+        raise ValueError(f"an authorization request issued in the future ({issued})")
+    if expires < now - _CLOCK_SKEW_S:
+        raise ValueError(f"an authorization request expired at {expires}")
+    if expires > now + _MAX_AUTH_TIMEOUT_S + _CLOCK_SKEW_S:
+        raise ValueError(f"an authorization request valid for too long (until {expires})")
 
 
 def _signed(request: _Request) -> bool:
