@@ -15,7 +15,15 @@ from dataclasses import dataclass
 
 from colonyos.subjects import SERVER_SCOPE, Subjects
 
-__all__ = ["MAX_SUBSCRIPTIONS", "Grants", "Role", "grants", "inbox_prefix", "jwt_user_name"]
+__all__ = [
+    "MAX_SUBSCRIPTIONS",
+    "RESPONSE_TTL_S",
+    "Grants",
+    "Role",
+    "grants",
+    "inbox_prefix",
+    "jwt_user_name",
+]
 
 
 class Role(enum.StrEnum):
@@ -39,6 +47,12 @@ MAX_SUBSCRIPTIONS: dict[Role, int] = {
     Role.EXECUTOR: 64,
     Role.PENDING_EXECUTOR: 8,
 }
+
+
+# How long a member may take to answer a message that asks for a reply (one reply each): a
+# JetStream flow control request among them, which a reader answers once its caller has read
+# what came before (colonyos/ordered.py starts a new consumer past this time instead).
+RESPONSE_TTL_S = 120.0
 
 
 @dataclass(frozen=True, slots=True)
