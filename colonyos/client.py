@@ -28,7 +28,7 @@ from nats.aio.client import Client as NATS
 
 from colonyos import limits
 from colonyos.config import Settings, default_caller
-from colonyos.connection import connect_nats, denied, refusal
+from colonyos.connection import closed_error, connect_nats, denied, refusal
 from colonyos.errors import (
     AssignTimeoutError,
     BrokerUnavailableError,
@@ -225,8 +225,8 @@ class Client:
     def _unless_refused(self) -> None:
         """Raise why the server refuses this connection, if it does (a removed member) and
         the connection does not keep trying."""
-        if not self.keep_trying and (why := refusal(self.nc)) is not None:
-            raise NotAuthorizedError(why)
+        if not self.keep_trying and refusal(self.nc) is not None:
+            raise closed_error(self.nc)
 
     async def _request(
         self,

@@ -30,7 +30,14 @@ from nats.aio.client import Client as NATS
 
 from colonyos.errors import BrokerUnavailableError, NotAuthorizedError
 
-__all__ = ["REFUSED_RETRY_MAX_S", "connect_nats", "denied", "refusal", "shown_url"]
+__all__ = [
+    "REFUSED_RETRY_MAX_S",
+    "closed_error",
+    "connect_nats",
+    "denied",
+    "refusal",
+    "shown_url",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +67,13 @@ def denied(nc: NATS, subject: str) -> str | None:
 def refusal(nc: NATS) -> str | None:
     """Why the server refuses this connection now ("not allowed: ..."), if it does."""
     return _refusals.get(nc)
+
+
+def closed_error(nc: NATS) -> NotAuthorizedError | BrokerUnavailableError:
+    """What to raise about a closed connection: why the server refused it, if it did."""
+    if (why := refusal(nc)) is not None:
+        return NotAuthorizedError(why)
+    return BrokerUnavailableError("the connection to NATS is closed")
 
 
 class _Heard:
@@ -92,7 +106,7 @@ class _Heard:
     def _refused_again(self, nc: NATS) -> None:
         _refusals[nc] = self.why
         if self.on_refused == "stop":
-            logger.warning("%s; closing the connection", self.why)
+            logger.info("%s; closing the connection", self.why)  # the next request says it
             if self._closing is None:
                 # Not awaited here: nats-py calls this from its reconnect task, which the
                 # close cancels.

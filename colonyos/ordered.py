@@ -32,6 +32,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from colonyos.connection import closed_error
 from colonyos.errors import ColoniesError
 from colonyos.messages import ReaderOpen
 from colonyos.security import permissions
@@ -116,10 +117,13 @@ class OrderedReader:
         await self._unsubscribe()
 
     async def next(self, timeout: float | None = None) -> Msg:
-        """The next message; :class:`TimeoutError` if none comes within ``timeout``."""
+        """The next message; :class:`TimeoutError` if none comes within ``timeout``; once the
+        connection is closed and every message received is read, why it closed."""
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         while True:
+            if self._nc.is_closed and self._queue.empty():
+                raise closed_error(self._nc)
             if self._broken or time.monotonic() - self._heard > (
                 _MISSED_HEARTBEATS * self._heartbeat_s
             ):

@@ -4,7 +4,9 @@ again (a broker fail-over also refuses for a moment)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 import pytest
 
@@ -58,3 +60,15 @@ async def test_a_connection_that_keeps_trying_backs_off_and_gets_back_in(
         await client.list_processes()
     finally:
         await client.aclose()
+
+
+@pytest.mark.parametrize("since", [None, datetime(2000, 1, 1, tzinfo=UTC)])
+async def test_a_removed_members_event_stream_ends_with_the_reason(
+    bob: Party, owner: Client, since: datetime | None
+) -> None:
+    """``colonies events`` (live, or replayed through a reader) stops, not waits for ever."""
+    async with await bob.client() as client, client.subscribe(since=since) as events:
+        await owner.member_remove("bob")
+        with pytest.raises(NotAuthorizedError, match="not allowed"):
+            async with asyncio.timeout(20):
+                await events.next(None)
