@@ -10,11 +10,16 @@ from datetime import UTC, datetime
 
 import pytest
 
+from colonyos.broker import Broker
 from colonyos.client import Client
 from colonyos.connection import refusal
 from colonyos.errors import NotAuthorizedError
+from colonyos.executor import ExecutorStage, ExecutorStatus
+from colonyos.models import Conditions, FunctionSpec, ProcessState
+from colonyos.security.members import MemberBook
+from executors import echo
 from tests.helpers import until
-from tests.security.conftest import Party
+from tests.security.conftest import COLONY, Party
 
 pytestmark = [
     pytest.mark.timeout(60),
@@ -23,6 +28,10 @@ pytestmark = [
 ]
 
 MakeParty = Callable[..., Party]
+
+
+def _spec() -> FunctionSpec:
+    return FunctionSpec(func_name="echo", args=["hi"], conditions=Conditions(executor_type="echo"))
 
 
 @pytest.fixture
@@ -72,3 +81,40 @@ async def test_a_removed_members_event_stream_ends_with_the_reason(
         with pytest.raises(NotAuthorizedError, match="not allowed"):
             async with asyncio.timeout(20):
                 await events.next(None)
+
+
+async def test_an_executor_refused_for_a_while_says_why_and_comes_back(
+    make_party: MakeParty, owner: Client, secure_broker: Broker, book: MemberBook
+) -> None:
+    """As in a broker fail-over (no broker answers the callout): refused on reconnecting, an
+    executor keeps trying, slower and slower, says why, and works again once let in."""
+    worker = make_party("worker")
+    said: list[ExecutorStatus] = []
+    app = echo.build(worker.settings, "echo", "worker")
+    app.on_status = said.append
+    task = asyncio.create_task(app.run())
+    try:
+        async with asyncio.timeout(20):
+            await app.ready.wait()
+        member = await book.get(COLONY, "worker")
+        assert member is not None
+        await book.remove(COLONY, "worker")  # refused from now on, its records kept
+        assert secure_broker.service is not None and secure_broker.service.cut is not None
+        await secure_broker.service.cut(COLONY, "worker")
+        await until(
+            lambda: any(
+                s.stage is ExecutorStage.NOT_LET_IN and "not allowed" in s.message for s in said
+            ),
+            timeout=30,
+        )
+        assert not task.done()
+        app.ready.clear()
+        await book.put(member)  # let in again
+        async with asyncio.timeout(40):
+            await app.ready.wait()
+        process = await owner.submit(_spec())
+        assert (await owner.wait(process.process_id, timeout=20)).state is ProcessState.SUCCESS
+    finally:
+        app.stop()
+        async with asyncio.timeout(10):
+            await task
