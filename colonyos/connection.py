@@ -43,6 +43,7 @@ logger = logging.getLogger(__name__)
 
 _INITIAL_CONNECT_ATTEMPTS = 3
 _RECONNECT_WAIT_S = 0.5
+_EXPIRED = "user authentication expired"
 # The longest a refused connection waits before trying again (``on_refused="back_off"``).
 REFUSED_RETRY_MAX_S = 60.0
 # 'Permissions Violation for Publish to "colonies.b.specs.echo"' (nats-py lowercases it).
@@ -62,6 +63,18 @@ def shown_url(url: str) -> str:
 def denied(nc: NATS, subject: str) -> str | None:
     """``publish`` or ``subscription`` if the server refused ``subject`` to this connection."""
     return _denials.get(nc, {}).get(subject)
+
+
+class _Connection(NATS):
+    """nats-py closes a connection for good when the server says its user JWT expired (the
+    callout's last an hour): reconnect instead, through the callout, which hands out a new one
+    (or refuses, if the member was removed meanwhile)."""
+
+    async def _process_err(self, err_msg: str) -> None:
+        if _EXPIRED in err_msg.lower() and self.options["allow_reconnect"]:
+            await self._process_op_err(nats.errors.Error(f"nats: {err_msg.strip()}"))
+            return
+        await super()._process_err(err_msg)
 
 
 def refusal(nc: NATS) -> str | None:
@@ -155,7 +168,7 @@ async def connect_nats(
         options["inbox_prefix"] = inbox_prefix
     if tls_ca is not None or url.startswith("tls://"):
         options["tls"] = _tls_context(tls_ca)
-    nc = NATS()
+    nc = _Connection()
     connecting = nc.connect(
         servers=[u.strip() for u in url.split(",") if u.strip()],
         name=name,

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 import pytest
 
 from colonyos.broker import Broker
+from colonyos.broker import callout as callout_module
 from colonyos.client import Client
 from colonyos.connection import refusal
 from colonyos.errors import NotAuthorizedError
@@ -118,3 +119,16 @@ async def test_an_executor_refused_for_a_while_says_why_and_comes_back(
         app.stop()
         async with asyncio.timeout(10):
             await task
+
+
+async def test_a_connection_whose_jwt_expired_reconnects_for_a_new_one(
+    bob: Party, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server closes a connection when its user JWT expires (after an hour); nats-py would
+    then stay closed for good."""
+    monkeypatch.setattr(callout_module, "USER_JWT_TTL_S", 1.0)
+    async with await bob.client() as client:
+        await until(lambda: client.nc.stats["reconnects"] >= 1, timeout=15)
+        await until(lambda: client.nc.is_connected, timeout=15)
+        await client.list_processes()
+        assert not client.nc.is_closed
