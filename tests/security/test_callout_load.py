@@ -11,6 +11,7 @@ import msgspec
 import nats
 import pytest
 
+from colonyos.broker import callout as callout_module
 from colonyos.broker.callout import Callout
 from colonyos.errors import NotAuthorizedError
 from colonyos.models import Colony
@@ -119,3 +120,17 @@ async def test_the_member_keys_follow_the_book(make_party: MakeParty, callout: C
     await until(lambda: callout.is_member_key(alice.identity.public_key), timeout=5)
     await callout.book.forget_colony(COLONY)
     await until(lambda: not callout.is_member_key(alice.identity.public_key), timeout=5)
+
+
+async def test_requests_beyond_those_waiting_are_dropped(
+    make_party: MakeParty, callout: Callout, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past the requests already waiting, one more is not answered (the server refuses the
+    connection once its auth timeout passes): a flood cannot queue without end."""
+    book = callout.book
+    assert isinstance(book, GatedBook)
+    alice = await _member(make_party, callout, "alice")
+    monkeypatch.setattr(callout_module, "_MAX_WAITING", 0)
+    with pytest.raises(NotAuthorizedError):
+        await alice.client()
+    assert book.asked == []
