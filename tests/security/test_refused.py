@@ -8,19 +8,25 @@ import asyncio
 from collections.abc import Callable
 from datetime import UTC, datetime
 
+import nats
 import pytest
 
 from colonyos.broker import Broker
 from colonyos.broker import callout as callout_module
+from colonyos.broker.kicker import Kicker
 from colonyos.client import Client
+from colonyos.config import BrokerSettings
 from colonyos.connection import refusal
 from colonyos.errors import NotAuthorizedError
 from colonyos.executor import ExecutorStage, ExecutorStatus
 from colonyos.models import Conditions, FunctionSpec, ProcessState
 from colonyos.security.members import MemberBook
+from colonyos.security.permissions import Role
+from colonyos.subjects import SERVER_SCOPE
 from executors import echo
+from tests.conftest import running_broker
 from tests.helpers import until
-from tests.security.conftest import COLONY, Party
+from tests.security.conftest import COLONY, Party, SecureServer, drop_streams, enroll
 
 pytestmark = [
     pytest.mark.timeout(60),
@@ -132,3 +138,62 @@ async def test_a_connection_whose_jwt_expired_reconnects_for_a_new_one(
         await until(lambda: client.nc.is_connected, timeout=15)
         await client.list_processes()
         assert not client.nc.is_closed
+
+
+async def test_an_executor_rides_out_a_broker_fail_over(
+    make_party: MakeParty, secure_server: SecureServer, secure_prefix: str
+) -> None:
+    """No broker answers the callout for a while (the one running stopped, the next not yet
+    up): the executor's reconnect is refused meanwhile; it keeps trying and, once a broker
+    answers again, takes work."""
+    settings = BrokerSettings(
+        nats_url=secure_server.url,
+        prefix=secure_prefix,
+        storage="memory",
+        keys_dir=secure_server.keys_dir,
+    )
+    root = make_party("root")
+    worker = make_party("worker")
+    app = echo.build(worker.settings, "echo", "worker")
+    said: list[ExecutorStatus] = []
+    app.on_status = said.append
+    task: asyncio.Task[int] | None = None
+    try:
+        async with running_broker(settings) as first:
+            assert first.members is not None
+            await enroll(first.members, root, SERVER_SCOPE, Role.SERVER_OWNER)
+            async with await root.client() as owner:
+                await owner.colony_add(COLONY, auto_approve=True)
+            task = asyncio.create_task(app.run())
+            async with asyncio.timeout(20):
+                await app.ready.wait()
+        # No broker now: cut the executor's connection, as a server going away would.
+        system = await nats.connect(
+            secure_server.url, nkeys_seed_str=secure_server.keys.system.seed.decode()
+        )
+        try:
+            assert await Kicker(system, secure_prefix).cut(COLONY, "worker") == 1
+        finally:
+            await system.close()
+        await until(
+            lambda: any(
+                s.stage is ExecutorStage.NOT_LET_IN and "not allowed" in s.message for s in said
+            ),
+            timeout=30,
+        )
+        app.ready.clear()
+        async with running_broker(settings):
+            async with asyncio.timeout(40):
+                await app.ready.wait()
+            async with await root.client() as owner:
+                process = await owner.submit(_spec())
+                done = await owner.wait(process.process_id, timeout=20)
+                assert done.state is ProcessState.SUCCESS
+            app.stop()
+            async with asyncio.timeout(10):
+                await task
+    finally:
+        app.stop()
+        if task is not None and not task.done():
+            task.cancel()
+        await drop_streams(secure_server, secure_prefix)
