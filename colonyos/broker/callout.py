@@ -185,7 +185,7 @@ class Callout:
         try:
             jwt_ = await self._decide(request, claim)
         except Refused as refused:
-            logger.info("refused %s in %s from %s: %s", claim.name, claim.colony, host, refused)
+            logger.info("refused %s in %s: %s (from %s)", claim.name, claim.colony, refused, host)
             self.refusals.allow(host)  # one refusal more for this host
             await self._answer(msg, request, error=str(refused))
             return
