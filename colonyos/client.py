@@ -29,7 +29,7 @@ from nats.aio.msg import Msg
 
 from colonyos import limits
 from colonyos.config import Settings, default_caller
-from colonyos.connection import connect_nats, denied
+from colonyos.connection import closed_error, connect_nats, denied, refusal
 from colonyos.errors import (
     AssignTimeoutError,
     BrokerUnavailableError,
@@ -136,9 +136,17 @@ class Client:
     """One NATS connection, speaking for one caller (a user or an executor) in one colony."""
 
     def __init__(
-        self, nc: NATS, settings: Settings, caller: str, identity: Identity | None = None
+        self,
+        nc: NATS,
+        settings: Settings,
+        caller: str,
+        identity: Identity | None = None,
+        *,
+        keep_trying: bool = False,
     ) -> None:
         self.nc = nc
+        # Refused by the server, the connection keeps trying (else it is closed).
+        self.keep_trying = keep_trying
         self.js = nc.jetstream()
         self.settings = settings
         self.colony, self.caller, self.subjects = _checked(settings, caller)
@@ -159,10 +167,13 @@ class Client:
         caller: str | None = None,
         name: str = "colonies",
         executor: bool = False,
+        keep_trying: bool = False,
     ) -> Client:
         """Connect as ``caller`` (default: the settings' caller, else the login name) in the
         settings' colony. ``executor``: an executor's connection, which on a secure
-        installation may take a free name to register under."""
+        installation may take a free name to register under. Should the server later refuse
+        the identity (removed, rejected), the connection closes and what is asked next says
+        why; ``keep_trying``: it keeps trying instead, slower and slower (an executor)."""
         settings = settings or Settings.from_env()
         caller = caller or settings.caller or default_caller()
         colony, caller, _ = _checked(settings, caller)  # not a subject token: say so first
@@ -177,8 +188,9 @@ class Client:
             tls_ca=settings.tls_ca,
             who=f"{caller!r} in colony {colony!r}"
             + (f" (key {identity.public_key})" if identity is not None else ""),
+            on_refused="back_off" if keep_trying else "stop",
         )
-        return cls(nc, settings, caller, identity)
+        return cls(nc, settings, caller, identity, keep_trying=keep_trying)
 
     async def aclose(self) -> None:
         try:
@@ -211,6 +223,12 @@ class Client:
             subject=subject,
         )
 
+    def _unless_refused(self) -> None:
+        """Raise why the server refuses this connection, if it does (a removed member) and
+        the connection does not keep trying."""
+        if not self.keep_trying and refusal(self.nc) is not None:
+            raise closed_error(self.nc)
+
     async def _request(
         self,
         op: str,
@@ -234,10 +252,12 @@ class Client:
         except nats.errors.TimeoutError as err:
             if denied(self.nc, subject):
                 raise self._not_allowed(op, subject) from err
+            self._unless_refused()
             raise BrokerUnavailableError(f"the broker did not answer {op!r} in time") from err
         except nats.errors.MaxPayloadError as err:
             raise InvalidSpecError(f"{op} request is too large for the server: {err}") from err
         except nats.errors.ConnectionClosedError as err:
+            self._unless_refused()
             raise BrokerUnavailableError("the connection to NATS is closed") from err
         reply = _reply_decoder.decode(msg.data)
         if reply.error is not None:

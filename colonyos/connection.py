@@ -1,8 +1,16 @@
-"""Connecting to NATS: fail fast when nothing answers, then reconnect for ever.
+"""Connecting to NATS: fail fast when nothing answers, then reconnect for ever, unless the
+server refuses this identity.
 
 On a secure installation a connection proves who it is with an nkey (its seed never leaves
 this process) and says which colony and name it acts as (:class:`ConnectClaim`); the server
 asks the brokers' auth callout, which grants exactly that role's subjects.
+
+A connection the server cuts and then refuses (its member was removed, its executor rejected)
+would otherwise reconnect twice a second for ever, each attempt a callout request. What it does
+instead is the caller's choice (``on_refused``): ``"stop"`` closes it at once, and what it is
+asked next fails with the reason (:func:`refusal`); ``"back_off"`` (an executor, which should
+outlive a broker fail-over, when no broker answers the callout for a moment) keeps trying,
+waiting twice as long after each refusal, up to a minute, and saying why.
 """
 
 from __future__ import annotations
@@ -15,23 +23,36 @@ import ssl
 import weakref
 from collections.abc import Awaitable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import nats.errors
 from nats.aio.client import Client as NATS
 
 from colonyos.errors import BrokerUnavailableError, NotAuthorizedError
 
-__all__ = ["connect_nats", "denied", "shown_url"]
+__all__ = [
+    "REFUSED_RETRY_MAX_S",
+    "closed_error",
+    "connect_nats",
+    "denied",
+    "refusal",
+    "shown_url",
+]
 
 logger = logging.getLogger(__name__)
 
 _INITIAL_CONNECT_ATTEMPTS = 3
+_RECONNECT_WAIT_S = 0.5
+_EXPIRED = "user authentication expired"
+# The longest a refused connection waits before trying again (``on_refused="back_off"``).
+REFUSED_RETRY_MAX_S = 60.0
 # 'Permissions Violation for Publish to "colonies.b.specs.echo"' (nats-py lowercases it).
 _VIOLATION = re.compile(r'permissions violation for (publish|subscription) to "([^"]+)"', re.I)
 # What the server refused each connection, by subject: nats-py reports a refusal only to the
 # error callback, and the request itself then just times out.
 _denials: weakref.WeakKeyDictionary[NATS, dict[str, str]] = weakref.WeakKeyDictionary()
+# Why the server last refused each connection to reconnect (until it lets it in again).
+_refusals: weakref.WeakKeyDictionary[NATS, str] = weakref.WeakKeyDictionary()
 
 
 def shown_url(url: str) -> str:
@@ -44,14 +65,43 @@ def denied(nc: NATS, subject: str) -> str | None:
     return _denials.get(nc, {}).get(subject)
 
 
+class _Connection(NATS):
+    """nats-py closes a connection for good when the server says its user JWT expired (the
+    callout's last an hour): reconnect instead, through the callout, which hands out a new one
+    (or refuses, if the member was removed meanwhile)."""
+
+    async def _process_err(self, err_msg: str) -> None:
+        if _EXPIRED in err_msg.lower() and self.options["allow_reconnect"]:
+            await self._process_op_err(nats.errors.Error(f"nats: {err_msg.strip()}"))
+            return
+        await super()._process_err(err_msg)
+
+
+def refusal(nc: NATS) -> str | None:
+    """Why the server refuses this connection now ("not allowed: ..."), if it does."""
+    return _refusals.get(nc)
+
+
+def closed_error(nc: NATS) -> NotAuthorizedError | BrokerUnavailableError:
+    """What to raise about a closed connection: why the server refused it, if it did."""
+    if (why := refusal(nc)) is not None:
+        return NotAuthorizedError(why)
+    return BrokerUnavailableError("the connection to NATS is closed")
+
+
 class _Heard:
     """What nats-py tells only the error callback of a connection: errors while connecting
-    (a refusal, TLS failing) and, later, the subjects the server refused it."""
+    (a refusal, TLS failing) and, later, the subjects the server refused it and the
+    reconnects it refused."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_refused: Literal["stop", "back_off"], why: str) -> None:
         self.errors: list[Exception] = []
         self.refused: dict[str, str] = {}
         self.tls_failed = asyncio.Event()
+        self.on_refused = on_refused
+        self.why = why  # what to say when the server refuses this connection
+        self.nc: NATS | None = None  # once connected
+        self._closing: asyncio.Task[None] | None = None
 
     async def error_cb(self, err: Exception) -> None:
         logger.debug("nats: %s", err)
@@ -61,8 +111,32 @@ class _Heard:
             self.refused[m[2]] = m[1].lower()
             if len(self.refused) > 1000:  # a long-lived connection refused many subjects
                 self.refused.pop(next(iter(self.refused)))
-        else:
+        elif self.nc is None:
             self.errors.append(err)
+        elif _is_refusal(err):
+            self._refused_again(self.nc)
+
+    def _refused_again(self, nc: NATS) -> None:
+        _refusals[nc] = self.why
+        if self.on_refused == "stop":
+            logger.info("%s; closing the connection", self.why)  # the next request says it
+            if self._closing is None:
+                # Not awaited here: nats-py calls this from its reconnect task, which the
+                # close cancels.
+                self._closing = asyncio.ensure_future(nc.close())
+            return
+        wait = min(max(nc.options["reconnect_time_wait"] * 2, 1.0), REFUSED_RETRY_MAX_S)
+        nc.options["reconnect_time_wait"] = wait
+        logger.warning("%s; trying again in %.0f s", self.why, wait)
+
+    async def reconnected_cb(self) -> None:
+        if self.nc is not None:
+            _refusals.pop(self.nc, None)
+            self.nc.options["reconnect_time_wait"] = _RECONNECT_WAIT_S
+
+
+def _is_refusal(err: Exception) -> bool:
+    return "authorization violation" in str(err).lower()
 
 
 async def connect_nats(
@@ -74,14 +148,17 @@ async def connect_nats(
     inbox_prefix: str | None = None,
     tls_ca: Path | None = None,
     who: str = "",
+    on_refused: Literal["stop", "back_off"] = "stop",
 ) -> NATS:
-    """Connect, failing fast if no server answers; once connected, reconnect forever.
+    """Connect, failing fast if no server answers; once connected, reconnect forever, unless
+    the server refuses the identity (``on_refused``: see the module's doc).
 
     ``seed`` signs the server's nonce; ``token`` is the identity claim a member sends beside
     it; ``tls_ca``: the certificate authority that signed the server's TLS certificate (else
     the system's); ``who`` names the identity in a refusal ("alice in colony dev (key U...)").
     """
-    heard = _Heard()
+    shown = shown_url(url)
+    heard = _Heard(on_refused, str(_refused(shown, who, seed is not None)))
     options: dict[str, Any] = {}
     if seed is not None:
         options["nkeys_seed_str"] = seed.decode()
@@ -91,15 +168,16 @@ async def connect_nats(
         options["inbox_prefix"] = inbox_prefix
     if tls_ca is not None or url.startswith("tls://"):
         options["tls"] = _tls_context(tls_ca)
-    nc = NATS()
+    nc = _Connection()
     connecting = nc.connect(
         servers=[u.strip() for u in url.split(",") if u.strip()],
         name=name,
         connect_timeout=2,
         allow_reconnect=True,
         max_reconnect_attempts=_INITIAL_CONNECT_ATTEMPTS,
-        reconnect_time_wait=0.5,  # type: ignore[arg-type]  # annotated int; a float works
+        reconnect_time_wait=_RECONNECT_WAIT_S,  # type: ignore[arg-type]  # annotated int
         error_cb=heard.error_cb,
+        reconnected_cb=heard.reconnected_cb,
         **options,
     )
     try:
@@ -111,6 +189,7 @@ async def connect_nats(
     # The server was reachable: from now on, ride out restarts however long they take.
     nc.options["max_reconnect_attempts"] = -1
     _denials[nc] = heard.refused
+    heard.nc = nc
     return nc
 
 
@@ -119,7 +198,7 @@ def _why_not(
 ) -> Exception:
     """What to tell about a connection that failed: refused, TLS, no server, or as it is."""
     shown = shown_url(url)
-    if any("authorization violation" in str(e).lower() for e in [*errors, err]):
+    if any(_is_refusal(e) for e in [*errors, err]):
         return _refused(shown, who, with_key)
     if bad_tls := next((e for e in [*errors, err] if isinstance(e, ssl.SSLError)), None):
         return BrokerUnavailableError(

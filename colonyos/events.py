@@ -21,6 +21,7 @@ import nats.js.errors
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from colonyos.connection import closed_error
 from colonyos.messages import Event, GraphEvent, ProcessEvent, Rejection, UnknownEvent, decode_event
 from colonyos.models import LogEntry, now
 from colonyos.ordered import OrderedReader
@@ -144,7 +145,10 @@ class EventStream:
             when = msg.metadata.timestamp  # replayed through the stream: when it was stored
         else:
             assert self._sub is not None, "use the stream inside 'async with'"
-            msg = await self._sub.next_msg(timeout=timeout)
+            try:
+                msg = await self._sub.next_msg(timeout=timeout)
+            except nats.errors.ConnectionClosedError as err:
+                raise closed_error(self._client.nc) from err
             when = now()  # live: as it arrives
         return Received(msg.subject, when, decode_event(msg.subject, msg.data))
 

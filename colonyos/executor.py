@@ -40,7 +40,7 @@ import nats.errors
 from colonyos import machine
 from colonyos.client import Client
 from colonyos.config import Settings
-from colonyos.connection import shown_url
+from colonyos.connection import refusal, shown_url
 from colonyos.errors import (
     BrokerUnavailableError,
     ColoniesError,
@@ -292,7 +292,9 @@ class ExecutorApp:
         delay = 1.0
         while not self._stopping.is_set():
             connecting = asyncio.ensure_future(
-                Client.connect(self.settings, caller=self.name, name=self.name, executor=True)
+                Client.connect(
+                    self.settings, caller=self.name, name=self.name, executor=True, keep_trying=True
+                )
             )
             if not await self._until_done(connecting):
                 await _abandon(connecting)
@@ -447,7 +449,9 @@ class ExecutorApp:
         return stage in (ExecutorStage.UNREACHABLE, ExecutorStage.NO_BROKER)
 
     def _no_broker(self, client: Client, err: ColoniesError) -> None:
-        if not client.nc.is_connected:
+        if (why := refusal(client.nc)) is not None:
+            self._say(ExecutorStage.NOT_LET_IN, f"{why}; trying again, less and less often")
+        elif not client.nc.is_connected:
             self._say(
                 ExecutorStage.UNREACHABLE,
                 f"cannot reach NATS at {shown_url(self.settings.nats_url)}; trying again until "

@@ -9,6 +9,11 @@ push consumer's deliver subject: see broker/readers.py). :class:`OrderedReader` 
 after a gap (a missed message or silence for three heartbeats) it asks for a new one from the
 next stream sequence. A consumer left behind is removed by the server once nothing listens to it
 (its inactive threshold).
+
+Flow control asks the reader for a reply, sent once the caller has read what came before. A
+member may answer a message only for a while (its JWT's response time); a caller that paused
+longer would have its late reply refused, and the consumer would wait for it for ever: the reader
+then asks for a new consumer from the next message instead.
 """
 
 from __future__ import annotations
@@ -27,8 +32,10 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from colonyos.connection import closed_error
 from colonyos.errors import ColoniesError
 from colonyos.messages import ReaderOpen
+from colonyos.security import permissions
 
 __all__ = ["OrderedReader"]
 
@@ -41,6 +48,9 @@ _LAST_CONSUMER = "Nats-Last-Consumer"
 _STALLED = "Nats-Consumer-Stalled"
 # Silent for this many heartbeats: the consumer is gone (server restarted, connection lost).
 _MISSED_HEARTBEATS = 3
+# The part of the response time a flow control reply may still be sent in (the request took
+# time to arrive; the server's clock runs from when it delivered it).
+_REPLY_WITHIN = 0.8
 
 
 class OrderedReader:
@@ -77,6 +87,8 @@ class OrderedReader:
         self._taken = 0  # messages handed to the caller
         self._flow_reply: str | None = None
         self._flow_at = 0
+        self._flow_asked = ""  # the last flow control reply subject asked for, and when
+        self._flow_since = 0.0
         self.consumer = ""  # the current consumer's name
 
     async def start(self) -> OrderedReader:
@@ -105,10 +117,13 @@ class OrderedReader:
         await self._unsubscribe()
 
     async def next(self, timeout: float | None = None) -> Msg:
-        """The next message; :class:`TimeoutError` if none comes within ``timeout``."""
+        """The next message; :class:`TimeoutError` if none comes within ``timeout``; once the
+        connection is closed and every message received is read, why it closed."""
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         while True:
+            if self._nc.is_closed and self._queue.empty():
+                raise closed_error(self._nc)
             if self._broken or time.monotonic() - self._heard > (
                 _MISSED_HEARTBEATS * self._heartbeat_s
             ):
@@ -209,6 +224,8 @@ class OrderedReader:
             return
         reply = msg.reply or headers.get(_STALLED)
         if reply:
+            if reply != self._flow_asked:  # a stalled heartbeat repeats the first request
+                self._flow_asked, self._flow_since = reply, time.monotonic()
             # Answered once the caller has taken every message received before it.
             self._flow_reply, self._flow_at = reply, self._received
             await self._answer_flow_control()
@@ -216,5 +233,10 @@ class OrderedReader:
     async def _answer_flow_control(self) -> None:
         if self._flow_reply is not None and self._taken >= self._flow_at:
             reply, self._flow_reply = self._flow_reply, None
+            if time.monotonic() - self._flow_since > permissions.RESPONSE_TTL_S * _REPLY_WITHIN:
+                # Too late: the server would refuse the reply. Start again past the last
+                # message received.
+                self._gap()
+                return
             with contextlib.suppress(nats.errors.Error):
                 await self._nc.publish(reply)

@@ -74,6 +74,7 @@ class Broker:
         self._stopping = asyncio.Event()
         self._inflight: set[asyncio.Task[None]] = set()
         self.service: Service | None = None
+        self.readers: Readers | None = None
         # Who may connect, as whom (used by the auth callout on a secure installation).
         self.members: MemberBook | None = None
         self._kicker: Kicker | None = None
@@ -184,7 +185,7 @@ class Broker:
             if self._kicker is not None:
                 service.cut = self._kicker.cut
             Explainer(service, liveness_s=s.executor_liveness_s)
-            Readers(service)
+            self.readers = Readers(service)
             workflows = Workflows(service)
             crons = CronRunner(service, workflows)
             removal = Removal(service, workflows, crons)

@@ -7,6 +7,13 @@ subject of the account, another colony's control subjects or a ``$KV`` subject a
 The broker creates the consumer instead, with a filter inside the caller's colony and a
 deliver subject inside the caller's own inbox (``_INBOX.<prefix>.<colony>.<caller>.``), and
 no acks.
+
+Each consumer costs the server memory and work on every message of its stream, so they are
+bounded: :data:`MAX_READERS_PER_CALLER` live at once per member, :data:`MAX_READERS` in all, and
+opens per member throttled. A consumer lives while its reader listens, and the server removes
+it ``inactive_s`` after: the broker counts those it made, and when a bound is reached counts
+again what the server still has (a member's consumers deliver into its inbox), so a reader that
+stopped does not hold a place.
 """
 
 from __future__ import annotations
@@ -16,16 +23,28 @@ import secrets
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from colonyos.broker.service import Service
-from colonyos.errors import InvalidSpecError, NotAuthorizedError
+from colonyos.errors import BrokerUnavailableError, InvalidSpecError, NotAuthorizedError
 from colonyos.messages import ReaderOpen
 from colonyos.security.permissions import inbox_prefix
+from colonyos.security.throttle import Throttle
 
-__all__ = ["Readers"]
+__all__ = ["MAX_READERS", "MAX_READERS_PER_CALLER", "Readers"]
+
+# Live readers one member may have at once (a client follows a few streams; a reader that
+# reopens after a gap leaves its old consumer for up to inactive_s), and all members together.
+MAX_READERS_PER_CALLER = 32
+MAX_READERS = 2000
+# The JetStream API lists this many consumers at a time.
+_PAGE = 256
 
 
 class Readers:
     def __init__(self, service: Service) -> None:
         self.service = service
+        # Opens per member: 32 at once, then two a second.
+        self.opens = Throttle(burst=32, per_s=2.0)
+        # The consumers this broker made, by the inbox prefix they deliver into (one member).
+        self._live: dict[str, set[str]] = {}
         service.register_ops(reader_open=(ReaderOpen, self.open))
 
     async def open(self, colony: str, caller: str, req: ReaderOpen) -> str:
@@ -50,6 +69,7 @@ class Readers:
             raise InvalidSpecError(
                 "give startsequence or starttime, not both", path="$.startsequence"
             )
+        await self._make_room(inbox[:-1], caller, colony)
         config = ConsumerConfig(
             name=secrets.token_hex(8),
             filter_subject=req.filter_subject,
@@ -70,4 +90,51 @@ class Readers:
             config.deliver_policy = DeliverPolicy.BY_START_TIME
             config.opt_start_time = req.start_time
         info = await self.service.store.js.add_consumer(stream, config)
+        self._live.setdefault(inbox[:-1], set()).add(str(info.name))
         return str(info.name)
+
+    async def _make_room(self, member: str, caller: str, colony: str) -> None:
+        """Refuse a reader over the bounds, saying which and why."""
+        if not self.opens.allow(member):
+            raise NotAuthorizedError(
+                f"not allowed: {caller!r} in colony {colony!r} opens readers too often; try "
+                f"again in {self.opens.wait_s(member):.0f} s"
+            )
+        if (
+            len(self._live.get(member, ())) >= MAX_READERS_PER_CALLER
+            or self._total() >= MAX_READERS
+        ):
+            await self._recount()
+        if (held := len(self._live.get(member, ()))) >= MAX_READERS_PER_CALLER:
+            raise NotAuthorizedError(
+                f"not allowed: {caller!r} in colony {colony!r} has {held} readers open, the "
+                f"most one member may; a reader's consumer goes once it has not been listened "
+                "to for its inactive time"
+            )
+        if self._total() >= MAX_READERS:
+            raise BrokerUnavailableError(
+                f"the broker has {MAX_READERS} readers open, the most it keeps; try again later"
+            )
+
+    def _total(self) -> int:
+        return sum(len(names) for names in self._live.values())
+
+    async def _recount(self) -> None:
+        """What the server still has of the members' consumers (it removes idle ones)."""
+        s = self.service.subjects
+        js = self.service.store.js
+        head = f"_INBOX.{s.prefix}."
+        live: dict[str, set[str]] = {}
+        for stream in (s.stream_events, s.stream_logs):
+            offset = 0
+            while True:
+                page = await js.consumers_info(stream, offset=offset)
+                for info in page:
+                    deliver = info.config.deliver_subject or ""
+                    if deliver.startswith(head):
+                        member = ".".join(deliver.split(".")[:4])  # _INBOX.P.C.N
+                        live.setdefault(member, set()).add(str(info.name))
+                offset += len(page)
+                if len(page) < _PAGE:
+                    break
+        self._live = live

@@ -17,6 +17,7 @@ from typing import Any
 
 import msgspec
 
+from colonyos.security import permissions
 from colonyos.security.keys import Identity, verify
 
 __all__ = ["JwtError", "authorization_response", "decode", "encode", "user_jwt"]
@@ -74,10 +75,15 @@ def user_jwt(
     issuer: Identity,
     publish: list[str],
     subscribe: list[str],
+    subscriptions: int,
     expires_s: float,
 ) -> str:
     """A user JWT for the account ``account``, allowing exactly ``publish`` and ``subscribe``
-    (and one reply to each message received, for acks and flow control)."""
+    (and one reply to each message received, for acks and flow control, within
+    :data:`~colonyos.security.permissions.RESPONSE_TTL_S`), with at most ``subscriptions``
+    subscriptions at once."""
+    if subscriptions < 1:
+        raise ValueError("a user JWT needs room for at least one subscription")
     now = int(time.time())
     return encode(
         {
@@ -89,8 +95,8 @@ def user_jwt(
             "nats": {
                 "pub": {"allow": publish},
                 "sub": {"allow": subscribe},
-                "resp": {"max": 1, "ttl": 0},
-                "subs": -1,
+                "resp": {"max": 1, "ttl": int(permissions.RESPONSE_TTL_S * 1e9)},  # ns
+                "subs": subscriptions,
                 "data": -1,
                 "payload": -1,
                 "type": "user",

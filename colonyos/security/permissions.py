@@ -15,7 +15,16 @@ from dataclasses import dataclass
 
 from colonyos.subjects import SERVER_SCOPE, Subjects
 
-__all__ = ["Grants", "Role", "grants", "inbox_prefix", "jwt_user_name", "server_inbox_prefix"]
+__all__ = [
+    "MAX_SUBSCRIPTIONS",
+    "RESPONSE_TTL_S",
+    "Grants",
+    "Role",
+    "grants",
+    "inbox_prefix",
+    "jwt_user_name",
+    "server_inbox_prefix",
+]
 
 
 class Role(enum.StrEnum):
@@ -26,10 +35,33 @@ class Role(enum.StrEnum):
     PENDING_EXECUTOR = "pending-executor"  # may only register and wait for approval
 
 
+# How many subscriptions a connection may hold at once, by role (the server refuses one more:
+# "maximum subscriptions exceeded"). A client holds one for all its replies, one per process it
+# waits for or watches (a confirmed submit included) and one per event or log reader; an
+# executor its replies, control and leader subjects and what its functions wait for. Each
+# subscription costs the server memory and a match on every message: unbounded, one member
+# could slow everyone's deliveries.
+MAX_SUBSCRIPTIONS: dict[Role, int] = {
+    Role.SERVER_OWNER: 256,
+    Role.COLONY_OWNER: 256,
+    Role.USER: 256,
+    Role.EXECUTOR: 64,
+    Role.PENDING_EXECUTOR: 8,
+}
+
+
+# How long a member may take to answer a message that asks for a reply (one reply each): a
+# JetStream flow control request among them, which a reader answers once its caller has read
+# what came before (colonyos/ordered.py starts a new consumer past this time instead).
+RESPONSE_TTL_S = 120.0
+
+
 @dataclass(frozen=True, slots=True)
 class Grants:
     publish: tuple[str, ...]
     subscribe: tuple[str, ...]
+    # At most this many subscriptions at once.
+    subscriptions: int = 0
 
 
 def inbox_prefix(prefix: str, colony: str, name: str) -> str:
@@ -53,14 +85,19 @@ def jwt_user_name(prefix: str, colony: str, name: str) -> str:
 
 
 def grants(subjects: Subjects, colony: str, name: str, roles: tuple[Role, ...]) -> Grants:
-    """Exactly the subjects ``name`` of ``colony`` may use in ``roles`` (their union)."""
+    """Exactly the subjects ``name`` of ``colony`` may use in ``roles`` (their union), and the
+    largest of their subscription caps."""
     publish: dict[str, None] = {}
     subscribe: dict[str, None] = {}
     for role in roles:
         one = _grants(subjects, colony, name, role)
         publish.update(dict.fromkeys(one.publish))
         subscribe.update(dict.fromkeys(one.subscribe))
-    return Grants(publish=tuple(publish), subscribe=tuple(subscribe))
+    return Grants(
+        publish=tuple(publish),
+        subscribe=tuple(subscribe),
+        subscriptions=max((MAX_SUBSCRIPTIONS[r] for r in roles), default=0),
+    )
 
 
 def _grants(subjects: Subjects, colony: str, name: str, role: Role) -> Grants:

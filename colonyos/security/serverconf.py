@@ -18,8 +18,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from colonyos.security.keys import Identity, generate, load_identity, write_seed
+from colonyos.security.permissions import MAX_SUBSCRIPTIONS
 
-__all__ = ["ACCOUNT", "AUTH_ACCOUNT", "ServerKeys", "secure_config", "tls_config"]
+__all__ = [
+    "ACCOUNT",
+    "ACCOUNT_MAX_SUBSCRIPTIONS",
+    "AUTH_ACCOUNT",
+    "ServerKeys",
+    "secure_config",
+    "tls_config",
+]
 
 # The account that holds every stream and bucket, and every member's connection.
 ACCOUNT = "COLONIES"
@@ -27,6 +35,11 @@ AUTH_ACCOUNT = "AUTH"
 SYSTEM_ACCOUNT = "SYS"
 
 _ROLES = {"issuer": "account", "broker": "user", "callout": "user", "system": "user"}
+# Subscriptions one connection of the account may hold at once. nats-server applies only the
+# permissions of a callout's user JWT, not its limits (``subs`` there is not enforced), so the
+# bound it enforces is the account's, per connection: the most any role needs (a broker's
+# connection holds a handful).
+ACCOUNT_MAX_SUBSCRIPTIONS = max(MAX_SUBSCRIPTIONS.values())
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +73,11 @@ def secure_config(base: str, keys: ServerKeys) -> str:
 # ---- written by colonyos: members connect through the brokers' auth callout ----
 accounts {{
   {AUTH_ACCOUNT}: {{ users: [ {{ nkey: {callout} }} ] }}
-  {ACCOUNT}: {{ jetstream: enabled, users: [ {{ nkey: {broker} }} ] }}
+  {ACCOUNT}: {{
+    jetstream: enabled
+    users: [ {{ nkey: {broker} }} ]
+    limits: {{ max_subscriptions: {ACCOUNT_MAX_SUBSCRIPTIONS} }}
+  }}
   {SYSTEM_ACCOUNT}: {{ users: [ {{ nkey: {system} }} ] }}
 }}
 system_account: {SYSTEM_ACCOUNT}

@@ -1,0 +1,197 @@
+"""A connection the server cuts and then refuses (its member removed): a client stops with the
+reason, an executor's connection keeps trying, slower and slower, and gets back in once let in
+again (a broker fail-over also refuses for a moment)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import nats
+import pytest
+
+from colonyos.broker import Broker
+from colonyos.broker import callout as callout_module
+from colonyos.broker.kicker import Kicker
+from colonyos.client import Client
+from colonyos.config import BrokerSettings
+from colonyos.connection import refusal
+from colonyos.errors import NotAuthorizedError
+from colonyos.executor import ExecutorStage, ExecutorStatus
+from colonyos.models import Conditions, FunctionSpec, ProcessState
+from colonyos.security.members import MemberBook
+from colonyos.security.permissions import Role
+from colonyos.subjects import SERVER_SCOPE
+from executors import echo
+from tests.conftest import running_broker
+from tests.helpers import until
+from tests.security.conftest import COLONY, Party, SecureServer, drop_streams, enroll
+
+pytestmark = [
+    pytest.mark.timeout(60),
+    # nats-py leaves the socket of a refused reconnect open: its warning is not this test's.
+    pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
+]
+
+MakeParty = Callable[..., Party]
+
+
+def _spec() -> FunctionSpec:
+    return FunctionSpec(func_name="echo", args=["hi"], conditions=Conditions(executor_type="echo"))
+
+
+@pytest.fixture
+async def bob(make_party: MakeParty, owner: Client) -> Party:
+    party = make_party("bob")
+    await owner.member_add("bob", party.identity.public_key)
+    return party
+
+
+async def test_a_removed_members_client_stops_with_the_reason(bob: Party, owner: Client) -> None:
+    async with await bob.client() as client:
+        await client.list_processes()
+        await owner.member_remove("bob")
+        # Refused once, it stops: no reconnecting twice a second for ever.
+        await until(lambda: client.nc.is_closed, timeout=15)
+        with pytest.raises(NotAuthorizedError, match=r"not allowed: .* refused 'bob'"):
+            await client.list_processes()
+
+
+async def test_a_connection_that_keeps_trying_backs_off_and_gets_back_in(
+    bob: Party, owner: Client
+) -> None:
+    client = await Client.connect(bob.settings, caller="bob", keep_trying=True)
+    try:
+        await client.list_processes()
+        await owner.member_remove("bob")
+        # Each refusal doubles the wait before the next attempt (up to a minute).
+        await until(lambda: client.nc.options["reconnect_time_wait"] >= 2, timeout=15)
+        assert not client.nc.is_closed
+        assert "not allowed" in (refusal(client.nc) or "")
+        await owner.member_add("bob", bob.identity.public_key)
+        # Back in: nats-py says connected just before it calls the reconnected callback.
+        await until(lambda: client.nc.is_connected and refusal(client.nc) is None, timeout=20)
+        assert client.nc.options["reconnect_time_wait"] == 0.5
+        await client.list_processes()
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.parametrize("since", [None, datetime(2000, 1, 1, tzinfo=UTC)])
+async def test_a_removed_members_event_stream_ends_with_the_reason(
+    bob: Party, owner: Client, since: datetime | None
+) -> None:
+    """``colonies events`` (live, or replayed through a reader) stops, not waits for ever."""
+    async with await bob.client() as client, client.subscribe(since=since) as events:
+        await owner.member_remove("bob")
+        with pytest.raises(NotAuthorizedError, match="not allowed"):
+            async with asyncio.timeout(20):
+                await events.next(None)
+
+
+async def test_an_executor_refused_for_a_while_says_why_and_comes_back(
+    make_party: MakeParty, owner: Client, secure_broker: Broker, book: MemberBook
+) -> None:
+    """As in a broker fail-over (no broker answers the callout): refused on reconnecting, an
+    executor keeps trying, slower and slower, says why, and works again once let in."""
+    worker = make_party("worker")
+    said: list[ExecutorStatus] = []
+    app = echo.build(worker.settings, "echo", "worker")
+    app.on_status = said.append
+    task = asyncio.create_task(app.run())
+    try:
+        async with asyncio.timeout(20):
+            await app.ready.wait()
+        member = await book.get(COLONY, "worker")
+        assert member is not None
+        await book.remove(COLONY, "worker")  # refused from now on, its records kept
+        assert secure_broker.service is not None and secure_broker.service.cut is not None
+        await secure_broker.service.cut(COLONY, "worker")
+        await until(
+            lambda: any(
+                s.stage is ExecutorStage.NOT_LET_IN and "not allowed" in s.message for s in said
+            ),
+            timeout=30,
+        )
+        assert not task.done()
+        app.ready.clear()
+        await book.put(member)  # let in again
+        async with asyncio.timeout(40):
+            await app.ready.wait()
+        process = await owner.submit(_spec())
+        assert (await owner.wait(process.process_id, timeout=20)).state is ProcessState.SUCCESS
+    finally:
+        app.stop()
+        async with asyncio.timeout(10):
+            await task
+
+
+async def test_a_connection_whose_jwt_expired_reconnects_for_a_new_one(
+    bob: Party, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server closes a connection when its user JWT expires (after an hour); nats-py would
+    then stay closed for good."""
+    monkeypatch.setattr(callout_module, "USER_JWT_TTL_S", 1.0)
+    async with await bob.client() as client:
+        await until(lambda: client.nc.stats["reconnects"] >= 1, timeout=15)
+        await until(lambda: client.nc.is_connected, timeout=15)
+        await client.list_processes()
+        assert not client.nc.is_closed
+
+
+async def test_an_executor_rides_out_a_broker_fail_over(
+    make_party: MakeParty, secure_server: SecureServer, secure_prefix: str
+) -> None:
+    """No broker answers the callout for a while (the one running stopped, the next not yet
+    up): the executor's reconnect is refused meanwhile; it keeps trying and, once a broker
+    answers again, takes work."""
+    settings = BrokerSettings(
+        nats_url=secure_server.url,
+        prefix=secure_prefix,
+        storage="memory",
+        keys_dir=secure_server.keys_dir,
+    )
+    root = make_party("root")
+    worker = make_party("worker")
+    app = echo.build(worker.settings, "echo", "worker")
+    said: list[ExecutorStatus] = []
+    app.on_status = said.append
+    task: asyncio.Task[int] | None = None
+    try:
+        async with running_broker(settings) as first:
+            assert first.members is not None
+            await enroll(first.members, root, SERVER_SCOPE, Role.SERVER_OWNER)
+            async with await root.client() as owner:
+                await owner.colony_add(COLONY, auto_approve=True)
+            task = asyncio.create_task(app.run())
+            async with asyncio.timeout(20):
+                await app.ready.wait()
+        # No broker now: cut the executor's connection, as a server going away would.
+        system = await nats.connect(
+            secure_server.url, nkeys_seed_str=secure_server.keys.system.seed.decode()
+        )
+        try:
+            assert await Kicker(system, secure_prefix).cut(COLONY, "worker") == 1
+        finally:
+            await system.close()
+        # Refused once the server stops waiting for a callout answer (or, when nats-py stops
+        # waiting first, a connection that timed out).
+        troubled = (ExecutorStage.NOT_LET_IN, ExecutorStage.UNREACHABLE, ExecutorStage.NO_BROKER)
+        await until(lambda: any(s.stage in troubled for s in said), timeout=30)
+        app.ready.clear()
+        async with running_broker(settings):
+            async with asyncio.timeout(40):
+                await app.ready.wait()
+            async with await root.client() as owner:
+                process = await owner.submit(_spec())
+                done = await owner.wait(process.process_id, timeout=20)
+                assert done.state is ProcessState.SUCCESS
+            app.stop()
+            async with asyncio.timeout(10):
+                await task
+    finally:
+        app.stop()
+        if task is not None and not task.done():
+            task.cancel()
+        await drop_streams(secure_server, secure_prefix)
