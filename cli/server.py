@@ -238,18 +238,33 @@ async def _enrol_local_user(broker: Broker, settings: Settings) -> str:
     as server owner under its name. Returns what to say about it."""
     identity, path, made = _local_identity(settings)
     name = settings.caller or default_caller()
-    await _enrol(broker, name, identity.public_key)
+    refused = await _enrol(broker, name, identity.public_key)
+    if refused is not None:
+        return f"{refused} (another --data-dir starts afresh)"
     made_text = "made now, " if made else ""
     return f"{name} (server owner; key {identity.public_key[:12]}…, {made_text}seed in {path})"
 
 
-async def _enrol(broker: Broker, name: str, public_key: str) -> None:
-    """Record ``public_key`` as a server owner under ``name``."""
+async def _enrol(broker: Broker, name: str, public_key: str) -> str | None:
+    """Record ``public_key`` as a server owner under ``name``, unless the name has a record
+    already: a start (the same ``--owner`` given at every start, as a compose file does) must
+    not undo a removal or take a name over. Returns why it was not recorded, if it was not."""
     assert broker.members is not None
+    held = await broker.members.get(SERVER_SCOPE, name)
+    if held is not None and held.public_key == public_key and not held.removed:
+        return None  # enrolled at an earlier start
+    if held is not None and held.removed:
+        return f"server owner {name!r} was removed: not enrolled again by a start"
+    if held is not None:
+        return (
+            f"server owner {name!r} is enrolled with another key ({held.public_key[:12]}…): "
+            "not replaced by a start"
+        )
     owner = Member(
         colony_name=SERVER_SCOPE, name=name, public_key=public_key, role=Role.SERVER_OWNER
     )
     await broker.members.put(owner)
+    return None
 
 
 async def _wait_ready(broker: Broker, task: asyncio.Task[None], *, lead: bool = False) -> None:
@@ -423,8 +438,16 @@ def broker_start(
         try:
             await _wait_ready(broker, task)
             if owner:
-                await _enrol(broker, check_name("name", name), key)
-                console.print(f"[green]server owner[/] {name} ({key[:12]}…)")
+                refused = await _enrol(broker, check_name("name", name), key)
+                if refused is None:
+                    console.print(f"[green]server owner[/] {name} ({key[:12]}…)")
+                else:
+                    console.print(f"[yellow]--owner:[/] {refused}")
+            if broker.settings.keys_dir is None:
+                console.print(
+                    f"[yellow]insecure:[/] no keys in {keys}/ (colonies server config makes "
+                    "them): this broker serves anyone who reaches NATS"
+                )
             console.print(f"[green]broker[/] ready on {shown_url(settings.nats_url)}")
             await _until_signalled()
         finally:

@@ -9,12 +9,16 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from colonyos.broker import Broker
 from colonyos.cli.main import app
+from colonyos.cli.server import _enrol
 from colonyos.client import Client
 from colonyos.config import Settings
 from colonyos.errors import BrokerUnavailableError, NotAuthorizedError
 from colonyos.natsserver import NatsServer
 from colonyos.security.keys import generate, write_seed
+from colonyos.security.members import MemberBook
+from colonyos.subjects import SERVER_SCOPE
 from tests.procs import Child
 
 pytestmark = [pytest.mark.timeout(90), pytest.mark.slow]
@@ -63,3 +67,22 @@ async def test_server_config_then_a_broker_with_an_owner(tmp_path: Path) -> None
 def test_broker_owner_must_be_a_name_and_a_users_key() -> None:
     result = CliRunner().invoke(app, ["broker", "start", "--owner", "root"])
     assert result.exit_code == 2 and "NAME=PUBLIC_KEY" in result.output
+
+
+async def test_an_owner_given_at_every_start_undoes_no_removal_and_takes_no_name(
+    secure_broker: Broker, book: MemberBook
+) -> None:
+    """A compose file gives the same --owner to every start: a start enrols it once, and
+    neither brings a removed owner back nor hands the name to another key."""
+    first, other = generate(), generate()
+    assert await _enrol(secure_broker, "root", first.public_key) is None
+    assert await _enrol(secure_broker, "root", first.public_key) is None  # the next start
+    refused = await _enrol(secure_broker, "root", other.public_key)
+    assert refused is not None and "another key" in refused
+    held = await book.get(SERVER_SCOPE, "root")
+    assert held is not None and held.public_key == first.public_key
+    assert await book.remove(SERVER_SCOPE, "root")
+    refused = await _enrol(secure_broker, "root", first.public_key)
+    assert refused is not None and "was removed" in refused
+    held = await book.get(SERVER_SCOPE, "root")
+    assert held is not None and held.removed
