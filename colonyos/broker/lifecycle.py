@@ -22,11 +22,11 @@ from collections.abc import Callable
 from datetime import timedelta
 
 from colonyos.broker import transitions
-from colonyos.broker.service import Service
+from colonyos.broker.service import Report, Service
 from colonyos.errors import ConflictError, NotFoundError
 from colonyos.models import ZERO_TIME, Process, ProcessState, now
 
-__all__ = ["ASSIGNMENT_LOST", "Lifecycle"]
+__all__ = ["ASSIGNMENT_LOST", "Lifecycle", "requeue_if_past_exec", "unconfirmed"]
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ class Lifecycle:
                 transitions.WAIT_TIMEOUT,
             )
         for colony, pid in self.service.exec_deadlines.pop_due(t_ns):
-            await self._apply(colony, pid, _requeue_if_past_exec, transitions.EXEC_TIMEOUT)
+            await self._apply(colony, pid, requeue_if_past_exec, transitions.EXEC_TIMEOUT)
         for process, _ in list(self.service.running.values()):
             reason = self._lost(process, time.monotonic(), t_ns)
             if reason is not None:
@@ -76,14 +76,7 @@ class Lifecycle:
             return None
         if mono_now - heard > self.liveness_s:
             return transitions.EXECUTOR_LOST
-        report = self.service.reports.get(executor_id)
-        started_ns = int(process.start_time.timestamp() * 1e9)
-        window_ns = int(self.liveness_s * 1e9)
-        if (
-            report is not None
-            and report.wall_ns > started_ns + window_ns
-            and process.process_id not in report.running
-        ):
+        if unconfirmed(process, self.service.reports.get(executor_id), self.liveness_s):
             return ASSIGNMENT_LOST
         return None
 
@@ -115,7 +108,20 @@ class Lifecycle:
         )
 
 
-def _requeue_if_past_exec(process: Process) -> Process:
+def unconfirmed(process: Process, report: Report | None, liveness_s: float) -> bool:
+    """Does the executor's last heartbeat, sent a whole liveness window after the process was
+    assigned, leave it out (the assignment never reached the executor)? A heartbeat sent
+    within the window may have left before the assignment arrived."""
+    if report is None:
+        return False
+    started_ns = int(process.start_time.timestamp() * 1e9)
+    window_ns = int(liveness_s * 1e9)
+    return report.wall_ns > started_ns + window_ns and process.process_id not in report.running
+
+
+def requeue_if_past_exec(process: Process) -> Process:
+    """The ``maxexectime`` sweep's step: re-queue a process still running past its deadline;
+    any other (closed meanwhile, assigned again with a new deadline) is left alone."""
     past = process.exec_deadline != ZERO_TIME and process.exec_deadline <= now() + timedelta(
         milliseconds=1
     )

@@ -70,7 +70,7 @@ from colonyos.models import (
 from colonyos.specs import check_function_spec, from_validation_error
 from colonyos.subjects import SERVER_SCOPE, Subjects
 
-__all__ = ["LOOK_AGAIN", "Picked", "Service", "new_id"]
+__all__ = ["LOOK_AGAIN", "Picked", "Report", "Service", "new_id"]
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ def _ns(t: datetime) -> int:
 
 
 @dataclass(slots=True)
-class _Report:
+class Report:
     """The last heartbeat of an executor: when, and what it said it was running."""
 
     wall_ns: int
@@ -142,7 +142,7 @@ class Service:
         # When this broker started leading (monotonic): a heard time no later than this is the
         # grace given at load, not a sign of life.
         self.lead_start = float("-inf")
-        self.reports: dict[str, _Report] = {}  # executor id -> last heartbeat
+        self.reports: dict[str, Report] = {}  # executor id -> last heartbeat
         # Revisions loaded from KV whose event may be missing (their writer may have died).
         self.unconfirmed: set[str] = set()
         # Called after every write of a process that belongs to a graph (workflows).
@@ -356,7 +356,7 @@ class Service:
         # beat carrying another executor's id (or a replaced run's) is no sign of its life.
         if current is not None and current.executor_id == beat.executor_id:
             self.heard[beat.executor_id] = time.monotonic()
-            self.reports[beat.executor_id] = _Report(time.time_ns(), frozenset(beat.running))
+            self.reports[beat.executor_id] = Report(time.time_ns(), frozenset(beat.running))
         if self.heartbeat_hook is not None:
             self.heartbeat_hook(colony, name, beat.executor_id)
 
