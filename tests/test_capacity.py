@@ -15,7 +15,6 @@ import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-import nats
 import pytest
 
 from colonyos import machine
@@ -37,6 +36,7 @@ from colonyos.resources import format_bytes, human_bytes, parse_bytes, parse_cpu
 from colonyos.subjects import Subjects
 
 from .conftest import COLONY, running_broker
+from .helpers import raw_nats
 
 GiB = 2**30
 
@@ -242,7 +242,7 @@ async def test_capacity_in_use_survives_a_broker_restart(
 
 
 async def raw_request(settings: Settings, caller: str, op: str, body: dict[str, Any]) -> Any:
-    nc = await nats.connect(settings.nats_url)
+    nc = await raw_nats(settings.nats_url)
     try:
         subject = Subjects(settings.prefix).rpc(COLONY, caller, op)
         msg = await nc.request(subject, json.dumps(body).encode(), timeout=5)

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import msgspec
-import nats
 import pytest
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -53,6 +52,7 @@ from colonyos.models import (
 from colonyos.subjects import GRAPH_TOKEN, REJECTED_TOKEN, Subjects
 
 from .conftest import COLONY, _drop_streams, running_broker
+from .helpers import raw_nats
 
 _encode = msgspec.json.encode
 
@@ -222,7 +222,7 @@ async def seen(queue: asyncio.Queue[Msg]) -> Msg:
 
 @pytest.fixture
 async def raw_nc(nats_url: str) -> AsyncIterator[NATS]:
-    nc = await nats.connect(nats_url)
+    nc = await raw_nats(nats_url)
     yield nc
     await nc.close()
 

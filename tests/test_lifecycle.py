@@ -20,6 +20,7 @@ from colonyos.models import Process, ProcessState
 from colonyos.subjects import Subjects
 
 from .conftest import COLONY, running_broker
+from .helpers import raw_nats
 from .test_assign_flow import executor_client, spec
 
 # Many heartbeat periods (0.05 s): a busy machine that delays a few does not lose anyone.
@@ -311,14 +312,13 @@ async def test_a_standby_takes_over_when_the_leader_stops(
 
 async def test_events_carry_the_revision_order(client: Client, settings) -> None:
     """Each process's events are stored in the order of its KV revisions."""
-    import nats
 
     p = await submitted(client)
     ex = await executor_client(settings, "e1")
     got = await ex.assign(timeout=1)
     assert got is not None
     await ex.close(got.process_id, [])
-    nc = await nats.connect(settings.nats_url)
+    nc = await raw_nats(settings.nats_url)
     js = nc.jetstream()
     from colonyos.subjects import Subjects
 

@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import msgspec
-import nats
 import pytest
 from nats.aio.client import Client as NATS
 
@@ -36,6 +35,7 @@ from colonyos.models import (
 from colonyos.subjects import Subjects
 
 from .conftest import COLONY, _drop_streams, running_broker
+from .helpers import raw_nats
 from .test_assign_flow import executor_client, spec
 
 _encode = msgspec.json.Encoder().encode
@@ -62,7 +62,7 @@ def _stored(n: int, fs: FunctionSpec, **kw: object) -> Process:
 @pytest.fixture
 async def raw_store(broker_settings: BrokerSettings) -> AsyncIterator[tuple[NATS, Subjects]]:
     """The streams and buckets as a broker creates them, with no broker running yet."""
-    nc = await nats.connect(broker_settings.nats_url)
+    nc = await raw_nats(broker_settings.nats_url)
     subjects = Subjects(broker_settings.prefix)
     await ProcessStore(nc, subjects, storage="memory").setup()
     yield nc, subjects

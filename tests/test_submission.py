@@ -15,6 +15,7 @@ from colonyos.models import Conditions, FunctionSpec, Process, ProcessState
 from colonyos.subjects import Subjects
 
 from .conftest import COLONY
+from .helpers import raw_nats
 from .test_assign_flow import executor_client, spec
 
 
@@ -24,7 +25,7 @@ async def next_event(sub: nats.aio.subscription.Subscription) -> nats.aio.msg.Ms
 
 async def test_raw_nats_spec_becomes_a_process_and_runs(client: Client, settings) -> None:
     subjects = Subjects(settings.prefix)
-    nc = await nats.connect(settings.nats_url)
+    nc = await raw_nats(settings.nats_url)
     events = await nc.subscribe(subjects.events_filter(colony=COLONY))
     js = nc.jetstream()
     body = b'{"conditions": {"executortype": "echo"}, "funcname": "echo", "args": ["raw"]}'
@@ -45,7 +46,7 @@ async def test_raw_nats_spec_becomes_a_process_and_runs(client: Client, settings
 
 async def test_core_nats_publish_is_captured_too(client: Client, settings) -> None:
     subjects = Subjects(settings.prefix)
-    nc = await nats.connect(settings.nats_url)
+    nc = await raw_nats(settings.nats_url)
     events = await nc.subscribe(subjects.events_filter(colony=COLONY, state="waiting"))
     await nc.publish(
         subjects.specs(COLONY, "echo"), b'{"conditions": {"executortype": "echo"}, "funcname": "f"}'
@@ -76,7 +77,7 @@ async def test_raw_invalid_spec_gives_a_rejection_event(
     client: Client, settings, body: bytes, path: str, reason: str
 ) -> None:
     subjects = Subjects(settings.prefix)
-    nc = await nats.connect(settings.nats_url)
+    nc = await raw_nats(settings.nats_url)
     events = await nc.subscribe(subjects.events_filter(colony=COLONY))
     await nc.jetstream().publish(subjects.specs(COLONY, "echo"), body)
     msg = await next_event(events)
