@@ -28,7 +28,7 @@ from nats.aio.client import Client as NATS
 
 from colonyos import limits
 from colonyos.config import Settings, default_caller
-from colonyos.connection import connect_nats, denied
+from colonyos.connection import connect_nats, denied, not_allowed, refused_at_once
 from colonyos.errors import (
     AssignTimeoutError,
     BrokerUnavailableError,
@@ -202,13 +202,12 @@ class Client:
         await self.aclose()
 
     # -- plumbing -----------------------------------------------------------------------
-    def _not_allowed(self, what: str, subject: str) -> NotAuthorizedError:
-        return NotAuthorizedError(
-            f"not allowed: the server refused {what!r} to {self.caller!r} in colony "
-            f"{self.colony!r} (it may not publish to {subject}): the colony owner decides "
-            "who may do what; a new role takes effect on the next connection",
-            subject=subject,
-        )
+    async def _refusal(self, what: str, subject: str, colony: str) -> ColoniesError:
+        """Why the server refused: no such colony (a server owner may connect), else the role."""
+        if colony != SERVER_SCOPE:
+            with contextlib.suppress(NotAuthorizedError, BrokerUnavailableError):
+                await self.colony_get(colony)  # ColonyNotFoundError says what is wrong
+        return not_allowed(what, self.caller, colony, subject)
 
     async def _request(
         self,
@@ -220,10 +219,10 @@ class Client:
         timeout: float | None = None,
     ) -> T | None:
         subject = self.subjects.rpc(colony or self.colony, self.caller, op)
+        timeout = timeout or self.settings.request_timeout_s
         try:
-            msg = await self.nc.request(
-                subject, _encode(body), timeout=timeout or self.settings.request_timeout_s
-            )
+            asking = self.nc.request(subject, _encode(body), timeout=timeout)
+            msg = await refused_at_once(self.nc, subject, asking)
         except nats.errors.NoRespondersError as err:
             raise BrokerUnavailableError(
                 "no broker is answering: start one with 'colonies server start' or "
@@ -231,7 +230,7 @@ class Client:
             ) from err
         except nats.errors.TimeoutError as err:
             if denied(self.nc, subject):
-                raise self._not_allowed(op, subject) from err
+                raise await self._refusal(op, subject, colony or self.colony) from err
             raise BrokerUnavailableError(f"the broker did not answer {op!r} in time") from err
         except nats.errors.MaxPayloadError as err:
             raise InvalidSpecError(f"{op} request is too large for the server: {err}") from err
@@ -351,7 +350,8 @@ class Client:
     async def _publish_spec(self, subject: str, data: bytes, pid: str) -> Any:
         headers = self._submit_headers(pid)
         try:
-            return await self.js.publish(subject, data, headers=headers)
+            publishing = self.js.publish(subject, data, headers=headers)
+            return await refused_at_once(self.nc, subject, publishing)
         except nats.errors.MaxPayloadError as err:
             raise InvalidSpecError(
                 f"the spec is {len(data)} bytes, more than the server accepts "
@@ -365,7 +365,7 @@ class Client:
             ) from err
         except nats.errors.TimeoutError as err:
             if denied(self.nc, subject):
-                raise self._not_allowed("submit", subject) from err
+                raise await self._refusal("submit", subject, self.colony) from err
             raise BrokerUnavailableError("JetStream did not acknowledge the spec in time") from err
 
     def watch(self, process_id: str, *, colony: str | None = None) -> ProcessWatch:

@@ -15,14 +15,14 @@ import ssl
 import weakref
 from collections.abc import Awaitable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import nats.errors
 from nats.aio.client import Client as NATS
 
 from colonyos.errors import BrokerUnavailableError, NotAuthorizedError
 
-__all__ = ["connect_nats", "denied", "shown_url"]
+__all__ = ["connect_nats", "denied", "not_allowed", "refused_at_once", "shown_url"]
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +31,8 @@ _INITIAL_CONNECT_ATTEMPTS = 3
 _VIOLATION = re.compile(r'permissions violation for (publish|subscription) to "([^"]+)"', re.I)
 # What the server refused each connection, by subject: nats-py reports a refusal only to the
 # error callback, and the request itself then just times out.
-_denials: weakref.WeakKeyDictionary[NATS, dict[str, str]] = weakref.WeakKeyDictionary()
+_denials: weakref.WeakKeyDictionary[NATS, _Heard] = weakref.WeakKeyDictionary()
+T = TypeVar("T")
 
 
 def shown_url(url: str) -> str:
@@ -41,7 +42,47 @@ def shown_url(url: str) -> str:
 
 def denied(nc: NATS, subject: str) -> str | None:
     """``publish`` or ``subscription`` if the server refused ``subject`` to this connection."""
-    return _denials.get(nc, {}).get(subject)
+    heard = _denials.get(nc)
+    return heard.refused.get(subject) if heard is not None else None
+
+
+async def refused_at_once(nc: NATS, subject: str, asking: Awaitable[T]) -> T:
+    """Await a request (or a JetStream publish) to ``subject``, but raise nats-py's timeout at
+    once when the server refuses the subject to this connection: the answer would never come,
+    and the caller would wait the whole timeout to say "not allowed"."""
+    heard = _denials.get(nc)
+    task = asyncio.ensure_future(asking)
+    if heard is None:
+        return await task
+    refused = asyncio.Event()
+    heard.watchers.setdefault(subject, []).append(refused)
+    if subject in heard.refused:
+        refused.set()
+    waiting = asyncio.ensure_future(refused.wait())
+    try:
+        await asyncio.wait({task, waiting}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiting.cancel()
+        with contextlib.suppress(ValueError, KeyError):
+            heard.watchers[subject].remove(refused)
+            if not heard.watchers[subject]:
+                del heard.watchers[subject]
+    if not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+        raise nats.errors.TimeoutError
+    return task.result()
+
+
+def not_allowed(what: str, caller: str, colony: str, subject: str) -> NotAuthorizedError:
+    """The error for a request the server refused to ``caller`` in ``colony``."""
+    return NotAuthorizedError(
+        f"not allowed: the server refused {what!r} to {caller!r} in colony {colony!r} (it may "
+        f"not publish to {subject}): the colony owner decides who may do what; a new role "
+        "takes effect on the next connection",
+        subject=subject,
+    )
 
 
 class _Heard:
@@ -51,6 +92,8 @@ class _Heard:
     def __init__(self) -> None:
         self.errors: list[Exception] = []
         self.refused: dict[str, str] = {}
+        # Requests waiting on a subject (refused_at_once): told when it is refused.
+        self.watchers: dict[str, list[asyncio.Event]] = {}
         self.tls_failed = asyncio.Event()
 
     async def error_cb(self, err: Exception) -> None:
@@ -59,6 +102,8 @@ class _Heard:
             self.tls_failed.set()
         if m := _VIOLATION.search(str(err)):
             self.refused[m[2]] = m[1].lower()
+            for waiting in self.watchers.get(m[2], []):
+                waiting.set()
             if len(self.refused) > 1000:  # a long-lived connection refused many subjects
                 self.refused.pop(next(iter(self.refused)))
         else:
@@ -110,7 +155,7 @@ async def connect_nats(
         raise _why_not(err, heard.errors, url, who, with_key=seed is not None) from err
     # The server was reachable: from now on, ride out restarts however long they take.
     nc.options["max_reconnect_attempts"] = -1
-    _denials[nc] = heard.refused
+    _denials[nc] = heard
     return nc
 
 
