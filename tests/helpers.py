@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import nats
+import nats.errors
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 
 from colonyos.broker.index import ProcessIndex
 from colonyos.broker.service import Service
@@ -22,7 +25,7 @@ from colonyos.connection import connect_nats
 from colonyos.models import Conditions, Executor, ExecutorState, FunctionSpec, Process, ProcessState
 from colonyos.security.keys import generate
 from colonyos.security.members import Member, MemberBook
-from colonyos.security.permissions import Role, grants
+from colonyos.security.permissions import Role, grants, inbox_prefix
 from colonyos.subjects import Subjects
 
 # -- who the tests are on a secure server -------------------------------------------------------
@@ -43,6 +46,21 @@ async def raw_nats(url: str, **options: Any) -> NATS:
     if seed is not None:
         options.setdefault("nkeys_seed_str", seed.decode())
     return await nats.connect(url, **options)
+
+
+async def request_as(
+    nc: NATS, prefix: str, colony: str, caller: str, op: str, body: bytes, timeout: float = 5.0
+) -> Msg:
+    """A raw rpc request as ``caller`` makes it, on ``nc`` (raw_nats): the broker answers only
+    into the caller's inbox (``_INBOX.P.C.N``), whoever publishes."""
+    inbox = f"{inbox_prefix(prefix, colony, caller)}.{uuid.uuid4().hex}"
+    sub = await nc.subscribe(inbox, max_msgs=1)
+    try:
+        await nc.publish(Subjects(prefix).rpc(colony, caller, op), body, reply=inbox)
+        return await sub.next_msg(timeout=timeout)
+    finally:
+        with contextlib.suppress(nats.errors.Error):
+            await sub.unsubscribe()
 
 
 async def enroll(
