@@ -106,7 +106,7 @@ async def test_a_broker_starts_whatever_is_stored(
         await _put(nc, s.bucket_processes, key, _encode(process))
     await _put(nc, s.bucket_processes, garbage_key, b"garbage \xff bytes")
 
-    async with running_broker(broker_settings) as broker:
+    async with running_broker(broker_settings, owners=True) as broker:
         assert broker.leading.is_set()
         async with await Client.connect(settings, caller="tester") as c:
             failed_loud = await c.wait(loud.process_id, timeout=10)
@@ -175,7 +175,7 @@ async def test_a_running_process_that_cannot_be_kept_is_taken_from_its_executor(
     key = s.process_key(COLONY, running.process_id)
     await _put(nc, s.bucket_processes, key, _encode(running))
     told = await nc.subscribe(s.control(COLONY, "e1"))
-    async with running_broker(broker_settings):
+    async with running_broker(broker_settings, owners=True):
         async with asyncio.timeout(10):
             message = msgspec.json.decode((await told.next_msg(timeout=10)).data, type=Control)
     assert isinstance(message, Revoke) and message.process_id == running.process_id
@@ -191,12 +191,12 @@ async def test_a_broker_that_loads_twice_does_not_fail_anything_twice(
     loud = _stored(1, spec(priority=-200_000))
     await _put(nc, s.bucket_processes, s.process_key(COLONY, loud.process_id), _encode(loud))
     async with (
-        running_broker(broker_settings),
+        running_broker(broker_settings, owners=True),
         await Client.connect(settings, caller="tester") as c,
     ):
         first = await c.wait(loud.process_id, timeout=10)
     async with (
-        running_broker(broker_settings),
+        running_broker(broker_settings, owners=True),
         await Client.connect(settings, caller="tester") as c,
     ):
         second = await c.get(loud.process_id)
@@ -232,7 +232,7 @@ async def test_a_workflow_member_that_cannot_run_fails_its_children(
         await _put(nc, s.bucket_processes, s.process_key(COLONY, p.process_id), _encode(p))
     await _put(nc, s.bucket_graphs, s.process_key(COLONY, gid), _encode(graph))
     async with (
-        running_broker(broker_settings),
+        running_broker(broker_settings, owners=True),
         await Client.connect(settings, caller="tester") as c,
     ):
         done = await c.graph_wait(gid, timeout=10)
