@@ -271,10 +271,10 @@ class Client:
         subject = self.subjects.specs(colony, spec.conditions.executor_type)
         data = _encode(spec)
         if not confirm:
-            await self._publish_spec(subject, data, pid)
+            await self._publish_spec(subject, data, pid, colony)
             return pid
         async with self.watch(pid, colony=colony) as watch:
-            ack = await self._publish_spec(subject, data, pid)
+            ack = await self._publish_spec(subject, data, pid, colony)
             if ack.duplicate:
                 return await self.get(pid, colony=colony)
             try:
@@ -347,7 +347,7 @@ class Client:
         """The id makes a re-publication harmless; the initiator is recorded on the process."""
         return {"Nats-Msg-Id": item_id, "Colonies-Initiator": self.caller}
 
-    async def _publish_spec(self, subject: str, data: bytes, pid: str) -> Any:
+    async def _publish_spec(self, subject: str, data: bytes, pid: str, colony: str) -> Any:
         headers = self._submit_headers(pid)
         try:
             publishing = self.js.publish(subject, data, headers=headers)
@@ -365,7 +365,7 @@ class Client:
             ) from err
         except nats.errors.TimeoutError as err:
             if denied(self.nc, subject):
-                raise await self._refusal("submit", subject, self.colony) from err
+                raise await self._refusal("submit", subject, colony) from err
             raise BrokerUnavailableError("JetStream did not acknowledge the spec in time") from err
 
     def watch(self, process_id: str, *, colony: str | None = None) -> ProcessWatch:
@@ -430,12 +430,12 @@ class Client:
         data = _encode(msgspec.structs.replace(workflow, colony_name=colony))
         limits.check_record(len(data), self.nc.max_payload, "the workflow")
         if not confirm:
-            await self._publish_spec(subject, data, gid)
+            await self._publish_spec(subject, data, gid, colony)
             return gid
         # Created: the first node's process (or the graph) has an event; refused: the graph
         # id has a rejection.
         async with ProcessWatch(self, colony, node_process_id(gid, 0), gid) as watch:
-            ack = await self._publish_spec(subject, data, gid)
+            ack = await self._publish_spec(subject, data, gid, colony)
             if not ack.duplicate:
                 try:
                     async with asyncio.timeout(timeout or self.settings.request_timeout_s * 2):
