@@ -83,7 +83,9 @@ def secure_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureSe
     home = tmp_path_factory.mktemp("secure")
     keys = ServerKeys.load_or_create(home / "keys")
     config = home / "nats.conf"
-    config.write_text(secure_config(roomy_config(), keys))
+    # NATS' default payload limit, not the packaged 8MB: the size tests fill what it allows.
+    base = re.sub(r"max_payload: \S+", "max_payload: 1MB", roomy_config())
+    config.write_text(secure_config(base, keys))
     server = NatsServer(home / "jetstream", port=0, config=config).start()
     server_seeds[server.url] = keys.broker.seed
     yield SecureServer(server.url, home / "keys", keys)
