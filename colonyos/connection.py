@@ -215,8 +215,9 @@ def _refused(url: str, who: str, with_key: bool) -> NotAuthorizedError:
             nats_url=url,
         )
     return NotAuthorizedError(
-        f"not allowed: the NATS server at {url} refused {who or 'this identity'}: the colony "
-        "does not exist, the name belongs to another key, or the key is not a member; the "
-        "colony owner adds it with 'colonies user add --name NAME --key PUBLIC_KEY'",
+        f"not allowed: the NATS server at {url} refused {who or 'this identity'}: no broker "
+        "is running to let it in, the colony does not exist, the name belongs to another key, "
+        "or the key is not a member; the colony owner adds it with 'colonies user add --name "
+        "NAME --key PUBLIC_KEY'",
         nats_url=url,
     )
