@@ -29,7 +29,14 @@ from nats.aio.msg import Msg
 
 from colonyos import limits
 from colonyos.config import Settings, default_caller
-from colonyos.connection import closed_error, connect_nats, denied, refusal
+from colonyos.connection import (
+    closed_error,
+    connect_nats,
+    denied,
+    not_allowed,
+    refusal,
+    refused_at_once,
+)
 from colonyos.errors import (
     AssignTimeoutError,
     BrokerUnavailableError,
@@ -215,13 +222,12 @@ class Client:
         await self.aclose()
 
     # -- plumbing -----------------------------------------------------------------------
-    def _not_allowed(self, what: str, subject: str) -> NotAuthorizedError:
-        return NotAuthorizedError(
-            f"not allowed: the server refused {what!r} to {self.caller!r} in colony "
-            f"{self.colony!r} (it may not publish to {subject}): the colony owner decides "
-            "who may do what; a new role takes effect on the next connection",
-            subject=subject,
-        )
+    async def _refusal(self, what: str, subject: str, colony: str) -> ColoniesError:
+        """Why the server refused: no such colony (a server owner may connect), else the role."""
+        if colony != SERVER_SCOPE:
+            with contextlib.suppress(NotAuthorizedError, BrokerUnavailableError):
+                await self.colony_get(colony)  # ColonyNotFoundError says what is wrong
+        return not_allowed(what, self.caller, colony, subject)
 
     def _unless_refused(self) -> None:
         """Raise why the server refuses this connection, if it does (a removed member) and
@@ -240,10 +246,10 @@ class Client:
     ) -> T | None:
         scope = colony or self.colony
         subject = self.subjects.rpc(scope, self.caller, op)
+        timeout = timeout or self.settings.request_timeout_s
         try:
-            msg = await self._ask(
-                scope, subject, _encode(body), timeout or self.settings.request_timeout_s
-            )
+            asking = self._ask(scope, subject, _encode(body), timeout)
+            msg = await refused_at_once(self.nc, subject, asking)
         except nats.errors.NoRespondersError as err:
             raise BrokerUnavailableError(
                 "no broker is answering: start one with 'colonies server start' or "
@@ -251,7 +257,7 @@ class Client:
             ) from err
         except nats.errors.TimeoutError as err:
             if denied(self.nc, subject):
-                raise self._not_allowed(op, subject) from err
+                raise await self._refusal(op, subject, scope) from err
             self._unless_refused()
             raise BrokerUnavailableError(f"the broker did not answer {op!r} in time") from err
         except nats.errors.MaxPayloadError as err:
@@ -311,10 +317,10 @@ class Client:
         subject = self.subjects.specs(colony, spec.conditions.executor_type)
         data = _encode(spec)
         if not confirm:
-            await self._publish_spec(subject, data, pid)
+            await self._publish_spec(subject, data, pid, colony)
             return pid
         async with self.watch(pid, colony=colony) as watch:
-            ack = await self._publish_spec(subject, data, pid)
+            ack = await self._publish_spec(subject, data, pid, colony)
             if ack.duplicate:
                 return await self.get(pid, colony=colony)
             try:
@@ -387,10 +393,11 @@ class Client:
         """The id makes a re-publication harmless; the initiator is recorded on the process."""
         return {"Nats-Msg-Id": item_id, "Colonies-Initiator": self.caller}
 
-    async def _publish_spec(self, subject: str, data: bytes, pid: str) -> Any:
+    async def _publish_spec(self, subject: str, data: bytes, pid: str, colony: str) -> Any:
         headers = self._submit_headers(pid)
         try:
-            return await self.js.publish(subject, data, headers=headers)
+            publishing = self.js.publish(subject, data, headers=headers)
+            return await refused_at_once(self.nc, subject, publishing)
         except nats.errors.MaxPayloadError as err:
             raise InvalidSpecError(
                 f"the spec is {len(data)} bytes, more than the server accepts "
@@ -404,7 +411,7 @@ class Client:
             ) from err
         except nats.errors.TimeoutError as err:
             if denied(self.nc, subject):
-                raise self._not_allowed("submit", subject) from err
+                raise await self._refusal("submit", subject, colony) from err
             raise BrokerUnavailableError("JetStream did not acknowledge the spec in time") from err
 
     def watch(self, process_id: str, *, colony: str | None = None) -> ProcessWatch:
@@ -469,12 +476,12 @@ class Client:
         data = _encode(msgspec.structs.replace(workflow, colony_name=colony))
         limits.check_record(len(data), self.nc.max_payload, "the workflow")
         if not confirm:
-            await self._publish_spec(subject, data, gid)
+            await self._publish_spec(subject, data, gid, colony)
             return gid
         # Created: the first node's process (or the graph) has an event; refused: the graph
         # id has a rejection.
         async with ProcessWatch(self, colony, node_process_id(gid, 0), gid) as watch:
-            ack = await self._publish_spec(subject, data, gid)
+            ack = await self._publish_spec(subject, data, gid, colony)
             if not ack.duplicate:
                 try:
                     async with asyncio.timeout(timeout or self.settings.request_timeout_s * 2):

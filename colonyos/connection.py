@@ -23,7 +23,7 @@ import ssl
 import weakref
 from collections.abc import Awaitable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import nats.errors
 from nats.aio.client import Client as NATS
@@ -35,7 +35,9 @@ __all__ = [
     "closed_error",
     "connect_nats",
     "denied",
+    "not_allowed",
     "refusal",
+    "refused_at_once",
     "shown_url",
 ]
 
@@ -50,9 +52,10 @@ REFUSED_RETRY_MAX_S = 60.0
 _VIOLATION = re.compile(r'permissions violation for (publish|subscription) to "([^"]+)"', re.I)
 # What the server refused each connection, by subject: nats-py reports a refusal only to the
 # error callback, and the request itself then just times out.
-_denials: weakref.WeakKeyDictionary[NATS, dict[str, str]] = weakref.WeakKeyDictionary()
+_denials: weakref.WeakKeyDictionary[NATS, _Heard] = weakref.WeakKeyDictionary()
 # Why the server last refused each connection to reconnect (until it lets it in again).
 _refusals: weakref.WeakKeyDictionary[NATS, str] = weakref.WeakKeyDictionary()
+T = TypeVar("T")
 
 
 def shown_url(url: str) -> str:
@@ -62,7 +65,47 @@ def shown_url(url: str) -> str:
 
 def denied(nc: NATS, subject: str) -> str | None:
     """``publish`` or ``subscription`` if the server refused ``subject`` to this connection."""
-    return _denials.get(nc, {}).get(subject)
+    heard = _denials.get(nc)
+    return heard.refused.get(subject) if heard is not None else None
+
+
+async def refused_at_once(nc: NATS, subject: str, asking: Awaitable[T]) -> T:
+    """Await a request (or a JetStream publish) to ``subject``, but raise nats-py's timeout at
+    once when the server refuses the subject to this connection: the answer would never come,
+    and the caller would wait the whole timeout to say "not allowed"."""
+    heard = _denials.get(nc)
+    task = asyncio.ensure_future(asking)
+    if heard is None:
+        return await task
+    refused = asyncio.Event()
+    heard.watchers.setdefault(subject, []).append(refused)
+    if subject in heard.refused:
+        refused.set()
+    waiting = asyncio.ensure_future(refused.wait())
+    try:
+        await asyncio.wait({task, waiting}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiting.cancel()
+        with contextlib.suppress(ValueError, KeyError):
+            heard.watchers[subject].remove(refused)
+            if not heard.watchers[subject]:
+                del heard.watchers[subject]
+    if not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+        raise nats.errors.TimeoutError
+    return task.result()
+
+
+def not_allowed(what: str, caller: str, colony: str, subject: str) -> NotAuthorizedError:
+    """The error for a request the server refused to ``caller`` in ``colony``."""
+    return NotAuthorizedError(
+        f"not allowed: the server refused {what!r} to {caller!r} in colony {colony!r} (it may "
+        f"not publish to {subject}): the colony owner decides who may do what; a new role "
+        "takes effect on the next connection",
+        subject=subject,
+    )
 
 
 class _Connection(NATS):
@@ -97,6 +140,8 @@ class _Heard:
     def __init__(self, on_refused: Literal["stop", "back_off"], why: str) -> None:
         self.errors: list[Exception] = []
         self.refused: dict[str, str] = {}
+        # Requests waiting on a subject (refused_at_once): told when it is refused.
+        self.watchers: dict[str, list[asyncio.Event]] = {}
         self.tls_failed = asyncio.Event()
         self.on_refused = on_refused
         self.why = why  # what to say when the server refuses this connection
@@ -109,6 +154,8 @@ class _Heard:
             self.tls_failed.set()
         if m := _VIOLATION.search(str(err)):
             self.refused[m[2]] = m[1].lower()
+            for waiting in self.watchers.get(m[2], []):
+                waiting.set()
             if len(self.refused) > 1000:  # a long-lived connection refused many subjects
                 self.refused.pop(next(iter(self.refused)))
         elif self.nc is None:
@@ -188,7 +235,7 @@ async def connect_nats(
         raise _why_not(err, heard.errors, url, who, with_key=seed is not None) from err
     # The server was reachable: from now on, ride out restarts however long they take.
     nc.options["max_reconnect_attempts"] = -1
-    _denials[nc] = heard.refused
+    _denials[nc] = heard
     heard.nc = nc
     return nc
 
@@ -249,8 +296,9 @@ def _refused(url: str, who: str, with_key: bool) -> NotAuthorizedError:
             nats_url=url,
         )
     return NotAuthorizedError(
-        f"not allowed: the NATS server at {url} refused {who or 'this identity'}: the colony "
-        "does not exist, the name belongs to another key, or the key is not a member; the "
-        "colony owner adds it with 'colonies user add --name NAME --key PUBLIC_KEY'",
+        f"not allowed: the NATS server at {url} refused {who or 'this identity'}: no broker "
+        "is running to let it in, the colony does not exist, the name belongs to another key, "
+        "or the key is not a member; the colony owner adds it with 'colonies user add --name "
+        "NAME --key PUBLIC_KEY'",
         nats_url=url,
     )

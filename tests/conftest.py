@@ -1,25 +1,34 @@
-"""Fixtures: one real nats-server per session, an isolated prefix per test, a live broker."""
+"""Fixtures: one real nats-server per session, secure (the auth callout, the installation's
+keys), an isolated prefix per test, a live broker that answers the callout, and the session's
+identity, enrolled as owner of the server and of colony ``dev`` in every prefix.
+
+The suite runs secure by default; ``insecure_nats_url`` is the plain server for the tests of
+``--insecure`` (tests/test_insecure.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import os
+import re
 import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
-import nats
 import pytest
 
 from colonyos.broker import Broker
 from colonyos.client import Client
 from colonyos.config import BrokerSettings, Settings, default_caller
-from colonyos.natsserver import NatsServer
-from colonyos.subjects import Subjects
+from colonyos.natsserver import NatsServer, packaged_config
+from colonyos.security.keys import write_seed
+from colonyos.security.permissions import Role
+from colonyos.security.serverconf import ServerKeys, secure_config
+from colonyos.subjects import SERVER_SCOPE, Subjects
 
-from .helpers import write_member_config
+from .helpers import OWNER, OWNER_NAMES, enroll, raw_nats, server_seeds, write_member_config
 
 COLONY = "dev"
 # The member users of member_nats_url: an SDK client speaking as "tester", and the CLI, which
@@ -45,7 +54,53 @@ def own_config_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def identity_file(tmp_path_factory: pytest.TempPathFactory, own_config_home: None) -> Path:
+    """The session's identity (helpers.OWNER): the seed file every ``settings`` names, and the
+    one the CLIs the tests run find through ``COLONIES_IDENTITY`` (own_config_home restores
+    it at the end)."""
+    path = tmp_path_factory.mktemp("identity") / "owner.nk"
+    write_seed(path, OWNER)
+    os.environ["COLONIES_IDENTITY"] = str(path)
+    return path
+
+
+@dataclass(frozen=True)
+class SecureServer:
+    url: str
+    keys_dir: Path
+    keys: ServerKeys
+
+
+def roomy_config() -> str:
+    """The packaged server config with room for many tests' memory streams: each reserves its
+    limits (the logs stream 1 GiB) until it drops them."""
+    with packaged_config() as base:
+        return re.sub(r"max_memory_store: \S+", "max_memory_store: 64GB", base.read_text())
+
+
+@pytest.fixture(scope="session")
+def secure_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureServer]:
+    home = tmp_path_factory.mktemp("secure")
+    keys = ServerKeys.load_or_create(home / "keys")
+    config = home / "nats.conf"
+    # NATS' default payload limit, not the packaged 8MB: the size tests fill what it allows.
+    base = re.sub(r"max_payload: \S+", "max_payload: 1MB", roomy_config())
+    config.write_text(secure_config(base, keys))
+    server = NatsServer(home / "jetstream", port=0, config=config).start()
+    server_seeds[server.url] = keys.broker.seed
+    yield SecureServer(server.url, home / "keys", keys)
+    server_seeds.pop(server.url, None)
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def nats_url(secure_server: SecureServer, identity_file: Path) -> str:
+    return secure_server.url
+
+
+@pytest.fixture(scope="session")
+def insecure_nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A nats-server without authentication, for the tests of ``--insecure``."""
     server = NatsServer(tmp_path_factory.mktemp("jetstream"), port=0).start()
     yield server.url
     server.stop()
@@ -69,17 +124,25 @@ def prefix() -> str:
 
 
 @pytest.fixture
-def settings(nats_url: str, prefix: str) -> Settings:
-    return Settings(nats_url=nats_url, colony=COLONY, prefix=prefix, request_timeout_s=5.0)
+def settings(nats_url: str, prefix: str, identity_file: Path) -> Settings:
+    return Settings(
+        nats_url=nats_url,
+        colony=COLONY,
+        prefix=prefix,
+        request_timeout_s=5.0,
+        identity=identity_file,
+    )
 
 
 @pytest.fixture
-def broker_settings(nats_url: str, prefix: str) -> BrokerSettings:
-    return BrokerSettings(nats_url=nats_url, prefix=prefix, storage="memory")
+def broker_settings(nats_url: str, prefix: str, secure_server: SecureServer) -> BrokerSettings:
+    return BrokerSettings(
+        nats_url=nats_url, prefix=prefix, storage="memory", keys_dir=secure_server.keys_dir
+    )
 
 
 async def _drop_streams(nats_url: str, prefix: str) -> None:
-    nc = await nats.connect(nats_url)
+    nc = await raw_nats(nats_url)
     try:
         js = nc.jetstream()
         upper = Subjects(prefix)._upper
@@ -91,11 +154,23 @@ async def _drop_streams(nats_url: str, prefix: str) -> None:
         await nc.close()
 
 
+async def enroll_owners(broker: Broker) -> None:
+    """The session's identity, under each of :data:`OWNER_NAMES`, as owner of the server and
+    of colony ``dev`` (which a test then adds, or not) in the broker's prefix."""
+    if broker.members is None:
+        return  # an insecure broker: no one is enrolled
+    for name in OWNER_NAMES:
+        await enroll(broker.members, name, OWNER.public_key, SERVER_SCOPE, Role.SERVER_OWNER)
+        await enroll(broker.members, name, OWNER.public_key, COLONY, Role.COLONY_OWNER)
+
+
 @contextlib.asynccontextmanager
 async def running_broker(
-    broker_settings: BrokerSettings, *, lead: bool = True
+    broker_settings: BrokerSettings, *, lead: bool = True, owners: bool = False
 ) -> AsyncIterator[Broker]:
-    """A broker on this loop; by default, wait until it leads (serves requests)."""
+    """A broker on this loop; by default, wait until it leads (serves requests). ``owners``:
+    on a secure server, enrol the session's owners (:func:`enroll_owners`) once it is up (a
+    security test that enrols its own members leaves it out)."""
     broker = Broker(broker_settings)
     task = asyncio.create_task(broker.run())
     ready = asyncio.create_task((broker.leading if lead else broker.ready).wait())
@@ -105,6 +180,8 @@ async def running_broker(
         if task.done():
             task.result()  # raises the broker's start-up error
         pytest.fail("broker did not become ready within 10 s")
+    if owners:
+        await enroll_owners(broker)
     try:
         yield broker
     finally:
@@ -115,7 +192,7 @@ async def running_broker(
 
 @pytest.fixture
 async def broker(broker_settings: BrokerSettings) -> AsyncIterator[Broker]:
-    async with running_broker(broker_settings) as b:
+    async with running_broker(broker_settings, owners=True) as b:
         yield b
     await _drop_streams(broker_settings.nats_url, broker_settings.prefix)
 
@@ -128,11 +205,18 @@ async def own_brokers(broker_settings: BrokerSettings) -> AsyncIterator[BrokerSe
     await _drop_streams(broker_settings.nats_url, broker_settings.prefix)
 
 
+async def open_colony(settings: Settings, colony: str = COLONY) -> None:
+    """Add ``colony`` (auto-approve) as ``tester``, a server owner. A connection's rights are
+    decided when it connects: connect again to act in the colony."""
+    async with await Client.connect(settings, caller="tester") as c:
+        await c.colony_add(colony, auto_approve=True)
+
+
 @pytest.fixture
 async def client(broker: Broker, settings: Settings) -> AsyncIterator[Client]:
-    """A user client of colony ``dev`` (created with auto-approve)."""
+    """``tester``'s client in colony ``dev`` (created with auto-approve), which it owns."""
+    await open_colony(settings)
     c = await Client.connect(settings, caller="tester")
-    await c.colony_add(COLONY, auto_approve=True)
     yield c
     await c.aclose()
 
@@ -145,11 +229,9 @@ def live_system(broker_settings: BrokerSettings, settings: Settings) -> Iterator
     holder: dict[str, Broker] = {}
 
     async def main() -> None:
-        async with running_broker(broker_settings) as b:
+        async with running_broker(broker_settings, owners=True) as b:
             holder["broker"] = b
-            c = await Client.connect(settings, caller="tester")
-            await c.colony_add(COLONY, auto_approve=True)
-            await c.aclose()
+            await open_colony(settings)
             started.set()
             await b._stopping.wait()
 

@@ -5,27 +5,99 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import nats
+import nats.errors
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 
 from colonyos.broker.index import ProcessIndex
 from colonyos.broker.service import Service
 from colonyos.broker.store import ProcessStore
 from colonyos.client import Client
-from colonyos.config import BrokerSettings, Settings
+from colonyos.config import BrokerSettings, Settings, default_caller
 from colonyos.connection import connect_nats
-from colonyos.models import Conditions, Executor, FunctionSpec, Process, ProcessState
-from colonyos.security.permissions import Role, grants
+from colonyos.models import Conditions, Executor, ExecutorState, FunctionSpec, Process, ProcessState
+from colonyos.security.keys import generate
+from colonyos.security.members import Member, MemberBook
+from colonyos.security.permissions import Role, grants, inbox_prefix
 from colonyos.subjects import Subjects
+
+# -- who the tests are on a secure server -------------------------------------------------------
+
+# The session's identity: the key of ``settings`` and of the CLIs the tests run. conftest enrols
+# it under these names (the SDK's ``tester``, the CLI's login name) as owner of the server and
+# of colony dev in every test's prefix.
+OWNER = generate()
+OWNER_NAMES = ("tester", default_caller())
+# The broker seed of each secure nats-server the tests run, by URL (conftest fills it).
+server_seeds: dict[str, bytes] = {}
+
+
+async def raw_nats(url: str, **options: Any) -> NATS:
+    """A raw NATS connection that plays the broker or an inspector of its streams and buckets:
+    on a secure server with the brokers' key (no member may touch a stream), else as is."""
+    seed = server_seeds.get(url)
+    if seed is not None:
+        options.setdefault("nkeys_seed_str", seed.decode())
+    return await nats.connect(url, **options)
+
+
+async def request_as(
+    nc: NATS, prefix: str, colony: str, caller: str, op: str, body: bytes, timeout: float = 5.0
+) -> Msg:
+    """A raw rpc request as ``caller`` makes it, on ``nc`` (raw_nats): the broker answers only
+    into the caller's inbox (``_INBOX.P.C.N``), whoever publishes."""
+    inbox = f"{inbox_prefix(prefix, colony, caller)}.{uuid.uuid4().hex}"
+    sub = await nc.subscribe(inbox, max_msgs=1)
+    try:
+        await nc.publish(Subjects(prefix).rpc(colony, caller, op), body, reply=inbox)
+        return await sub.next_msg(timeout=timeout)
+    finally:
+        with contextlib.suppress(nats.errors.Error):
+            await sub.unsubscribe()
+
+
+async def enroll(
+    book: MemberBook | None,
+    name: str,
+    public_key: str = OWNER.public_key,
+    colony: str = "dev",
+    role: Role = Role.USER,
+) -> None:
+    """Make ``name`` (by default with the session's key) a member of ``colony`` in ``role``,
+    as its owner would; nothing on an insecure broker (``book`` None)."""
+    if book is not None:
+        await book.put(Member(colony_name=colony, name=name, public_key=public_key, role=role))
 
 
 def spec(executor_type: str = "echo", **kw: Any) -> FunctionSpec:
     conditions = Conditions(executor_type=executor_type, **kw.pop("conditions", {}))
     return FunctionSpec(func_name=str(kw.pop("func_name", "echo")), conditions=conditions, **kw)
+
+
+async def connect_executor(
+    settings: Settings, name: str, executor_type: str = "echo", **kw: Any
+) -> Client:
+    """An executor's raw client, registered under ``name``. On a secure server a first
+    registration is made on a connection that may only register: once approved (the test
+    colonies approve automatically) it connects again, as executors do."""
+    c = await Client.connect(settings, caller=name, executor=True)
+    try:
+        executor = Executor(executor_name=name, executor_type=executor_type, **kw)
+        registered = await c.register(executor)
+        if c.secure and registered.state is ExecutorState.APPROVED:
+            await c.aclose()
+            c = await Client.connect(settings, caller=name, executor=True)
+    except BaseException:
+        await c.aclose()
+        raise
+    return c
 
 
 @contextlib.asynccontextmanager
@@ -37,12 +109,13 @@ async def executor_client(
     register: bool = True,
     **kw: Any,
 ) -> AsyncIterator[Client]:
-    """A raw executor client, registered under ``name`` (unless not ``register``: no broker
-    runs yet), closed on leaving."""
-    c = await Client.connect(settings, caller=name)
+    """:func:`connect_executor` (unless not ``register``: no broker runs yet, it only
+    connects), closed on leaving."""
+    if register:
+        c = await connect_executor(settings, name, executor_type, **kw)
+    else:
+        c = await Client.connect(settings, caller=name, executor=True)
     try:
-        if register:
-            await c.register(Executor(executor_name=name, executor_type=executor_type, **kw))
         yield c
     finally:
         await c.aclose()
@@ -65,7 +138,8 @@ async def until(check: Callable[[], bool], *, timeout: float = 10.0) -> None:
 async def standalone_service(settings: BrokerSettings) -> AsyncIterator[Service]:
     """A broker's Service on its own NATS connection, loaded from the prefix's KV, without a
     lease: what a broker that believes it leads would write with."""
-    nc = await connect_nats(settings.nats_url, name="colonies-test-writer")
+    seed = server_seeds.get(settings.nats_url)
+    nc = await connect_nats(settings.nats_url, name="colonies-test-writer", seed=seed)
     subjects = Subjects(settings.prefix)
     store = ProcessStore(nc, subjects, storage=settings.storage)
     index = ProcessIndex(None)
@@ -97,7 +171,7 @@ async def stored_events(
 ) -> list[tuple[ProcessState, int]]:
     """A process's stored events, in stream order, up to the first in state ``last``: each
     event's state and the KV revision it carries (its ``Nats-Msg-Id``)."""
-    nc = await nats.connect(nats_url)
+    nc = await raw_nats(nats_url)
     try:
         subject = Subjects(prefix).events_filter(colony=colony, process_id=process_id)
         sub = await nc.jetstream().subscribe(subject, ordered_consumer=True)

@@ -8,9 +8,10 @@ import pytest
 
 from colonyos.client import Client
 from colonyos.errors import ConflictError, NotAuthorizedError, ProcessNotFoundError
-from colonyos.models import Conditions, Executor, FunctionSpec, Process, ProcessState
+from colonyos.models import Conditions, FunctionSpec, Process, ProcessState
 
 from .conftest import COLONY
+from .helpers import connect_executor
 
 
 def spec(executor_type: str = "echo", **kw: object) -> FunctionSpec:
@@ -19,9 +20,7 @@ def spec(executor_type: str = "echo", **kw: object) -> FunctionSpec:
 
 
 async def executor_client(settings, name: str, executor_type: str = "echo", **kw: object) -> Client:
-    c = await Client.connect(settings, caller=name)
-    await c.register(Executor(executor_name=name, executor_type=executor_type, **kw))
-    return c
+    return await connect_executor(settings, name, executor_type, **kw)
 
 
 async def test_submit_assign_close(client: Client, settings) -> None:

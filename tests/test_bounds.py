@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import msgspec
-import nats
 import pytest
 
 from colonyos import limits
@@ -15,7 +14,7 @@ from colonyos.specs import check_function_spec, decode_function_spec, load_workf
 from colonyos.subjects import Subjects
 
 from .conftest import COLONY
-from .helpers import specs_drained
+from .helpers import raw_nats, specs_drained
 from .test_assign_flow import executor_client, spec
 
 BASE = {"funcname": "f", "conditions": {"executortype": "echo"}}
@@ -145,7 +144,7 @@ async def test_a_raw_spec_out_of_range_is_rejected_once_and_the_broker_goes_on(
 ) -> None:
     """Before: the queue's encoding overflowed, the spec was delivered again and again."""
     subjects = Subjects(settings.prefix)
-    nc = await nats.connect(settings.nats_url)
+    nc = await raw_nats(settings.nats_url)
     try:
         events = await nc.subscribe(subjects.events_filter(colony=COLONY))
         await nc.jetstream().publish(

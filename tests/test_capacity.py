@@ -15,7 +15,6 @@ import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-import nats
 import pytest
 
 from colonyos import machine
@@ -26,7 +25,6 @@ from colonyos.executor import ExecutorApp, ProcessContext
 from colonyos.models import (
     Capabilities,
     Conditions,
-    Executor,
     FunctionSpec,
     Hardware,
     Process,
@@ -34,9 +32,10 @@ from colonyos.models import (
     now,
 )
 from colonyos.resources import format_bytes, human_bytes, parse_bytes, parse_cpu_millis
-from colonyos.subjects import Subjects
+from colonyos.security.permissions import Role
 
-from .conftest import COLONY, running_broker
+from .conftest import COLONY, open_colony, running_broker
+from .helpers import connect_executor, enroll, raw_nats, request_as
 
 GiB = 2**30
 
@@ -64,15 +63,8 @@ async def until(predicate: Callable[[], bool], what: str, timeout: float = 10.0)
 async def executor_client(
     settings: Settings, name: str, executor_type: str, *hardware: Hardware
 ) -> Client:
-    c = await Client.connect(settings, caller=name)
-    await c.register(
-        Executor(
-            executor_name=name,
-            executor_type=executor_type,
-            capabilities=Capabilities(hardware=list(hardware)),
-        )
-    )
-    return c
+    capabilities = Capabilities(hardware=list(hardware))
+    return await connect_executor(settings, name, executor_type, capabilities=capabilities)
 
 
 @contextlib.asynccontextmanager
@@ -215,14 +207,14 @@ async def test_capacity_comes_back_however_a_process_leaves_running(
 async def test_capacity_in_use_survives_a_broker_restart(
     broker_settings: BrokerSettings, settings: Settings
 ) -> None:
-    async with running_broker(broker_settings):
+    async with running_broker(broker_settings, owners=True):
+        await open_colony(settings)
         client = await Client.connect(settings, caller="tester")
-        await client.colony_add(COLONY, auto_approve=True)
         first = await submitted(client, spec("two", cpu="2"))
         ex = await executor_client(settings, "two-1", "two", Hardware(cpu="2"))
         got = await ex.assign(timeout=1)
         assert got is not None and got.process_id == first.process_id
-    async with running_broker(broker_settings) as restarted:
+    async with running_broker(broker_settings, owners=True) as restarted:
         second = await submitted(client, spec("two", cpu="2"))
         await until(
             lambda: restarted.service is not None and second.process_id in restarted.service.queue,
@@ -242,16 +234,19 @@ async def test_capacity_in_use_survives_a_broker_restart(
 
 
 async def raw_request(settings: Settings, caller: str, op: str, body: dict[str, Any]) -> Any:
-    nc = await nats.connect(settings.nats_url)
+    nc = await raw_nats(settings.nats_url)
     try:
-        subject = Subjects(settings.prefix).rpc(COLONY, caller, op)
-        msg = await nc.request(subject, json.dumps(body).encode(), timeout=5)
+        data = json.dumps(body).encode()
+        msg = await request_as(nc, settings.prefix, COLONY, caller, op, data)
     finally:
         await nc.close()
     return json.loads(msg.data)
 
 
-async def test_raw_assign_with_available_cpu_and_mem(client: Client, settings) -> None:
+async def test_raw_assign_with_available_cpu_and_mem(
+    client: Client, settings, broker: Broker
+) -> None:
+    await enroll(broker.members, "raw-1", role=Role.EXECUTOR)
     p = await submitted(client, spec("raw", cpu="2", mem="1Gi"))
     await raw_request(
         settings,
@@ -286,7 +281,10 @@ async def test_explain_over_raw_nats(client: Client, settings) -> None:
     assert reply["error"]["code"] == "process_not_found"
 
 
-async def test_a_registration_with_a_bad_quantity_is_refused(client: Client, settings) -> None:
+async def test_a_registration_with_a_bad_quantity_is_refused(
+    client: Client, settings, broker: Broker
+) -> None:
+    await enroll(broker.members, "bad-1", role=Role.EXECUTOR)
     reply = await raw_request(
         settings,
         "bad-1",

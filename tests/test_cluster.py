@@ -55,7 +55,7 @@ async def test_a_colony_survives_losing_a_cluster_server(cluster: list[NatsServe
     urls = ",".join(s.url for s in cluster)
     broker_settings = BrokerSettings(nats_url=urls, prefix="clu", replicas=3, lease_ttl_s=1.0)
     settings = Settings(nats_url=urls, colony=COLONY, prefix="clu")
-    async with running_broker(broker_settings):
+    async with running_broker(broker_settings, owners=True):
         client = await Client.connect(settings)
         # Interest crosses the cluster's routes a moment after the broker subscribes.
         await until_served(

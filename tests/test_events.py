@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import msgspec
-import nats
 import pytest
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -52,7 +51,8 @@ from colonyos.models import (
 )
 from colonyos.subjects import GRAPH_TOKEN, REJECTED_TOKEN, Subjects
 
-from .conftest import COLONY, _drop_streams, running_broker
+from .conftest import COLONY, _drop_streams, open_colony, running_broker
+from .helpers import raw_nats
 
 _encode = msgspec.json.encode
 
@@ -222,7 +222,7 @@ async def seen(queue: asyncio.Queue[Msg]) -> Msg:
 
 @pytest.fixture
 async def raw_nc(nats_url: str) -> AsyncIterator[NATS]:
-    nc = await nats.connect(nats_url)
+    nc = await raw_nats(nats_url)
     yield nc
     await nc.close()
 
@@ -406,9 +406,9 @@ async def test_graph_wait_reads_graph_events_and_skips_the_rest(
 @pytest.fixture
 async def no_broker(broker_settings: BrokerSettings, settings: Settings) -> AsyncIterator[Client]:
     """Streams and colony ``dev`` exist, but no broker runs: the test answers for it."""
-    async with running_broker(broker_settings):
+    async with running_broker(broker_settings, owners=True):
+        await open_colony(settings)
         c = await Client.connect(settings, caller="tester")
-        await c.colony_add(COLONY, auto_approve=True)
     yield c
     await c.aclose()
     await _drop_streams(broker_settings.nats_url, broker_settings.prefix)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import msgspec
 import pytest
+from nats.aio.client import Client as NATS
 
 from colonyos.broker import Broker
 from colonyos.client import Client
@@ -31,7 +32,7 @@ from colonyos.models import Conditions, ExecutorState, FunctionSpec, Process, Pr
 from colonyos.subjects import Subjects
 
 from .conftest import COLONY
-from .helpers import executor_client, until
+from .helpers import executor_client, raw_nats, until
 from .procs import Child
 from .test_executor_stages import TASKS, said
 
@@ -39,10 +40,16 @@ LIVENESS_S = 60.0
 
 
 @pytest.fixture
-def broker_settings(nats_url: str, prefix: str) -> BrokerSettings:
-    return BrokerSettings(
-        nats_url=nats_url, prefix=prefix, storage="memory", executor_liveness_s=LIVENESS_S
-    )
+def broker_settings(broker_settings: BrokerSettings) -> BrokerSettings:
+    return msgspec.structs.replace(broker_settings, executor_liveness_s=LIVENESS_S)
+
+
+@pytest.fixture
+async def broker_side(settings: Settings) -> AsyncIterator[NATS]:
+    """A connection that plays the broker on executors' control subjects (no member may)."""
+    nc = await raw_nats(settings.nats_url)
+    yield nc
+    await nc.close()
 
 
 def spec(executor_type: str = "held", func: str = "hold") -> FunctionSpec:
@@ -232,14 +239,15 @@ async def test_removing_an_idle_executor_ends_its_parked_request(
 
 
 async def test_removal_ends_the_parked_request_and_tells_the_run_itself(
-    client: Client, settings: Settings, broker: Broker
+    client: Client, broker_side: NATS, settings: Settings, broker: Broker
 ) -> None:
     """A run that neither heartbeats nor listens for anything but its answer (a raw client):
     before the removal returns, its long poll is ended and it is told on its control subject,
     both by the removal itself (a heartbeat would otherwise tell it later)."""
     service = broker.service
     assert service is not None
-    told = await client.nc.subscribe(Subjects(settings.prefix).control(COLONY, "raw"))
+    told = await broker_side.subscribe(Subjects(settings.prefix).control(COLONY, "raw"))
+    await broker_side.flush()
     async with executor_client(settings, "raw", "held") as raw:
         poll = asyncio.ensure_future(raw.assign(timeout=30))
         await until(lambda: len(service.parked) == 1)
@@ -258,7 +266,7 @@ async def test_approval_is_learned_at_once_from_the_broker(
 
     monkeypatch.setattr(colonyos.executor, "_APPROVAL_CHECK_S", 3600.0)  # only being told helps
     await client.colony_add("lab")
-    lab = Settings(nats_url=settings.nats_url, colony="lab", prefix=settings.prefix)
+    lab = msgspec.structs.replace(settings, colony="lab")
     ed = Holder(lab, "ed")
     holders.append(ed)
     ed.task = asyncio.create_task(ed.app.run())
@@ -268,7 +276,7 @@ async def test_approval_is_learned_at_once_from_the_broker(
     assert ed.said(ExecutorStage.PENDING) == [
         "pending approval by the colony owner: colonies executor approve --name ed"
     ]
-    async with await Client.connect(lab) as owner:
+    async with await Client.connect(lab, caller="tester") as owner:  # who added lab
         await owner.executor_approve("ed")
     async with asyncio.timeout(10):
         await ed.app.ready.wait()
@@ -290,22 +298,22 @@ def test_every_control_message_kind_decodes_through_one_union() -> None:
 
 
 async def test_control_messages_for_another_run_are_ignored(
-    client: Client, settings: Settings, holders: list[Holder]
+    client: Client, broker_side: NATS, settings: Settings, holders: list[Holder]
 ) -> None:
     x = await Holder(settings, "X").start()
     holders.append(x)
     subject = Subjects(settings.prefix).control(COLONY, "X")
     by = Instance(executor_id="someone-else", host="elsewhere", pid=1)
-    await client.nc.publish(subject, msgspec.json.encode(Replaced(executor_id="earlier", by=by)))
-    await client.nc.publish(subject, b"not a control message")
+    await broker_side.publish(subject, msgspec.json.encode(Replaced(executor_id="earlier", by=by)))
+    await broker_side.publish(subject, b"not a control message")
     # Asked who holds its registration, it answers (and only for its own).
-    reply = await client.nc.request(
+    reply = await broker_side.request(
         subject, msgspec.json.encode(WhoIs(executor_id=x.app.executor_id)), timeout=5
     )
     instance = msgspec.json.decode(reply.data, type=Instance)
     assert (instance.host, instance.pid) == (socket.gethostname(), os.getpid())
     assert not x.task.done()  # type: ignore[union-attr]
-    await client.nc.publish(
+    await broker_side.publish(
         subject, msgspec.json.encode(Replaced(executor_id=x.app.executor_id, by=by))
     )
     with pytest.raises(ExecutorReplacedError, match="on host elsewhere"):
@@ -313,7 +321,7 @@ async def test_control_messages_for_another_run_are_ignored(
 
 
 async def test_a_replaced_run_that_still_heartbeats_is_told_again(
-    client: Client, settings: Settings, holders: list[Holder]
+    client: Client, broker_side: NATS, settings: Settings, holders: list[Holder]
 ) -> None:
     old = await Holder(settings, "same").start()
     holders.append(old)
@@ -324,8 +332,9 @@ async def test_a_replaced_run_that_still_heartbeats_is_told_again(
     with pytest.raises(ExecutorReplacedError):
         await old.ended()
     subject = Subjects(settings.prefix).control(COLONY, "same")
-    told = await client.nc.subscribe(subject)
-    async with await Client.connect(settings, caller="same") as zombie:
+    told = await broker_side.subscribe(subject)
+    await broker_side.flush()
+    async with await Client.connect(settings, caller="same", executor=True) as zombie:
         await zombie.heartbeat(old_id, [])  # as if it had missed the message
         async with asyncio.timeout(10):
             while True:

@@ -4,6 +4,7 @@ that keeps the promise is broken (see docs/guarantees.md)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import timedelta
 from typing import Any
 
@@ -19,7 +20,6 @@ from colonyos.executor import ExecutorApp, ProcessContext
 from colonyos.messages import Close, GraphEvent, ProcessEvent, Rejection
 from colonyos.models import (
     Conditions,
-    Executor,
     FunctionSpec,
     Process,
     ProcessGraph,
@@ -28,7 +28,7 @@ from colonyos.models import (
     now,
 )
 
-from .conftest import COLONY, running_broker
+from .conftest import COLONY, open_colony, running_broker
 from .helpers import (
     executor_client,
     spec,
@@ -40,8 +40,8 @@ from .helpers import (
 
 
 @pytest.fixture
-def broker_settings(nats_url: str, prefix: str) -> BrokerSettings:
-    return BrokerSettings(nats_url=nats_url, prefix=prefix, storage="memory", sweep_interval_s=0.05)
+def broker_settings(broker_settings: BrokerSettings) -> BrokerSettings:
+    return msgspec.structs.replace(broker_settings, sweep_interval_s=0.05)
 
 
 def node(name: str, *deps: str, args: list[Any] | None = None) -> FunctionSpec:
@@ -91,14 +91,12 @@ async def test_a_new_leader_stores_a_loaded_revisions_event_before_the_next(
 ) -> None:
     """A broker wrote a revision and died before publishing its event: the next leader stores
     that event before the event of the next transition."""
-    async with (
-        await Client.connect(settings, caller="tester") as c,
-        await Client.connect(settings, caller="e1") as ex,
-    ):
-        async with running_broker(own_brokers):
-            await c.colony_add(COLONY, auto_approve=True)
+    async with contextlib.AsyncExitStack() as stack:  # a secure server lets in through a broker
+        async with running_broker(own_brokers, owners=True):
+            await open_colony(settings)
+            c = await stack.enter_async_context(await Client.connect(settings, caller="tester"))
             p = await submitted(c)
-            await ex.register(Executor(executor_name="e1", executor_type="echo"))
+            ex = await stack.enter_async_context(executor_client(settings, "e1"))
         # No broker runs: one that dies after its KV write, before its event.
         async with standalone_service(own_brokers) as dying:
             process, waiting = await dying.store.get(COLONY, p.process_id)
@@ -109,7 +107,7 @@ async def test_a_new_leader_stores_a_loaded_revisions_event_before_the_next(
             )
             cas = {"Nats-Expected-Last-Subject-Sequence": str(waiting)}
             running = await dying.store.publisher.write(subject, dying.store.encoded(taken), cas)
-        async with running_broker(own_brokers):
+        async with running_broker(own_brokers, owners=True):
             closed = await ex.close(p.process_id, ["done"], attempt=0)
             assert closed.state is ProcessState.SUCCESS
         events = await stored_events(
@@ -347,17 +345,15 @@ async def test_a_new_leader_finishes_a_half_done_workflow(
 ) -> None:
     """A broker wrote a parent's success and died before releasing its child: the next
     leader releases it, with the parent's output."""
-    async with (
-        await Client.connect(settings, caller="tester") as c,
-        await Client.connect(settings, caller="e1") as ex,
-    ):
-        async with running_broker(own_brokers):
-            await c.colony_add(COLONY, auto_approve=True)
+    async with contextlib.AsyncExitStack() as stack:  # a secure server lets in through a broker
+        async with running_broker(own_brokers, owners=True):
+            await open_colony(settings)
+            c = await stack.enter_async_context(await Client.connect(settings, caller="tester"))
             graph = await c.submit_workflow(
                 WorkflowSpec(function_specs=[node("a"), node("b", "a")])
             )
             assert isinstance(graph, ProcessGraph)
-            await ex.register(Executor(executor_name="e1", executor_type="echo"))
+            ex = await stack.enter_async_context(executor_client(settings, "e1"))
             a = await ex.assign(timeout=5)
             assert a is not None and a.spec.node_name == "a"
         # No broker leads: one without its workflow part writes a's success, and dies.
@@ -366,7 +362,7 @@ async def test_a_new_leader_finishes_a_half_done_workflow(
                 COLONY, "e1", Close(process_id=a.process_id, output=["from-a"])
             )
             assert closed.state is ProcessState.SUCCESS
-        async with running_broker(own_brokers):
+        async with running_broker(own_brokers, owners=True):
             b = await ex.assign(timeout=5)
             assert b is not None and b.process_id == graph.nodes["b"] and b.input == ["from-a"]
             await ex.close(b.process_id, ["done"], attempt=b.attempt)
@@ -384,32 +380,31 @@ async def test_the_same_id_after_the_dedup_window_is_refused_by_kv(
     reaches the broker, whose KV create refuses the existing key: still one process."""
     bs = msgspec.structs.replace(own_brokers, dedup_window_s=DEDUP_WINDOW_S)
     pid = "d" * 64
-    async with (
-        running_broker(bs),
-        await Client.connect(settings, caller="tester") as c,
-        executor_client(settings, "e1", register=False) as ex,
-    ):
-        await c.colony_add(COLONY, auto_approve=True)
-        await ex.register(Executor(executor_name="e1", executor_type="echo"))
-        loop = asyncio.get_running_loop()
-        sent = loop.time()
-        first = await c.submit(spec(), process_id=pid)
-        subject = c.subjects.specs(COLONY, "echo")
-        again = msgspec.json.encode(spec())
-        headers = {"Nats-Msg-Id": pid}
-        assert (await c.js.publish(subject, again, headers=headers)).duplicate
-        got = await ex.assign(timeout=5)
-        assert got is not None and got.process_id == first.process_id == pid
-        while loop.time() - sent < DEDUP_WINDOW_S + 0.5:
-            await asyncio.sleep(0.1)  # sleep-ok: letting the dedup window pass is the point
-        async with c.watch(pid) as watch:
-            assert not (await c.js.publish(subject, again, headers=headers)).duplicate
-            async with asyncio.timeout(10):
-                event = await watch.next(None)
-                while not isinstance(event, Rejection | ProcessEvent):
+    async with running_broker(bs, owners=True):
+        await open_colony(settings)
+        async with (
+            await Client.connect(settings, caller="tester") as c,
+            executor_client(settings, "e1") as ex,
+        ):
+            loop = asyncio.get_running_loop()
+            sent = loop.time()
+            first = await c.submit(spec(), process_id=pid)
+            subject = c.subjects.specs(COLONY, "echo")
+            again = msgspec.json.encode(spec())
+            headers = {"Nats-Msg-Id": pid}
+            assert (await c.js.publish(subject, again, headers=headers)).duplicate
+            got = await ex.assign(timeout=5)
+            assert got is not None and got.process_id == first.process_id == pid
+            while loop.time() - sent < DEDUP_WINDOW_S + 0.5:
+                await asyncio.sleep(0.1)  # sleep-ok: letting the dedup window pass is the point
+            async with c.watch(pid) as watch:
+                assert not (await c.js.publish(subject, again, headers=headers)).duplicate
+                async with asyncio.timeout(10):
                     event = await watch.next(None)
-        # Refused, not written over (which would be a process event).
-        assert isinstance(event, Rejection) and event.code == ProcessExistsError.code
-        assert [p.process_id for p in await c.list_processes()] == [pid]
-        now_ = await c.get(pid)
-        assert now_.state is ProcessState.RUNNING and now_.assignments == 1
+                    while not isinstance(event, Rejection | ProcessEvent):
+                        event = await watch.next(None)
+            # Refused, not written over (which would be a process event).
+            assert isinstance(event, Rejection) and event.code == ProcessExistsError.code
+            assert [p.process_id for p in await c.list_processes()] == [pid]
+            now_ = await c.get(pid)
+            assert now_.state is ProcessState.RUNNING and now_.assignments == 1

@@ -22,7 +22,7 @@ from colonyos.models import Colony, Process, ProcessState
 from colonyos.subjects import GRAPH_TOKEN, Subjects
 
 from .conftest import COLONY, _drop_streams, running_broker
-from .helpers import specs_drained, standalone_service
+from .helpers import raw_nats, specs_drained, standalone_service
 from .test_assign_flow import spec
 
 GOOD = b'{"funcname": "f", "conditions": {"executortype": "echo"}}'
@@ -30,7 +30,12 @@ GOOD = b'{"funcname": "f", "conditions": {"executortype": "echo"}}'
 
 async def test_the_specs_consumer_bounds_its_deliveries(client: Client, settings) -> None:
     subjects = Subjects(settings.prefix)
-    info = await client.js.consumer_info(subjects.stream_specs, subjects.consumer_specs)
+    inspector = await raw_nats(settings.nats_url)  # members may not read consumers
+    try:
+        js = inspector.jetstream()
+        info = await js.consumer_info(subjects.stream_specs, subjects.consumer_specs)
+    finally:
+        await inspector.close()
     assert info.config.max_deliver == limits.SPEC_DELIVERIES
     assert info.config.backoff and len(info.config.backoff) < limits.SPEC_DELIVERIES
 
@@ -42,7 +47,7 @@ async def test_the_last_delivery_is_rejected_with_a_reason(
     """A message the broker failed on (NATS trouble, a broker that died on it) for every
     delivery but the last: the last is a rejection that says so, and nothing is left behind."""
     subjects = Subjects(settings.prefix)
-    nc = await nats.connect(settings.nats_url)
+    nc = await raw_nats(settings.nats_url)
     js = nc.jetstream()
     try:
         store = ProcessStore(nc, subjects, storage="memory")
@@ -64,7 +69,7 @@ async def test_the_last_delivery_is_rejected_with_a_reason(
             await msg.nak()
         await puller.unsubscribe()
         events = await nc.subscribe(subjects.events_filter(colony=COLONY))
-        async with running_broker(broker_settings):
+        async with running_broker(broker_settings, owners=True):
             msg = await events.next_msg(timeout=10)
             assert msg.subject == subjects.event(COLONY, token, "rejected", item_id)
             rejection = msgspec.json.decode(msg.data, type=Rejection)
@@ -88,7 +93,7 @@ async def test_a_spec_is_acked_only_once_its_process_is_written(
     is still in the work queue, taken but not acked, and its next delivery becomes the
     process."""
     subjects = Subjects(settings.prefix)
-    nc = await nats.connect(settings.nats_url)
+    nc = await raw_nats(settings.nats_url)
     js = nc.jetstream()
     try:
         store = ProcessStore(nc, subjects, storage="memory")
@@ -126,7 +131,7 @@ async def test_a_raw_spec_whose_record_cannot_be_stored_is_rejected_once(
 ) -> None:
     """Before: the broker's write raised MaxPayloadError and the spec came back for ever."""
     subjects = Subjects(settings.prefix)
-    nc = await nats.connect(settings.nats_url)
+    nc = await raw_nats(settings.nats_url)
     try:
         events = await nc.subscribe(subjects.events_filter(colony=COLONY))
         filler = "x" * (nc.max_payload - 400)

@@ -20,6 +20,7 @@ from colonyos.models import Process, ProcessState
 from colonyos.subjects import Subjects
 
 from .conftest import COLONY, running_broker
+from .helpers import raw_nats
 from .test_assign_flow import executor_client, spec
 
 # Many heartbeat periods (0.05 s): a busy machine that delays a few does not lose anyone.
@@ -28,11 +29,9 @@ MAX_LOSSES = 2
 
 
 @pytest.fixture
-def broker_settings(nats_url: str, prefix: str) -> BrokerSettings:
-    return BrokerSettings(
-        nats_url=nats_url,
-        prefix=prefix,
-        storage="memory",
+def broker_settings(broker_settings: BrokerSettings) -> BrokerSettings:
+    return msgspec.structs.replace(
+        broker_settings,
         executor_liveness_s=LIVENESS_S,
         sweep_interval_s=0.05,
         lease_ttl_s=1.0,
@@ -278,7 +277,7 @@ class _Holder(msgspec.Struct):
 
 @pytest.fixture
 async def standby(broker_settings: BrokerSettings, broker: Broker) -> AsyncIterator[Broker]:
-    async with running_broker(broker_settings, lead=False) as b:
+    async with running_broker(broker_settings, lead=False, owners=True) as b:
         yield b
 
 
@@ -287,7 +286,8 @@ async def test_a_standby_takes_over_when_the_leader_stops(
 ) -> None:
     assert broker.leading.is_set() and not standby.leading.is_set()
     p = await submitted(client)
-    leases = await client.js.key_value(Subjects(settings.prefix).bucket_leases)
+    inspector = await raw_nats(settings.nats_url)  # members may not read the leases
+    leases = await inspector.jetstream().key_value(Subjects(settings.prefix).bucket_leases)
     watcher = await leases.watch("broker")
     broker.stop()
     async with asyncio.timeout(5):
@@ -299,6 +299,7 @@ async def test_a_standby_takes_over_when_the_leader_stops(
             if entry is not None and entry.value:
                 holders.append(msgspec.json.decode(entry.value, type=_Holder).holder)
     await watcher.stop()
+    await inspector.close()
     # Handed over, not left to run out: the stopping leader wrote the lease free, and the
     # standby took it from there.
     assert holders[-3:] == [broker.broker_id, "", standby.broker_id]
@@ -313,14 +314,13 @@ async def test_a_standby_takes_over_when_the_leader_stops(
 
 async def test_events_carry_the_revision_order(client: Client, settings) -> None:
     """Each process's events are stored in the order of its KV revisions."""
-    import nats
 
     p = await submitted(client)
     ex = await executor_client(settings, "e1")
     got = await ex.assign(timeout=1)
     assert got is not None
     await ex.close(got.process_id, [])
-    nc = await nats.connect(settings.nats_url)
+    nc = await raw_nats(settings.nats_url)
     js = nc.jetstream()
     from colonyos.subjects import Subjects
 

@@ -59,7 +59,7 @@ async def test_nats_restart_loses_no_accepted_process(own_nats: NatsServer, tmp_
         nats_url=own_nats.url, prefix=prefix, data_dir=tmp_path / "data", lease_ttl_s=1.0
     )
     settings = Settings(nats_url=own_nats.url, colony=COLONY, prefix=prefix)
-    async with running_broker(broker_settings) as broker:
+    async with running_broker(broker_settings, owners=True) as broker:
         client = await Client.connect(settings)
         await client.colony_add(COLONY, auto_approve=True)
         before = await client.submit(spec())

@@ -22,7 +22,7 @@ from colonyos.executor import ExecutorApp, ProcessContext
 from colonyos.messages import Control, Revoke
 from colonyos.models import Executor, Process, ProcessState
 
-from .helpers import executor_client, submitted
+from .helpers import executor_client, raw_nats, submitted
 
 _controls: msgspec.json.Decoder[Control] = msgspec.json.Decoder(Control)
 
@@ -128,8 +128,10 @@ async def test_a_late_revoke_of_an_earlier_attempt_does_not_stop_the_running_one
     """The revoke of attempt 0 reaches the executor only while it runs attempt 1 of the same
     process: attempt 1 runs on, to its end."""
     p = await submitted(client)
+    async with executor_client(settings, "first", register=False) as pending:
+        registered = await pending.register(Executor(executor_name="first", executor_type="echo"))
+    # Approved (auto-approve): on a secure server its rights come with the next connection.
     async with executor_client(settings, "first", register=False) as first:
-        registered = await first.register(Executor(executor_name="first", executor_type="echo"))
         got = await first.assign(timeout=5)
         assert got is not None and got.attempt == 0
         assert await first.release(registered.executor_id) == 1
@@ -149,7 +151,9 @@ async def test_a_late_revoke_of_an_earlier_attempt_does_not_stop_the_running_one
     async with asyncio.timeout(10):
         await started.wait()
         subject = client.subjects.control(client.colony, app.name)
-        await client.nc.publish(subject, msgspec.json.encode(late))
+        broker_side = await raw_nats(settings.nats_url)  # only brokers tell executors
+        await broker_side.publish(subject, msgspec.json.encode(late))
+        await broker_side.close()
         await app.revoked.wait()
         finish.set()
         assert await runner == 1
@@ -186,7 +190,9 @@ async def test_a_revoke_without_an_attempt_still_stops_the_running_function(
     try:
         async with asyncio.timeout(10):
             await started.wait()
-            await client.nc.publish(client.subjects.control(client.colony, app.name), old)
+            broker_side = await raw_nats(settings.nats_url)  # only brokers tell executors
+            await broker_side.publish(client.subjects.control(client.colony, app.name), old)
+            await broker_side.close()
             await stopped.wait()
     finally:
         app.stop(force=True)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 
 import msgspec
-import nats
 import pytest
 
 from colonyos import limits
@@ -27,6 +26,7 @@ from colonyos.models import (
 from colonyos.subjects import GRAPH_TOKEN, Subjects
 
 from .conftest import COLONY
+from .helpers import raw_nats
 from .test_assign_flow import executor_client, spec
 
 
@@ -249,7 +249,7 @@ async def test_a_log_line_too_long_for_one_message_is_split(client: Client, sett
 
 async def test_raw_nats_max_payload_is_what_the_broker_reads(nats_url: str) -> None:
     """The limits come from the connection (the server's INFO), not from a file."""
-    nc = await nats.connect(nats_url)
+    nc = await raw_nats(nats_url)
     try:
         assert nc.max_payload == 1024 * 1024  # the test server runs on NATS' default
         assert limits.record_limit(nc.max_payload) == nc.max_payload - limits.HEADROOM_BYTES

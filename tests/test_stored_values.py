@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import msgspec
-import nats
 import pytest
 from nats.aio.client import Client as NATS
 
@@ -36,6 +35,7 @@ from colonyos.models import (
 from colonyos.subjects import Subjects
 
 from .conftest import COLONY, _drop_streams, running_broker
+from .helpers import raw_nats
 from .test_assign_flow import executor_client, spec
 
 _encode = msgspec.json.Encoder().encode
@@ -62,7 +62,7 @@ def _stored(n: int, fs: FunctionSpec, **kw: object) -> Process:
 @pytest.fixture
 async def raw_store(broker_settings: BrokerSettings) -> AsyncIterator[tuple[NATS, Subjects]]:
     """The streams and buckets as a broker creates them, with no broker running yet."""
-    nc = await nats.connect(broker_settings.nats_url)
+    nc = await raw_nats(broker_settings.nats_url)
     subjects = Subjects(broker_settings.prefix)
     await ProcessStore(nc, subjects, storage="memory").setup()
     yield nc, subjects
@@ -106,7 +106,7 @@ async def test_a_broker_starts_whatever_is_stored(
         await _put(nc, s.bucket_processes, key, _encode(process))
     await _put(nc, s.bucket_processes, garbage_key, b"garbage \xff bytes")
 
-    async with running_broker(broker_settings) as broker:
+    async with running_broker(broker_settings, owners=True) as broker:
         assert broker.leading.is_set()
         async with await Client.connect(settings, caller="tester") as c:
             failed_loud = await c.wait(loud.process_id, timeout=10)
@@ -175,7 +175,7 @@ async def test_a_running_process_that_cannot_be_kept_is_taken_from_its_executor(
     key = s.process_key(COLONY, running.process_id)
     await _put(nc, s.bucket_processes, key, _encode(running))
     told = await nc.subscribe(s.control(COLONY, "e1"))
-    async with running_broker(broker_settings):
+    async with running_broker(broker_settings, owners=True):
         async with asyncio.timeout(10):
             message = msgspec.json.decode((await told.next_msg(timeout=10)).data, type=Control)
     assert isinstance(message, Revoke) and message.process_id == running.process_id
@@ -191,12 +191,12 @@ async def test_a_broker_that_loads_twice_does_not_fail_anything_twice(
     loud = _stored(1, spec(priority=-200_000))
     await _put(nc, s.bucket_processes, s.process_key(COLONY, loud.process_id), _encode(loud))
     async with (
-        running_broker(broker_settings),
+        running_broker(broker_settings, owners=True),
         await Client.connect(settings, caller="tester") as c,
     ):
         first = await c.wait(loud.process_id, timeout=10)
     async with (
-        running_broker(broker_settings),
+        running_broker(broker_settings, owners=True),
         await Client.connect(settings, caller="tester") as c,
     ):
         second = await c.get(loud.process_id)
@@ -232,7 +232,7 @@ async def test_a_workflow_member_that_cannot_run_fails_its_children(
         await _put(nc, s.bucket_processes, s.process_key(COLONY, p.process_id), _encode(p))
     await _put(nc, s.bucket_graphs, s.process_key(COLONY, gid), _encode(graph))
     async with (
-        running_broker(broker_settings),
+        running_broker(broker_settings, owners=True),
         await Client.connect(settings, caller="tester") as c,
     ):
         done = await c.graph_wait(gid, timeout=10)

@@ -15,6 +15,7 @@ from colonyos.models import Conditions, FunctionSpec, Process, ProcessState
 from colonyos.subjects import Subjects
 
 from .conftest import COLONY
+from .helpers import raw_nats
 from .test_assign_flow import executor_client, spec
 
 
@@ -24,7 +25,7 @@ async def next_event(sub: nats.aio.subscription.Subscription) -> nats.aio.msg.Ms
 
 async def test_raw_nats_spec_becomes_a_process_and_runs(client: Client, settings) -> None:
     subjects = Subjects(settings.prefix)
-    nc = await nats.connect(settings.nats_url)
+    nc = await raw_nats(settings.nats_url)
     events = await nc.subscribe(subjects.events_filter(colony=COLONY))
     js = nc.jetstream()
     body = b'{"conditions": {"executortype": "echo"}, "funcname": "echo", "args": ["raw"]}'
@@ -45,7 +46,7 @@ async def test_raw_nats_spec_becomes_a_process_and_runs(client: Client, settings
 
 async def test_core_nats_publish_is_captured_too(client: Client, settings) -> None:
     subjects = Subjects(settings.prefix)
-    nc = await nats.connect(settings.nats_url)
+    nc = await raw_nats(settings.nats_url)
     events = await nc.subscribe(subjects.events_filter(colony=COLONY, state="waiting"))
     await nc.publish(
         subjects.specs(COLONY, "echo"), b'{"conditions": {"executortype": "echo"}, "funcname": "f"}'
@@ -76,7 +77,7 @@ async def test_raw_invalid_spec_gives_a_rejection_event(
     client: Client, settings, body: bytes, path: str, reason: str
 ) -> None:
     subjects = Subjects(settings.prefix)
-    nc = await nats.connect(settings.nats_url)
+    nc = await raw_nats(settings.nats_url)
     events = await nc.subscribe(subjects.events_filter(colony=COLONY))
     await nc.jetstream().publish(subjects.specs(COLONY, "echo"), body)
     msg = await next_event(events)
@@ -125,27 +126,29 @@ async def test_bad_request_body_is_a_clear_error(client: Client, settings) -> No
 
 async def test_submit_without_a_broker_is_kept_until_one_starts(settings, broker_settings) -> None:
     """JetStream holds accepted specs: a broker that starts later still runs them."""
-    from .conftest import _drop_streams, running_broker
+    from .conftest import _drop_streams, open_colony, running_broker
 
-    async with running_broker(broker_settings), await Client.connect(settings) as c:
-        await c.colony_add(COLONY, auto_approve=True)
-    async with await Client.connect(settings) as c:
+    async with running_broker(broker_settings, owners=True):  # lets the client in
+        await open_colony(settings)
+        c = await Client.connect(settings)
+    async with c:
         pid = await c.submit(spec(), confirm=False)
         assert isinstance(pid, str)
-        async with c.watch(pid) as watch, running_broker(broker_settings):
+        async with c.watch(pid) as watch, running_broker(broker_settings, owners=True):
             event = await watch.next(10)
             assert isinstance(event, Process) and event.state is ProcessState.WAITING
     await _drop_streams(broker_settings.nats_url, broker_settings.prefix)
 
 
 async def test_broker_restart_rebuilds_queue_and_index(settings, broker_settings) -> None:
-    from .conftest import _drop_streams, running_broker
+    from .conftest import _drop_streams, open_colony, running_broker
 
-    async with running_broker(broker_settings), await Client.connect(settings) as c:
-        await c.colony_add(COLONY, auto_approve=True)
-        first = await c.submit(spec(priority=1))
-        second = await c.submit(spec())
-    async with running_broker(broker_settings) as b:
+    async with running_broker(broker_settings, owners=True):
+        await open_colony(settings)
+        async with await Client.connect(settings) as c:
+            first = await c.submit(spec(priority=1))
+            second = await c.submit(spec())
+    async with running_broker(broker_settings, owners=True) as b:
         assert b.service is not None and len(b.service.queue) == 2
         async with await Client.connect(settings) as c:
             listed = await c.list_processes(state=ProcessState.WAITING)
@@ -164,16 +167,17 @@ async def test_concurrent_submissions_all_arrive(client: Client) -> None:
     assert len(listed) == 50
 
 
-async def test_same_id_after_the_dedup_window_gives_the_same_process(nats_url, prefix) -> None:
-    from colonyos.config import BrokerSettings, Settings
-
-    from .conftest import _drop_streams, running_broker
+async def test_same_id_after_the_dedup_window_gives_the_same_process(
+    settings, broker_settings
+) -> None:
+    from .conftest import _drop_streams, open_colony, running_broker
     from .test_assign_flow import executor_client
 
-    settings = Settings(nats_url=nats_url, colony=COLONY, prefix=prefix)
-    window = BrokerSettings(nats_url=nats_url, prefix=prefix, storage="memory", dedup_window_s=0.2)
-    async with running_broker(window), await Client.connect(settings) as c:
-        await c.colony_add(COLONY, auto_approve=True)
+    nats_url, prefix = settings.nats_url, settings.prefix
+    window = msgspec.structs.replace(broker_settings, dedup_window_s=0.2)
+    async with running_broker(window, owners=True):
+        await open_colony(settings)
+        c = await Client.connect(settings)
         pid = "c" * 64
         first = await c.submit(spec(args=["first"]), process_id=pid)
         ex = await executor_client(settings, "e1")
@@ -186,6 +190,7 @@ async def test_same_id_after_the_dedup_window_gives_the_same_process(nats_url, p
         assert again.process_id == pid and again.state is ProcessState.SUCCESS
         assert again.output == ["done"] and again.spec.args == ["first"]
         await ex.aclose()
+        await c.aclose()
     await _drop_streams(nats_url, prefix)
 
 

@@ -15,6 +15,7 @@ from colonyos.messages import Rejection
 from colonyos.models import Conditions, FunctionSpec, ProcessGraph, ProcessState, WorkflowSpec
 from colonyos.specs import load_workflow_spec
 
+from .helpers import raw_nats
 from .test_specs import DATA
 
 
@@ -183,12 +184,11 @@ async def test_bad_graphs_are_rejected_and_leave_nothing(
 
 
 async def test_the_broker_rejects_what_a_raw_publisher_sends(client: Client, settings) -> None:
-    import nats
 
     from colonyos.subjects import Subjects
 
     subjects = Subjects(settings.prefix)
-    nc = await nats.connect(settings.nats_url)
+    nc = await raw_nats(settings.nats_url)
     events = await nc.subscribe(subjects.events_filter(colony="dev", state="rejected"))
     body = b'[{"nodename": "a", "funcname": "f", "conditions": {"executortype": "wf", "dependencies": ["a"]}}]'
     await nc.jetstream().publish(subjects.workflows("dev"), body)

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import asyncio
 
-import nats
 from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
 
 from colonyos.broker.feed import PullFeed
 
+from ..helpers import raw_nats
+
 
 async def test_feed_hands_over_every_message_once_in_order(nats_url: str, prefix: str) -> None:
-    nc = await nats.connect(nats_url)
+    nc = await raw_nats(nats_url)
     js = nc.jetstream()
     await js.add_stream(StreamConfig(name=prefix, subjects=[f"{prefix}.>"]))
     await js.add_consumer(prefix, ConsumerConfig(durable_name="d", ack_policy=AckPolicy.EXPLICIT))

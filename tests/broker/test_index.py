@@ -54,9 +54,8 @@ async def test_colonies_do_not_see_each_other(client: Client, settings) -> None:
     mine = await client.submit(spec(args=["secret"]))
     await echo.build(settings, "echo", "echo-mine").run(burst=True)
     assert [line.message async for line in client.logs(mine.process_id)] == ["echo secret"]
-    async with await Client.connect(
-        settings.__class__(nats_url=settings.nats_url, colony="other", prefix=settings.prefix)
-    ) as theirs:
+    other = msgspec.structs.replace(settings, colony="other")
+    async with await Client.connect(other, caller="tester") as theirs:
         assert await theirs.list_processes() == []
         assert [line async for line in theirs.logs(mine.process_id)] == []
         from colonyos.errors import ProcessNotFoundError

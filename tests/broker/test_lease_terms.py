@@ -9,7 +9,6 @@ import time
 from collections.abc import AsyncIterator
 
 import msgspec
-import nats
 import pytest
 from nats.aio.client import Client as NATS
 from nats.js.api import KeyValueConfig, StorageType
@@ -18,7 +17,7 @@ from nats.js.kv import KeyValue
 from colonyos.broker.lease import Lease
 from colonyos.config import BrokerSettings
 
-from ..helpers import until
+from ..helpers import raw_nats, until
 
 TTL_S = 2.0
 
@@ -35,7 +34,7 @@ async def _expiry(lease: Lease) -> int:
 
 @pytest.fixture
 async def nc(own_brokers: BrokerSettings) -> AsyncIterator[NATS]:
-    conn = await nats.connect(own_brokers.nats_url)
+    conn = await raw_nats(own_brokers.nats_url)
     yield conn
     await conn.close()
 

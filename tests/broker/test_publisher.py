@@ -14,12 +14,14 @@ from nats.js.api import StreamConfig
 
 from colonyos.broker.publisher import JetStreamPublisher
 
+from ..helpers import raw_nats
+
 _CAS = "Nats-Expected-Last-Subject-Sequence"
 
 
 @pytest.fixture
 async def nc(nats_url: str, prefix: str) -> AsyncIterator[NATS]:
-    conn = await nats.connect(nats_url)
+    conn = await raw_nats(nats_url)
     await conn.jetstream().add_stream(StreamConfig(name=prefix, subjects=[f"{prefix}.>"]))
     yield conn
     await conn.jetstream().delete_stream(prefix)

@@ -16,7 +16,7 @@ from colonyos.errors import (
 from colonyos.executors import echo
 from colonyos.models import Conditions, FunctionSpec, ProcessState, WorkflowSpec
 
-from ..conftest import COLONY, _drop_streams, running_broker
+from ..conftest import COLONY, _drop_streams, open_colony, running_broker
 from ..test_assign_flow import spec
 
 
@@ -72,15 +72,15 @@ async def test_unknown_removed_and_malformed_prefixes(client: Client) -> None:
 async def test_other_colonies_ids_do_not_resolve(client: Client, settings: Settings) -> None:
     await client.colony_add("other", auto_approve=True)
     await client.submit(spec(), process_id=_id("d00d"))
-    other = Settings(nats_url=settings.nats_url, colony="other", prefix=settings.prefix)
-    async with await Client.connect(other) as theirs:
+    other = msgspec.structs.replace(settings, colony="other")
+    async with await Client.connect(other, caller="tester") as theirs:
         with pytest.raises(ProcessNotFoundError):
             await theirs.resolve("d00d")
 
 
 async def test_any_client_can_ask_over_plain_nats(client: Client) -> None:
     p = await client.submit(spec(), process_id=_id("f00d"))
-    subject = client.subjects.rpc(COLONY, "someone", "resolve")
+    subject = client.subjects.rpc(COLONY, client.caller, "resolve")
     reply = await client.nc.request(subject, b'{"prefix": "f00d"}', timeout=5)
     assert msgspec.json.decode(reply.data) == {"result": p.process_id}
     reply = await client.nc.request(subject, b'{"prefix": "f00d", "graph": true}', timeout=5)
@@ -111,11 +111,15 @@ async def test_graph_ids_resolve_and_list_from_the_index(
 async def test_a_new_broker_indexes_the_graphs_it_finds(
     broker_settings: BrokerSettings, settings: Settings
 ) -> None:
-    async with running_broker(broker_settings), await Client.connect(settings) as client:
-        await client.colony_add(COLONY, auto_approve=True)
-        await client.submit_workflow(_workflow(), graph_id=_id("1ead"))
+    async with running_broker(broker_settings, owners=True):
+        await open_colony(settings)
+        async with await Client.connect(settings) as client:
+            await client.submit_workflow(_workflow(), graph_id=_id("1ead"))
     try:
-        async with running_broker(broker_settings), await Client.connect(settings) as client:
+        async with (
+            running_broker(broker_settings, owners=True),
+            await Client.connect(settings) as client,
+        ):
             assert [g.process_graph_id for g in await client.graph_list()] == [_id("1ead")]
             assert await client.resolve("1ea", graph=True) == _id("1ead")
     finally:

@@ -36,9 +36,11 @@ from colonyos.models import (
 )
 from colonyos.subjects import GRAPH_TOKEN, REJECTED_TOKEN, Subjects
 
+from ..helpers import raw_nats
+
 
 async def test_snapshot_sees_every_process_every_time(nats_url: str, prefix: str) -> None:
-    nc = await nats.connect(nats_url)
+    nc = await raw_nats(nats_url)
     store = ProcessStore(nc, Subjects(prefix), storage="memory")
     await store.setup()
     spec = FunctionSpec(func_name="f", conditions=Conditions(executor_type="x", colony_name="c"))
@@ -66,7 +68,7 @@ async def test_snapshot_sees_every_process_every_time(nats_url: str, prefix: str
 @pytest.fixture
 async def store(own_brokers: BrokerSettings) -> AsyncIterator[ProcessStore]:
     """A store on its own connection, set up under the test's prefix (dropped afterwards)."""
-    nc = await nats.connect(own_brokers.nats_url)
+    nc = await raw_nats(own_brokers.nats_url)
     s = ProcessStore(nc, Subjects(own_brokers.prefix), storage="memory", dedup_window_s=30.0)
     await s.setup()
     try:
@@ -202,7 +204,7 @@ def _sweepers() -> int:
 async def test_a_store_starts_its_publisher_once_and_close_stops_it(
     own_brokers: BrokerSettings,
 ) -> None:
-    nc = await nats.connect(own_brokers.nats_url)
+    nc = await raw_nats(own_brokers.nats_url)
     try:
         assert _sweepers() == 0
         store = ProcessStore(nc, Subjects(own_brokers.prefix), storage="memory")
@@ -268,7 +270,7 @@ async def test_setup_makes_the_streams_and_buckets_as_configured(
     """What every stream and bucket keeps, for how long, and the deduplication window (never
     longer than the age limit); a second setup (another broker, other settings) updates them."""
     s = Subjects(own_brokers.prefix)
-    nc = await nats.connect(own_brokers.nats_url)
+    nc = await raw_nats(own_brokers.nats_url)
     try:
         js = nc.jetstream()
         for dedup, retention in ((30.0, 3600.0), (120.0, 60.0)):
@@ -307,7 +309,7 @@ async def test_file_storage_and_a_two_minute_dedup_window_are_the_defaults(
     own_brokers: BrokerSettings,
 ) -> None:
     s = Subjects(own_brokers.prefix)
-    nc = await nats.connect(own_brokers.nats_url)
+    nc = await raw_nats(own_brokers.nats_url)
     try:
         store = ProcessStore(nc, s)
         await store.setup()

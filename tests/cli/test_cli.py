@@ -11,6 +11,8 @@ from typer.testing import CliRunner
 from colonyos.cli.main import app
 from colonyos.config import Settings
 
+from ..helpers import raw_nats
+
 EXAMPLES = Path(__file__).parents[2] / "examples"
 
 
@@ -268,15 +270,13 @@ def test_removal_commands(cli, cli_json, live_echo) -> None:  # type: ignore[no-
 def test_log_get_says_when_older_lines_are_gone(cli, cli_json, live_echo) -> None:  # type: ignore[no-untyped-def]
     import asyncio
 
-    import nats
-
     from colonyos.subjects import Subjects
 
     first = cli_json("function", "submit", "--spec", str(EXAMPLES / "echo.json"), "--wait")
     assert "note:" not in cli("log", "get", "--process", first["processid"])
 
     async def drop_old_lines() -> None:  # as the stream's size limit would
-        nc = await nats.connect(live_echo.nats_url)
+        nc = await raw_nats(live_echo.nats_url)
         await nc.jetstream().purge_stream(Subjects(live_echo.prefix).stream_logs)
         await nc.close()
 

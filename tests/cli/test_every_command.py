@@ -74,7 +74,7 @@ class Case:
 
 
 @pytest.fixture
-def fixtures(live_system: Settings, tmp_path: Path) -> dict[str, str]:
+def fixtures(live_system: Settings, tmp_path: Path, insecure_nats_url: str) -> dict[str, str]:
     """Real ids and files, so that each case changes one thing only."""
     runner = CliRunner()
     base = base_args(live_system)
@@ -97,6 +97,7 @@ def fixtures(live_system: Settings, tmp_path: Path) -> dict[str, str]:
     return {
         "process": out("function", "submit", "--spec", str(EXAMPLES / "echo.json")),
         "graph": out("workflow", "submit", "--spec", str(EXAMPLES / "workflow.json")),
+        "insecure": insecure_nats_url,
         **files,
     }
 
@@ -169,16 +170,19 @@ def _cases(name: str, command: Any, fx: dict[str, str]) -> Iterator[Case]:
             yield Case(f"{flag} -1", [], [*everything, flag, "-1"], USAGE)
             yield Case(f"{flag} not a number", [], [*everything, flag, "lots"], USAGE)
     if name not in LOCAL:
-        yield from _server_cases(name, everything)
+        yield from _server_cases(name, everything, fx["insecure"])
 
 
-def _server_cases(name: str, everything: list[str]) -> Iterator[Case]:
+def _server_cases(name: str, everything: list[str], insecure: str) -> Iterator[Case]:
     if name not in RUNS_UNTIL_STOPPED:
         server_scope = name.startswith("colony ")
         yield Case("wrong colony", ["--colony", "nosuch"], everything, 0 if server_scope else USAGE)
     yield Case("no server", ["--nats", "nats://127.0.0.1:1"], everything, SYSTEM)
-    # A NATS server that no broker serves (here: a prefix no broker uses).
-    yield Case("no broker", ["--prefix", "tnobroker"], everything, SYSTEM)
+    # A NATS server that no broker serves (here: a prefix no broker uses). An insecure one: on
+    # a secure server nothing answers the callout, and each connection is refused only after
+    # the server's callout timeout, three times over.
+    no_broker = ["--nats", insecure, "--prefix", "tnobroker"]
+    yield Case("no broker", no_broker, everything, SYSTEM)
 
 
 @pytest.mark.parametrize("name", sorted(COMMANDS))

@@ -195,7 +195,7 @@ def small_settings(small_nats: str, prefix: str) -> Settings:
 @pytest.fixture
 async def small(small_nats: str, small_settings: Settings, prefix: str) -> AsyncIterator[Client]:
     broker = BrokerSettings(nats_url=small_nats, prefix=prefix, storage="memory")
-    async with running_broker(broker):
+    async with running_broker(broker, owners=True):
         c = await Client.connect(small_settings, caller="tester")
         await c.colony_add(COLONY, auto_approve=True)
         assert c.nc.max_payload == SMALL_PAYLOAD

@@ -1,9 +1,9 @@
-"""A secure installation: one nats-server per session with the auth callout, the installation's
-keys, a broker per test (its own prefix) that answers the callout, and members made here."""
+"""What the security tests add to the secure installation of tests/conftest.py (the session's
+``secure_server``): a broker per test in its own prefix that enrols no one, and parties (members
+or would-be members) each with its own key, enrolled here."""
 
 from __future__ import annotations
 
-import re
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -15,40 +15,14 @@ import pytest
 from colonyos.broker import Broker
 from colonyos.client import Client
 from colonyos.config import BrokerSettings, Settings
-from colonyos.natsserver import NatsServer, packaged_config
 from colonyos.security.keys import Identity, generate, write_seed
-from colonyos.security.members import Member, MemberBook
+from colonyos.security.members import MemberBook
 from colonyos.security.permissions import Role
-from colonyos.security.serverconf import ServerKeys, secure_config
 from colonyos.subjects import SERVER_SCOPE
-from tests.conftest import running_broker
+from tests import helpers
+from tests.conftest import COLONY, SecureServer, roomy_config, running_broker
 
-COLONY = "dev"
-
-
-@dataclass(frozen=True)
-class SecureServer:
-    url: str
-    keys_dir: Path
-    keys: ServerKeys
-
-
-def roomy_config() -> str:
-    """The packaged server config with room for many tests' memory streams: each reserves its
-    limits (the logs stream 1 GiB) until it drops them."""
-    with packaged_config() as base:
-        return re.sub(r"max_memory_store: \S+", "max_memory_store: 64GB", base.read_text())
-
-
-@pytest.fixture(scope="session")
-def secure_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureServer]:
-    home = tmp_path_factory.mktemp("secure")
-    keys = ServerKeys.load_or_create(home / "keys")
-    config = home / "nats.conf"
-    config.write_text(secure_config(roomy_config(), keys))
-    server = NatsServer(home / "jetstream", port=0, config=config).start()
-    yield SecureServer(server.url, home / "keys", keys)
-    server.stop()
+__all__ = ["SecureServer", "roomy_config"]  # imported from here by the security tests
 
 
 @pytest.fixture
@@ -70,7 +44,7 @@ async def secure_broker(secure_server: SecureServer, secure_prefix: str) -> Asyn
 
 
 async def drop_streams(server: SecureServer, prefix: str) -> None:
-    nc = await nats.connect(server.url, nkeys_seed_str=server.keys.broker.seed.decode())
+    nc = await helpers.raw_nats(server.url)
     try:
         js = nc.jetstream()
         for info in await js.streams_info():
@@ -125,9 +99,7 @@ async def book(secure_broker: Broker) -> MemberBook:
 
 
 async def enroll(book: MemberBook, party: Party, colony: str, role: Role) -> None:
-    await book.put(
-        Member(colony_name=colony, name=party.name, public_key=party.identity.public_key, role=role)
-    )
+    await helpers.enroll(book, party.name, party.identity.public_key, colony, role)
 
 
 @pytest.fixture

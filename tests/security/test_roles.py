@@ -12,7 +12,12 @@ import pytest
 
 from colonyos.broker.membership import reply_in_inbox
 from colonyos.client import Client
-from colonyos.errors import BrokerUnavailableError, InvalidSpecError, NotAuthorizedError
+from colonyos.errors import (
+    BrokerUnavailableError,
+    ColonyNotFoundError,
+    InvalidSpecError,
+    NotAuthorizedError,
+)
 from colonyos.executor import ExecutorApp
 from colonyos.messages import ColonyAdd, Empty, Named
 from colonyos.models import Colony, Conditions, ExecutorState, FunctionSpec, ProcessState
@@ -168,8 +173,8 @@ async def test_an_unknown_executor_waits_for_the_owner_then_works(
 async def test_a_refused_request_says_not_allowed_not_no_broker(
     make_party: MakeParty, owner: Client, book: MemberBook
 ) -> None:
-    """The server refuses the publish and tells only the error callback; the request then
-    times out. The client says what was refused."""
+    """The server refuses the publish and tells only the error callback; the request would
+    then time out. The client says what was refused, at once (not after its timeout)."""
     worker = make_party("worker-4")
     await book.add(
         Member(
@@ -179,10 +184,23 @@ async def test_a_refused_request_says_not_allowed_not_no_broker(
             role=Role.EXECUTOR,
         )
     )
-    settings = msgspec.structs.replace(worker.settings, request_timeout_s=1.0)
+    settings = msgspec.structs.replace(worker.settings, request_timeout_s=600.0)
     async with await Client.connect(settings, caller="worker-4", executor=True) as pending:
         with pytest.raises(NotAuthorizedError, match="not allowed: the server refused 'list'"):
             await pending.list_processes()
+        with pytest.raises(NotAuthorizedError, match="not allowed: the server refused 'submit'"):
+            await pending.submit(_spec())
+
+
+async def test_a_server_owner_in_a_colony_that_does_not_exist_hears_so(root: Party) -> None:
+    """A server owner may connect to a colony that does not exist (to add it), and may do
+    nothing in it: the client says the colony does not exist, not "not allowed"."""
+    settings = msgspec.structs.replace(root.settings, colony="nowhere", request_timeout_s=600.0)
+    async with await Client.connect(settings, caller="root") as lost:
+        with pytest.raises(ColonyNotFoundError, match="nowhere"):
+            await lost.list_processes()
+        with pytest.raises(ColonyNotFoundError, match="nowhere"):
+            await lost.submit(_spec())
 
 
 # nats-py leaves the socket of a refused reconnect open: its warning is not this test's.
