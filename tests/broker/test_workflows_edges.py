@@ -1,0 +1,211 @@
+"""Workflows at their edges: what the mutation run of workflows.py showed no test pinned.
+
+The graph's own times, the ids a workflow message may choose, the colony it names, children
+added across graphs, the queue place of what a workflow creates, a redelivered workflow whose
+processes were written already, and a failure passing a child that ended first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import msgspec
+import pytest
+
+from colonyos.broker import transitions
+from colonyos.broker.workflows import Workflows, plan
+from colonyos.client import Client
+from colonyos.config import BrokerSettings, Settings
+from colonyos.errors import InvalidSpecError
+from colonyos.models import (
+    ZERO_TIME,
+    Conditions,
+    FunctionSpec,
+    Process,
+    ProcessGraph,
+    ProcessState,
+    WorkflowSpec,
+)
+from colonyos.subjects import Subjects
+
+from ..helpers import executor_client, raw_nats, standalone_service
+
+
+def node(name: str, *deps: str, max_wait_time: int = -1) -> FunctionSpec:
+    return FunctionSpec(
+        node_name=name,
+        func_name="f",
+        max_wait_time=max_wait_time,
+        conditions=Conditions(executor_type="wf", dependencies=list(deps)),
+    )
+
+
+def ns_of(t: datetime) -> int:
+    return int(t.timestamp() * 1e9)
+
+
+async def graph_in(client: Client, graph_id: str, state: ProcessState) -> ProcessGraph:
+    """The graph once it is in ``state`` (its update follows the process's write)."""
+    async with asyncio.timeout(10):
+        while (graph := await client.graph_get(graph_id)).state is not state:
+            await asyncio.sleep(0.01)  # sleep-ok: polling state under a deadline
+    return graph
+
+
+async def submitted_graph(client: Client, *specs: FunctionSpec) -> ProcessGraph:
+    graph = await client.submit_workflow(WorkflowSpec(function_specs=list(specs)))
+    assert isinstance(graph, ProcessGraph)
+    return graph
+
+
+@pytest.fixture
+async def worker(client: Client, settings: Settings) -> AsyncIterator[Client]:
+    async with executor_client(settings, "wf-1", "wf") as c:
+        yield c
+
+
+async def assigned(worker: Client) -> Process:
+    process = await worker.assign(timeout=5)
+    assert process is not None
+    return process
+
+
+# -- plan ------------------------------------------------------------------------------------
+def test_the_nodes_of_a_workflow_queue_at_its_submission_in_node_order() -> None:
+    t = datetime.now(UTC)
+    ns = ns_of(t)
+    _, processes = plan(
+        WorkflowSpec(function_specs=[node("a"), node("b"), node("c")]), "dev", "g" * 64, t, ns
+    )
+    # One nanosecond apart from the submission's: work submitted after the workflow queues
+    # behind all of its nodes, not between them.
+    assert [p.priority_time for p in processes] == [ns, ns + 1, ns + 2]
+
+
+def test_roots_keep_their_max_wait_and_children_wait_for_their_parents_instead() -> None:
+    t = datetime.now(UTC)
+    wf = WorkflowSpec(
+        function_specs=[node("a", max_wait_time=60), node("b", "a", max_wait_time=60)]
+    )
+    _, (root, child) = plan(wf, "dev", "g" * 64, t, ns_of(t))
+    assert (root.wait_deadline - t).total_seconds() == 60
+    assert child.wait_deadline == ZERO_TIME  # its wait starts when it is released
+
+
+# -- what a workflow message chooses ----------------------------------------------------------
+async def test_a_message_id_is_the_graph_id_only_if_it_is_64_hex_digits(
+    client: Client, settings: Settings
+) -> None:
+    subjects = Subjects(settings.prefix)
+    nc = await raw_nats(settings.nats_url)
+    body = b'[{"nodename": "a", "funcname": "f", "conditions": {"executortype": "wf"}}]'
+    too_long = "a" * 65
+    try:
+        await nc.jetstream().publish(
+            subjects.workflows("dev"), body, headers={"Nats-Msg-Id": too_long}
+        )
+        async with asyncio.timeout(10):
+            while not (graphs := await client.graph_list()):
+                await asyncio.sleep(0.01)  # sleep-ok: polling state under a deadline
+    finally:
+        await nc.close()
+    (graph,) = graphs
+    assert graph.process_graph_id != too_long and len(graph.process_graph_id) == 64
+
+
+async def test_a_workflow_naming_another_colony_is_rejected(
+    client: Client, settings: Settings
+) -> None:
+    subjects = Subjects(settings.prefix)
+    nc = await raw_nats(settings.nats_url)
+    try:
+        events = await nc.subscribe(subjects.events_filter(colony="dev", state="rejected"))
+        body = (
+            b'{"colonyname": "elsewhere", "functionspecs": '
+            b'[{"nodename": "a", "funcname": "f", "conditions": {"executortype": "wf"}}]}'
+        )
+        await nc.jetstream().publish(subjects.workflows("dev"), body)
+        msg = await events.next_msg(timeout=10)
+    finally:
+        await nc.close()
+    assert b"does not match the subject's colony" in msg.data
+    assert await client.list_processes() == []
+
+
+# -- the graph's record -----------------------------------------------------------------------
+async def test_a_graph_records_when_it_started_and_keeps_it(client: Client, worker: Client) -> None:
+    graph = await submitted_graph(client, node("a"), node("b", "a"))
+    assert graph.start_time == ZERO_TIME
+    a = await assigned(worker)
+    running = await graph_in(client, graph.process_graph_id, ProcessState.RUNNING)
+    assert graph.submission_time <= running.start_time != ZERO_TIME
+    await worker.close(a.process_id, [])
+    await worker.close((await assigned(worker)).process_id, [])
+    done = await graph_in(client, graph.process_graph_id, ProcessState.SUCCESS)
+    assert done.start_time == running.start_time < done.end_time
+
+
+async def test_an_added_child_is_in_its_graph_at_once_and_queues_at_its_own_time(
+    client: Client, worker: Client
+) -> None:
+    graph = await submitted_graph(client, node("a"))
+    a = await assigned(worker)
+    await graph_in(client, graph.process_graph_id, ProcessState.RUNNING)
+    child = await worker.add_child(a, node("x"))
+    # The graph stays RUNNING: its record takes the child with no change of state.
+    stored = await client.graph_get(graph.process_graph_id)
+    assert stored.state is ProcessState.RUNNING
+    assert set(stored.process_ids) == {a.process_id, child.process_id}
+    assert abs(child.priority_time - ns_of(child.submission_time)) < 1_000_000
+
+
+@pytest.mark.parametrize("other", ["0" * 64, "f" * 64])  # sorting before and after
+async def test_a_child_is_added_only_to_its_parents_graph(
+    client: Client, worker: Client, other: str
+) -> None:
+    graph = await submitted_graph(client, node("a"))
+    a = await assigned(worker)
+    elsewhere = msgspec.structs.replace(a, process_graph_id=other)
+    with pytest.raises(InvalidSpecError, match=f"is not in graph {other}"):
+        await worker.add_child(elsewhere, node("x"))
+    assert (await client.graph_get(graph.process_graph_id)).process_ids == [a.process_id]
+
+
+# -- failure ------------------------------------------------------------------------------------
+async def test_a_child_that_ended_first_does_not_stop_the_failure_of_its_siblings(
+    client: Client, worker: Client
+) -> None:
+    # a's children are [c, b]: b, taken first, was cancelled before a failed.
+    graph = await submitted_graph(client, node("a"), node("c", "a"), node("b", "a"))
+    await client.cancel(graph.nodes["b"])
+    a = await assigned(worker)
+    await worker.fail(a.process_id, ["broken"])
+    async with asyncio.timeout(10):
+        while not (c := await client.get(graph.nodes["c"])).state.is_terminal:
+            await asyncio.sleep(0.01)  # sleep-ok: polling state under a deadline
+    assert c.state is ProcessState.FAILED
+
+
+# -- redelivery ---------------------------------------------------------------------------------
+async def test_a_redelivered_workflow_finishes_what_an_ended_process_started(
+    own_brokers: BrokerSettings,
+) -> None:
+    async with standalone_service(own_brokers) as service:
+        workflows = Workflows(service)
+        t = datetime.now(UTC)
+        wf = WorkflowSpec(function_specs=[node("a"), node("b", "a")])
+        graph, processes = plan(wf, "dev", "e" * 64, t, ns_of(t))
+        a_id, b_id = (p.process_id for p in processes)
+        await workflows.start(graph, processes)
+        # The broker ended a, then died before failing its child.
+        service.graph_hook = None
+        await service.transition("dev", a_id, lambda p: transitions.cancel(p, now=t))
+        service.graph_hook = workflows.after_transition
+        await workflows.start(graph, processes)  # the spec, delivered again
+        a, _ = await service.store.get("dev", a_id)
+        b, _ = await service.store.get("dev", b_id)
+        assert (a.state, b.state) == (ProcessState.CANCELLED, ProcessState.FAILED)
+        stored, _ = await service.store.get_graph("dev", graph.process_graph_id)
+        assert stored.state.is_terminal
