@@ -14,11 +14,14 @@ from datetime import UTC, datetime
 import msgspec
 import pytest
 
+from colonyos import limits
 from colonyos.broker import transitions
+from colonyos.broker.store import StaleRevisionError
 from colonyos.broker.workflows import Workflows, plan
 from colonyos.client import Client
 from colonyos.config import BrokerSettings, Settings
 from colonyos.errors import InvalidSpecError
+from colonyos.messages import GraphEvent, Rejection
 from colonyos.models import (
     ZERO_TIME,
     Conditions,
@@ -28,7 +31,7 @@ from colonyos.models import (
     ProcessState,
     WorkflowSpec,
 )
-from colonyos.subjects import Subjects
+from colonyos.subjects import GRAPH_TOKEN, Subjects
 
 from ..helpers import executor_client, raw_nats, standalone_service
 
@@ -134,6 +137,23 @@ async def test_a_workflow_naming_another_colony_is_rejected(
     assert await client.list_processes() == []
 
 
+async def test_a_raw_workflow_node_too_large_to_store_is_named_in_the_rejection(
+    client: Client, settings: Settings
+) -> None:
+    limit = limits.record_limit(client.nc.max_payload)
+    conditions = {"executortype": "wf"}
+    big = {"nodename": "big", "funcname": "f", "args": ["x" * (limit - 200)]}
+    small = {"nodename": "a", "funcname": "f"}
+    body = msgspec.json.encode([{**n, "conditions": conditions} for n in (small, big)])
+    assert len(body) < client.nc.max_payload  # the message fits; its process record does not
+    async with client.subscribe(executor_type=GRAPH_TOKEN, state="rejected") as rejections:
+        await client.js.publish(Subjects(settings.prefix).workflows("dev"), body)
+        event = await rejections.next()
+    assert isinstance(event, Rejection)
+    assert event.error.startswith("$[1]: the process record of node 'big' would be ")
+    assert await client.list_processes() == []
+
+
 # -- the graph's record -----------------------------------------------------------------------
 async def test_a_graph_records_when_it_started_and_keeps_it(client: Client, worker: Client) -> None:
     graph = await submitted_graph(client, node("a"), node("b", "a"))
@@ -161,6 +181,46 @@ async def test_an_added_child_is_in_its_graph_at_once_and_queues_at_its_own_time
     assert abs(child.priority_time - ns_of(child.submission_time)) < 1_000_000
 
 
+async def test_a_graph_whose_running_process_went_back_to_the_queue_is_waiting_again(
+    client: Client, worker: Client
+) -> None:
+    graph = await submitted_graph(client, node("a"))
+    a = await assigned(worker)
+    await graph_in(client, graph.process_graph_id, ProcessState.RUNNING)
+    async with client.watch(graph.process_graph_id) as watch:
+        assert await worker.release(a.assigned_executor_id) == 1
+        async with asyncio.timeout(10):
+            while not isinstance(event := await watch.next(None), GraphEvent):
+                pass
+    assert event.state is ProcessState.WAITING
+    assert (await client.graph_get(graph.process_graph_id)).state is ProcessState.WAITING
+
+
+async def test_a_lost_race_for_the_graph_record_is_retried(own_brokers: BrokerSettings) -> None:
+    async with standalone_service(own_brokers) as service:
+        workflows = Workflows(service)
+        t = datetime.now(UTC)
+        graph, processes = plan(WorkflowSpec(function_specs=[node("a")]), "dev", "d" * 64, t, 1)
+        await workflows.start(graph, processes)
+        store = service.store
+        read = store.get_graph
+
+        async def read_then_lose(colony: str, graph_id: str) -> tuple[ProcessGraph, int]:
+            # Another writer (a broker that still believes it leads) writes in between.
+            store.get_graph = read  # type: ignore[method-assign]
+            got, revision = await read(colony, graph_id)
+            await store.update_graph(got, revision)
+            with pytest.raises(StaleRevisionError):
+                await store.update_graph(got, revision)
+            return got, revision
+
+        store.get_graph = read_then_lose  # type: ignore[method-assign]
+        pid = processes[0].process_id
+        await service.transition("dev", pid, lambda p: transitions.cancel(p, now=t))
+        stored, _ = await store.get_graph("dev", graph.process_graph_id)
+        assert stored.state is ProcessState.CANCELLED
+
+
 @pytest.mark.parametrize("other", ["0" * 64, "f" * 64])  # sorting before and after
 async def test_a_child_is_added_only_to_its_parents_graph(
     client: Client, worker: Client, other: str
@@ -171,6 +231,22 @@ async def test_a_child_is_added_only_to_its_parents_graph(
     with pytest.raises(InvalidSpecError, match=f"is not in graph {other}"):
         await worker.add_child(elsewhere, node("x"))
     assert (await client.graph_get(graph.process_graph_id)).process_ids == [a.process_id]
+
+
+async def test_a_child_waits_for_a_parent_its_graph_no_longer_follows(
+    client: Client, worker: Client
+) -> None:
+    # x cancelled ends the graph (CANCELLED), which is no longer followed: c's parents are
+    # then read, and one still running keeps it waiting.
+    graph = await submitted_graph(client, node("a"), node("b"), node("x"), node("c", "a", "b"))
+    await client.cancel(graph.nodes["x"])
+    await graph_in(client, graph.process_graph_id, ProcessState.CANCELLED)
+    first, second = await assigned(worker), await assigned(worker)
+    await worker.close(first.process_id, [])
+    c = await client.get(graph.nodes["c"])
+    assert c.state is ProcessState.WAITING and c.wait_for_parents
+    await worker.close(second.process_id, [])
+    assert (await assigned(worker)).process_id == graph.nodes["c"]
 
 
 # -- failure ------------------------------------------------------------------------------------
