@@ -285,3 +285,39 @@ async def test_a_redelivered_workflow_finishes_what_an_ended_process_started(
         assert (a.state, b.state) == (ProcessState.CANCELLED, ProcessState.FAILED)
         stored, _ = await service.store.get_graph("dev", graph.process_graph_id)
         assert stored.state.is_terminal
+
+
+async def test_a_new_leader_finishes_a_graph_with_a_process_gone(
+    own_brokers: BrokerSettings,
+) -> None:
+    async with standalone_service(own_brokers) as service:
+        t = datetime.now(UTC)
+        wf = WorkflowSpec(function_specs=[node("x"), node("a"), node("b", "a")])
+        graph, processes = plan(wf, "dev", "c" * 64, t, ns_of(t))
+        x, a, b = processes
+        await Workflows(service).start(graph, processes)
+        await service.store.purge_process(x)  # removed: the graph still names it
+        # The leader ended a, then died before failing its child.
+        service.graph_hook = None
+        await service.transition("dev", a.process_id, lambda p: transitions.cancel(p, now=t))
+        await Workflows(service).load()  # the next leader: x is skipped, a's end finished
+        assert (await service.store.get("dev", b.process_id))[0].state is ProcessState.FAILED
+
+
+async def test_an_end_in_a_graph_partly_removed_is_still_written(
+    own_brokers: BrokerSettings,
+) -> None:
+    async with standalone_service(own_brokers) as service:
+        workflows = Workflows(service)
+        t = datetime.now(UTC)
+        wf = WorkflowSpec(function_specs=[node("a"), node("b", "a"), node("c")])
+        graph, (a, b, c) = plan(wf, "dev", "b" * 64, t, ns_of(t))
+        await workflows.start(graph, [a, b, c])
+        await service.store.purge_process(b)  # a child gone before its parent succeeded
+        done = lambda p: msgspec.structs.replace(p, state=ProcessState.SUCCESS)  # noqa: E731
+        assert (await service.transition("dev", a.process_id, done)).state is ProcessState.SUCCESS
+        await service.store.purge_graph(graph)  # the graph record gone before c ended
+        cancelled = await service.transition(
+            "dev", c.process_id, lambda p: transitions.cancel(p, now=t)
+        )
+        assert cancelled.state is ProcessState.CANCELLED
