@@ -221,6 +221,34 @@ async def test_a_lost_race_for_the_graph_record_is_retried(own_brokers: BrokerSe
         assert stored.state is ProcessState.CANCELLED
 
 
+async def test_a_graph_event_says_a_change_of_state_only(client: Client, worker: Client) -> None:
+    graph = await submitted_graph(client, node("a"))
+    a = await assigned(worker)
+    await graph_in(client, graph.process_graph_id, ProcessState.RUNNING)
+    async with client.watch(graph.process_graph_id) as watch:
+        await worker.add_child(a, node("x"))  # written to the graph, still RUNNING: no event
+        await client.graph_cancel(graph.process_graph_id)
+        async with asyncio.timeout(10):
+            while not isinstance(event := await watch.next(None), GraphEvent):
+                pass
+    assert event.state is ProcessState.CANCELLED
+
+
+async def test_an_inserted_child_takes_only_its_parents_place_downstream(
+    client: Client, worker: Client
+) -> None:
+    graph = await submitted_graph(client, node("a"), node("b"), node("c", "a", "b"))
+    # The parent whose id sorts first: the other parent's id is greater, and must stay.
+    parent, other = sorted([await assigned(worker), await assigned(worker)], key=_id)
+    child = await worker.add_child(parent, node("x"), insert=True)
+    c = await client.get(graph.nodes["c"])
+    assert sorted(c.parents) == sorted([child.process_id, other.process_id])
+
+
+def _id(process: Process) -> str:
+    return process.process_id
+
+
 @pytest.mark.parametrize("other", ["0" * 64, "f" * 64])  # sorting before and after
 async def test_a_child_is_added_only_to_its_parents_graph(
     client: Client, worker: Client, other: str
@@ -321,3 +349,17 @@ async def test_an_end_in_a_graph_partly_removed_is_still_written(
             "dev", c.process_id, lambda p: transitions.cancel(p, now=t)
         )
         assert cancelled.state is ProcessState.CANCELLED
+
+
+async def test_an_ended_graph_is_no_longer_followed(own_brokers: BrokerSettings) -> None:
+    async with standalone_service(own_brokers) as service:
+        workflows = Workflows(service)
+        t = datetime.now(UTC)
+        wf = WorkflowSpec(function_specs=[node("a"), node("b", "a")])
+        graph, (a, b) = plan(wf, "dev", "a" * 64, t, ns_of(t))
+        await workflows.start(graph, [a, b])
+        assert set(workflows.members[graph.process_graph_id]) == {a.process_id, b.process_id}
+        await service.transition("dev", a.process_id, lambda p: transitions.cancel(p, now=t))
+        # Ended (CANCELLED, b FAILED): nothing of it stays in memory.
+        assert graph.process_graph_id not in workflows.members
+        assert not {a.process_id, b.process_id} & set(workflows._graph_of)
