@@ -56,7 +56,9 @@ class Workflows:
         self._graph_of: dict[str, str] = {}  # process id -> graph id, for live graphs
         # Graphs being cancelled as a whole: every process ends CANCELLED, none FAILED.
         self._cancelling: set[str] = set()
-        self._releasing: set[str] = set()  # children whose parents are being read
+        # Children whose parents are being read -> a parent that ended meanwhile (or None):
+        # its end found the child taken, so the try under way looks again for it.
+        self._releasing: dict[str, Process | None] = {}
         service.graph_hook = self.after_transition
         service.register_ops(
             add_child=(AddChild, self.add_child),
@@ -177,12 +179,21 @@ class Workflows:
         """``finished`` (one of the child's parents) has just succeeded: release the child if
         all its parents have."""
         if child_id in self._releasing:
-            return  # another parent's end is releasing it right now
-        self._releasing.add(child_id)
+            # Another parent's end is releasing it right now, and may have read this parent
+            # before it ended: that try looks again when it is done.
+            self._releasing[child_id] = finished
+            return
+        self._releasing[child_id] = None
         try:
-            await self._release_if_ready(colony, child_id, finished)
+            while True:
+                await self._release_if_ready(colony, child_id, finished)
+                again = self._releasing[child_id]
+                if again is None:
+                    return
+                self._releasing[child_id] = None
+                finished = again
         finally:
-            self._releasing.discard(child_id)
+            del self._releasing[child_id]
 
     async def _release_if_ready(self, colony: str, child_id: str, finished: Process) -> None:
         members = self.members.get(self._graph_of.get(child_id, ""), {})

@@ -363,3 +363,40 @@ async def test_an_ended_graph_is_no_longer_followed(own_brokers: BrokerSettings)
         # Ended (CANCELLED, b FAILED): nothing of it stays in memory.
         assert graph.process_graph_id not in workflows.members
         assert not {a.process_id, b.process_id} & set(workflows._graph_of)
+
+
+async def test_a_child_is_released_when_its_last_two_parents_end_at_once(
+    own_brokers: BrokerSettings,
+) -> None:
+    """In a graph no longer followed (x cancelled ended it), the end of p1 reads p2 as
+    waiting; p2 ends before that check is done, so its own try finds the child being
+    released already: the first try must look again."""
+    async with standalone_service(own_brokers) as service:
+        workflows = Workflows(service)
+        t = datetime.now(UTC)
+        specs = [node("p1"), node("p2"), node("x"), node("c", "p1", "p2")]
+        graph, (p1, p2, x, c) = plan(WorkflowSpec(function_specs=specs), "dev", "9" * 64, t, 1)
+        await workflows.start(graph, [p1, p2, x, c])
+        await service.transition("dev", x.process_id, lambda p: transitions.cancel(p, now=t))
+        store = service.store
+        read = store.get
+        p2_read, p2_done = asyncio.Event(), asyncio.Event()
+
+        async def read_p2_then_wait(colony: str, process_id: str) -> tuple[Process, int]:
+            got = await read(colony, process_id)
+            if process_id == p2.process_id and not p2_read.is_set():
+                p2_read.set()  # p2 read as it was (WAITING); its end comes before the check
+                await p2_done.wait()
+            return got
+
+        store.get = read_p2_then_wait  # type: ignore[method-assign]
+        done = lambda p: msgspec.structs.replace(p, state=ProcessState.SUCCESS)  # noqa: E731
+        first = asyncio.create_task(service.transition("dev", p1.process_id, done))
+        async with asyncio.timeout(10):
+            await p2_read.wait()
+            await service.transition("dev", p2.process_id, done)
+            p2_done.set()
+            await first
+        store.get = read  # type: ignore[method-assign]
+        child, _ = await store.get("dev", c.process_id)
+        assert not child.wait_for_parents  # released
