@@ -292,6 +292,22 @@ async def test_a_child_that_ended_first_does_not_stop_the_failure_of_its_sibling
     assert c.state is ProcessState.FAILED
 
 
+async def test_a_failure_reaching_a_process_twice_still_fails_the_rest(
+    client: Client, worker: Client
+) -> None:
+    # a's children are [e, b, c], taken from the end: c, then d, b, d again (seen), then e.
+    graph = await submitted_graph(
+        client, node("a"), node("e", "a"), node("b", "a"), node("c", "a"), node("d", "b", "c")
+    )
+    a = await assigned(worker)
+    await worker.fail(a.process_id, ["broken"])
+    async with asyncio.timeout(10):
+        while not (await client.get(graph.nodes["e"])).state.is_terminal:
+            await asyncio.sleep(0.01)  # sleep-ok: polling state under a deadline
+    states = {n: (await client.get(graph.nodes[n])).state for n in "ebcd"}
+    assert set(states.values()) == {ProcessState.FAILED}, states
+
+
 # -- redelivery ---------------------------------------------------------------------------------
 async def test_a_redelivered_workflow_finishes_what_an_ended_process_started(
     own_brokers: BrokerSettings,
