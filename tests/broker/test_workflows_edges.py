@@ -304,8 +304,25 @@ async def test_a_failure_reaching_a_process_twice_still_fails_the_rest(
     async with asyncio.timeout(10):
         while not (await client.get(graph.nodes["e"])).state.is_terminal:
             await asyncio.sleep(0.01)  # sleep-ok: polling state under a deadline
-    states = {n: (await client.get(graph.nodes[n])).state for n in "ebcd"}
-    assert set(states.values()) == {ProcessState.FAILED}, states
+    ended = {n: await client.get(graph.nodes[n]) for n in "ebcd"}
+    assert {p.state for p in ended.values()} == {ProcessState.FAILED}
+    # a's children say it was a, by its name (d follows whichever of b and c failed first).
+    assert [ended[n].errors for n in "ebc"] == [["parent a failed"]] * 3
+
+
+async def test_cancelling_a_graph_passes_a_process_that_ended(
+    client: Client, worker: Client
+) -> None:
+    graph = await submitted_graph(client, node("a"), node("b"))
+    for _ in range(2):
+        await assigned(worker)
+    running = await graph_in(client, graph.process_graph_id, ProcessState.RUNNING)
+    first, other = running.process_ids  # the order graph_cancel takes them in
+    await worker.close(first, [])
+    cancelled = await client.graph_cancel(graph.process_graph_id)
+    assert cancelled.state is ProcessState.CANCELLED
+    assert (await client.get(other)).state is ProcessState.CANCELLED
+    assert (await client.get(first)).state is ProcessState.SUCCESS
 
 
 # -- redelivery ---------------------------------------------------------------------------------
@@ -416,3 +433,22 @@ async def test_a_child_is_released_when_its_last_two_parents_end_at_once(
         store.get = read  # type: ignore[method-assign]
         child, _ = await store.get("dev", c.process_id)
         assert not child.wait_for_parents  # released
+
+
+async def test_a_new_leader_passes_ended_graphs_and_finishes_the_rest(
+    own_brokers: BrokerSettings,
+) -> None:
+    async with standalone_service(own_brokers) as service:
+        t = datetime.now(UTC)
+        cancel = lambda p: transitions.cancel(p, now=t)  # noqa: E731
+        ended, (x,) = plan(WorkflowSpec(function_specs=[node("x")]), "dev", "8" * 64, t, 1)
+        await Workflows(service).start(ended, [x])
+        await service.transition("dev", x.process_id, cancel)  # its graph ends, written first
+        wf = WorkflowSpec(function_specs=[node("a"), node("b", "a")])
+        graph, (a, b) = plan(wf, "dev", "7" * 64, t, 2)
+        await Workflows(service).start(graph, [a, b])
+        # The leader ended a, then died before failing its child.
+        service.graph_hook = None
+        await service.transition("dev", a.process_id, cancel)
+        await Workflows(service).load()
+        assert (await service.store.get("dev", b.process_id))[0].state is ProcessState.FAILED
