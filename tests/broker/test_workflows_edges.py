@@ -161,6 +161,7 @@ async def test_a_graph_records_when_it_started_and_keeps_it(client: Client, work
     a = await assigned(worker)
     running = await graph_in(client, graph.process_graph_id, ProcessState.RUNNING)
     assert graph.submission_time <= running.start_time != ZERO_TIME
+    assert sorted(running.process_ids) == sorted(graph.process_ids)  # rewritten, kept
     await worker.close(a.process_id, [])
     await worker.close((await assigned(worker)).process_id, [])
     done = await graph_in(client, graph.process_graph_id, ProcessState.SUCCESS)
@@ -174,6 +175,7 @@ async def test_an_added_child_is_in_its_graph_at_once_and_queues_at_its_own_time
     a = await assigned(worker)
     await graph_in(client, graph.process_graph_id, ProcessState.RUNNING)
     child = await worker.add_child(a, node("x"))
+    assert child.wait_for_parents and child.parents == [a.process_id]  # runs after a
     # The graph stays RUNNING: its record takes the child with no change of state.
     stored = await client.graph_get(graph.process_graph_id)
     assert stored.state is ProcessState.RUNNING
