@@ -247,6 +247,18 @@ async def test_an_inserted_child_takes_only_its_parents_place_downstream(
     assert sorted(c.parents) == sorted([child.process_id, other.process_id])
 
 
+async def test_later_inserts_go_in_front_of_the_same_children(
+    client: Client, worker: Client
+) -> None:
+    graph = await submitted_graph(client, node("a"), node("c", "a"))
+    a = await assigned(worker)
+    x1 = await worker.add_child(a, node("x1"), insert=True)
+    x2 = await worker.add_child(a, node("x2"), insert=True)
+    assert (await client.get(x2.process_id)).children == [graph.nodes["c"]]
+    c = await client.get(graph.nodes["c"])
+    assert c.parents == [x1.process_id, x2.process_id]
+
+
 def _id(process: Process) -> str:
     return process.process_id
 
