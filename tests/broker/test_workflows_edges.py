@@ -78,7 +78,7 @@ async def assigned(worker: Client) -> Process:
 # -- plan ------------------------------------------------------------------------------------
 def test_the_nodes_of_a_workflow_queue_at_its_submission_in_node_order() -> None:
     t = datetime.now(UTC)
-    ns = ns_of(t)
+    ns = ns_of(t) | 0b11  # low bits set: ns + i is not ns | i, nor ns ^ i
     _, processes = plan(
         WorkflowSpec(function_specs=[node("a"), node("b"), node("c")]), "dev", "g" * 64, t, ns
     )
@@ -236,12 +236,15 @@ async def test_a_graph_event_says_a_change_of_state_only(client: Client, worker:
     assert event.state is ProcessState.CANCELLED
 
 
+@pytest.mark.parametrize("first", [True, False])
 async def test_an_inserted_child_takes_only_its_parents_place_downstream(
-    client: Client, worker: Client
+    client: Client, worker: Client, first: bool
 ) -> None:
     graph = await submitted_graph(client, node("a"), node("b"), node("c", "a", "b"))
-    # The parent whose id sorts first: the other parent's id is greater, and must stay.
+    # The parent whose id sorts first, or last: the other parent's must stay either way.
     parent, other = sorted([await assigned(worker), await assigned(worker)], key=_id)
+    if not first:
+        parent, other = other, parent
     child = await worker.add_child(parent, node("x"), insert=True)
     c = await client.get(graph.nodes["c"])
     assert sorted(c.parents) == sorted([child.process_id, other.process_id])
