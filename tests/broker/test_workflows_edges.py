@@ -118,17 +118,18 @@ async def test_a_message_id_is_the_graph_id_only_if_it_is_64_hex_digits(
     assert graph.process_graph_id != too_long and len(graph.process_graph_id) == 64
 
 
+@pytest.mark.parametrize("other", ["archive", "elsewhere"])  # sorting before and after "dev"
 async def test_a_workflow_naming_another_colony_is_rejected(
-    client: Client, settings: Settings
+    client: Client, settings: Settings, other: str
 ) -> None:
     subjects = Subjects(settings.prefix)
     nc = await raw_nats(settings.nats_url)
     try:
         events = await nc.subscribe(subjects.events_filter(colony="dev", state="rejected"))
         body = (
-            b'{"colonyname": "elsewhere", "functionspecs": '
+            b'{"colonyname": "%s", "functionspecs": '
             b'[{"nodename": "a", "funcname": "f", "conditions": {"executortype": "wf"}}]}'
-        )
+        ) % other.encode()
         await nc.jetstream().publish(subjects.workflows("dev"), body)
         msg = await events.next_msg(timeout=10)
     finally:
