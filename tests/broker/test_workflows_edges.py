@@ -1,8 +1,11 @@
 """Workflows at their edges: what the mutation run of workflows.py showed no test pinned.
 
-The graph's own times, the ids a workflow message may choose, the colony it names, children
-added across graphs, the queue place of what a workflow creates, a redelivered workflow whose
-processes were written already, and a failure passing a child that ended first.
+The graph record (its times, ids, events, a lost compare-and-set), the ids and colony a
+workflow message may choose, children added and inserted (across graphs, relinking, queue
+place), the release of a child whose graph is no longer followed (and two parents ending at
+once), failures and cancels passing what ended already, a redelivered workflow, and a new
+leader loading graphs that ended or lost a process. docs/guarantees.md lists the mutant each
+test kills.
 """
 
 from __future__ import annotations
