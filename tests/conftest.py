@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from colonyos.broker import Broker
@@ -206,10 +207,21 @@ async def own_brokers(broker_settings: BrokerSettings) -> AsyncIterator[BrokerSe
 
 
 async def open_colony(settings: Settings, colony: str = COLONY) -> None:
-    """Add ``colony`` (auto-approve) as ``tester``, a server owner. A connection's rights are
-    decided when it connects: connect again to act in the colony."""
+    """Add ``colony`` (auto-approve) as ``tester``, a server owner, who owns it then; and, on a
+    secure server, make the session's other names its owners too, as an owner would (a new
+    colony starts with its owner alone: records written under its name before it existed are
+    cleared). A connection's rights are decided when it connects: connect again to act in the
+    colony."""
     async with await Client.connect(settings, caller="tester") as c:
         await c.colony_add(colony, auto_approve=True)
+        secure = c.secure
+    if not secure:
+        return
+    in_colony = msgspec.structs.replace(settings, colony=colony)
+    async with await Client.connect(in_colony, caller="tester") as owner:
+        for name in OWNER_NAMES:
+            if name != "tester":
+                await owner.member_add(name, OWNER.public_key, role="colony-owner")
 
 
 @pytest.fixture

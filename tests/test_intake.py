@@ -157,7 +157,7 @@ async def test_a_spec_rejected_at_its_write_holds_no_id(
     """The id a spec asked for is held from before its write; a write refused (the record too
     large) gives it back, so no colony is refused an id under which nothing exists."""
     subjects = Subjects(settings.prefix)
-    nc = await nats.connect(settings.nats_url)
+    nc = await raw_nats(settings.nats_url)
     try:
         events = await nc.subscribe(subjects.events_filter(colony=COLONY))
         filler = "x" * (nc.max_payload - 400)

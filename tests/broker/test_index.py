@@ -10,11 +10,11 @@ import pytest
 
 from colonyos.broker.index import ProcessIndex
 from colonyos.client import Client
-from colonyos.config import BrokerSettings
+from colonyos.config import BrokerSettings, Settings
 from colonyos.errors import IdTakenError
 from colonyos.models import Process, ProcessGraph, ProcessState, WorkflowSpec, now
 
-from ..conftest import COLONY
+from ..conftest import COLONY, open_colony
 from ..helpers import spec as helper_spec
 from ..helpers import standalone_service, submitted
 from ..test_assign_flow import executor_client, spec
@@ -112,7 +112,7 @@ async def test_a_loaded_index_knows_which_colony_holds_each_id(
         assert service.index.claim(COLONY, [p.process_id]) == []  # its own colony's
 
 
-async def test_a_removed_process_gives_its_id_up(client: Client) -> None:
+async def test_a_removed_process_gives_its_id_up(client: Client, settings: Settings) -> None:
     """What the index holds follows what exists: once a process is removed, its id is free
     (the broker does not keep every id it has ever seen). A workflow's process: its id was
     never a spec's Nats-Msg-Id, which JetStream would drop for two minutes."""
@@ -121,8 +121,11 @@ async def test_a_removed_process_gives_its_id_up(client: Client) -> None:
     assert isinstance(graph, ProcessGraph)
     pid = graph.process_ids[0]
     await client.graph_remove(graph.process_graph_id)
-    await client.colony_add("other")
-    again = await client.submit(helper_spec(conditions={"colony_name": "other"}), process_id=pid)
+    await open_colony(settings, "other")
+    other = msgspec.structs.replace(settings, colony="other")
+    async with await Client.connect(other, caller="tester") as owner:
+        spec_ = helper_spec(conditions={"colony_name": "other"})
+        again = await owner.submit(spec_, process_id=pid)
     assert isinstance(again, Process) and again.colony_name == "other"
 
 

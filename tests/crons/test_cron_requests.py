@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import nats
 import pytest
 
 from colonyos.broker import Broker
@@ -14,8 +13,8 @@ from colonyos.config import BrokerSettings, Settings
 from colonyos.crons.client import Crons
 from colonyos.crons.model import CronDefinition
 from colonyos.errors import ConflictError, CronNotFoundError, InvalidSpecError
-from colonyos.subjects import Subjects
 from tests.conftest import running_broker
+from tests.helpers import raw_nats, request_as
 
 WORKFLOW: list[dict[str, Any]] = [
     {"nodename": "a", "funcname": "echo", "conditions": {"executortype": "nobody"}},
@@ -135,7 +134,6 @@ async def test_a_removed_colony_takes_its_crons_along(client: Client) -> None:
 async def test_raw_nats_adds_a_colonies_definition(client: Client, settings: Settings) -> None:
     """Colonies' AddCronMsg shape over a plain request: the workflow as a JSON string, and
     pycolonies' misspelt waitforprevprocessgrap."""
-    subjects = Subjects(settings.prefix)
     body = {
         "cron": {
             "name": "raw",
@@ -145,15 +143,15 @@ async def test_raw_nats_adds_a_colonies_definition(client: Client, settings: Set
             "workflowspec": json.dumps({"colonyname": "dev", "functionspecs": WORKFLOW}),
         }
     }
-    nc = await nats.connect(settings.nats_url)
+    nc = await raw_nats(settings.nats_url)
     try:
-        reply = await nc.request(
-            subjects.rpc("dev", "raw-user", "cron_add"), json.dumps(body).encode(), timeout=5
+        reply = await request_as(
+            nc, settings.prefix, "dev", "raw-user", "cron_add", json.dumps(body).encode()
         )
         added = json.loads(reply.data)["result"]
         assert added["waitforprevprocessgraph"] is True and "waitforprevprocessgrap" not in added
-        missing = await nc.request(
-            subjects.rpc("dev", "raw-user", "cron_get"), b'{"name": "no such"}', timeout=5
+        missing = await request_as(
+            nc, settings.prefix, "dev", "raw-user", "cron_get", b'{"name": "no such"}'
         )
         assert json.loads(missing.data)["error"]["code"] == "cron_not_found"
     finally:

@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import msgspec
-import nats
 import pytest
 
 from colonyos.broker import Broker
@@ -23,6 +22,7 @@ from colonyos.models import ProcessGraph, ProcessState, now
 from colonyos.subjects import GRAPH_TOKEN, Subjects
 from tests.conftest import running_broker
 from tests.crons.conftest import CHAIN, Counter
+from tests.helpers import raw_nats
 
 
 async def _runs(client: Client, name: str) -> list[ProcessGraph]:
@@ -127,7 +127,7 @@ async def test_a_tick_a_dead_leader_recorded_is_finished_once(
         added, last_run=tick, prev_process_graph_id=graph_id, run_pending=True
     )
     s = Subjects(broker_settings.prefix)
-    nc = await nats.connect(broker_settings.nats_url)
+    nc = await raw_nats(broker_settings.nats_url)
     try:
         kv = await nc.jetstream().key_value(s.bucket_crons)
         await kv.put(s.cron_key("dev", "once"), msgspec.json.encode(pending))
@@ -165,7 +165,7 @@ async def test_a_stored_cron_that_cannot_run_does_not_stop_the_others(
         created=now(),
         workflow_spec=json.dumps({"functionspecs": CHAIN}),
     )
-    nc = await nats.connect(broker_settings.nats_url)
+    nc = await raw_nats(broker_settings.nats_url)
     try:
         kv = await nc.jetstream().key_value(s.bucket_crons)
         await kv.put(s.cron_key("dev", "aaa-junk"), b"{not json")
@@ -214,7 +214,7 @@ async def test_a_write_the_leader_did_not_see_is_never_written_over(
     await _poll_runs(client, "cas", 1, timeout=10)
     held = await crons.get("cas")
     later = held.last_run + timedelta(days=365)
-    nc = await nats.connect(broker_settings.nats_url)
+    nc = await raw_nats(broker_settings.nats_url)
     try:
         kv = await nc.jetstream().key_value(s.bucket_crons)
         await kv.put(
