@@ -19,14 +19,14 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from colonyos.broker import transitions
 from colonyos.broker.service import Report, Service
 from colonyos.errors import ConflictError, NotFoundError
 from colonyos.models import ZERO_TIME, Process, ProcessState, now
 
-__all__ = ["ASSIGNMENT_LOST", "Lifecycle", "requeue_if_past_exec", "unconfirmed"]
+__all__ = ["ASSIGNMENT_LOST", "Lifecycle", "requeue_if_past_exec", "silent_too_long", "unconfirmed"]
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +57,12 @@ class Lifecycle:
                 transitions.WAIT_TIMEOUT,
             )
         for colony, pid in self.service.exec_deadlines.pop_due(t_ns):
-            await self._apply(colony, pid, requeue_if_past_exec, transitions.EXEC_TIMEOUT)
+            await self._apply(
+                colony,
+                pid,
+                lambda p: requeue_if_past_exec(p, now=now()),
+                transitions.EXEC_TIMEOUT,
+            )
         for process, _ in list(self.service.running.values()):
             reason = self._lost(process, time.monotonic(), t_ns)
             if reason is not None:
@@ -74,7 +79,7 @@ class Lifecycle:
         if heard is None:
             self.service.heard[executor_id] = mono_now  # first sight: start counting now
             return None
-        if mono_now - heard > self.liveness_s:
+        if silent_too_long(heard, mono_now, self.liveness_s):
             return transitions.EXECUTOR_LOST
         if unconfirmed(process, self.service.reports.get(executor_id), self.liveness_s):
             return ASSIGNMENT_LOST
@@ -108,6 +113,12 @@ class Lifecycle:
         )
 
 
+def silent_too_long(heard: float, mono_now: float, liveness_s: float) -> bool:
+    """Has an executor last heard from at ``heard`` (monotonic seconds) been silent for longer
+    than the liveness window at ``mono_now``? A silence of exactly the window is not too long."""
+    return mono_now - heard > liveness_s
+
+
 def unconfirmed(process: Process, report: Report | None, liveness_s: float) -> bool:
     """Does the executor's last heartbeat, sent a whole liveness window after the process was
     assigned, leave it out (the assignment never reached the executor)? A heartbeat sent
@@ -119,12 +130,15 @@ def unconfirmed(process: Process, report: Report | None, liveness_s: float) -> b
     return report.wall_ns > started_ns + window_ns and process.process_id not in report.running
 
 
-def requeue_if_past_exec(process: Process) -> Process:
-    """The ``maxexectime`` sweep's step: re-queue a process still running past its deadline;
-    any other (closed meanwhile, assigned again with a new deadline) is left alone."""
-    past = process.exec_deadline != ZERO_TIME and process.exec_deadline <= now() + timedelta(
+def requeue_if_past_exec(process: Process, *, now: datetime) -> Process:
+    """The ``maxexectime`` sweep's step at ``now``: re-queue a process still running past its
+    deadline; any other (closed meanwhile, assigned again with a new deadline) is left alone.
+    A deadline up to 1 ms ahead counts as passed: the sweep pops deadlines by one clock reading
+    (nanoseconds, through a float) and decides by another (microseconds); the slack keeps the
+    two from disagreeing."""
+    past = process.exec_deadline != ZERO_TIME and process.exec_deadline <= now + timedelta(
         milliseconds=1
     )
     if process.state is not ProcessState.RUNNING or not past:
         raise ConflictError("no longer applies")
-    return transitions.requeue(process, transitions.EXEC_TIMEOUT, now=now())
+    return transitions.requeue(process, transitions.EXEC_TIMEOUT, now=now)
