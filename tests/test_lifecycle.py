@@ -10,17 +10,17 @@ import msgspec
 import pytest
 
 from colonyos.broker import Broker
-from colonyos.broker.lifecycle import ASSIGNMENT_LOST
+from colonyos.broker.lifecycle import ASSIGNMENT_LOST, Lifecycle
 from colonyos.broker.transitions import EXEC_TIMEOUT, EXECUTOR_LOST, WAIT_TIMEOUT
 from colonyos.client import Client
 from colonyos.config import BrokerSettings
 from colonyos.errors import ConflictError, NotAuthorizedError
 from colonyos.executor import ExecutorApp, ProcessContext
-from colonyos.models import Process, ProcessState
+from colonyos.models import Process, ProcessState, now
 from colonyos.subjects import Subjects
 
-from .conftest import COLONY, running_broker
-from .helpers import raw_nats
+from .conftest import COLONY, open_colony, running_broker
+from .helpers import raw_nats, until
 from .test_assign_flow import executor_client, spec
 
 # Many heartbeat periods (0.05 s): a busy machine that delays a few does not lose anyone.
@@ -341,3 +341,53 @@ async def test_events_carry_the_revision_order(client: Client, settings) -> None
     assert revisions == sorted(revisions)
     await nc.close()
     await ex.aclose()
+
+
+async def test_a_sweep_that_fails_is_logged_and_the_next_one_runs(
+    broker: Broker, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A sweep that raises (the store out of reach for a moment) does not end the sweeps."""
+    assert broker.service is not None
+
+    class FailsFirst(Lifecycle):
+        sweeps = 0
+
+        async def sweep(self) -> None:
+            self.sweeps += 1
+            if self.sweeps == 1:
+                raise RuntimeError("store out of reach")
+
+    lifecycle = FailsFirst(broker.service, liveness_s=LIVENESS_S, sweep_interval_s=0.01)
+    task = asyncio.create_task(lifecycle.run())
+    try:
+        await until(lambda: lifecycle.sweeps >= 2 or task.done(), timeout=5)
+        assert not task.done(), "the sweeps ended with the first failure"
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, RuntimeError):
+            await task
+    assert "lifecycle sweep failed" in caplog.text and "store out of reach" in caplog.text
+
+
+async def test_a_sweep_passes_processes_that_moved_on_and_expires_the_rest(
+    own_brokers: BrokerSettings, settings
+) -> None:
+    """Deadlines popped in one sweep: one whose process may wait for ever now (the state
+    machine refuses), one whose process is gone, then one really due, which still expires."""
+    # The broker's own sweeps run once at its start, then not for an hour: this test sweeps.
+    quiet = msgspec.structs.replace(own_brokers, sweep_interval_s=3600.0)
+    async with running_broker(quiet, owners=True) as broker:
+        service = broker.service
+        assert service is not None
+        await open_colony(settings)
+        async with await Client.connect(settings, caller="tester") as client:
+            kept = await submitted(client)
+            due = await submitted(client, max_wait_time=1)
+            service.wait_deadlines.push(1, COLONY, kept.process_id)
+            service.wait_deadlines.push(2, COLONY, "0" * 64)
+            await until(lambda: now() > due.wait_deadline, timeout=5)
+            sweeper = Lifecycle(service, liveness_s=LIVENESS_S, sweep_interval_s=3600.0)
+            await sweeper.sweep()
+            assert (await client.get(kept.process_id)).state is ProcessState.WAITING
+            failed = await client.get(due.process_id)
+            assert failed.state is ProcessState.FAILED and failed.errors == [WAIT_TIMEOUT]
