@@ -29,6 +29,7 @@ from colonyos.errors import (
 from colonyos.executor import ExecutorApp, ExecutorStage, ExecutorStatus, ProcessContext
 from colonyos.messages import Control, Instance, Replaced, Revoke, StateChanged, WhoIs
 from colonyos.models import Conditions, ExecutorState, FunctionSpec, Process, ProcessState
+from colonyos.security.keys import generate, write_seed
 from colonyos.subjects import Subjects
 
 from .conftest import COLONY
@@ -260,14 +261,20 @@ async def test_removal_ends_the_parked_request_and_tells_the_run_itself(
 
 
 async def test_approval_is_learned_at_once_from_the_broker(
-    client: Client, settings: Settings, holders: list[Holder], monkeypatch: pytest.MonkeyPatch
+    client: Client,
+    settings: Settings,
+    holders: list[Holder],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
 ) -> None:
     import colonyos.executor
 
     monkeypatch.setattr(colonyos.executor, "_APPROVAL_CHECK_S", 3600.0)  # only being told helps
     await client.colony_add("lab")
     lab = msgspec.structs.replace(settings, colony="lab")
-    ed = Holder(lab, "ed")
+    # ed runs with a key of its own: one with an owner's key is approved as it registers.
+    write_seed(tmp_path / "ed.nk", generate())
+    ed = Holder(msgspec.structs.replace(lab, identity=tmp_path / "ed.nk"), "ed")
     holders.append(ed)
     ed.task = asyncio.create_task(ed.app.run())
     async with asyncio.timeout(10):

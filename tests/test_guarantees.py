@@ -12,6 +12,7 @@ import msgspec
 import pytest
 
 from colonyos.broker import Broker, transitions
+from colonyos.broker.reports import Reports
 from colonyos.broker.transitions import WAIT_TIMEOUT
 from colonyos.client import Client
 from colonyos.config import BrokerSettings, Settings
@@ -358,7 +359,7 @@ async def test_a_new_leader_finishes_a_half_done_workflow(
             assert a is not None and a.spec.node_name == "a"
         # No broker leads: one without its workflow part writes a's success, and dies.
         async with standalone_service(own_brokers) as dying:
-            closed = await dying.close(
+            closed = await Reports(dying).close(
                 COLONY, "e1", Close(process_id=a.process_id, output=["from-a"])
             )
             assert closed.state is ProcessState.SUCCESS

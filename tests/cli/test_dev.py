@@ -46,6 +46,10 @@ async def test_dev_runs_a_spec_and_stops_cleanly(tmp_path: Path) -> None:
                     await asyncio.sleep(0.1)  # sleep-ok: polling for the colony to exist
         # Secure: dev approves no stranger by itself; its echo executor runs with your key.
         assert not (await client.colony_get("dev")).auto_approve
+        # A connection's rights are decided when it connects: this one came before colony dev
+        # was made (and its owner recorded), so it may only do server operations.
+        await client.aclose()
+        client = await Client.connect(settings)
         spec, _ = load_function_spec((EXAMPLES / "echo.json").read_bytes())
         pid = await client.submit(spec, confirm=False)
         await wait_created(client, str(pid))

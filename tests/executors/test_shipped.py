@@ -7,6 +7,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from colonyos.client import Client
@@ -178,20 +179,24 @@ async def test_log_follow_ends_when_the_process_ends(client: Client, settings) -
     assert lines == ["started", "finished"]
 
 
-async def test_pending_executor_gets_no_work(client: Client, settings) -> None:
+async def test_pending_executor_gets_no_work(client: Client, settings, tmp_path) -> None:
     from colonyos.errors import NotAuthorizedError
+    from colonyos.security.keys import generate, write_seed
 
     async with await Client.connect(settings) as owner:
         await owner.colony_add("strict")
     strict = settings.__class__(nats_url=settings.nats_url, colony="strict", prefix=settings.prefix)
-    app = echo.build(strict, name="echo-pending")
+    # An executor with its own key (one with an owner's key would be approved as it registers).
+    write_seed(tmp_path / "executor.nk", generate())
+    own_key = msgspec.structs.replace(strict, identity=tmp_path / "executor.nk")
+    app = echo.build(own_key, name="echo-pending")
     with pytest.raises(NotAuthorizedError, match="approve"):
         await app.run(burst=True)
     async with await Client.connect(strict) as owner:
         await owner.submit(fspec("echo", "echo", 1))
         await owner.executor_approve("echo-pending")
         assert [e.state.name for e in await owner.executor_list()] == ["APPROVED"]
-    assert await echo.build(strict, name="echo-pending").run(burst=True) == 1
+    assert await echo.build(own_key, name="echo-pending").run(burst=True) == 1
 
 
 @pytest.mark.parametrize("kind", ["echo", "python", "shell"])

@@ -11,11 +11,12 @@ import pytest
 
 from colonyos.broker import Broker
 from colonyos.client import Client
-from colonyos.config import Settings
+from colonyos.config import BrokerSettings, Settings
 from colonyos.errors import BrokerUnavailableError, ConflictError, NotAuthorizedError
 from colonyos.models import Executor, ExecutorState, Process, ProcessState
 from colonyos.security.members import PENDING_SILENCE_S, Member, MemberBook
 from colonyos.security.permissions import Role
+from tests.conftest import running_broker
 from tests.helpers import spec, until
 from tests.security.conftest import COLONY, Party
 
@@ -263,9 +264,14 @@ async def test_a_colony_owners_executors_are_approved_as_they_register_strangers
             assert got.state is state, party.name
 
 
-async def test_a_server_operation_with_no_broker_says_so(settings: Settings) -> None:
+async def test_a_server_operation_with_no_broker_says_so(
+    own_brokers: BrokerSettings, settings: Settings
+) -> None:
     """Answered in the server owner's own inbox, not through nats-py's request: the server's
-    no-responders answer still reads as "no broker", not a timeout."""
-    async with await Client.connect(settings, caller="root") as client:
+    no-responders answer still reads as "no broker", not a timeout. (A broker lets the owner
+    in, and stops.)"""
+    async with running_broker(own_brokers, owners=True):
+        client = await Client.connect(settings, caller="tester")
+    async with client:
         with pytest.raises(BrokerUnavailableError, match="no broker is answering"):
             await client.colony_list()
