@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import signal
 from pathlib import Path
 
@@ -10,10 +9,10 @@ import pytest
 
 from colonyos.client import Client
 from colonyos.config import Settings
-from colonyos.errors import BrokerUnavailableError, ColonyNotFoundError
 from colonyos.models import Process, ProcessState
 from colonyos.specs import load_function_spec
 
+from ..helpers import until
 from ..procs import Child, free_port
 from ..test_restarts import wait_created
 
@@ -29,27 +28,13 @@ async def test_dev_runs_a_spec_and_stops_cleanly(tmp_path: Path) -> None:
     )
     dev.start()
     settings = Settings(nats_url=f"nats://127.0.0.1:{port}", colony="dev")
+    log = tmp_path / "dev.log"
     try:
-        async with asyncio.timeout(30):
-            while True:
-                try:
-                    client = await Client.connect(settings)
-                    break
-                except Exception:  # not listening yet
-                    await asyncio.sleep(0.1)  # sleep-ok: polling for the server to listen
-        async with asyncio.timeout(30):
-            while True:  # as a newcomer waits for the banner: colony dev exists
-                try:
-                    await client.colony_get("dev")
-                    break
-                except (BrokerUnavailableError, ColonyNotFoundError):
-                    await asyncio.sleep(0.1)  # sleep-ok: polling for the colony to exist
+        # As a newcomer does: wait for the banner, then use the colony.
+        await until(lambda: "Ctrl-C stops everything" in log.read_text(), timeout=60)
+        client = await Client.connect(settings)
         # Secure: dev approves no stranger by itself; its echo executor runs with your key.
         assert not (await client.colony_get("dev")).auto_approve
-        # A connection's rights are decided when it connects: this one came before colony dev
-        # was made (and its owner recorded), so it may only do server operations.
-        await client.aclose()
-        client = await Client.connect(settings)
         spec, _ = load_function_spec((EXAMPLES / "echo.json").read_bytes())
         pid = await client.submit(spec, confirm=False)
         await wait_created(client, str(pid))
@@ -61,6 +46,6 @@ async def test_dev_runs_a_spec_and_stops_cleanly(tmp_path: Path) -> None:
         assert dev.proc is not None
         dev.proc.send_signal(signal.SIGINT)
         code = dev.proc.wait(30)
-    log = (tmp_path / "dev.log").read_text()
-    assert code == 0, log
-    assert "Ctrl-C stops everything" in log and "Traceback" not in log
+    text = log.read_text()
+    assert code == 0, text
+    assert "Ctrl-C stops everything" in text and "Traceback" not in text
