@@ -162,6 +162,8 @@ class _Heard:
             self.errors.append(err)
         elif _is_refusal(err):
             self._refused_again(self.nc)
+        if self.nc is not None and (self.nc.is_connecting or self.nc.is_reconnecting):
+            _close_failed_attempt(self.nc)
 
     def _refused_again(self, nc: NATS) -> None:
         _refusals[nc] = self.why
@@ -180,6 +182,15 @@ class _Heard:
         if self.nc is not None:
             _refusals.pop(self.nc, None)
             self.nc.options["reconnect_time_wait"] = _RECONNECT_WAIT_S
+
+
+def _close_failed_attempt(nc: NATS) -> None:
+    """nats-py leaves open the socket of a reconnect attempt that failed after connecting (the
+    server hung up during CONNECT: a restarted secure server whose callout no broker answers
+    yet), one per attempt until it succeeds: close it (the next attempt opens its own)."""
+    transport = nc._transport
+    if transport is not None:
+        transport.close()  # type: ignore[no-untyped-call]  # nats-py leaves it unannotated
 
 
 def _is_refusal(err: Exception) -> bool:

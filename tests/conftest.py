@@ -16,6 +16,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
@@ -92,6 +93,21 @@ def secure_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureSe
     yield SecureServer(server.url, home / "keys", keys)
     server_seeds.pop(server.url, None)
     server.stop()
+
+
+def secure_nats(home: Path, *, keys_dir: Path | None = None, **options: Any) -> NatsServer:
+    """A nats-server of a test's own (not started), configured as ``colonies server config``
+    writes it: the keys under ``keys_dir`` (default ``home/keys``; made if missing, so servers
+    given the same directory share the installation's keys and accounts). ``options`` go to
+    NatsServer (give a fixed ``port`` to have its URL, and the brokers' seed in
+    helpers.server_seeds, before it starts)."""
+    keys = ServerKeys.load_or_create(keys_dir or home / "keys")
+    home.mkdir(parents=True, exist_ok=True)
+    config = home / "nats.conf"
+    config.write_text(secure_config(roomy_config(), keys))
+    server = NatsServer(home / "jetstream", config=config, **options)
+    server_seeds[server.url] = keys.broker.seed
+    return server
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,6 @@
-"""A three-server NATS cluster on loopback: JetStream replicas 3, and a server lost."""
+"""A three-server secure NATS cluster on loopback: every server has the installation's config
+(the same keys and accounts, from one keys directory) plus its cluster block; JetStream replicas
+3, a server lost, and members let in on one server by a broker connected to another."""
 
 from __future__ import annotations
 
@@ -14,7 +16,8 @@ from colonyos.executors import echo
 from colonyos.models import Process, ProcessState
 from colonyos.natsserver import NatsServer
 
-from .conftest import COLONY, running_broker
+from .conftest import COLONY, open_colony, running_broker, secure_nats
+from .helpers import server_seeds
 from .procs import free_port, until_served
 from .test_assign_flow import spec
 from .test_restarts import wait_created
@@ -27,8 +30,9 @@ def cluster(tmp_path: Path) -> Iterator[list[NatsServer]]:
     ports = [free_port() for _ in range(3)]
     routes = ",".join(f"nats://127.0.0.1:{p}" for p in ports)
     servers = [
-        NatsServer(
+        secure_nats(
             tmp_path / f"n{i}",
+            keys_dir=tmp_path / "keys",
             port=free_port(),
             extra_args=[
                 "--server_name",
@@ -47,20 +51,40 @@ def cluster(tmp_path: Path) -> Iterator[list[NatsServer]]:
         s.start()
     yield servers
     for s in servers:
+        server_seeds.pop(s.url, None)
         s.stop()
 
 
+def cluster_settings(
+    cluster: list[NatsServer], tmp_path: Path, identity: Path, *, broker_on: str, clients_on: str
+) -> tuple[BrokerSettings, Settings]:
+    broker_settings = BrokerSettings(
+        nats_url=broker_on,
+        prefix="clu",
+        replicas=3,
+        lease_ttl_s=1.0,
+        keys_dir=tmp_path / "keys",
+    )
+    return broker_settings, Settings(
+        nats_url=clients_on, colony=COLONY, prefix="clu", identity=identity
+    )
+
+
 @pytest.mark.timeout(120)
-async def test_a_colony_survives_losing_a_cluster_server(cluster: list[NatsServer]) -> None:
+async def test_a_colony_survives_losing_a_cluster_server(
+    cluster: list[NatsServer], tmp_path: Path, identity_file: Path
+) -> None:
     urls = ",".join(s.url for s in cluster)
-    broker_settings = BrokerSettings(nats_url=urls, prefix="clu", replicas=3, lease_ttl_s=1.0)
-    settings = Settings(nats_url=urls, colony=COLONY, prefix="clu")
+    broker_settings, settings = cluster_settings(
+        cluster, tmp_path, identity_file, broker_on=urls, clients_on=urls
+    )
     async with running_broker(broker_settings, owners=True):
-        client = await Client.connect(settings)
-        # Interest crosses the cluster's routes a moment after the broker subscribes.
+        # Interest crosses the cluster's routes a moment after the broker subscribes (the
+        # callout's too: until then a member is not let in).
         await until_served(
-            lambda: client.colony_add(COLONY, auto_approve=True), timeout=60, every=0.2
+            lambda: open_colony(settings), timeout=60, every=0.2, errors=(Exception,)
         )
+        client = await Client.connect(settings)
         app = echo.build(settings, "echo", "echo-cluster")
         runner = asyncio.create_task(app.run())
         first = await client.submit(spec(args=["before"]))
@@ -81,3 +105,31 @@ async def test_a_colony_survives_losing_a_cluster_server(cluster: list[NatsServe
         app.stop()
         await runner
         await client.aclose()
+
+
+@pytest.mark.timeout(120)
+async def test_the_callout_lets_members_in_across_the_cluster(
+    cluster: list[NatsServer], tmp_path: Path, identity_file: Path
+) -> None:
+    """A member connecting to server n2 is let in (and served) by a broker connected to n0 only:
+    the server asks the callout through the cluster's routes."""
+    broker_settings, settings = cluster_settings(
+        cluster, tmp_path, identity_file, broker_on=cluster[0].url, clients_on=cluster[2].url
+    )
+    async with running_broker(broker_settings, owners=True):
+        await until_served(
+            lambda: open_colony(settings), timeout=60, every=0.2, errors=(Exception,)
+        )
+        async with await Client.connect(settings) as client:
+            assert client.secure
+            # On n2 itself (nats-py may move to a server it learned of, were n2 to refuse it).
+            assert client.nc.connected_url is not None
+            assert client.nc.connected_url.port == cluster[2].port
+            app = echo.build(settings, "echo", "echo-n2")
+            runner = asyncio.create_task(app.run())
+            p = await client.submit(spec(args=["across"]))
+            assert isinstance(p, Process)
+            done = await client.wait(p.process_id, timeout=20)
+            assert done.state is ProcessState.SUCCESS and done.output == ["across"]
+            app.stop()
+            await runner
