@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from colonyos.client import Client
@@ -18,10 +20,13 @@ from colonyos.config import BrokerSettings, Settings
 from colonyos.execution import ResultSender
 from colonyos.executor import ExecutorApp, ProcessContext
 from colonyos.messages import Close
-from colonyos.models import Conditions, Executor, FunctionSpec, Process, ProcessState
+from colonyos.models import Conditions, FunctionSpec, Process, ProcessState
 from colonyos.natsserver import NatsServer
+from colonyos.security.serverconf import ServerKeys, secure_config
 
-from ..conftest import COLONY, running_broker
+from ..conftest import open_colony, roomy_config, running_broker
+from ..helpers import executor_client, server_seeds
+from ..procs import free_port
 
 SMALL_PAYLOAD = 64 * 1024
 
@@ -179,25 +184,33 @@ async def test_an_executor_goes_on_after_its_function_misbehaves(
 
 # -- sizes, on a server with a small max_payload -----------------------------------------
 @pytest.fixture
-def small_nats(tmp_path: Path) -> Iterator[str]:
+def small_nats(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A secure nats-server of its own whose max_payload is small: its URL and keys."""
+    keys = ServerKeys.load_or_create(tmp_path / "keys")
     config = tmp_path / "small.conf"
-    config.write_text(f"max_payload: {SMALL_PAYLOAD}\n")
-    server = NatsServer(tmp_path / "js", port=0, config=config).start()
-    yield server.url
+    small = re.sub(r"max_payload: \S+", f"max_payload: {SMALL_PAYLOAD}", roomy_config())
+    config.write_text(secure_config(small, keys))
+    server = NatsServer(tmp_path / "js", port=free_port(), config=config)
+    server_seeds[server.url] = keys.broker.seed
+    server.start()
+    yield server.url, tmp_path / "keys"
     server.stop()
 
 
 @pytest.fixture
-def small_settings(small_nats: str, prefix: str) -> Settings:
-    return Settings(nats_url=small_nats, colony=COLONY, prefix=prefix)
+def small_settings(small_nats: tuple[str, Path], settings: Settings) -> Settings:
+    return msgspec.structs.replace(settings, nats_url=small_nats[0])
 
 
 @pytest.fixture
-async def small(small_nats: str, small_settings: Settings, prefix: str) -> AsyncIterator[Client]:
-    broker = BrokerSettings(nats_url=small_nats, prefix=prefix, storage="memory")
+async def small(
+    small_nats: tuple[str, Path], small_settings: Settings, prefix: str
+) -> AsyncIterator[Client]:
+    url, keys_dir = small_nats
+    broker = BrokerSettings(nats_url=url, prefix=prefix, storage="memory", keys_dir=keys_dir)
     async with running_broker(broker, owners=True):
+        await open_colony(small_settings)
         c = await Client.connect(small_settings, caller="tester")
-        await c.colony_add(COLONY, auto_approve=True)
         assert c.nc.max_payload == SMALL_PAYLOAD
         yield c
         await c.aclose()
@@ -252,8 +265,7 @@ async def test_long_lines_and_large_logs_are_split_to_fit(
 async def test_result_batches_are_split_to_fit(small: Client, small_settings: Settings) -> None:
     """Results that finish together go in as few requests as fit in max_payload each."""
     ps = await submit_all(small, *(f"f{i}" for i in range(4)))
-    async with await Client.connect(small_settings, caller="raw") as raw:
-        await raw.register(Executor(executor_name="raw", executor_type="fn"))
+    async with executor_client(small_settings, "raw", "fn") as raw:
         assigned: list[Process] = []
         async with asyncio.timeout(10):
             while len(assigned) < 4:
@@ -275,8 +287,7 @@ async def test_a_result_refused_for_a_reason_fails_the_process_and_is_not_retrie
     small: Client, small_settings: Settings
 ) -> None:
     (p,) = (await submit_all(small, "f")).values()
-    async with await Client.connect(small_settings, caller="raw") as raw:
-        await raw.register(Executor(executor_name="raw", executor_type="fn"))
+    async with executor_client(small_settings, "raw", "fn") as raw:
         got = await raw.assign(timeout=5)
         assert got is not None
         app = ExecutorApp("fn", "raw", settings=small_settings)
