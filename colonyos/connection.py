@@ -7,10 +7,12 @@ asks the brokers' auth callout, which grants exactly that role's subjects.
 
 A connection the server cuts and then refuses (its member was removed, its executor rejected)
 would otherwise reconnect twice a second for ever, each attempt a callout request. What it does
-instead is the caller's choice (``on_refused``): ``"stop"`` closes it at once, and what it is
-asked next fails with the reason (:func:`refusal`); ``"back_off"`` (an executor, which should
-outlive a broker fail-over, when no broker answers the callout for a moment) keeps trying,
-waiting twice as long after each refusal, up to a minute, and saying why.
+instead is the caller's choice (``on_refused``). Either way, what it is asked while refused
+fails at once with the reason (:func:`refusal`). ``"stop"`` (the SDK, the CLI) keeps trying
+every second or two for a short while, since a restarted NATS server or a broker fail-over
+refuses everyone until a broker answers the callout again, and then closes it for good;
+``"back_off"`` (an executor, which should outlive any of that) keeps trying, waiting twice as
+long after each refusal, up to a minute, and saying why.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import contextlib
 import logging
 import re
 import ssl
+import time
 import weakref
 from collections.abc import Awaitable
 from pathlib import Path
@@ -48,6 +51,11 @@ _RECONNECT_WAIT_S = 0.5
 _EXPIRED = "user authentication expired"
 # The longest a refused connection waits before trying again (``on_refused="back_off"``).
 REFUSED_RETRY_MAX_S = 60.0
+# How long a refused connection keeps trying before it closes (``on_refused="stop"``), and how
+# long it waits between attempts: longer than a NATS restart or a broker fail-over takes to be
+# answered again, short enough that a removed member's client does not knock for long.
+REFUSED_STOP_AFTER_S = 15.0
+_REFUSED_STOP_WAIT_S = 2.0
 # 'Permissions Violation for Publish to "colonies.b.specs.echo"' (nats-py lowercases it).
 _VIOLATION = re.compile(r'permissions violation for (publish|subscription) to "([^"]+)"', re.I)
 # What the server refused each connection, by subject: nats-py reports a refusal only to the
@@ -147,6 +155,7 @@ class _Heard:
         self.why = why  # what to say when the server refuses this connection
         self.nc: NATS | None = None  # once connected
         self._closing: asyncio.Task[None] | None = None
+        self._refused_since: float | None = None  # monotonic, while refused
 
     async def error_cb(self, err: Exception) -> None:
         logger.debug("nats: %s", err)
@@ -167,6 +176,13 @@ class _Heard:
 
     def _refused_again(self, nc: NATS) -> None:
         _refusals[nc] = self.why
+        mono_now = time.monotonic()
+        if self._refused_since is None:
+            self._refused_since = mono_now
+        if self.on_refused == "stop" and mono_now - self._refused_since < REFUSED_STOP_AFTER_S:
+            nc.options["reconnect_time_wait"] = _REFUSED_STOP_WAIT_S
+            logger.info("%s; trying again in %.0f s", self.why, _REFUSED_STOP_WAIT_S)
+            return
         if self.on_refused == "stop":
             logger.info("%s; closing the connection", self.why)  # the next request says it
             if self._closing is None:
@@ -179,6 +195,7 @@ class _Heard:
         logger.warning("%s; trying again in %.0f s", self.why, wait)
 
     async def reconnected_cb(self) -> None:
+        self._refused_since = None
         if self.nc is not None:
             _refusals.pop(self.nc, None)
             self.nc.options["reconnect_time_wait"] = _RECONNECT_WAIT_S
