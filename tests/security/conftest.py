@@ -103,6 +103,14 @@ async def enroll(book: MemberBook, party: Party, colony: str, role: Role) -> Non
 
 
 @pytest.fixture
+async def bob(make_party: object, owner: Client) -> Party:
+    """A user the colony owner added through the broker."""
+    party: Party = make_party("bob")  # type: ignore[operator]
+    await owner.member_add("bob", party.identity.public_key)
+    return party
+
+
+@pytest.fixture
 async def root(make_party: object, book: MemberBook) -> Party:
     """The server owner ``root``."""
     party: Party = make_party("root")  # type: ignore[operator]

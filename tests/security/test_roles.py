@@ -20,28 +20,16 @@ from colonyos.errors import (
 )
 from colonyos.executor import ExecutorApp
 from colonyos.messages import ColonyAdd, Empty, Named
-from colonyos.models import Colony, Conditions, ExecutorState, FunctionSpec, ProcessState
+from colonyos.models import Colony, ExecutorState, ProcessState
 from colonyos.security.members import Member, MemberBook
 from colonyos.security.permissions import Role
 from executors import echo
-from tests.helpers import until
+from tests.helpers import spec, until
 from tests.security.conftest import COLONY, Party
 
 pytestmark = pytest.mark.timeout(60)
 
 MakeParty = Callable[..., Party]
-
-
-def _spec() -> FunctionSpec:
-    return FunctionSpec(func_name="echo", args=["hi"], conditions=Conditions(executor_type="echo"))
-
-
-@pytest.fixture
-async def bob(make_party: MakeParty, owner: Client) -> Party:
-    """A user the colony owner added through the broker."""
-    party = make_party("bob")
-    await owner.member_add("bob", party.identity.public_key)
-    return party
 
 
 @pytest.fixture
@@ -74,7 +62,7 @@ async def test_the_server_owner_who_adds_a_colony_owns_it(owner: Client, book: M
 
 
 async def test_an_added_user_submits_and_reads(bob_client: Client) -> None:
-    process = await bob_client.submit(_spec())
+    process = await bob_client.submit(spec(args=["hi"]))
     assert (await bob_client.get(process.process_id)).initiator_name == "bob"
 
 
@@ -113,7 +101,7 @@ async def test_an_executor_with_its_own_key_registers_and_runs_work(
     worker = make_party("worker-1")
     app, task = await _run_executor(worker)
     try:
-        process = await bob_client.submit(_spec())
+        process = await bob_client.submit(spec(args=["hi"]))
         done = await bob_client.wait(process.process_id, timeout=20)
         assert done.state is ProcessState.SUCCESS and done.output == ["hi"]
     finally:
@@ -134,7 +122,7 @@ async def test_an_executor_added_ahead_runs_without_waiting_for_approval(
         assert added.role is Role.EXECUTOR
         app, task = await _run_executor(worker)
         try:
-            process = await strict_owner.submit(_spec())
+            process = await strict_owner.submit(spec(args=["hi"]))
             done = await strict_owner.wait(process.process_id, timeout=20)
             assert done.state is ProcessState.SUCCESS
         finally:
@@ -162,7 +150,7 @@ async def test_an_unknown_executor_waits_for_the_owner_then_works(
             await strict_owner.executor_approve("worker-3")
             async with asyncio.timeout(20):
                 await app.ready.wait()
-            process = await strict_owner.submit(_spec())
+            process = await strict_owner.submit(spec(args=["hi"]))
             assert (
                 await strict_owner.wait(process.process_id, timeout=20)
             ).state is ProcessState.SUCCESS
@@ -189,7 +177,7 @@ async def test_a_refused_request_says_not_allowed_not_no_broker(
         with pytest.raises(NotAuthorizedError, match="not allowed: the server refused 'list'"):
             await pending.list_processes()
         with pytest.raises(NotAuthorizedError, match="not allowed: the server refused 'submit'"):
-            await pending.submit(_spec())
+            await pending.submit(spec(args=["hi"]))
 
 
 async def test_a_server_owner_in_a_colony_that_does_not_exist_hears_so(root: Party) -> None:
@@ -200,7 +188,7 @@ async def test_a_server_owner_in_a_colony_that_does_not_exist_hears_so(root: Par
         with pytest.raises(ColonyNotFoundError, match="nowhere"):
             await lost.list_processes()
         with pytest.raises(ColonyNotFoundError, match="nowhere"):
-            await lost.submit(_spec())
+            await lost.submit(spec(args=["hi"]))
 
 
 # nats-py leaves the socket of a refused reconnect open: its warning is not this test's.
@@ -254,7 +242,7 @@ async def test_an_executor_started_before_its_colony_waits_then_works(
         async with asyncio.timeout(30):
             await app.ready.wait()
         async with await root.client("later") as later_owner:
-            process = await later_owner.submit(_spec())
+            process = await later_owner.submit(spec(args=["hi"]))
             done = await later_owner.wait(process.process_id, timeout=20)
             assert done.state is ProcessState.SUCCESS
     finally:

@@ -56,7 +56,7 @@ async def test_a_reader_paused_past_the_response_time_still_receives_everything(
             assert first.data[:4] == (0).to_bytes(4, "big")
             # The caller stops reading for longer than a reply to flow control may wait (the
             # pause is what is tested: the server refuses a late reply, whatever the clock).
-            await asyncio.sleep(_TTL_S * 2)
+            await asyncio.sleep(_TTL_S * 2)  # sleep-ok: the pause itself is what is tested
             seen = [first.data[:4]]
             async with asyncio.timeout(30):
                 while len(seen) < _MESSAGES:
