@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, TypeVar
 
@@ -21,9 +20,7 @@ import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.api import (
-    DeliverPolicy,
     DiscardPolicy,
-    KeyValueConfig,
     RetentionPolicy,
     StorageType,
     StreamConfig,
@@ -31,6 +28,7 @@ from nats.js.api import (
 from nats.js.kv import KeyValue
 
 from colonyos.broker.publisher import JetStreamPublisher
+from colonyos.buckets import StoredValue, latest_values, open_bucket
 from colonyos.config import DEFAULT_RETENTION_S
 from colonyos.crons.model import Cron
 from colonyos.errors import ColoniesError, GraphNotFoundError, ProcessNotFoundError
@@ -62,18 +60,10 @@ def _expect(revision: int) -> dict[str, str]:
     return {"Nats-Expected-Last-Subject-Sequence": str(revision)}
 
 
-@dataclass(frozen=True, slots=True)
-class _Snapshot:
-    key: str
-    value: bytes
-    revision: int
-    created: datetime | None
-
-
 T = TypeVar("T")
 
 
-def _decoded(decoder: msgspec.json.Decoder[T], entry: _Snapshot, what: str) -> T | None:
+def _decoded(decoder: msgspec.json.Decoder[T], entry: StoredValue, what: str) -> T | None:
     """A stored value, or None (logged with its key and why) if it does not decode: one bad
     record must not keep a broker from loading the others."""
     try:
@@ -101,6 +91,7 @@ class ProcessStore:
         self.nc = nc
         self.js: JetStreamContext = nc.jetstream()
         self.subjects = subjects
+        self._storage_kind = storage
         self._storage = StorageType.MEMORY if storage == "memory" else StorageType.FILE
         self._dedup_window_s = dedup_window_s
         self._replicas = replicas
@@ -178,10 +169,9 @@ class ProcessStore:
             await self.js.update_stream(config)
 
     async def _bucket(self, name: str, history: int) -> KeyValue:
-        config = KeyValueConfig(
-            bucket=name, history=history, storage=self._storage, replicas=self._replicas
+        return await open_bucket(
+            self.js, name, storage=self._storage_kind, replicas=self._replicas, history=history
         )
-        return await self.js.create_key_value(config)
 
     # -- processes ----------------------------------------------------------------------
     def encoded(self, record: msgspec.Struct, what: str = "the process record") -> bytes:
@@ -468,35 +458,5 @@ class ProcessStore:
             if cron is not None:
                 yield cron, entry.revision
 
-    async def _snapshot(self, kv: KeyValue) -> AsyncIterator[_Snapshot]:
-        """Every key's latest value, read once.
-
-        nats-py's watcher decides "nothing more" from the consumer's pending count, which a
-        fast server can bring to zero while the values still wait in the client's buffer; it
-        then reports an empty bucket. Here every message says how many are still pending, so
-        the read ends exactly after the last one.
-        """
-        stream = f"KV_{kv._name}"  # nats-py's naming of a bucket's stream
-        if (await self.js.stream_info(stream)).state.messages == 0:
-            return
-        key_start = len(f"$KV.{kv._name}.")
-        sub = await self.js.subscribe(
-            f"$KV.{kv._name}.>",
-            stream=stream,
-            ordered_consumer=True,
-            deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
-        )
-        try:
-            while True:
-                msg = await sub.next_msg(timeout=30)
-                meta = msg.metadata
-                deleted = (msg.headers or {}).get("KV-Operation") in ("DEL", "PURGE")
-                if msg.data and not deleted:
-                    yield _Snapshot(
-                        msg.subject[key_start:], msg.data, int(meta.sequence.stream), meta.timestamp
-                    )
-                if meta.num_pending == 0:
-                    return
-        finally:
-            with contextlib.suppress(nats.errors.Error):
-                await sub.unsubscribe()
+    def _snapshot(self, kv: KeyValue) -> AsyncIterator[StoredValue]:
+        return latest_values(self.js, kv)

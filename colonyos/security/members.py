@@ -19,13 +19,14 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
+from typing import Literal
 
 import msgspec
 import nats.js.errors
-from nats.js.api import KeyValueConfig, StorageType
 from nats.js.client import JetStreamContext
 from nats.js.kv import KeyValue
 
+from colonyos.buckets import latest_values, open_bucket
 from colonyos.models import ZERO_TIME, Colony, Executor, ExecutorState, Model, now
 from colonyos.security.permissions import Role
 from colonyos.security.throttle import Throttle
@@ -63,7 +64,12 @@ _colony_decoder = msgspec.json.Decoder(Colony)
 
 class MemberBook:
     def __init__(
-        self, js: JetStreamContext, subjects: Subjects, *, storage: str = "file", replicas: int = 1
+        self,
+        js: JetStreamContext,
+        subjects: Subjects,
+        *,
+        storage: Literal["file", "memory"] = "file",
+        replicas: int = 1,
     ) -> None:
         self.js = js
         self.subjects = subjects
@@ -88,9 +94,7 @@ class MemberBook:
         self._colonies = await self._bucket(s.bucket_colonies)
 
     async def _bucket(self, name: str) -> KeyValue:
-        storage = StorageType.MEMORY if self._storage == "memory" else StorageType.FILE
-        config = KeyValueConfig(bucket=name, history=1, storage=storage, replicas=self._replicas)
-        return await self.js.create_key_value(config)
+        return await open_bucket(self.js, name, storage=self._storage, replicas=self._replicas)
 
     @property
     def members(self) -> KeyValue:
@@ -106,13 +110,13 @@ class MemberBook:
         return _member_decoder.decode(entry.value) if entry.value else None
 
     async def all_of(self, colony: str) -> list[Member]:
-        head = self.subjects.member_key(colony, "")
-        try:
-            keys = await self.members.keys()  # nats-py's filters match substrings
-        except nats.js.errors.NoKeysError:
-            return []
-        found = [await self.get(colony, key[len(head) :]) for key in keys if key.startswith(head)]
-        return sorted((m for m in found if m is not None and not m.removed), key=lambda m: m.name)
+        found = [
+            _member_decoder.decode(stored.value)
+            async for stored in latest_values(
+                self.js, self.members, self.subjects.member_key(colony, "")
+            )
+        ]
+        return sorted((m for m in found if not m.removed), key=lambda m: m.name)
 
     async def _executor(self, colony: str, name: str) -> Executor | None:
         assert self._executors is not None
@@ -195,10 +199,7 @@ class MemberBook:
     async def forget_colony(self, colony: str) -> list[str]:
         """Delete every member record of ``colony``; the names it had."""
         head = self.subjects.member_key(colony, "")
-        try:
-            keys = [k for k in await self.members.keys() if k.startswith(head)]
-        except nats.js.errors.NoKeysError:
-            return []
+        keys = [s.key async for s in latest_values(self.js, self.members, head)]
         for key in keys:
             await self.members.purge(key)
         return [key[len(head) :] for key in keys]

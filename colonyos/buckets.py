@@ -1,0 +1,90 @@
+"""KV buckets: how each is made, and how one is read whole.
+
+Every bucket is opened through :func:`open_bucket`, so that two parts of a broker opening the
+same bucket (the store, the member book) ask for the same configuration: JetStream refuses a
+second configuration for an existing bucket.
+
+:func:`latest_values` reads a bucket, or the keys under one prefix, once. nats-py's
+``KeyValue.keys()`` and watchers decide "nothing more" from the consumer's pending count, which
+a fast server brings to zero while the values still wait in the client's buffer: they then
+report an empty bucket. Here every message says how many are still pending, so the read ends
+exactly after the last one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
+
+import nats.errors
+from nats.js import JetStreamContext
+from nats.js.api import DeliverPolicy, KeyValueConfig, StorageType
+from nats.js.kv import KeyValue
+
+__all__ = ["StoredValue", "latest_values", "open_bucket"]
+
+# How long one message of a bucket being read may take to come: the server sends them at once.
+_NEXT_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class StoredValue:
+    key: str
+    value: bytes
+    revision: int
+    created: datetime | None
+
+
+async def open_bucket(
+    js: JetStreamContext,
+    name: str,
+    *,
+    storage: Literal["file", "memory"],
+    replicas: int,
+    history: int = 1,
+) -> KeyValue:
+    """Create the bucket ``name`` if it does not exist, and open it."""
+    config = KeyValueConfig(
+        bucket=name,
+        history=history,
+        storage=StorageType.MEMORY if storage == "memory" else StorageType.FILE,
+        replicas=replicas,
+    )
+    return await js.create_key_value(config)
+
+
+async def latest_values(
+    js: JetStreamContext, kv: KeyValue, under: str = ""
+) -> AsyncIterator[StoredValue]:
+    """Every key's latest value (deleted keys left out), read once; only the keys that start
+    with ``under`` (a prefix ending in ``.``) if given."""
+    bucket = kv._name  # nats-py keeps the bucket's name only there
+    stream = f"KV_{bucket}"  # and names its stream so
+    head = f"$KV.{bucket}."
+    sub = await js.subscribe(
+        f"{head}{under}>",
+        stream=stream,
+        ordered_consumer=True,
+        deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+    )
+    try:
+        info = await sub.consumer_info()
+        # The server's own counters: nothing sent and nothing to send is an empty read.
+        if info.num_pending == 0 and not (info.delivered and info.delivered.consumer_seq):
+            return
+        while True:
+            msg = await sub.next_msg(timeout=_NEXT_TIMEOUT_S)
+            meta = msg.metadata
+            deleted = (msg.headers or {}).get("KV-Operation") in ("DEL", "PURGE")
+            if msg.data and not deleted:
+                yield StoredValue(
+                    msg.subject[len(head) :], msg.data, int(meta.sequence.stream), meta.timestamp
+                )
+            if meta.num_pending == 0:
+                return
+    finally:
+        with contextlib.suppress(nats.errors.Error):
+            await sub.unsubscribe()
