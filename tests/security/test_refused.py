@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 import nats
 import pytest
 
+from colonyos import connection
 from colonyos.broker import Broker
 from colonyos.broker import callout as callout_module
 from colonyos.broker.kicker import Kicker
@@ -37,6 +38,21 @@ pytestmark = [
 MakeParty = Callable[..., Party]
 
 
+@pytest.fixture
+def quick_to_stop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A refused client stops after 3 s of refusals, trying every half second (15 s and 2 s
+    in use): the same decisions, sooner."""
+    monkeypatch.setattr(connection, "REFUSED_STOP_AFTER_S", 3.0)
+    monkeypatch.setattr(connection, "_REFUSED_STOP_WAIT_S", 0.5)
+
+
+@pytest.fixture
+def quick_to_retry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A refused executor's waits double up to 1 s (a minute in use): back in sooner."""
+    monkeypatch.setattr(connection, "REFUSED_RETRY_MAX_S", 1.0)
+
+
+@pytest.mark.usefixtures("quick_to_stop")
 async def test_a_removed_members_client_stops_with_the_reason(bob: Party, owner: Client) -> None:
     async with await bob.client() as client:
         await client.list_processes()
@@ -68,6 +84,7 @@ async def test_a_connection_that_keeps_trying_backs_off_and_gets_back_in(
         await client.aclose()
 
 
+@pytest.mark.usefixtures("quick_to_stop")
 @pytest.mark.parametrize("since", [None, datetime(2000, 1, 1, tzinfo=UTC)])
 async def test_a_removed_members_event_stream_ends_with_the_reason(
     bob: Party, owner: Client, since: datetime | None
@@ -80,6 +97,7 @@ async def test_a_removed_members_event_stream_ends_with_the_reason(
                 await events.next(None)
 
 
+@pytest.mark.usefixtures("quick_to_retry")
 async def test_an_executor_refused_for_a_while_says_why_and_comes_back(
     make_party: MakeParty, owner: Client, secure_broker: Broker, book: MemberBook
 ) -> None:
@@ -88,6 +106,10 @@ async def test_an_executor_refused_for_a_while_says_why_and_comes_back(
     worker = make_party("worker")
     said: list[ExecutorStatus] = []
     app = echo.build(worker.settings, "echo", "worker")
+    # It says why when a request fails: its long poll for work, here of 2 s (10 in use), and
+    # its margin. A long poll is not abandoned on a refusal: the broker may answer it once the
+    # connection is let in again (the reply comes to the same inbox).
+    app.assign_timeout_s = 2.0
     app.on_status = said.append
     task = asyncio.create_task(app.run())
     try:
@@ -130,6 +152,7 @@ async def test_a_connection_whose_jwt_expired_reconnects_for_a_new_one(
         assert not client.nc.is_closed
 
 
+@pytest.mark.usefixtures("quick_to_retry")
 async def test_an_executor_rides_out_a_broker_fail_over(
     make_party: MakeParty, secure_server: SecureServer, secure_prefix: str
 ) -> None:
@@ -145,6 +168,7 @@ async def test_an_executor_rides_out_a_broker_fail_over(
     root = make_party("root")
     worker = make_party("worker")
     app = echo.build(worker.settings, "echo", "worker")
+    app.assign_timeout_s = 2.0  # it says why a request failed when its long poll ends
     said: list[ExecutorStatus] = []
     app.on_status = said.append
     task: asyncio.Task[int] | None = None
