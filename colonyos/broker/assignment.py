@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import msgspec
 
 from colonyos.broker import transitions
-from colonyos.broker.scheduler import Offer
+from colonyos.broker.scheduler import Offer, WaitingQueue
 from colonyos.broker.service import LOOK_AGAIN, Picked, Service
 from colonyos.broker.store import StaleRevisionError
 from colonyos.errors import ColoniesError, ConflictError, InvalidSpecError, ProcessNotFoundError
@@ -24,12 +24,13 @@ from colonyos.messages import Assign
 from colonyos.models import Executor, Process, now
 from colonyos.resources import parse_bytes, parse_cpu_millis
 
-__all__ = ["Assignment"]
+__all__ = ["Assignment", "pop_batch", "reply_holds"]
 
 logger = logging.getLogger(__name__)
 
 _encode = msgspec.json.Encoder().encode
-# What a process's JSON gains when it is assigned (its executor's id, start time, deadline).
+# What a process's JSON gains when it is assigned (its executor's id, start time, deadline):
+# at most 78 bytes; the rest is margin.
 _ASSIGNED_GROWTH = 128
 
 
@@ -84,12 +85,7 @@ class Assignment:
         except ColoniesError:
             return [first]  # changed in this instant: the rest waits for the next request
         cap = self.offer(executor, req)
-        popped: list[tuple[str, Process | None, int]] = []
-        while len(popped) < req.count - 1:
-            item = self.queue.pop_match(colony, cap, executor.executor_type)
-            if item is None:
-                break
-            popped.append(item)
+        popped = pop_batch(self.queue, colony, cap, executor.executor_type, req.count - 1)
         picked = await self._within_reply(colony, first, popped)
         taken = await asyncio.gather(
             *(self._take(executor, *item) for item in picked), return_exceptions=True
@@ -121,8 +117,7 @@ class Assignment:
         bodies = await asyncio.gather(
             *(self._body(colony, item) for item in popped), return_exceptions=True
         )
-        room = self.service.reply_limit - len(_encode(first)) - 2
-        kept: list[Picked] = []
+        read: list[Picked] = []
         for (pid, _, _), body in zip(popped, bodies, strict=True):
             if isinstance(body, BaseException):
                 logger.warning("reading queued process %s in %s failed: %s", pid, colony, body)
@@ -130,13 +125,12 @@ class Assignment:
                 continue
             if body is None:
                 continue  # removed meanwhile
-            if room >= 0:
-                room -= len(_encode(body[0])) + _ASSIGNED_GROWTH + 1
-            if room < 0:
-                self.service.track(*body)  # back in the queue, in its place
-            else:
-                kept.append(body)
-        return kept
+            read.append(body)
+        sizes = [len(_encode(process)) for process, _ in read]
+        held = reply_holds(self.service.reply_limit, len(_encode(first)), sizes)
+        for body in read[held:]:
+            self.service.track(*body)  # back in the queue, in its place
+        return read[:held]
 
     async def _take(self, executor: Executor, process: Process, revision: int) -> Process | None:
         """Write a process taken from the queue as running on ``executor``; None if it was no
@@ -198,6 +192,34 @@ class Assignment:
             runs.discard(waiter)
             if not runs and self.service.parked_runs.get(run) is runs:
                 del self.service.parked_runs[run]
+
+
+def pop_batch(
+    queue: WaitingQueue, colony: str, offer: Offer, executor_type: str, most: int
+) -> list[tuple[str, Process | None, int]]:
+    """Up to ``most`` queued processes that ``offer`` has room for, popped in priority order
+    (as :meth:`WaitingQueue.pop_match` gives them: id, body or None, revision)."""
+    popped: list[tuple[str, Process | None, int]] = []
+    while len(popped) < most:
+        item = queue.pop_match(colony, offer, executor_type)
+        if item is None:
+            break
+        popped.append(item)
+    return popped
+
+
+def reply_holds(limit: int, first: int, sizes: Sequence[int]) -> int:
+    """How many of the queued processes of JSON sizes ``sizes`` (in queue order) one reply
+    holds beside the one assigned already, of size ``first``: the reply's result, at most
+    ``limit`` bytes, is a JSON list (two brackets, a comma before each process past the
+    first), and each queued process grows by up to ``_ASSIGNED_GROWTH`` when it is assigned.
+    The first that does not fit ends the batch, so that none is taken out of its turn."""
+    room = limit - first - 2
+    for held, size in enumerate(sizes):
+        room -= size + _ASSIGNED_GROWTH + 1
+        if room < 0:
+            return held
+    return len(sizes)
 
 
 def _available(key: str, text: str, parse: Callable[[str], int]) -> int | None:
