@@ -7,11 +7,11 @@ import contextlib
 import signal
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import msgspec
 import typer
 
-from colonyos.broker import Broker
 from colonyos.client import Client
 from colonyos.config import DEFAULT_NATS_URL, BrokerSettings, Settings, default_caller
 from colonyos.connection import shown_url
@@ -38,6 +38,11 @@ from colonyos.security.serverconf import ServerKeys, secure_config, tls_config
 from colonyos.subjects import SERVER_SCOPE, check_name
 
 from ._common import JSON_OPTION, settings_of
+
+if TYPE_CHECKING:
+    # The broker and what it needs (the index on SQLite) load only for the commands that
+    # run one: every other command starts without them.
+    from colonyos.broker import Broker
 from ._executors import build_executor
 from ._output import console, print_json
 from ._run import ExitCode, fail, run
@@ -202,6 +207,8 @@ async def _serve(
         server = _start_server(data_dir, port, http_port, config)
         stack.callback(server.stop)
         settings = msgspec.structs.replace(settings, nats_url=server.url)
+        from colonyos.broker import Broker  # see TYPE_CHECKING above
+
         broker = Broker(
             BrokerSettings.from_env(
                 nats_url=server.url,
@@ -425,6 +432,8 @@ def broker_start(
     keys = keys_dir or data_dir / "keys"
 
     async def go() -> None:
+        from colonyos.broker import Broker  # see TYPE_CHECKING above
+
         broker = Broker(
             BrokerSettings.from_env(
                 nats_url=settings.nats_url,
