@@ -22,11 +22,22 @@ from colonyos.broker.store import ProcessStore
 from colonyos.client import Client
 from colonyos.config import BrokerSettings, Settings, default_caller
 from colonyos.connection import connect_nats
+from colonyos.errors import BrokerUnavailableError, ProcessNotFoundError
 from colonyos.models import Conditions, Executor, ExecutorState, FunctionSpec, Process, ProcessState
 from colonyos.security.keys import generate
 from colonyos.security.members import Member, MemberBook
 from colonyos.security.permissions import Role, grants, inbox_prefix
 from colonyos.subjects import Subjects
+
+# The example specs shipped with the project, and the tests' own data files.
+EXAMPLES = Path(__file__).parents[1] / "examples"
+DATA = Path(__file__).parent / "data"
+
+
+def base_args(settings: Settings) -> list[str]:
+    """The CLI's global options that point it at ``settings``' server, prefix and colony."""
+    return ["--nats", settings.nats_url, "--prefix", settings.prefix, "--colony", settings.colony]
+
 
 # -- who the tests are on a secure server -------------------------------------------------------
 
@@ -119,6 +130,17 @@ async def executor_client(
         yield c
     finally:
         await c.aclose()
+
+
+async def wait_created(client: Client, pid: str) -> None:
+    """A spec accepted by JetStream but not yet by a broker has no process yet: poll for it."""
+    async with asyncio.timeout(30):
+        while True:
+            try:
+                await client.get(pid)
+                return
+            except (ProcessNotFoundError, BrokerUnavailableError):
+                await asyncio.sleep(0.1)  # sleep-ok: polling the state under a deadline
 
 
 async def submitted(client: Client, **kw: Any) -> Process:

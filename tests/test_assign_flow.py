@@ -8,19 +8,10 @@ import pytest
 
 from colonyos.client import Client
 from colonyos.errors import ConflictError, NotAuthorizedError, ProcessNotFoundError
-from colonyos.models import Conditions, FunctionSpec, Process, ProcessState
+from colonyos.models import Process, ProcessState
 
 from .conftest import COLONY
-from .helpers import connect_executor
-
-
-def spec(executor_type: str = "echo", **kw: object) -> FunctionSpec:
-    conditions = Conditions(executor_type=executor_type, **kw.pop("conditions", {}))
-    return FunctionSpec(func_name=str(kw.pop("func_name", "echo")), conditions=conditions, **kw)
-
-
-async def executor_client(settings, name: str, executor_type: str = "echo", **kw: object) -> Client:
-    return await connect_executor(settings, name, executor_type, **kw)
+from .helpers import connect_executor, spec
 
 
 async def test_submit_assign_close(client: Client, settings) -> None:
@@ -29,7 +20,7 @@ async def test_submit_assign_close(client: Client, settings) -> None:
     assert submitted.state is ProcessState.WAITING
     assert submitted.colony_name == COLONY
 
-    ex = await executor_client(settings, "e1")
+    ex = await connect_executor(settings, "e1")
     assigned = await ex.assign(timeout=2)
     assert assigned is not None and assigned.process_id == submitted.process_id
     assert assigned.state is ProcessState.RUNNING and assigned.is_assigned
@@ -44,7 +35,7 @@ async def test_submit_assign_close(client: Client, settings) -> None:
 
 async def test_failure_path(client: Client, settings) -> None:
     p = await client.submit(spec())
-    ex = await executor_client(settings, "e1")
+    ex = await connect_executor(settings, "e1")
     got = await ex.assign(timeout=2)
     assert got is not None
     failed = await ex.fail(got.process_id, ["boom"])
@@ -55,8 +46,8 @@ async def test_failure_path(client: Client, settings) -> None:
 
 async def test_only_the_assigned_executor_can_close(client: Client, settings) -> None:
     await client.submit(spec())
-    owner = await executor_client(settings, "owner")
-    other = await executor_client(settings, "other")
+    owner = await connect_executor(settings, "owner")
+    other = await connect_executor(settings, "other")
     got = await owner.assign(timeout=2)
     assert got is not None
     with pytest.raises(NotAuthorizedError):
@@ -75,7 +66,7 @@ async def test_priority_order_then_fifo(client: Client, settings) -> None:
     low = await client.submit(spec(priority=0, args=["low-1"]))
     low2 = await client.submit(spec(priority=0, args=["low-2"]))
     high = await client.submit(spec(priority=5, args=["high"]))
-    ex = await executor_client(settings, "e1")
+    ex = await connect_executor(settings, "e1")
     order = []
     for _ in range(3):
         got = await ex.assign(timeout=2)
@@ -89,12 +80,12 @@ async def test_priority_order_then_fifo(client: Client, settings) -> None:
 async def test_executor_names_and_location_matching(client: Client, settings) -> None:
     named = await client.submit(spec(conditions={"executor_names": ["wanted"]}))
     located = await client.submit(spec(conditions={"location_name": "lab"}))
-    other = await executor_client(settings, "other")
+    other = await connect_executor(settings, "other")
     assert await other.assign(timeout=0) is None  # neither matches 'other' (no location)
-    wanted = await executor_client(settings, "wanted")
+    wanted = await connect_executor(settings, "wanted")
     got = await wanted.assign(timeout=1)
     assert got is not None and got.process_id == named.process_id
-    in_lab = await executor_client(settings, "labrat", location_name="lab")
+    in_lab = await connect_executor(settings, "labrat", location_name="lab")
     got = await in_lab.assign(timeout=1)
     assert got is not None and got.process_id == located.process_id
     for c in (other, wanted, in_lab):
@@ -105,11 +96,11 @@ async def test_resources_are_enforced(client: Client, settings) -> None:
     from colonyos.models import Capabilities, Hardware
 
     big = await client.submit(spec(conditions={"cpu": "4", "mem": "8Gi"}))
-    small = await executor_client(
+    small = await connect_executor(
         settings, "small", capabilities=Capabilities(hardware=[Hardware(cpu="2", mem="16Gi")])
     )
     assert await small.assign(timeout=0) is None
-    large = await executor_client(
+    large = await connect_executor(
         settings, "large", capabilities=Capabilities(hardware=[Hardware(cpu="4000m", mem="16Gi")])
     )
     got = await large.assign(timeout=1)
@@ -119,7 +110,7 @@ async def test_resources_are_enforced(client: Client, settings) -> None:
 
 
 async def test_assign_long_poll_times_out_with_no_work(client: Client, settings) -> None:
-    ex = await executor_client(settings, "e1")
+    ex = await connect_executor(settings, "e1")
     assert await ex.assign(timeout=0.2) is None
     await ex.aclose()
 
@@ -127,7 +118,7 @@ async def test_assign_long_poll_times_out_with_no_work(client: Client, settings)
 async def test_one_new_process_wakes_exactly_one_parked_executor(
     client: Client, settings, broker
 ) -> None:
-    executors = [await executor_client(settings, f"e{i}") for i in range(3)]
+    executors = [await connect_executor(settings, f"e{i}") for i in range(3)]
     polls = [asyncio.ensure_future(ex.assign(timeout=3)) for ex in executors]
     # Wait until all three are parked at the broker before submitting.
     async with asyncio.timeout(5):
@@ -160,7 +151,7 @@ async def test_queued_processes_without_a_kept_body_are_read_back(
 ) -> None:
     broker.service.queue.max_bodies = 1  # as with a very long queue
     submitted = [await client.submit(spec(args=[i])) for i in range(3)]
-    ex = await executor_client(settings, "e1")
+    ex = await connect_executor(settings, "e1")
     got = []
     for _ in range(3):
         p = await ex.assign(timeout=1)
@@ -177,7 +168,7 @@ async def test_assign_many_takes_what_is_ready_in_priority_order(
 ) -> None:
     broker.service.queue.max_bodies = 2  # some bodies are read back from KV
     submitted = [await client.submit(spec(args=[i])) for i in range(5)]
-    ex = await executor_client(settings, "e1")
+    ex = await connect_executor(settings, "e1")
     got = await ex.assign_many(3, timeout=1)
     assert [p.process_id for p in got] == [p.process_id for p in submitted[:3]]
     assert all(p.state is ProcessState.RUNNING for p in got)
@@ -188,7 +179,7 @@ async def test_assign_many_takes_what_is_ready_in_priority_order(
 
 
 async def test_assign_many_waits_for_the_first(client: Client, settings, broker) -> None:
-    ex = await executor_client(settings, "e1")
+    ex = await connect_executor(settings, "e1")
     poll = asyncio.ensure_future(ex.assign_many(8, timeout=5))
     async with asyncio.timeout(5):
         while len(broker.service.parked) < 1:
@@ -204,8 +195,8 @@ async def test_results_answer_each_item_on_its_own(client: Client, settings) -> 
 
     for i in range(3):
         await client.submit(spec(args=[i]))
-    ex = await executor_client(settings, "e1")
-    other = await executor_client(settings, "e2")
+    ex = await connect_executor(settings, "e1")
+    other = await connect_executor(settings, "e2")
     a, b, c = await ex.assign_many(3, timeout=1)
     refused = await ex.send_results(
         closes=[

@@ -14,8 +14,7 @@ from colonyos.specs import check_function_spec, decode_function_spec, load_workf
 from colonyos.subjects import Subjects
 
 from .conftest import COLONY
-from .helpers import raw_nats, specs_drained
-from .test_assign_flow import executor_client, spec
+from .helpers import connect_executor, raw_nats, spec, specs_drained
 
 BASE = {"funcname": "f", "conditions": {"executortype": "echo"}}
 
@@ -160,7 +159,7 @@ async def test_a_raw_spec_out_of_range_is_rejected_once_and_the_broker_goes_on(
         assert await client.list_processes() == []
         ok = await client.submit(spec(args=["after"]))
         assert isinstance(ok, Process)
-        ex = await executor_client(settings, "e1")
+        ex = await connect_executor(settings, "e1")
         got = await ex.assign(timeout=2)
         assert got is not None and got.process_id == ok.process_id
         await ex.close(got.process_id, ["after"])
@@ -188,7 +187,7 @@ async def test_a_raw_spec_out_of_range_is_rejected_once_and_the_broker_goes_on(
 async def test_request_numbers_out_of_range_are_refused_naming_the_field(
     client: Client, settings, op: str, body: bytes, path: str, reason: str
 ) -> None:
-    ex = await executor_client(settings, "e1")
+    ex = await connect_executor(settings, "e1")
     try:
         subject = Subjects(settings.prefix).rpc(COLONY, "e1", op)
         reply = await ex.nc.request(subject, body, timeout=5)
@@ -203,7 +202,7 @@ async def test_request_numbers_out_of_range_are_refused_naming_the_field(
 async def test_the_sdk_keeps_its_assign_requests_within_the_bounds(
     client: Client, settings
 ) -> None:
-    ex = await executor_client(settings, "e1")
+    ex = await connect_executor(settings, "e1")
     try:
         await client.submit(spec())
         got = await ex.assign_many(count=10**6, timeout=0)

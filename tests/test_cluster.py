@@ -17,10 +17,8 @@ from colonyos.models import Process, ProcessState
 from colonyos.natsserver import NatsServer
 
 from .conftest import COLONY, open_colony, running_broker, secure_nats
-from .helpers import server_seeds
+from .helpers import server_seeds, spec, wait_created
 from .procs import free_port, until_served
-from .test_assign_flow import spec
-from .test_restarts import wait_created
 
 pytestmark = pytest.mark.slow
 

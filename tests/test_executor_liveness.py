@@ -17,7 +17,7 @@ from colonyos.config import Settings
 from colonyos.messages import ExecutorInfo
 from colonyos.models import GPU, Capabilities, Hardware, Process, ProcessState, now
 
-from .test_assign_flow import executor_client, spec
+from .helpers import connect_executor, spec
 
 CAPS = Capabilities(hardware=[Hardware(cpu="2", mem="4Gi", gpu=GPU(count=1, name="T4"))])
 
@@ -31,7 +31,7 @@ async def test_executor_list_says_who_is_online_and_what_it_runs(
     broker: Broker, client: Client, settings: Settings
 ) -> None:
     before = now()
-    ex = await executor_client(settings, "e1", capabilities=CAPS)
+    ex = await connect_executor(settings, "e1", capabilities=CAPS)
     info = await listed(client, "e1")
     assert info.online and info.running == 0 and info.capabilities == CAPS
     assert before <= info.last_heard_from_time <= now()
@@ -74,7 +74,7 @@ async def test_executor_list_says_who_is_online_and_what_it_runs(
 async def test_a_new_leader_does_not_call_executors_online_before_it_hears_them(
     broker: Broker, client: Client, settings: Settings
 ) -> None:
-    ex = await executor_client(settings, "e1")
+    ex = await connect_executor(settings, "e1")
     service = broker.service
     assert service is not None
     info = await listed(client, "e1")
@@ -90,7 +90,7 @@ async def test_a_new_leader_does_not_call_executors_online_before_it_hears_them(
 
 def test_executor_ls_shows_liveness_at_80_columns(live_system: Settings) -> None:
     async def register() -> None:
-        ex = await executor_client(live_system, "gpu-box-1", capabilities=CAPS)
+        ex = await connect_executor(live_system, "gpu-box-1", capabilities=CAPS)
         await ex.aclose()
 
     asyncio.run(register())

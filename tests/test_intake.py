@@ -22,8 +22,7 @@ from colonyos.models import Colony, Process, ProcessState
 from colonyos.subjects import GRAPH_TOKEN, Subjects
 
 from .conftest import COLONY, _drop_streams, running_broker
-from .helpers import raw_nats, specs_drained, standalone_service
-from .test_assign_flow import spec
+from .helpers import raw_nats, spec, specs_drained, standalone_service
 
 GOOD = b'{"funcname": "f", "conditions": {"executortype": "echo"}}'
 

@@ -20,8 +20,7 @@ from colonyos.models import Process, ProcessState, now
 from colonyos.subjects import Subjects
 
 from .conftest import COLONY, open_colony, running_broker
-from .helpers import raw_nats, until
-from .test_assign_flow import executor_client, spec
+from .helpers import connect_executor, raw_nats, spec, until
 
 # Many heartbeat periods (0.05 s): a busy machine that delays a few does not lose anyone.
 LIVENESS_S = 1.5
@@ -71,7 +70,7 @@ async def test_maxwaittime_fails_a_process_nobody_takes(client: Client) -> None:
 async def test_maxexectime_requeues_then_fails_after_maxretries(client: Client, settings) -> None:
     first = await submitted(client, max_exec_time=1, max_retries=1)
     later = await submitted(client)
-    ex = await executor_client(settings, "slow")
+    ex = await connect_executor(settings, "slow")
     running = [first.process_id]
     alive = heartbeating(ex, running)
     await alive.__aenter__()
@@ -96,7 +95,7 @@ async def test_maxexectime_requeues_then_fails_after_maxretries(client: Client, 
 
 async def test_a_close_from_an_earlier_attempt_is_refused(client: Client, settings) -> None:
     p = await submitted(client, max_exec_time=1, max_retries=3)
-    ex = await executor_client(settings, "e1")
+    ex = await connect_executor(settings, "e1")
     alive = heartbeating(ex, [p.process_id])
     await alive.__aenter__()
     first = await ex.assign(timeout=1)
@@ -115,13 +114,13 @@ async def test_silent_executor_loses_its_processes(client: Client, settings) -> 
     """A lost executor is not the process's fault: it is queued again without a retry spent
     (even with maxretries 0), and its next assignment has a new attempt token."""
     p = await submitted(client)
-    ex = await executor_client(settings, "doomed")
+    ex = await connect_executor(settings, "doomed")
     got = await ex.assign(timeout=1)
     assert got is not None and got.assignments == 1 and got.attempt == 0
     await ex.aclose()  # no more heartbeats, no more requests
     event = await client.wait_for_state(p.process_id, ProcessState.WAITING, timeout=10)
     assert event.retries == 0 and event.executor_losses == 1 and not event.is_assigned
-    again = await executor_client(settings, "heir")
+    again = await connect_executor(settings, "heir")
     second = await again.assign(timeout=1)
     assert second is not None and second.assignments == 2 and second.attempt == 1
     with pytest.raises(NotAuthorizedError, match="not assigned"):
@@ -136,11 +135,11 @@ async def test_a_heartbeat_under_another_name_keeps_no_one_alive(client: Client,
     under the name they are sent as is kept alive: another executor cannot keep a dead one's
     processes from coming back."""
     p = await submitted(client)
-    doomed = await executor_client(settings, "doomed")
+    doomed = await connect_executor(settings, "doomed")
     got = await doomed.assign(timeout=1)
     assert got is not None
     await doomed.aclose()
-    liar = await executor_client(settings, "liar")
+    liar = await connect_executor(settings, "liar")
 
     async def beat_for_the_dead() -> None:
         while True:
@@ -164,7 +163,7 @@ async def test_a_process_that_loses_every_executor_fails_after_the_bound(
     """Executor losses cost no retry, but are bounded (max_executor_losses)."""
     p = await submitted(client, max_retries=-1)
     for i in range(MAX_LOSSES + 1):
-        ex = await executor_client(settings, f"doomed-{i}")
+        ex = await connect_executor(settings, f"doomed-{i}")
         assert await ex.assign(timeout=10) is not None
         await ex.aclose()
         if i < MAX_LOSSES:
@@ -181,7 +180,7 @@ async def test_a_process_that_loses_every_executor_fails_after_the_bound(
 async def test_assignment_not_confirmed_by_heartbeats_is_requeued(client: Client, settings) -> None:
     """The assign reply was lost: the executor is alive but never lists the process."""
     p = await submitted(client, max_retries=1)
-    ex = await executor_client(settings, "forgetful")
+    ex = await connect_executor(settings, "forgetful")
     got = await ex.assign(timeout=1)
     assert got is not None
     async with heartbeating(ex, []):
@@ -250,7 +249,7 @@ async def test_cancel_reaches_the_running_function_promptly(client: Client, sett
 
 async def test_late_close_after_cancel_is_refused(client: Client, settings) -> None:
     p = await submitted(client)
-    ex = await executor_client(settings, "e1")
+    ex = await connect_executor(settings, "e1")
     assert await ex.assign(timeout=1) is not None
     await client.cancel(p.process_id)
     with pytest.raises(ConflictError, match="CANCELLED"):
@@ -262,7 +261,7 @@ async def test_late_close_after_cancel_is_refused(client: Client, settings) -> N
 async def test_cancel_a_waiting_process(client: Client, settings) -> None:
     p = await submitted(client)
     await client.cancel(p.process_id)
-    ex = await executor_client(settings, "e1")
+    ex = await connect_executor(settings, "e1")
     assert await ex.assign(timeout=0) is None
     with pytest.raises(ConflictError):
         await client.cancel(p.process_id)
@@ -303,7 +302,7 @@ async def test_a_standby_takes_over_when_the_leader_stops(
     # Handed over, not left to run out: the stopping leader wrote the lease free, and the
     # standby took it from there.
     assert holders[-3:] == [broker.broker_id, "", standby.broker_id]
-    ex = await executor_client(settings, "e1")
+    ex = await connect_executor(settings, "e1")
     got = await ex.assign(timeout=2)
     assert got is not None and got.process_id == p.process_id
     await ex.close(got.process_id, [])
@@ -316,7 +315,7 @@ async def test_events_carry_the_revision_order(client: Client, settings) -> None
     """Each process's events are stored in the order of its KV revisions."""
 
     p = await submitted(client)
-    ex = await executor_client(settings, "e1")
+    ex = await connect_executor(settings, "e1")
     got = await ex.assign(timeout=1)
     assert got is not None
     await ex.close(got.process_id, [])

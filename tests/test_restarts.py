@@ -12,15 +12,13 @@ import pytest
 
 from colonyos.client import Client
 from colonyos.config import BrokerSettings, Settings
-from colonyos.errors import BrokerUnavailableError, ProcessNotFoundError
 from colonyos.executors import echo
 from colonyos.models import Process, ProcessState
 from colonyos.natsserver import NatsServer
 
 from .conftest import COLONY, open_colony, running_broker, secure_nats
-from .helpers import OWNER, server_seeds
+from .helpers import OWNER, server_seeds, spec, wait_created
 from .procs import Child, free_port, until_served
-from .test_assign_flow import spec
 
 pytestmark = pytest.mark.slow
 
@@ -54,17 +52,6 @@ def cli_env(own_nats: NatsServer, keys_dir: Path) -> dict[str, str]:
 
 def own_settings(own_nats: NatsServer, prefix: str, identity: Path) -> Settings:
     return Settings(nats_url=own_nats.url, colony=COLONY, prefix=prefix, identity=identity)
-
-
-async def wait_created(client: Client, pid: str) -> None:
-    """A spec accepted by JetStream but not yet by a broker has no process yet: poll for it."""
-    async with asyncio.timeout(30):
-        while True:
-            try:
-                await client.get(pid)
-                return
-            except (ProcessNotFoundError, BrokerUnavailableError):
-                await asyncio.sleep(0.1)  # sleep-ok: polling the state under a deadline
 
 
 async def run_echo_until_done(settings: Settings, pids: list[str], client: Client) -> list[Process]:

@@ -26,8 +26,7 @@ from colonyos.models import (
 from colonyos.subjects import GRAPH_TOKEN, Subjects
 
 from .conftest import COLONY
-from .helpers import raw_nats
-from .test_assign_flow import executor_client, spec
+from .helpers import connect_executor, raw_nats, spec
 
 
 def _limit(client: Client) -> int:
@@ -122,7 +121,7 @@ async def test_a_close_too_large_to_store_fails_the_process_and_answers(
     first = await client.submit(spec())
     second = await client.submit(spec())
     assert isinstance(first, Process) and isinstance(second, Process)
-    ex = await executor_client(settings, "raw")
+    ex = await connect_executor(settings, "raw")
     try:
         got = await ex.assign(timeout=2)
         assert got is not None and got.process_id == first.process_id
@@ -177,7 +176,7 @@ async def test_a_child_whose_input_is_too_large_fails_when_released(
         )
     )
     assert isinstance(graph, ProcessGraph)
-    ex = await executor_client(settings, "wf-1", "wf")
+    ex = await connect_executor(settings, "wf-1", "wf")
     try:
         for _ in range(2):
             got = await ex.assign(timeout=2)
@@ -204,7 +203,7 @@ async def test_replies_never_exceed_max_payload(client: Client, settings) -> Non
     listed = await client.list_processes(limit=100)
     assert 0 < len(listed) < 5
     assert [p.process_id for p in listed] == pids[::-1][: len(listed)]  # newest first
-    ex = await executor_client(settings, "e1")
+    ex = await connect_executor(settings, "e1")
     try:
         taken: list[str] = []
         async with asyncio.timeout(10):
@@ -231,7 +230,7 @@ async def test_graph_list_holds_what_one_reply_can(client: Client) -> None:
 async def test_a_log_line_too_long_for_one_message_is_split(client: Client, settings) -> None:
     """Before: the log entry exceeded max_payload, the request went unanswered."""
     await client.submit(spec())
-    ex = await executor_client(settings, "e1")
+    ex = await connect_executor(settings, "e1")
     try:
         got = await ex.assign(timeout=2)
         assert got is not None
@@ -262,7 +261,7 @@ async def test_any_other_reply_too_large_is_an_error_not_silence(client: Client,
     from colonyos.models import Location
 
     big = Location(description="d" * (_limit(client) // 3))
-    executors = [await executor_client(settings, f"e{i}", location=big) for i in range(4)]
+    executors = [await connect_executor(settings, f"e{i}", location=big) for i in range(4)]
     try:
         with pytest.raises(RecordTooLargeError, match=r"^the executor_list reply would be "):
             await client.executor_list()

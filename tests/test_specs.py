@@ -12,7 +12,7 @@ from colonyos.errors import InvalidSpecError
 from colonyos.models import FunctionSpec, Process, ProcessState
 from colonyos.specs import decode_function_spec, load_function_spec, load_workflow_spec
 
-DATA = Path(__file__).parent / "data"
+from .helpers import DATA
 
 # Files that Colonies itself cannot run either, with the error we must name.
 EXPECTED_ERRORS = {

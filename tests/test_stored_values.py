@@ -35,8 +35,7 @@ from colonyos.models import (
 from colonyos.subjects import Subjects
 
 from .conftest import COLONY, _drop_streams, running_broker
-from .helpers import raw_nats
-from .test_assign_flow import executor_client, spec
+from .helpers import connect_executor, raw_nats, spec
 
 _encode = msgspec.json.Encoder().encode
 
@@ -129,7 +128,7 @@ async def test_a_broker_starts_whatever_is_stored(
                         seen.add(event.process_id)
                 assert seen == {loud.process_id, endless.process_id}
 
-            ex = await executor_client(settings, "e1")
+            ex = await connect_executor(settings, "e1")
             got = await ex.assign(timeout=2)
             assert got is not None and got.process_id == huge_args.process_id
             assert got.spec.args == [10**30, -(10**30)]

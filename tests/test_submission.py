@@ -15,8 +15,7 @@ from colonyos.models import Conditions, FunctionSpec, Process, ProcessState
 from colonyos.subjects import Subjects
 
 from .conftest import COLONY
-from .helpers import raw_nats
-from .test_assign_flow import executor_client, spec
+from .helpers import connect_executor, raw_nats, spec
 
 
 async def next_event(sub: nats.aio.subscription.Subscription) -> nats.aio.msg.Msg:
@@ -35,7 +34,7 @@ async def test_raw_nats_spec_becomes_a_process_and_runs(client: Client, settings
     process = msgspec.json.decode(msg.data, type=Process)
     assert process.spec.args == ["raw"] and len(process.process_id) == 64
 
-    ex = await executor_client(settings, "e1")
+    ex = await connect_executor(settings, "e1")
     got = await ex.assign(timeout=2)
     assert got is not None and got.process_id == process.process_id
     await ex.close(got.process_id, ["raw"])
@@ -153,7 +152,7 @@ async def test_broker_restart_rebuilds_queue_and_index(settings, broker_settings
         async with await Client.connect(settings) as c:
             listed = await c.list_processes(state=ProcessState.WAITING)
             assert {p.process_id for p in listed} == {first.process_id, second.process_id}
-        ex = await executor_client(settings, "e1")
+        ex = await connect_executor(settings, "e1")
         got = await ex.assign(timeout=1)
         assert got is not None and got.process_id == first.process_id
         await ex.aclose()
@@ -171,7 +170,7 @@ async def test_same_id_after_the_dedup_window_gives_the_same_process(
     settings, broker_settings
 ) -> None:
     from .conftest import _drop_streams, open_colony, running_broker
-    from .test_assign_flow import executor_client
+    from .helpers import connect_executor
 
     nats_url, prefix = settings.nats_url, settings.prefix
     window = msgspec.structs.replace(broker_settings, dedup_window_s=0.2)
@@ -180,7 +179,7 @@ async def test_same_id_after_the_dedup_window_gives_the_same_process(
         c = await Client.connect(settings)
         pid = "c" * 64
         first = await c.submit(spec(args=["first"]), process_id=pid)
-        ex = await executor_client(settings, "e1")
+        ex = await connect_executor(settings, "e1")
         got = await ex.assign(timeout=1)
         assert got is not None
         await ex.close(pid, ["done"])

@@ -15,8 +15,7 @@ from colonyos.messages import Rejection
 from colonyos.models import Conditions, FunctionSpec, ProcessGraph, ProcessState, WorkflowSpec
 from colonyos.specs import load_workflow_spec
 
-from .helpers import raw_nats
-from .test_specs import DATA
+from .helpers import DATA, raw_nats
 
 
 def node(name: str, func: str = "emit", *deps: str, args: list[Any] | None = None) -> FunctionSpec:
@@ -246,10 +245,10 @@ async def test_subscription_sees_every_event_under_concurrency(client: Client, s
 
 
 async def test_wait_for_state_cannot_miss_a_transition(client: Client, settings) -> None:
-    from .test_assign_flow import executor_client, spec
+    from .helpers import connect_executor, spec
 
     p = await client.submit(spec())
-    ex = await executor_client(settings, "e1")
+    ex = await connect_executor(settings, "e1")
     got = await ex.assign(timeout=1)
     assert got is not None
     # RUNNING happened before the call: it is seen anyway.
@@ -264,7 +263,7 @@ async def test_wait_for_state_cannot_miss_a_transition(client: Client, settings)
 async def test_events_replay_from_a_time(client: Client, settings) -> None:
     from colonyos.models import now
 
-    from .test_assign_flow import spec
+    from .helpers import spec
 
     t0 = now()
     first = await client.submit(spec())

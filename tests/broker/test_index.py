@@ -15,9 +15,8 @@ from colonyos.errors import IdTakenError
 from colonyos.models import Process, ProcessGraph, ProcessState, WorkflowSpec, now
 
 from ..conftest import COLONY, open_colony
+from ..helpers import connect_executor, spec, standalone_service, submitted
 from ..helpers import spec as helper_spec
-from ..helpers import standalone_service, submitted
-from ..test_assign_flow import executor_client, spec
 
 
 async def test_filters(client: Client, settings) -> None:
@@ -25,7 +24,7 @@ async def test_filters(client: Client, settings) -> None:
     a = await client.submit(spec("echo", label="nightly"))
     b = await client.submit(spec("other"))
     c = await client.submit(spec("echo"))
-    ex = await executor_client(settings, "e1")
+    ex = await connect_executor(settings, "e1")
     got = await ex.assign(timeout=1)
     assert got is not None and got.process_id == a.process_id
     await ex.close(got.process_id, [])

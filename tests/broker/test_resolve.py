@@ -17,7 +17,7 @@ from colonyos.executors import echo
 from colonyos.models import Conditions, FunctionSpec, ProcessState, WorkflowSpec
 
 from ..conftest import COLONY, _drop_streams, open_colony, running_broker
-from ..test_assign_flow import spec
+from ..helpers import spec
 
 
 def _id(prefix: str) -> str:

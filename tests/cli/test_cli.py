@@ -13,13 +13,7 @@ from typer.testing import CliRunner
 from colonyos.cli.main import app
 from colonyos.config import Settings
 
-from ..helpers import raw_nats
-
-EXAMPLES = Path(__file__).parents[2] / "examples"
-
-
-def base_args(settings: Settings) -> list[str]:
-    return ["--nats", settings.nats_url, "--prefix", settings.prefix, "--colony", settings.colony]
+from ..helpers import EXAMPLES, base_args, raw_nats
 
 
 @pytest.fixture

@@ -12,9 +12,8 @@ from colonyos.config import Settings
 from colonyos.models import Process, ProcessState
 from colonyos.specs import load_function_spec
 
-from ..helpers import until
+from ..helpers import until, wait_created
 from ..procs import Child, free_port
-from ..test_restarts import wait_created
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
 

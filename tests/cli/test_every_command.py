@@ -21,7 +21,7 @@ from colonyos.cli.main import app
 from colonyos.config import Settings
 from colonyos.security.keys import generate
 
-from .test_cli import EXAMPLES, base_args
+from ..helpers import EXAMPLES, base_args
 
 USAGE, SYSTEM = ExitCode.USAGE, ExitCode.SYSTEM
 

@@ -14,7 +14,7 @@ from colonyos.executors import echo
 from colonyos.messages import ExecutorInfo, ProcessEvent, Stats
 from colonyos.models import ProcessState, now
 
-from ..test_assign_flow import executor_client, spec
+from ..helpers import connect_executor, spec
 
 
 class FakeClock:
@@ -65,7 +65,7 @@ async def test_colony_view_follows_events(client: Client, settings) -> None:  # 
 async def test_view_shows_executors_online_from_its_start_and_redraws_on_a_clock(
     client: Client, settings
 ) -> None:  # type: ignore[no-untyped-def]
-    ex = await executor_client(settings, "quiet-1")  # heard once (it registered), then silent
+    ex = await connect_executor(settings, "quiet-1")  # heard once (it registered), then silent
     clock = FakeClock()
     view = Recording(client.colony, clock=clock)
     ready = asyncio.Event()

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from colonyos.cli.main import app
 from colonyos.config import Settings
 
-from .test_cli import EXAMPLES, base_args
+from ..helpers import EXAMPLES, base_args
 
 CUT = "…"
 

@@ -18,8 +18,8 @@ from colonyos.cli._run import ColoniesGroup, ExitCode
 from colonyos.cli.main import app
 from colonyos.config import Settings
 
+from ..helpers import EXAMPLES, base_args
 from ..procs import Child
-from .test_cli import EXAMPLES, base_args
 
 ID = re.compile(r"waiting for (?:process|process graph) ([0-9a-f]{64}) ")
 ECHO = str(EXAMPLES / "echo.json")  # nobody serves type echo in these tests: it waits
