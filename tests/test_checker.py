@@ -44,6 +44,7 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.js.api import DeliverPolicy
 
+from colonyos.buckets import latest_values
 from colonyos.client import Client
 from colonyos.config import Settings
 from colonyos.errors import BrokerUnavailableError, NotAuthorizedError
@@ -125,13 +126,8 @@ async def _until(predicate, timeout: float, what: str) -> None:  # type: ignore[
 async def _final_states(js, subjects: Subjects) -> dict[str, Process]:  # type: ignore[no-untyped-def]
     kv = await js.key_value(subjects.bucket_processes)
     found: dict[str, Process] = {}
-    try:
-        keys = await kv.keys()
-    except Exception:  # no keys yet
-        return found
-    for key in keys:
-        entry = await kv.get(key)
-        p = msgspec.json.decode(entry.value, type=Process)
+    async for stored in latest_values(js, kv):  # not kv.keys(): see colonyos/buckets.py
+        p = msgspec.json.decode(stored.value, type=Process)
         found[p.process_id] = p
     return found
 
