@@ -297,10 +297,8 @@ def _why_not(
     ``asked_auth``: the server answered and asked for credentials, so a timeout is its auth
     not letting it in (in time), not a server out of reach."""
     shown = shown_url(url)
-    timed_out = isinstance(
-        err, TimeoutError | nats.errors.NoServersError | nats.errors.TimeoutError
-    )
-    if any(_is_refusal(e) for e in [*errors, err]) or (asked_auth and timed_out):
+    gave_up = isinstance(err, TimeoutError | nats.errors.NoServersError | nats.errors.TimeoutError)
+    if any(_is_refusal(e) for e in [*errors, err]) or (asked_auth and gave_up):
         return _refused(shown, who, with_key, executor)
     if bad_tls := next((e for e in [*errors, err] if isinstance(e, ssl.SSLError)), None):
         return BrokerUnavailableError(
@@ -345,7 +343,8 @@ def _tls_context(ca: Path | None) -> ssl.SSLContext:
 def _refused(url: str, who: str, with_key: bool, executor: bool = False) -> NotAuthorizedError:
     """The one wording of a refusal. The server does not pass the callout's reason on, so it
     names those that may apply: an executor takes a free name, so it is never refused for not
-    being a member, but may be for the colony's executors waiting for approval."""
+    being a member, but may be for the colony's executors waiting for approval, or once its
+    owner removed or rejected it."""
     if not with_key:
         return NotAuthorizedError(
             f"not allowed: the NATS server at {url} is secure and this connection has no "
@@ -357,8 +356,9 @@ def _refused(url: str, who: str, with_key: bool, executor: bool = False) -> NotA
         return NotAuthorizedError(
             f"not allowed: the NATS server at {url} refused {who or 'this executor'}: no broker "
             "is running to let it in, the colony does not exist (create it with 'colonies "
-            "colony add'), it has too many executors waiting for approval, or the name belongs "
-            "to another key (the broker's log says which)",
+            "colony add'), it has too many executors waiting for approval, the name belongs "
+            "to another key, or the colony owner removed or rejected it (the broker's log says "
+            "which)",
             nats_url=url,
         )
     return NotAuthorizedError(
