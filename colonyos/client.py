@@ -195,6 +195,7 @@ class Client:
             tls_ca=settings.tls_ca,
             who=f"{caller!r} in colony {colony!r}"
             + (f" (key {identity.public_key})" if identity is not None else ""),
+            executor=executor,
             on_refused="back_off" if keep_trying else "stop",
         )
         return cls(nc, settings, caller, identity, keep_trying=keep_trying)

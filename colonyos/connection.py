@@ -223,6 +223,7 @@ async def connect_nats(
     inbox_prefix: str | None = None,
     tls_ca: Path | None = None,
     who: str = "",
+    executor: bool = False,
     on_refused: Literal["stop", "back_off"] = "stop",
 ) -> NATS:
     """Connect, failing fast if no server answers; once connected, reconnect forever, unless
@@ -230,10 +231,11 @@ async def connect_nats(
 
     ``seed`` signs the server's nonce; ``token`` is the identity claim a member sends beside
     it; ``tls_ca``: the certificate authority that signed the server's TLS certificate (else
-    the system's); ``who`` names the identity in a refusal ("alice in colony dev (key U...)").
+    the system's); ``who`` names the identity in a refusal ("alice in colony dev (key U...)");
+    ``executor``: an executor's connection, refused for an executor's reasons.
     """
     shown = shown_url(url)
-    heard = _Heard(on_refused, str(_refused(shown, who, seed is not None)))
+    heard = _Heard(on_refused, str(_refused(shown, who, seed is not None, executor)))
     options: dict[str, Any] = {}
     if seed is not None:
         options["nkeys_seed_str"] = seed.decode()
@@ -260,7 +262,20 @@ async def connect_nats(
     except (OSError, nats.errors.Error) as err:
         with contextlib.suppress(Exception):
             await nc.close()  # a refused connection leaves its socket open otherwise
-        raise _why_not(err, heard.errors, url, who, with_key=seed is not None) from err
+        # A secure server that greeted it (its INFO asks for credentials) is reachable: when
+        # the connect then times out, its auth callout did not answer in time (no broker
+        # serves it), which is a refusal, not an unreachable server. Its own refusal comes
+        # after the same two seconds, so which of the two is seen first is chance.
+        asked_auth = bool(nc._server_info.get("auth_required"))
+        raise _why_not(
+            err,
+            heard.errors,
+            url,
+            who,
+            with_key=seed is not None,
+            executor=executor,
+            asked_auth=asked_auth,
+        ) from err
     # The server was reachable: from now on, ride out restarts however long they take.
     nc.options["max_reconnect_attempts"] = -1
     _denials[nc] = heard
@@ -269,12 +284,22 @@ async def connect_nats(
 
 
 def _why_not(
-    err: Exception, errors: list[Exception], url: str, who: str, *, with_key: bool
+    err: Exception,
+    errors: list[Exception],
+    url: str,
+    who: str,
+    *,
+    with_key: bool,
+    executor: bool = False,
+    asked_auth: bool = False,
 ) -> Exception:
-    """What to tell about a connection that failed: refused, TLS, no server, or as it is."""
+    """What to tell about a connection that failed: refused, TLS, no server, or as it is.
+    ``asked_auth``: the server answered and asked for credentials, so a timeout is its auth
+    not letting it in (in time), not a server out of reach."""
     shown = shown_url(url)
-    if any(_is_refusal(e) for e in [*errors, err]):
-        return _refused(shown, who, with_key)
+    gave_up = isinstance(err, TimeoutError | nats.errors.NoServersError | nats.errors.TimeoutError)
+    if any(_is_refusal(e) for e in [*errors, err]) or (asked_auth and gave_up):
+        return _refused(shown, who, with_key, executor)
     if bad_tls := next((e for e in [*errors, err] if isinstance(e, ssl.SSLError)), None):
         return BrokerUnavailableError(
             f"TLS with the NATS server at {shown} failed: {bad_tls}; name the authority that "
@@ -315,12 +340,25 @@ def _tls_context(ca: Path | None) -> ssl.SSLContext:
         raise BrokerUnavailableError(f"cannot use the TLS authority {ca}: {err}") from None
 
 
-def _refused(url: str, who: str, with_key: bool) -> NotAuthorizedError:
+def _refused(url: str, who: str, with_key: bool, executor: bool = False) -> NotAuthorizedError:
+    """The one wording of a refusal. The server does not pass the callout's reason on, so it
+    names those that may apply: an executor takes a free name, so it is never refused for not
+    being a member, but may be for the colony's executors waiting for approval, or once its
+    owner removed or rejected it."""
     if not with_key:
         return NotAuthorizedError(
             f"not allowed: the NATS server at {url} is secure and this connection has no "
             "identity; name your key with --identity or COLONIES_IDENTITY "
             "(make one with 'colonies key generate')",
+            nats_url=url,
+        )
+    if executor:
+        return NotAuthorizedError(
+            f"not allowed: the NATS server at {url} refused {who or 'this executor'}: no broker "
+            "is running to let it in, the colony does not exist (create it with 'colonies "
+            "colony add'), it has too many executors waiting for approval, the name belongs "
+            "to another key, or the colony owner removed or rejected it (the broker's log says "
+            "which)",
             nats_url=url,
         )
     return NotAuthorizedError(

@@ -308,19 +308,12 @@ class ExecutorApp:
                     ExecutorStage.UNREACHABLE,
                     f"cannot reach NATS at {url}; trying again until it answers",
                 )
-            except NotAuthorizedError:
+            except NotAuthorizedError as err:
                 if burst:
                     raise
-                # The server does not say why: no broker answers its callout yet, the colony
-                # does not exist yet, too many executors wait for approval there, or the name
-                # is another key's. All but the last pass (the broker's log says which).
-                self._say(
-                    ExecutorStage.NOT_LET_IN,
-                    f"the server at {url} does not let {self.name!r} in yet (no broker "
-                    f"answering, no colony {self.settings.colony!r}, too many executors "
-                    "waiting for approval there, or the name is another key's: the broker's "
-                    "log says which); trying again",
-                )
+                # The server does not say why (the refusal names what may apply): all but the
+                # name being another key's may pass, so it tries again.
+                self._say(ExecutorStage.NOT_LET_IN, f"{err.message}; trying again")
             await pause(delay, self._stopping)
             delay = min(delay * 2, RETRY_MAX_S)
         return None

@@ -1,16 +1,20 @@
-"""`colonies executor start` as a real OS process: it says what it waits for, once, and SIGINT
-or SIGTERM stops it at every stage (connecting, registering, pending approval, idle, running).
+"""`colonies executor start` as a real OS process on the secure server: it says what it waits
+for, once, and SIGINT or SIGTERM stops it at every stage (not let in, registering, pending
+approval, idle, running).
+
+The executors run with the session's key, which owns colony dev (approved as they register), as
+its owner would run them; the one waiting for approval has a key of its own, made with
+`colonies key generate`. An executor of a colony that does not exist, or started before any
+broker runs, is refused by the server (which does not say why): it names what may apply.
 
 The broker's liveness window is a minute here, so a process that comes back within a test's
 deadline came back because it was given back, not because its executor was presumed lost.
-
-It runs on an insecure server (see the nats_url fixture): on a secure one the stages are said in
-other words and pending approval needs an executor with a key of its own, not yet written here.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,8 +26,10 @@ from colonyos.client import Client
 from colonyos.config import BrokerSettings, Settings
 from colonyos.models import Conditions, FunctionSpec, Process, ProcessState
 from colonyos.natsserver import NatsServer
-from colonyos.subjects import Subjects
+from colonyos.security.serverconf import ServerKeys, secure_config
 
+from .conftest import roomy_config
+from .helpers import until
 from .procs import Child, free_port
 
 SIGNALS = [signal.SIGINT, signal.SIGTERM]
@@ -42,17 +48,9 @@ def hold(path):
 """
 
 
-# What an executor says at each stage on an insecure server: on a secure one, an executor of a
-# colony that does not exist, or before any broker runs, is not let in at all, and says so in
-# other words (not yet covered here).
-@pytest.fixture
-def nats_url(insecure_nats_url: str) -> str:
-    return insecure_nats_url
-
-
 @pytest.fixture
 def broker_settings(broker_settings: BrokerSettings) -> BrokerSettings:
-    return msgspec.structs.replace(broker_settings, executor_liveness_s=60.0, keys_dir=None)
+    return msgspec.structs.replace(broker_settings, executor_liveness_s=60.0)
 
 
 @pytest.fixture
@@ -68,6 +66,7 @@ def start(children: list[Child], settings: Settings, tmp_path: Path):  # type: i
     """Start `colonies ARGS...` against the test's NATS server and prefix."""
 
     def go(*args: str, nats: str | None = None) -> Child:
+        # The key is the session's (COLONIES_IDENTITY), unless the arguments name another.
         env = {
             "COLONIES_NATS_URL": nats or settings.nats_url,
             "COLONIES_PREFIX": settings.prefix,
@@ -121,24 +120,43 @@ def hold_spec(path: Path) -> FunctionSpec:
     )
 
 
-@pytest.mark.parametrize("sig", SIGNALS, ids=lambda s: s.name)
+def refused(url: str, name: str, colony: str) -> str:
+    """What an executor says when the server does not let it in (it does not say why)."""
+    return f"{name}: not allowed: the NATS server at {url} refused {name!r} in colony {colony!r}"
+
+
+def refusals(caplog: pytest.LogCaptureFixture, name: str, colony: str) -> int:
+    """How often the broker's callout refused ``name`` in ``colony`` (it logs each)."""
+    head = f"refused {name} in {colony}: "
+    return sum(r.getMessage().startswith(head) for r in caplog.records)
+
+
+# Refused once (the signal comes as the first refusal is said), or over three connects (the
+# second and third said too, were it said more than once): at least once by each signal.
+@pytest.mark.parametrize(
+    ("sig", "connects"), [(signal.SIGINT, 3), (signal.SIGTERM, 1)], ids=["SIGINT", "SIGTERM"]
+)
 async def test_an_unknown_colony_is_said_once_and_a_signal_stops_it(
-    client: Client, start, sig: signal.Signals
+    client: Client, start, sig: signal.Signals, connects: int, caplog: pytest.LogCaptureFixture
 ) -> None:  # type: ignore[no-untyped-def]
-    # Count its registration attempts as they reach NATS, to know that it has retried.
-    subject = Subjects(client.settings.prefix).rpc("nosuch", "echo-x", "register")
-    attempts = await client.nc.subscribe(subject)
+    caplog.set_level(logging.INFO, logger="colonyos.broker.callout")
     child = start("--colony", "nosuch", "executor", "start", "echo", "--name", "echo-x")
-    line = "colony 'nosuch' does not exist (create it with 'colonies colony add --name nosuch')"
-    await said(child, line)
-    async with asyncio.timeout(20):
-        for _ in range(3):
-            await attempts.next_msg(timeout=20)
+    line = refused(client.settings.nats_url, "echo-x", "nosuch")
+    out = await said(child, line)
+    assert "the colony does not exist (create it with 'colonies colony add')" in out
+    # The callout logs each refusal. A connect is refused ``per_connect`` times (the client's
+    # attempts) before the line is said; it connects again after 1 s, then 2 s: a refusal
+    # past ``connects - 1`` connects' means those connects have all been said.
+    per_connect = refusals(caplog, "echo-x", "nosuch")
+    assert per_connect > 0
+    past = (connects - 1) * per_connect
+    await until(lambda: refusals(caplog, "echo-x", "nosuch") > past, timeout=20)
+    assert any("there is no colony 'nosuch'" in r.getMessage() for r in caplog.records)
     send(child, sig)
     assert await exit_code(child) == 0
     out = output(child)
     assert out.count(line) == 1, out
-    assert "waiting for work" not in out
+    assert "waiting for work" not in out and "cannot reach NATS" not in out
     assert out.rstrip().endswith("handled 0 processes")
 
 
@@ -170,26 +188,66 @@ async def test_unreachable_nats_is_said_once_and_a_signal_stops_it(
     assert "waiting for work" not in out
 
 
-async def test_no_broker_is_said_and_a_signal_stops_it(start, nats_url: str) -> None:  # type: ignore[no-untyped-def]
-    child = start("executor", "start", "echo")  # NATS answers; no broker serves this prefix
-    await said(child, "no broker is answering")
+@pytest.fixture
+def patient_nats_url(tmp_path: Path) -> Iterator[str]:
+    """A secure nats-server of its own, configured as ``colonies server config`` writes it but
+    giving the callout 5 s to answer (its auth timeout; 2 s by default), longer than a client
+    waits for its connect to be answered. No broker runs for it."""
+    keys = ServerKeys.load_or_create(tmp_path / "keys")
+    config = tmp_path / "nats.conf"
+    text = secure_config(roomy_config(), keys)
+    config.write_text(text.replace("auth_callout {", "timeout: 5\n  auth_callout {", 1))
+    server = NatsServer(tmp_path / "js", port=0, config=config).start()
+    yield server.url
+    server.stop()
+
+
+async def test_no_broker_is_said_and_a_signal_stops_it(start, patient_nats_url: str) -> None:  # type: ignore[no-untyped-def]
+    # NATS answers (and asks for a key); no broker answers its callout, so the server lets no
+    # one in. Its refusal comes after its auth timeout, here later than the client gives up
+    # on the connect: that is still "not let in", not "cannot reach NATS", which would send
+    # the user to look for a server that runs.
+    child = start("executor", "start", "echo", "--name", "early", nats=patient_nats_url)
+    line = refused(patient_nats_url, "early", "dev")
+    out = await said(child, line, timeout=30)
+    assert "no broker is running to let it in" in out
     send(child, signal.SIGTERM)
     assert await exit_code(child) == 0
-    assert "waiting for work" not in output(child)
+    out = output(child)
+    assert out.count(line) == 1, out
+    assert "waiting for work" not in out and "cannot reach NATS" not in out
+
+
+@pytest.fixture
+def own_key(start, tmp_path: Path) -> str:  # type: ignore[no-untyped-def]
+    """A key of the executor's own, made as its user makes one (``colonies key generate``): not
+    a colony owner's, so its executor waits for approval. The seed file's path."""
+    path = tmp_path / "worker.nk"
+    child = start("key", "generate", "--out", str(path))
+    assert child.proc is not None
+    assert child.proc.wait(20) == 0, output(child)
+    assert output(child).split()[-1].startswith("U"), output(child)  # its public key, last
+    return str(path)
+
+
+async def approve(settings: Settings, colony: str, name: str) -> None:
+    """The colony's owner (the session's key, as tester) approves ``name``."""
+    lab = msgspec.structs.replace(settings, colony=colony)
+    async with await Client.connect(lab, caller="tester") as owner:
+        await owner.executor_approve(name)
 
 
 @pytest.mark.parametrize("sig", SIGNALS, ids=lambda s: s.name)
 async def test_pending_approval_is_said_then_approval_is_learned(
-    client: Client, start, sig: signal.Signals
+    client: Client, settings: Settings, start, own_key: str, sig: signal.Signals
 ) -> None:  # type: ignore[no-untyped-def]
     await client.colony_add("lab")  # not auto-approve: the owner approves each executor
-    child = start("--colony", "lab", "executor", "start", "echo", "--name", "ed")
+    args = ("--identity", own_key, "--colony", "lab", "executor", "start", "echo", "--name", "ed")
+    child = start(*args)
     pending = "pending approval by the colony owner: colonies executor approve --name ed"
     await said(child, pending)
     assert "waiting for work" not in output(child)
-    lab = Settings(nats_url=client.settings.nats_url, colony="lab", prefix=client.settings.prefix)
-    async with await Client.connect(lab) as owner:
-        await owner.executor_approve("ed")
+    await approve(settings, "lab", "ed")
     await said(child, "ed: waiting for work")
     send(child, sig)
     assert await exit_code(child) == 0
@@ -197,9 +255,12 @@ async def test_pending_approval_is_said_then_approval_is_learned(
 
 
 @pytest.mark.parametrize("sig", SIGNALS, ids=lambda s: s.name)
-async def test_a_signal_stops_it_pending(client: Client, start, sig: signal.Signals) -> None:  # type: ignore[no-untyped-def]
+async def test_a_signal_stops_it_pending(
+    client: Client, start, own_key: str, sig: signal.Signals
+) -> None:  # type: ignore[no-untyped-def]
     await client.colony_add("lab")
-    child = start("--colony", "lab", "executor", "start", "echo", "--name", "ed")
+    args = ("--identity", own_key, "--colony", "lab", "executor", "start", "echo", "--name", "ed")
+    child = start(*args)
     await said(child, "pending approval by the colony owner")
     send(child, sig)
     assert await exit_code(child) == 0
@@ -272,16 +333,18 @@ async def test_second_signal_gives_the_running_process_back_at_once(
 @pytest.mark.parametrize(
     ("args", "reason"),
     [
-        (["--colony", "nosuch"], "colony 'nosuch' does not exist"),
+        (["--colony", "nosuch"], "refused 'b' in colony 'nosuch'"),
         (["--colony", "lab"], "approve it with 'colonies executor approve --name b'"),
     ],
     ids=["unknown-colony", "pending"],
 )
 async def test_burst_fails_fast_with_the_reason(
-    client: Client, start, args: list[str], reason: str
+    client: Client, start, own_key: str, args: list[str], reason: str
 ) -> None:  # type: ignore[no-untyped-def]
     await client.colony_add("lab")
-    child = start(*args, "executor", "start", "echo", "--name", "b", "--burst")
+    child = start(
+        "--identity", own_key, *args, "executor", "start", "echo", "--name", "b", "--burst"
+    )
     assert await exit_code(child, timeout=20) != 0
     assert reason in output(child)
     assert "waiting for work" not in output(child)
@@ -296,7 +359,11 @@ async def test_burst_fails_fast_when_nats_is_unreachable(start) -> None:  # type
 
 async def test_a_client_closes_at_once_when_nats_went_away(tmp_path: Path) -> None:
     """What an executor does last when stopped while NATS is away: close without a hang or a
-    traceback (draining a connection that is reconnecting raised)."""
+    traceback (draining a connection that is reconnecting raised).
+
+    Its own server, insecure: the server is gone by the time the client closes, so what it
+    checks is the client's close path alone, which no auth takes part in; a secure server would
+    add a broker of its own to let the client in, and a broker to stop with NATS away."""
     server = NatsServer(tmp_path / "js", port=free_port()).start()
     try:
         client = await Client.connect(Settings(nats_url=server.url))

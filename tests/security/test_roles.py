@@ -236,7 +236,9 @@ async def test_an_executor_started_before_its_colony_waits_then_works(
     app.on_status = lambda status: said.append(status.message)
     task = asyncio.create_task(app.run())
     try:
-        await until(lambda: any("does not let 'worker-6' in yet" in m for m in said), timeout=20)
+        await until(
+            lambda: any("refused 'worker-6' in colony 'later'" in m for m in said), timeout=20
+        )
         assert not task.done()
         await owner.colony_add("later", auto_approve=True)
         async with asyncio.timeout(30):
