@@ -79,3 +79,36 @@ class Child:
                 self.proc.wait(15)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+
+# A module of functions for `colonies executor start python --module`: ``hold(path)`` holds its
+# executor until ``path`` exists (and says it started, in ``path + ".started"``).
+TASKS = """
+import os
+import time
+
+
+def hold(path):
+    open(path + ".started", "w").close()  # the function runs: the executor holds it
+    print("holding until", path, "exists")
+    while not os.path.exists(path):
+        time.sleep(0.05)  # sleep-ok: the function's own work
+    return "done"
+"""
+
+
+def output(child: Child) -> str:
+    return child.log.read_text() if child.log.exists() else ""
+
+
+async def said(child: Child, text: str, timeout: float = 20.0) -> str:
+    """Until the child's output holds ``text``; its output."""
+    try:
+        async with asyncio.timeout(timeout):
+            while text not in output(child):
+                if not child.alive and text not in output(child):
+                    raise AssertionError(f"it exited without saying {text!r}")
+                await asyncio.sleep(0.05)  # sleep-ok: polling the child's output, bounded
+    except (TimeoutError, AssertionError) as err:
+        raise AssertionError(f"{err or 'timed out'}; it said:\n{output(child)}") from None
+    return output(child)

@@ -34,8 +34,7 @@ from colonyos.subjects import Subjects
 
 from .conftest import COLONY
 from .helpers import executor_client, raw_nats, until
-from .procs import Child
-from .test_executor_stages import TASKS, said
+from .procs import TASKS, Child, said
 
 LIVENESS_S = 60.0
 

@@ -30,22 +30,9 @@ from colonyos.security.serverconf import ServerKeys, secure_config
 
 from .conftest import roomy_config
 from .helpers import until
-from .procs import Child, free_port
+from .procs import TASKS, Child, free_port, output, said
 
 SIGNALS = [signal.SIGINT, signal.SIGTERM]
-
-TASKS = """
-import os
-import time
-
-
-def hold(path):
-    open(path + ".started", "w").close()  # the function runs: the executor holds it
-    print("holding until", path, "exists")
-    while not os.path.exists(path):
-        time.sleep(0.05)  # sleep-ok: the function's own work
-    return "done"
-"""
 
 
 @pytest.fixture
@@ -77,23 +64,6 @@ def start(children: list[Child], settings: Settings, tmp_path: Path):  # type: i
         return child
 
     return go
-
-
-def output(child: Child) -> str:
-    return child.log.read_text() if child.log.exists() else ""
-
-
-async def said(child: Child, text: str, timeout: float = 20.0) -> str:
-    """Until the child's output holds ``text``; its output."""
-    try:
-        async with asyncio.timeout(timeout):
-            while text not in output(child):
-                if not child.alive and text not in output(child):
-                    raise AssertionError(f"it exited without saying {text!r}")
-                await asyncio.sleep(0.05)  # sleep-ok: polling the child's output, bounded
-    except (TimeoutError, AssertionError) as err:
-        raise AssertionError(f"{err or 'timed out'}; it said:\n{output(child)}") from None
-    return output(child)
 
 
 async def exit_code(child: Child, timeout: float = 10.0) -> int:
