@@ -33,10 +33,12 @@ unit: install
 test: lint typecheck unit
 
 # At length, outside make test: the fault-injection checker (more processes, a minute of kills),
-# the fuzzers with thousands of new examples, and the monkey with hundreds of commands.
+# the fuzzers with thousands of new examples, the monkey with hundreds of commands, and a cron
+# ticking through a minute of broker kills.
 soak: install
 	COLONIES_CHECKER_PROCESSES=3000 COLONIES_CHECKER_CHAOS_S=60 \
 		$(BIN)/pytest -q -s tests/test_checker.py -o timeout=900
+	COLONIES_CRON_CHAOS_S=60 $(BIN)/pytest -q -s tests/crons/test_cron_failover.py -o timeout=600
 	COLONIES_FUZZ_EXAMPLES=2000 COLONIES_FUZZ_RANDOM=1 \
 		$(BIN)/pytest -q tests/fuzz -o timeout=1800
 	COLONIES_MONKEY_COMMANDS=400 $(BIN)/pytest -q -s tests/cli/test_monkey.py -o timeout=1800
