@@ -17,7 +17,7 @@ import itertools
 import os
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +44,7 @@ TROUBLE = (BrokerUnavailableError, NotAuthorizedError, ConflictError)
 @pytest.fixture
 def brokers(
     own_brokers: BrokerSettings, secure_server: SecureServer, tmp_path: Path
-) -> list[Child]:
+) -> Iterator[list[Child]]:
     env = {
         "COLONIES_NATS_URL": own_brokers.nats_url,
         "COLONIES_PREFIX": own_brokers.prefix,
@@ -61,7 +61,7 @@ def brokers(
         )
         for i in range(2)
     ]
-    yield children  # type: ignore[misc]
+    yield children
     for child in children:
         child.kill()
 
