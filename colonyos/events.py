@@ -27,7 +27,7 @@ from colonyos.models import LogEntry, now
 from colonyos.ordered import OrderedReader
 
 if TYPE_CHECKING:
-    from colonyos.client import Client
+    from colonyos.client.reading import Reading
 
 __all__ = ["EventStream", "ProcessWatch", "Received", "has_events", "is_end", "read_logs"]
 
@@ -68,7 +68,7 @@ class ProcessWatch:
     """The events of one process or graph (or of several ids), from the moment of
     subscription (core NATS). Every body is decoded once, as it arrives."""
 
-    def __init__(self, client: Client, colony: str, *ids: str) -> None:
+    def __init__(self, client: Reading, colony: str, *ids: str) -> None:
         self._client = client
         self._subjects = [client.subjects.events_filter(colony=colony, process_id=i) for i in ids]
         self._queue: asyncio.Queue[Event] = asyncio.Queue()
@@ -109,7 +109,7 @@ class EventStream:
     events stream and then live, in order. Yields every kind of :data:`Event`, and an
     :class:`UnknownEvent` for a body this version cannot read (to skip)."""
 
-    def __init__(self, client: Client, subject: str, since: datetime | None) -> None:
+    def __init__(self, client: Reading, subject: str, since: datetime | None) -> None:
         self._client = client
         self._subject = subject
         self._since = since
@@ -162,14 +162,14 @@ class EventStream:
         return await self.next(None)
 
 
-async def has_events(client: Client, item_id: str) -> bool:
+async def has_events(client: Reading, item_id: str) -> bool:
     """Does the events stream keep any event of this process or graph id?"""
     subject = client.subjects.events_filter(colony=client.colony, process_id=item_id)
     return await _last_seq(client, client.subjects.stream_events, subject) > 0
 
 
 async def read_logs(
-    client: Client, process_id: str, *, follow: bool = False
+    client: Reading, process_id: str, *, follow: bool = False
 ) -> AsyncIterator[LogEntry]:
     """A process's log lines in order, from the logs stream; with ``follow``, until the
     process ends (then up to the last line its executor sent, which it sends before it closes).
@@ -209,7 +209,7 @@ async def read_logs(
             yield _log_decoder.decode(msg.data)
 
 
-async def _last_seq(client: Client, stream: str, subject: str) -> int:
+async def _last_seq(client: Reading, stream: str, subject: str) -> int:
     """The stream sequence of the last message on ``subject`` (0: none), by a direct get,
     whose subject names the subject asked for (a member may make it for its colony; the
     streams allow direct gets)."""
