@@ -52,6 +52,8 @@ __all__ = ["Broker"]
 logger = logging.getLogger(__name__)
 
 _SHUTDOWN_GRACE_S = 5.0
+# How long a loop told to stop is given before it is told again.
+_CANCEL_AGAIN_S = 0.05
 # How long a delivered spec may stay unacked before it is delivered again: then, after NATS
 # trouble or a broker that died on it, the next waits (the last value for every later one),
 # until its last delivery (limits.SPEC_DELIVERIES) is rejected. About half an hour in all.
@@ -315,11 +317,18 @@ class Broker:
 
     @staticmethod
     async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
+        """Cancel the leader's loops and wait until each has ended. One cancellation is not
+        enough: on Python 3.11, ``asyncio.wait_for`` (which nats-py's requests use) swallows a
+        cancellation that arrives with the answer, and the loop goes on (a deposed leader
+        starting runs, answering requests). Cancel again until it ends."""
+        pending = set(tasks)
+        while pending:
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=_CANCEL_AGAIN_S)
         for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            if not task.cancelled() and (err := task.exception()) is not None:
+                raise err
 
     @staticmethod
     async def _unsubscribe(sub: object) -> None:
