@@ -27,6 +27,7 @@ from colonyos.broker.callout import Callout
 from colonyos.broker.crons import CronRunner
 from colonyos.broker.explain import Explainer
 from colonyos.broker.feed import PullFeed
+from colonyos.broker.generators import GeneratorRunner
 from colonyos.broker.index import ProcessIndex
 from colonyos.broker.intake import Intake
 from colonyos.broker.kicker import Kicker
@@ -190,11 +191,13 @@ class Broker:
             self.readers = Readers(service)
             workflows = Workflows(service)
             crons = CronRunner(service, workflows)
-            removal = Removal(service, workflows, crons)
+            generators = GeneratorRunner(service, workflows)
+            removal = Removal(service, workflows, crons, generators)
             Registry(service)
             await service.load()
             await workflows.load()
             await crons.load()
+            await generators.load()
             self.service = service
             intake = Intake(service, workflows)
             lifecycle = Lifecycle(
@@ -212,6 +215,8 @@ class Broker:
             stack.push_async_callback(self._unsubscribe, rpc)
             beats = await nc.subscribe(self.subjects.heartbeats_all, cb=self._on_heartbeat)
             stack.push_async_callback(self._unsubscribe, beats)
+            packs = await generators.listen()
+            stack.push_async_callback(self._unsubscribe, packs)
             stack.push_async_callback(store.settle)
             stack.push_async_callback(self._finish_inflight)
             stack.callback(service.release_parked)
@@ -220,6 +225,7 @@ class Broker:
                 asyncio.create_task(lifecycle.run(), name="lifecycle"),
                 asyncio.create_task(retention.run(), name="retention"),
                 asyncio.create_task(crons.run(), name="crons"),
+                asyncio.create_task(generators.run(), name="generators"),
             ]
             stack.push_async_callback(self._cancel, tasks)
             # The server has the request subscription before anyone is told this broker leads:

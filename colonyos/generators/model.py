@@ -12,12 +12,15 @@ graph of the last run.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 import msgspec
 
+from colonyos.errors import InvalidSpecError
+from colonyos.limits import GENERATOR_ARG_MAX_BYTES
 from colonyos.models import ZERO_TIME, Model
 
-__all__ = ["NO_TIMEOUT", "Generator", "GeneratorAdd", "GeneratorDefinition"]
+__all__ = ["NO_TIMEOUT", "Generator", "GeneratorAdd", "GeneratorDefinition", "check_arg"]
 
 # Colonies' "no timeout": a run starts only when ``trigger`` arguments are packed.
 NO_TIMEOUT = -1
@@ -67,3 +70,20 @@ class GeneratorAdd(Model, kw_only=True):
     """The ``generator_add`` request: ``{"generator": {...}}``, as Colonies' AddGeneratorMsg."""
 
     generator: GeneratorDefinition
+
+
+def check_arg(data: bytes | None) -> Any:
+    """A packed argument's value, or :class:`InvalidSpecError` naming ``$.arg`` and why it
+    cannot be used: empty, too big, or not JSON."""
+    if not data:
+        raise InvalidSpecError("$.arg: empty: give a JSON value", path="$.arg")
+    if len(data) > GENERATOR_ARG_MAX_BYTES:
+        raise InvalidSpecError(
+            f"$.arg: {len(data)} bytes, more than the {GENERATOR_ARG_MAX_BYTES} an argument "
+            "may have",
+            path="$.arg",
+        )
+    try:
+        return msgspec.json.decode(data)
+    except msgspec.DecodeError as err:
+        raise InvalidSpecError(f"$.arg: not JSON: {err}", path="$.arg") from None

@@ -1,0 +1,189 @@
+"""The leading broker runs generators: at the trigger, at the timeout, in the order packed,
+each argument once, across restarts."""
+
+from __future__ import annotations
+
+import asyncio
+
+import msgspec
+import nats.js.errors
+import pytest
+
+from colonyos.broker import Broker
+from colonyos.broker.generators import run_graph_id
+from colonyos.client import Client
+from colonyos.config import BrokerSettings
+from colonyos.executor import ExecutorApp
+from colonyos.generators.client import Generators
+from colonyos.generators.model import Generator
+from colonyos.limits import GENERATOR_ARG_MAX_BYTES, HEADROOM_BYTES, generator_batch_limit
+from colonyos.models import ProcessState
+from colonyos.subjects import Subjects
+from tests.conftest import running_broker
+from tests.generators.conftest import (
+    ONE,
+    generator_runs,
+    poll_runs,
+    root_args,
+    stream_emptied,
+)
+from tests.helpers import raw_nats
+
+pytestmark = pytest.mark.timeout(60)
+
+
+async def stopped(broker: Broker) -> None:
+    broker.stop()
+    async with asyncio.timeout(10):
+        while broker.leading.is_set():
+            await asyncio.sleep(0.05)  # sleep-ok: polling state under a deadline
+
+
+async def test_trigger_three_fed_seven_runs_twice_in_order_then_once_at_the_timeout(
+    client: Client, broker_settings: BrokerSettings, args_executor: ExecutorApp
+) -> None:
+    generators = Generators(client)
+    await generators.add("feed", ONE, trigger=3, timeout=1)
+    for value in range(1, 8):
+        await generators.pack("feed", value)
+    runs = await poll_runs(client, "feed", 3, timeout=15)
+    assert [await root_args(client, g) for g in runs] == [[1, 2, 3], [4, 5, 6], [7]]
+    assert len(await generator_runs(client, "feed")) == 3
+    left = await generators.get("feed")
+    assert left.queue_size == 0 and left.last_process_graph_id == runs[-1].process_graph_id
+    await stream_emptied(broker_settings)  # each used argument is purged
+
+
+async def test_any_json_value_reaches_the_roots_after_their_own_args(
+    client: Client, args_executor: ExecutorApp
+) -> None:
+    spec = [{**ONE[0], "args": ["own"]}]
+    generators = Generators(client)
+    await generators.add("values", spec, trigger=3)
+    values = [{"file": "a.csv", "rows": [1, 2]}, None, "text"]
+    for value in values:
+        await generators.pack("values", value)
+    (run,) = await poll_runs(client, "values", 1, timeout=10)
+    assert await root_args(client, run) == ["own", *values]
+    assert run.generator_name == "values"
+
+
+async def test_packed_arguments_outlive_a_broker_restart_and_run_once(
+    client: Client, broker: Broker, broker_settings: BrokerSettings, args_executor: ExecutorApp
+) -> None:
+    generators = Generators(client)
+    await generators.add("kept", ONE, trigger=3)
+    await generators.pack("kept", 1)
+    await generators.pack("kept", 2)
+    await stopped(broker)
+    await generators.pack("kept", 3)  # no broker: the stream takes it
+    async with running_broker(broker_settings):
+        (first,) = await poll_runs(client, "kept", 1, timeout=15)
+        assert await root_args(client, first) == [1, 2, 3]
+        for value in (4, 5, 6):
+            await generators.pack("kept", value)
+        runs = await poll_runs(client, "kept", 2, timeout=15)
+        assert [await root_args(client, g) for g in runs] == [[1, 2, 3], [4, 5, 6]]
+
+
+async def test_a_run_a_dead_leader_recorded_is_finished_once(
+    client: Client, broker: Broker, broker_settings: BrokerSettings, args_executor: ExecutorApp
+) -> None:
+    """The leader recorded a run of the first two arguments and died before its graph: the
+    next leader writes that graph, with those arguments and the recorded id, and uses them in
+    no other run."""
+    generators = Generators(client)
+    added = await generators.add("once", ONE, trigger=3)
+    first = await generators.pack("once", "a")
+    last = await generators.pack("once", "b")
+    await stopped(broker)  # no leader writes the record meanwhile
+    graph_id = run_graph_id(added, first)
+    pending = msgspec.structs.replace(
+        added,
+        batch_first=first,
+        cursor=last,
+        run_pending=True,
+        last_process_graph_id=graph_id,
+    )
+    s = Subjects(broker_settings.prefix)
+    nc = await raw_nats(broker_settings.nats_url)
+    try:
+        kv = await nc.jetstream().key_value(s.bucket_generators)
+        await kv.put(s.generator_key("dev", "once"), msgspec.json.encode(pending))
+    finally:
+        await nc.close()
+    async with running_broker(broker_settings):
+        (graph,) = await poll_runs(client, "once", 1, timeout=15)
+        assert graph.process_graph_id == graph_id
+        assert await root_args(client, graph) == ["a", "b"]
+        assert (await client.graph_get(graph_id)).state is ProcessState.SUCCESS
+        after = await generators.get("once")
+        assert not after.run_pending and after.cursor == last and after.queue_size == 0
+        for value in ("c", "d", "e"):
+            await generators.pack("once", value)
+        runs = await poll_runs(client, "once", 2, timeout=15)
+        assert [await root_args(client, g) for g in runs] == [["a", "b"], ["c", "d", "e"]]
+
+
+def test_a_runs_graph_id_derives_from_the_generator_and_its_first_argument() -> None:
+    g = Generator(name="g", generator_id="x", colony_name="dev")
+    assert run_graph_id(g, 7) == run_graph_id(
+        Generator(name="g", generator_id="x", colony_name="dev"), 7
+    )
+    assert run_graph_id(g, 7) != run_graph_id(g, 8)
+    assert len(run_graph_id(g, 7)) == 64
+
+
+async def test_a_raw_argument_that_is_not_json_is_skipped_and_the_rest_run(
+    client: Client,
+    broker_settings: BrokerSettings,
+    args_executor: ExecutorApp,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Published on the subject with plain NATS, past the SDK's checks: the runner says so
+    once and goes on."""
+    generators = Generators(client)
+    await generators.add("raw", ONE, trigger=2)
+    subject = Subjects(broker_settings.prefix).generator("dev", "raw")
+    js = client.nc.jetstream()
+    await js.publish(subject, b"{not json")
+    await js.publish(subject, b'"x"')
+    await js.publish(subject, b"[1]")
+    (run,) = await poll_runs(client, "raw", 1, timeout=10)
+    assert await root_args(client, run) == ["x", [1]]
+    skipped = [
+        r for r in caplog.records if "argument" in r.getMessage() and "skipped" in r.getMessage()
+    ]
+    assert len(skipped) == 1 and "raw in dev" in skipped[0].getMessage()
+
+
+async def test_a_raw_argument_too_big_is_refused_by_the_stream(
+    client: Client, broker_settings: BrokerSettings
+) -> None:
+    await Generators(client).add("big", ONE, trigger=2)
+    subject = Subjects(broker_settings.prefix).generator("dev", "big")
+    too_big = b'"' + b"x" * (GENERATOR_ARG_MAX_BYTES + HEADROOM_BYTES) + b'"'
+    with pytest.raises(nats.js.errors.APIError, match="maximum"):
+        await client.nc.jetstream().publish(subject, too_big)
+
+
+async def test_a_run_takes_what_fits_in_its_record_and_the_rest_wait(
+    client: Client, broker_settings: BrokerSettings
+) -> None:
+    """Ten arguments of 60 kB, trigger 20: one process record holds eight of them (half a
+    record of a 1 MiB server), so a run starts with the first eight; two wait."""
+    generators = Generators(client)
+    await generators.add("fat", ONE, trigger=20)
+    values = [f"{i}:" + "x" * 60_000 for i in range(10)]
+    budget = generator_batch_limit(client.nc.max_payload)
+    fits = budget // len(msgspec.json.encode(values[0]))
+    assert fits == 8
+    for value in values:
+        await generators.pack("fat", value)
+    (run,) = await poll_runs(client, "fat", 1, timeout=15)
+    (root,) = run.root_process_ids
+    assert (await client.get(root)).spec.args == values[:fits]
+    async with asyncio.timeout(10):
+        while (await generators.get("fat")).queue_size != len(values) - fits:
+            await asyncio.sleep(0.05)  # sleep-ok: polling state under a deadline
+    assert len(await generator_runs(client, "fat")) == 1
