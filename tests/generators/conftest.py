@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -23,9 +24,10 @@ ONE: list[dict[str, Any]] = [
 ]
 
 
-@pytest.fixture
-async def args_executor(client: Client, settings: Settings) -> AsyncIterator[ExecutorApp]:
-    app = ExecutorApp(ARGS_TYPE, "args-1", settings=settings)
+@contextlib.asynccontextmanager
+async def args_app(settings: Settings, executor_type: str = ARGS_TYPE) -> AsyncIterator[None]:
+    """An executor of ``executor_type`` whose processes output their args, running."""
+    app = ExecutorApp(executor_type, f"{executor_type}-1", settings=settings)
 
     @app.handler()
     async def handle(ctx: ProcessContext) -> list[Any]:
@@ -36,11 +38,19 @@ async def args_executor(client: Client, settings: Settings) -> AsyncIterator[Exe
     await asyncio.wait({task, ready}, timeout=20, return_when=asyncio.FIRST_COMPLETED)
     if task.done():
         task.result()
-    assert ready.done(), "the args executor did not become ready"
-    yield app
-    app.stop(force=True)
-    async with asyncio.timeout(10):
-        await task
+    assert ready.done(), f"the {executor_type} executor did not become ready"
+    try:
+        yield
+    finally:
+        app.stop(force=True)
+        async with asyncio.timeout(10):
+            await task
+
+
+@pytest.fixture
+async def args_executor(client: Client, settings: Settings) -> AsyncIterator[None]:
+    async with args_app(settings):
+        yield
 
 
 async def generator_runs(client: Client, name: str) -> list[ProcessGraph]:

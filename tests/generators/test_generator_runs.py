@@ -4,6 +4,7 @@ each argument once, across restarts."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import msgspec
 import nats.js.errors
@@ -12,16 +13,17 @@ import pytest
 from colonyos.broker import Broker
 from colonyos.broker.generators import run_graph_id
 from colonyos.client import Client
-from colonyos.config import BrokerSettings
-from colonyos.executor import ExecutorApp
+from colonyos.config import BrokerSettings, Settings
 from colonyos.generators.client import Generators
 from colonyos.generators.model import Generator
 from colonyos.limits import GENERATOR_ARG_MAX_BYTES, HEADROOM_BYTES, generator_batch_limit
 from colonyos.models import ProcessState
+from colonyos.specs import load_workflow_spec
 from colonyos.subjects import Subjects
 from tests.conftest import running_broker
 from tests.generators.conftest import (
     ONE,
+    args_app,
     generator_runs,
     poll_runs,
     root_args,
@@ -40,7 +42,7 @@ async def stopped(broker: Broker) -> None:
 
 
 async def test_trigger_three_fed_seven_runs_twice_in_order_then_once_at_the_timeout(
-    client: Client, broker_settings: BrokerSettings, args_executor: ExecutorApp
+    client: Client, broker_settings: BrokerSettings, args_executor: None
 ) -> None:
     generators = Generators(client)
     await generators.add("feed", ONE, trigger=3, timeout=1)
@@ -55,7 +57,7 @@ async def test_trigger_three_fed_seven_runs_twice_in_order_then_once_at_the_time
 
 
 async def test_any_json_value_reaches_the_roots_after_their_own_args(
-    client: Client, args_executor: ExecutorApp
+    client: Client, args_executor: None
 ) -> None:
     spec = [{**ONE[0], "args": ["own"]}]
     generators = Generators(client)
@@ -69,7 +71,7 @@ async def test_any_json_value_reaches_the_roots_after_their_own_args(
 
 
 async def test_packed_arguments_outlive_a_broker_restart_and_run_once(
-    client: Client, broker: Broker, broker_settings: BrokerSettings, args_executor: ExecutorApp
+    client: Client, broker: Broker, broker_settings: BrokerSettings, args_executor: None
 ) -> None:
     generators = Generators(client)
     await generators.add("kept", ONE, trigger=3)
@@ -87,7 +89,7 @@ async def test_packed_arguments_outlive_a_broker_restart_and_run_once(
 
 
 async def test_a_run_a_dead_leader_recorded_is_finished_once(
-    client: Client, broker: Broker, broker_settings: BrokerSettings, args_executor: ExecutorApp
+    client: Client, broker: Broker, broker_settings: BrokerSettings, args_executor: None
 ) -> None:
     """The leader recorded a run of the first two arguments and died before its graph: the
     next leader writes that graph, with those arguments and the recorded id, and uses them in
@@ -137,7 +139,7 @@ def test_a_runs_graph_id_derives_from_the_generator_and_its_first_argument() -> 
 async def test_a_raw_argument_that_is_not_json_is_skipped_and_the_rest_run(
     client: Client,
     broker_settings: BrokerSettings,
-    args_executor: ExecutorApp,
+    args_executor: None,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Published on the subject with plain NATS, past the SDK's checks: the runner says so
@@ -187,3 +189,20 @@ async def test_a_run_takes_what_fits_in_its_record_and_the_rest_wait(
         while (await generators.get("fat")).queue_size != len(values) - fits:
             await asyncio.sleep(0.05)  # sleep-ok: polling state under a deadline
     assert len(await generator_runs(client, "fat")) == 1
+
+
+async def test_colonies_example_file_runs(client: Client, settings: Settings) -> None:
+    """Colonies' docs/Generators.md: its example workflow, trigger 5, five words packed; the
+    echo of its cli executor gets them in order (here an executor of type cli outputs its
+    args)."""
+    example = Path(__file__).parents[1] / "data" / "colonies-examples" / "generators"
+    workflow, _ = load_workflow_spec((example / "generator_workflow.json").read_bytes())
+    generators = Generators(client)
+    await generators.add("testgenerator", workflow, trigger=5)
+    words = [f"hello{i}" for i in range(1, 6)]
+    for word in words:
+        await generators.pack("testgenerator", word)
+    async with args_app(settings, "cli"):
+        (run,) = await poll_runs(client, "testgenerator", 1, timeout=15)
+        assert list(run.nodes) == ["generator_example"]
+        assert await root_args(client, run) == words
