@@ -206,3 +206,32 @@ async def test_colonies_example_file_runs(client: Client, settings: Settings) ->
         (run,) = await poll_runs(client, "testgenerator", 1, timeout=15)
         assert list(run.nodes) == ["generator_example"]
         assert await root_args(client, run) == words
+
+
+async def test_a_write_the_leader_did_not_see_is_never_written_over(
+    client: Client, broker_settings: BrokerSettings
+) -> None:
+    """Another writer (a leader deposed a moment ago) used the next argument: the leader's
+    run of it, decided from what it had read, loses the compare-and-set, and it goes on from
+    what is stored."""
+    generators = Generators(client)
+    await generators.add("cas", ONE, trigger=1)
+    await generators.pack("cas", "a")
+    await poll_runs(client, "cas", 1, timeout=10)
+    held = await generators.get("cas")
+    s = Subjects(broker_settings.prefix)
+    nc = await raw_nats(broker_settings.nats_url)
+    try:
+        js = nc.jetstream()
+        used = (await js.stream_info(s.stream_generators)).state.last_seq + 1
+        kv = await js.key_value(s.bucket_generators)
+        stored = msgspec.structs.replace(held, cursor=used, batch_first=used)
+        await kv.put(s.generator_key("dev", "cas"), msgspec.json.encode(stored))
+    finally:
+        await nc.close()
+    assert await generators.pack("cas", "b") == used
+    await generators.pack("cas", "c")
+    runs = await poll_runs(client, "cas", 2, timeout=10)
+    (root,) = runs[1].root_process_ids
+    assert (await client.get(root)).spec.args == ["c"]
+    assert len(await generator_runs(client, "cas")) == 2
