@@ -4,6 +4,7 @@ each argument once, across restarts."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import msgspec
@@ -235,3 +236,29 @@ async def test_a_write_the_leader_did_not_see_is_never_written_over(
     (root,) = runs[1].root_process_ids
     assert (await client.get(root)).spec.args == ["c"]
     assert len(await generator_runs(client, "cas")) == 2
+
+
+@pytest.fixture
+async def standby(broker_settings: BrokerSettings, broker: Broker) -> AsyncIterator[Broker]:
+    async with running_broker(broker_settings, lead=False) as b:
+        yield b
+
+
+async def test_a_standby_that_takes_over_goes_on_from_the_cursor(
+    client: Client, broker: Broker, standby: Broker, args_executor: None
+) -> None:
+    """The leader stops with arguments packed, some used and some not, and more come while
+    nobody leads: the standby uses each once, in order."""
+    generators = Generators(client)
+    await generators.add("relay", ONE, trigger=2)
+    for value in (1, 2, 3):
+        await generators.pack("relay", value)
+    await poll_runs(client, "relay", 1, timeout=10)
+    broker.stop()
+    for value in (4, 5):
+        await generators.pack("relay", value)
+    async with asyncio.timeout(15):
+        await standby.leading.wait()
+    await generators.pack("relay", 6)
+    runs = await poll_runs(client, "relay", 3, timeout=20)
+    assert [await root_args(client, g) for g in runs] == [[1, 2], [3, 4], [5, 6]]
