@@ -120,6 +120,7 @@ class GeneratorRunner:
         self._wake = asyncio.Event()
         self._packed: set[Key] = set()  # told an argument arrived: read these first
         self._scanned = 0.0
+        self._broken: set[Key] = set()  # generators that cannot be run, logged once
         service.register_ops(
             generator_add=(GeneratorAdd, self.generator_add),
             generator_get=(Named, self.generator_get),
@@ -149,14 +150,14 @@ class GeneratorRunner:
         while True:
             try:
                 until = await self.sweep()
+                if self._packed:  # more arrived meanwhile
+                    continue
             except (nats.errors.Error, TimeoutError):
                 logger.warning("generator sweep: NATS trouble; trying again", exc_info=True)
                 until = _MAX_SLEEP_S
             except Exception:
                 logger.exception("generator sweep failed; trying again")
                 until = _MAX_SLEEP_S
-            if self._packed:
-                continue
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(max(0.0, min(until, _MAX_SLEEP_S))):
@@ -178,6 +179,15 @@ class GeneratorRunner:
                     sleep = min(sleep, await self._tick(key, read=rescan or key in packed))
                 except ConflictError:
                     sleep = 0.0  # written meanwhile: the next sweep decides from what is stored
+                    continue
+                except ColoniesError as err:
+                    # This generator cannot be run (a stored value today's rules refuse): say
+                    # so once, and let the others run.
+                    if key not in self._broken:
+                        self._broken.add(key)
+                        logger.error("generator %s in %s is not run: %s", key[1], key[0], err)
+                    continue
+            self._broken.discard(key)
         return sleep
 
     async def _tick(self, key: Key, *, read: bool) -> float:
@@ -188,6 +198,7 @@ class GeneratorRunner:
         if generator.run_pending:
             await self._finish(key, generator, revision)
             return 0.0
+        check_trigger(generator.trigger)  # a stored value (by hand, another release)
         waiting = self._waiting_for(key, generator)
         if read or not waiting.read:
             await self._read(key, generator, waiting)
@@ -403,18 +414,22 @@ def _name(generator: Generator) -> str:
     return generator.name
 
 
+def check_trigger(trigger: int) -> None:
+    if not 1 <= trigger <= MAX_GENERATOR_TRIGGER:
+        raise InvalidSpecError(
+            f"$.trigger: {trigger}: give how many arguments start a run, "
+            f"1 to {MAX_GENERATOR_TRIGGER}",
+            path="$.trigger",
+        )
+
+
 def _definition(colony: str, caller: str, definition: GeneratorDefinition) -> Generator:
     """A new generator from what a user sent, checked: errors name the field."""
     try:
         check_name("name", definition.name)
     except InvalidNameError as err:
         raise InvalidSpecError(f"$.name: {err.message}", path="$.name") from None
-    if not 1 <= definition.trigger <= MAX_GENERATOR_TRIGGER:
-        raise InvalidSpecError(
-            f"$.trigger: {definition.trigger}: give how many arguments start a run, "
-            f"1 to {MAX_GENERATOR_TRIGGER}",
-            path="$.trigger",
-        )
+    check_trigger(definition.trigger)
     if not NO_TIMEOUT <= definition.timeout <= MAX_SECONDS:
         raise InvalidSpecError(
             f"$.timeout: {definition.timeout}: give seconds, 1 to {MAX_SECONDS} "

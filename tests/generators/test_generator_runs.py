@@ -4,6 +4,7 @@ each argument once, across restarts."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -262,3 +263,36 @@ async def test_a_standby_that_takes_over_goes_on_from_the_cursor(
     await generators.pack("relay", 6)
     runs = await poll_runs(client, "relay", 3, timeout=20)
     assert [await root_args(client, g) for g in runs] == [[1, 2], [3, 4], [5, 6]]
+
+
+async def test_a_stored_generator_that_cannot_run_does_not_stop_the_others(
+    client: Client,
+    broker: Broker,
+    broker_settings: BrokerSettings,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Values written by hand or by another release: one that does not decode is skipped, one
+    that today's rules refuse (a trigger of 0) is said once and left; the others run."""
+    s = Subjects(broker_settings.prefix)
+    await stopped(broker)
+    bad = Generator(
+        name="aaa-bad", generator_id="bad", colony_name="dev", trigger=0,
+        workflow_spec=json.dumps({"functionspecs": ONE}),
+    )  # fmt: skip
+    nc = await raw_nats(broker_settings.nats_url)
+    try:
+        kv = await nc.jetstream().key_value(s.bucket_generators)
+        await kv.put(s.generator_key("dev", "aaa-junk"), b"{not json")
+        await kv.put(s.generator_key("dev", "aaa-bad"), msgspec.json.encode(bad))
+        await nc.jetstream().publish(s.generator("dev", "aaa-bad"), b"1")
+    finally:
+        await nc.close()
+    async with running_broker(broker_settings):
+        generators = Generators(client)
+        await generators.add("good", ONE, trigger=1)
+        for value in (1, 2):
+            await generators.pack("good", value)
+        await poll_runs(client, "good", 2, timeout=10)
+        assert await generator_runs(client, "aaa-bad") == []
+    said = [r for r in caplog.records if "generator aaa-bad in dev is not run" in r.getMessage()]
+    assert len(said) == 1 and "$.trigger: 0" in said[0].getMessage()
