@@ -208,7 +208,7 @@ class GeneratorRunner:
             decision = RunNow(count=len(waiting.args))
         if isinstance(decision, RunNow):
             batch = waiting.args[: decision.count]
-            await self._start(key, generator, revision, batch[0].seq, batch[-1].seq)
+            await self._start(key, generator, revision, batch)
             return 0.0
         if decision.until is None:
             return _MAX_SLEEP_S
@@ -246,27 +246,33 @@ class GeneratorRunner:
             waiting.read = msg.seq
 
     async def _start(
-        self, key: Key, generator: Generator, revision: int, first: int, last: int
+        self, key: Key, generator: Generator, revision: int, batch: list[_Arg]
     ) -> Generator:
-        """Record the run of the arguments at sequences ``first`` to ``last``, then write its
-        graph."""
+        """Record the run of ``batch`` (the arguments from its first sequence to its last),
+        then write its graph."""
+        first = batch[0].seq
         pending = _replace(
             generator,
             batch_first=first,
-            cursor=last,
+            cursor=batch[-1].seq,
             run_pending=True,
             last_run=now(),
             last_process_graph_id=run_graph_id(generator, first),
         )
         revision = await self._write(key, pending, revision)
-        return await self._finish(key, pending, revision)
+        return await self._finish(key, pending, revision, [check_arg(a.data) for a in batch])
 
-    async def _finish(self, key: Key, generator: Generator, revision: int) -> Generator:
+    async def _finish(
+        self, key: Key, generator: Generator, revision: int, args: list[Any] | None = None
+    ) -> Generator:
         """Write the graph of the run the record names (again: what exists is kept), then
-        clear it, then drop the arguments it used."""
+        clear it, then drop the arguments it used. ``args``: its arguments as read before the
+        run was recorded; else (a run a previous leader recorded) read again from the
+        stream."""
         graph_id = generator.last_process_graph_id
         try:
-            args = await self._batch(key, generator)
+            if args is None:
+                args = await self._batch(key, generator)
             workflow, _ = load_workflow_spec(generator.workflow_spec)
             graph, processes = plan(
                 workflow,
