@@ -15,6 +15,7 @@ from colonyos.executor import ExecutorApp, ProcessContext
 from colonyos.models import ProcessGraph
 from colonyos.subjects import Subjects
 from tests.helpers import raw_nats
+from tests.procs import until_served
 
 ARGS_TYPE = "args"
 
@@ -60,9 +61,10 @@ async def generator_runs(client: Client, name: str) -> list[ProcessGraph]:
 
 
 async def poll_runs(client: Client, name: str, count: int, timeout: float) -> list[ProcessGraph]:
-    """At least ``count`` runs of the generator, polled under a deadline."""
+    """At least ``count`` runs of the generator, polled under a deadline (through a broker
+    that is only starting to answer, after a restart)."""
     async with asyncio.timeout(timeout):
-        while len(found := await generator_runs(client, name)) < count:
+        while len(found := await until_served(lambda: generator_runs(client, name))) < count:
             await asyncio.sleep(0.05)  # sleep-ok: polling state under a deadline
     return found
 
