@@ -26,7 +26,9 @@ WORKFLOW: list[dict[str, Any]] = [
 ]
 
 
-async def test_a_generator_is_added_read_listed_and_removed(client: Client) -> None:
+async def test_a_generator_is_added_read_listed_and_removed(
+    client: Client, broker_settings: BrokerSettings
+) -> None:
     generators = Generators(client)
     added = await generators.add("feed", WORKFLOW, trigger=5, timeout=60)
     assert added.colony_name == "dev" and added.initiator_name == "tester"
@@ -34,7 +36,9 @@ async def test_a_generator_is_added_read_listed_and_removed(client: Client) -> N
     got = await generators.get("feed")
     assert got.generator_id == added.generator_id and got.queue_size == 0
     assert [g.name for g in await generators.list()] == ["feed"]
+    await generators.pack("feed", "waits")
     await generators.remove("feed")
+    await stream_emptied(broker_settings)  # the arguments that waited go with it
     with pytest.raises(GeneratorNotFoundError, match="generator 'feed' does not exist in colony"):
         await generators.get("feed")
     with pytest.raises(GeneratorNotFoundError):
