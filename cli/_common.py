@@ -13,7 +13,8 @@ from colonyos.client import Client
 from colonyos.config import Settings
 from colonyos.errors import ColoniesError
 from colonyos.limits import MAX_SECONDS
-from colonyos.models import Process
+from colonyos.models import Process, WorkflowSpec
+from colonyos.specs import load_function_spec, load_workflow_spec
 
 from ._output import err
 from ._run import Awaiting, announce_wait, exit_code_for, fail
@@ -111,3 +112,25 @@ def read_file(path: Path, what: str) -> bytes:
         raise fail(f"{what} {path}: permission denied") from None
     except OSError as e:
         raise fail(f"{what} {path}: {e.strerror or e}") from None
+
+
+def load_workflow_file(path: Path, strict: bool) -> WorkflowSpec:
+    """A workflow file, or a function spec file (a one-node workflow): what a cron or a
+    generator runs."""
+    data = read_file(path, "spec file")
+    try:
+        obj: Any = msgspec.json.decode(data)
+    except msgspec.DecodeError:
+        obj = None
+    try:
+        if isinstance(obj, dict) and "functionspecs" not in obj:
+            spec, warnings = load_function_spec(data, strict=strict)
+            node = spec.node_name or spec.func_name
+            workflow = WorkflowSpec(function_specs=[msgspec.structs.replace(spec, node_name=node)])
+        else:
+            workflow, warnings = load_workflow_spec(data, strict=strict)
+    except ColoniesError as e:
+        raise fail(f"{path}: {e.message}", exit_code_for(e)) from None
+    for key in warnings:
+        err.print(f"[yellow]warning:[/] unknown key {key} is ignored (--strict rejects it)")
+    return workflow

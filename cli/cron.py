@@ -17,14 +17,11 @@ from rich.text import Text
 from colonyos.crons.client import Crons
 from colonyos.crons.model import Cron
 from colonyos.crons.schedule import next_runs
-from colonyos.errors import ColoniesError
-from colonyos.models import ZERO_TIME, WorkflowSpec, now
-from colonyos.specs import load_function_spec, load_workflow_spec
+from colonyos.models import ZERO_TIME, now
 
-from ._common import JSON_OPTION, WIDE_OPTION, connect, read_file
+from ._common import JSON_OPTION, WIDE_OPTION, connect, load_workflow_file
 from ._output import (
     console,
-    err,
     free_text,
     new_table,
     print_detail,
@@ -34,7 +31,7 @@ from ._output import (
     show_table,
 )
 from ._output import when as shown_time
-from ._run import exit_code_for, fail, run
+from ._run import fail, run
 
 app = typer.Typer(
     help="Run a workflow on a schedule: a cron expression or every N seconds.",
@@ -51,27 +48,6 @@ def schedule_text(cron: Cron) -> str:
     if cron.interval > 0:
         return f"every {cron.interval} s" + (", random" if cron.random else "")
     return cron.cron_expression + (f" {cron.time_zone}" if cron.time_zone else "")
-
-
-def _load_workflow(path: Path, strict: bool) -> WorkflowSpec:
-    """A workflow file, or a function spec file (a one-node workflow)."""
-    data = read_file(path, "spec file")
-    try:
-        obj: Any = msgspec.json.decode(data)
-    except msgspec.DecodeError:
-        obj = None
-    try:
-        if isinstance(obj, dict) and "functionspecs" not in obj:
-            spec, warnings = load_function_spec(data, strict=strict)
-            node = spec.node_name or spec.func_name
-            workflow = WorkflowSpec(function_specs=[msgspec.structs.replace(spec, node_name=node)])
-        else:
-            workflow, warnings = load_workflow_spec(data, strict=strict)
-    except ColoniesError as e:
-        raise fail(f"{path}: {e.message}", exit_code_for(e)) from None
-    for key in warnings:
-        err.print(f"[yellow]warning:[/] unknown key {key} is ignored (--strict rejects it)")
-    return workflow
 
 
 @app.command("add")
@@ -105,7 +81,7 @@ def add(
     outputs."""
     if bool(expression) == (interval is not None):
         raise fail("give either --cron EXPRESSION or --interval SECONDS")
-    workflow = _load_workflow(spec_file, strict)
+    workflow = load_workflow_file(spec_file, strict)
 
     async def go() -> Cron:
         async with await connect(ctx) as client:

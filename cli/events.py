@@ -148,6 +148,8 @@ def event_line(when: datetime, event: Event) -> str:
         detail = f"{len(event.process_ids)} processes"
         if event.cron_name:  # a cron's tick
             detail += f", cron {event.cron_name}"
+        if event.generator_name:  # a generator's run
+            detail += f", generator {event.generator_name}"
     else:
         state, style = REJECTED_TOKEN, "red"
         etype, item_id, func = event.executor_type, event.process_id, "-"

@@ -10,7 +10,20 @@ from rich.logging import RichHandler
 
 from colonyos.config import DEFAULT_COLONY, DEFAULT_NATS_URL, DEFAULT_PREFIX, Settings
 
-from . import colony, cron, events, executor, function, key, log, process, server, user, workflow
+from . import (
+    colony,
+    cron,
+    events,
+    executor,
+    function,
+    generator,
+    key,
+    log,
+    process,
+    server,
+    user,
+    workflow,
+)
 from ._output import err
 from ._run import ColoniesGroup
 
@@ -87,6 +100,7 @@ app.add_typer(function.app, name="function")
 app.add_typer(process.app, name="process")
 app.add_typer(workflow.app, name="workflow")
 app.add_typer(cron.app, name="cron")
+app.add_typer(generator.app, name="generator")
 app.add_typer(log.app, name="log")
 app.add_typer(colony.app, name="colony")
 app.add_typer(executor.app, name="executor")

@@ -45,6 +45,7 @@ __all__ = [
     "ExecutorNotFoundError",
     "ExecutorRemovedError",
     "ExecutorReplacedError",
+    "GeneratorNotFoundError",
     "GraphNotFoundError",
     "IdentityError",
     "InvalidNameError",
@@ -178,6 +179,17 @@ class CronNotFoundError(NotFoundError):
             f"cron {cron_name!r} does not exist in colony {colony_name!r}",
             colony_name=colony_name,
             cron_name=cron_name,
+        )
+
+
+class GeneratorNotFoundError(NotFoundError):
+    code = "generator_not_found"
+
+    def __init__(self, colony_name: str, generator_name: str) -> None:
+        super().__init__(
+            f"generator {generator_name!r} does not exist in colony {colony_name!r}",
+            colony_name=colony_name,
+            generator_name=generator_name,
         )
 
 

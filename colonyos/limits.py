@@ -14,11 +14,13 @@ from colonyos.errors import RecordTooLargeError
 
 __all__ = [
     "ERROR_TEXT_MAX_CHARS",
+    "GENERATOR_ARG_MAX_BYTES",
     "HEADROOM_BYTES",
     "LOG_LINE_MAX_CHARS",
     "MAX_ASSIGN_COUNT",
     "MAX_ASSIGN_TIMEOUT_S",
     "MAX_COUNT",
+    "MAX_GENERATOR_TRIGGER",
     "MAX_LIST_LIMIT",
     "MAX_RETRIES",
     "MAX_SECONDS",
@@ -26,6 +28,7 @@ __all__ = [
     "PRIORITY_MIN",
     "SPEC_DELIVERIES",
     "check_record",
+    "generator_batch_limit",
     "json_array_within",
     "record_limit",
     "request_limit",
@@ -99,3 +102,16 @@ def request_limit(max_payload: int) -> int:
 # text and the traceback are in the process log).
 LOG_LINE_MAX_CHARS = 16_384
 ERROR_TEXT_MAX_CHARS = 2_000
+
+
+# Generators: one packed argument (its JSON) is at most this big (the stream refuses a larger
+# message), and a run takes at most this many arguments.
+GENERATOR_ARG_MAX_BYTES = 65_536
+MAX_GENERATOR_TRIGGER = 10_000
+
+
+def generator_batch_limit(max_payload: int) -> int:
+    """How many bytes of packed arguments one run's roots may get: half a process record, the
+    other half left to the spec itself. A run whose arguments would take more gets fewer (the
+    rest go to the next run)."""
+    return record_limit(max_payload) // 2

@@ -237,8 +237,9 @@ class ProcessGraph(Model, kw_only=True):
     submission_time: datetime = ZERO_TIME
     start_time: datetime = ZERO_TIME
     end_time: datetime = ZERO_TIME
-    # Not in Colonies: the cron that started this graph, if one did.
+    # Not in Colonies: the cron or the generator that started this graph, if one did.
     cron_name: str = ""
+    generator_name: str = ""
 
 
 class Location(Model, kw_only=True):

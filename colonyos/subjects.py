@@ -110,6 +110,25 @@ class Subjects:
     def stream_logs(self) -> str:
         return f"{self._upper}_LOGS"
 
+    # -- arguments packed into generators ---------------------------------------------
+    def generator(self, colony: str, generator_name: str) -> str:
+        """Where an argument is packed into a generator: one message, its JSON."""
+        return f"{self.prefix}.{colony}.generators.{generator_name}"
+
+    @property
+    def generators_all(self) -> str:
+        return f"{self.prefix}.*.generators.*"
+
+    @staticmethod
+    def parse_generator(subject: str) -> tuple[str, str]:
+        """``<prefix>.<colony>.generators.<name>`` -> (colony, name)."""
+        parts = subject.split(".")
+        return parts[-3], parts[-1]
+
+    @property
+    def stream_generators(self) -> str:
+        return f"{self._upper}_GENERATORS"
+
     # -- requests to the broker -------------------------------------------------------
     def rpc(self, colony: str, caller: str, op: str) -> str:
         return f"{self.prefix}.{colony}.rpc.{caller}.{op}"
@@ -178,6 +197,12 @@ class Subjects:
         return f"{self.prefix}-crons"
 
     @property
+    def bucket_generators(self) -> str:
+        """Generator definitions with their cursor in the packed arguments, by colony and
+        name."""
+        return f"{self.prefix}-generators"
+
+    @property
     def bucket_leases(self) -> str:
         return f"{self.prefix}-leases"
 
@@ -207,6 +232,10 @@ class Subjects:
     @staticmethod
     def cron_key(colony: str, cron_name: str) -> str:
         return f"{colony}.{cron_name}"
+
+    @staticmethod
+    def generator_key(colony: str, generator_name: str) -> str:
+        return f"{colony}.{generator_name}"
 
     @staticmethod
     def executor_key(colony: str, executor_name: str) -> str:

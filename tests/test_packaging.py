@@ -66,3 +66,19 @@ def test_wheel_in_a_fresh_venv(tmp_path: Path) -> None:
         timeout=60,
     )
     assert probe.stdout.split() == ["None", "None", "True"], probe.stderr
+
+
+def test_every_package_is_listed_for_the_wheel() -> None:
+    """setuptools takes the packages pyproject lists; one left out is in today's wheels only
+    by a deprecated fallback ("Package would be ignored"), and a broker without it does not
+    start."""
+    import tomllib
+
+    listed = set(
+        tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
+    found = {
+        ".".join(("colonyos", *init.parent.relative_to(ROOT / "colonyos").parts))
+        for init in (ROOT / "colonyos").rglob("__init__.py")
+    }
+    assert found <= listed, f"add to [tool.setuptools] packages: {sorted(found - listed)}"

@@ -27,6 +27,7 @@ from colonyos.broker.callout import Callout
 from colonyos.broker.crons import CronRunner
 from colonyos.broker.explain import Explainer
 from colonyos.broker.feed import PullFeed
+from colonyos.broker.generators import GeneratorRunner
 from colonyos.broker.index import ProcessIndex
 from colonyos.broker.intake import Intake
 from colonyos.broker.kicker import Kicker
@@ -52,6 +53,8 @@ __all__ = ["Broker"]
 logger = logging.getLogger(__name__)
 
 _SHUTDOWN_GRACE_S = 5.0
+# How long a loop told to stop is given before it is told again.
+_CANCEL_AGAIN_S = 0.05
 # How long a delivered spec may stay unacked before it is delivered again: then, after NATS
 # trouble or a broker that died on it, the next waits (the last value for every later one),
 # until its last delivery (limits.SPEC_DELIVERIES) is rejected. About half an hour in all.
@@ -188,11 +191,13 @@ class Broker:
             self.readers = Readers(service)
             workflows = Workflows(service)
             crons = CronRunner(service, workflows)
-            removal = Removal(service, workflows, crons)
+            generators = GeneratorRunner(service, workflows)
+            removal = Removal(service, workflows, crons, generators)
             Registry(service)
             await service.load()
             await workflows.load()
             await crons.load()
+            await generators.load()
             self.service = service
             intake = Intake(service, workflows)
             lifecycle = Lifecycle(
@@ -210,6 +215,8 @@ class Broker:
             stack.push_async_callback(self._unsubscribe, rpc)
             beats = await nc.subscribe(self.subjects.heartbeats_all, cb=self._on_heartbeat)
             stack.push_async_callback(self._unsubscribe, beats)
+            packs = await generators.listen()
+            stack.push_async_callback(self._unsubscribe, packs)
             stack.push_async_callback(store.settle)
             stack.push_async_callback(self._finish_inflight)
             stack.callback(service.release_parked)
@@ -218,6 +225,7 @@ class Broker:
                 asyncio.create_task(lifecycle.run(), name="lifecycle"),
                 asyncio.create_task(retention.run(), name="retention"),
                 asyncio.create_task(crons.run(), name="crons"),
+                asyncio.create_task(generators.run(), name="generators"),
             ]
             stack.push_async_callback(self._cancel, tasks)
             # The server has the request subscription before anyone is told this broker leads:
@@ -315,11 +323,18 @@ class Broker:
 
     @staticmethod
     async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
+        """Cancel the leader's loops and wait until each has ended. One cancellation is not
+        enough: on Python 3.11, ``asyncio.wait_for`` (which nats-py's requests use) swallows a
+        cancellation that arrives with the answer, and the loop goes on (a deposed leader
+        starting runs, answering requests). Cancel again until it ends."""
+        pending = set(tasks)
+        while pending:
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=_CANCEL_AGAIN_S)
         for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            if not task.cancelled() and (err := task.exception()) is not None:
+                raise err
 
     @staticmethod
     async def _unsubscribe(sub: object) -> None:

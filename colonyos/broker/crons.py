@@ -31,6 +31,7 @@ import nats.errors
 import nats.js.errors
 
 from colonyos.broker.service import Service, new_id
+from colonyos.broker.standing import checked_workflow
 from colonyos.broker.workflows import Workflows, plan
 from colonyos.crons.model import NO_INTERVAL, Cron, CronAdd, CronDefinition
 from colonyos.crons.schedule import RunNow, check_schedule, decide, next_tick
@@ -42,11 +43,10 @@ from colonyos.errors import (
     InvalidNameError,
     InvalidSpecError,
 )
-from colonyos.graphs import check_workflow
 from colonyos.limits import json_array_within
 from colonyos.messages import Empty, Named
 from colonyos.models import WorkflowSpec, now
-from colonyos.specs import check_function_spec, load_workflow_spec
+from colonyos.specs import load_workflow_spec
 from colonyos.subjects import check_name
 
 __all__ = ["CronRunner", "run_graph_id"]
@@ -364,30 +364,4 @@ def _definition(colony: str, caller: str, definition: CronDefinition) -> Cron:
 
 
 def _workflow(colony: str, definition: CronDefinition) -> WorkflowSpec:
-    if definition.colony_name and definition.colony_name != colony:
-        raise InvalidSpecError(
-            f"$.colonyname: {definition.colony_name!r} is not this colony {colony!r}",
-            path="$.colonyname",
-        )
-    raw = definition.workflow_json()
-    if raw in (b"", b'""'):
-        raise InvalidSpecError(
-            "$.workflowspec: required: the workflow the cron runs", path="$.workflowspec"
-        )
-    try:
-        workflow, _ = load_workflow_spec(raw)
-        specs = [check_function_spec(s, f"$[{i}]") for i, s in enumerate(workflow.function_specs)]
-        workflow = _replace(workflow, function_specs=specs)
-        check_workflow(workflow)
-    except InvalidSpecError as err:
-        path = "$.workflowspec" + str(err.detail.get("path", "$"))[1:]
-        message = err.message if err.message.startswith("$") else f"$: {err.message}"
-        raise InvalidSpecError(
-            f"$.workflowspec{message[1:]}", path=path, reason=err.detail.get("reason", "")
-        ) from None
-    if workflow.colony_name and workflow.colony_name != colony:
-        raise InvalidSpecError(
-            f"$.workflowspec.colonyname: {workflow.colony_name!r} is not this colony {colony!r}",
-            path="$.workflowspec.colonyname",
-        )
-    return _replace(workflow, colony_name=colony)
+    return checked_workflow(colony, definition.colony_name, definition.workflow_json(), "cron")

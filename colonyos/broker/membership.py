@@ -47,6 +47,9 @@ SERVER_OPS = frozenset({"colony_add", "colony_remove", "colony_list", "colony_ge
 # What an executor's key may not ask: a cron is a standing submission in the colony's name,
 # made by its people (Colonies lets any member, executors too).
 CRON_OPS = frozenset({"cron_add", "cron_run", "cron_remove"})
+# Likewise a generator; packing an argument into one is not a request (a publish, which
+# executors may make: see permissions.py).
+GENERATOR_OPS = frozenset({"generator_add", "generator_remove"})
 # What only an executor may ask: a live (not removed) member record of role executor for the
 # caller's name, whatever executor record the name still has (a removed executor's name added
 # again as a user must not inherit its registration).
@@ -124,7 +127,7 @@ class Membership:
                 op=op,
                 caller=caller,
             )
-        if op in CRON_OPS and await self._is_executor(colony, caller):
+        if op in CRON_OPS | GENERATOR_OPS and await self._is_executor(colony, caller):
             raise NotAuthorizedError(
                 f"not allowed: {op.replace('_', ' ')} is for the owner and users of colony "
                 f"{colony!r}, and {caller!r} is an executor",

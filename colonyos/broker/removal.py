@@ -18,6 +18,7 @@ from datetime import datetime
 
 from colonyos.broker import transitions
 from colonyos.broker.crons import CronRunner
+from colonyos.broker.generators import GeneratorRunner
 from colonyos.broker.registry import removed_message
 from colonyos.broker.service import Service
 from colonyos.broker.workflows import Workflows
@@ -41,11 +42,16 @@ _BATCH = 200
 
 class Removal:
     def __init__(
-        self, service: Service, workflows: Workflows, crons: CronRunner | None = None
+        self,
+        service: Service,
+        workflows: Workflows,
+        crons: CronRunner | None = None,
+        generators: GeneratorRunner | None = None,
     ) -> None:
         self.service = service
         self.workflows = workflows
         self.crons = crons
+        self.generators = generators
         self.store = service.store
         self.index = service.index
         service.register_ops(
@@ -117,6 +123,8 @@ class Removal:
         await self.store.purge_colony(req.name)
         if self.crons is not None:
             self.crons.forget_colony(req.name)
+        if self.generators is not None:
+            self.generators.forget_colony(req.name)
         for pid in process_ids:
             self.service.forget(pid)
         for graph_id in graph_ids:

@@ -21,6 +21,7 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.api import (
     DiscardPolicy,
+    RawStreamMsg,
     RetentionPolicy,
     StorageType,
     StreamConfig,
@@ -32,7 +33,8 @@ from colonyos.buckets import StoredValue, latest_values, open_bucket
 from colonyos.config import DEFAULT_RETENTION_S
 from colonyos.crons.model import Cron
 from colonyos.errors import ColoniesError, GraphNotFoundError, ProcessNotFoundError
-from colonyos.limits import check_record
+from colonyos.generators.model import Generator
+from colonyos.limits import GENERATOR_ARG_MAX_BYTES, HEADROOM_BYTES, check_record
 from colonyos.messages import GraphEvent, Rejection, process_event_body
 from colonyos.models import Colony, Executor, Process, ProcessGraph
 from colonyos.subjects import GRAPH_TOKEN, REJECTED_TOKEN, Subjects
@@ -47,6 +49,7 @@ _executor_decoder = msgspec.json.Decoder(Executor)
 _colony_decoder = msgspec.json.Decoder(Colony)
 _graph_decoder = msgspec.json.Decoder(ProcessGraph)
 _cron_decoder = msgspec.json.Decoder(Cron)
+_generator_decoder = msgspec.json.Decoder(Generator)
 
 GRAPH_RECORD = "the process graph record"
 
@@ -106,6 +109,7 @@ class ProcessStore:
         self.leases: KeyValue
         self.graphs: KeyValue
         self.crons: KeyValue
+        self.generators: KeyValue
 
     async def setup(self) -> None:
         """Create (or update) every stream and bucket. Safe to run from several brokers."""
@@ -147,12 +151,25 @@ class ProcessStore:
                 num_replicas=self._replicas,
             )
         )
+        # Arguments packed into generators: kept until a run has used them (the leader purges
+        # them then), never for a time; one argument is one message, refused when too big.
+        await self._stream(
+            StreamConfig(
+                name=s.stream_generators,
+                subjects=[s.generators_all],
+                max_msg_size=GENERATOR_ARG_MAX_BYTES + HEADROOM_BYTES,
+                duplicate_window=self._dedup_window_s,
+                storage=self._storage,
+                num_replicas=self._replicas,
+            )
+        )
         self.processes = await self._bucket(s.bucket_processes, history=8)
         self.executors = await self._bucket(s.bucket_executors, history=1)
         self.colonies = await self._bucket(s.bucket_colonies, history=1)
         self.leases = await self._bucket(s.bucket_leases, history=1)
         self.graphs = await self._bucket(s.bucket_graphs, history=1)
         self.crons = await self._bucket(s.bucket_crons, history=1)
+        self.generators = await self._bucket(s.bucket_generators, history=1)
         if not self._writing:
             await self.publisher.start()
             self._writing = True
@@ -246,12 +263,21 @@ class ProcessStore:
         )
 
     async def purge_colony(self, colony: str) -> None:
-        """Everything stored under a colony's name: processes, graphs, executors, crons, logs,
-        events and the submissions not yet taken."""
+        """Everything stored under a colony's name: processes, graphs, executors, crons,
+        generators and their packed arguments, logs, events and the submissions not yet
+        taken."""
         s = self.subjects
         every_key = s.process_key(colony, "*")
-        for bucket in (s.bucket_processes, s.bucket_graphs, s.bucket_executors, s.bucket_crons):
+        buckets = (
+            s.bucket_processes,
+            s.bucket_graphs,
+            s.bucket_executors,
+            s.bucket_crons,
+            s.bucket_generators,
+        )
+        for bucket in buckets:
             await self.js.purge_stream(s.kv_stream(bucket), subject=s.kv_subject(bucket, every_key))
+        await self.js.purge_stream(s.stream_generators, subject=s.generator(colony, "*"))
         await self.js.purge_stream(s.stream_logs, subject=s.logs(colony, "*"))
         await self.js.purge_stream(s.stream_events, subject=s.events_filter(colony=colony))
         await self.js.purge_stream(s.stream_specs, subject=s.specs(colony, "*"))
@@ -457,6 +483,40 @@ class ProcessStore:
             cron = _decoded(_cron_decoder, entry, "cron")
             if cron is not None:
                 yield cron, entry.revision
+
+    async def all_generators(self) -> AsyncIterator[tuple[Generator, int]]:
+        async for entry in self._snapshot(self.generators):
+            generator = _decoded(_generator_decoder, entry, "generator")
+            if generator is not None:
+                yield generator, entry.revision
+
+    # -- packed arguments -------------------------------------------------------------------
+    async def packed_after(self, colony: str, name: str, seq: int) -> RawStreamMsg | None:
+        """The first argument packed into the generator after stream sequence ``seq``, or
+        None if there is none yet."""
+        try:
+            return await self.js.get_msg(
+                self.subjects.stream_generators,
+                seq=seq + 1,
+                subject=self.subjects.generator(colony, name),
+                next=True,
+            )
+        except nats.js.errors.NotFoundError:
+            return None
+
+    async def packed_last_seq(self) -> int:
+        """The sequence of the last argument packed into any generator (0: none yet)."""
+        return int((await self.js.stream_info(self.subjects.stream_generators)).state.last_seq)
+
+    async def purge_packed(self, colony: str, name: str, through: int | None = None) -> None:
+        """Drop the arguments packed into the generator, up to sequence ``through`` (all of
+        them when None)."""
+        s = self.subjects
+        await self.js.purge_stream(
+            s.stream_generators,
+            subject=s.generator(colony, name),
+            seq=None if through is None else through + 1,
+        )
 
     def _snapshot(self, kv: KeyValue) -> AsyncIterator[StoredValue]:
         return latest_values(self.js, kv)

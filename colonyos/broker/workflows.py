@@ -92,7 +92,7 @@ class Workflows:
         # None: a redelivery (then indexed already); finish what is missing
         if await self.store.create_graph(graph) is not None:
             self.service.index.put_graph(graph)
-            if graph.cron_name:  # a cron's tick: its run starts, as an event
+            if graph.cron_name or graph.generator_name:  # a run starts, as an event
                 await self.store.publish_graph_event(graph)
         # Every process is written before any is assignable: a root that finished before its
         # children existed would find nobody to release.
@@ -438,11 +438,14 @@ def plan(
     *,
     initiator: str = "",
     root_input: list[Any] | None = None,
+    root_args: list[Any] | None = None,
     cron_name: str = "",
+    generator_name: str = "",
 ) -> tuple[ProcessGraph, list[Process]]:
     """The graph and its processes, with parents and children linked by process id; the roots
     get ``root_input`` as their input (``in``), as a cron's run gets its previous run's
-    outputs."""
+    outputs, and ``root_args`` after their own ``args``, as a generator's run gets the
+    arguments packed into it."""
     check_workflow(workflow)
     specs = workflow.function_specs
     ids = {spec.node_name: node_process_id(graph_id, i) for i, spec in enumerate(specs)}
@@ -455,6 +458,8 @@ def plan(
         pid = ids[spec.node_name]
         spec = _replace(spec, conditions=_replace(spec.conditions, colony_name=colony))
         parents = [ids[d] for d in spec.conditions.dependencies]
+        if root_args and not parents:
+            spec = _replace(spec, args=[*spec.args, *root_args])
         process = transitions.create(pid, spec, now=t, now_ns=ns + i, initiator_name=initiator)
         processes.append(
             _replace(
@@ -475,5 +480,6 @@ def plan(
         nodes=ids,
         submission_time=t,
         cron_name=cron_name,
+        generator_name=generator_name,
     )
     return graph, processes

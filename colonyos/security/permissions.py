@@ -116,8 +116,11 @@ def _grants(subjects: Subjects, colony: str, name: str, role: Role) -> Grants:
     events, logs = s.stream_events, s.stream_logs
     # No consumer creates: the broker makes a member's consumers (rpc reader_open), since the
     # server does not check where a push consumer delivers.
+    # Packing an argument into one of the colony's generators (a JetStream publish: its ack
+    # comes to the inbox). Executors too: a pipeline's stage feeds the next one's generator.
     publish = [
         s.rpc(colony, name, "*"),
+        s.generator(colony, "*"),
         f"$JS.API.DIRECT.GET.{events}.{p}.{colony}.events.>",
         f"$JS.API.DIRECT.GET.{logs}.{p}.{colony}.logs.>",
     ]

@@ -63,6 +63,7 @@ SKIPPED: dict[tuple[str, str], str] = {
     ("events", "no broker"): "listens to events by design, whether or not a broker runs",
     ("events", "--count -1"): "runs for ever today (cli/events.py is reworked elsewhere)",
     ("cron add", "--spec of the other submit"): "a cron runs a workflow or one function spec",
+    ("generator add", "--spec of the other submit"): "a generator runs a workflow or one spec",
 }
 
 
@@ -108,6 +109,10 @@ def _write(path: Path, text: str) -> str:
     return str(path)
 
 
+# Required options that any command takes with the same valid value.
+_PLAIN = {"--state": "success", "--type": "echo", "--trigger": "3", "--arg": '"a.csv"'}
+
+
 def _valid(name: str, command: Any, fx: dict[str, str]) -> dict[str, list[str]]:
     """A valid value for each required parameter (by option, or "" for arguments)."""
     values: dict[str, list[str]] = {}
@@ -125,12 +130,10 @@ def _valid(name: str, command: Any, fx: dict[str, str]) -> dict[str, list[str]]:
         elif flag == "--name":
             # Removing a colony needs one that exists; the others take any name.
             values[flag] = [flag, "dev" if name == "colony remove" else "lab"]
-        elif flag == "--state":
-            values[flag] = [flag, "success"]
+        elif flag in _PLAIN:
+            values[flag] = [flag, _PLAIN[flag]]
         elif flag == "kind":
             values[flag] = ["echo"]
-        elif flag == "--type":
-            values[flag] = [flag, "echo"]
         elif flag == "--key":
             values[flag] = [flag, generate().public_key]
         else:

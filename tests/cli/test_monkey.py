@@ -119,6 +119,31 @@ class Monkey:
                 rng.choice(["nightly", "x y"]),
             ],
             lambda: ["cron", "ls", *rng.choice([[], ["--json"], ["--wide"]])],
+            lambda: [
+                "generator",
+                "add",
+                "--name",
+                rng.choice(["batch", "bad name", ""]),
+                "--spec",
+                rng.choice([echo, workflow, str(self.bad)]),
+                *rng.choice(
+                    [["--trigger", "2"], ["--trigger", "0"], ["--trigger", "2", "--timeout", "1"]]
+                ),
+            ],
+            lambda: [
+                "generator",
+                "pack",
+                "--name",
+                rng.choice(["batch", "x y", "nosuch"]),
+                *rng.choice([["--arg", "1"], ["--arg", "not json"], ["--arg", "t", "--text"]]),
+            ],
+            lambda: [
+                "generator",
+                rng.choice(["get", "remove"]),
+                "--name",
+                rng.choice(["batch", "x y"]),
+            ],
+            lambda: ["generator", "ls", *rng.choice([[], ["--json"], ["--wide"]])],
         ]
 
     def run(self, args: list[str], interrupt: bool = False) -> tuple[int, str]:

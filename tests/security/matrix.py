@@ -5,7 +5,8 @@ every role x cell against a real server, and :func:`render` writes it into docs/
 Subjects are written with placeholders: ``P`` the installation prefix, ``U`` the prefix in
 upper case (stream names), ``C`` the member's own colony ``dev``, ``O`` another colony that
 exists (``other``), ``N`` the member's own name, ``M`` another member's name (an approved
-executor), ``T`` an executor type, ``X`` a process id, ``K`` a new consumer's name.
+executor), ``T`` an executor type, ``X`` a process id (a generator's name in ``generators``),
+``K`` a new consumer's name.
 """
 
 from __future__ import annotations
@@ -119,6 +120,10 @@ CELLS: tuple[Cell, ...] = (
     Cell("workflows", _REQ, "{P}.{C}.workflows", _SUBMITTERS),
     Cell("workflows", _PUB, "{P}.{O}.workflows", _NOBODY),
     Cell("workflows", _SUB, "{P}.{C}.workflows", _NOBODY),
+    Cell("generators", _PUB, "{P}.{C}.generators.{X}", _MEMBERS),
+    Cell("generators", _REQ, "{P}.{C}.generators.{X}", _MEMBERS),
+    Cell("generators", _PUB, "{P}.{O}.generators.{X}", _NOBODY),
+    Cell("generators", _SUB, "{P}.{C}.generators.>", _NOBODY),
     Cell("events", _SUB, "{P}.{C}.events.*.*.*", _MEMBERS),
     Cell("events", _SUB, "{P}.{O}.events.*.*.*", _NOBODY),
     Cell("events", _SUB, "{P}.{O}.events.>", _NOBODY),

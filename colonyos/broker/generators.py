@@ -1,0 +1,456 @@
+"""Generators on the leading broker: the requests (``generator_add``, ``generator_get``,
+``generator_list``, ``generator_remove``) and the loop that starts a run when enough arguments
+have been packed.
+
+Definitions live in the bucket ``<prefix>-generators`` (key ``<colony>.<name>``); the packed
+arguments in the stream ``<PREFIX>_GENERATORS``, one message per argument on
+``<prefix>.<colony>.generators.<name>``, in the order they were packed. The definition's
+``cursor`` is the sequence of the last argument a run has used: what comes after it waits.
+
+Each argument is used by exactly one run, even if the leader dies in the middle of one:
+
+1. the run is recorded first (``batchfirst`` and ``cursor``: the sequences of its first and
+   last argument, ``runpending``, ``lastprocessgraphid``), with a compare-and-set, the graph
+   id derived from the generator and its first argument's sequence;
+2. the graph is written with the arguments packed from ``batchfirst`` to ``cursor``, read
+   again from the stream (idempotent: what exists is kept);
+3. ``runpending`` is cleared, then the used arguments are purged from the stream.
+
+A new leader finds a pending run in the record and finishes step 2 with the same arguments and
+graph id, rather than deciding afresh. Arguments are purged only after step 3: until then a
+new leader can read them again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import msgspec
+import nats.errors
+import nats.js.errors
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js.api import RawStreamMsg
+
+from colonyos.broker.service import Service, new_id
+from colonyos.broker.standing import checked_workflow
+from colonyos.broker.workflows import Workflows, plan
+from colonyos.errors import (
+    ColoniesError,
+    ConflictError,
+    GeneratorNotFoundError,
+    InvalidNameError,
+    InvalidSpecError,
+)
+from colonyos.generators.model import (
+    NO_TIMEOUT,
+    Generator,
+    GeneratorAdd,
+    GeneratorDefinition,
+    check_arg,
+)
+from colonyos.generators.trigger import RunNow, decide
+from colonyos.limits import (
+    MAX_GENERATOR_TRIGGER,
+    MAX_SECONDS,
+    generator_batch_limit,
+    json_array_within,
+)
+from colonyos.messages import Empty, Named
+from colonyos.models import ZERO_TIME, now
+from colonyos.specs import load_workflow_spec
+from colonyos.subjects import check_name
+
+__all__ = ["GeneratorRunner", "run_graph_id"]
+
+logger = logging.getLogger(__name__)
+
+_encode = msgspec.json.Encoder().encode
+_decode_generator = msgspec.json.Decoder(Generator).decode
+_replace = msgspec.structs.replace
+GENERATOR_RECORD = "the generator record"
+# The longest the loop sleeps; an argument packed wakes it at once. Every this many seconds it
+# also reads every generator's stream, in case a wake-up was missed (a reconnect).
+_MAX_SLEEP_S = 1.0
+_RESCAN_S = 2.0
+
+Key = tuple[str, str]
+
+
+def run_graph_id(generator: Generator, first_seq: int) -> str:
+    """The graph id of the run whose first argument is at ``first_seq``: the same on every
+    broker."""
+    basis = f"generator:{generator.colony_name}:{generator.generator_id}:{first_seq}"
+    return hashlib.sha256(basis.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class _Arg:
+    seq: int
+    time: datetime
+    data: bytes
+
+
+@dataclass(slots=True)
+class _Waiting:
+    """What the leader has read of a generator's arguments beyond its cursor: the usable
+    ones in order, and the sequence read up to (arguments skipped included)."""
+
+    args: list[_Arg] = field(default_factory=list)
+    read: int = 0
+    size: int = 0
+    full: bool = False  # one more would not fit in a run: run with these
+
+
+class GeneratorRunner:
+    def __init__(self, service: Service, workflows: Workflows) -> None:
+        self.service = service
+        self.workflows = workflows
+        self.store = service.store
+        self.generators: dict[Key, tuple[Generator, int]] = {}
+        self._waiting: dict[Key, _Waiting] = {}
+        self._locks: dict[Key, asyncio.Lock] = {}
+        self._wake = asyncio.Event()
+        self._packed: set[Key] = set()  # told an argument arrived: read these first
+        self._scanned = 0.0
+        self._broken: set[Key] = set()  # generators that cannot be run, logged once
+        service.register_ops(
+            generator_add=(GeneratorAdd, self.generator_add),
+            generator_get=(Named, self.generator_get),
+            generator_list=(Empty, self.generator_list),
+            generator_remove=(Named, self.generator_remove),
+        )
+
+    # -- the loop --------------------------------------------------------------------------
+    async def load(self) -> None:
+        """Read every definition (the first sweep finishes any run a previous leader recorded
+        but did not start)."""
+        self.generators.clear()
+        self._waiting.clear()
+        async for generator, revision in self.store.all_generators():
+            self.generators[(generator.colony_name, generator.name)] = (generator, revision)
+
+    async def listen(self) -> Subscription:
+        """Wake the loop when an argument is packed (the stream keeps it; this is only the
+        news)."""
+        return await self.store.nc.subscribe(self.store.subjects.generators_all, cb=self._on_pack)
+
+    async def _on_pack(self, msg: Msg) -> None:
+        self._packed.add(self.store.subjects.parse_generator(msg.subject))
+        self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            try:
+                until = await self.sweep()
+                if self._packed:  # more arrived meanwhile
+                    continue
+            except (nats.errors.Error, TimeoutError):
+                logger.warning("generator sweep: NATS trouble; trying again", exc_info=True)
+                until = _MAX_SLEEP_S
+            except Exception:
+                logger.exception("generator sweep failed; trying again")
+                until = _MAX_SLEEP_S
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.0, min(until, _MAX_SLEEP_S))):
+                    await self._wake.wait()
+
+    async def sweep(self) -> float:
+        """Start every run that is due; the seconds until one may be due next."""
+        rescan = time.monotonic() - self._scanned >= _RESCAN_S
+        if rescan:
+            self._scanned = time.monotonic()
+        packed, self._packed = self._packed, set()
+        sleep = _MAX_SLEEP_S
+        for key in list(self.generators):
+            if key[0] not in self.service.colonies:  # the colony was removed with them
+                self.forget(key)
+                continue
+            async with self._lock(key):
+                try:
+                    sleep = min(sleep, await self._tick(key, read=rescan or key in packed))
+                except ConflictError:
+                    sleep = 0.0  # written meanwhile: the next sweep decides from what is stored
+                    continue
+                except ColoniesError as err:
+                    # This generator cannot be run (a stored value today's rules refuse): say
+                    # so once, and let the others run.
+                    if key not in self._broken:
+                        self._broken.add(key)
+                        logger.error("generator %s in %s is not run: %s", key[1], key[0], err)
+                    continue
+            self._broken.discard(key)
+        return sleep
+
+    async def _tick(self, key: Key, *, read: bool) -> float:
+        entry = self.generators.get(key)
+        if entry is None:
+            return _MAX_SLEEP_S
+        generator, revision = entry
+        if generator.run_pending:
+            await self._finish(key, generator, revision)
+            return 0.0
+        check_trigger(generator.trigger)  # a stored value (by hand, another release)
+        waiting = self._waiting_for(key, generator)
+        if read or not waiting.read:
+            await self._read(key, generator, waiting)
+        first = waiting.args[0].time if waiting.args else None
+        decision = decide(generator, pending=len(waiting.args), first_packed=first, now=now())
+        if waiting.full and not isinstance(decision, RunNow):
+            decision = RunNow(count=len(waiting.args))
+        if isinstance(decision, RunNow):
+            batch = waiting.args[: decision.count]
+            await self._start(key, generator, revision, batch)
+            return 0.0
+        if decision.until is None:
+            return _MAX_SLEEP_S
+        return (decision.until - now()).total_seconds()
+
+    def _waiting_for(self, key: Key, generator: Generator) -> _Waiting:
+        waiting = self._waiting.get(key)
+        if waiting is None or waiting.read < generator.cursor:
+            waiting = _Waiting(read=generator.cursor)
+            self._waiting[key] = waiting
+        return waiting
+
+    async def _read(self, key: Key, generator: Generator, waiting: _Waiting) -> None:
+        """Read what was packed beyond what was read, up to the trigger and up to what one
+        run's roots can take; an argument that cannot be used is skipped, said once."""
+        budget = generator_batch_limit(self.store.nc.max_payload)
+        while len(waiting.args) < generator.trigger and not waiting.full:
+            msg = await self.store.packed_after(*key, waiting.read)
+            if msg is None or msg.seq is None:
+                return
+            try:
+                check_arg(msg.data)
+            except InvalidSpecError as err:
+                logger.warning(
+                    "generator %s in %s: argument %d skipped: %s", key[1], key[0], msg.seq, err
+                )
+                waiting.read = msg.seq
+                continue
+            size = len(msg.data or b"")
+            if waiting.args and waiting.size + size > budget:
+                waiting.full = True
+                return
+            waiting.args.append(_Arg(msg.seq, msg.time or now(), msg.data or b""))
+            waiting.size += size
+            waiting.read = msg.seq
+
+    async def _start(
+        self, key: Key, generator: Generator, revision: int, batch: list[_Arg]
+    ) -> Generator:
+        """Record the run of ``batch`` (the arguments from its first sequence to its last),
+        then write its graph."""
+        first = batch[0].seq
+        pending = _replace(
+            generator,
+            batch_first=first,
+            cursor=batch[-1].seq,
+            run_pending=True,
+            last_run=now(),
+            last_process_graph_id=run_graph_id(generator, first),
+        )
+        revision = await self._write(key, pending, revision)
+        return await self._finish(key, pending, revision, [check_arg(a.data) for a in batch])
+
+    async def _finish(
+        self, key: Key, generator: Generator, revision: int, args: list[Any] | None = None
+    ) -> Generator:
+        """Write the graph of the run the record names (again: what exists is kept), then
+        clear it, then drop the arguments it used. ``args``: its arguments as read before the
+        run was recorded; else (a run a previous leader recorded) read again from the
+        stream."""
+        graph_id = generator.last_process_graph_id
+        try:
+            if args is None:
+                args = await self._batch(key, generator)
+            workflow, _ = load_workflow_spec(generator.workflow_spec)
+            graph, processes = plan(
+                workflow,
+                generator.colony_name,
+                graph_id,
+                now(),
+                time.time_ns(),
+                initiator=generator.initiator_name,
+                root_args=args,
+                generator_name=generator.name,
+            )
+            self.workflows.check_sizes(graph, processes)
+            await self.workflows.start(graph, processes)
+            logger.info(
+                "generator %s in %s: run of %d arguments is graph %s",
+                generator.name,
+                generator.colony_name,
+                len(args),
+                graph_id,
+            )
+        except ColoniesError as err:
+            # It cannot be run (its colony or its spec no longer allow it): say so, go on.
+            logger.error(
+                "generator %s in %s: run not started: %s", generator.name, key[0], err.message
+            )
+        done = _replace(generator, run_pending=False)
+        await self._write(key, done, revision)
+        waiting = self._waiting.get(key)
+        if waiting is not None:
+            waiting.args = [a for a in waiting.args if a.seq > done.cursor]
+            waiting.size = sum(len(a.data) for a in waiting.args)
+            waiting.full = False
+        await self.store.purge_packed(*key, through=done.cursor)
+        return done
+
+    async def _batch(self, key: Key, generator: Generator) -> list[Any]:
+        """The values packed from ``batchfirst`` to ``cursor``, in order, as stored."""
+        values: list[Any] = []
+        seq = generator.batch_first - 1
+        while True:
+            msg: RawStreamMsg | None = await self.store.packed_after(*key, seq)
+            if msg is None or msg.seq is None or msg.seq > generator.cursor:
+                return values
+            seq = msg.seq
+            with contextlib.suppress(InvalidSpecError):  # skipped when read, said then
+                values.append(check_arg(msg.data))
+
+    async def _write(self, key: Key, generator: Generator, revision: int) -> int:
+        data = self.store.encoded(generator, GENERATOR_RECORD)
+        subject_key = self.store.subjects.generator_key(*key)
+        try:
+            new_revision = int(await self.store.generators.update(subject_key, data, last=revision))
+        except nats.js.errors.KeyWrongLastSequenceError as err:
+            await self._reload(key)
+            raise ConflictError(
+                f"generator {key[1]!r} in {key[0]!r} changed meanwhile; try again",
+                generator_name=key[1],
+            ) from err
+        self.generators[key] = (generator, new_revision)
+        return new_revision
+
+    async def _reload(self, key: Key) -> None:
+        self._waiting.pop(key, None)
+        try:
+            entry = await self.store.generators.get(self.store.subjects.generator_key(*key))
+        except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+            self.generators.pop(key, None)
+            return
+        self.generators[key] = (_decode_generator(entry.value or b""), int(entry.revision or 0))
+
+    def forget(self, key: Key) -> None:
+        self.generators.pop(key, None)
+        self._waiting.pop(key, None)
+
+    def forget_colony(self, colony: str) -> None:
+        """A removed colony's generators (purged with it) run no more."""
+        for key in [k for k in self.generators if k[0] == colony]:
+            self.forget(key)
+
+    def _lock(self, key: Key) -> asyncio.Lock:
+        return self._locks.setdefault(key, asyncio.Lock())
+
+    # -- requests --------------------------------------------------------------------------
+    async def generator_add(self, colony: str, caller: str, req: GeneratorAdd) -> Generator:
+        generator = _definition(colony, caller, req.generator)
+        key = (colony, generator.name)
+        async with self._lock(key):
+            # Arguments packed under the name before it existed (or left by a generator of
+            # that name removed) are not its own.
+            cursor = await self.store.packed_last_seq()
+            generator = _replace(generator, cursor=cursor)
+            data = self.store.encoded(generator, GENERATOR_RECORD)
+            try:
+                revision = await self.store.generators.create(
+                    self.store.subjects.generator_key(*key), data
+                )
+            except nats.js.errors.KeyWrongLastSequenceError:
+                raise ConflictError(
+                    f"$.name: generator {generator.name!r} exists in colony {colony!r}; "
+                    "remove it first or choose another name",
+                    path="$.name",
+                ) from None
+            self.generators[key] = (generator, int(revision))
+            self._waiting.pop(key, None)
+            await self.store.purge_packed(*key, through=cursor)
+        self._wake.set()
+        logger.info("generator %s added in %s by %s", generator.name, colony, caller)
+        return generator
+
+    def _shown(self, key: Key, generator: Generator) -> Generator:
+        """The record with what waits: ``queuesize`` (as far as read) and ``firstpack``."""
+        waiting = self._waiting.get(key)
+        if waiting is None or not waiting.args:
+            return _replace(generator, queue_size=0, first_pack=ZERO_TIME)
+        return _replace(generator, queue_size=len(waiting.args), first_pack=waiting.args[0].time)
+
+    async def generator_get(self, colony: str, caller: str, req: Named) -> Generator:
+        key = (colony, req.name)
+        entry = self.generators.get(key)
+        if entry is None:
+            raise GeneratorNotFoundError(colony, req.name)
+        return self._shown(key, entry[0])
+
+    async def generator_list(self, colony: str, caller: str, req: Empty) -> msgspec.Raw:
+        """The colony's generators by name, as many as one reply holds."""
+        mine = sorted(
+            (self._shown(k, g) for k, (g, _) in self.generators.items() if k[0] == colony),
+            key=_name,
+        )
+        return msgspec.Raw(json_array_within((_encode(g) for g in mine), self.service.reply_limit))
+
+    async def generator_remove(self, colony: str, caller: str, req: Named) -> None:
+        """Remove the definition and the arguments that wait; runs already started go on."""
+        key = (colony, req.name)
+        async with self._lock(key):
+            if key not in self.generators:
+                raise GeneratorNotFoundError(colony, req.name)
+            await self.store.generators.delete(self.store.subjects.generator_key(*key))
+            self.forget(key)
+            await self.store.purge_packed(*key)
+        logger.info("generator %s removed from %s by %s", req.name, colony, caller)
+
+
+def _name(generator: Generator) -> str:
+    return generator.name
+
+
+def check_trigger(trigger: int) -> None:
+    if not 1 <= trigger <= MAX_GENERATOR_TRIGGER:
+        raise InvalidSpecError(
+            f"$.trigger: {trigger}: give how many arguments start a run, "
+            f"1 to {MAX_GENERATOR_TRIGGER}",
+            path="$.trigger",
+        )
+
+
+def _definition(colony: str, caller: str, definition: GeneratorDefinition) -> Generator:
+    """A new generator from what a user sent, checked: errors name the field."""
+    try:
+        check_name("name", definition.name)
+    except InvalidNameError as err:
+        raise InvalidSpecError(f"$.name: {err.message}", path="$.name") from None
+    check_trigger(definition.trigger)
+    if not NO_TIMEOUT <= definition.timeout <= MAX_SECONDS:
+        raise InvalidSpecError(
+            f"$.timeout: {definition.timeout}: give seconds, 1 to {MAX_SECONDS} "
+            f"(0 or {NO_TIMEOUT}: no timeout)",
+            path="$.timeout",
+        )
+    raw = definition.workflow_json()
+    workflow = checked_workflow(colony, definition.colony_name, raw, "generator")
+    return Generator(
+        generator_id=new_id(),
+        initiator_name=caller,
+        colony_name=colony,
+        name=definition.name,
+        workflow_spec=_encode(workflow).decode(),
+        trigger=definition.trigger,
+        timeout=definition.timeout if definition.timeout > 0 else NO_TIMEOUT,
+        created=now(),
+    )
