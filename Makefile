@@ -38,7 +38,7 @@ test: lint typecheck unit
 soak: install
 	COLONIES_CHECKER_PROCESSES=3000 COLONIES_CHECKER_CHAOS_S=60 \
 		$(BIN)/pytest -q -s tests/test_checker.py -o timeout=900
-	COLONIES_CRON_CHAOS_S=60 $(BIN)/pytest -q -s tests/crons/test_cron_failover.py -o timeout=600
+	COLONIES_CRON_CHAOS_S=60 $(BIN)/pytest -q -s tests/crons/test_failover.py -o timeout=600
 	COLONIES_FUZZ_EXAMPLES=2000 COLONIES_FUZZ_RANDOM=1 \
 		$(BIN)/pytest -q tests/fuzz -o timeout=1800
 	COLONIES_MONKEY_COMMANDS=400 $(BIN)/pytest -q -s tests/cli/test_monkey.py -o timeout=1800
