@@ -233,6 +233,10 @@ class Broker:
             await nc.flush()
             self.leading.set()
             stack.callback(self.leading.clear)
+            # Stepping down, the first thing is to take no more requests: one taken after the
+            # in-flight ones were waited for would go unanswered (its asker waiting out its
+            # timeout) instead of finding no responders, or the next leader, at once.
+            stack.push_async_callback(self._unsubscribe, rpc)
             # Executors parked at a leader that died would wait out their long poll: tell them.
             await nc.publish(self.subjects.leader, self.broker_id.encode())
             logger.info("broker %s leads", self.broker_id)

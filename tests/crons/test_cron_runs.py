@@ -17,6 +17,7 @@ from colonyos.client import Client
 from colonyos.config import BrokerSettings
 from colonyos.crons.client import Crons
 from colonyos.crons.model import Cron
+from colonyos.errors import BrokerUnavailableError
 from colonyos.messages import GraphEvent
 from colonyos.models import ProcessGraph, ProcessState, now
 from colonyos.subjects import GRAPH_TOKEN, Subjects
@@ -36,7 +37,12 @@ async def _poll_runs(client: Client, name: str, count: int, timeout: float) -> l
 
     async def enough() -> bool:
         nonlocal found
-        found = await _runs(client, name)
+        try:
+            found = await _runs(client, name)
+        except BrokerUnavailableError:
+            # A request that reached a broker as it stepped down goes unanswered: a client
+            # riding out a take-over asks again.
+            return False
         return len(found) >= count
 
     async with asyncio.timeout(timeout):
