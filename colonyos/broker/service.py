@@ -70,7 +70,7 @@ from colonyos.models import (
 from colonyos.specs import check_function_spec, from_validation_error
 from colonyos.subjects import SERVER_SCOPE, Subjects
 
-__all__ = ["LOOK_AGAIN", "Picked", "Report", "Service", "new_id"]
+__all__ = ["LOOK_AGAIN", "Picked", "Report", "Service", "event_may_be_missing", "new_id"]
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +97,13 @@ def _revoked(before: Process, after: Process) -> bool:
     return before.state is ProcessState.RUNNING and (
         after.state is not ProcessState.RUNNING or after.assignments != before.assignments
     )
+
+
+def event_may_be_missing(written: datetime | None, last_event: datetime | None) -> bool:
+    """May a terminal revision loaded from KV lack its event? Yes if it was written about when
+    the newest event was, or later (its writer may have died before sending it), or if either
+    time is unknown."""
+    return last_event is None or written is None or written >= last_event - _EVENT_SLACK
 
 
 def _ns(t: datetime) -> int:
@@ -194,8 +201,7 @@ class Service:
                     unkept.append((process, revision, reason))
                 continue
             self.track(process, revision)
-            if last_event is None or written is None or written >= last_event - _EVENT_SLACK:
-                # Written about when the last event was: its own event may never have been sent.
+            if event_may_be_missing(written, last_event):
                 await self.store.ensure_event(process, revision)
         # No stored value keeps a broker from starting: what it cannot run ends FAILED.
         for process, revision, reason in unkept:
