@@ -157,9 +157,11 @@ async def until(check: Callable[[], bool], *, timeout: float = 10.0) -> None:
 
 
 @contextlib.asynccontextmanager
-async def standalone_service(settings: BrokerSettings) -> AsyncIterator[Service]:
-    """A broker's Service on its own NATS connection, loaded from the prefix's KV, without a
-    lease: what a broker that believes it leads would write with."""
+async def standalone_service(
+    settings: BrokerSettings, *, load: bool = True
+) -> AsyncIterator[Service]:
+    """A broker's Service on its own NATS connection, loaded from the prefix's KV (unless not
+    ``load``), without a lease: what a broker that believes it leads would write with."""
     seed = server_seeds.get(settings.nats_url)
     nc = await connect_nats(settings.nats_url, name="colonies-test-writer", seed=seed)
     subjects = Subjects(settings.prefix)
@@ -168,8 +170,9 @@ async def standalone_service(settings: BrokerSettings) -> AsyncIterator[Service]
     try:
         await store.setup()
         await index.open()
-        service = Service(store, index, subjects)
-        await service.load()
+        service = Service(store, index, subjects, max_executor_losses=settings.max_executor_losses)
+        if load:
+            await service.load()
         yield service
     finally:
         await store.close()

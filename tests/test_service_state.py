@@ -137,3 +137,68 @@ async def test_a_loading_leader_gives_each_executor_a_grace_and_counts_what_it_l
                 assert s.heard[executor_id] == s.lead_start  # a grace, not a sign of life
     loaded = [r.getMessage() for r in caplog.records if r.getMessage().startswith("loaded ")]
     assert loaded and " 2 processes (2 waiting, 0 running)" in loaded[-1]
+
+
+def _cannot_enqueue(process: Process, revision: int) -> None:
+    raise RuntimeError("no room")
+
+
+async def test_a_created_process_that_cannot_be_queued_ends_failed_with_the_reason(
+    client: Client, broker_settings: BrokerSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    p = await submitted(client)
+    async with standalone_service(broker_settings) as s:
+        stored, rev = await s.store.get(COLONY, p.process_id)
+        monkeypatch.setattr(s, "enqueue", _cannot_enqueue)
+        await s.admit(stored, rev)
+        failed, _ = await s.store.get(COLONY, p.process_id)
+        assert failed.state is ProcessState.FAILED
+        assert failed.errors == ["it cannot be queued: RuntimeError: no room"]
+
+
+async def test_a_loaded_process_that_cannot_be_queued_ends_failed_and_the_load_goes_on(
+    client: Client, broker_settings: BrokerSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    p = await submitted(client)
+    async with standalone_service(broker_settings, load=False) as s:
+        monkeypatch.setattr(s, "enqueue", _cannot_enqueue)
+        await s.load()
+        failed, _ = await s.store.get(COLONY, p.process_id)
+        assert failed.state is ProcessState.FAILED
+        assert failed.errors == ["it cannot be queued: RuntimeError: no room"]
+
+
+async def test_a_loaded_process_neither_kept_nor_failed_is_logged_and_left(
+    client: Client,
+    broker_settings: BrokerSettings,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    p = await submitted(client)
+
+    async def refuse(process: Process, revision: int, reason: str) -> None:
+        raise ValueError("refused to refuse")
+
+    async with standalone_service(broker_settings, load=False) as s:
+        monkeypatch.setattr(s, "enqueue", _cannot_enqueue)
+        monkeypatch.setattr(s, "refuse", refuse)
+        await s.load()
+        left, _ = await s.store.get(COLONY, p.process_id)
+        assert left.state is ProcessState.WAITING
+    assert any("nor marked FAILED; left as it is" in r.getMessage() for r in caplog.records)
+
+
+async def test_nats_trouble_while_failing_a_loaded_process_stops_the_load(
+    client: Client, broker_settings: BrokerSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The broker stands by and loads again, rather than lead without the process."""
+    await submitted(client)
+
+    async def refuse(process: Process, revision: int, reason: str) -> None:
+        raise TimeoutError
+
+    async with standalone_service(broker_settings, load=False) as s:
+        monkeypatch.setattr(s, "enqueue", _cannot_enqueue)
+        monkeypatch.setattr(s, "refuse", refuse)
+        with pytest.raises(TimeoutError):
+            await s.load()

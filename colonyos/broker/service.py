@@ -125,7 +125,7 @@ class Service:
         index: ProcessIndex,
         subjects: Subjects,
         *,
-        max_executor_losses: int = 5,
+        max_executor_losses: int,
     ) -> None:
         self.store = store
         self.index = index

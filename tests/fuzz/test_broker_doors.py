@@ -142,7 +142,7 @@ async def _load_as_a_new_leader(nc: Any, subjects: Subjects) -> None:
     index = ProcessIndex(None)
     await index.open()
     try:
-        service = Service(store, index, subjects)
+        service = Service(store, index, subjects, max_executor_losses=5)
         Admin(service)
         workflows = Workflows(service)
         await service.load()
