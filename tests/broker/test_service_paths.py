@@ -13,6 +13,7 @@ import asyncio
 import msgspec
 import pytest
 
+from colonyos.broker import transitions
 from colonyos.broker.scheduler import Capacity, Offer
 from colonyos.broker.service import Service
 from colonyos.client import Client
@@ -23,7 +24,16 @@ from colonyos.errors import (
     NotAuthorizedError,
     ProcessNotFoundError,
 )
-from colonyos.models import Capabilities, Executor, ExecutorState, Hardware, Process
+from colonyos.messages import Revoke
+from colonyos.models import (
+    Capabilities,
+    Executor,
+    ExecutorState,
+    Hardware,
+    Process,
+    ProcessState,
+    now,
+)
 
 from ..conftest import COLONY
 from ..helpers import standalone_service, submitted
@@ -68,6 +78,24 @@ async def test_a_removed_executor_is_told_it_was_removed(
         _executor(s, ExecutorState.UNREGISTERED)
         with pytest.raises(ExecutorRemovedError, match="removed from colony"):
             s.approved(COLONY, "e1", RUN)
+
+
+async def test_a_write_that_takes_a_running_process_away_tells_its_executor_unasked(
+    client: Client, broker_settings: BrokerSettings
+) -> None:
+    """Notifying is the default: only executors' own reports, which need no telling, opt out."""
+    p = await submitted(client)
+    async with standalone_service(broker_settings) as s:
+        _executor(s, ExecutorState.APPROVED)
+        executor = s.executor(COLONY, "e1")
+        await s.transition(
+            COLONY, p.process_id, lambda q: transitions.assign(q, executor, now=now())
+        )
+        control = await s.store.nc.subscribe(s.subjects.control(COLONY, "e1"))
+        await s.transition(COLONY, p.process_id, lambda q: transitions.cancel(q, now=now()))
+        told = msgspec.json.decode((await control.next_msg(timeout=10)).data, type=Revoke)
+        await control.unsubscribe()
+        assert (told.process_id, told.state) == (p.process_id, ProcessState.CANCELLED)
 
 
 def _later(p: Process) -> Process:
