@@ -75,7 +75,7 @@ mutate: install
 			lease) tests="tests/broker/test_lease_terms.py tests/broker/test_lease.py";; \
 			lifecycle) tests="tests/broker/test_lifecycle_steps.py tests/test_lifecycle.py tests/test_executor_liveness.py";; \
 			workflows) tests="tests/broker/test_workflows_edges.py tests/test_workflows.py";; \
-			service) tests="tests/broker/test_service_edges.py tests/test_service_state.py tests/test_assign_flow.py tests/test_capacity.py";; \
+			service) tests="tests/broker/test_service_edges.py tests/broker/test_service_values.py tests/broker/test_service_paths.py tests/test_service_state.py tests/test_assign_flow.py tests/test_capacity.py";; \
 			assignment) tests="tests/broker/test_assignment_batch.py tests/broker/test_assignment_paths.py tests/test_assign_flow.py tests/test_capacity.py tests/broker/test_two_writers.py";; \
 			reports) tests="tests/test_assign_flow.py tests/test_lifecycle.py tests/test_sizes.py";; \
 			*) echo "make mutate: no home tests listed for $$m"; exit 2;; \

@@ -330,20 +330,13 @@ class Service:
                 raise InvalidSpecError(f"malformed {op} request: {err}", op=op) from err
             if self.authorize is not None:
                 await self.authorize(colony, caller, op)
-            if colony != SERVER_SCOPE and op not in ("colony_add", "colony_get"):
+            if colony_scoped(colony, op):
                 self.colony(colony)
                 known = self.executors.get((colony, caller))
                 if known is not None:
                     self.heard[known.executor_id] = time.monotonic()
             result = await handler(colony, caller, request)
-            body = _NO_WORK if result is None else b'{"result":' + _result_bytes(result) + b"}"
-            if len(body) > self.store.nc.max_payload:
-                # The backstop: listings are cut to fit, and any other reply that outgrew one
-                # message says so, rather than leave its caller waiting for it.
-                max_payload = self.store.nc.max_payload
-                raise RecordTooLargeError(
-                    f"the {op} reply", len(body), self.reply_limit, max_payload
-                )
+            body = reply_body(op, result, self.store.nc.max_payload, self.reply_limit)
         except ColoniesError as err:
             body = _encode({"error": err.to_reply()})
         if msg.reply:
@@ -465,14 +458,11 @@ class Service:
         if holder is None:
             return
         colony, name = holder
-        if after.errors:
-            reason = after.errors[-1]
-        elif after.state is ProcessState.WAITING:
-            reason = "taken back and queued again"
-        else:
-            reason = after.state.name.lower()
         body = Revoke(
-            process_id=after.process_id, state=after.state, reason=reason, attempt=before.attempt
+            process_id=after.process_id,
+            state=after.state,
+            reason=revoke_reason(after),
+            attempt=before.attempt,
         )
         await self.store.tell(self.subjects.control(colony, name), body)
 
@@ -545,6 +535,32 @@ class Service:
                 err,
             )
             self._capacities[key] = Capacity(key[1], executor.location_name, 0, 0, 0, 0, 0)
+
+
+def colony_scoped(colony: str, op: str) -> bool:
+    """Does a request name a colony that must exist (and count as its caller's sign of life)?
+    Not the server's own scope, nor the two operations that make or read a colony."""
+    return colony != SERVER_SCOPE and op not in ("colony_add", "colony_get")
+
+
+def reply_body(op: str, result: Any, max_payload: int, reply_limit: int) -> bytes:
+    """The reply to a request that succeeded, within one message of ``max_payload`` bytes."""
+    body = _NO_WORK if result is None else b'{"result":' + _result_bytes(result) + b"}"
+    if len(body) > max_payload:
+        # The backstop: listings are cut to fit, and any other reply that outgrew one message
+        # says so, rather than leave its caller waiting for it.
+        raise RecordTooLargeError(f"the {op} reply", len(body), reply_limit, max_payload)
+    return body
+
+
+def revoke_reason(after: Process) -> str:
+    """Why a running process was taken from its executor, as the revoke tells it: the last
+    error the write added, else what became of the process."""
+    if after.errors:
+        return after.errors[-1]
+    if after.state is ProcessState.WAITING:
+        return "taken back and queued again"
+    return after.state.name.lower()
 
 
 def _what_grew(before: Process, after: Process) -> str:
