@@ -9,7 +9,8 @@ import nats
 import pytest
 
 from colonyos.client import Client
-from colonyos.errors import ColonyNotFoundError, InvalidSpecError
+from colonyos.errors import BrokerUnavailableError, ColonyNotFoundError, InvalidSpecError
+from colonyos.generators.client import Generators
 from colonyos.messages import Rejection
 from colonyos.models import Conditions, FunctionSpec, Process, ProcessState
 from colonyos.subjects import Subjects
@@ -205,3 +206,18 @@ async def test_submit_many_pipelines_and_every_spec_becomes_a_process(client: Cl
     assert seen == set(pids)
     with pytest.raises(InvalidSpecError, match="funcname"):
         await client.submit_many([FunctionSpec(conditions=Conditions(executor_type="echo"))])
+
+
+async def test_a_closed_connection_is_said_in_the_clients_words(client: Client, settings) -> None:
+    """Submitting or packing on a connection that is closed (refused too long, or closed by its
+    owner) raises the client's error, never nats-py's."""
+    generators = Generators(client)
+    await generators.add(
+        "feed", [{"nodename": "n", "funcname": "f", "conditions": {"executortype": "x"}}], trigger=2
+    )
+    await generators.pack("feed", 1)  # the generator is known: the next pack goes straight out
+    await client.nc.close()
+    with pytest.raises(BrokerUnavailableError, match="closed"):
+        await client.submit(spec(), confirm=False)
+    with pytest.raises(BrokerUnavailableError, match="closed"):
+        await generators.pack("feed", 2)

@@ -16,6 +16,7 @@ from colonyos import limits
 from colonyos.client.connected import new_id
 from colonyos.client.reading import Reading
 from colonyos.connection import (
+    closed_error,
     denied,
     refused_at_once,
 )
@@ -165,6 +166,8 @@ class Submitting(Reading):
             if denied(self.nc, subject):
                 raise await self._refusal("submit", subject, colony) from err
             raise BrokerUnavailableError("JetStream did not acknowledge the spec in time") from err
+        except nats.errors.ConnectionClosedError as err:
+            raise closed_error(self.nc) from err  # why the server refused it, if it did
 
     async def submit_workflow(
         self,

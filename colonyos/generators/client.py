@@ -9,7 +9,7 @@ import msgspec
 import nats.errors
 import nats.js.errors
 
-from colonyos.connection import denied, refused_at_once
+from colonyos.connection import closed_error, denied, refused_at_once
 from colonyos.errors import BrokerUnavailableError, InvalidSpecError
 from colonyos.generators.model import (
     NO_TIMEOUT,
@@ -98,4 +98,6 @@ class Generators:
             raise BrokerUnavailableError(
                 "JetStream did not acknowledge the argument in time"
             ) from err
+        except nats.errors.ConnectionClosedError as err:
+            raise closed_error(client.nc) from err  # why the server refused it, if it did
         return int(ack.seq)
