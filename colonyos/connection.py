@@ -297,7 +297,10 @@ def _why_not(
     ``asked_auth``: the server answered and asked for credentials, so a timeout is its auth
     not letting it in (in time), not a server out of reach."""
     shown = shown_url(url)
-    gave_up = isinstance(err, TimeoutError | nats.errors.NoServersError | nats.errors.TimeoutError)
+    # Timed out, or hung up on (the server closes a connection its callout did not let in).
+    gave_up = isinstance(
+        err, TimeoutError | OSError | nats.errors.NoServersError | nats.errors.TimeoutError
+    )
     if any(_is_refusal(e) for e in [*errors, err]) or (asked_auth and gave_up):
         return _refused(shown, who, with_key, executor)
     if bad_tls := next((e for e in [*errors, err] if isinstance(e, ssl.SSLError)), None):
