@@ -107,6 +107,9 @@ class _Waiting:
     read: int = 0
     size: int = 0
     full: bool = False  # one more would not fit in a run: run with these
+    # The read stopped at the trigger or at what fits, not at the end of the stream: more
+    # wait, to be read as soon as these are used (not at the next rescan).
+    more: bool = False
 
 
 class GeneratorRunner:
@@ -180,6 +183,12 @@ class GeneratorRunner:
                 except ConflictError:
                     sleep = 0.0  # written meanwhile: the next sweep decides from what is stored
                     continue
+                except (nats.errors.Error, TimeoutError) as err:
+                    # NATS trouble on this one (its stream, its record): the others go on,
+                    # and it is looked at again shortly.
+                    logger.warning("generator %s in %s: %s; trying again", key[1], key[0], err)
+                    sleep = min(sleep, _MAX_SLEEP_S)
+                    continue
                 except ColoniesError as err:
                     # This generator cannot be run (a stored value today's rules refuse): say
                     # so once, and let the others run.
@@ -200,7 +209,7 @@ class GeneratorRunner:
             return 0.0
         check_trigger(generator.trigger)  # a stored value (by hand, another release)
         waiting = self._waiting_for(key, generator)
-        if read or not waiting.read:
+        if read or waiting.more or not waiting.read:
             await self._read(key, generator, waiting)
         first = waiting.args[0].time if waiting.args else None
         decision = decide(generator, pending=len(waiting.args), first_packed=first, now=now())
@@ -225,9 +234,11 @@ class GeneratorRunner:
         """Read what was packed beyond what was read, up to the trigger and up to what one
         run's roots can take; an argument that cannot be used is skipped, said once."""
         budget = generator_batch_limit(self.store.nc.max_payload)
+        waiting.more = True  # unless the stream's end is reached below
         while len(waiting.args) < generator.trigger and not waiting.full:
             msg = await self.store.packed_after(*key, waiting.read)
             if msg is None or msg.seq is None:
+                waiting.more = False
                 return
             try:
                 check_arg(msg.data)

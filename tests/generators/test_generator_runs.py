@@ -13,6 +13,7 @@ import nats.js.errors
 import pytest
 
 from colonyos.broker import Broker
+from colonyos.broker import generators as generators_module
 from colonyos.broker.generators import run_graph_id
 from colonyos.client import Client
 from colonyos.config import BrokerSettings, Settings
@@ -88,6 +89,29 @@ async def test_packed_arguments_outlive_a_broker_restart_and_run_once(
             await generators.pack("kept", value)
         runs = await poll_runs(client, "kept", 2, timeout=15)
         assert [await root_args(client, g) for g in runs] == [[1, 2, 3], [4, 5, 6]]
+
+
+async def test_a_backlog_runs_one_batch_after_another_without_waiting_for_a_rescan(
+    client: Client,
+    broker: Broker,
+    broker_settings: BrokerSettings,
+    args_executor: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Arguments that waited while no broker ran are read a batch at a time: once a batch is
+    used, the next is read at once, not at the leader's next look at every stream (here an
+    hour away, so that only reading on would get past the first batch)."""
+    monkeypatch.setattr(generators_module, "_RESCAN_S", 3600.0)
+    generators = Generators(client)
+    await generators.add("backlog", ONE, trigger=1)
+    await generators.pack("backlog", 0)  # run at once; and the generator is known to exist
+    await poll_runs(client, "backlog", 1, timeout=10)
+    await stopped(broker)
+    for value in range(1, 6):
+        await generators.pack("backlog", value)
+    async with running_broker(broker_settings):
+        runs = await poll_runs(client, "backlog", 6, timeout=20)
+        assert [await root_args(client, g) for g in runs] == [[v] for v in range(6)]
 
 
 async def test_a_run_a_dead_leader_recorded_is_finished_once(
