@@ -18,6 +18,7 @@ import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js.api import AckPolicy, ConsumerConfig
 
 from colonyos import limits
@@ -236,7 +237,7 @@ class Broker:
             # Stepping down, the first thing is to take no more requests: one taken after the
             # in-flight ones were waited for would go unanswered (its asker waiting out its
             # timeout) instead of finding no responders, or the next leader, at once.
-            stack.push_async_callback(self._unsubscribe, rpc)
+            stack.push_async_callback(self._stop_taking, rpc)
             # Executors parked at a leader that died would wait out their long poll: tell them.
             await nc.publish(self.subjects.leader, self.broker_id.encode())
             logger.info("broker %s leads", self.broker_id)
@@ -339,6 +340,13 @@ class Broker:
         for task in tasks:
             if not task.cancelled() and (err := task.exception()) is not None:
                 raise err
+
+    @staticmethod
+    async def _stop_taking(sub: Subscription) -> None:
+        """Take no more requests, but answer those already received (drain, not unsubscribe:
+        these would be dropped, their askers waiting out their timeout)."""
+        with contextlib.suppress(nats.errors.Error):
+            await sub.drain()  # type: ignore[no-untyped-call]  # nats-py leaves it unannotated
 
     @staticmethod
     async def _unsubscribe(sub: object) -> None:
