@@ -20,14 +20,17 @@ from datetime import datetime
 from typing import Literal
 
 import nats.errors
+import nats.js.errors
 from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy, KeyValueConfig, StorageType
 from nats.js.kv import KeyValue
 
-__all__ = ["StoredValue", "latest_values", "open_bucket"]
+__all__ = ["StoredValue", "delete_at", "latest_values", "open_bucket"]
 
 # How long one message of a bucket being read may take to come: the server sends them at once.
 _NEXT_TIMEOUT_S = 30.0
+# JetStream's error code for a write whose expected last sequence is not the key's.
+_WRONG_LAST_SEQUENCE = 10071
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,3 +91,18 @@ async def latest_values(
     finally:
         with contextlib.suppress(nats.errors.Error):
             await sub.unsubscribe()
+
+
+async def delete_at(kv: KeyValue, key: str, revision: int) -> bool:
+    """Delete ``key`` only if its latest revision is still ``revision`` (a compare-and-set);
+    False, and nothing deleted, if it changed. (nats-py maps the refusal of an update to
+    KeyWrongLastSequenceError, but that of a delete to a bare BadRequestError.)"""
+    try:
+        await kv.delete(key, last=revision)
+    except nats.js.errors.KeyWrongLastSequenceError:
+        return False
+    except nats.js.errors.BadRequestError as err:
+        if err.err_code == _WRONG_LAST_SEQUENCE:
+            return False
+        raise
+    return True

@@ -11,7 +11,7 @@ import pytest
 from colonyos.client import Client
 from colonyos.errors import BrokerUnavailableError, ColonyNotFoundError, InvalidSpecError
 from colonyos.generators.client import Generators
-from colonyos.messages import Rejection
+from colonyos.messages import Empty, Rejection
 from colonyos.models import Conditions, FunctionSpec, Process, ProcessState
 from colonyos.subjects import Subjects
 
@@ -221,3 +221,18 @@ async def test_a_closed_connection_is_said_in_the_clients_words(client: Client, 
         await client.submit(spec(), confirm=False)
     with pytest.raises(BrokerUnavailableError, match="closed"):
         await generators.pack("feed", 2)
+
+
+async def test_a_request_whose_handler_fails_unexpectedly_is_answered_at_once(
+    client: Client, broker
+) -> None:
+    """A defect in a handler (or NATS trouble it did not expect) is told to the asker now,
+    naming the operation, not left to its timeout."""
+
+    async def boom(colony: str, caller: str, req: Empty) -> None:
+        raise RuntimeError("a defect")
+
+    broker.service.register_ops(boom=(Empty, boom))
+    async with asyncio.timeout(2):  # the request timeout is 5 s
+        with pytest.raises(BrokerUnavailableError, match="failed on 'boom': a defect"):
+            await client._request("boom", Empty(), type(None))

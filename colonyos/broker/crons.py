@@ -33,6 +33,7 @@ import nats.js.errors
 from colonyos.broker.service import Service, new_id
 from colonyos.broker.standing import checked_workflow
 from colonyos.broker.workflows import Workflows, plan
+from colonyos.buckets import delete_at
 from colonyos.crons.model import NO_INTERVAL, Cron, CronAdd, CronDefinition
 from colonyos.crons.schedule import RunNow, check_schedule, decide, next_tick
 from colonyos.errors import (
@@ -325,8 +326,15 @@ class CronRunner:
         """Remove the definition; runs already started go on."""
         key = (colony, req.name)
         async with self._lock(key):
-            self._held(key)
-            await self.store.crons.delete(self.store.subjects.cron_key(*key))
+            _, revision = self._held(key)
+            # Only the record this leader holds: a deposed leader's late remove must not
+            # delete a cron added again since.
+            if not await delete_at(self.store.crons, self.store.subjects.cron_key(*key), revision):
+                await self._reload(key)
+                raise ConflictError(
+                    f"cron {req.name!r} in {colony!r} changed meanwhile; try again",
+                    cron_name=req.name,
+                ) from None
             self.crons.pop(key, None)
         logger.info("cron %s removed from %s by %s", req.name, colony, caller)
 

@@ -42,6 +42,7 @@ from nats.js.api import RawStreamMsg
 from colonyos.broker.service import Service, new_id
 from colonyos.broker.standing import checked_workflow
 from colonyos.broker.workflows import Workflows, plan
+from colonyos.buckets import delete_at
 from colonyos.errors import (
     ColoniesError,
     ConflictError,
@@ -421,7 +422,17 @@ class GeneratorRunner:
         async with self._lock(key):
             if key not in self.generators:
                 raise GeneratorNotFoundError(colony, req.name)
-            await self.store.generators.delete(self.store.subjects.generator_key(*key))
+            _, revision = self.generators[key]
+            # Only the record this leader holds: a deposed leader's late remove must not
+            # delete a generator added again since (and purge its arguments).
+            if not await delete_at(
+                self.store.generators, self.store.subjects.generator_key(*key), revision
+            ):
+                await self._reload(key)
+                raise ConflictError(
+                    f"generator {req.name!r} in {colony!r} changed meanwhile; try again",
+                    generator_name=req.name,
+                ) from None
             self.forget(key)
             await self.store.purge_packed(*key)
         logger.info("generator %s removed from %s by %s", req.name, colony, caller)

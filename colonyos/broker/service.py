@@ -40,6 +40,7 @@ from colonyos.broker.scheduler import (
 )
 from colonyos.broker.store import ProcessStore, StaleRevisionError
 from colonyos.errors import (
+    BrokerUnavailableError,
     ColoniesError,
     ColonyNotFoundError,
     ConflictError,
@@ -339,6 +340,12 @@ class Service:
             body = reply_body(op, result, self.store.nc.max_payload, self.reply_limit)
         except ColoniesError as err:
             body = _encode({"error": err.to_reply()})
+        except Exception as err:
+            # A defect, or NATS trouble a handler did not expect: the asker hears it now (not
+            # at its timeout), and the log has the whole story.
+            logger.exception("%s from %s in %s failed", op, caller, colony)
+            failed = BrokerUnavailableError(f"the broker failed on {op!r}: {err}; try again", op=op)
+            body = _encode({"error": failed.to_reply()})
         if msg.reply:
             await msg.respond(body)
 

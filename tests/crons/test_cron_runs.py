@@ -17,7 +17,7 @@ from colonyos.client import Client
 from colonyos.config import BrokerSettings
 from colonyos.crons.client import Crons
 from colonyos.crons.model import Cron
-from colonyos.errors import BrokerUnavailableError
+from colonyos.errors import BrokerUnavailableError, ConflictError, CronNotFoundError
 from colonyos.messages import GraphEvent
 from colonyos.models import ProcessGraph, ProcessState, now
 from colonyos.subjects import GRAPH_TOKEN, Subjects
@@ -235,3 +235,25 @@ async def test_a_write_the_leader_did_not_see_is_never_written_over(
             await _pause()
     stored = await crons.get("cas")
     assert stored.last_run == later and stored.cron_id == added.cron_id
+
+
+async def test_a_remove_decided_from_a_stale_record_deletes_nothing(
+    client: Client, broker_settings: BrokerSettings
+) -> None:
+    """The record changed behind the leader (another leader wrote it): the leader's remove,
+    decided from the record it holds, is refused and what is stored stays."""
+    crons = Crons(client)
+    held = await crons.add("kept", CHAIN, interval=3600)
+    s = Subjects(broker_settings.prefix)
+    nc = await raw_nats(broker_settings.nats_url)
+    try:
+        kv = await nc.jetstream().key_value(s.bucket_crons)
+        await kv.put(s.cron_key("dev", "kept"), msgspec.json.encode(held))
+        with pytest.raises(ConflictError, match="changed meanwhile"):
+            await crons.remove("kept")
+        assert (await kv.get(s.cron_key("dev", "kept"))).value
+    finally:
+        await nc.close()
+    await crons.remove("kept")  # the leader read it again: now it goes
+    with pytest.raises(CronNotFoundError):
+        await crons.get("kept")

@@ -17,6 +17,7 @@ from colonyos.broker import generators as generators_module
 from colonyos.broker.generators import run_graph_id
 from colonyos.client import Client
 from colonyos.config import BrokerSettings, Settings
+from colonyos.errors import ConflictError, GeneratorNotFoundError
 from colonyos.generators.client import Generators
 from colonyos.generators.model import Generator
 from colonyos.limits import GENERATOR_ARG_MAX_BYTES, HEADROOM_BYTES, generator_batch_limit
@@ -320,3 +321,29 @@ async def test_a_stored_generator_that_cannot_run_does_not_stop_the_others(
         assert await generator_runs(client, "aaa-bad") == []
     said = [r for r in caplog.records if "generator aaa-bad in dev is not run" in r.getMessage()]
     assert len(said) == 1 and "$.trigger: 0" in said[0].getMessage()
+
+
+async def test_a_remove_decided_from_a_stale_record_deletes_nothing(
+    client: Client, broker_settings: BrokerSettings
+) -> None:
+    """The record changed behind the leader (another leader wrote it): a remove the leader
+    decides from the record it holds is refused, and what is stored stays, with its
+    arguments."""
+    generators = Generators(client)
+    held = await generators.add("kept", ONE, trigger=5)
+    await generators.pack("kept", "a")
+    s = Subjects(broker_settings.prefix)
+    nc = await raw_nats(broker_settings.nats_url)
+    try:
+        js = nc.jetstream()
+        kv = await js.key_value(s.bucket_generators)
+        await kv.put(s.generator_key("dev", "kept"), msgspec.json.encode(held))
+        with pytest.raises(ConflictError, match="changed meanwhile"):
+            await generators.remove("kept")
+        assert (await kv.get(s.generator_key("dev", "kept"))).value
+        assert (await js.stream_info(s.stream_generators)).state.messages == 1
+    finally:
+        await nc.close()
+    await generators.remove("kept")  # the leader read it again: now it goes
+    with pytest.raises(GeneratorNotFoundError):
+        await generators.get("kept")
