@@ -73,6 +73,7 @@ async def latest_values(
         ordered_consumer=True,
         deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
     )
+    latest: dict[str, StoredValue] = {}
     try:
         info = await sub.consumer_info()
         # The server's own counters: nothing sent and nothing to send is an empty read.
@@ -81,16 +82,22 @@ async def latest_values(
         while True:
             msg = await sub.next_msg(timeout=_NEXT_TIMEOUT_S)
             meta = msg.metadata
-            deleted = (msg.headers or {}).get("KV-Operation") in ("DEL", "PURGE")
-            if msg.data and not deleted:
-                yield StoredValue(
-                    msg.subject[len(head) :], msg.data, int(meta.sequence.stream), meta.timestamp
-                )
+            key = msg.subject[len(head) :]
+            # Kept by key, the later message winning: after a gap nats-py's ordered consumer
+            # starts again from a sequence, delivering every revision from there (a deleted
+            # key's older value before its delete marker), and a key written during the read
+            # comes twice.
+            if msg.data and (msg.headers or {}).get("KV-Operation") not in ("DEL", "PURGE"):
+                latest[key] = StoredValue(key, msg.data, int(meta.sequence.stream), meta.timestamp)
+            else:
+                latest.pop(key, None)
             if meta.num_pending == 0:
-                return
+                break
     finally:
         with contextlib.suppress(nats.errors.Error):
             await sub.unsubscribe()
+    for stored in latest.values():
+        yield stored
 
 
 async def delete_at(kv: KeyValue, key: str, revision: int) -> bool:
