@@ -56,6 +56,10 @@ GRAPH_RECORD = "the process graph record"
 # Lifecycle events and logs are kept for the retention (as finished processes are); logs are
 # also bounded in size.
 LOGS_MAX_BYTES = 1 << 30
+# Packed generator arguments wait until a run uses them: bounded, so that a member packing to a
+# name no generator uses cannot fill JetStream; when full, a pack is refused (old arguments are
+# never dropped to make room).
+GENERATOR_ARGS_MAX_BYTES = 256 << 20
 
 
 def _expect(revision: int) -> dict[str, str]:
@@ -158,6 +162,8 @@ class ProcessStore:
                 name=s.stream_generators,
                 subjects=[s.generators_all],
                 max_msg_size=GENERATOR_ARG_MAX_BYTES + HEADROOM_BYTES,
+                max_bytes=GENERATOR_ARGS_MAX_BYTES,
+                discard=DiscardPolicy.NEW,
                 duplicate_window=self._dedup_window_s,
                 storage=self._storage,
                 num_replicas=self._replicas,

@@ -100,4 +100,10 @@ class Generators:
             ) from err
         except nats.errors.ConnectionClosedError as err:
             raise closed_error(client.nc) from err  # why the server refused it, if it did
+        except nats.js.errors.APIError as err:  # the stream full, or refusing the message
+            raise BrokerUnavailableError(
+                f"JetStream did not take the argument: {err.description}; runs must use some "
+                "of those waiting first",
+                subject=subject,
+            ) from err
         return int(ack.seq)

@@ -8,11 +8,17 @@ import json
 from typing import Any
 
 import pytest
+from nats.js.api import DiscardPolicy
 
 from colonyos.broker import Broker
 from colonyos.client import Client
 from colonyos.config import BrokerSettings, Settings
-from colonyos.errors import ConflictError, GeneratorNotFoundError, InvalidSpecError
+from colonyos.errors import (
+    BrokerUnavailableError,
+    ConflictError,
+    GeneratorNotFoundError,
+    InvalidSpecError,
+)
 from colonyos.generators.client import Generators
 from colonyos.generators.model import GeneratorDefinition
 from colonyos.limits import GENERATOR_ARG_MAX_BYTES
@@ -181,3 +187,36 @@ async def test_raw_nats_adds_a_colonies_definition(client: Client, settings: Set
     finally:
         await nc.close()
     assert (await Generators(client).get("raw")).initiator_name == "raw-user"
+
+
+async def test_arguments_are_bounded_and_a_full_stream_refuses_a_pack_clearly(
+    client: Client, broker_settings: BrokerSettings
+) -> None:
+    """The arguments' stream is bounded (a member packing to a name no generator uses cannot
+    fill JetStream), and when full it refuses new ones, dropping none that wait."""
+    generators = Generators(client)
+    await generators.add(
+        "big",
+        [{"nodename": "n", "funcname": "f", "conditions": {"executortype": "none"}}],
+        trigger=10000,
+    )
+    s = Subjects(broker_settings.prefix)
+    nc = await raw_nats(broker_settings.nats_url)
+    try:
+        js = nc.jetstream()
+        info = await js.stream_info(s.stream_generators)
+        assert info.config.max_bytes == 256 << 20
+        assert info.config.discard == DiscardPolicy.NEW
+        # As an operator may shrink it: room for a few arguments only.
+        info.config.max_bytes = 4096
+        await js.update_stream(info.config)
+        arg = "x" * 1000
+        with pytest.raises(BrokerUnavailableError, match="did not take the argument"):
+            for _ in range(10):
+                await generators.pack("big", arg)
+        kept = (await js.stream_info(s.stream_generators)).state.messages
+        assert kept >= 1
+        first = await js.get_msg(s.stream_generators, seq=1)
+        assert json.loads(first.data) == arg  # the oldest was not dropped to make room
+    finally:
+        await nc.close()
