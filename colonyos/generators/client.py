@@ -68,16 +68,18 @@ class Generators:
         self._known.discard(name)
         await self.client._request("generator_remove", Named(name=name), Generator)
 
-    async def pack(self, name: str, arg: Any) -> int:
+    async def pack(self, name: str, arg: Any, *, arg_id: str | None = None) -> int:
         """Pack ``arg`` (any value JSON can hold) into the generator: stored when this returns.
-        The stream sequence it got."""
+        The stream sequence it got. ``arg_id``: an id of your own for this argument, so that
+        packing it again (a retry after "did not acknowledge in time") stores it once, within
+        the dedup window (two minutes by default)."""
         try:
             data = msgspec.json.encode(arg)
         except (TypeError, msgspec.EncodeError) as err:
             raise InvalidSpecError(f"$.arg: not a JSON value: {err}", path="$.arg") from None
-        return await self.pack_json(name, data)
+        return await self.pack_json(name, data, arg_id=arg_id)
 
-    async def pack_json(self, name: str, data: bytes | str) -> int:
+    async def pack_json(self, name: str, data: bytes | str, *, arg_id: str | None = None) -> int:
         """Pack an argument given as JSON text, as ``colonies generator pack --arg`` does."""
         raw = data.encode() if isinstance(data, str) else data
         check_arg(raw)
@@ -87,7 +89,9 @@ class Generators:
         client = self.client
         subject = client.subjects.generator(client.colony, name)
         try:
-            ack = await refused_at_once(client.nc, subject, client.js.publish(subject, raw))
+            headers = {"Nats-Msg-Id": arg_id} if arg_id else None
+            publishing = client.js.publish(subject, raw, headers=headers)
+            ack = await refused_at_once(client.nc, subject, publishing)
         except nats.js.errors.NoStreamResponseError as err:
             raise BrokerUnavailableError(
                 "no JetStream stream takes generator arguments yet: has a broker started?"

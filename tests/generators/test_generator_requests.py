@@ -220,3 +220,16 @@ async def test_arguments_are_bounded_and_a_full_stream_refuses_a_pack_clearly(
         assert json.loads(first.data) == arg  # the oldest was not dropped to make room
     finally:
         await nc.close()
+
+
+async def test_an_argument_packed_again_with_its_id_is_stored_once(client: Client) -> None:
+    """A retry after a lost acknowledgement, with the argument's own id, stores it once."""
+    generators = Generators(client)
+    await generators.add(
+        "retry",
+        [{"nodename": "n", "funcname": "f", "conditions": {"executortype": "none"}}],
+        trigger=10,
+    )
+    first = await generators.pack("retry", {"row": 1}, arg_id="row-1")
+    assert await generators.pack("retry", {"row": 1}, arg_id="row-1") == first
+    assert await generators.pack("retry", {"row": 1}) == first + 1  # no id: a new argument
