@@ -8,6 +8,7 @@ import itertools
 import msgspec
 import pytest
 
+from colonyos.broker import reports
 from colonyos.broker.reports import log_entries
 from colonyos.models import LogEntry
 
@@ -100,10 +101,36 @@ def test_timestamps_count_up_one_a_piece_from_the_blanks_across_lines() -> None:
 
 @pytest.mark.parametrize("stamp", [STAMP, 10**18 - 3, 0])
 def test_no_entry_outgrows_the_limit_whatever_its_timestamp(stamp: int) -> None:
-    # Measured with the blank's own timestamp, the pieces past 10**18 - 1 would take one digit
-    # more than measured; measured with timestamp 0, every piece 18 or 19 more.
+    # Measured with the blank's own timestamp, the entries past 10**18 - 1 would take one digit
+    # more than measured (the lines of 21 characters, one too many, would go whole); measured
+    # with timestamp 0, every entry 18 or 19 more.
     limit = fitting(ASCII * 20, STAMP)
-    got = entries([ASCII * 200], limit, stamp)
-    assert len(got) > 5
+    lines = [ASCII * 200, *[ASCII * 21] * 6]
+    got = entries(lines, limit, stamp)
+    assert len(got) > 12
     assert all(size(e) <= limit for e in got), [size(e) - limit for e in got]
-    assert "".join(e.message for e in got) == ASCII * 200
+    assert "".join(e.message for e in got) == "".join(lines)
+
+
+def test_the_cut_estimates_from_the_size_rather_than_a_character_at_a_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Two encodings a piece (too long, then its estimate) and the blank's measure; shrinking a
+    # piece one character a pass would encode half a megabyte some 400,000 times.
+    calls = most = 0
+
+    def counted(value: object) -> bytes:
+        nonlocal calls
+        calls += 1
+        assert calls <= most, f"more than {most} encodings"
+        return _encode(value)
+
+    for char in (ASCII, CONTROL, "😀", "é"):
+        for room in (10_000, 500_000):
+            line = char * 1_000_000
+            pieces_at_most = len(_encode(line)) // (room - 12) + 1
+            most, calls = 1 + 2 * pieces_at_most, 0
+            with monkeypatch.context() as patch:
+                patch.setattr(reports, "_encode", counted)
+                pieces = pieces_of(line, fitting("") + room)
+            assert 1 < len(pieces) <= pieces_at_most
