@@ -18,7 +18,7 @@ import msgspec
 
 from colonyos.broker import transitions
 from colonyos.broker.service import Service
-from colonyos.errors import ColoniesError
+from colonyos.errors import ColoniesError, RecordTooLargeError
 from colonyos.limits import record_limit
 from colonyos.messages import Close, Fail, LogLines, Outcome, Results
 from colonyos.models import Executor, LogEntry, Process, now
@@ -85,8 +85,7 @@ class Reports:
             message="",
             timestamp=time.time_ns(),
         )
-        limit = record_limit(self.store.nc.max_payload)
-        for entry in log_entries(blank, req.lines, limit):
+        for entry in log_entries(blank, req.lines, self.store.nc.max_payload):
             await self.store.js.publish(subject, _encode(entry))
         return None
 
@@ -96,17 +95,25 @@ class Reports:
 _WIDEST_TIMESTAMP = 2**63 - 1
 
 
-def log_entries(blank: LogEntry, lines: Iterable[str], limit: int) -> Iterator[LogEntry]:
-    """``lines`` as entries like ``blank``, each at most ``limit`` bytes of JSON: a line too
-    long for one is split into pieces that each are one. The timestamps count up one
-    nanosecond a piece from ``blank``'s, so that they keep the lines' order.
-
-    ``limit`` must leave room for the blank entry and one character (eight bytes)."""
+def log_entries(blank: LogEntry, lines: Iterable[str], max_payload: int) -> Iterator[LogEntry]:
+    """``lines`` as entries like ``blank``, each a record this server can hold (at most
+    :func:`record_limit` bytes of JSON): a line too long for one is split into pieces that each
+    are one. The timestamps count up one nanosecond a piece from ``blank``'s, so that they keep
+    the lines' order. :class:`RecordTooLargeError` if an entry has no room for one character."""
+    limit = record_limit(max_payload)
     widest = msgspec.structs.replace(blank, message="", timestamp=_WIDEST_TIMESTAMP)
     budget = limit - (len(_encode(widest)) - 2)  # a piece's JSON string takes the place of ""
+    if budget < _WIDEST_CHARACTER:
+        raise RecordTooLargeError(
+            "a log entry of one character", limit - budget + _WIDEST_CHARACTER, limit, max_payload
+        )
     pieces = (piece for line in lines for piece in _log_pieces(line, budget))
     for i, piece in enumerate(pieces):
         yield msgspec.structs.replace(blank, message=piece, timestamp=blank.timestamp + i)
+
+
+# The most one character takes as a JSON string ("\u0001" and the quotes).
+_WIDEST_CHARACTER = 8
 
 
 def _log_pieces(line: str, budget: int) -> Iterator[str]:

@@ -10,6 +10,8 @@ import pytest
 
 from colonyos.broker import reports
 from colonyos.broker.reports import log_entries
+from colonyos.errors import RecordTooLargeError
+from colonyos.limits import HEADROOM_BYTES
 from colonyos.models import LogEntry
 
 # A cut that never ends fails here, not at the suite's minute.
@@ -39,7 +41,8 @@ def size(entry: LogEntry) -> int:
 
 def entries(lines: list[str], limit: int, stamp: int = STAMP) -> list[LogEntry]:
     """At most a thousand entries, so that a cut that never ends fails instead of hanging."""
-    return list(itertools.islice(log_entries(blank(stamp), lines, limit), 1000))
+    max_payload = limit + HEADROOM_BYTES  # the server whose records may have ``limit`` bytes
+    return list(itertools.islice(log_entries(blank(stamp), lines, max_payload), 1000))
 
 
 def fitting(message: str, stamp: int = STAMP) -> int:
@@ -60,6 +63,17 @@ def test_a_line_that_fits_to_the_byte_is_one_entry_and_one_byte_more_splits_it()
         limit = fitting(line)
         assert entries([line], limit)[0].message == line
         assert len(pieces_of(line, limit - 1)) == 2
+
+
+def test_a_limit_without_room_for_one_character_is_refused_not_cut_for_ever() -> None:
+    # One character of six bytes fits to the byte; a byte less and no line could be cut.
+    assert [e.message for e in entries([CONTROL * 3], fitting(CONTROL))] == [CONTROL] * 3
+    for line in (CONTROL, ASCII):
+        with pytest.raises(RecordTooLargeError) as refused:
+            entries([line], fitting(CONTROL) - 1)
+        assert refused.value.size == fitting(CONTROL)
+        assert refused.value.limit == fitting(CONTROL) - 1
+        assert "a log entry of one character would be" in refused.value.message
 
 
 def test_lines_of_every_width_are_cut_within_the_limit_and_make_up_the_line() -> None:
