@@ -77,7 +77,7 @@ mutate: install
 			workflows) tests="tests/broker/test_workflows_edges.py tests/test_workflows.py";; \
 			service) tests="tests/broker/test_service_edges.py tests/broker/test_service_values.py tests/broker/test_service_paths.py tests/test_service_state.py tests/test_assign_flow.py tests/test_capacity.py";; \
 			assignment) tests="tests/broker/test_assignment_batch.py tests/broker/test_assignment_paths.py tests/test_assign_flow.py tests/test_capacity.py tests/broker/test_two_writers.py";; \
-			reports) tests="tests/test_assign_flow.py tests/test_lifecycle.py tests/test_sizes.py";; \
+			reports) tests="tests/broker/test_log_entries.py tests/test_report_notices.py tests/test_assign_flow.py tests/test_lifecycle.py tests/test_sizes.py";; \
 			*) echo "make mutate: no home tests listed for $$m"; exit 2;; \
 		esac; \
 		printf '%s\n' '[cosmic-ray]' "module-path = \"colonyos/broker/$$m.py\"" 'timeout = 300.0' \

@@ -11,19 +11,19 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 
 import msgspec
 
 from colonyos.broker import transitions
 from colonyos.broker.service import Service
-from colonyos.errors import ColoniesError
+from colonyos.errors import ColoniesError, RecordTooLargeError
 from colonyos.limits import record_limit
 from colonyos.messages import Close, Fail, LogLines, Outcome, Results
 from colonyos.models import Executor, LogEntry, Process, now
 
-__all__ = ["Reports"]
+__all__ = ["Reports", "log_entries"]
 
 logger = logging.getLogger(__name__)
 
@@ -78,17 +78,42 @@ class Reports:
         process, _ = await self.store.get(colony, req.process_id)
         transitions.require_lease(process, executor, "add logs to", req.attempt)
         subject = self.subjects.logs(colony, req.process_id)
-        stamp = time.time_ns()
         blank = LogEntry(
-            process_id=req.process_id, colony_name=colony, executor_name=caller, message=""
+            process_id=req.process_id,
+            colony_name=colony,
+            executor_name=caller,
+            message="",
+            timestamp=time.time_ns(),
         )
-        # A line too long for one message is split into pieces that each are one.
-        budget = record_limit(self.store.nc.max_payload) - len(_encode(blank))
-        pieces = (piece for line in req.lines for piece in _log_pieces(line, budget))
-        for i, piece in enumerate(pieces):
-            entry = msgspec.structs.replace(blank, message=piece, timestamp=stamp + i)
+        for entry in log_entries(blank, req.lines, self.store.nc.max_payload):
             await self.store.js.publish(subject, _encode(entry))
         return None
+
+
+# The widest timestamp an entry carries (nanoseconds since 1970 fit in it until 2262): a blank
+# entry is measured with it, so that no entry outgrows the measure by a digit.
+_WIDEST_TIMESTAMP = 2**63 - 1
+
+
+def log_entries(blank: LogEntry, lines: Iterable[str], max_payload: int) -> Iterator[LogEntry]:
+    """``lines`` as entries like ``blank``, each a record this server can hold (at most
+    :func:`record_limit` bytes of JSON): a line too long for one is split into pieces that each
+    are one. The timestamps count up one nanosecond a piece from ``blank``'s, so that they keep
+    the lines' order. :class:`RecordTooLargeError` if an entry has no room for one character."""
+    limit = record_limit(max_payload)
+    widest = msgspec.structs.replace(blank, message="", timestamp=_WIDEST_TIMESTAMP)
+    budget = limit - (len(_encode(widest)) - 2)  # a piece's JSON string takes the place of ""
+    if budget < _WIDEST_CHARACTER:
+        raise RecordTooLargeError(
+            "a log entry of one character", limit - budget + _WIDEST_CHARACTER, limit, max_payload
+        )
+    pieces = (piece for line in lines for piece in _log_pieces(line, budget))
+    for i, piece in enumerate(pieces):
+        yield msgspec.structs.replace(blank, message=piece, timestamp=blank.timestamp + i)
+
+
+# The most one character takes as a JSON string ("\u0001" and the quotes).
+_WIDEST_CHARACTER = 8
 
 
 def _log_pieces(line: str, budget: int) -> Iterator[str]:
