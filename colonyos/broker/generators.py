@@ -63,6 +63,7 @@ from colonyos.limits import (
     MAX_SECONDS,
     generator_batch_limit,
     json_array_within,
+    record_limit,
 )
 from colonyos.messages import Empty, Named
 from colonyos.models import ZERO_TIME, now
@@ -370,6 +371,7 @@ class GeneratorRunner:
     # -- requests --------------------------------------------------------------------------
     async def generator_add(self, colony: str, caller: str, req: GeneratorAdd) -> Generator:
         generator = _definition(colony, caller, req.generator)
+        self._check_room_for_arguments(generator)
         key = (colony, generator.name)
         async with self._lock(key):
             # Arguments packed under the name before it existed (or left by a generator of
@@ -393,6 +395,37 @@ class GeneratorRunner:
         self._wake.set()
         logger.info("generator %s added in %s by %s", generator.name, colony, caller)
         return generator
+
+    def _check_room_for_arguments(self, generator: Generator) -> None:
+        """Refuse a workflow whose roots leave no room for the arguments a run gives them
+        (half a process record): each of its runs would be refused at its start, and its
+        arguments dropped."""
+        max_payload = self.store.nc.max_payload
+        # A comma between arguments, at most one per argument, beside their own sizes.
+        room = record_limit(max_payload) - generator_batch_limit(max_payload)
+        room -= MAX_GENERATOR_TRIGGER
+        workflow, _ = load_workflow_spec(generator.workflow_spec)
+        _, processes = plan(
+            workflow,
+            generator.colony_name,
+            "0" * 64,
+            now(),
+            time.time_ns(),
+            initiator=generator.initiator_name,
+            generator_name=generator.name,
+        )
+        for i, process in enumerate(processes):
+            size = len(_encode(process))
+            if not process.parents and size > room:
+                path = f"$.workflowspec[{i}]"
+                raise InvalidSpecError(
+                    f"{path}: the root {process.spec.node_name!r} makes a process record of "
+                    f"{size} bytes; a generator's roots may take at most {room}, the other half "
+                    "of a record being for the arguments packed into them",
+                    path=path,
+                    size=size,
+                    limit=room,
+                )
 
     def _shown(self, key: Key, generator: Generator) -> Generator:
         """The record with what waits: ``queuesize`` (as far as read) and ``firstpack``."""

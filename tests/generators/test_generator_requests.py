@@ -233,3 +233,22 @@ async def test_an_argument_packed_again_with_its_id_is_stored_once(client: Clien
     first = await generators.pack("retry", {"row": 1}, arg_id="row-1")
     assert await generators.pack("retry", {"row": 1}, arg_id="row-1") == first
     assert await generators.pack("retry", {"row": 1}) == first + 1  # no id: a new argument
+
+
+async def test_roots_that_leave_no_room_for_the_arguments_are_refused(client: Client) -> None:
+    """Half a process record is for the arguments packed into a run's roots: a root that takes
+    more would make every run fail at its start (and drop its arguments), so it is refused
+    when the generator is added, naming the node."""
+    half = client.nc.max_payload // 2
+    spec = [
+        {
+            "nodename": "heavy",
+            "funcname": "f",
+            "args": ["x" * half],
+            "conditions": {"executortype": "none"},
+        }
+    ]
+    with pytest.raises(InvalidSpecError, match=r"\$\.workflowspec\[0\]: the root 'heavy'"):
+        await Generators(client).add("heavy", spec, trigger=1)
+    light = [{**spec[0], "args": ["x" * (half // 4)]}]
+    await Generators(client).add("light", light, trigger=1)  # a quarter leaves room
