@@ -22,6 +22,7 @@ import asyncio
 import enum
 import inspect
 import os
+import signal
 import sys
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
@@ -167,7 +168,7 @@ def run(coro: Coroutine[Any, Any, T], awaiting: Awaiting | None = None) -> T:
     its follow-up commands if the wait times out (124) or is interrupted (130).
     """
     try:
-        return asyncio.run(coro)
+        return asyncio.run(_interruptible(coro))
     except ColoniesError as e:
         raise fail(e.message, exit_code_for(e)) from None
     except TimeoutError:
@@ -176,6 +177,41 @@ def run(coro: Coroutine[Any, Any, T], awaiting: Awaiting | None = None) -> T:
     except KeyboardInterrupt:
         (awaiting or Awaiting()).stopped("interrupted")
         raise typer.Exit(code=ExitCode.INTERRUPTED) from None
+
+
+# Between two cancellations of a command that Ctrl-C stopped and that has not ended yet.
+_CANCEL_AGAIN_S = 0.2
+
+
+async def _interruptible(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro``; Ctrl-C cancels it, and cancels it again until it ends. asyncio cancels
+    once, and on Python 3.11 ``asyncio.wait_for`` (which nats-py's requests use) swallows a
+    cancellation that arrives with the answer: the command then went on waiting after the
+    user's Ctrl-C. A command that handles SIGINT itself (an executor, a server) installs its
+    own handler, which replaces this one while it runs."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.ensure_future(coro)
+    interrupted = False
+
+    def cancel() -> None:
+        nonlocal interrupted
+        interrupted = True
+        if not task.done():
+            task.cancel()
+            loop.call_later(_CANCEL_AGAIN_S, cancel)
+
+    try:
+        loop.add_signal_handler(signal.SIGINT, cancel)
+    except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or Windows
+        return await task
+    try:
+        return await task
+    except asyncio.CancelledError:
+        if interrupted:
+            raise KeyboardInterrupt from None
+        raise
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
 
 
 # -- the root guard --------------------------------------------------------------------------

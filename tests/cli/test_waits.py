@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import re
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -176,3 +178,47 @@ def test_an_unexpected_error_is_one_line_and_v_shows_its_traceback() -> None:
     assert verbose.exit_code == ExitCode.SYSTEM
     assert "Traceback" in verbose.output and "no such thing" in verbose.output
     assert CliRunner().invoke(buggy, ["fine"]).output == "fine\n"
+
+
+SWALLOWS_ONE_CANCEL = """
+import asyncio
+import typer
+from colonyos.cli._run import run
+
+async def stubborn():
+    # As nats-py's requests may on Python 3.11: the first cancellation is swallowed.
+    try:
+        await asyncio.sleep(3600)
+    except asyncio.CancelledError:
+        pass
+    print("went on", flush=True)
+    await asyncio.sleep(3600)
+
+async def main():
+    print("ready", flush=True)
+    await stubborn()
+
+try:
+    run(main())
+except typer.Exit as stop:  # as the CLI's entry point turns it into the exit code
+    raise SystemExit(stop.exit_code)
+"""
+
+
+def test_ctrl_c_ends_a_command_that_swallowed_the_first_cancellation(tmp_path: Path) -> None:
+    """asyncio cancels a command once on Ctrl-C; a library that swallows that cancellation
+    must not keep the command waiting: it is cancelled again until it ends."""
+    log = tmp_path / "out.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", SWALLOWS_ONE_CANCEL], stdout=out, stderr=subprocess.STDOUT
+        )
+    try:
+        _until(lambda: "ready" in log.read_text(), "the command to start")
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(20)
+    finally:
+        proc.kill()
+        proc.wait(10)
+    assert code == ExitCode.INTERRUPTED, log.read_text()
+    assert "went on" in log.read_text()  # the first cancellation was indeed swallowed
