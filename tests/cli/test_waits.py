@@ -188,11 +188,11 @@ from colonyos.cli._run import run
 async def stubborn():
     # As nats-py's requests may on Python 3.11: the first cancellation is swallowed.
     try:
-        await asyncio.sleep(3600)
+        await asyncio.sleep(3600)  # sleep-ok: a command waiting, until Ctrl-C cancels it
     except asyncio.CancelledError:
         pass
     print("went on", flush=True)
-    await asyncio.sleep(3600)
+    await asyncio.sleep(3600)  # sleep-ok: waiting on, until cancelled again
 
 async def main():
     print("ready", flush=True)
