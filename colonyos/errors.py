@@ -15,7 +15,8 @@
       ├─ ConflictError             already exists, or an illegal state transition
       │    ├─ ProcessExistsError   a process id submitted again
       │    ├─ ExecutorNameTakenError   a live executor holds the name (start with replace)
-      │    └─ ExecutorReplacedError    this executor's name was taken over (replace)
+      │    ├─ ExecutorReplacedError    this executor's name was taken over (replace)
+      │    └─ StateDirInUseError       another executor runs from the same state directory
       ├─ NotAuthorizedError        e.g. a close from an executor the process is not assigned to
       │    └─ ExecutorRemovedError     the colony owner removed this executor
       ├─ BrokerUnavailableError    no broker answered (not started, or NATS unreachable)
@@ -55,6 +56,7 @@ __all__ = [
     "ProcessExistsError",
     "ProcessNotFoundError",
     "RecordTooLargeError",
+    "StateDirInUseError",
 ]
 
 
@@ -232,6 +234,12 @@ class ExecutorReplacedError(ConflictError):
     """This executor's name was taken over by another start (.by_host, .by_pid)."""
 
     code = "executor_replaced"
+
+
+class StateDirInUseError(ConflictError):
+    """Another executor on this machine runs from the same state directory (.path)."""
+
+    code = "state_dir_in_use"
 
 
 class NotAuthorizedError(ColoniesError):

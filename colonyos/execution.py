@@ -61,6 +61,7 @@ __all__ = [
     "Handler",
     "OwnLog",
     "ProcessContext",
+    "ProcessFailure",
     "Raised",
     "ResultSender",
     "Returned",
@@ -337,7 +338,14 @@ async def guarded(handler: Handler, ctx: ProcessContext) -> FunctionOutcome:
     return Returned(output)
 
 
+class ProcessFailure(Exception):
+    """Raised by a handler to fail its process with exactly this message, without a traceback:
+    for failures a handler explains itself (a command's exit code, a spec's missing field)."""
+
+
 def _raised(err: BaseException) -> Raised:
+    if isinstance(err, ProcessFailure):
+        return Raised(error=cut(describe_text(err)), traceback=[])
     try:
         summary = traceback.TracebackException.from_exception(err)
         # The function's frames, without the executor's own around them.
@@ -360,11 +368,16 @@ def _type_name(err: BaseException) -> str:
 def describe(err: BaseException) -> str:
     """``Type: message`` for any exception, even one whose ``__str__`` raises."""
     name = _type_name(err)
-    try:
-        text = str(err)
-    except BaseException as inner:  # a broken __str__ is the function's, not the executor's
-        text = f"<str() of the exception failed: {_type_name(inner)}>"
+    text = describe_text(err)
     return f"{name}: {text}" if text else name
+
+
+def describe_text(err: BaseException) -> str:
+    """The message of any exception, even one whose ``__str__`` raises."""
+    try:
+        return str(err)
+    except BaseException as inner:  # a broken __str__ is the function's, not the executor's
+        return f"<str() of the exception failed: {_type_name(inner)}>"
 
 
 def cut(text: str) -> str:

@@ -51,6 +51,7 @@ from colonyos.errors import (
     ExecutorRemovedError,
     ExecutorReplacedError,
     NotAuthorizedError,
+    NotFoundError,
 )
 from colonyos.execution import (
     RETRY_MAX_S,
@@ -87,8 +88,10 @@ from colonyos.models import (
     Executor,
     ExecutorState,
     Process,
+    ProcessState,
     now,
 )
+from colonyos.resume import IdentityFile, Resumable
 from colonyos.subjects import check_name
 
 __all__ = ["ExecutorApp", "ExecutorStage", "ExecutorStatus", "ProcessContext", "output_of"]
@@ -191,6 +194,10 @@ class ExecutorApp:
         self._since = now()
         # print() inside Python functions becomes their log; only then is stdout routed.
         self._capture_print = False
+        # Executors whose work outlives them (containers, batch jobs): the registration id kept
+        # across restarts, and the platform asked what it still runs (see colonyos.resume).
+        self.identity: IdentityFile | None = None
+        self.resumable: Resumable | None = None
 
     # -- registering work ---------------------------------------------------------------
     def function(self, fn: Callable[..., Any] | None = None, *, name: str | None = None) -> Any:
@@ -268,9 +275,12 @@ class ExecutorApp:
         no more work can be assigned). Returns the processes handled. Raises what ended it:
         removed or replaced by the broker, its name held by another, or (``burst``) what keeps
         it from taking work."""
-        self.executor_id = secrets.token_hex(32)
         self._since = now()
         self._ended_by = None
+        if self.identity is None:
+            self.executor_id = secrets.token_hex(32)
+        else:
+            self.executor_id = self.identity.acquire()
         try:
             client = await self._connect(burst)
             if client is not None and client.secure:
@@ -280,6 +290,8 @@ class ExecutorApp:
                     await self._run_connected(client, burst)
         finally:
             self.ready.clear()
+            if self.identity is not None:
+                self.identity.release()
             self._say(ExecutorStage.STOPPED, "stopped")
         logger.debug("executor %s stopped after %d processes", self.name, self.processed)
         if self._ended_by is not None:
@@ -337,6 +349,9 @@ class ExecutorApp:
     async def _run_connected(self, client: Client, burst: bool) -> None:
         if await self._register(client, burst) is None:
             return
+        # Before the first heartbeat: it must name the processes taken back, or the broker
+        # takes them as assignments that never arrived.
+        adopted = await self._take_back(client)
         nc = client.nc
         control = await nc.subscribe(
             client.subjects.control(client.colony, self.name), cb=self._on_control
@@ -348,7 +363,7 @@ class ExecutorApp:
         beating = asyncio.create_task(self._heartbeat(client))
         try:
             with capture_output() if self._capture_print else contextlib.nullcontext():
-                await self._dispatch(client, ResultSender(client), burst)
+                await self._dispatch(client, ResultSender(client), burst, adopted)
         finally:
             beating.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -380,6 +395,13 @@ class ExecutorApp:
             try:
                 self.registered = registering.result()
                 return self.registered
+            except ExecutorRemovedError:
+                if self.identity is None or not self.identity.reused:
+                    raise
+                # The kept registration was removed by the colony's owner while this executor
+                # was away: start afresh, as any executor started again after a removal does.
+                self.executor_id = self.identity.renew()
+                continue
             except BrokerUnavailableError as err:
                 if burst:
                     raise
@@ -428,6 +450,40 @@ class ExecutorApp:
                 self._end(err)  # removed, or replaced by another start, meanwhile
         return False
 
+    async def _take_back(self, client: Client) -> list[Process]:
+        """What an earlier run of this registration left running on the platform: the
+        processes still assigned to it (to run again through their handlers, which follow the
+        work rather than start it), and the rest stopped."""
+        if self.resumable is None:
+            return []
+        adopted: list[Process] = []
+        for pid, attempt in await self.resumable.held():
+            try:
+                process = await client.get(pid)
+            except ColoniesError as err:
+                if not isinstance(err, NotFoundError):
+                    # Not known now: leave it to the broker, which takes it back in time.
+                    logger.warning("process %s: cannot tell whose it is (%s)", pid, err.message)
+                    continue
+                process = None
+            ours = (
+                process is not None
+                and process.state is ProcessState.RUNNING
+                and process.assigned_executor_id == self.executor_id
+                and process.attempt == attempt
+            )
+            if ours and process is not None:
+                logger.info("process %s: taken back from the earlier run", pid)
+                adopted.append(process)
+                self.running.add(pid)
+            else:
+                logger.info("process %s (attempt %d): no longer ours; stopping it", pid, attempt)
+                try:
+                    await self.resumable.abandon(pid, attempt)
+                except Exception:
+                    logger.exception("stopping the work of process %s failed", pid)
+        return adopted
+
     def _instance(self) -> Instance:
         return Instance(
             executor_id=self.executor_id,
@@ -454,10 +510,15 @@ class ExecutorApp:
             self._say(ExecutorStage.NO_BROKER, f"{err.message}; trying again until one answers")
 
     # -- taking work ----------------------------------------------------------------------
-    async def _dispatch(self, client: Client, results: ResultSender, burst: bool) -> None:
+    async def _dispatch(
+        self, client: Client, results: ResultSender, burst: bool, adopted: list[Process]
+    ) -> None:
         """Keep ``concurrency`` processes running: ask for as many as there are free slots
-        (one request), run each in its own task, and send their results together."""
-        running: set[asyncio.Task[None]] = set()
+        (one request), run each in its own task, and send their results together. Processes
+        taken back from an earlier run take their slots first."""
+        running: set[asyncio.Task[None]] = {
+            asyncio.create_task(self._execute(client, results, p)) for p in adopted
+        }
 
         def reap() -> None:
             for task in [t for t in running if t.done()]:
@@ -471,7 +532,7 @@ class ExecutorApp:
             while not self._stopping.is_set():
                 reap()
                 free = self.concurrency - len(running)
-                if free == 0:
+                if free <= 0:  # full (taken-back processes may fill more than its slots)
                     await first_of(running, self._stopping)
                     continue
                 processes = await self._next(client, burst, free)

@@ -94,6 +94,11 @@ class Registry:
             )
             await self.service.store.put_executor(registered)
             self.service.remember_executor(registered)
+            if same_run and req.instance is not None and req.instance != self._instances.get(key):
+                # The run came back as another OS process (an executor that keeps its id across
+                # restarts): the assign requests its earlier process left parked have no one to
+                # answer, and a process handed to one would wait a liveness window for nothing.
+                self.service.unpark_run(registered.executor_id)
             if req.instance is not None:
                 self._instances[key] = req.instance
         self.service.heard[registered.executor_id] = time.monotonic()
