@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import math
+import os
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -17,13 +19,17 @@ from colonyos.resources import parse_bytes, parse_cpu_millis
 from colonyos.security.members import Member
 
 from ._common import JSON_OPTION, connect, settings_of
-from ._executors import KINDS, build_executor
+from ._executors import KINDS, PlatformError, build_executor
 from ._output import console, executor_table, print_json
 from ._run import fail, run
 
 app = typer.Typer(help="Run executors and manage their registrations.", no_args_is_help=True)
 
 _NAME = typer.Option(..., "--name", help="Executor name.")
+
+# Processes an executor of each kind runs at once unless told: a container executor, one per
+# core (the broker's capacity admission also holds each to the cpu and mem it offers).
+_DEFAULT_CONCURRENCY = {"container": lambda: os.cpu_count() or 1}
 
 
 @app.command("start")
@@ -64,7 +70,25 @@ def start(
     gpu_mem: str = typer.Option(
         "", "--gpu-mem", help="Memory of each GPU, e.g. '80Gi' (default: nvidia-smi's)."
     ),
-    concurrency: int = typer.Option(1, "--concurrency", "-c", help="Processes run at once."),
+    concurrency: int = typer.Option(
+        0,
+        "--concurrency",
+        "-c",
+        help="Processes run at once (default: 1; container: this machine's cores).",
+        show_default=False,
+    ),
+    runtime: str = typer.Option(
+        "podman", "--runtime", help="container: the runtime that runs them, podman or docker."
+    ),
+    network: str = typer.Option(
+        "", "--network", help="container: the network of its containers (default: the runtime's)."
+    ),
+    state_dir: Path | None = typer.Option(
+        None,
+        "--state-dir",
+        help="container: where it keeps what it takes back after a restart "
+        "(default: ~/.local/state/colonies/KIND/COLONY/NAME).",
+    ),
 ) -> None:
     """Start a shipped executor in the foreground. Ctrl-C (or SIGTERM) stops it once its running
     processes finish; a second Ctrl-C stops them now and gives them back to the queue."""
@@ -75,13 +99,20 @@ def start(
         options["allow"] = allow
     if kind == "python":
         options["modules"] = module
+    if kind == "container":
+        options.update(runtime=runtime, network=network, state_dir=state_dir)
+    if not concurrency:
+        concurrency = _DEFAULT_CONCURRENCY.get(kind, lambda: 1)()
 
     hardware = _hardware(cpu, mem, storage, nodes, gpus, gpu_name, gpu_mem)
 
     async def go() -> int:
-        app_ = build_executor(
-            kind, settings_of(ctx), executor_type or kind, name or None, **options
-        )
+        try:
+            app_ = build_executor(
+                kind, settings_of(ctx), executor_type or kind, name or None, **options
+            )
+        except PlatformError as err:
+            raise fail(str(err)) from None
         app_.location_name = location
         app_.concurrency = max(1, concurrency)
         app_.capabilities = Capabilities(hardware=[hardware])
