@@ -9,7 +9,7 @@ container specs run unchanged, through the runtime's command line (podman, or do
   (a stop is immediate even if the command ignores SIGTERM), the spec's resource conditions as
   its limits (``--cpus``, ``--memory`` with no swap beyond it, GPUs, walltime as podman's
   ``--timeout``), the spec's environment from a file only its owner reads, and a directory of
-  its own mounted at ``/colonies`` for the ``$COLONIES_OUTPUT`` file;
+  its own mounted at ``/colonies`` for the ``$COLONIES_INPUT`` and ``$COLONIES_OUTPUT`` files;
 * its stdout and stderr stream into the process log as they come; its exit code decides;
 * a cancel, a ``maxexectime`` past, or the executor stopped now removes the container at once;
   a missing image fails in the time the runtime takes to say so;
@@ -39,6 +39,7 @@ RUNTIMES = ("podman", "docker")
 # Where a process finds its own directory inside the container.
 MOUNT = "/colonies"
 OUTPUT_FILE = "output.json"
+INPUT_FILE = "input.json"
 # A container name's prefix, and what the executor takes back after a restart.
 _PREFIX = "colonies-"
 
@@ -195,7 +196,8 @@ def _prepare(workdir: Path, call: contract.Execute) -> None:
     out = workdir / "out"
     out.mkdir(parents=True, exist_ok=True)
     out.chmod(0o777)
-    env = call.environment(f"{MOUNT}/{OUTPUT_FILE}")
+    (out / INPUT_FILE).write_bytes(call.input_json())
+    env = call.environment(f"{MOUNT}/{OUTPUT_FILE}", f"{MOUNT}/{INPUT_FILE}")
     fd = os.open(workdir / "env", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         for key, value in env.items():

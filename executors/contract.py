@@ -12,10 +12,12 @@ supercomputer (Slurm) by changing only its executor type::
 * ``cmd`` and ``args`` (joined with spaces) make one shell line, run by ``/bin/sh -c`` in the
   image, after ``init-cmd`` when given (a failing ``init-cmd`` fails the process, ``cmd`` does
   not run). ``{processid}`` becomes the process id in all three.
-* The environment is the spec's ``env``, ``COLONIES_PROCESS_ID`` and ``COLONIES_OUTPUT``: never
-  the executor's own (its keys, its NATS address).
+* The environment is the spec's ``env``, ``COLONIES_PROCESS_ID``, ``COLONIES_INPUT`` and
+  ``COLONIES_OUTPUT``: never the executor's own (its keys, its NATS address).
 * Beyond Colonies: JSON written to the file named by ``$COLONIES_OUTPUT`` becomes the process's
-  output (a JSON array is the output as it is; any other value is its one item).
+  output (a JSON array is the output as it is; any other value is its one item), and the file
+  named by ``$COLONIES_INPUT`` holds the process's input (in a workflow, its parents' outputs)
+  as a JSON array: so the nodes of a workflow pass data from one to the next.
 * Stdout and stderr become log lines as they come, marked ``[stdout]`` and ``[stderr]``; a
   non-zero exit fails the process with the code and the last lines of stderr.
 
@@ -39,6 +41,7 @@ from colonyos.resources import parse_bytes, parse_cpu_millis
 
 __all__ = [
     "FUNC_NAME",
+    "INPUT_ENV",
     "OUTPUT_ENV",
     "PROCESS_ID_ENV",
     "STDERR_MARK",
@@ -56,6 +59,7 @@ __all__ = [
 FUNC_NAME = "execute"
 PROCESS_ID_ENV = "COLONIES_PROCESS_ID"
 OUTPUT_ENV = "COLONIES_OUTPUT"
+INPUT_ENV = "COLONIES_INPUT"
 STDOUT_MARK = "[stdout] "
 STDERR_MARK = "[stderr] "
 # How many of the last stderr lines a failure quotes.
@@ -94,6 +98,8 @@ class Execute:
     command: str  # cmd and args, one shell line
     env: dict[str, str] = field(default_factory=dict)
     limits: Limits = field(default_factory=Limits)
+    # The process's input: its parents' outputs in a workflow.
+    input: list[Any] = field(default_factory=list)
 
     @property
     def script(self) -> str:
@@ -107,9 +113,18 @@ class Execute:
         """The command the image runs."""
         return ["/bin/sh", "-c", self.script]
 
-    def environment(self, output_path: str) -> dict[str, str]:
-        """The process's whole environment, with the output file at ``output_path``."""
-        return {**self.env, PROCESS_ID_ENV: self.process_id, OUTPUT_ENV: output_path}
+    def environment(self, output_path: str, input_path: str) -> dict[str, str]:
+        """The process's whole environment, with its output and input files at these paths."""
+        return {
+            **self.env,
+            PROCESS_ID_ENV: self.process_id,
+            INPUT_ENV: input_path,
+            OUTPUT_ENV: output_path,
+        }
+
+    def input_json(self) -> bytes:
+        """What the ``$COLONIES_INPUT`` file holds."""
+        return json.dumps(self.input).encode()
 
 
 def parse(process: Process) -> Execute:
@@ -149,6 +164,7 @@ def parse(process: Process) -> Execute:
         command=" ".join([cmd, *args]),
         env=dict(spec.env),
         limits=limits_of(process),
+        input=list(process.input),
     )
 
 

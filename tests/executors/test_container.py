@@ -17,7 +17,14 @@ from colonyos.client import Client
 from colonyos.config import Settings
 from colonyos.executor import ExecutorApp
 from colonyos.executors import container
-from colonyos.models import Conditions, FunctionSpec, Process, ProcessState
+from colonyos.models import (
+    Conditions,
+    FunctionSpec,
+    Process,
+    ProcessGraph,
+    ProcessState,
+    WorkflowSpec,
+)
 from tests.helpers import DATA
 from tests.procs import Child, said
 
@@ -170,7 +177,7 @@ async def test_the_environment_is_the_specs_and_never_the_executors(
     assert done.state is ProcessState.SUCCESS, done.errors
     env = {line.removeprefix("[stdout] ") for line in await log_of(client, p.process_id)}
     assert {"GREETING=hi there", f"COLONIES_PROCESS_ID={p.process_id}"} <= env
-    assert "COLONIES_OUTPUT=/colonies/output.json" in env
+    assert {"COLONIES_OUTPUT=/colonies/output.json", "COLONIES_INPUT=/colonies/input.json"} <= env
     assert not [line for line in env if "hunter2" in line or "NATS" in line], env
 
 
@@ -317,3 +324,24 @@ async def test_a_spec_missing_the_image_fails_at_once_naming_the_field(
     assert done.errors == [
         "kwargs.docker-image: required, the image to run (a string such as 'ubuntu:20.04')"
     ]
+
+
+async def test_a_workflows_nodes_pass_outputs_through_their_files(
+    client: Client, start: Start, podman_image: str
+) -> None:
+    """A node's output is the next one's input: written to ``$COLONIES_OUTPUT`` by one
+    container, read from ``$COLONIES_INPUT`` by the next."""
+    await start()
+    make = execute(podman_image, "echo 21 > $COLONIES_OUTPUT", node_name="make")
+    double = execute(
+        podman_image,
+        'v=$(cat "$COLONIES_INPUT"); v=${v#[}; v=${v%]}; echo "[$((v * 2))]" > $COLONIES_OUTPUT',
+        node_name="double",
+    )
+    double.conditions.dependencies = ["make"]
+    graph = await client.submit_workflow(WorkflowSpec(function_specs=[make, double]))
+    assert isinstance(graph, ProcessGraph)
+    done = await client.graph_wait(graph.process_graph_id, timeout=60)
+    assert done.state is ProcessState.SUCCESS
+    last = [p for p in await client.graph_processes(done) if p.spec.node_name == "double"]
+    assert last[0].input == [21] and last[0].output == [42]

@@ -26,9 +26,10 @@ def test_cmd_and_args_make_one_shell_line_with_the_process_id() -> None:
     )
     assert call.image == "ubuntu:20.04"
     assert call.argv == ["/bin/sh", "-c", f"echo hello 2 {PID}"]
-    assert call.environment("/colonies/output.json") == {
+    assert call.environment("/colonies/output.json", "/colonies/input.json") == {
         "GREETING": "hi",
         "COLONIES_PROCESS_ID": PID,
+        "COLONIES_INPUT": "/colonies/input.json",
         "COLONIES_OUTPUT": "/colonies/output.json",
     }
 
