@@ -266,9 +266,11 @@ async def test_approval_is_learned_at_once_from_the_broker(
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
 ) -> None:
-    import colonyos.executor
+    import colonyos.executor.stages
 
-    monkeypatch.setattr(colonyos.executor, "_APPROVAL_CHECK_S", 3600.0)  # only being told helps
+    monkeypatch.setattr(
+        colonyos.executor.stages, "_APPROVAL_CHECK_S", 3600.0
+    )  # only being told helps
     await client.colony_add("lab")
     lab = msgspec.structs.replace(settings, colony="lab")
     # ed runs with a key of its own: one with an owner's key is approved as it registers.
