@@ -15,6 +15,7 @@ from typing import Any
 
 import msgspec
 from rich.console import Console
+from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
@@ -232,3 +233,16 @@ def colony_table(colonies: list[Colony], wide: bool = False) -> Table:
     for c in colonies:
         table.add_row(c.name, show_id(c.colony_id, wide), "yes" if c.auto_approve else "no")
     return table
+
+
+class LiveView(Live):
+    """rich's ``Live`` for the CLI's live tables. On a terminal rich ends the last line of the
+    view when it stops; on a file or a pipe it does not, and whatever came next (``interrupted
+    waiting for ...`` after a Ctrl-C, the next command's output) began on the table's last row.
+    This ends it there too."""
+
+    def stop(self) -> None:
+        was_started = self.is_started
+        super().stop()
+        if was_started and not self.console.is_terminal and not self.transient:
+            self.console.line()

@@ -10,7 +10,6 @@ from typing import Any
 
 import msgspec
 import typer
-from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
@@ -21,6 +20,7 @@ from colonyos.models import ZERO_TIME, now
 
 from ._common import JSON_OPTION, WIDE_OPTION, connect, load_workflow_file
 from ._output import (
+    LiveView,
     console,
     free_text,
     new_table,
@@ -119,7 +119,7 @@ def ls(
         async with await connect(ctx) as client:
             crons = await Crons(client).list()
             if watch:
-                with Live(cron_table(crons, wide, now()), console=console) as live:
+                with LiveView(cron_table(crons, wide, now()), console=console) as live:
                     while True:  # until Ctrl-C
                         await asyncio.sleep(_WATCH_S)  # sleep-ok: a live view's refresh
                         crons = await Crons(client).list()

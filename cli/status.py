@@ -13,7 +13,6 @@ from datetime import UTC, datetime
 import nats.errors
 from nats.aio.msg import Msg
 from rich.console import Group
-from rich.live import Live
 from rich.table import Table
 
 from colonyos.client import Client
@@ -21,7 +20,7 @@ from colonyos.config import BrokerSettings
 from colonyos.messages import Event, ExecutorInfo, GraphEvent, Rejection, Stats, UnknownEvent
 from colonyos.models import ZERO_TIME, Process, ProcessState
 
-from ._output import STATE_STYLE, console
+from ._output import STATE_STYLE, LiveView, console
 
 # Shown online: heard from within the broker's (default) liveness window, as `executor ls`.
 ONLINE_S = BrokerSettings().executor_liveness_s
@@ -163,7 +162,7 @@ async def watch_colony(
             if ready is not None:
                 ready.set()
             seen, drawn = 0, time.monotonic()
-            with Live(view.render(), console=console, auto_refresh=False) as live:
+            with LiveView(view.render(), console=console, auto_refresh=False) as live:
                 while not count or seen < count:
                     try:
                         event = await events.next(tick_s)

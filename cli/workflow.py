@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
@@ -18,6 +17,7 @@ from colonyos.specs import load_workflow_spec
 
 from ._common import JSON_OPTION, TIMEOUT_OPTION, WIDE_OPTION, connect, load_spec_file
 from ._output import (
+    LiveView,
     console,
     duration,
     free_text,
@@ -230,7 +230,7 @@ async def _watch(client: Client, graph_id: str) -> ProcessGraph:
     async with client.subscribe() as events:
         graph = await client.graph_get(graph_id)
         processes = {p.process_id: p for p in await client.graph_processes(graph)}
-        with Live(graph_table(graph, processes), console=console, auto_refresh=False) as live:
+        with LiveView(graph_table(graph, processes), console=console, auto_refresh=False) as live:
             while not graph.state.is_terminal:
                 event = await events.next()
                 if isinstance(event, GraphEvent) and event.process_graph_id == graph_id:

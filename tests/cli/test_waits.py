@@ -138,6 +138,8 @@ def test_ctrl_c_names_what_it_waited_for(
     ident = _waited_for(text)
     assert code == ExitCode.INTERRUPTED, text
     assert f"interrupted waiting for {kind} {ident}; it goes on." in text
+    # On a line of its own, even after a live table that Ctrl-C stopped.
+    assert re.search(f"^interrupted waiting for {kind}", text, re.MULTILINE), text
     follow = "workflow watch --graph" if kind == "process graph" else "process wait --process"
     assert f"{follow} {ident[:12]}" in text
     assert "Traceback" not in text
