@@ -345,3 +345,50 @@ async def test_a_workflows_nodes_pass_outputs_through_their_files(
     assert done.state is ProcessState.SUCCESS
     last = [p for p in await client.graph_processes(done) if p.spec.node_name == "double"]
     assert last[0].input == [21] and last[0].output == [42]
+
+
+async def test_several_run_at_once_up_to_its_concurrency(
+    client: Client, start: Start, podman_image: str, tmp_path: Path
+) -> None:
+    await start()  # four at once
+    gate = "while [ ! -f /colonies/go ]; do sleep 0.05; done"
+    ps = [await submitted(client, execute(podman_image, gate)) for _ in range(3)]
+    for p in ps:
+        await client.wait_for_state(p.process_id, ProcessState.RUNNING, timeout=30)
+    async with asyncio.timeout(30):
+        while sum(bool(containers_of(p.process_id)) for p in ps) < 3:
+            await asyncio.sleep(0.1)  # sleep-ok: polling podman under a deadline
+    for p in ps:
+        (tmp_path / "box" / "work" / f"colonies-{p.process_id}-0" / "out" / "go").touch()
+    for p in ps:
+        assert (await client.wait(p.process_id, timeout=30)).state is ProcessState.SUCCESS
+
+
+def _docker_is_podman() -> bool:
+    try:
+        return "podman" in Path("/usr/bin/docker").read_text(errors="replace")[:2000]
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(
+    not _docker_is_podman(),
+    reason="no docker command line with an engine here (podman-docker's /usr/bin/docker is "
+    "what the test machines have)",
+)
+async def test_the_docker_command_line_runs_it_the_same_way(
+    client: Client, start: Start, podman_image: str
+) -> None:
+    """The flags podman alone has (``rm --time 0 --ignore``, ``--timeout``) are left out."""
+    await start(runtime="/usr/bin/docker")
+    ok = await submitted(
+        client, execute(podman_image, "echo '\"hi\"' > $COLONIES_OUTPUT; echo done")
+    )
+    bad = await submitted(client, execute(podman_image, "echo nope >&2; exit 4", max_exec_time=60))
+    done = await client.wait(ok.process_id, timeout=30)
+    assert done.state is ProcessState.SUCCESS and done.output == ["hi"], done.errors
+    assert "[stdout] done" in await log_of(client, ok.process_id)
+    failed = await client.wait(bad.process_id, timeout=30)
+    assert failed.errors == ["the container exited with code 4: nope"]
+    await gone(ok.process_id)
+    await gone(bad.process_id)
