@@ -25,7 +25,7 @@ from colonyos.models import (
     ProcessState,
     WorkflowSpec,
 )
-from tests.helpers import DATA
+from tests.helpers import DATA, EXAMPLES
 from tests.procs import Child, said
 
 TUTORIAL = DATA / "colonies-tutorial-cases" / "files"
@@ -392,3 +392,15 @@ async def test_the_docker_command_line_runs_it_the_same_way(
     assert failed.errors == ["the container exited with code 4: nope"]
     await gone(ok.process_id)
     await gone(bad.process_id)
+
+
+async def test_the_readme_example_runs_with_a_local_image(
+    client: Client, start: Start, podman_image: str
+) -> None:
+    raw = json.loads((EXAMPLES / "container.json").read_text())
+    raw["kwargs"]["docker-image"] = podman_image
+    await start()
+    p = await submitted(client, msgspec.convert(raw, FunctionSpec))
+    done = await client.wait(p.process_id, timeout=30)
+    assert done.state is ProcessState.SUCCESS and done.output == [{"greeting": "hello"}]
+    assert f"[stdout] hello from {p.process_id}" in await log_of(client, p.process_id)
