@@ -96,16 +96,16 @@ class Stages(Running):
 
     async def _register(self, client: Client, burst: bool) -> Executor | None:
         """Register this run (or, registered already, learn its state). None if stopped."""
-        executor = Executor(
-            executor_id=self.executor_id,
-            executor_type=self.executor_type,
-            executor_name=self.name,
-            location_name=self.location_name,
-            capabilities=self.capabilities,
-        )
         colony = client.colony
         delay = 0.2
         while not self._stopping.is_set():
+            executor = Executor(
+                executor_id=self.executor_id,
+                executor_type=self.executor_type,
+                executor_name=self.name,
+                location_name=self.location_name,
+                capabilities=self.capabilities,
+            )
             registering = asyncio.ensure_future(
                 client.register(executor, replace=self.replace, instance=self._instance())
             )
@@ -177,7 +177,13 @@ class Stages(Running):
         if self.resumable is None:
             return []
         adopted: list[Process] = []
-        for pid, attempt in await self.resumable.held():
+        try:
+            held = await self.resumable.held()
+        except Exception:
+            # The platform does not answer: its work goes on; a later start looks again.
+            logger.exception("cannot learn what an earlier run left running")
+            return []
+        for pid, attempt in held:
             try:
                 process = await client.get(pid)
             except ColoniesError as err:
