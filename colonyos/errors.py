@@ -21,6 +21,7 @@
       │    └─ ExecutorRemovedError     the colony owner removed this executor
       ├─ BrokerUnavailableError    no broker answered (not started, or NATS unreachable)
       ├─ IdentityError             a seed file that is missing, damaged or readable by others
+      ├─ ServerSetupError          a NATS server the broker cannot run on (its max_payload)
       └─ AssignTimeoutError        no work arrived before the assign timeout (also a TimeoutError)
 
 The broker answers a failed request with an :class:`ErrorReply`; the client rebuilds the same
@@ -56,6 +57,7 @@ __all__ = [
     "ProcessExistsError",
     "ProcessNotFoundError",
     "RecordTooLargeError",
+    "ServerSetupError",
     "StateDirInUseError",
 ]
 
@@ -260,6 +262,12 @@ class IdentityError(ColoniesError):
     """The party's own key cannot be used (missing, not a seed, readable by others)."""
 
     code = "identity"
+
+
+class ServerSetupError(ColoniesError):
+    """The NATS server is set up in a way the broker cannot run on (.max_payload, .needed)."""
+
+    code = "server_setup"
 
 
 class AssignTimeoutError(ColoniesError, TimeoutError):

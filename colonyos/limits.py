@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from colonyos.errors import RecordTooLargeError
+from colonyos.errors import RecordTooLargeError, ServerSetupError
 
 __all__ = [
     "ERROR_TEXT_MAX_CHARS",
@@ -24,10 +24,12 @@ __all__ = [
     "MAX_LIST_LIMIT",
     "MAX_RETRIES",
     "MAX_SECONDS",
+    "MIN_MAX_PAYLOAD",
     "PRIORITY_MAX",
     "PRIORITY_MIN",
     "SPEC_DELIVERIES",
     "check_record",
+    "check_server_payload",
     "generator_batch_limit",
     "json_array_within",
     "record_limit",
@@ -62,6 +64,24 @@ SPEC_DELIVERIES = 10
 # What a message needs beyond its body: headers (message id, expected revision), an event's
 # kind tag, a reply's envelope.
 HEADROOM_BYTES = 4_096
+
+# The smallest max_payload a broker runs on. A process record (its spec, output and errors), an
+# event and a reply each travel as one message: below this, everyday specs and outputs would be
+# refused one by one, each saying it is too large, instead of once, at the start.
+MIN_MAX_PAYLOAD = 64 * 1024
+
+
+def check_server_payload(max_payload: int) -> None:
+    """:class:`ServerSetupError` unless a server with this ``max_payload`` leaves room for
+    the records a colony stores."""
+    if max_payload < MIN_MAX_PAYLOAD:
+        raise ServerSetupError(
+            f"the NATS server's max_payload is {max_payload:,} bytes; colonyos needs at least "
+            f"{MIN_MAX_PAYLOAD:,} (a process record, an event and a reply each travel as one "
+            "message): raise max_payload in the server's configuration (NATS' default is 1MB)",
+            max_payload=max_payload,
+            needed=MIN_MAX_PAYLOAD,
+        )
 
 
 def record_limit(max_payload: int) -> int:

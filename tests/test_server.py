@@ -202,3 +202,26 @@ def test_the_first_steps_work_wherever_dev_starts(
     assert spec.conditions.executor_type == "echo" and not warnings
     assert "--spec hello.json" in steps[2]
     assert _first_steps("nats://127.0.0.1:4222")[0].startswith("echo ")
+
+
+async def test_a_broker_will_not_run_on_a_server_with_no_room_for_records(
+    tmp_path: Path,
+) -> None:
+    """Rather than refuse every spec and output as too large, one at a time."""
+    from colonyos.broker import Broker
+    from colonyos.config import BrokerSettings
+    from colonyos.errors import ServerSetupError
+
+    conf = tmp_path / "small.conf"
+    conf.write_text("max_payload: 16KB\n")
+    server = NatsServer(tmp_path / "js", port=0, config=conf)
+    server.start()
+    try:
+        broker = Broker(BrokerSettings(nats_url=server.url, prefix="small"))
+        with pytest.raises(
+            ServerSetupError, match=r"max_payload is 16,384 bytes; .* at least 65,536"
+        ):
+            async with asyncio.timeout(30):
+                await broker.run()
+    finally:
+        server.stop()

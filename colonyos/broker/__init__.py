@@ -45,6 +45,7 @@ from colonyos.broker.store import ProcessStore
 from colonyos.broker.workflows import Workflows
 from colonyos.config import BrokerSettings
 from colonyos.connection import connect_nats, shown_url
+from colonyos.limits import check_server_payload
 from colonyos.security.members import MemberBook
 from colonyos.security.serverconf import ServerKeys
 from colonyos.subjects import Subjects
@@ -97,6 +98,7 @@ class Broker:
                 tls_ca=s.tls_ca,
             )
             stack.push_async_callback(self._drain, nc)
+            check_server_payload(nc.max_payload)
             store = ProcessStore(
                 nc,
                 self.subjects,
