@@ -122,6 +122,17 @@ async def test_a_loaded_revision_is_confirmed_once_before_it_changes(
         assert p.process_id not in s.unconfirmed
 
 
+async def test_a_removed_process_leaves_nothing_unconfirmed_behind(
+    client: Client, broker_settings: BrokerSettings
+) -> None:
+    """Loaded but never changed, then removed: its id does not stay in the set for ever."""
+    p = await submitted(client)
+    async with standalone_service(broker_settings) as s:
+        assert p.process_id in s.unconfirmed
+        s.forget(p.process_id)
+        assert p.process_id not in s.unconfirmed
+
+
 async def test_a_loading_leader_gives_each_executor_a_grace_and_counts_what_it_loaded(
     client: Client,
     settings: Settings,

@@ -481,7 +481,7 @@ class Service:
         try:
             current, revision = await self.store.get(process.colony_name, process.process_id)
         except ProcessNotFoundError:
-            self.index.remove(process.process_id)
+            self.forget(process.process_id)  # removed meanwhile
             return
         self.unconfirmed.add(process.process_id)
         self.track(current, revision)
@@ -514,8 +514,9 @@ class Service:
         return self._capacities[(executor.colony_name, executor.executor_name)]
 
     def forget(self, process_id: str) -> None:
-        """A removed process: out of the queue, the running set, the capacity it held and the
-        index."""
+        """A removed process: out of the queue, the running set, the capacity it held, the
+        index and the revisions loaded unconfirmed."""
+        self.unconfirmed.discard(process_id)
         self.queue.remove(process_id)
         self.running.pop(process_id, None)
         self.in_use.release(process_id)
