@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import math
-from datetime import date, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
 
-import msgspec
 import typer
 from rich.table import Table
 from rich.text import Text
@@ -16,7 +14,7 @@ from rich.text import Text
 from colonyos.crons.client import Crons
 from colonyos.crons.model import Cron
 from colonyos.crons.schedule import next_runs
-from colonyos.models import ZERO_TIME, now
+from colonyos.models import now
 
 from ._common import JSON_OPTION, WIDE_OPTION, connect, load_workflow_file
 from ._output import (
@@ -32,13 +30,22 @@ from ._output import (
 )
 from ._output import when as shown_time
 from ._run import fail, run
+from ._standing import (
+    SPEC_OPTION,
+    STRICT_OPTION,
+    add_remove_command,
+    connected,
+    name_option,
+    node_names,
+    short_time,
+)
 
 app = typer.Typer(
     help="Run a workflow on a schedule: a cron expression or every N seconds.",
     no_args_is_help=True,
 )
 
-_NAME = typer.Option(..., "--name", help="The cron's name (unique in the colony).")
+_NAME = name_option("cron")
 _NEXT_RUNS = 3  # one line of 80 columns
 _WATCH_S = 1.0
 
@@ -54,9 +61,7 @@ def schedule_text(cron: Cron) -> str:
 def add(
     ctx: typer.Context,
     name: str = _NAME,
-    spec_file: Path = typer.Option(
-        ..., "--spec", help="Workflow file (a JSON list of specs), or one function spec."
-    ),
+    spec_file: Path = SPEC_OPTION,
     expression: str = typer.Option(
         "",
         "--cron",
@@ -74,7 +79,7 @@ def add(
     time_zone: str = typer.Option(
         "", "--timezone", help="Time zone of --cron, such as Europe/Paris (default: UTC)."
     ),
-    strict: bool = typer.Option(False, "--strict", help="Treat unknown keys as errors."),
+    strict: bool = STRICT_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Add a cron: the workflow runs on each tick, its roots given the previous run's
@@ -83,19 +88,18 @@ def add(
         raise fail("give either --cron EXPRESSION or --interval SECONDS")
     workflow = load_workflow_file(spec_file, strict)
 
-    async def go() -> Cron:
-        async with await connect(ctx) as client:
-            return await Crons(client).add(
-                name,
-                workflow,
-                cron_expression=expression,
-                interval=interval if interval is not None else -1,
-                random=random,
-                wait_for_previous=wait_previous,
-                time_zone=time_zone,
-            )
-
-    cron = run(go())
+    cron = connected(
+        ctx,
+        lambda client: Crons(client).add(
+            name,
+            workflow,
+            cron_expression=expression,
+            interval=interval if interval is not None else -1,
+            random=random,
+            wait_for_previous=wait_previous,
+            time_zone=time_zone,
+        ),
+    )
     if as_json:
         print_json(cron)
     else:
@@ -159,15 +163,6 @@ def cron_table(crons: list[Cron], wide: bool = False, at: datetime | None = None
     return table
 
 
-def short_time(t: datetime, today: date) -> str:
-    """``19:59:30`` today, ``Dec 02 03:00`` another day (local time): a table at 80 columns
-    keeps room for the schedule."""
-    if t == ZERO_TIME:
-        return ""
-    local = t.astimezone()
-    return local.strftime("%H:%M:%S" if local.date() == today else "%b %d %H:%M")
-
-
 def countdown(left: timedelta) -> str:
     """``7s``, ``4m05s``, ``2h30m``, ``3d``: how long until a run (0s once it is due)."""
     seconds = max(0, math.ceil(left.total_seconds()))
@@ -183,19 +178,12 @@ def countdown(left: timedelta) -> str:
 @app.command("get")
 def get(ctx: typer.Context, name: str = _NAME, as_json: bool = JSON_OPTION) -> None:
     """Show a cron: its schedule and next run times, its last run and that run's graph."""
-
-    async def go() -> Cron:
-        async with await connect(ctx) as client:
-            return await Crons(client).get(name)
-
-    cron = run(go())
+    cron = connected(ctx, lambda client: Crons(client).get(name))
     if as_json:
         print_json(cron)
         return
     t = now()
     upcoming = ", ".join(shown_time(x) for x in next_runs(cron, _latest(cron, t), _NEXT_RUNS))
-    nodes = msgspec.json.decode(cron.workflow_spec or "{}", type=dict[str, Any])
-    names = [str(s.get("nodename", "")) for s in nodes.get("functionspecs", [])]
     print_detail(
         [
             ("name", cron.name),
@@ -207,7 +195,7 @@ def get(ctx: typer.Context, name: str = _NAME, as_json: bool = JSON_OPTION) -> N
             ("next runs", upcoming),
             ("last run", shown_time(cron.last_run) or "never"),
             ("last graph", cron.prev_process_graph_id),
-            ("workflow", ", ".join(names)),
+            ("workflow", node_names(cron.workflow_spec)),
         ]
     )
 
@@ -220,28 +208,11 @@ def _latest(cron: Cron, t: datetime) -> datetime:
 @app.command("run")
 def run_now(ctx: typer.Context, name: str = _NAME, as_json: bool = JSON_OPTION) -> None:
     """Start a run now, once, beside the schedule; prints its graph id."""
-
-    async def go() -> Cron:
-        async with await connect(ctx) as client:
-            return await Crons(client).run(name)
-
-    cron = run(go())
+    cron = connected(ctx, lambda client: Crons(client).run(name))
     if as_json:
         print_json(cron)
     else:
         say(cron.prev_process_graph_id)
 
 
-@app.command("remove")
-def remove(ctx: typer.Context, name: str = _NAME, as_json: bool = JSON_OPTION) -> None:
-    """Remove a cron; runs already started go on."""
-
-    async def go() -> None:
-        async with await connect(ctx) as client:
-            await Crons(client).remove(name)
-
-    run(go())
-    if as_json:
-        print_json({"name": name, "removed": True})
-    else:
-        say(f"cron {name} removed")
+add_remove_command(app, "cron", Crons, "Remove a cron; runs already started go on.")

@@ -4,7 +4,6 @@ into them."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import msgspec
 import typer
@@ -14,18 +13,26 @@ from colonyos.generators.client import Generators
 from colonyos.generators.model import NO_TIMEOUT, Generator
 from colonyos.models import now
 
-from ._common import JSON_OPTION, WIDE_OPTION, connect, load_workflow_file
+from ._common import JSON_OPTION, WIDE_OPTION, load_workflow_file
 from ._output import free_text, new_table, print_detail, print_json, say, show_id, show_table
 from ._output import when as shown_time
-from ._run import fail, run
-from .cron import short_time
+from ._run import fail
+from ._standing import (
+    SPEC_OPTION,
+    STRICT_OPTION,
+    add_remove_command,
+    connected,
+    name_option,
+    node_names,
+    short_time,
+)
 
 app = typer.Typer(
     help="Run a workflow when enough arguments have been packed into it.",
     no_args_is_help=True,
 )
 
-_NAME = typer.Option(..., "--name", help="The generator's name (unique in the colony).")
+_NAME = name_option("generator")
 
 
 def trigger_text(generator: Generator) -> str:
@@ -38,9 +45,7 @@ def trigger_text(generator: Generator) -> str:
 def add(
     ctx: typer.Context,
     name: str = _NAME,
-    spec_file: Path = typer.Option(
-        ..., "--spec", help="Workflow file (a JSON list of specs), or one function spec."
-    ),
+    spec_file: Path = SPEC_OPTION,
     trigger: int = typer.Option(
         ..., "--trigger", min=1, help="Start a run when this many arguments are packed."
     ),
@@ -50,19 +55,18 @@ def add(
         min=1,
         help="Or when the first waiting argument has waited this many seconds (default: never).",
     ),
-    strict: bool = typer.Option(False, "--strict", help="Treat unknown keys as errors."),
+    strict: bool = STRICT_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Add a generator: each run's roots get the packed arguments after their own args."""
     workflow = load_workflow_file(spec_file, strict)
 
-    async def go() -> Generator:
-        async with await connect(ctx) as client:
-            return await Generators(client).add(
-                name, workflow, trigger=trigger, timeout=timeout or NO_TIMEOUT
-            )
-
-    generator = run(go())
+    generator = connected(
+        ctx,
+        lambda client: Generators(client).add(
+            name, workflow, trigger=trigger, timeout=timeout or NO_TIMEOUT
+        ),
+    )
     if as_json:
         print_json(generator)
     else:
@@ -91,11 +95,7 @@ def pack(
                 f"$.arg: {arg!r} is not JSON: write a string in quotes ('\"{arg}\"'), or add --text"
             ) from None
 
-    async def go() -> int:
-        async with await connect(ctx) as client:
-            return await Generators(client).pack_json(name, data)
-
-    seq = run(go())
+    seq = connected(ctx, lambda client: Generators(client).pack_json(name, data))
     if as_json:
         print_json({"name": name, "seq": seq})
     else:
@@ -105,12 +105,7 @@ def pack(
 @app.command("ls")
 def ls(ctx: typer.Context, as_json: bool = JSON_OPTION, wide: bool = WIDE_OPTION) -> None:
     """List the colony's generators: trigger, arguments waiting, last run and its graph."""
-
-    async def go() -> list[Generator]:
-        async with await connect(ctx) as client:
-            return await Generators(client).list()
-
-    generators = run(go())
+    generators = connected(ctx, lambda client: Generators(client).list())
     if as_json:
         print_json(generators)
     elif not generators:
@@ -138,17 +133,10 @@ def generator_table(generators: list[Generator], wide: bool = False) -> Table:
 @app.command("get")
 def get(ctx: typer.Context, name: str = _NAME, as_json: bool = JSON_OPTION) -> None:
     """Show a generator: its trigger, what waits, its last run and that run's graph."""
-
-    async def go() -> Generator:
-        async with await connect(ctx) as client:
-            return await Generators(client).get(name)
-
-    generator = run(go())
+    generator = connected(ctx, lambda client: Generators(client).get(name))
     if as_json:
         print_json(generator)
         return
-    nodes = msgspec.json.decode(generator.workflow_spec or "{}", type=dict[str, Any])
-    names = [str(s.get("nodename", "")) for s in nodes.get("functionspecs", [])]
     waiting = str(generator.queue_size)
     if generator.queue_size:
         waiting += f", the first packed {shown_time(generator.first_pack)}"
@@ -162,21 +150,14 @@ def get(ctx: typer.Context, name: str = _NAME, as_json: bool = JSON_OPTION) -> N
             ("added", shown_time(generator.created)),
             ("last run", shown_time(generator.last_run) or "never"),
             ("last graph", generator.last_process_graph_id),
-            ("workflow", ", ".join(names)),
+            ("workflow", node_names(generator.workflow_spec)),
         ]
     )
 
 
-@app.command("remove")
-def remove(ctx: typer.Context, name: str = _NAME, as_json: bool = JSON_OPTION) -> None:
-    """Remove a generator and the arguments that wait; runs already started go on."""
-
-    async def go() -> None:
-        async with await connect(ctx) as client:
-            await Generators(client).remove(name)
-
-    run(go())
-    if as_json:
-        print_json({"name": name, "removed": True})
-    else:
-        say(f"generator {name} removed")
+add_remove_command(
+    app,
+    "generator",
+    Generators,
+    "Remove a generator and the arguments that wait; runs already started go on.",
+)

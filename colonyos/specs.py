@@ -22,12 +22,14 @@ from colonyos.resources import parse_bytes, parse_cpu_millis
 from colonyos.subjects import check_name
 
 __all__ = [
+    "WorkflowValue",
     "check_function_spec",
     "decode_function_spec",
     "from_validation_error",
     "load_function_spec",
     "load_workflow_spec",
     "unknown_keys",
+    "workflow_json",
 ]
 
 _json_decoder = msgspec.json.Decoder()
@@ -301,6 +303,16 @@ def load_function_spec(
         raise _invalid("$", f"expected a JSON object (a function spec), got {type(obj).__name__}")
     warnings = _apply_strict(unknown_keys(obj, FunctionSpec), strict)
     return _convert_spec(obj, "$"), warnings
+
+
+# A workflow as a cron's or a generator's definition carries it: Colonies' JSON string, or the
+# workflow itself (a list of function specs, or ``{"functionspecs": [...]}``).
+WorkflowValue = str | list[object] | dict[str, object]
+
+
+def workflow_json(value: WorkflowValue) -> bytes:
+    """``value`` as the JSON :func:`load_workflow_spec` reads."""
+    return value.encode() if isinstance(value, str) else msgspec.json.encode(value)
 
 
 def load_workflow_spec(

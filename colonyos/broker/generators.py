@@ -18,12 +18,13 @@ Each argument is used by exactly one run, even if the leader dies in the middle 
 
 A new leader finds a pending run in the record and finishes step 2 with the same arguments and
 graph id, rather than deciding afresh. Arguments are purged only after step 3: until then a
-new leader can read them again.
+new leader can read them again. Writing the graph and clearing the record, the record's
+compare-and-set and the loop are those every standing definition shares
+(:mod:`colonyos.broker.standing`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import logging
@@ -38,14 +39,12 @@ import nats.js.errors
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js.api import RawStreamMsg
+from nats.js.kv import KeyValue
 
 from colonyos.broker.service import Service, new_id
-from colonyos.broker.standing import checked_workflow
+from colonyos.broker.standing import MAX_SLEEP_S, Key, RunInputs, StandingRunner, checked_workflow
 from colonyos.broker.workflows import Workflows, plan
-from colonyos.buckets import delete_at
 from colonyos.errors import (
-    ColoniesError,
-    ConflictError,
     GeneratorNotFoundError,
     InvalidNameError,
     InvalidSpecError,
@@ -62,7 +61,6 @@ from colonyos.limits import (
     MAX_GENERATOR_TRIGGER,
     MAX_SECONDS,
     generator_batch_limit,
-    json_array_within,
     record_limit,
 )
 from colonyos.messages import Empty, Named
@@ -77,13 +75,9 @@ logger = logging.getLogger(__name__)
 _encode = msgspec.json.Encoder().encode
 _decode_generator = msgspec.json.Decoder(Generator).decode
 _replace = msgspec.structs.replace
-GENERATOR_RECORD = "the generator record"
-# The longest the loop sleeps; an argument packed wakes it at once. Every this many seconds it
-# also reads every generator's stream, in case a wake-up was missed (a reconnect).
-_MAX_SLEEP_S = 1.0
+# An argument packed wakes the loop at once. Every this many seconds it also reads every
+# generator's stream, in case a wake-up was missed (a reconnect).
 _RESCAN_S = 2.0
-
-Key = tuple[str, str]
 
 
 def run_graph_id(generator: Generator, first_seq: int) -> str:
@@ -114,18 +108,22 @@ class _Waiting:
     more: bool = False
 
 
-class GeneratorRunner:
+class GeneratorRunner(StandingRunner[Generator]):
+    what = "generator"
+    skipped = (nats.errors.Error, TimeoutError)  # its stream, its record: the others go on
+
     def __init__(self, service: Service, workflows: Workflows) -> None:
-        self.service = service
-        self.workflows = workflows
-        self.store = service.store
-        self.generators: dict[Key, tuple[Generator, int]] = {}
+        super().__init__(
+            service,
+            workflows,
+            log=logger,
+            decode=_decode_generator,
+            not_found=GeneratorNotFoundError,
+            retry_s=MAX_SLEEP_S,
+        )
         self._waiting: dict[Key, _Waiting] = {}
-        self._locks: dict[Key, asyncio.Lock] = {}
-        self._wake = asyncio.Event()
         self._packed: set[Key] = set()  # told an argument arrived: read these first
         self._scanned = 0.0
-        self._broken: set[Key] = set()  # generators that cannot be run, logged once
         service.register_ops(
             generator_add=(GeneratorAdd, self.generator_add),
             generator_get=(Named, self.generator_get),
@@ -133,14 +131,18 @@ class GeneratorRunner:
             generator_remove=(Named, self.generator_remove),
         )
 
+    def _bucket(self) -> KeyValue:
+        return self.store.generators
+
+    def _kv_key(self, key: Key) -> str:
+        return self.store.subjects.generator_key(*key)
+
     # -- the loop --------------------------------------------------------------------------
     async def load(self) -> None:
         """Read every definition (the first sweep finishes any run a previous leader recorded
         but did not start)."""
-        self.generators.clear()
         self._waiting.clear()
-        async for generator, revision in self.store.all_generators():
-            self.generators[(generator.colony_name, generator.name)] = (generator, revision)
+        await self._load(self.store.all_generators())
 
     async def listen(self) -> Subscription:
         """Wake the loop when an argument is packed (the stream keeps it; this is only the
@@ -151,22 +153,8 @@ class GeneratorRunner:
         self._packed.add(self.store.subjects.parse_generator(msg.subject))
         self._wake.set()
 
-    async def run(self) -> None:
-        while True:
-            try:
-                until = await self.sweep()
-                if self._packed:  # more arrived meanwhile
-                    continue
-            except (nats.errors.Error, TimeoutError):
-                logger.warning("generator sweep: NATS trouble; trying again", exc_info=True)
-                until = _MAX_SLEEP_S
-            except Exception:
-                logger.exception("generator sweep failed; trying again")
-                until = _MAX_SLEEP_S
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(max(0.0, min(until, _MAX_SLEEP_S))):
-                    await self._wake.wait()
+    def _more_waiting(self) -> bool:
+        return bool(self._packed)  # more arrived meanwhile
 
     async def sweep(self) -> float:
         """Start every run that is due; the seconds until one may be due next."""
@@ -174,37 +162,12 @@ class GeneratorRunner:
         if rescan:
             self._scanned = time.monotonic()
         packed, self._packed = self._packed, set()
-        sleep = _MAX_SLEEP_S
-        for key in list(self.generators):
-            if key[0] not in self.service.colonies:  # the colony was removed with them
-                self.forget(key)
-                continue
-            async with self._lock(key):
-                try:
-                    sleep = min(sleep, await self._tick(key, read=rescan or key in packed))
-                except ConflictError:
-                    sleep = 0.0  # written meanwhile: the next sweep decides from what is stored
-                    continue
-                except (nats.errors.Error, TimeoutError) as err:
-                    # NATS trouble on this one (its stream, its record): the others go on,
-                    # and it is looked at again shortly.
-                    logger.warning("generator %s in %s: %s; trying again", key[1], key[0], err)
-                    sleep = min(sleep, _MAX_SLEEP_S)
-                    continue
-                except ColoniesError as err:
-                    # This generator cannot be run (a stored value today's rules refuse): say
-                    # so once, and let the others run.
-                    if key not in self._broken:
-                        self._broken.add(key)
-                        logger.error("generator %s in %s is not run: %s", key[1], key[0], err)
-                    continue
-            self._broken.discard(key)
-        return sleep
+        return await self._sweep(lambda key: self._tick(key, read=rescan or key in packed))
 
     async def _tick(self, key: Key, *, read: bool) -> float:
-        entry = self.generators.get(key)
+        entry = self.records.get(key)
         if entry is None:
-            return _MAX_SLEEP_S
+            return MAX_SLEEP_S
         generator, revision = entry
         if generator.run_pending:
             await self._finish(key, generator, revision)
@@ -222,7 +185,7 @@ class GeneratorRunner:
             await self._start(key, generator, revision, batch)
             return 0.0
         if decision.until is None:
-            return _MAX_SLEEP_S
+            return MAX_SLEEP_S
         return (decision.until - now()).total_seconds()
 
     def _waiting_for(self, key: Key, generator: Generator) -> _Waiting:
@@ -282,37 +245,14 @@ class GeneratorRunner:
         clear it, then drop the arguments it used. ``args``: its arguments as read before the
         run was recorded; else (a run a previous leader recorded) read again from the
         stream."""
+
+        async def inputs() -> RunInputs:
+            given = await self._batch(key, generator) if args is None else args
+            told = f"{len(given)} arguments"
+            return RunInputs(told, root_args=given, generator_name=generator.name)
+
         graph_id = generator.last_process_graph_id
-        try:
-            if args is None:
-                args = await self._batch(key, generator)
-            workflow, _ = load_workflow_spec(generator.workflow_spec)
-            graph, processes = plan(
-                workflow,
-                generator.colony_name,
-                graph_id,
-                now(),
-                time.time_ns(),
-                initiator=generator.initiator_name,
-                root_args=args,
-                generator_name=generator.name,
-            )
-            self.workflows.check_sizes(graph, processes)
-            await self.workflows.start(graph, processes)
-            logger.info(
-                "generator %s in %s: run of %d arguments is graph %s",
-                generator.name,
-                generator.colony_name,
-                len(args),
-                graph_id,
-            )
-        except ColoniesError as err:
-            # It cannot be run (its colony or its spec no longer allow it): say so, go on.
-            logger.error(
-                "generator %s in %s: run not started: %s", generator.name, key[0], err.message
-            )
-        done = _replace(generator, run_pending=False)
-        await self._write(key, done, revision)
+        done = await self._finish_run(key, generator, revision, graph_id, inputs)
         waiting = self._waiting.get(key)
         if waiting is not None:
             waiting.args = [a for a in waiting.args if a.seq > done.cursor]
@@ -333,40 +273,13 @@ class GeneratorRunner:
             with contextlib.suppress(InvalidSpecError):  # skipped when read, said then
                 values.append(check_arg(msg.data))
 
-    async def _write(self, key: Key, generator: Generator, revision: int) -> int:
-        data = self.store.encoded(generator, GENERATOR_RECORD)
-        subject_key = self.store.subjects.generator_key(*key)
-        try:
-            new_revision = int(await self.store.generators.update(subject_key, data, last=revision))
-        except nats.js.errors.KeyWrongLastSequenceError as err:
-            await self._reload(key)
-            raise ConflictError(
-                f"generator {key[1]!r} in {key[0]!r} changed meanwhile; try again",
-                generator_name=key[1],
-            ) from err
-        self.generators[key] = (generator, new_revision)
-        return new_revision
-
     async def _reload(self, key: Key) -> None:
         self._waiting.pop(key, None)
-        try:
-            entry = await self.store.generators.get(self.store.subjects.generator_key(*key))
-        except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
-            self.generators.pop(key, None)
-            return
-        self.generators[key] = (_decode_generator(entry.value or b""), int(entry.revision or 0))
+        await super()._reload(key)
 
     def forget(self, key: Key) -> None:
-        self.generators.pop(key, None)
+        super().forget(key)
         self._waiting.pop(key, None)
-
-    def forget_colony(self, colony: str) -> None:
-        """A removed colony's generators (purged with it) run no more."""
-        for key in [k for k in self.generators if k[0] == colony]:
-            self.forget(key)
-
-    def _lock(self, key: Key) -> asyncio.Lock:
-        return self._locks.setdefault(key, asyncio.Lock())
 
     # -- requests --------------------------------------------------------------------------
     async def generator_add(self, colony: str, caller: str, req: GeneratorAdd) -> Generator:
@@ -378,18 +291,7 @@ class GeneratorRunner:
             # that name removed) are not its own.
             cursor = await self.store.packed_last_seq()
             generator = _replace(generator, cursor=cursor)
-            data = self.store.encoded(generator, GENERATOR_RECORD)
-            try:
-                revision = await self.store.generators.create(
-                    self.store.subjects.generator_key(*key), data
-                )
-            except nats.js.errors.KeyWrongLastSequenceError:
-                raise ConflictError(
-                    f"$.name: generator {generator.name!r} exists in colony {colony!r}; "
-                    "remove it first or choose another name",
-                    path="$.name",
-                ) from None
-            self.generators[key] = (generator, int(revision))
+            await self._create(key, generator)
             self._waiting.pop(key, None)
             await self.store.purge_packed(*key, through=cursor)
         self._wake.set()
@@ -436,43 +338,20 @@ class GeneratorRunner:
 
     async def generator_get(self, colony: str, caller: str, req: Named) -> Generator:
         key = (colony, req.name)
-        entry = self.generators.get(key)
-        if entry is None:
-            raise GeneratorNotFoundError(colony, req.name)
-        return self._shown(key, entry[0])
+        return self._shown(key, self._held(key)[0])
 
     async def generator_list(self, colony: str, caller: str, req: Empty) -> msgspec.Raw:
-        """The colony's generators by name, as many as one reply holds."""
-        mine = sorted(
-            (self._shown(k, g) for k, (g, _) in self.generators.items() if k[0] == colony),
-            key=_name,
-        )
-        return msgspec.Raw(json_array_within((_encode(g) for g in mine), self.service.reply_limit))
+        return self._listed(colony)
 
     async def generator_remove(self, colony: str, caller: str, req: Named) -> None:
         """Remove the definition and the arguments that wait; runs already started go on."""
         key = (colony, req.name)
         async with self._lock(key):
-            if key not in self.generators:
-                raise GeneratorNotFoundError(colony, req.name)
-            _, revision = self.generators[key]
-            # Only the record this leader holds: a deposed leader's late remove must not
-            # delete a generator added again since (and purge its arguments).
-            if not await delete_at(
-                self.store.generators, self.store.subjects.generator_key(*key), revision
-            ):
-                await self._reload(key)
-                raise ConflictError(
-                    f"generator {req.name!r} in {colony!r} changed meanwhile; try again",
-                    generator_name=req.name,
-                ) from None
-            self.forget(key)
+            await self._delete(key)
+            # Only once its record is gone: a deposed leader's late remove, refused above,
+            # purges nothing of a generator added again since.
             await self.store.purge_packed(*key)
         logger.info("generator %s removed from %s by %s", req.name, colony, caller)
-
-
-def _name(generator: Generator) -> str:
-    return generator.name
 
 
 def check_trigger(trigger: int) -> None:

@@ -12,9 +12,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
-import msgspec
-
 from colonyos.models import ZERO_TIME, Model
+from colonyos.specs import WorkflowValue, workflow_json
 
 __all__ = ["NO_INTERVAL", "Cron", "CronAdd", "CronDefinition"]
 
@@ -56,7 +55,7 @@ class CronDefinition(Model, kw_only=True):
     cron_expression: str = ""
     interval: int = NO_INTERVAL
     random: bool = False
-    workflow_spec: str | list[object] | dict[str, object] = ""
+    workflow_spec: WorkflowValue = ""
     wait_for_prev_process_graph: bool = False
     wait_for_prev_process_grap: bool = False
     time_zone: str = ""
@@ -67,8 +66,7 @@ class CronDefinition(Model, kw_only=True):
         return self.wait_for_prev_process_graph or self.wait_for_prev_process_grap
 
     def workflow_json(self) -> bytes:
-        spec = self.workflow_spec
-        return spec.encode() if isinstance(spec, str) else msgspec.json.encode(spec)
+        return workflow_json(self.workflow_spec)
 
 
 class CronAdd(Model, kw_only=True):

@@ -19,6 +19,7 @@ import msgspec
 from colonyos.errors import InvalidSpecError
 from colonyos.limits import GENERATOR_ARG_MAX_BYTES
 from colonyos.models import ZERO_TIME, Model
+from colonyos.specs import WorkflowValue, workflow_json
 
 __all__ = ["NO_TIMEOUT", "Generator", "GeneratorAdd", "GeneratorDefinition", "check_arg"]
 
@@ -56,14 +57,13 @@ class GeneratorDefinition(Model, kw_only=True):
     ``{"functionspecs": [...]}``)."""
 
     name: str = ""
-    workflow_spec: str | list[object] | dict[str, object] = ""
+    workflow_spec: WorkflowValue = ""
     trigger: int = 0
     timeout: int = NO_TIMEOUT
     colony_name: str = ""
 
     def workflow_json(self) -> bytes:
-        spec = self.workflow_spec
-        return spec.encode() if isinstance(spec, str) else msgspec.json.encode(spec)
+        return workflow_json(self.workflow_spec)
 
 
 class GeneratorAdd(Model, kw_only=True):
