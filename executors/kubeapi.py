@@ -244,8 +244,9 @@ class KubeAPI:
         async with _deadline(f"{method} {path}"):
             reader, writer = await self._open(method, path, body)
             try:
-                status, headers = await _head(reader)
-                data = b"".join([c async for c in _body(reader, headers)])
+                async with self._broken():
+                    status, headers = await _head(reader)
+                    data = b"".join([c async for c in _body(reader, headers)])
             finally:
                 writer.close()
         if not 200 <= status < 300:
@@ -257,21 +258,35 @@ class KubeAPI:
         async with _deadline(f"GET {path}"):
             reader, writer = await self._open("GET", path, None)
         try:
-            async with _deadline(f"GET {path}"):
+            async with _deadline(f"GET {path}"), self._broken():
                 status, headers = await _head(reader)
-            if not 200 <= status < 300:
-                data = b"".join([c async for c in _body(reader, headers)])
-                raise ApiError(status, f"GET {path}: {status} {_message(data)}")
+                if not 200 <= status < 300:
+                    data = b"".join([c async for c in _body(reader, headers)])
+                    raise ApiError(status, f"GET {path}: {status} {_message(data)}")
             pending = b""
-            async for chunk in _body(reader, headers, limit=None):
-                pending += chunk
-                *done, pending = pending.split(b"\n")
-                for line in done:
-                    yield line
+            try:
+                async for chunk in _body(reader, headers, limit=None):
+                    pending += chunk
+                    *done, pending = pending.split(b"\n")
+                    for line in done:
+                        yield line
+            except (OSError, asyncio.IncompleteReadError, ValueError):
+                pass  # the stream was cut: it ends here, as if the server had ended it
             if pending:
                 yield pending
         finally:
             writer.close()
+
+    @contextlib.asynccontextmanager
+    async def _broken(self) -> AsyncIterator[None]:
+        """A connection that fails midway, said as the API's failure."""
+        try:
+            yield
+        except (OSError, asyncio.IncompleteReadError, ValueError) as err:
+            raise PlatformError(
+                f"the Kubernetes API at {self.cluster.server}: the connection broke: "
+                f"{err or type(err).__name__}"
+            ) from None
 
     async def _open(
         self, method: str, path: str, body: Any
@@ -318,6 +333,11 @@ async def _deadline(what: str) -> AsyncIterator[None]:
 
 async def _head(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]]:
     status_line = await reader.readline()
+    if not status_line:
+        raise PlatformError(
+            "the Kubernetes API closed the connection without an answer (does it take this "
+            "client's certificate?)"
+        )
     parts = status_line.split(None, 2)
     if len(parts) < 2 or not parts[1].isdigit():
         raise PlatformError(f"the Kubernetes API answered {status_line[:80]!r}, not HTTP")

@@ -402,3 +402,17 @@ async def test_a_job_no_longer_its_own_is_deleted_after_a_restart(
         async with asyncio.timeout(15):
             await task
     assert kube.running() == []
+
+
+def test_log_timestamps_sort_in_time_order_whatever_their_fraction() -> None:
+    """Kubernetes writes RFC 3339 with trailing zeros dropped: as text, 00.1Z sorts before 00Z."""
+    stamps = [
+        "2026-01-01T00:00:00Z",
+        "2026-01-01T00:00:00.000001Z",
+        "2026-01-01T00:00:00.1Z",
+        "2026-01-01T00:00:00.123456789Z",
+        "2026-01-01T00:00:00.5Z",
+        "2026-01-01T00:00:01Z",
+    ]
+    shuffled = [stamps[i] for i in (3, 0, 5, 2, 4, 1)]
+    assert sorted(shuffled, key=kubernetes._ts_key) == stamps
