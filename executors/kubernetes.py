@@ -218,6 +218,7 @@ class _Follow:
         self.tail = contract.LogTail()
         self.many = call.limits.nodes > 1
         self.logs: dict[str, asyncio.Task[str | None]] = {}
+        self.unschedulable: set[str] = set()  # pods said to wait for room
         self.max_bytes = request_limit(ctx.client.nc.max_payload)
 
     async def run(self) -> list[Any]:
@@ -242,17 +243,33 @@ class _Follow:
                 raise PlatformError(f"the Job {self.name} was deleted while it ran")
             pods = await self.jobs.pods(self.name)
             for pod in pods:
-                waiting = _container(pod).get("waiting") or {}
-                if waiting.get("reason") in kubejob.PULL_ERRORS:
-                    raise PlatformError(
-                        f"the image {self.call.image!r} cannot be pulled "
-                        f"({waiting['reason']}): {waiting.get('message', '')}".rstrip(": ")
-                    )
+                self._check_waiting(pod)
             self._follow_started(pods)
             ended = _ended(job)
             if ended is not None:
                 return ended
             await asyncio.sleep(self.jobs.poll_s)
+
+    def _check_waiting(self, pod: dict[str, Any]) -> None:
+        """An image that cannot be pulled fails the process; a pod the scheduler cannot place
+        is said once in the log (it may fit later: the time limit bounds the wait)."""
+        waiting = _container(pod).get("waiting") or {}
+        if waiting.get("reason") in kubejob.PULL_ERRORS:
+            raise PlatformError(
+                f"the image {self.call.image!r} cannot be pulled "
+                f"({waiting['reason']}): {waiting.get('message', '')}".rstrip(": ")
+            )
+        name = pod.get("metadata", {}).get("name", "")
+        for cond in pod.get("status", {}).get("conditions") or []:
+            if (
+                cond.get("type") == "PodScheduled"
+                and cond.get("reason") == "Unschedulable"
+                and name not in self.unschedulable
+            ):
+                self.unschedulable.add(name)
+                self.ctx.log(
+                    f"[executor] pod {name} cannot be scheduled yet: {cond.get('message', '')}"
+                )
 
     def _follow_started(self, pods: list[dict[str, Any]]) -> None:
         for pod in pods:

@@ -186,6 +186,7 @@ class Pod:
     )
     phase: str = "Pending"
     deleted: bool = False
+    conditions: list[dict[str, Any]] = field(default_factory=list)
 
     def poke(self) -> None:
         self.changed.set()
@@ -198,6 +199,7 @@ class Pod:
             "metadata": self.manifest["metadata"],
             "status": {
                 "phase": self.phase,
+                "conditions": self.conditions,
                 "containerStatuses": [{"name": "process", "state": self.state}],
             },
         }
@@ -218,7 +220,8 @@ class FakeKube:
         self.created: list[dict[str, Any]] = []  # every Job created, in order
         self.requests: list[tuple[str, str]] = []
         self.deletes: list[dict[str, Any]] = []  # the DeleteOptions of each delete
-        # image -> behaviour: {"waiting": reason} (pull error) or {"oom": True}.
+        # image -> behaviour: {"waiting": reason} (pull error), {"oom": True}, or
+        # {"unschedulable": message} (no node has room: the pod stays Pending).
         self.images: dict[str, dict[str, Any]] = {}
         # End a log stream after this many lines even if the pod runs on (a cut connection).
         self.cut_log_after: int | None = None
@@ -387,14 +390,33 @@ class FakeKube:
         self.pods[pod_name] = pod
         pod.task = asyncio.create_task(self._run(ns, job, pod))
 
-    async def _run(self, ns: str, job: dict[str, Any], pod: Pod) -> None:
-        container = pod.manifest["spec"]["containers"][0]
-        behaviour = self.images.get(container["image"], {})
+    @staticmethod
+    def _held_back(pod: Pod, behaviour: dict[str, Any]) -> bool:
+        """The pod kept from running, as the image's behaviour says (no room, no image)."""
+        if "unschedulable" in behaviour:
+            pod.conditions = [
+                {
+                    "type": "PodScheduled",
+                    "status": "False",
+                    "reason": "Unschedulable",
+                    "message": behaviour["unschedulable"],
+                }
+            ]
+            pod.state = {"waiting": {"reason": "ContainerCreating"}}
+            pod.poke()
+            return True
         if "waiting" in behaviour:
             pod.state = {
                 "waiting": {"reason": behaviour["waiting"], "message": behaviour.get("message", "")}
             }
             pod.poke()
+            return True
+        return False
+
+    async def _run(self, ns: str, job: dict[str, Any], pod: Pod) -> None:
+        container = pod.manifest["spec"]["containers"][0]
+        behaviour = self.images.get(container["image"], {})
+        if self._held_back(pod, behaviour):
             return
         workdir = self.root / pod.name
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}

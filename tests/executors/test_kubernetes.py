@@ -416,3 +416,53 @@ def test_log_timestamps_sort_in_time_order_whatever_their_fraction() -> None:
     ]
     shuffled = [stamps[i] for i in (3, 0, 5, 2, 4, 1)]
     assert sorted(shuffled, key=kubernetes._ts_key) == stamps
+
+
+async def test_maxexectime_past_fails_and_deletes_the_job(
+    client: Client, serving: ExecutorApp, kube: FakeKube
+) -> None:
+    """No walltime: maxexectime is the Job's deadline and the broker's; whichever comes first,
+    the process fails and its Job is gone."""
+    p = await submit(client, execute("sleep 30", max_exec_time=1))
+    done = await client.wait(p.process_id, timeout=20)
+    assert done.state is ProcessState.FAILED
+    assert kube.created[0]["spec"]["activeDeadlineSeconds"] == 1
+    await until(lambda: not kube.jobs and not kube.running(), timeout=10)
+
+
+async def test_a_stop_now_deletes_the_job_and_gives_the_process_back(
+    client: Client, settings: Settings, kube: FakeKube, tmp_path: Path
+) -> None:
+    app = executor(settings, kube, tmp_path)
+    task = asyncio.create_task(app.run())
+    try:
+        p = await submit(client, execute("sleep 60"))
+        await until(lambda: bool(kube.running()), timeout=15)
+        app.stop(force=True)
+        async with asyncio.timeout(15):
+            await task
+    finally:
+        app.stop(force=True)
+        if not task.done():
+            task.cancel()
+    assert kube.jobs == {} and kube.running() == []
+    assert (await client.get(p.process_id)).state is ProcessState.WAITING
+
+
+async def test_a_pod_without_room_is_said_once_while_it_waits(
+    client: Client, serving: ExecutorApp, kube: FakeKube
+) -> None:
+    kube.images["big:1"] = {"unschedulable": "0/3 nodes are available: 3 Insufficient cpu."}
+    p = await submit(client, execute("true", image="big:1"))
+
+    async def said() -> bool:
+        return bool(await logs_of(client, p.process_id))
+
+    async with asyncio.timeout(15):
+        while not await said():
+            await asyncio.sleep(0.05)  # sleep-ok: polling the process log, bounded
+    await client.cancel(p.process_id)
+    await until(lambda: not kube.jobs, timeout=10)
+    (line,) = await logs_of(client, p.process_id)
+    assert line.startswith("[executor] pod colonies-")
+    assert line.endswith(" cannot be scheduled yet: 0/3 nodes are available: 3 Insufficient cpu.")
