@@ -28,7 +28,7 @@ import ssl
 import subprocess
 import tempfile
 import urllib.parse
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -253,7 +253,7 @@ class KubeAPI:
             raise ApiError(status, f"{method} {path}: {status} {_message(data)}")
         return json.loads(data) if data else None
 
-    async def lines(self, path: str) -> AsyncIterator[bytes]:
+    async def lines(self, path: str) -> AsyncGenerator[bytes, None]:
         """Each line of a streamed reply (a log followed) as it comes, until the server ends it."""
         async with _deadline(f"GET {path}"):
             reader, writer = await self._open("GET", path, None)

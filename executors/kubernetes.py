@@ -284,8 +284,10 @@ class _Follow:
         log = _PodLog(self, prefix)
         while True:
             try:
-                async for raw in self.jobs.api.lines(self.jobs.log_path(pod, log.last)):
-                    log.take(raw)
+                stream = self.jobs.api.lines(self.jobs.log_path(pod, log.last))
+                async with contextlib.aclosing(stream):  # its connection closed, even if cancelled
+                    async for raw in stream:
+                        log.take(raw)
             except ApiError as err:
                 if err.status == 404:
                     break
