@@ -466,3 +466,25 @@ async def test_a_pod_without_room_is_said_once_while_it_waits(
     (line,) = await logs_of(client, p.process_id)
     assert line.startswith("[executor] pod colonies-")
     assert line.endswith(" cannot be scheduled yet: 0/3 nodes are available: 3 Insufficient cpu.")
+
+
+async def test_the_readmes_container_example_runs_as_a_job(
+    client: Client, settings: Settings, kube: FakeKube, tmp_path: Path
+) -> None:
+    """README: examples/container.json, unchanged, on a Kubernetes executor of type container."""
+    raw = json.loads((Path(__file__).parents[2] / "examples" / "container.json").read_text())
+    p = await submit(client, msgspec.convert(raw, FunctionSpec))
+    app = kubernetes.build(
+        settings,
+        executor_type="container",
+        name="k1",
+        kubeconfig=str(kubeconfig(tmp_path / "kubeconfig.json", kube)),
+        state_dir=tmp_path / "state",
+        poll_s=0.05,
+    )
+    app.capabilities = Capabilities(hardware=[Hardware(nodes=1, cpu="8", cores=8, mem="16Gi")])
+    assert await app.run(burst=True) == 1
+    done = await client.wait(p.process_id, timeout=20)
+    assert done.state is ProcessState.SUCCESS, done.errors
+    assert done.output == [{"greeting": "hello"}]
+    assert await logs_of(client, p.process_id) == [f"[log] hello from {p.process_id}"]
