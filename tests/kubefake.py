@@ -226,6 +226,7 @@ class FakeKube:
         # End a log stream after this many lines even if the pod runs on (a cut connection).
         self.cut_log_after: int | None = None
         self.url = ""
+        self.ca_pem = b""  # the CA of its TLS certificate, when it serves TLS
         self._runner: web.AppRunner | None = None
         self._timers: list[asyncio.Task[None]] = []
 

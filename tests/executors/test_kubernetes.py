@@ -48,7 +48,7 @@ async def kube(tmp_path: Path) -> AsyncIterator[FakeKube]:
     ca.issue_cert("127.0.0.1").configure_cert(tls)
     fake = FakeKube(tmp_path / "pods", token=TOKEN)
     await fake.start(tls)
-    fake.ca_pem = ca.cert_pem.bytes()  # type: ignore[attr-defined]
+    fake.ca_pem = ca.cert_pem.bytes()
     try:
         yield fake
     finally:
@@ -69,7 +69,7 @@ def kubeconfig(path: Path, fake: FakeKube, **user: str) -> Path:
                 "name": "c",
                 "cluster": {
                     "server": fake.url,
-                    "certificate-authority-data": base64.b64encode(fake.ca_pem).decode(),  # type: ignore[attr-defined]
+                    "certificate-authority-data": base64.b64encode(fake.ca_pem).decode(),
                 },
             }
         ],
