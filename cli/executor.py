@@ -83,10 +83,19 @@ def start(
     network: str = typer.Option(
         "", "--network", help="container: the network of its containers (default: the runtime's)."
     ),
+    namespace: str = typer.Option(
+        "", "--namespace", help="kubernetes: its Jobs' namespace (default: the context's)."
+    ),
+    kubeconfig: str = typer.Option(
+        "",
+        "--kubeconfig",
+        help="kubernetes: its kubeconfig (default: the pod's service account, else "
+        "~/.kube/config).",
+    ),
     state_dir: Path | None = typer.Option(
         None,
         "--state-dir",
-        help="container: where it keeps what it takes back after a restart "
+        help="container, kubernetes: where it keeps what it takes back after a restart "
         "(default: ~/.local/state/colonies/KIND/COLONY/NAME).",
     ),
 ) -> None:
@@ -101,6 +110,10 @@ def start(
         options["modules"] = module
     if kind == "container":
         options.update(runtime=runtime, network=network, state_dir=state_dir)
+    if kind == "kubernetes":
+        options.update(
+            namespace=namespace or None, kubeconfig=kubeconfig or None, state_dir=state_dir
+        )
     if not concurrency:
         concurrency = _DEFAULT_CONCURRENCY.get(kind, lambda: 1)()
 
