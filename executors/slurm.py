@@ -346,7 +346,8 @@ async def _follow(
         known = await slurm.state(job_id)
         if known is not None:
             if known.state != said and known.state in ("PENDING", "RUNNING"):
-                why = f" ({known.reason})" if known.state == "PENDING" else ""
+                pending = known.state == "PENDING" and known.reason not in ("", "None")
+                why = f" ({known.reason})" if pending else ""
                 ctx.log(f"[executor] Slurm job {job_id} is {known.state}{why}")
                 said = known.state
             if known.ended:

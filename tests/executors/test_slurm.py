@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -122,12 +123,12 @@ async def active(cluster: SlurmCluster, name: str) -> list[str]:
 # -- the sbatch script ------------------------------------------------------------------------
 
 
-def call_of(**conditions: Any) -> contract.Execute:
+def call_of(cmd: str = "echo", pid: str = "p" * 64, **conditions: Any) -> contract.Execute:
     process = Process(
-        process_id="p" * 64,
+        process_id=pid,
         spec=FunctionSpec(
             func_name="execute",
-            kwargs={"docker-image": "ubuntu:20.04", "cmd": "echo", "args": ["hi"]},
+            kwargs={"docker-image": "ubuntu:20.04", "cmd": cmd, "args": ["hi"]},
             conditions=Conditions(executor_type=TYPE, **conditions),
             max_exec_time=30,
         ),
@@ -266,7 +267,7 @@ async def test_output_is_in_the_log_while_the_job_runs(
 ) -> None:
     gate = tmp_path / "gate"
     (p,) = await submit(
-        client, spec(f"echo first; while [ ! -e {gate} ]; do sleep 0.1; done; echo second >&2")
+        client, spec(f"echo first; while [ ! -e {gate} ]; do sleep 0.1; done; printf second >&2")
     )
     await executor()
     lines = await logged(client, p.process_id, "[stdout] first")
@@ -274,6 +275,7 @@ async def test_output_is_in_the_log_while_the_job_runs(
     gate.touch()
     done = await client.wait(p.process_id, timeout=30)
     assert done.state is ProcessState.SUCCESS, done.errors
+    # Its last line, though it has no newline.
     assert "[stderr] second" in await log_of(client, p.process_id)
 
 
@@ -308,11 +310,22 @@ async def test_cancel_and_maxexectime_cancel_the_job_at_once(
     await gone(slurm_cluster, f"colonies-{timed.process_id}-0")
 
 
+# An sbatch that submits, then does not answer: a kill in that window finds the job submitted
+# and its id not yet written down.
+SBATCH_HANGS = """#!/bin/sh
+{sbatch} "$@"
+touch {submitted}
+while :; do sleep 1; done
+"""
+
+
+@pytest.mark.parametrize("when", ["running", "submitting"])
 async def test_a_killed_executor_started_again_follows_its_job(
     client: Client,
     settings: Settings,
     slurm_cluster: SlurmCluster,
     tmp_path: Path,
+    when: str,
 ) -> None:
     gate = tmp_path / "gate"
     (p,) = await submit(
@@ -328,14 +341,28 @@ async def test_a_killed_executor_started_again_follows_its_job(
         "COLONIES_COLONY_NAME": settings.colony,
     }
     argv = ["executor", "start", "slurm", "--name", "slurm-r", "--state-dir", str(tmp_path / "s")]
-    children = [Child(argv, tmp_path / f"executor-{i}.log", env) for i in range(2)]
+    first_env = dict(env)
+    submitted = tmp_path / "submitted"
+    if when == "submitting":
+        bin_dir = tmp_path / "bin"
+        bin_dir.mkdir()
+        wrapper = bin_dir / "sbatch"
+        wrapper.write_text(SBATCH_HANGS.format(sbatch=shutil.which("sbatch"), submitted=submitted))
+        wrapper.chmod(0o755)
+        first_env["PATH"] = f"{bin_dir}:{os.environ['PATH']}"
+    children = [
+        Child(argv, tmp_path / f"executor-{i}.log", e) for i, e in enumerate([first_env, env])
+    ]
+    name = f"colonies-{p.process_id}-0"
     try:
         children[0].start()
-        await logged(client, p.process_id, "[stdout] started")
-        name = f"colonies-{p.process_id}-0"
-        # Once the executor has noted the line as sent, SIGKILL: its job goes on running.
-        marks = tmp_path / "s" / "jobs" / name / "logged"
-        await until(lambda: marks.exists() and marks.read_text() != "0 0", timeout=10)
+        if when == "submitting":
+            await until(submitted.exists, timeout=20)
+        else:
+            await logged(client, p.process_id, "[stdout] started")
+            # Once the executor has noted the line as sent, SIGKILL: its job goes on running.
+            marks = tmp_path / "s" / "jobs" / name / "logged"
+            await until(lambda: marks.exists() and marks.read_text() != "0 0", timeout=10)
         children[0].kill()
         assert await active(slurm_cluster, name)
         children[1].start()
@@ -404,3 +431,23 @@ def test_the_executor_imports_nothing_heavy() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == ""
+
+
+async def test_a_job_submitted_as_its_executor_was_killed_is_found_by_name(
+    slurm_cluster: SlurmCluster, tmp_path: Path
+) -> None:
+    # As a run killed after it noted the process in its journal but before sbatch answered.
+    jobs = slurm.Slurm(tmp_path / "state", slurm.Options())
+    call = call_of("echo started; sleep 120; echo", pid=uuid.uuid4().hex * 2)
+    name = contract.scratch_name(call)
+    workdir = jobs.workdir(name)
+    slurm._prepare(workdir, call, jobs.options)
+    jobs.record(name, call, "")
+    job_id = await jobs.submit(workdir)
+    assert await jobs.held() == [(call.process_id, 0)]
+    assert await jobs.named(name) == job_id
+    stdout = workdir / "stdout"
+    await until(lambda: stdout.exists() and "started" in stdout.read_text(), timeout=20)
+    await jobs.abandon(call.process_id, 0)
+    await gone(slurm_cluster, name)
+    assert not workdir.exists() and await jobs.held() == []
