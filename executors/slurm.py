@@ -51,6 +51,9 @@ IMAGE_RUNTIMES = ("none", "podman", "apptainer", "singularity")
 MOUNT = "/colonies"
 OUTPUT_FILE = "output.json"
 INPUT_FILE = "input.json"
+# The process's environment, sourced by the job. Not a program's name: srun looks for the
+# program it runs in the job's directory first.
+ENV_FILE = "process.env"
 # How often a running job is asked after, and its files read.
 POLL_S = 0.25
 # Job states after which a job runs no more (scontrol's words).
@@ -74,6 +77,15 @@ _IN_WORDS = {
     "DEADLINE": "missed its deadline and was stopped by Slurm",
     "PREEMPTED": "was preempted by Slurm",
 }
+# srun inside the job: the job's environment for its tasks (a job submitted with --export=NONE
+# would otherwise give them none, not even PATH).
+_SRUN = ("srun", "--export=ALL")
+# The variables of the executor's environment that configure each image runtime.
+_RUNTIME_ENV = {
+    "podman": ("CONTAINERS_",),
+    "apptainer": ("APPTAINER_",),
+    "singularity": ("SINGULARITY_",),
+}
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
@@ -89,21 +101,35 @@ def _time_limit(seconds: int) -> str:
     return str(max(1, math.ceil(seconds / 60)))
 
 
-def _run_line(call: contract.Execute, name: str, workdir: Path, runtime: str) -> str:
-    """The line of the batch script that runs the process's command, in its image."""
+def _run_lines(call: contract.Execute, name: str, workdir: Path, runtime: str) -> list[str]:
+    """The lines of the batch script that run the process's command in its image; ``$?`` is
+    its exit code after them."""
     sh = shlex.join(call.argv)
     if runtime == "none":
-        return sh
+        return [sh]
     keys = [*call.env, contract.PROCESS_ID_ENV, contract.INPUT_ENV, contract.OUTPUT_ENV]
+    # The runtime's own settings from the executor's environment (CONTAINERS_CONF, ...), for
+    # the runtime alone: the container gets the process's environment only.
+    prefixes = _RUNTIME_ENV[runtime]
+    own = [f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith(prefixes)]
+    env = ["env", *own] if own else []
     if runtime == "podman":
-        argv = ["srun", "--ntasks=1", "podman", "run", "--rm", "--init", "--name", name]
+        argv = [*_SRUN, "--ntasks=1", *env, "podman", "run", "--rm", "--init", "--name", name]
         argv += ["--pull", "never", "--volume", f"{workdir / 'out'}:{MOUNT}"]
         for key in keys:  # each taken from the environment the script sourced
             argv += ["--env", key]
-        return shlex.join([*argv, call.image, *call.argv])
-    argv = ["srun", runtime, "exec", "--cleanenv", "--env-file", str(workdir / "env")]
+        remove = shlex.join([*env, "podman", "rm", "--force", "--time", "0", "--ignore", name])
+        return [
+            "# scancel stops podman's client, not its container (conmon runs outside the job's",
+            "# processes): the script removes the container itself.",
+            f"remove_container() {{ {remove} >/dev/null 2>&1; }}",
+            "trap 'remove_container; exit 143' TERM INT",
+            shlex.join([*argv, call.image, *call.argv]) + " &",
+            'wait "$!"',
+        ]
+    argv = [*_SRUN, *env, runtime, "exec", "--cleanenv", "--env-file", str(workdir / ENV_FILE)]
     argv += ["--bind", f"{workdir / 'out'}:{MOUNT}", f"docker://{call.image}", *call.argv]
-    return shlex.join(argv)
+    return [shlex.join(argv)]
 
 
 def script(call: contract.Execute, workdir: Path, options: Options) -> str:
@@ -138,9 +164,9 @@ def script(call: contract.Execute, workdir: Path, options: Options) -> str:
         *(f"#SBATCH {h}" for h in head),
         "# The process's environment only: sbatch --export=NONE passes none of the executor's.",
         "set -a",
-        f". {shlex.quote(str(workdir / 'env'))}",
+        f". {shlex.quote(str(workdir / ENV_FILE))}",
         "set +a",
-        _run_line(call, name, workdir, options.image_runtime),
+        *_run_lines(call, name, workdir, options.image_runtime),
         "code=$?",
         "# The exit code outlives Slurm's memory of the job (MinJobAge).",
         f'printf "%s\\n" "$code" > {exit_file}.tmp && mv {exit_file}.tmp {exit_file}',
@@ -164,7 +190,7 @@ def _prepare(workdir: Path, call: contract.Execute, options: Options) -> None:
     (out / INPUT_FILE).write_bytes(call.input_json())
     where = MOUNT if options.image_runtime != "none" else str(out)
     env = call.environment(f"{where}/{OUTPUT_FILE}", f"{where}/{INPUT_FILE}")
-    fd = os.open(workdir / "env", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = os.open(workdir / ENV_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         for key, value in env.items():
             f.write(f"{key}={shlex.quote(value)}\n")

@@ -172,6 +172,20 @@ def _idle() -> bool:
     return done.returncode == 0 and done.stdout.split() == ["idle"]
 
 
+def _cancel_all(logs: list[Path]) -> None:
+    """No job left behind: a job's processes outlive slurmd, so cancel them all first."""
+    subprocess.run(["scancel", "--full", "--quiet", "--user", "root"], capture_output=True)
+    _wait_for(
+        lambda: (
+            not subprocess.run(
+                ["squeue", "-h", "-o", "%i"], capture_output=True, text=True
+            ).stdout.strip()
+        ),
+        "jobs were still running after scancel",
+        logs,
+    )
+
+
 def _spawn(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
     with log.open("wb") as out:
         return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
@@ -219,6 +233,7 @@ ReturnToService=2
 MinJobAge=300
 KillWait=5
 SlurmdParameters=config_overrides
+DefMemPerCPU=100
 SchedulerParameters=sched_interval=1
 NodeName=localhost NodeAddr=127.0.0.1 CPUs={cpus} RealMemory=4000 State=UNKNOWN
 PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
@@ -239,7 +254,8 @@ def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmClu
     for sub in ("state", "spool", "log"):
         (home / sub).mkdir()
     conf = home / "slurm.conf"
-    # More CPUs than the machine has, so that several one-CPU jobs run at once.
+    # More CPUs than the machine has (config_overrides lets slurmd offer them), so that several
+    # one-CPU jobs run at once; DefMemPerCPU, so that a job asking no memory does not take all.
     conf.write_text(
         _CONF.format(
             home=home,
@@ -271,6 +287,7 @@ def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmClu
             logs = [*outs, home / "log" / "slurmctld.log", home / "log" / "slurmd.log"]
             _wait_for(_idle, "the Slurm node was not idle", logs)
             yield SlurmCluster(conf=conf, logs=home / "log")
+            _cancel_all(logs)
         finally:
             for proc in reversed(started):
                 _stop(proc)

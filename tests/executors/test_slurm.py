@@ -166,19 +166,34 @@ def test_the_script_asks_slurm_for_what_the_conditions_say(tmp_path: Path) -> No
     assert not any(d.startswith(("--nodes", "--cpus", "--mem", "--gres", "--part")) for d in bare)
 
 
-def test_the_script_runs_the_image_through_the_runtime(tmp_path: Path) -> None:
+def test_the_script_runs_the_image_through_the_runtime(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for key in os.environ:
+        if key.startswith(("CONTAINERS_", "APPTAINER_", "SINGULARITY_")):
+            monkeypatch.delenv(key)
+    # The runtime's settings reach the runtime (not the container); nothing else does.
+    monkeypatch.setenv("CONTAINERS_CONF", "/etc/ours.conf")
+    monkeypatch.setenv("APPTAINER_CACHEDIR", "/scratch/cache")
     call = call_of()
     for runtime, head in [
         ("none", "/bin/sh -c 'echo hi'"),
-        ("podman", "srun --ntasks=1 podman run --rm --init --name colonies-"),
-        ("apptainer", "srun apptainer exec --cleanenv --env-file"),
-        ("singularity", "srun singularity exec --cleanenv --env-file"),
+        (
+            "podman",
+            "srun --export=ALL --ntasks=1 env CONTAINERS_CONF=/etc/ours.conf podman run --rm --init "
+            "--name colonies-",
+        ),
+        (
+            "apptainer",
+            "srun --export=ALL env APPTAINER_CACHEDIR=/scratch/cache apptainer exec --cleanenv",
+        ),
+        ("singularity", "srun --export=ALL singularity exec --cleanenv --env-file"),
     ]:
         text = slurm.script(call, tmp_path, slurm.Options(image_runtime=runtime))
         (line,) = [x for x in text.splitlines() if x.startswith(head.split()[0])]
         assert line.startswith(head), line
         if runtime != "none":
-            assert line.endswith("ubuntu:20.04 /bin/sh -c 'echo hi'"), line
+            assert line.removesuffix(" &").endswith("ubuntu:20.04 /bin/sh -c 'echo hi'"), line
 
 
 def test_a_missing_sbatch_or_a_wrong_runtime_is_said_at_start(
@@ -204,12 +219,12 @@ def test_the_cli_says_sbatch_is_missing(tmp_path: Path) -> None:
 # -- against the cluster ----------------------------------------------------------------------
 
 
-def colonies_spec(path: Path) -> FunctionSpec:
+def colonies_spec(path: Path, image: str = "localhost/busybox:test") -> FunctionSpec:
     """Colonies' own spec, for this executor's type (and the test image)."""
     raw = json.loads(path.read_text())
     raw["conditions"]["executortype"] = TYPE
     raw["conditions"].pop("executornames", None)
-    raw["kwargs"]["docker-image"] = "localhost/busybox:test"
+    raw["kwargs"]["docker-image"] = image
     return decode_function_spec(json.dumps(raw).encode())
 
 
@@ -383,6 +398,7 @@ async def test_a_killed_executor_started_again_follows_its_job(
     finally:
         for child in children:
             child.kill()
+        gate.touch()  # the job ends, whatever happened
     # One job in all, submitted by the first run and followed by the second.
     jobs = await asyncio.to_thread(
         subprocess.run,
@@ -451,3 +467,52 @@ async def test_a_job_submitted_as_its_executor_was_killed_is_found_by_name(
     await jobs.abandon(call.process_id, 0)
     await gone(slurm_cluster, name)
     assert not workdir.exists() and await jobs.held() == []
+
+
+async def containers_named(name: str) -> list[str]:
+    done = await asyncio.to_thread(
+        subprocess.run,
+        ["podman", "ps", "--all", "--filter", f"name={name}", "--format", "{{.Names}}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return done.stdout.split()
+
+
+async def test_podman_runs_each_job_in_its_image(
+    client: Client, executor: Runner, slurm_cluster: SlurmCluster, podman_image: str
+) -> None:
+    hello = colonies_spec(CASES / "docker_helloworld.json", podman_image)
+    inside, held = [
+        msgspec.structs.replace(s, kwargs={**s.kwargs, "docker-image": podman_image})
+        for s in (
+            spec(
+                'ls /colonies; echo "$GREETING"; echo \'["in"]\' > "$COLONIES_OUTPUT"',
+                env={"GREETING": "hi there"},
+            ),
+            spec("echo started; sleep 120"),
+        )
+    ]
+    processes = await submit(client, hello, inside, held)
+    for p in processes:
+        assert p.spec.conditions.executor_type == TYPE
+    await executor(image_runtime="podman")
+    done = await client.wait(processes[0].process_id, timeout=60)
+    assert done.state is ProcessState.SUCCESS, done.errors
+    assert "[stdout] hello world" in await log_of(client, done.process_id)
+    done = await client.wait(processes[1].process_id, timeout=60)
+    assert done.state is ProcessState.SUCCESS, done.errors
+    assert done.output == ["in"]
+    lines = await log_of(client, done.process_id)
+    # /colonies is the container's own directory: not on the host, so this ran in the image.
+    assert "[stdout] input.json" in lines and "[stdout] hi there" in lines, lines
+    # A cancel stops the container with the job (podman run --init forwards scancel's SIGTERM).
+    await logged(client, processes[2].process_id, "[stdout] started")
+    name = f"colonies-{processes[2].process_id}-0"
+    assert await containers_named(name) == [name]
+    await client.cancel(processes[2].process_id)
+    await gone(slurm_cluster, name)
+    async with asyncio.timeout(10):
+        while await containers_named(name):
+            await asyncio.sleep(0.1)  # sleep-ok: polling podman under a deadline
