@@ -51,8 +51,8 @@ IMAGE_RUNTIMES = ("none", "podman", "apptainer", "singularity")
 MOUNT = "/colonies"
 OUTPUT_FILE = "output.json"
 INPUT_FILE = "input.json"
-# The process's environment, sourced by the job. Not a program's name: srun looks for the
-# program it runs in the job's directory first.
+# The process's environment, sourced by the job. Not a program's name: srun with no PATH
+# takes a file of its program's name in the job's directory.
 ENV_FILE = "process.env"
 # How often a running job is asked after, and its files read.
 POLL_S = 0.25
