@@ -24,12 +24,12 @@ import pytest
 from colonyos.client import Client
 from colonyos.config import BrokerSettings, Settings
 from colonyos.executor import ExecutorApp
-from colonyos.executors import contract, slurm
+from colonyos.executors import container, contract, slurm
 from colonyos.executors.platform import PlatformError
 from colonyos.models import GPU, Conditions, FunctionSpec, Process, ProcessState
-from colonyos.specs import decode_function_spec
+from colonyos.specs import decode_function_spec, load_workflow_spec
 
-from ..helpers import DATA, until
+from ..helpers import DATA, EXAMPLES, until
 from ..procs import COLONIES, Child
 from .conftest import SlurmCluster
 
@@ -516,3 +516,32 @@ async def test_podman_runs_each_job_in_its_image(
     async with asyncio.timeout(10):
         while await containers_named(name):
             await asyncio.sleep(0.1)  # sleep-ok: polling podman under a deadline
+
+
+async def test_a_workflow_passes_outputs_from_a_container_to_a_slurm_job(
+    client: Client,
+    executor: Runner,
+    settings: Settings,
+    podman_image: str,
+    tmp_path: Path,
+) -> None:
+    """The walk-through of docs/executors.md: the same contract on two platforms, a container's
+    output the input of a Slurm job."""
+    raw = json.loads((EXAMPLES / "container-slurm-workflow.json").read_text())
+    for node in raw:
+        node["kwargs"]["docker-image"] = podman_image
+    workflow, warnings = load_workflow_spec(json.dumps(raw))
+    assert warnings == []
+    graph = await client.submit_workflow(workflow)
+    containers = container.build(settings, "container", "container-0", state_dir=tmp_path / "c")
+    task = asyncio.create_task(containers.run())
+    try:
+        await executor()
+        done = await client.wait(graph.nodes["report"], timeout=60)
+        assert done.state is ProcessState.SUCCESS, done.errors
+        assert done.output == ["reported"]
+        out = [x for x in await log_of(client, done.process_id) if x.startswith("[stdout]")]
+        assert out == ["[stdout] the container measured", '[stdout] [{"reading": 21}]']
+    finally:
+        containers.stop(force=True)
+        await asyncio.wait_for(task, 30)
