@@ -32,6 +32,7 @@ import math
 import os
 import re
 import shlex
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,8 +55,11 @@ INPUT_FILE = "input.json"
 # The process's environment, sourced by the job. Not a program's name: srun with no PATH
 # takes a file of its program's name in the job's directory.
 ENV_FILE = "process.env"
-# How often a running job is asked after, and its files read.
+# How often a job's files are read (its end shows there first: its exit code file), and how
+# often Slurm is asked about it (an end without that file: cancelled, timed out, lost). Slurm's
+# controller serves every user of the cluster: it is asked seldom.
 POLL_S = 0.25
+ASK_EVERY_S = 2.0
 # Job states after which a job runs no more (scontrol's words).
 _ENDED = {
     "BOOT_FAIL",
@@ -361,6 +365,7 @@ async def _follow(
         _Tail(workdir / "stderr", contract.STDERR_MARK, tail, offset=err),
     ]
     said = ""
+    next_ask = 0.0
     while True:
         new = [f.read(ctx) for f in files]  # both, always
         if any(new):
@@ -369,7 +374,10 @@ async def _follow(
         if (workdir / "exitcode").exists():
             state = JobState("COMPLETED", 0, "")
             break
-        known = await slurm.state(job_id)
+        known = None
+        if time.monotonic() >= next_ask:
+            known = await slurm.state(job_id)
+            next_ask = time.monotonic() + ASK_EVERY_S
         if known is not None:
             if known.state != said and known.state in ("PENDING", "RUNNING"):
                 pending = known.state == "PENDING" and known.reason not in ("", "None")

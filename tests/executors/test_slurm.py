@@ -304,12 +304,26 @@ async def gone(cluster: SlurmCluster, name: str, timeout: float = 10.0) -> None:
 async def test_cancel_and_maxexectime_cancel_the_job_at_once(
     client: Client, executor: Runner, slurm_cluster: SlurmCluster
 ) -> None:
-    cancelled, timed = await submit(
+    cancelled, timed, outside = await submit(
         client,
         spec("echo started; sleep 120"),
         spec("echo started; sleep 120", max_exec_time=3, max_retries=0),
+        spec("echo started; sleep 120"),
     )
     await executor()
+    # Cancelled on the cluster (an administrator's scancel): the process fails saying so.
+    await logged(client, outside.process_id, "[stdout] started")
+    (job_id,) = await active(slurm_cluster, f"colonies-{outside.process_id}-0")
+    await asyncio.to_thread(subprocess.run, ["scancel", job_id], check=True)
+    done = await client.wait(outside.process_id, timeout=20)
+    assert done.state is ProcessState.FAILED
+    (error,) = done.errors
+    # Then the job's stderr, where Slurm says so too.
+    assert error.startswith(
+        f"the Slurm job {job_id} was cancelled (scancel, or by the cluster's administrators): "
+    ), error
+    assert f"JOB {job_id} ON localhost CANCELLED" in error, error
+
     await logged(client, cancelled.process_id, "[stdout] started")
     name = f"colonies-{cancelled.process_id}-0"
     assert await active(slurm_cluster, name)
