@@ -244,14 +244,20 @@ async def test_exit_codes_output_and_the_environment(
     client: Client, executor: Runner, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("COLONIES_TEST_SECRET", "s3cr3t-of-the-executor")
-    ok, failing, output, env = await submit(
+    ok, failing, output, env, bad_env = await submit(
         client,
         spec("echo fine"),
         spec("echo partial; echo first problem >&2; echo last problem >&2; exit 3"),
         spec('cat "$COLONIES_INPUT"; echo; echo \'{"answer": 42}\' > "$COLONIES_OUTPUT"'),
         spec("env", env={"GREETING": "hi there", "QUOTED": 'it\'s "$HOME"'}),
+        spec("env", env={"OK": "1", "NOT-A-NAME": "x"}),
     )
     await executor()
+    refused = await client.wait(bad_env.process_id, timeout=60)
+    assert refused.errors == [
+        "env: 'NOT-A-NAME' is not a variable name a job's shell can set "
+        "(letters, digits and _, not starting with a digit)"
+    ]
     done = await client.wait(ok.process_id, timeout=60)
     assert done.state is ProcessState.SUCCESS and done.output == []
     assert "[stdout] fine" in await log_of(client, ok.process_id)
