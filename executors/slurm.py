@@ -375,7 +375,7 @@ async def _follow(
             state = JobState("COMPLETED", 0, "")
             break
         known = None
-        if time.monotonic() >= next_ask:
+        if job_id and time.monotonic() >= next_ask:
             known = await slurm.state(job_id)
             next_ask = time.monotonic() + ASK_EVERY_S
         if known is not None:
@@ -441,10 +441,14 @@ def build(
         job_id = str(job["job_id"]) if job else ""
         if job is not None and not job_id:
             job_id = await slurm.named(name)  # the earlier run was killed as it submitted
+        # Or its job ended meanwhile and Slurm has forgotten it: its result is here.
+        ended_unnoted = job is not None and not job_id and (workdir / "exitcode").exists()
         ended: JobState | None = None
         try:
-            if job_id:
-                ctx.log(f"[executor] taken back after a restart: following Slurm job {job_id}")
+            if job_id or ended_unnoted:
+                ctx.log(
+                    f"[executor] taken back after a restart: following Slurm job {job_id or name}"
+                )
             else:
                 missing = await slurm.image_missing(call.image)
                 if missing:
@@ -456,9 +460,10 @@ def build(
                 ctx.log(f"[executor] submitted as Slurm job {job_id}")
             tail = contract.LogTail()
             ended = await _follow(ctx, slurm, job_id, workdir, tail)
-            code = _outcome(job_id, ended, workdir, tail)
+            code = _outcome(job_id or name, ended, workdir, tail)
             if code != 0:
-                raise PlatformError(contract.failure(code, tail, what=f"the Slurm job {job_id}"))
+                what = f"the Slurm job {job_id or name}"
+                raise PlatformError(contract.failure(code, tail, what=what))
             max_bytes = request_limit(ctx.client.nc.max_payload)
             return contract.read_output(str(workdir / "out" / OUTPUT_FILE), max_bytes)
         finally:

@@ -352,9 +352,11 @@ SBATCH_HANGS = """#!/bin/sh
 touch {submitted}
 while :; do sleep 1; done
 """
+# And one whose job Slurm cannot find by its name afterwards (as once it has forgotten it).
+SBATCH_HANGS_UNNAMED = SBATCH_HANGS.replace('"$@"', '--job-name=unnamed "$@"')
 
 
-@pytest.mark.parametrize("when", ["running", "submitting"])
+@pytest.mark.parametrize("when", ["running", "submitting", "submitting, ended, forgotten"])
 async def test_a_killed_executor_started_again_follows_its_job(
     client: Client,
     settings: Settings,
@@ -363,6 +365,9 @@ async def test_a_killed_executor_started_again_follows_its_job(
     when: str,
 ) -> None:
     gate = tmp_path / "gate"
+    forgotten = when.endswith("forgotten")
+    if forgotten:
+        gate.touch()  # the job runs to its end while no executor is there
     (p,) = await submit(
         client,
         spec(
@@ -378,11 +383,12 @@ async def test_a_killed_executor_started_again_follows_its_job(
     argv = ["executor", "start", "slurm", "--name", "slurm-r", "--state-dir", str(tmp_path / "s")]
     first_env = dict(env)
     submitted = tmp_path / "submitted"
-    if when == "submitting":
+    if when.startswith("submitting"):
         bin_dir = tmp_path / "bin"
         bin_dir.mkdir()
         wrapper = bin_dir / "sbatch"
-        wrapper.write_text(SBATCH_HANGS.format(sbatch=shutil.which("sbatch"), submitted=submitted))
+        hangs = SBATCH_HANGS if when == "submitting" else SBATCH_HANGS_UNNAMED
+        wrapper.write_text(hangs.format(sbatch=shutil.which("sbatch"), submitted=submitted))
         wrapper.chmod(0o755)
         first_env["PATH"] = f"{bin_dir}:{os.environ['PATH']}"
     children = [
@@ -391,7 +397,7 @@ async def test_a_killed_executor_started_again_follows_its_job(
     name = f"colonies-{p.process_id}-0"
     try:
         children[0].start()
-        if when == "submitting":
+        if when.startswith("submitting"):
             await until(submitted.exists, timeout=20)
         else:
             await logged(client, p.process_id, "[stdout] started")
@@ -399,13 +405,17 @@ async def test_a_killed_executor_started_again_follows_its_job(
             marks = tmp_path / "s" / "jobs" / name / "logged"
             await until(lambda: marks.exists() and marks.read_text() != "0 0", timeout=10)
         children[0].kill()
-        assert await active(slurm_cluster, name)
+        if forgotten:
+            exit_file = tmp_path / "s" / "jobs" / name / "exitcode"
+            await until(exit_file.exists, timeout=20)  # it ended; squeue knows no such name
+            job = name
+        else:
+            (job,) = await active(slurm_cluster, name)  # still running
         children[1].start()
         await logged(
             client,
             p.process_id,
-            f"[executor] taken back after a restart: "
-            f"following Slurm job {(await active(slurm_cluster, name))[0]}",
+            f"[executor] taken back after a restart: following Slurm job {job}",
         )
         gate.touch()
         done = await client.wait(p.process_id, timeout=30)
@@ -427,7 +437,11 @@ async def test_a_killed_executor_started_again_follows_its_job(
         text=True,
         check=True,
     )
-    assert [j for j in jobs.stdout.split() if j.startswith(f"colonies-{p.process_id}-")] == [name]
+    ours = [j for j in jobs.stdout.split() if j.startswith(f"colonies-{p.process_id}-")]
+    if forgotten:
+        assert ours == [] and jobs.stdout.split().count("unnamed") == 1, jobs.stdout
+    else:
+        assert ours == [name]
 
 
 async def test_a_job_slurm_refuses_or_a_missing_image_fails_at_once(
