@@ -95,8 +95,20 @@ def start(
     state_dir: Path | None = typer.Option(
         None,
         "--state-dir",
-        help="container, kubernetes: where it keeps what it takes back after a restart "
-        "(default: ~/.local/state/colonies/KIND/COLONY/NAME).",
+        help="container, kubernetes, slurm: where it keeps what it takes back after a "
+        "restart (default: ~/.local/state/colonies/KIND/COLONY/NAME).",
+    ),
+    partition: str = typer.Option(
+        "", "--partition", help="slurm: the partition its jobs go to (default: the cluster's)."
+    ),
+    account: str = typer.Option(
+        "", "--account", help="slurm: the account its jobs are charged to."
+    ),
+    image_runtime: str = typer.Option(
+        "none",
+        "--image-runtime",
+        help="slurm: what runs each job's image: none (the command on the node), podman, "
+        "apptainer or singularity.",
     ),
 ) -> None:
     """Start a shipped executor in the foreground. Ctrl-C (or SIGTERM) stops it once its running
@@ -113,6 +125,13 @@ def start(
     if kind == "kubernetes":
         options.update(
             namespace=namespace or None, kubeconfig=kubeconfig or None, state_dir=state_dir
+        )
+    if kind == "slurm":
+        options.update(
+            partition=partition,
+            account=account,
+            image_runtime=image_runtime,
+            state_dir=state_dir,
         )
     if not concurrency:
         concurrency = _DEFAULT_CONCURRENCY.get(kind, lambda: 1)()

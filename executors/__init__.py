@@ -5,4 +5,4 @@ They import nothing from outside the standard library but nats-py and msgspec. `
 (Colonies' ``execute`` contract) and ``platform`` are what the executors of platforms share.
 """
 
-KINDS = ("echo", "python", "shell", "container", "kubernetes")
+KINDS = ("echo", "python", "shell", "container", "kubernetes", "slurm")
