@@ -28,8 +28,13 @@ app = typer.Typer(help="Run executors and manage their registrations.", no_args_
 _NAME = typer.Option(..., "--name", help="Executor name.")
 
 # Processes an executor of each kind runs at once unless told: a container executor, one per
-# core (the broker's capacity admission also holds each to the cpu and mem it offers).
-_DEFAULT_CONCURRENCY = {"container": lambda: os.cpu_count() or 1}
+# core; the Slurm and Kubernetes executors hand their work to a scheduler that queues it, so
+# more. The broker's capacity admission also holds each to the cpu and mem it offers.
+_DEFAULT_CONCURRENCY = {
+    "container": lambda: os.cpu_count() or 1,
+    "slurm": lambda: 32,
+    "kubernetes": lambda: 16,
+}
 
 
 @app.command("start")
@@ -74,7 +79,8 @@ def start(
         0,
         "--concurrency",
         "-c",
-        help="Processes run at once (default: 1; container: this machine's cores).",
+        help="Processes run at once (default: 1; container: this machine's cores; "
+        "slurm: 32; kubernetes: 16).",
         show_default=False,
     ),
     runtime: str = typer.Option(
