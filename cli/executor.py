@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ _NAME = typer.Option(..., "--name", help="Executor name.")
 # Processes an executor of each kind runs at once unless told: a container executor, one per
 # core; the Slurm and Kubernetes executors hand their work to a scheduler that queues it, so
 # more. The broker's capacity admission also holds each to the cpu and mem it offers.
-_DEFAULT_CONCURRENCY = {
+_DEFAULT_CONCURRENCY: dict[str, Callable[[], int]] = {
     "container": lambda: os.cpu_count() or 1,
     "slurm": lambda: 32,
     "kubernetes": lambda: 16,

@@ -40,8 +40,6 @@ RUNTIMES = ("podman", "docker")
 MOUNT = "/colonies"
 OUTPUT_FILE = "output.json"
 INPUT_FILE = "input.json"
-# A container name's prefix, and what the executor takes back after a restart.
-_PREFIX = "colonies-"
 
 
 class ContainerRuntime:
@@ -163,7 +161,7 @@ class ContainerRuntime:
         )
         if done.returncode != 0:
             raise PlatformError(f"cannot list containers: {done.why()}")
-        return [n for n in done.stdout.split() if n.startswith(_PREFIX)]
+        return done.stdout.split()
 
 
 class _Containers:
@@ -177,15 +175,11 @@ class _Containers:
         return self.work / name
 
     async def held(self) -> list[tuple[str, int]]:
-        out = []
-        for name in await self.runtime.held():
-            pid, _, attempt = name.removeprefix(_PREFIX).rpartition("-")
-            if pid and attempt.isdigit():
-                out.append((pid, int(attempt)))
-        return out
+        named = (contract.parse_attempt_name(n) for n in await self.runtime.held())
+        return [attempt for attempt in named if attempt is not None]
 
     async def abandon(self, process_id: str, attempt: int) -> None:
-        name = f"{_PREFIX}{process_id}-{attempt}"
+        name = contract.attempt_name(process_id, attempt)
         await self.runtime.remove(name)
         remove_tree(self.workdir(name))
 

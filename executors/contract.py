@@ -255,10 +255,25 @@ def failure(code: int, tail: LogTail, *, oom: bool = False, what: str = "the com
     return f"{head}: {tail}" if tail.lines else head
 
 
+_NAME_PREFIX = "colonies-"
+
+
 def scratch_name(call: Execute) -> str:
     """A name for what a platform makes for one attempt of a process (a container, a job, a
     directory), the same after a restart: ``colonies-<process id>-<attempt>``."""
-    return f"colonies-{call.process_id}-{call.attempt}"
+    return attempt_name(call.process_id, call.attempt)
+
+
+def attempt_name(process_id: str, attempt: int) -> str:
+    return f"{_NAME_PREFIX}{process_id}-{attempt}"
+
+
+def parse_attempt_name(name: str) -> tuple[str, int] | None:
+    """The (process id, attempt) an :func:`attempt_name` names, or None for any other name."""
+    if not name.startswith(_NAME_PREFIX):
+        return None
+    pid, _, attempt = name.removeprefix(_NAME_PREFIX).rpartition("-")
+    return (pid, int(attempt)) if pid and attempt.isdigit() else None
 
 
 def ensure_dir(path: str) -> str:

@@ -290,7 +290,7 @@ class Slurm:
         return out
 
     async def abandon(self, process_id: str, attempt: int) -> None:
-        name = f"colonies-{process_id}-{attempt}"
+        name = contract.attempt_name(process_id, attempt)
         job = self.recorded(name)
         job_id = str(job["job_id"]) if job else ""
         if job is not None and not job_id:
