@@ -60,6 +60,8 @@ ENV_FILE = "process.env"
 # controller serves every user of the cluster: it is asked seldom.
 POLL_S = 0.25
 ASK_EVERY_S = 2.0
+# How long a job killed by a signal may take to say why (COMPLETING, then its end state).
+_SETTLE_S = 5.0
 # Job states after which a job runs no more (scontrol's words).
 _ENDED = {
     "BOOT_FAIL",
@@ -373,6 +375,10 @@ async def _follow(
             marks.write_text(" ".join(str(f.logged) for f in files))
         if (workdir / "exitcode").exists():
             state = JobState("COMPLETED", 0, "")
+            if job_id and _signalled(workdir):
+                # Killed by a signal: by Slurm (scancel, its time limit) or not, which only
+                # Slurm can tell, once the job has settled.
+                state = await _settled(slurm, job_id) or state
             break
         known = None
         if job_id and time.monotonic() >= next_ask:
@@ -393,13 +399,39 @@ async def _follow(
     return state
 
 
-def _outcome(job_id: str, ended: JobState, workdir: Path, tail: contract.LogTail) -> int:
-    """The exit code of the job's command; PlatformError if the job ended without one."""
+def _exit_code(workdir: Path) -> int | None:
     try:
         return int((workdir / "exitcode").read_text().strip())
     except (FileNotFoundError, ValueError):
-        pass
+        return None
+
+
+def _signalled(workdir: Path) -> bool:
+    """Did the command end by a signal (the shell's exit code 128 + N)?"""
+    code = _exit_code(workdir)
+    return code is not None and code > 128
+
+
+async def _settled(slurm: Slurm, job_id: str) -> JobState | None:
+    """How Slurm says the job ended, once it does (a job is COMPLETING for a moment after its
+    script ends); None if it does not say within a few seconds."""
+    deadline = time.monotonic() + _SETTLE_S
+    while time.monotonic() < deadline:
+        known = await slurm.state(job_id)
+        if known is not None and known.state and known.ended:
+            return known
+        await asyncio.sleep(POLL_S)  # sleep-ok: Slurm says nothing when a job settles; poll it
+    return None
+
+
+def _outcome(job_id: str, ended: JobState, workdir: Path, tail: contract.LogTail) -> int:
+    """The exit code of the job's command; PlatformError if the job ended without one, or
+    Slurm ended it (cancelled, past its time limit: the command's own code then is only the
+    signal's)."""
     words = _IN_WORDS.get(ended.state)
+    code = _exit_code(workdir)
+    if code is not None and words is None:
+        return code
     if words is None:
         state = ended.state or "forgotten by Slurm"
         words = f"ended ({state}) without its exit code"

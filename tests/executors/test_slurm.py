@@ -345,6 +345,19 @@ async def test_cancel_and_maxexectime_cancel_the_job_at_once(
     await gone(slurm_cluster, f"colonies-{timed.process_id}-0")
 
 
+def test_a_job_slurm_ended_is_said_so_even_if_its_command_left_an_exit_code(
+    tmp_path: Path,
+) -> None:
+    """A command that handles SIGTERM (or whose shell outlives it) ends with a code of its own
+    (143) as Slurm cancels the job: the process fails as cancelled, which only Slurm can tell;
+    a job Slurm says completed keeps its command's code."""
+    (tmp_path / "exitcode").write_text("143\n")
+    tail = contract.LogTail()
+    with pytest.raises(PlatformError, match=r"^the Slurm job 7 was cancelled"):
+        slurm._outcome("7", slurm.JobState("CANCELLED", 0, ""), tmp_path, tail)
+    assert slurm._outcome("7", slurm.JobState("COMPLETED", 0, ""), tmp_path, tail) == 143
+
+
 # An sbatch that submits, then does not answer: a kill in that window finds the job submitted
 # and its id not yet written down.
 SBATCH_HANGS = """#!/bin/sh
