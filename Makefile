@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install dev test lint typecheck unit soak mutate bench bench-quick bench-durability clean
+.PHONY: install dev test lint typecheck unit soak mutate bench bench-quick bench-durability bench-platforms clean
 
 install: $(STAMP)
 
@@ -104,6 +104,10 @@ bench: install
 
 bench-quick: install
 	$(BIN)/python -m bench.run --quick
+
+# What the container executor adds to a container: the executor against podman's own run.
+bench-platforms: install
+	$(BIN)/python -m bench.platforms
 
 # What JetStream's fsync policy (nats.conf sync_interval) costs on this machine.
 bench-durability: install
