@@ -144,10 +144,18 @@ class ProcessContext:
     """What a handler gets: the process, and a log that streams to the colony."""
 
     def __init__(
-        self, process: Process, client: Client, *, give_up: asyncio.Event | None = None
+        self,
+        process: Process,
+        client: Client,
+        *,
+        give_up: asyncio.Event | None = None,
+        resumed: bool = False,
     ) -> None:
         self.process = process
         self.client = client
+        # Taken back after a restart (colonyos.resume): its work may be running already, on
+        # the platform an earlier run of this executor handed it to.
+        self.resumed = resumed
         self._lines: list[str] = []
         self._partial = ""
         # Set when the executor stops now: the last log lines are not waited for any more.

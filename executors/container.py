@@ -20,6 +20,7 @@ container specs run unchanged, through the runtime's command line (podman, or do
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from pathlib import Path
@@ -36,6 +37,8 @@ from .platform import PlatformError, command, default_state_dir, finish_anyway, 
 __all__ = ["RUNTIMES", "ContainerRuntime", "build"]
 
 RUNTIMES = ("podman", "docker")
+# The exit code of a container killed outright: by its memory limit, or by a stop.
+_SIGKILL_EXIT = 137
 # Where a process finds its own directory inside the container.
 MOUNT = "/colonies"
 OUTPUT_FILE = "output.json"
@@ -127,6 +130,10 @@ class ContainerRuntime:
         done = await command(self.program, "wait", name)  # at once if it has ended already
         if done.returncode != 0:
             raise PlatformError(f"the container {name} vanished before it ended: {done.why()}")
+        with contextlib.suppress(ValueError):
+            code = int(done.stdout.strip())
+            if code != _SIGKILL_EXIT:
+                return code, False
         state = await command(
             self.program,
             "container",
@@ -136,10 +143,10 @@ class ContainerRuntime:
             name,
         )
         try:
-            code, oom = state.stdout.split()
-            return int(code), oom == "true"
+            exit_code, oom = state.stdout.split()
+            return int(exit_code), oom == "true"
         except ValueError:
-            return int(done.stdout.strip() or 1), False
+            return _SIGKILL_EXIT, False
 
     async def remove(self, name: str) -> None:
         """Gone at once, running or not (``-t 0``: no grace period)."""
@@ -224,7 +231,7 @@ def build(
         workdir = containers.workdir(name)
         rt = containers.runtime
         try:
-            if await rt.exists(name):
+            if ctx.resumed and await rt.exists(name):
                 ctx.log(f"[executor] taken back after a restart: following container {name}")
             else:
                 _prepare(workdir, call)

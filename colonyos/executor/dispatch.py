@@ -52,7 +52,7 @@ class Dispatching(Stages):
         (one request), run each in its own task, and send their results together. Processes
         taken back from an earlier run take their slots first."""
         running: set[asyncio.Task[None]] = {
-            asyncio.create_task(self._execute(client, results, p)) for p in adopted
+            asyncio.create_task(self._execute(client, results, p, resumed=True)) for p in adopted
         }
 
         def reap() -> None:

@@ -65,7 +65,9 @@ logger = OwnLog("colonyos.executor")
 
 
 class Running(ExecutorBase):
-    async def _execute(self, client: Client, results: ResultSender, process: Process) -> None:
+    async def _execute(
+        self, client: Client, results: ResultSender, process: Process, *, resumed: bool = False
+    ) -> None:
         handler = self.handlers.get(process.spec.func_name, self.default_handler)
         pid = process.process_id
         attempt = process.attempt
@@ -85,7 +87,7 @@ class Running(ExecutorBase):
             )
             await self._finish(results, Fail(process_id=pid, errors=[error], attempt=attempt))
             return
-        ctx = ProcessContext(process, client, give_up=self._forced)
+        ctx = ProcessContext(process, client, give_up=self._forced, resumed=resumed)
         token = current.set(ctx)
         self.running.add(pid)
         work = asyncio.ensure_future(guarded(handler, ctx))
