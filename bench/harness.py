@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -67,6 +68,13 @@ class Child:
                 self.proc.wait()
 
 
+def free_port() -> int:
+    """A port free on 127.0.0.1 now (for a child process to listen on)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 class System:
     """nats-server + broker (+ executors on demand), each its own process, on loopback.
 
@@ -91,6 +99,8 @@ class System:
         self.server = NatsServer(self.dir / "js", port=0, config=config)
         self.children: list[Child] = []
         self.broker: Child | None = None
+        # The broker's /metrics (scraped once at the end of a run: it costs the run nothing).
+        self.metrics_port = free_port()
 
     @property
     def env(self) -> dict[str, str]:
@@ -112,10 +122,18 @@ class System:
             nats_url=self.server.url, colony="bench", prefix=self.prefix, identity=identity
         )
 
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
     async def start(self) -> Client:
         self.server.start()
         self.broker = self.spawn(
-            ["-m", "colonyos.cli.main", "broker", "start", "--data-dir", str(self.dir / "broker")],
+            [
+                *("-m", "colonyos.cli.main", "broker", "start"),
+                *("--data-dir", str(self.dir / "broker")),
+                *("--metrics-port", str(self.metrics_port)),
+            ],
             "broker",
         )
         if self.secure:

@@ -15,14 +15,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
 import statistics
 import time
+import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.harness import System, cpu_seconds, rss_mib
 from colonyos.client import Client
@@ -254,6 +258,50 @@ async def scenario_latency(system: System, client: Client, n: int) -> list[Figur
         ),
         Figure("submit -> executor has it, p99", pct(has_it, 0.99), "ms", "< 5"),
         Figure("submit -> closed, p50", statistics.median(closed), "ms", "< 2"),
+    ]
+
+
+def _scrape_totals(url: str) -> dict[str, float]:
+    """Each family's samples of a /metrics scrape summed over their labels, by sample name
+    (``colonies_processes{state=...}`` kept apart per state)."""
+    with urllib.request.urlopen(url, timeout=10) as reply:
+        text = reply.read().decode()
+    totals: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            name = sample.name
+            if name == "colonies_processes":
+                name = f"{name}{{state={sample.labels['state']}}}"
+            totals[name] = totals.get(name, 0.0) + sample.value
+    return totals
+
+
+async def scenario_metrics(system: System, submitted: int, closed: int) -> list[Figure]:
+    """The broker's /metrics beside what this run counted itself: the same totals. Read
+    once, here (the counters are kept during the run anyway); scraped again until they agree
+    under a deadline (the last close's counter may follow its event by a moment)."""
+    expected = {
+        "colonies_submissions_total": submitted,
+        "colonies_assignments_total": closed,
+        "colonies_process_execution_seconds_count": closed,
+        "colonies_process_waiting_seconds_count": closed,
+        "colonies_processes{state=success}": closed,
+    }
+    totals: dict[str, float] = {}
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(10):
+            while any(totals.get(k) != v for k, v in expected.items()):
+                totals = await asyncio.to_thread(_scrape_totals, system.metrics_url)
+                await asyncio.sleep(0.1)  # sleep-ok: polling a scrape under a deadline
+    return [
+        Figure(
+            f"/metrics: {name}",
+            totals.get(name, float("nan")),
+            "processes",
+            f"= {want:,} (this run's count)",
+            note="same" if totals.get(name) == want else "DIFFERENT",
+        )
+        for name, want in expected.items()
     ]
 
 
@@ -496,6 +544,9 @@ async def main(quick: bool) -> list[Figure]:
         figures += end_to_end
         figures += await scenario_flood(system, client, sizes["e2e"])
         figures += await scenario_latency(system, client, sizes["latency"])
+        # Every process this run submitted so far, and those that ended closed (no-ops).
+        closed = 2 * sizes["e2e"] + sizes["latency"]
+        figures += await scenario_metrics(system, sizes["submit"] + closed, closed)
         figures += await scenario_workflows(client)
         system.stop_executors(executors)
         figures += await scenario_edge(system, client)

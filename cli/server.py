@@ -72,6 +72,29 @@ _HTTP_PORT = typer.Option(
 _CONFIG = typer.Option(
     None, "--config", help="nats-server config file (default: the one shipped with colonyos)."
 )
+_METRICS_PORT = typer.Option(
+    None,
+    "--metrics-port",
+    min=0,
+    max=65535,
+    envvar="COLONIES_METRICS_PORT",
+    help="Serve Prometheus metrics at /metrics on this port (0: a free one); off unless given.",
+    show_default=False,
+)
+_DEV_METRICS_PORT = typer.Option(
+    0,
+    "--metrics-port",
+    min=0,
+    max=65535,
+    envvar="COLONIES_METRICS_PORT",
+    help="Prometheus metrics at /metrics on this port (0: a free one).",
+)
+_METRICS_HOST = typer.Option(
+    "127.0.0.1",
+    "--metrics-host",
+    envvar="COLONIES_METRICS_HOST",
+    help="The address /metrics listens on (0.0.0.0: every interface).",
+)
 # NATS' own pair is 4222 and 8222: a server on another --port gets its monitoring port beside
 # it, so that a second server does not fail on the first one's.
 _HTTP_PORT_OFFSET = 4000
@@ -196,6 +219,7 @@ async def _serve(
     dev: bool,
     insecure: bool,
     tls: tuple[Path, Path] | None,
+    metrics: tuple[str, int | None] = ("127.0.0.1", None),
 ) -> None:
     async with contextlib.AsyncExitStack() as stack:
         if insecure:
@@ -216,6 +240,8 @@ async def _serve(
                 data_dir=data_dir,
                 keys_dir=keys_dir,
                 tls_ca=settings.tls_ca,
+                metrics_host=metrics[0],
+                metrics_port=metrics[1],
             )
         )
         broker_task = asyncio.create_task(broker.run())
@@ -235,7 +261,7 @@ async def _serve(
             executor_task = asyncio.create_task(executor.run())
             stack.push_async_callback(_stop_executor, executor, executor_task)
             await executor.ready.wait()
-        _banner(server, data_dir, settings, dev, you)
+        _banner(server, data_dir, settings, dev, you, metrics_url(broker))
         await _until_signalled()
         console.print("stopping…")
 
@@ -293,8 +319,22 @@ async def _stop_executor(executor: ExecutorApp, task: asyncio.Task[int]) -> None
     await task
 
 
+def metrics_url(broker: Broker) -> str | None:
+    """Where the broker serves /metrics, if it does."""
+    server = broker.metrics_server
+    if server is None or server.address is None:
+        return None
+    host, port = server.address
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}/metrics"
+
+
 def _banner(
-    server: NatsServer, data_dir: Path, settings: Settings, dev: bool, you: str | None
+    server: NatsServer,
+    data_dir: Path,
+    settings: Settings,
+    dev: bool,
+    you: str | None,
+    metrics: str | None = None,
 ) -> None:
     console.print(f"[green]NATS[/] {server.url}   data in {data_dir}/   prefix {settings.prefix}")
     if you is not None:
@@ -302,6 +342,8 @@ def _banner(
     if server.monitor_url is not None:
         console.print(f"[green]monitoring[/] {server.monitor_url}/varz")
     console.print("[green]broker[/] ready")
+    if metrics is not None:
+        console.print(f"[green]metrics[/] {metrics}")
     if dev:
         whose = "executors" if you is None else "executors with your key"
         console.print(f"[green]colony[/] {settings.colony} ({whose} approved automatically)")
@@ -340,11 +382,20 @@ def _run_server(
     insecure: bool,
     tls_cert: Path | None = None,
     tls_key: Path | None = None,
+    metrics: tuple[str, int | None] = ("127.0.0.1", None),
 ) -> None:
     tls = _tls_pair(tls_cert, tls_key)
     with _config(config) as conf:
         serving = _serve(
-            settings_of(ctx), data_dir, port, http_port, conf, dev=dev, insecure=insecure, tls=tls
+            settings_of(ctx),
+            data_dir,
+            port,
+            http_port,
+            conf,
+            dev=dev,
+            insecure=insecure,
+            tls=tls,
+            metrics=metrics,
         )
         run(serving)
 
@@ -359,6 +410,8 @@ def server_start(
     insecure: bool = _INSECURE,
     tls_cert: Path | None = _TLS_CERT,
     tls_key: Path | None = _TLS_KEY,
+    metrics_port: int | None = _METRICS_PORT,
+    metrics_host: str = _METRICS_HOST,
 ) -> None:
     """Start an embedded NATS server (JetStream) and a broker, in the foreground. Secure
     unless --insecure: you (your key) own the server."""
@@ -372,6 +425,7 @@ def server_start(
         insecure=insecure,
         tls_cert=tls_cert,
         tls_key=tls_key,
+        metrics=(metrics_host, metrics_port),
     )
 
 
@@ -418,6 +472,8 @@ def broker_start(
         "keys need not share a data directory.",
         show_default=False,
     ),
+    metrics_port: int | None = _METRICS_PORT,
+    metrics_host: str = _METRICS_HOST,
 ) -> None:
     """Start a broker against --nats; run several for fail-over (one leads, others stand by).
     On a secure server it uses the keys under --data-dir (colonies server config), or
@@ -441,6 +497,8 @@ def broker_start(
                 data_dir=data_dir,
                 keys_dir=keys if keys.is_dir() else None,
                 tls_ca=settings.tls_ca,
+                metrics_host=metrics_host,
+                metrics_port=metrics_port,
             )
         )
         task = asyncio.create_task(broker.run())
@@ -458,6 +516,8 @@ def broker_start(
                     "them): this broker serves anyone who reaches NATS"
                 )
             console.print(f"[green]broker[/] ready on {shown_url(settings.nats_url)}")
+            if (url := metrics_url(broker)) is not None:
+                console.print(f"[green]metrics[/] {url} (figures while this broker leads)")
             await _until_signalled()
         finally:
             await _stop_broker(broker, task)
@@ -474,6 +534,8 @@ def dev(
     insecure: bool = _INSECURE,
     tls_cert: Path | None = _TLS_CERT,
     tls_key: Path | None = _TLS_KEY,
+    metrics_port: int = _DEV_METRICS_PORT,
+    metrics_host: str = _METRICS_HOST,
 ) -> None:
     """Everything for development: NATS, a broker, colony 'dev' and an echo executor. Secure
     unless --insecure: you (your key) own the server and colony 'dev'."""
@@ -487,4 +549,5 @@ def dev(
         insecure=insecure,
         tls_cert=tls_cert,
         tls_key=tls_key,
+        metrics=(metrics_host, metrics_port),
     )

@@ -121,6 +121,9 @@ class BrokerSettings(msgspec.Struct, frozen=True, kw_only=True):
     keys_dir: Path | None = None
     # The certificate authority of the server's TLS certificate (see Settings.tls_ca).
     tls_ca: Path | None = None
+    # Where /metrics is served (Prometheus); None: not at all. Port 0 takes a free port.
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> BrokerSettings:

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import tomllib
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -154,6 +155,11 @@ async def test_two_dev_servers_outside_the_repository(tmp_path: Path) -> None:
     try:
         port = await _banner_port(first, first_log)
         assert await _max_payload(f"nats://127.0.0.1:{port}") == EIGHT_MIB
+        # The banner says where the broker's metrics are, and they are there.
+        metrics = re.search(r"metrics (http://127\.0\.0\.1:\d+/metrics)", first_log.read_text())
+        assert metrics is not None, first_log.read_text()
+        with urllib.request.urlopen(metrics[1], timeout=5) as reply:
+            assert b"colonies_broker_leading 1.0" in reply.read()
         second = _colonies("dev", "--port", "0", "--data-dir", "b", cwd=elsewhere, log=second_log)
         assert await _banner_port(second, second_log) != port
         busy = subprocess.run(

@@ -27,6 +27,7 @@ from colonyos.broker.assignment import Assignment
 from colonyos.broker.callout import Callout
 from colonyos.broker.crons import CronRunner
 from colonyos.broker.explain import Explainer
+from colonyos.broker.exposition import MetricsServer, Scraper
 from colonyos.broker.feed import PullFeed
 from colonyos.broker.generators import GeneratorRunner
 from colonyos.broker.index import ProcessIndex
@@ -35,6 +36,7 @@ from colonyos.broker.kicker import Kicker
 from colonyos.broker.lease import Lease
 from colonyos.broker.lifecycle import Lifecycle
 from colonyos.broker.membership import Membership
+from colonyos.broker.metrics import BrokerMetrics
 from colonyos.broker.readers import Readers
 from colonyos.broker.registry import Registry
 from colonyos.broker.removal import Removal
@@ -83,9 +85,16 @@ class Broker:
         # Who may connect, as whom (used by the auth callout on a secure installation).
         self.members: MemberBook | None = None
         self._kicker: Kicker | None = None
+        # Counted whether or not served; /metrics (settings.metrics_port) shows them.
+        self.metrics = BrokerMetrics()
+        self.metrics_server: MetricsServer | None = None
 
     def stop(self) -> None:
         self._stopping.set()
+
+    def _serving(self) -> Service | None:
+        """The service, while this broker leads."""
+        return self.service if self.leading.is_set() else None
 
     async def run(self) -> None:
         s = self.settings
@@ -106,6 +115,7 @@ class Broker:
                 dedup_window_s=s.dedup_window_s,
                 replicas=s.replicas,
                 retention_s=s.retention_s,
+                metrics=self.metrics,
             )
             if not await self._setup(store):
                 return
@@ -130,6 +140,13 @@ class Broker:
                 self.members.lapsed = self._kicker.cut  # a lapsed claim's holder goes
             lease = Lease(store.leases, _LEASE_KEY, self.broker_id, s.lease_ttl_s)
             stack.push_async_callback(lease.release)
+            if s.metrics_port is not None:
+                scraper = Scraper(
+                    self.metrics, lease, self._serving, liveness_s=s.executor_liveness_s
+                )
+                self.metrics_server = MetricsServer(scraper.render)
+                await self.metrics_server.start(s.metrics_host, s.metrics_port)
+                stack.push_async_callback(self.metrics_server.close)
             self.ready.set()
             logger.info(
                 "broker %s standing on %s (prefix %s)",

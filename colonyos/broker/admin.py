@@ -35,7 +35,7 @@ from colonyos.messages import (
 from colonyos.models import Colony, Executor, ExecutorState, Process, ProcessState, now
 from colonyos.subjects import check_name
 
-__all__ = ["Admin"]
+__all__ = ["Admin", "is_online"]
 
 logger = logging.getLogger(__name__)
 
@@ -108,11 +108,11 @@ class Admin:
         for (c, _), e in self.service.executors.items():
             if c != colony:
                 continue
-            last, online = e.last_heard_from_time, False  # registered (KV), not heard since
+            last = e.last_heard_from_time  # registered (KV), not heard since
             heard = self.service.heard.get(e.executor_id, float("-inf"))
             if heard > self.service.lead_start:  # a sign of life since this broker leads
                 last = max(last, wall - timedelta(seconds=mono - heard))
-                online = mono - heard <= self.liveness_s and e.state is not UNREGISTERED
+            online = is_online(self.service, e, self.liveness_s, mono)
             fields = msgspec.structs.asdict(e) | {"last_heard_from_time": last}
             infos.append(ExecutorInfo(**fields, online=online, running=running[e.executor_id]))
         return sorted(infos, key=lambda e: e.executor_name)
@@ -186,3 +186,14 @@ class Admin:
 
     async def colony_get(self, colony: str, caller: str, req: Named) -> Colony:
         return self.service.colony(req.name)
+
+
+def is_online(service: Service, executor: Executor, liveness_s: float, mono: float) -> bool:
+    """Is ``executor`` online: heard from since this broker leads (``service.lead_start``), no
+    longer than ``liveness_s`` before ``mono`` (monotonic), and not removed?"""
+    heard = service.heard.get(executor.executor_id, float("-inf"))
+    return (
+        heard > service.lead_start
+        and mono - heard <= liveness_s
+        and executor.state is not UNREGISTERED
+    )

@@ -150,6 +150,7 @@ class Assignment:
             self.service.track(process, revision)
             raise
         self.service.track(updated, new_revision, data)
+        self.store.metrics.assigned(updated)
         await self.service.after_write(updated)
         logger.debug("assigned %s to %s", process.process_id, executor.executor_name)
         return updated

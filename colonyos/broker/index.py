@@ -462,6 +462,28 @@ class ProcessIndex:
         graphs = self._db.execute(f"SELECT graphid FROM {_GRAPHS} WHERE colony = ?", [colony])
         return [str(r[0]) for r in processes.fetchall()], [str(r[0]) for r in graphs.fetchall()]
 
+    async def counts(self) -> tuple[list[tuple[str, str, int, int]], list[tuple[str, int, int]]]:
+        """Every colony's processes per executor type and state, and graphs per state, as
+        (colony, executor type, state, count) and (colony, state, count) rows."""
+        await self.flush()
+        rows: tuple[list[tuple[str, str, int, int]], list[tuple[str, int, int]]]
+        rows = await self._run(self._counts_sync)
+        return rows
+
+    def _counts_sync(self) -> tuple[list[tuple[str, str, int, int]], list[tuple[str, int, int]]]:
+        assert self._db is not None
+        processes = self._db.execute(
+            f"SELECT colony, executortype, state, count(*) FROM {_TABLE} "
+            "GROUP BY colony, executortype, state"
+        )
+        graphs = self._db.execute(
+            f"SELECT colony, state, count(*) FROM {_GRAPHS} GROUP BY colony, state"
+        )
+        return (
+            [(str(c), str(t), int(s), int(n)) for c, t, s, n in processes.fetchall()],
+            [(str(c), int(s), int(n)) for c, s, n in graphs.fetchall()],
+        )
+
     async def stats(self, colony: str) -> tuple[dict[int, int], dict[str, dict[int, int]]]:
         """Process counts per state, and per executor type and state."""
         await self.flush()

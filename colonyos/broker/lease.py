@@ -40,6 +40,9 @@ class Lease:
         self._revision: int | None = None
         # Monotonic time until which this holder may act; 0 when not holding.
         self.valid_until = 0.0
+        # The bucket revision at which this holder last took the lease (0: never): it grows
+        # with every change of hands, so each leader's term has a higher number.
+        self.term = 0
 
     @property
     def held(self) -> bool:
@@ -67,6 +70,8 @@ class Lease:
         except (nats.errors.Error, TimeoutError) as err:
             logger.warning("lease %s: cannot reach the bucket: %s", self.key, err)
             return self.held
+        if not self.held:
+            self.term = self._revision or 0
         # Act only for the part of the term that surely lies before the lease runs out anywhere.
         self.valid_until = started + self.ttl_ns / 1e9 * 0.8
         return True

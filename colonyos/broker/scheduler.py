@@ -336,6 +336,14 @@ class WaitingQueue:
         self._entries[pid] = _Entry(data, revision, Requirement.of(process.spec), seq, *key)
         heapq.heappush(self._heaps.setdefault(key, []), (process.priority_time, seq, pid))
 
+    def depths(self) -> dict[QueueKey, int]:
+        """How many processes are queued per (colony, executor type)."""
+        found: dict[QueueKey, int] = {}
+        for entry in self._entries.values():
+            key = (entry.colony, entry.executor_type)
+            found[key] = found.get(key, 0) + 1
+        return found
+
     def remove(self, process_id: str) -> bool:
         entry = self._entries.pop(process_id, None)
         if entry is None:

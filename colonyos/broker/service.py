@@ -448,6 +448,7 @@ class Service:
             except StaleRevisionError:
                 continue
             self.track(updated, new_revision, data)
+            self.store.metrics.changed(process, updated)
             if notify and _revoked(process, updated):
                 await self._revoke(process, updated)
             await self.after_write(updated)

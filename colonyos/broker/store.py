@@ -28,6 +28,7 @@ from nats.js.api import (
 )
 from nats.js.kv import KeyValue
 
+from colonyos.broker.metrics import BrokerMetrics
 from colonyos.broker.publisher import JetStreamPublisher
 from colonyos.buckets import StoredValue, latest_values, open_bucket
 from colonyos.config import DEFAULT_RETENTION_S
@@ -94,8 +95,11 @@ class ProcessStore:
         dedup_window_s: float = 120.0,
         replicas: int = 1,
         retention_s: float = DEFAULT_RETENTION_S,
+        metrics: BrokerMetrics | None = None,
     ) -> None:
         self.nc = nc
+        # Counts what is written (colonyos.broker.metrics), whether or not anyone scrapes.
+        self.metrics = metrics if metrics is not None else BrokerMetrics()
         self.js: JetStreamContext = nc.jetstream()
         self.subjects = subjects
         self._storage_kind = storage
@@ -219,6 +223,7 @@ class ProcessStore:
             except nats.js.errors.KeyWrongLastSequenceError:
                 return None
         await self._publish_event(process, revision, data)
+        self.metrics.created(process)
         return revision, data
 
     async def get(self, colony: str, process_id: str) -> tuple[Process, int]:
@@ -407,6 +412,7 @@ class ProcessStore:
             rejection.colony_name, rejection.executor_type, REJECTED_TOKEN, rejection.process_id
         )
         await self.js.publish(subject, _encode(rejection))
+        self.metrics.rejected(rejection.colony_name, rejection.executor_type)
 
     # -- process graphs -----------------------------------------------------------------
     def _graph_key(self, graph: ProcessGraph) -> str:
