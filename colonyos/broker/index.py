@@ -30,7 +30,8 @@ import sqlite_utils
 from colonyos.errors import IdTakenError
 from colonyos.limits import json_array_within
 from colonyos.messages import ListProcesses
-from colonyos.models import ZERO_TIME, Process, ProcessGraph
+from colonyos.models import ZERO_TIME, Process, ProcessGraph, ProcessState
+from colonyos.statistics import FunctionStats, seconds_between
 
 try:
     import fcntl
@@ -504,3 +505,48 @@ class ProcessIndex:
             states[int(state)] = states.get(int(state), 0) + int(n)
             by_type.setdefault(str(etype), {})[int(state)] = int(n)
         return states, by_type
+
+    async def graph_stats(self, colony: str) -> dict[int, int]:
+        """Process graph counts per state."""
+        await self.flush()
+        result: dict[int, int] = await self._run(self._graph_stats_sync, colony)
+        return result
+
+    def _graph_stats_sync(self, colony: str) -> dict[int, int]:
+        assert self._db is not None
+        sql = f"SELECT state, count(*) FROM {_GRAPHS} WHERE colony = ? GROUP BY state"
+        return {int(s): int(n) for s, n in self._db.execute(sql, [colony]).fetchall()}
+
+    async def function_stats(self, colony: str) -> list[FunctionStats]:
+        """Per function name and executor type: counts per state, and waiting and execution
+        times, most called first. Computed in the index's thread (it reads every row)."""
+        await self.flush()
+        result: list[FunctionStats] = await self._run(self._function_stats_sync, colony)
+        return result
+
+    def _function_stats_sync(self, colony: str) -> list[FunctionStats]:
+        assert self._db is not None
+        sql = (
+            "SELECT json ->> '$.spec.funcname', executortype, state, submissiontime, "
+            f"json ->> '$.starttime', json ->> '$.endtime' FROM {_TABLE} WHERE colony = ?"
+        )
+        groups: dict[tuple[str, str], tuple[dict[str, int], list[float], list[float]]] = {}
+        for func, etype, state, submitted, started, ended in self._db.execute(sql, [colony]):
+            states, waits, execs = groups.setdefault((str(func or ""), str(etype)), ({}, [], []))
+            token = ProcessState(int(state)).token
+            states[token] = states.get(token, 0) + 1
+            start = _parse_time(started)
+            wait = seconds_between(_parse_time(submitted), start)
+            if wait is not None:
+                waits.append(wait)
+            if token in ("success", "failed"):
+                run = seconds_between(start, _parse_time(ended))
+                if run is not None:
+                    execs.append(run)
+        found = [FunctionStats.of(f, t, *v) for (f, t), v in groups.items()]
+        return sorted(found, key=lambda s: (-s.counter, s.func_name, s.executor_type))
+
+
+def _parse_time(text: str | None) -> datetime:
+    """A time from the index (ours, or the process JSON's); Go's zero time if none."""
+    return datetime.fromisoformat(text) if text else ZERO_TIME
