@@ -9,6 +9,7 @@ import math
 import msgspec
 import pytest
 
+from colonyos import limits
 from colonyos.broker import Broker
 from colonyos.client import Client
 from colonyos.config import BrokerSettings, Settings
@@ -22,7 +23,7 @@ from colonyos.statistics import (
     summarize,
 )
 from tests.conftest import open_colony, running_broker
-from tests.helpers import executor_client, spec
+from tests.helpers import executor_client, raw_nats, spec
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -264,3 +265,38 @@ async def test_the_states_of_every_process_are_counted(client: Client) -> None:
     stats = await client.colony_stats()
     assert (stats.cancelled_processes, stats.waiting_processes) == (1, 1)
     assert ProcessState.CANCELLED.token == "cancelled"
+
+
+async def test_function_stats_hold_what_one_reply_can(client: Client) -> None:
+    """Four functions whose names take a third of a reply each: the reply holds the first
+    that fit, rather than fail for being larger than one message."""
+    third = limits.record_limit(client.nc.max_payload) // 3
+    for i in range(4):
+        await client.submit(spec("nobody", func_name=f"f{i}" + "x" * third))
+    found = await client.function_stats()
+    assert 0 < len(found) < 4
+
+
+async def test_a_stream_not_made_yet_is_left_out(client: Client, nats_url: str) -> None:
+    gone = client.subjects.kv_stream(client.subjects.bucket_crons)
+    nc = await raw_nats(nats_url)
+    try:
+        await nc.jetstream().delete_stream(gone)
+    finally:
+        await nc.close()
+    names = [s.name for s in (await client.server_status()).streams]
+    assert gone not in names and client.subjects.stream_events in names
+
+
+def test_the_roster_keeps_a_bounded_number_of_brokers() -> None:
+    """Each announcement is a standby the reply lists: past the bound, the one heard from
+    longest ago goes (a reply must fit one message)."""
+    from colonyos.broker.statistics import MAX_BROKERS, Roster
+
+    t = [0.0]
+    roster = Roster(1e9, clock=lambda: t[0])
+    for i in range(MAX_BROKERS + 1):
+        t[0] = float(i)
+        roster.heard(BrokerInfo(broker_id=f"b{i}"))
+    kept = {b.broker_id for b in roster.others("")}
+    assert len(kept) == MAX_BROKERS and "b0" not in kept and f"b{MAX_BROKERS}" in kept
