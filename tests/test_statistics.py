@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from datetime import UTC, datetime, timedelta
 
 import msgspec
 import pytest
@@ -13,13 +14,14 @@ from colonyos import limits
 from colonyos.broker import Broker
 from colonyos.client import Client
 from colonyos.config import BrokerSettings, Settings
-from colonyos.models import ProcessState, WorkflowSpec
+from colonyos.models import ZERO_TIME, ProcessState, WorkflowSpec
 from colonyos.statistics import (
     BrokerInfo,
     ColonyStats,
     FunctionStats,
     ServerStatus,
     percentile,
+    seconds_between,
     summarize,
 )
 from tests.conftest import open_colony, running_broker
@@ -52,6 +54,16 @@ def test_a_summary_of_durations_in_any_order() -> None:
     assert (s.count, s.min, s.p50, s.p95, s.max) == (4, 0.5, 1.0, 10.0, 10.0)
     assert s.avg == pytest.approx(3.625)
     assert summarize([]).count == 0 and summarize([]).max == 0.0
+
+
+def test_a_duration_needs_both_ends() -> None:
+    """A process not started has no waiting time, one not ended no execution time (Go's zero
+    time marks them), rather than a duration from year 1."""
+    t = datetime(2026, 1, 1, tzinfo=UTC)
+    assert seconds_between(t, t + timedelta(seconds=1.5)) == 1.5
+    assert seconds_between(t, ZERO_TIME) is None
+    assert seconds_between(ZERO_TIME, t) is None
+    assert seconds_between(t, t - timedelta(seconds=1)) == 0.0  # clocks apart: never negative
 
 
 def test_a_functions_counts_add_up() -> None:
@@ -139,9 +151,10 @@ def _expected(values: list[float]) -> tuple[float, float, float]:
 
 
 async def test_counts_and_times_after_a_burst(client: Client, settings: Settings) -> None:
-    """12 processes of ``work``: 8 closed, 3 failed, 1 left waiting; 2 of ``other`` waiting on
-    a type no executor has. The counts are exact, and the times are those of the processes."""
-    work = [await client.submit(spec(func_name="work", args=[i])) for i in range(12)]
+    """13 processes of ``work``: 8 closed, 3 failed, 1 cancelled while it ran, 1 left waiting;
+    2 of ``other`` waiting on a type no executor has. The counts are exact, and the times are
+    those of the processes (a cancelled one has a waiting time, and no execution time)."""
+    work = [await client.submit(spec(func_name="work", args=[i])) for i in range(13)]
     for _ in range(2):
         await client.submit(spec("nobody", func_name="other"))
     done = []
@@ -153,27 +166,31 @@ async def test_counts_and_times_after_a_burst(client: Client, settings: Settings
                 done.append(await worker.close(p.process_id, ["ok"]))
             else:
                 done.append(await worker.fail(p.process_id, ["broken"]))
+        p = await worker.assign(timeout=10)
+        assert p is not None
+        cancelled = await client.cancel(p.process_id)
         stats = await client.colony_stats()
     assert (stats.waiting_processes, stats.running_processes) == (3, 0)
     assert (stats.successful_processes, stats.failed_processes) == (8, 3)
+    assert stats.cancelled_processes == 1
     assert (stats.executors, stats.active_executors, stats.offline_executors) == (1, 1, 0)
     assert stats.colony_name == settings.colony
 
     found = {(f.func_name, f.executor_type): f for f in await client.function_stats()}
     assert list(found) == [("work", "echo"), ("other", "nobody")]  # most called first
     w = found[("work", "echo")]
-    assert (w.counter, w.successful, w.failed, w.waiting) == (12, 8, 3, 1)
+    assert (w.counter, w.successful, w.failed, w.waiting, w.cancelled) == (13, 8, 3, 1, 1)
     o = found[("other", "nobody")]
     assert (o.counter, o.waiting, o.max_wait_time, o.max_exec_time) == (2, 2, 0.0, 0.0)
 
-    waits = [(p.start_time - p.submission_time).total_seconds() for p in done]
+    waits = [(p.start_time - p.submission_time).total_seconds() for p in [*done, cancelled]]
     execs = [(p.end_time - p.start_time).total_seconds() for p in done]
     p50, p95, top = _expected(waits)
     assert (w.p50_wait_time, w.p95_wait_time, w.max_wait_time) == pytest.approx((p50, p95, top))
     p50, p95, top = _expected(execs)
     assert (w.p50_exec_time, w.p95_exec_time, w.max_exec_time) == pytest.approx((p50, p95, top))
     assert w.min_exec_time == pytest.approx(min(execs))
-    assert len(work) == 12
+    assert len(work) == 13 and cancelled.end_time > cancelled.start_time
 
 
 async def test_workflows_by_state(client: Client) -> None:
