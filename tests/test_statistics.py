@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import math
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import msgspec
 import pytest
@@ -24,7 +25,7 @@ from colonyos.statistics import (
     seconds_between,
     summarize,
 )
-from tests.conftest import open_colony, running_broker
+from tests.conftest import _drop_streams, open_colony, running_broker
 from tests.helpers import executor_client, raw_nats, spec
 
 pytestmark = pytest.mark.timeout(60)
@@ -317,3 +318,24 @@ def test_the_roster_keeps_a_bounded_number_of_brokers() -> None:
         roster.heard(BrokerInfo(broker_id=f"b{i}"))
     kept = {b.broker_id for b in roster.others("")}
     assert len(kept) == MAX_BROKERS and "b0" not in kept and f"b{MAX_BROKERS}" in kept
+
+
+async def test_statistics_on_an_insecure_server(
+    insecure_nats_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """No identities: anyone may ask all three (the server status on the server scope)."""
+    monkeypatch.delenv("COLONIES_IDENTITY", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config-home"))
+    plain = Settings(nats_url=insecure_nats_url, colony="dev", prefix=prefix)
+    try:
+        settings = BrokerSettings(nats_url=insecure_nats_url, prefix=prefix, storage="memory")
+        async with running_broker(settings), await Client.connect(plain, caller="anyone") as c:
+            assert not c.secure
+            await c.colony_add("dev", auto_approve=True)
+            await c.submit(spec("nobody"))
+            assert (await c.colony_stats()).waiting_processes == 1
+            assert [f.counter for f in await c.function_stats()] == [1]
+            status = await c.server_status()
+            assert status.leader is not None and status.leader.leading
+    finally:
+        await _drop_streams(insecure_nats_url, prefix)
