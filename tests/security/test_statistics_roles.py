@@ -59,7 +59,8 @@ async def test_the_server_status_is_a_server_owners(owner: Client, bob: Party) -
     status = await owner.server_status()
     assert status.leader is not None and status.leader.leading
     async with await bob.client() as b:
-        with pytest.raises(NotAuthorizedError, match="not allowed"):
-            await b.server_status()  # the server scope: the server refuses the publish
+        # The server scope: the server refuses the publish, and the error says whose it is.
+        with pytest.raises(NotAuthorizedError, match="only the server's owners may ask it"):
+            await b.server_status()
         with pytest.raises(NotAuthorizedError, match="is not asked on colony 'dev'"):
             await b._must("server_status", Empty(), object)  # the broker refuses it there
