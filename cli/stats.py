@@ -109,12 +109,15 @@ def function_stats_table(found: list[FunctionStats]) -> Table:
             f.max_exec_time,
         )
         failed = Text(str(f.failed), style="red" if f.failed else "")
+        waits = [seconds_text(t) if f.wait_samples else "-" for t in times[:3]]
+        execs = [seconds_text(t) if f.exec_samples else "-" for t in times[3:]]
         table.add_row(
             free_text(f.func_name),
             free_text(f.executor_type),
             str(f.counter),
             failed,
-            *(seconds_text(t) for t in times),
+            *waits,
+            *execs,
         )
     return table
 

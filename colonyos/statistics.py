@@ -96,7 +96,8 @@ class FunctionStats(Model, kw_only=True):
     """``colonies function stats``: one function name of one executor type. Colonies' keys
     (``counter``, min/max/avg of waiting and execution time) and ours (each state's count,
     ``p50``/``p95``). Waiting time: submitted to (last) started; execution time: started to
-    ended, of processes that ran and ended SUCCESS or FAILED."""
+    ended, of processes that ran and ended SUCCESS or FAILED. Times of no process (no sample)
+    are 0."""
 
     func_name: str
     executor_type: str
@@ -106,6 +107,8 @@ class FunctionStats(Model, kw_only=True):
     successful: int = 0
     failed: int = 0
     cancelled: int = 0
+    wait_samples: int = 0  # ours: how many processes the waiting times are of (they started)
+    exec_samples: int = 0  # ours: and the execution times (they ran and ended)
     min_wait_time: float = 0.0
     max_wait_time: float = 0.0
     avg_wait_time: float = 0.0
@@ -136,6 +139,8 @@ class FunctionStats(Model, kw_only=True):
             successful=states.get("success", 0),
             failed=states.get("failed", 0),
             cancelled=states.get("cancelled", 0),
+            wait_samples=w.count,
+            exec_samples=e.count,
             min_wait_time=w.min,
             max_wait_time=w.max,
             avg_wait_time=w.avg,

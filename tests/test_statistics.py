@@ -74,6 +74,7 @@ def test_a_functions_counts_add_up() -> None:
     assert (f.counter, f.successful, f.failed, f.waiting, f.running) == (6, 3, 1, 2, 0)
     assert (f.min_wait_time, f.max_wait_time, f.p50_wait_time) == (1.0, 2.0, 1.0)
     assert (f.p50_exec_time, f.p95_exec_time, f.avg_exec_time) == (0.25, 0.75, 0.5)
+    assert (f.wait_samples, f.exec_samples) == (2, 2)
 
 
 # -- the JSON keys ------------------------------------------------------------------------------
@@ -105,6 +106,8 @@ FUNCTION_KEYS = [
     "successful",
     "failed",
     "cancelled",
+    "waitsamples",
+    "execsamples",
     "minwaittime",
     "maxwaittime",
     "avgwaittime",
@@ -183,6 +186,8 @@ async def test_counts_and_times_after_a_burst(client: Client, settings: Settings
     assert (w.counter, w.successful, w.failed, w.waiting, w.cancelled) == (13, 8, 3, 1, 1)
     o = found[("other", "nobody")]
     assert (o.counter, o.waiting, o.max_wait_time, o.max_exec_time) == (2, 2, 0.0, 0.0)
+    assert (o.wait_samples, o.exec_samples) == (0, 0)  # no time is known: none started
+    assert (w.wait_samples, w.exec_samples) == (12, 11)  # the cancelled one did not end its run
 
     waits = [(p.start_time - p.submission_time).total_seconds() for p in [*done, cancelled]]
     execs = [(p.end_time - p.start_time).total_seconds() for p in done]

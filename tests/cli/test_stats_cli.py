@@ -4,6 +4,7 @@ columns in a pipe (CliRunner's output is one), with --json for scripts, and with
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -113,3 +114,16 @@ def test_durations_and_sizes_read_short() -> None:
         "12.0 MiB",
         "5120.0 GiB",
     ]
+
+
+def test_times_no_process_has_yet_are_dashes(live_system: Settings, tmp_path: Path) -> None:
+    """A function whose processes all wait has no waiting or execution time: '-', not 0ms."""
+    path = tmp_path / "later.json"
+    path.write_text('{"funcname": "later", "conditions": {"executortype": "nobody"}}')
+    _run(live_system, "function", "submit", "--spec", str(path))
+    row = next(
+        line for line in _run(live_system, "function", "stats").splitlines() if "later" in line
+    )
+    assert row.split() == ["later", "nobody", "1", "0", *["-"] * 6]
+    (doc,) = json.loads(_run(live_system, "function", "stats", "--json"))
+    assert (doc["waitsamples"], doc["execsamples"], doc["maxwaittime"]) == (0, 0, 0.0)
