@@ -109,8 +109,10 @@ def function_stats_table(found: list[FunctionStats]) -> Table:
             f.max_exec_time,
         )
         failed = Text(str(f.failed), style="red" if f.failed else "")
-        waits = [seconds_text(t) if f.wait_samples else "-" for t in times[:3]]
-        execs = [seconds_text(t) if f.exec_samples else "-" for t in times[3:]]
+        # No sample: '-' (a broker from before the sample counts sends none: its times show).
+        waited, ran = f.wait_samples or f.max_wait_time, f.exec_samples or f.max_exec_time
+        waits = [seconds_text(t) if waited else "-" for t in times[:3]]
+        execs = [seconds_text(t) if ran else "-" for t in times[3:]]
         table.add_row(
             free_text(f.func_name),
             free_text(f.executor_type),

@@ -3,15 +3,18 @@ columns in a pipe (CliRunner's output is one), with --json for scripts, and with
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 from typer.testing import CliRunner
 
 from colonyos.cli.main import app
-from colonyos.cli.stats import seconds_text, size_text
+from colonyos.cli.stats import function_stats_table, seconds_text, size_text
 from colonyos.config import Settings
+from colonyos.statistics import FunctionStats
 
 from ..helpers import EXAMPLES, base_args
 
@@ -127,3 +130,13 @@ def test_times_no_process_has_yet_are_dashes(live_system: Settings, tmp_path: Pa
     assert row.split() == ["later", "nobody", "1", "0", *["-"] * 6]
     (doc,) = json.loads(_run(live_system, "function", "stats", "--json"))
     assert (doc["waitsamples"], doc["execsamples"], doc["maxwaittime"]) == (0, 0, 0.0)
+
+
+def test_times_from_a_broker_that_sends_no_sample_counts_still_show() -> None:
+    old = FunctionStats(
+        func_name="f", executor_type="e", counter=1, max_wait_time=0.5, max_exec_time=2.0
+    )
+    out = io.StringIO()
+    Console(width=80, file=out).print(function_stats_table([old]))
+    row = next(line for line in out.getvalue().splitlines() if line.startswith("f "))
+    assert row.split()[-6:] == ["0ms", "0ms", "500ms", "0ms", "0ms", "2.0s"]
