@@ -168,8 +168,8 @@ class Subjects:
 
     @property
     def brokers(self) -> str:
-        """Where every broker, leading or standing by, says it is there (core NATS, every
-        few seconds): the leader's ``server_status`` lists them."""
+        """Where a broker standing by says it is there (core NATS, every third of a lease
+        term): the leader's ``server_status`` lists them."""
         return f"{self.prefix}.{SERVER_SCOPE}.brokers"
 
     def control(self, colony: str, executor_name: str) -> str:
