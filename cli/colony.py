@@ -9,6 +9,7 @@ from colonyos.models import Colony
 from ._common import JSON_OPTION, WIDE_OPTION, connect
 from ._output import colony_table, print_json, say, show_table
 from ._run import run
+from .stats import colony_stats
 
 app = typer.Typer(help="Create, list and remove colonies.", no_args_is_help=True)
 
@@ -78,3 +79,6 @@ def remove(
         print_json({"name": name, "removed": count})
     else:
         say(f"colony {name} removed with its {count} processes")
+
+
+app.command("stats")(colony_stats)

@@ -14,8 +14,9 @@ from ._common import JSON_OPTION, TIMEOUT_OPTION, connect, load_spec_file, wait_
 from ._explain import explaining
 from ._output import console, err, print_detail, print_json, process_detail, say
 from ._run import Awaiting, announce_wait, exit_code_for_state, run
+from .stats import function_stats
 
-app = typer.Typer(help="Submit function specs.", no_args_is_help=True)
+app = typer.Typer(help="Submit function specs; statistics per function.", no_args_is_help=True)
 
 
 @app.command("submit")
@@ -64,3 +65,6 @@ def submit(
         say(process.process_id)
     if wait or follow:
         raise typer.Exit(exit_code_for_state(process.state))
+
+
+app.command("stats")(function_stats)

@@ -46,8 +46,11 @@ if TYPE_CHECKING:
 from ._executors import build_executor
 from ._output import console, print_json
 from ._run import ExitCode, fail, run
+from .stats import server_status
 
-server_app = typer.Typer(help="The embedded NATS server with a broker.", no_args_is_help=True)
+server_app = typer.Typer(
+    help="The embedded NATS server with a broker; the installation's status.", no_args_is_help=True
+)
 broker_app = typer.Typer(help="The broker alone, against a NATS server.", no_args_is_help=True)
 
 _DATA_DIR = typer.Option(
@@ -551,3 +554,6 @@ def dev(
         tls_key=tls_key,
         metrics=(metrics_host, metrics_port),
     )
+
+
+server_app.command("status")(server_status)

@@ -32,6 +32,7 @@ import nats.errors
 from nats.aio.client import Client as NATS
 
 from colonyos.errors import BrokerUnavailableError, NotAuthorizedError
+from colonyos.subjects import SERVER_SCOPE
 
 __all__ = [
     "REFUSED_RETRY_MAX_S",
@@ -107,11 +108,16 @@ async def refused_at_once(nc: NATS, subject: str, asking: Awaitable[T]) -> T:
 
 
 def not_allowed(what: str, caller: str, colony: str, subject: str) -> NotAuthorizedError:
-    """The error for a request the server refused to ``caller`` in ``colony``."""
+    """The error for a request the server refused to ``caller`` in ``colony`` (the server
+    scope's requests are its owners': no colony owner can grant them)."""
+    if colony == SERVER_SCOPE:
+        where = "on the server scope"
+        who = f"only the server's owners may ask it, and {caller!r} is not one"
+    else:
+        where, who = f"in colony {colony!r}", "the colony owner decides who may do what"
     return NotAuthorizedError(
-        f"not allowed: the server refused {what!r} to {caller!r} in colony {colony!r} (it may "
-        f"not publish to {subject}): the colony owner decides who may do what; a new role "
-        "takes effect on the next connection",
+        f"not allowed: the server refused {what!r} to {caller!r} {where} (it may not publish "
+        f"to {subject}): {who}; a new role takes effect on the next connection",
         subject=subject,
     )
 

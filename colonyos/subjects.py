@@ -166,6 +166,12 @@ class Subjects:
         """Where a broker that starts leading says so (executors then ask it at once)."""
         return f"{self.prefix}.{SERVER_SCOPE}.leader"
 
+    @property
+    def brokers(self) -> str:
+        """Where a broker standing by says it is there (core NATS, every third of a lease
+        term): the leader's ``server_status`` lists them."""
+        return f"{self.prefix}.{SERVER_SCOPE}.brokers"
+
     def control(self, colony: str, executor_name: str) -> str:
         return f"{self.prefix}.{colony}.control.{executor_name}"
 
@@ -240,6 +246,22 @@ class Subjects:
     @staticmethod
     def executor_key(colony: str, executor_name: str) -> str:
         return f"{colony}.{executor_name}"
+
+    @property
+    def streams(self) -> tuple[str, ...]:
+        """Every stream of the installation, KV buckets' included."""
+        buckets = (
+            self.bucket_processes,
+            self.bucket_executors,
+            self.bucket_colonies,
+            self.bucket_members,
+            self.bucket_graphs,
+            self.bucket_crons,
+            self.bucket_generators,
+            self.bucket_leases,
+        )
+        plain = (self.stream_specs, self.stream_events, self.stream_logs, self.stream_generators)
+        return plain + tuple(self.kv_stream(b) for b in buckets)
 
     @property
     def _upper(self) -> str:

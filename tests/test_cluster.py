@@ -8,6 +8,7 @@ import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from colonyos.client import Client
@@ -131,3 +132,35 @@ async def test_the_callout_lets_members_in_across_the_cluster(
             assert done.state is ProcessState.SUCCESS and done.output == ["across"]
             app.stop()
             await runner
+
+
+@pytest.mark.timeout(120)
+async def test_the_server_status_shows_the_cluster_and_a_standby_on_another_server(
+    cluster: list[NatsServer], tmp_path: Path, identity_file: Path
+) -> None:
+    """A client on n2 sees its server and cluster, every server of the cluster (announced by
+    the cluster, not given), the leader on n0 and a standby on n1 (heard across the routes)."""
+    broker_settings, settings = cluster_settings(
+        cluster, tmp_path, identity_file, broker_on=cluster[0].url, clients_on=cluster[2].url
+    )
+    on_n1 = msgspec.structs.replace(broker_settings, nats_url=cluster[1].url)
+    async with running_broker(broker_settings, owners=True) as leader:
+        await until_served(
+            lambda: open_colony(settings), timeout=60, every=0.2, errors=(Exception,)
+        )
+        async with (
+            running_broker(on_n1, lead=False) as standby,
+            await Client.connect(settings) as client,
+        ):
+            async with asyncio.timeout(60):
+                while True:
+                    status = await client.server_status()
+                    seen = [b.broker_id for b in status.standbys]
+                    assert status.nats is not None
+                    if len(status.nats.servers) == 3 and seen == [standby.broker_id]:
+                        break
+                    await asyncio.sleep(0.2)  # sleep-ok: polling the state under a deadline
+            assert (status.nats.server_name, status.nats.cluster) == ("n2", "colonies-test")
+            assert status.leader is not None and status.leader.broker_id == leader.broker_id
+            ports = {s.port for s in cluster}
+            assert {int(u.rsplit(":", 1)[1]) for u in status.nats.servers} == ports

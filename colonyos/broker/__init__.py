@@ -13,7 +13,9 @@ import contextlib
 import functools
 import logging
 from contextlib import AsyncExitStack
+from datetime import UTC, datetime
 
+import msgspec
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NATS
@@ -43,6 +45,7 @@ from colonyos.broker.removal import Removal
 from colonyos.broker.reports import Reports
 from colonyos.broker.retention import Retention
 from colonyos.broker.service import Service, new_id
+from colonyos.broker.statistics import Roster, Statistics, this_broker
 from colonyos.broker.store import ProcessStore
 from colonyos.broker.workflows import Workflows
 from colonyos.config import BrokerSettings
@@ -50,6 +53,7 @@ from colonyos.connection import connect_nats, shown_url
 from colonyos.limits import check_server_payload
 from colonyos.security.members import MemberBook
 from colonyos.security.serverconf import ServerKeys
+from colonyos.statistics import BrokerInfo
 from colonyos.subjects import Subjects
 
 __all__ = ["Broker"]
@@ -88,6 +92,18 @@ class Broker:
         # Counted whether or not served; /metrics (settings.metrics_port) shows them.
         self.metrics = BrokerMetrics()
         self.metrics_server: MetricsServer | None = None
+        self.started = datetime.now(UTC)
+        self._leading_since: datetime | None = None
+        # The other brokers, from their announcements (a standby announces every third of a
+        # lease term: one not heard from for a whole term is gone).
+        self.roster = Roster(settings.lease_ttl_s)
+
+    def info(self) -> BrokerInfo:
+        """What this broker says of itself: on the brokers subject, and in server_status."""
+        me = this_broker(self.broker_id, self.started)
+        if self._leading_since is None:
+            return me
+        return msgspec.structs.replace(me, leading=True, leading_since=self._leading_since)
 
     def stop(self) -> None:
         self._stopping.set()
@@ -147,6 +163,8 @@ class Broker:
                 self.metrics_server = MetricsServer(scraper.render)
                 await self.metrics_server.start(s.metrics_host, s.metrics_port)
                 stack.push_async_callback(self.metrics_server.close)
+            roster = await nc.subscribe(self.subjects.brokers, cb=self.roster.on_announce)
+            stack.push_async_callback(self._unsubscribe, roster)
             self.ready.set()
             logger.info(
                 "broker %s standing on %s (prefix %s)",
@@ -165,6 +183,7 @@ class Broker:
                         await lease.release()
                         await self._pause(s.lease_ttl_s / 3)
                 else:
+                    await self._announce(nc)
                     await self._pause(s.lease_ttl_s / 3)
 
     async def _setup(self, store: ProcessStore) -> bool:
@@ -184,6 +203,11 @@ class Broker:
             await self._pause(delay)
             delay = min(delay * 2, 2.0)
         return False
+
+    async def _announce(self, nc: NATS) -> None:
+        """Say this broker stands by (the leader lists it in server_status)."""
+        with contextlib.suppress(nats.errors.Error):
+            await nc.publish(self.subjects.brokers, msgspec.json.encode(self.info()))
 
     async def _pause(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -208,6 +232,7 @@ class Broker:
             if self._kicker is not None:
                 service.cut = self._kicker.cut
             Explainer(service, liveness_s=s.executor_liveness_s)
+            Statistics(service, admin, me=self.info, roster=self.roster)
             self.readers = Readers(service)
             workflows = Workflows(service)
             crons = CronRunner(service, workflows)
@@ -251,8 +276,10 @@ class Broker:
             # The server has the request subscription before anyone is told this broker leads:
             # a request sent at once must not find "no responders".
             await nc.flush()
+            self._leading_since = datetime.now(UTC)
             self.leading.set()
             stack.callback(self.leading.clear)
+            stack.callback(self._stepped_down)
             # Stepping down, the first thing is to take no more requests: one taken after the
             # in-flight ones were waited for would go unanswered (its asker waiting out its
             # timeout) instead of finding no responders, or the next leader, at once.
@@ -262,6 +289,9 @@ class Broker:
             logger.info("broker %s leads", self.broker_id)
             await self._hold(lease)
             logger.info("broker %s steps down", self.broker_id)
+
+    def _stepped_down(self) -> None:
+        self._leading_since = None
 
     async def _specs_consumer(self, store: ProcessStore) -> None:
         """The durable pull consumer over the whole specs stream (specs and workflows)."""

@@ -30,7 +30,8 @@ import sqlite_utils
 from colonyos.errors import IdTakenError
 from colonyos.limits import json_array_within
 from colonyos.messages import ListProcesses
-from colonyos.models import ZERO_TIME, Process, ProcessGraph
+from colonyos.models import ZERO_TIME, Process, ProcessGraph, ProcessState
+from colonyos.statistics import FunctionStats, seconds_between
 
 try:
     import fcntl
@@ -59,6 +60,9 @@ _COLUMNS = (
     "prioritytime",
     "graphid",
     "endtime",
+    "funcname",
+    "waittime",
+    "exectime",
     "json",
 )
 _ROWS_PER_STATEMENT = 1000
@@ -102,6 +106,8 @@ def _row(process: Process, data: bytes | None = None) -> tuple[Any, ...]:
         process.priority_time,
         process.process_graph_id,
         _ended(process.end_time),
+        process.spec.func_name,
+        *_times(process),
         (data if data is not None else _encode(process)).decode(),
     )
 
@@ -166,6 +172,9 @@ class ProcessIndex:
                 "prioritytime": int,
                 "graphid": str,
                 "endtime": str,
+                "funcname": str,
+                "waittime": float,
+                "exectime": float,
                 "json": str,
             },
             pk="processid",
@@ -504,3 +513,53 @@ class ProcessIndex:
             states[int(state)] = states.get(int(state), 0) + int(n)
             by_type.setdefault(str(etype), {})[int(state)] = int(n)
         return states, by_type
+
+    async def graph_stats(self, colony: str) -> dict[int, int]:
+        """Process graph counts per state."""
+        await self.flush()
+        result: dict[int, int] = await self._run(self._graph_stats_sync, colony)
+        return result
+
+    def _graph_stats_sync(self, colony: str) -> dict[int, int]:
+        assert self._db is not None
+        sql = f"SELECT state, count(*) FROM {_GRAPHS} WHERE colony = ? GROUP BY state"
+        return {int(s): int(n) for s, n in self._db.execute(sql, [colony]).fetchall()}
+
+    async def function_stats(self, colony: str) -> list[FunctionStats]:
+        """Per function name and executor type: counts per state, and waiting and execution
+        times, most called first. Computed in the index's thread (it reads every row)."""
+        await self.flush()
+        result: list[FunctionStats] = await self._run(self._function_stats_sync, colony)
+        return result
+
+    def _function_stats_sync(self, colony: str) -> list[FunctionStats]:
+        """Counts by state from one GROUP BY, the times from the columns written with each
+        row (no process JSON is read)."""
+        assert self._db is not None
+        groups: dict[tuple[str, str], tuple[dict[str, int], list[float], list[float]]] = {}
+
+        def group(func: str, etype: str) -> tuple[dict[str, int], list[float], list[float]]:
+            return groups.setdefault((str(func), str(etype)), ({}, [], []))
+
+        where = f"FROM {_TABLE} WHERE colony = ?"
+        counts = f"SELECT funcname, executortype, state, count(*) {where} GROUP BY 1, 2, 3"
+        for func, etype, state, n in self._db.execute(counts, [colony]):
+            group(func, etype)[0][_STATE_TOKENS[int(state)]] = int(n)
+        times = "SELECT funcname, executortype, {0} " + where + " AND {0} IS NOT NULL"
+        for func, etype, seconds in self._db.execute(times.format("waittime"), [colony]):
+            group(func, etype)[1].append(float(seconds))
+        for func, etype, seconds in self._db.execute(times.format("exectime"), [colony]):
+            group(func, etype)[2].append(float(seconds))
+        found = [FunctionStats.of(f, t, *v) for (f, t), v in groups.items()]
+        return sorted(found, key=lambda s: (-s.counter, s.func_name, s.executor_type))
+
+
+_STATE_TOKENS = {int(s): s.token for s in ProcessState}
+
+
+def _times(process: Process) -> tuple[float | None, float | None]:
+    """Its waiting time (submitted to last started) and, once it ran and ended SUCCESS or
+    FAILED, its execution time (started to ended), in seconds: the function statistics."""
+    wait = seconds_between(process.submission_time, process.start_time)
+    ran = process.state in (ProcessState.SUCCESS, ProcessState.FAILED)
+    return wait, seconds_between(process.start_time, process.end_time) if ran else None

@@ -43,7 +43,9 @@ OWNER_OPS = frozenset(
 )
 # What only a server owner may ask, and only on the server scope (the server lets no one else
 # publish there): asked on a colony's subject, any member could run them.
-SERVER_OPS = frozenset({"colony_add", "colony_remove", "colony_list", "colony_get"})
+SERVER_OPS = frozenset(
+    {"colony_add", "colony_remove", "colony_list", "colony_get", "server_status"}
+)
 # What an executor's key may not ask: a cron is a standing submission in the colony's name,
 # made by its people (Colonies lets any member, executors too).
 CRON_OPS = frozenset({"cron_add", "cron_run", "cron_remove"})

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 from colonyos.client.admin import Administering
 from colonyos.client.executor_calls import ExecutorCalls
+from colonyos.client.statistics import Statistics
 from colonyos.client.submitting import Submitting
 
 __all__ = ["Client"]
 
 
-class Client(Submitting, Administering, ExecutorCalls):
+class Client(Submitting, Administering, ExecutorCalls, Statistics):
     """One NATS connection, speaking for one caller (a user or an executor) in one colony:
     connecting and asking (``connected``), reading and waiting (``reading``), submitting
-    (``submitting``), an owner's requests (``admin``) and an executor's (``executor_calls``)."""
+    (``submitting``), an owner's requests (``admin``), an executor's (``executor_calls``) and
+    statistics (``statistics``)."""

@@ -179,7 +179,9 @@ def _cases(name: str, command: Any, fx: dict[str, str]) -> Iterator[Case]:
 
 def _server_cases(name: str, everything: list[str], insecure: str) -> Iterator[Case]:
     if name not in RUNS_UNTIL_STOPPED:
-        server_scope = name.startswith("colony ")
+        # Colonies are the server's; so is its status. A colony's statistics are the colony's.
+        server_scope = name.startswith("colony ") and name != "colony stats"
+        server_scope |= name == "server status"
         yield Case("wrong colony", ["--colony", "nosuch"], everything, 0 if server_scope else USAGE)
     yield Case("no server", ["--nats", "nats://127.0.0.1:1"], everything, SYSTEM)
     # A NATS server that no broker serves (here: a prefix no broker uses). An insecure one: on

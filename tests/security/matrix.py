@@ -181,6 +181,9 @@ CELLS: tuple[Cell, ...] = (
     Cell("server rpc", _SUB, "{P}._server.rpc.>", _NOBODY),
     Cell("leader", _SUB, "{P}._server.leader", _MEMBERS),
     Cell("leader", _PUB, "{P}._server.leader", _NOBODY),
+    # Brokers announce themselves there (server status lists them): no member may pose as one.
+    Cell("brokers", _PUB, "{P}._server.brokers", _NOBODY),
+    Cell("brokers", _SUB, "{P}._server.brokers", _NOBODY),
     # The server owner (no member record in C) has no colony inbox: its answers come on the
     # server scope, where no colony member's name can take its inbox.
     Cell("inbox", _SUB, "_INBOX.{P}.{C}.{N}.>", _CONNECTED - {Who.SERVER_OWNER}),

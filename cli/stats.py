@@ -1,0 +1,208 @@
+"""``colonies colony stats``, ``colonies function stats`` and ``colonies server status``:
+the numbers, once (``process watch`` is the live view)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import typer
+from rich.table import Table
+from rich.text import Text
+
+from colonyos.models import ProcessState
+from colonyos.statistics import BrokerInfo, ColonyStats, FunctionStats, ServerStatus
+
+from ._common import JSON_OPTION, connect
+from ._output import STATE_STYLE, console, free_text, new_table, print_detail, print_json, say
+from ._run import run
+
+_STATES = [s.token for s in ProcessState]
+
+
+def seconds_text(seconds: float) -> str:
+    """A duration in seconds, short: 12ms, 3.4s, 3m05s, 2h07m, 3d04h."""
+    if seconds < 1:
+        return f"{seconds * 1000:.0f}ms"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours}h{minutes:02d}m"
+    days, hours = divmod(hours, 24)
+    return f"{days}d{hours:02d}h"
+
+
+def size_text(n: int) -> str:
+    """A byte count, short: 512 B, 3.4 KiB, 12.0 MiB."""
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{n} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+# -- colony stats -------------------------------------------------------------------------------
+
+
+def colony_stats_table(s: ColonyStats) -> Table:
+    table = Table(title=f"colony {s.colony_name}", title_justify="left", box=None, pad_edge=False)
+    table.add_column("")
+    for token in _STATES:
+        table.add_column(token, justify="right", style=STATE_STYLE[ProcessState[token.upper()]])
+    processes = [
+        s.waiting_processes,
+        s.running_processes,
+        s.successful_processes,
+        s.failed_processes,
+        s.cancelled_processes,
+    ]
+    workflows = [
+        s.waiting_workflows,
+        s.running_workflows,
+        s.successful_workflows,
+        s.failed_workflows,
+        s.cancelled_workflows,
+    ]
+    table.add_row("processes", *map(str, processes))
+    table.add_row("workflows", *map(str, workflows))
+    return table
+
+
+def colony_stats(ctx: typer.Context, as_json: bool = JSON_OPTION) -> None:
+    """The colony's processes and workflows by state, and its executors online and offline
+    (Colonies' 'colony stats')."""
+
+    async def go() -> ColonyStats:
+        async with await connect(ctx) as client:
+            return await client.colony_stats()
+
+    s = run(go())
+    if as_json:
+        print_json(s)
+        return
+    console.print(colony_stats_table(s))
+    say(
+        f"executors: {s.executors} registered, {s.active_executors} online, "
+        f"{s.offline_executors} offline, {s.pending_executors} pending approval, "
+        f"{s.unregistered_executors} removed"
+    )
+
+
+# -- function stats -----------------------------------------------------------------------------
+
+
+def function_stats_table(found: list[FunctionStats]) -> Table:
+    columns = [("func", False), ("executor type", False), ("count", True), ("failed", True)]
+    columns += [(h, True) for h in ("wait p50", "p95", "max", "exec p50", "p95", "max")]
+    table = new_table("per function: waiting time (submitted to started), then execution", columns)
+    for f in found:
+        times = (
+            f.p50_wait_time,
+            f.p95_wait_time,
+            f.max_wait_time,
+            f.p50_exec_time,
+            f.p95_exec_time,
+            f.max_exec_time,
+        )
+        failed = Text(str(f.failed), style="red" if f.failed else "")
+        # No sample: '-' (a broker from before the sample counts sends none: its times show).
+        waited, ran = f.wait_samples or f.max_wait_time, f.exec_samples or f.max_exec_time
+        waits = [seconds_text(t) if waited else "-" for t in times[:3]]
+        execs = [seconds_text(t) if ran else "-" for t in times[3:]]
+        table.add_row(
+            free_text(f.func_name),
+            free_text(f.executor_type),
+            str(f.counter),
+            failed,
+            *waits,
+            *execs,
+        )
+    return table
+
+
+def function_stats(ctx: typer.Context, as_json: bool = JSON_OPTION) -> None:
+    """Per function name and executor type: how many processes, how many failed, and their
+    waiting (submitted to started) and execution (started to ended) times: p50, p95, max."""
+
+    async def go() -> list[FunctionStats]:
+        async with await connect(ctx) as client:
+            return await client.function_stats()
+
+    found = run(go())
+    if as_json:
+        print_json(found)
+    elif not found:
+        say("no processes yet: submit one with 'colonies function submit --spec FILE'")
+    else:
+        console.print(function_stats_table(found))
+
+
+# -- server status ------------------------------------------------------------------------------
+
+
+def _broker_text(b: BrokerInfo) -> str:
+    return f"{b.broker_id} on {b.host} (pid {b.pid}, colonyos {b.version})"
+
+
+def _ago(t: datetime) -> str:
+    return seconds_text(max(0.0, (datetime.now(UTC) - t).total_seconds()))
+
+
+def server_detail(s: ServerStatus) -> list[tuple[str, str | Text]]:
+    rows: list[tuple[str, str | Text]] = [
+        ("version", s.build_version),
+        ("uptime", seconds_text(s.uptime)),
+    ]
+    if s.leader is not None:
+        rows.append(("leading broker", _broker_text(s.leader)))
+        rows.append(("leading for", _ago(s.leader.leading_since)))
+    for i, b in enumerate(s.standbys):
+        rows.append(("standby" if i == 0 else "", _broker_text(b)))
+    if not s.standbys:
+        rows.append(("standbys", Text("none: no broker takes over if the leader stops")))
+    n = s.nats
+    if n is not None:
+        rows.append(("nats server", f"nats-server {n.version}"))
+        rows.append(("server name", n.server_name))
+        rows.append(("cluster", n.cluster))  # shown only in a cluster
+        rows.append(("connected to", n.connected_url))
+        rows.append(("known servers", ", ".join(n.servers)))
+        rows.append(("max payload", size_text(n.max_payload)))
+    rows.append(
+        (
+            "jetstream",
+            f"{s.messages} messages, {size_text(s.bytes)} in {len(s.streams)} streams",
+        )
+    )
+    return rows
+
+
+def streams_table(s: ServerStatus) -> Table:
+    table = new_table(
+        "streams", [("stream", False), ("messages", True), ("bytes", True), ("consumers", True)]
+    )
+    for st in s.streams:
+        table.add_row(free_text(st.name), str(st.messages), size_text(st.bytes), str(st.consumers))
+    return table
+
+
+def server_status(ctx: typer.Context, as_json: bool = JSON_OPTION) -> None:
+    """The installation: version, uptime, the leading broker and those standing by, the NATS
+    server and the cluster's servers, and the streams' messages and bytes (a server owner's
+    command)."""
+
+    async def go() -> ServerStatus:
+        async with await connect(ctx) as client:
+            return await client.server_status()
+
+    s = run(go())
+    if as_json:
+        print_json(s)
+        return
+    print_detail(server_detail(s))
+    console.print()
+    console.print(streams_table(s))
