@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import socket
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -127,3 +128,16 @@ def test_loopback_names(host: str) -> None:
     assert "localhost:8100" in allowed_hosts(host, 8100)
     assert not is_loopback("0.0.0.0")
     assert allowed_hosts("192.0.2.7", 8100) == {"192.0.2.7", "192.0.2.7:8100"}
+
+
+async def test_a_taken_port_is_refused_and_nothing_is_left_running(client: Client) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(OSError, match="address already in use"):
+            async with serving(client, "127.0.0.1", port):
+                pass
+    # The colony's follower it had started is stopped: the connection holds no subscription
+    # but its own replies'.
+    assert len(client.nc._subs) <= 1
