@@ -71,6 +71,8 @@ async def test_wrong_input_is_named(client: Client) -> None:
             "api/processes?limit=0": (400, "limit '0' is not a number from 1"),
             "api/processes/xyz": (400, "not hexadecimal"),
             "api/processes/" + "0" * 64: (404, "0000"),
+            # A log stream of no process is an error, not an empty stream.
+            "api/processes/" + "0" * 64 + "/logs": (404, "0000"),
             "api/graphs/abc": (404, "abc"),
         }
         for path, (status, says) in cases.items():
