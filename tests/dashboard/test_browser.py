@@ -19,6 +19,7 @@ from .conftest import SHOW_MS, Chromium, Dashboard, on_loop, screenshot
 expect = pytest.importorskip("playwright.sync_api").expect
 
 BURST = 40
+MARKUP = '<img src="x.png" alt="not an image">'
 
 
 def _spec(
@@ -103,12 +104,18 @@ def test_a_process_page_follows_its_log_live(
                 on_loop(live_system, executor.add_logs(assigned.process_id, [f"epoch {n} done"]))
                 expect(page.locator("#log")).to_contain_text(f"epoch {n} done", timeout=SHOW_MS)
                 expect(page.locator("#log-state")).to_have_text("following")
+            # What a process writes is shown as text, never run as the page's HTML.
+            on_loop(live_system, executor.add_logs(assigned.process_id, [MARKUP]))
+            expect(page.locator("#log")).to_contain_text(MARKUP, timeout=SHOW_MS)
+            expect(page.locator("#log img")).to_have_count(0)
             on_loop(live_system, executor.close(assigned.process_id, ["model.pt"]))
             expect(page.locator("#process-state")).to_have_text("success", timeout=SHOW_MS)
             expect(page.locator("#log-state")).to_have_text("ended", timeout=SHOW_MS)
             expect(page.locator("#output")).to_contain_text("model.pt")
             expect(page.locator("#history tr")).to_have_count(3)
-            expect(page.locator("#log")).to_have_text("epoch 1 done\nepoch 2 done\nepoch 3 done\n")
+            expect(page.locator("#log")).to_have_text(
+                f"epoch 1 done\nepoch 2 done\nepoch 3 done\n{MARKUP}\n"
+            )
             screenshot(page, tmp_path, "process")
         finally:
             on_loop(live_system, executor.aclose())
