@@ -13,6 +13,7 @@ from colonyos.config import DEFAULT_COLONY, DEFAULT_NATS_URL, DEFAULT_PREFIX, Se
 from . import (
     colony,
     cron,
+    dashboard,
     events,
     executor,
     function,
@@ -93,7 +94,7 @@ def main_options(
 
 
 def _is_service(ctx: typer.Context) -> bool:
-    return ctx.invoked_subcommand in ("server", "broker", "dev", "executor")
+    return ctx.invoked_subcommand in ("server", "broker", "dev", "executor", "dashboard")
 
 
 app.add_typer(function.app, name="function")
@@ -110,6 +111,7 @@ app.add_typer(server.server_app, name="server")
 app.add_typer(server.broker_app, name="broker")
 app.command("dev")(server.dev)
 app.command("events")(events.events)
+app.command("dashboard")(dashboard.dashboard)
 
 
 def main() -> None:

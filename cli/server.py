@@ -223,6 +223,7 @@ async def _serve(
     insecure: bool,
     tls: tuple[Path, Path] | None,
     metrics: tuple[str, int | None] = ("127.0.0.1", None),
+    dashboard_port: int = 0,
 ) -> None:
     async with contextlib.AsyncExitStack() as stack:
         if insecure:
@@ -264,9 +265,30 @@ async def _serve(
             executor_task = asyncio.create_task(executor.run())
             stack.push_async_callback(_stop_executor, executor, executor_task)
             await executor.ready.wait()
-        _banner(server, data_dir, settings, dev, you, metrics_url(broker))
+        shown = await _start_dashboard(stack, settings, dashboard_port) if dev else None
+        _banner(server, data_dir, settings, dev, you, metrics_url(broker), shown)
         await _until_signalled()
         console.print("stopping…")
+
+
+async def _start_dashboard(
+    stack: contextlib.AsyncExitStack, settings: Settings, port: int
+) -> str | None:
+    """The dashboard of ``colonies dev``, as you: its address for the banner, or (not started:
+    no aiohttp, the port taken) why not; the rest runs on without it."""
+    from .dashboard import DEFAULT_HOST, serving
+
+    client = await stack.enter_async_context(
+        await Client.connect(settings, name="colonies-dashboard")
+    )
+    try:
+        url = await stack.enter_async_context(serving(client, DEFAULT_HOST, port))
+    except ImportError:
+        return "[yellow]not started:[/] pip install 'colonyos[dashboard]'"
+    except OSError as e:
+        why = e.strerror or e
+        return f"[yellow]not started:[/] {DEFAULT_HOST}:{port}: {why} (--dashboard-port)"
+    return url
 
 
 async def _enrol_local_user(broker: Broker, settings: Settings) -> str:
@@ -338,6 +360,7 @@ def _banner(
     dev: bool,
     you: str | None,
     metrics: str | None = None,
+    dashboard: str | None = None,
 ) -> None:
     console.print(f"[green]NATS[/] {server.url}   data in {data_dir}/   prefix {settings.prefix}")
     if you is not None:
@@ -351,6 +374,8 @@ def _banner(
         whose = "executors" if you is None else "executors with your key"
         console.print(f"[green]colony[/] {settings.colony} ({whose} approved automatically)")
         console.print("[green]executor[/] echo-dev (type echo)")
+        if dashboard is not None:
+            console.print(f"[green]dashboard[/] {dashboard}", highlight=False)
         console.print("\nIn another terminal, try:")
         for line in _first_steps(server.url):
             console.print(f"  {line}", markup=False, highlight=False, soft_wrap=True)
@@ -386,6 +411,7 @@ def _run_server(
     tls_cert: Path | None = None,
     tls_key: Path | None = None,
     metrics: tuple[str, int | None] = ("127.0.0.1", None),
+    dashboard_port: int = 0,
 ) -> None:
     tls = _tls_pair(tls_cert, tls_key)
     with _config(config) as conf:
@@ -399,6 +425,7 @@ def _run_server(
             insecure=insecure,
             tls=tls,
             metrics=metrics,
+            dashboard_port=dashboard_port,
         )
         run(serving)
 
@@ -539,9 +566,19 @@ def dev(
     tls_key: Path | None = _TLS_KEY,
     metrics_port: int = _DEV_METRICS_PORT,
     metrics_host: str = _METRICS_HOST,
+    dashboard_port: int | None = typer.Option(
+        None,
+        "--dashboard-port",
+        min=0,
+        max=65535,
+        help="The dashboard's port on 127.0.0.1 (default: 8100; free with --port 0).",
+        show_default=False,
+    ),
 ) -> None:
-    """Everything for development: NATS, a broker, colony 'dev' and an echo executor. Secure
-    unless --insecure: you (your key) own the server and colony 'dev'."""
+    """Everything for development: NATS, a broker, colony 'dev', an echo executor and the
+    dashboard. Secure unless --insecure: you (your key) own the server and colony 'dev'."""
+    from .dashboard import DEFAULT_PORT
+
     _run_server(
         ctx,
         data_dir,
@@ -553,6 +590,7 @@ def dev(
         tls_cert=tls_cert,
         tls_key=tls_key,
         metrics=(metrics_host, metrics_port),
+        dashboard_port=(DEFAULT_PORT if port else 0) if dashboard_port is None else dashboard_port,
     )
 
 

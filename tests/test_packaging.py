@@ -32,6 +32,8 @@ def test_wheel_in_a_fresh_venv(tmp_path: Path) -> None:
         "colonyos/executors/echo.py",
         "colonyos/py.typed",
         "colonyos/nats.conf",  # the server config of `colonies server start`, anywhere
+        "colonyos/cli/dashboard/static/index.html",  # the dashboard's page, served as it is
+        "colonyos/cli/dashboard/static/app.js",
     ):
         assert module in names
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from colonyos.client import Client
@@ -21,10 +22,9 @@ pytestmark = pytest.mark.slow
 
 
 async def test_dev_runs_a_spec_and_stops_cleanly(tmp_path: Path) -> None:
-    port = free_port()
-    dev = Child(
-        ["dev", "--port", str(port), "--data-dir", str(tmp_path / "data")], tmp_path / "dev.log", {}
-    )
+    port, board = free_port(), free_port()
+    args = ["dev", "--port", str(port), "--data-dir", str(tmp_path / "data")]
+    dev = Child([*args, "--dashboard-port", str(board)], tmp_path / "dev.log", {})
     dev.start()
     settings = Settings(nats_url=f"nats://127.0.0.1:{port}", colony="dev")
     log = tmp_path / "dev.log"
@@ -41,6 +41,11 @@ async def test_dev_runs_a_spec_and_stops_cleanly(tmp_path: Path) -> None:
         assert isinstance(done, Process) and done.state is ProcessState.SUCCESS
         assert done.output == ["helloworld"]
         await client.aclose()
+        # The banner's dashboard answers, as the one who started dev.
+        url = f"http://127.0.0.1:{board}/"
+        assert f"dashboard {url}" in log.read_text()
+        async with aiohttp.ClientSession() as http, http.get(f"{url}api/stats") as r:
+            assert r.status == 200 and (await r.json())["states"]["success"] >= 1
     finally:
         assert dev.proc is not None
         dev.proc.send_signal(signal.SIGINT)

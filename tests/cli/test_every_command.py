@@ -40,7 +40,14 @@ COMMANDS = dict(_commands(typer.main.get_command(app)))
 # Commands that run until they are stopped: they get only the cases that must fail before
 # they start running (a wrong file, a malformed id, a bad number, no server where they need
 # one), never a valid-looking invocation that would rightly run for ever.
-RUNS_UNTIL_STOPPED = {"dev", "server start", "broker start", "executor start", "events"}
+RUNS_UNTIL_STOPPED = {
+    "dev",
+    "server start",
+    "broker start",
+    "executor start",
+    "events",
+    "dashboard",
+}
 # Commands that write files here (keys, a server config): they reach no server, so no server
 # case applies.
 LOCAL = {"key generate", "key show", "server config"}
@@ -228,7 +235,7 @@ def test_bad_input_is_one_line_and_the_documented_exit_code(
 def test_every_command_that_prints_has_json() -> None:
     """Scripts never scrape tables: each command that prints something has --json (live
     views and servers excepted: they print for people, as they happen)."""
-    live = {"process watch", "workflow watch", "dev", "server start", "broker start"}
+    live = {"process watch", "workflow watch", "dev", "server start", "broker start", "dashboard"}
     owned_elsewhere = {"executor start"}
     missing = [
         name
