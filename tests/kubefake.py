@@ -325,7 +325,7 @@ class FakeKube:
 
     async def get_pod(self, request: web.Request) -> web.Response:
         pod = self.pods.get(request.match_info["pod"])
-        if pod is None:
+        if pod is None or pod.deleted:  # deleted with no grace period: gone at once
             return status(404, "NotFound", f'pods "{request.match_info["pod"]}" not found')
         return web.json_response(pod.as_json())
 
