@@ -206,11 +206,11 @@ async def test_maxexectime_removes_the_container(
 
 async def test_a_missing_image_fails_in_seconds_naming_it(client: Client, start: Start) -> None:
     await start()
-    p = await submitted(client, execute("localhost/no-such-image:1", "true"))
+    p = await submitted(client, execute("registry.invalid/no-such-image:1", "true"))
     done = await client.wait(p.process_id, timeout=15)
     assert done.state is ProcessState.FAILED
     (error,) = done.errors
-    assert "localhost/no-such-image:1" in error and "could not start" in error, error
+    assert "registry.invalid/no-such-image:1" in error and "could not start" in error, error
 
 
 async def test_a_container_past_its_memory_is_said_to_be_out_of_memory(
