@@ -183,6 +183,15 @@ def run(coro: Coroutine[Any, Any, T], awaiting: Awaiting | None = None) -> T:
 _CANCEL_AGAIN_S = 0.2
 
 
+def _quiet_about_cancellations(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """asyncio's report of a future whose exception no one read, unless that exception is a
+    cancellation: after a Ctrl-C, nats-py's close can leave a gathered drain cancelled with no
+    one to read it, and asyncio printed that (with a traceback) as an error at exit."""
+    if isinstance(context.get("exception"), asyncio.CancelledError):
+        return
+    loop.default_exception_handler(context)
+
+
 async def _interruptible(coro: Coroutine[Any, Any, T]) -> T:
     """Run ``coro``; Ctrl-C cancels it, and cancels it again until it ends. asyncio cancels
     once, and on Python 3.11 ``asyncio.wait_for`` (which nats-py's requests use) swallows a
@@ -190,6 +199,7 @@ async def _interruptible(coro: Coroutine[Any, Any, T]) -> T:
     user's Ctrl-C. A command that handles SIGINT itself (an executor, a server) installs its
     own handler, which replaces this one while it runs."""
     loop = asyncio.get_running_loop()
+    loop.set_exception_handler(_quiet_about_cancellations)
     task = asyncio.ensure_future(coro)
     interrupted = False
 
