@@ -73,7 +73,11 @@ def duration(start: datetime, end: datetime) -> str:
     2h07m, 3d04h. Empty if it has not started."""
     if start == ZERO_TIME:
         return ""
-    seconds = max(0.0, ((now() if end == ZERO_TIME else end) - start).total_seconds())
+    return seconds_text(max(0.0, ((now() if end == ZERO_TIME else end) - start).total_seconds()))
+
+
+def seconds_text(seconds: float) -> str:
+    """A duration in seconds, short: 12ms, 3.4s, 3m05s, 2h07m, 3d04h."""
     if seconds < 1:
         return f"{seconds * 1000:.0f}ms"
     if seconds < 60:

@@ -13,26 +13,19 @@ from colonyos.models import ProcessState
 from colonyos.statistics import BrokerInfo, ColonyStats, FunctionStats, ServerStatus
 
 from ._common import JSON_OPTION, connect
-from ._output import STATE_STYLE, console, free_text, new_table, print_detail, print_json, say
+from ._output import (
+    STATE_STYLE,
+    console,
+    free_text,
+    new_table,
+    print_detail,
+    print_json,
+    say,
+    seconds_text,
+)
 from ._run import run
 
 _STATES = [s.token for s in ProcessState]
-
-
-def seconds_text(seconds: float) -> str:
-    """A duration in seconds, short: 12ms, 3.4s, 3m05s, 2h07m, 3d04h."""
-    if seconds < 1:
-        return f"{seconds * 1000:.0f}ms"
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    minutes, secs = divmod(int(seconds), 60)
-    if minutes < 60:
-        return f"{minutes}m{secs:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    if hours < 24:
-        return f"{hours}h{minutes:02d}m"
-    days, hours = divmod(hours, 24)
-    return f"{days}d{hours:02d}h"
 
 
 def size_text(n: int) -> str:
