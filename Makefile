@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install dev test lint typecheck unit soak mutate bench bench-quick bench-durability bench-platforms clean
+.PHONY: install dev test lint typecheck unit soak mutate bench bench-quick bench-durability bench-platforms bench-scale clean
 
 install: $(STAMP)
 
@@ -110,6 +110,10 @@ bench-quick: install
 # What the container executor adds to a container: the executor against podman's own run.
 bench-platforms: install
 	$(BIN)/python -m bench.platforms
+
+# Two busy colonies: one broker serving both, against a broker each (bench/scale.py).
+bench-scale: install
+	$(BIN)/python -m bench.scale
 
 # What JetStream's fsync policy (nats.conf sync_interval) costs on this machine.
 bench-durability: install

@@ -564,7 +564,7 @@ async def _executors_ready(client: Client, n: int) -> None:
             await asyncio.sleep(0.05)
 
 
-def report(figures: list[Figure], quick: bool) -> None:
+def report(figures: list[Figure], quick: bool, name: str = "latest") -> None:
     print(f"\n{'scenario':<52} {'value':>10} {'unit':<12} {'target':<26} {'raw baseline':>14}")
     for f in figures:
         base = f"{f.baseline:,.2f}" if f.baseline is not None else ""
@@ -580,8 +580,8 @@ def report(figures: list[Figure], quick: bool) -> None:
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "figures": [asdict(f) for f in figures],
     }
-    (RESULTS / "latest.json").write_text(json.dumps(doc, indent=2))
-    print(f"\nwritten to {RESULTS / 'latest.json'}")
+    (RESULTS / f"{name}.json").write_text(json.dumps(doc, indent=2))
+    print(f"\nwritten to {RESULTS / f'{name}.json'}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,159 @@
+"""Scale-out: two busy colonies served by one broker, against each served by a broker of its own.
+
+    make bench-scale
+
+Sharding colonies across brokers (docs/architecture.md, "Scaling out") gives each colony a
+leader of its own: its intake, its queue, its requests, in whichever broker holds its lease;
+brokers share only the NATS server. Until that lands, the second case is simulated with two
+installations (two prefixes) on one NATS server, each with its broker: the same processes and
+executors, what sharding would give except that each colony also has streams of its own.
+
+Both cases run on the same nats-server, with the same executors (2 executor processes x 16 slots
+per colony) and the same load (``n`` no-op processes submitted to each colony at once); the
+figure is processes per second for both colonies together.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+
+from bench.harness import Child, System, cpu_seconds
+from bench.run import SLOTS, Figure, _executors_ready, _submit_many, report
+from colonyos.client import Client
+from colonyos.config import Settings
+from colonyos.errors import BrokerUnavailableError, ConflictError
+from colonyos.models import Conditions, FunctionSpec
+from colonyos.subjects import Subjects
+
+EXECUTORS_PER_COLONY = 2
+
+
+def _spec(colony: str) -> FunctionSpec:
+    return FunctionSpec(
+        func_name="noop", conditions=Conditions(executor_type="noop", colony_name=colony)
+    )
+
+
+async def _add_colony(client: Client, name: str) -> None:
+    async with asyncio.timeout(30):
+        while True:
+            try:
+                await client.colony_add(name, auto_approve=True)
+                return
+            except ConflictError:
+                return
+            except BrokerUnavailableError:
+                await asyncio.sleep(0.1)  # sleep-ok: waiting for a broker that is starting
+
+
+async def _stored(system: System, prefix: str) -> int:
+    nc = await system.raw_connect()
+    try:
+        info = await nc.jetstream().stream_info(Subjects(prefix).stream_events)
+        return int(info.state.messages)
+    finally:
+        await nc.close()
+
+
+async def _until_stored(system: System, targets: dict[str, int]) -> float:
+    """Wait until each prefix's events stream holds its target count; when it did."""
+    async with asyncio.timeout(600):
+        while True:
+            counts = [await _stored(system, p) for p in targets]
+            if all(c >= t for c, t in zip(counts, targets.values(), strict=True)):
+                return time.monotonic()
+            await asyncio.sleep(0.02)  # sleep-ok: polling a count under a deadline
+
+
+def _executors(system: System, prefix: str, colony: str) -> list[Child]:
+    return [
+        system.spawn(
+            ["-m", "bench.noop_executor", f"{colony}-{i}", str(SLOTS)],
+            f"{prefix}-{colony}-{i}",
+            {"COLONIES_PREFIX": prefix, "COLONIES_COLONY_NAME": colony},
+        )
+        for i in range(EXECUTORS_PER_COLONY)
+    ]
+
+
+async def _run_load(
+    system: System, loads: list[tuple[Client, str, str]], n: int, brokers: list[Child]
+) -> tuple[float, float]:
+    """Submit ``n`` to each (client, prefix, colony) at once; rate for all, broker CPU/1,000."""
+    targets: dict[str, int] = {}
+    for _, prefix, _ in loads:
+        targets[prefix] = targets.get(prefix, await _stored(system, prefix)) + 3 * n
+    cpu0 = sum(cpu_seconds(b.pid) for b in brokers)
+    t0 = time.monotonic()
+    await asyncio.gather(
+        *(_submit_many(client, [_spec(colony) for _ in range(n)]) for client, _, colony in loads)
+    )
+    finished = await _until_stored(system, targets)
+    cpu1 = sum(cpu_seconds(b.pid) for b in brokers)
+    total = n * len(loads)
+    return total / (finished - t0), (cpu1 - cpu0) * 1000 / total
+
+
+async def main(n: int) -> list[Figure]:
+    figures: list[Figure] = []
+    async with System(prefix="one", secure=False) as system:
+        first = await system.start()
+        await _add_colony(first, "second")
+        assert system.broker is not None
+        children = _executors(system, "one", "bench") + _executors(system, "one", "second")
+        await _executors_ready(first, EXECUTORS_PER_COLONY)
+        second_view = await Client.connect(
+            Settings(nats_url=system.server.url, colony="second", prefix="one"), caller="bench"
+        )
+        await _executors_ready(second_view, EXECUTORS_PER_COLONY)
+        one_rate, one_cpu = await _run_load(
+            system, [(first, "one", "bench"), (second_view, "one", "second")], n, [system.broker]
+        )
+        system.stop_executors(children)
+
+        other = system.spawn(
+            ["-m", "colonyos.cli.main", "broker", "start", "--data-dir", str(system.dir / "b2")],
+            "broker-two",
+            {"COLONIES_PREFIX": "two"},
+        )
+        two = await Client.connect(
+            Settings(nats_url=system.server.url, colony="second", prefix="two"), caller="bench"
+        )
+        await _add_colony(two, "second")
+        children = _executors(system, "one", "bench") + _executors(system, "two", "second")
+        await _executors_ready(first, EXECUTORS_PER_COLONY)
+        await _executors_ready(two, EXECUTORS_PER_COLONY)
+        two_rate, two_cpu = await _run_load(
+            system, [(first, "one", "bench"), (two, "two", "second")], n, [system.broker, other]
+        )
+        for client in (first, second_view, two):
+            await client.aclose()
+    figures += [
+        Figure(
+            "two busy colonies, one broker",
+            one_rate,
+            "processes/s",
+            note=f"{n} each; {EXECUTORS_PER_COLONY} executors x {SLOTS} slots per colony",
+        ),
+        Figure("two busy colonies, one broker: broker CPU per 1,000", one_cpu, "CPU s"),
+        Figure(
+            "two busy colonies, a broker each (simulated)",
+            two_rate,
+            "processes/s",
+            "> one broker",
+            one_rate,
+            "one broker, same run",
+            "two installations on one NATS server, as sharding would serve them",
+        ),
+        Figure("two busy colonies, a broker each: CPU per 1,000", two_cpu, "CPU s"),
+    ]
+    return figures
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("-n", type=int, default=5000, help="processes per colony")
+    args = parser.parse_args()
+    report(asyncio.run(main(args.n)), quick=False, name="scale")
