@@ -374,6 +374,27 @@ async def test_a_record_written_to_live_forever_outlasts_max_age(
         assert (await events.latest("kept")).seq == kept.seq
 
 
+async def test_a_terminal_event_that_ages_first_brings_back_an_earlier_state(
+    nats_url: str, prefix: str
+) -> None:
+    """Why per-message TTLs alone do not make the events the record: a process's live events
+    written to last, its terminal event to age out with the retention; when the terminal one
+    goes first, the record read is RUNNING again (a state moving backwards). Retention must
+    remove a process's events together (a purge over its wildcard), not by age."""
+    async with _events(
+        nats_url, prefix, max_age=1.0, duplicate_window=1.0, allow_msg_ttl=True
+    ) as events:
+        seq = 0
+        for state in ("waiting", "running"):
+            forever = {**events.headers("p1", seq), "Nats-TTL": "never"}
+            seq = (await events.js.publish(events.subject("p1", state), b"", headers=forever)).seq
+        await events.write("p1", "success", seq)  # ages with the stream's max_age
+        async with asyncio.timeout(15):
+            while (await events.latest("p1")).subject != events.subject("p1", "running"):
+                await asyncio.sleep(0.05)  # sleep-ok: polling the stream under a deadline
+        assert (await events.latest("p1")).seq == seq
+
+
 async def test_purge_by_wildcard_removes_a_process_and_keep_one_compacts_it(
     events: Events,
 ) -> None:
