@@ -229,7 +229,7 @@ async def writes_and_reads(nc: NATS, server_pid: int, args: argparse.Namespace) 
     return {"writes": median, "reads": reads, "record_bytes": len(body)}
 
 
-async def snapshot(nc: NATS, n: int) -> dict[str, float]:
+async def snapshot(nc: NATS, server_pid: int, n: int) -> dict[str, float]:
     """n processes x 3 transitions, loaded once as the latest record per process."""
     js = nc.jetstream()
     body = record()
@@ -246,11 +246,12 @@ async def snapshot(nc: NATS, n: int) -> dict[str, float]:
             await js.publish_async(f"snap.{COLONY}.events.noop.{state}.{pid}", body)
     await js.publish_async_completed()
 
-    t = time.perf_counter()
+    t, cpu, own = time.perf_counter(), cpu_seconds(server_pid), time.process_time()
     kv_count = sum([1 async for _ in latest_values(js, kv)])
-    kv_s = time.perf_counter() - t
+    kv_s, kv_cpu = time.perf_counter() - t, cpu_seconds(server_pid) - cpu
+    kv_own = time.process_time() - own
 
-    t = time.perf_counter()
+    t, cpu, own = time.perf_counter(), cpu_seconds(server_pid), time.process_time()
     latest: dict[str, tuple[int, bytes]] = {}
     delivered = 0
     sub = await js.subscribe(
@@ -270,13 +271,18 @@ async def snapshot(nc: NATS, n: int) -> dict[str, float]:
         if meta.num_pending == 0:
             break
     await sub.unsubscribe()
-    events_s = time.perf_counter() - t
+    events_s, events_cpu = time.perf_counter() - t, cpu_seconds(server_pid) - cpu
+    events_own = time.process_time() - own
     assert kv_count == n and len(latest) == n, (kv_count, len(latest), n)
     return {
         "processes": n,
         "kv_s": kv_s,
+        "kv_server_cpu_s": kv_cpu,
+        "kv_own_cpu_s": kv_own,
         "kv_delivered": kv_count,
         "events_s": events_s,
+        "events_server_cpu_s": events_cpu,
+        "events_own_cpu_s": events_own,
         "events_delivered": delivered,
     }
 
@@ -302,13 +308,11 @@ def show(result: dict[str, Any]) -> None:
     snap = result.get("snapshot")
     if snap:
         print(f"leader start, {snap['processes']:,} processes x 3 events, latest per process:")
-        print(
-            f"  KV, latest_values          {snap['kv_s']:>7.2f} s {snap['kv_delivered']:>9,} msgs"
-        )
-        print(
-            f"  events, last per subject   {snap['events_s']:>7.2f} s"
-            f" {snap['events_delivered']:>9,} msgs"
-        )
+        for label, k in (("KV, latest_values", "kv"), ("events, last per subject", "events")):
+            print(
+                f"  {label:<24} {snap[k + '_s']:>6.1f} s {snap[k + '_delivered']:>8,} msgs;"
+                f" CPU: nats {snap[k + '_server_cpu_s']:.1f} s, own {snap[k + '_own_cpu_s']:.1f} s"
+            )
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -322,7 +326,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         try:
             result = await writes_and_reads(nc, server.proc.pid, args)
             if args.snapshot:
-                result["snapshot"] = await snapshot(nc, args.snapshot)
+                result["snapshot"] = await snapshot(nc, server.proc.pid, args.snapshot)
         finally:
             await nc.close()
     return result
