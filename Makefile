@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install dev test lint typecheck unit soak mutate bench bench-quick bench-durability bench-platforms bench-scale clean
+.PHONY: install dev test lint typecheck unit soak mutate bench bench-quick bench-durability bench-platforms bench-scale bench-one-write clean
 
 install: $(STAMP)
 
@@ -118,6 +118,11 @@ bench-scale: install
 # What JetStream's fsync policy (nats.conf sync_interval) costs on this machine.
 bench-durability: install
 	$(BIN)/python -m bench.durability
+
+# One JetStream write per transition (the event as the record) against today's KV write +
+# event, bare nats-py: writes, reads and a leader's load of 100,000 processes (docs/architecture.md).
+bench-one-write: install
+	$(BIN)/python -m bench.one_write
 
 clean:
 	rm -rf $(VENV) .colonies build dist *.egg-info
