@@ -29,10 +29,10 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from colonyos.buckets import WRONG_LAST_SEQUENCE
+
 __all__ = ["JetStreamPublisher"]
 
-# The server's error code for "wrong last sequence" (a lost compare-and-set).
-_WRONG_LAST_SEQUENCE = 10071
 _NO_RESPONDERS = "503"
 _SWEEP_S = 0.25
 
@@ -117,7 +117,7 @@ class JetStreamPublisher:
             return
         if ack.error is None:
             future.set_result(ack.seq)
-        elif ack.error.err_code == _WRONG_LAST_SEQUENCE:
+        elif ack.error.err_code in WRONG_LAST_SEQUENCE:
             future.set_exception(nats.js.errors.KeyWrongLastSequenceError(ack.error.description))
         else:
             future.set_exception(_api_error(ack.error))

@@ -10,6 +10,7 @@ import nats.errors
 import nats.js.errors
 import pytest
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from nats.js.api import StreamConfig
 
 from colonyos.broker.publisher import JetStreamPublisher
@@ -46,6 +47,24 @@ async def test_lost_compare_and_set_raises_nats_py_s_error(nc: NATS, prefix: str
     other = await publisher.publish(f"{prefix}.key", b"3", {"Nats-Expected-Stream": "nope"})
     with pytest.raises(nats.js.errors.BadRequestError):
         await other
+    await publisher.stop()
+
+
+async def test_a_replicated_stream_s_lost_compare_and_set_is_one_too(nc: NATS, prefix: str) -> None:
+    """A replicated stream answers a loser whose rival is still being replicated with err_code
+    10164 (no sequence named): a lost race like 10071, not a failure to report. The answer is
+    given by a subscriber standing in for such a stream (a race one cannot time here)."""
+
+    async def replicated_stream(msg: Msg) -> None:
+        await msg.respond(
+            b'{"error":{"code":400,"err_code":10164,"description":"wrong last sequence"}}'
+        )
+
+    await nc.subscribe(f"{prefix}-replicated.key", cb=replicated_stream)
+    publisher = JetStreamPublisher(nc)
+    await publisher.start()
+    with pytest.raises(nats.js.errors.KeyWrongLastSequenceError):
+        await publisher.write(f"{prefix}-replicated.key", b"2", {_CAS: "1"})
     await publisher.stop()
 
 
