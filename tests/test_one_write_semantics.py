@@ -20,13 +20,21 @@ from pathlib import Path
 import nats.errors
 import nats.js.errors
 import pytest
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import DeliverPolicy, PubAck, RawStreamMsg, StorageType, StreamConfig
+from nats.js.api import (
+    DeliverPolicy,
+    PubAck,
+    RawStreamMsg,
+    RePublish,
+    StorageType,
+    StreamConfig,
+)
 
 from colonyos.natsserver import NatsServer
 
 from .conftest import secure_nats
-from .helpers import raw_nats, server_seeds
+from .helpers import raw_nats, server_seeds, until
 from .procs import free_port, until_served
 
 EXPECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
@@ -415,3 +423,66 @@ async def test_purge_by_wildcard_removes_a_process_and_keep_one_compacts_it(
         await events.latest("p1")
     assert (await events.write("p1", "waiting", 0)).seq > seq
     assert (await events.latest("p2")).seq == other.seq
+
+
+async def test_a_core_subscriber_sees_a_write_the_stream_refused(
+    nats_url: str, prefix: str
+) -> None:
+    """Subscriptions to events are ordinary subject subscriptions: they get a message as it is
+    published, before and whatever JetStream decides. A write refused by its compare-and-set
+    still reaches them, so with the event as the record a live subscriber would see a
+    transition that never happened."""
+    seen: list[str] = []
+    async with _events(nats_url, prefix) as events:
+        watcher = await raw_nats(nats_url)
+        try:
+
+            async def saw(msg: Msg) -> None:
+                seen.append(msg.subject)
+
+            await watcher.subscribe(events.wildcard("p1"), cb=saw)
+            await watcher.flush()
+            await events.write("p1", "waiting", 0)
+            with pytest.raises(nats.js.errors.BadRequestError):
+                await events.write("p1", "running", 0)  # refused: its last sequence is 1
+            await until(lambda: len(seen) == 2)
+            assert seen == [events.subject("p1", "waiting"), events.subject("p1", "running")]
+            assert (await events.js.stream_info(events.stream)).state.messages == 1
+        finally:
+            await watcher.close()
+
+
+async def test_republish_sends_on_only_what_the_stream_stored(nats_url: str, prefix: str) -> None:
+    """A stream's RePublish sends each stored message on to another subject: what a live
+    subscriber would have to listen to instead (the destination may not overlap the stream's
+    own subjects, so events would be stored under one name and seen live under another)."""
+    nc = await raw_nats(nats_url)
+    js = nc.jetstream()
+    name = f"{prefix.upper()}_REPUBLISH"
+    seen: list[str] = []
+    try:
+        await js.add_stream(
+            StreamConfig(
+                name=name,
+                subjects=[f"{prefix}-records.>"],
+                storage=StorageType.MEMORY,
+                republish=RePublish(src=f"{prefix}-records.>", dest=f"{prefix}-live.>"),
+            )
+        )
+
+        async def saw(msg: Msg) -> None:
+            seen.append(msg.subject)
+
+        await nc.subscribe(f"{prefix}-live.>", cb=saw)
+        await nc.flush()
+        cas = {EXPECT_SEQ: "0", EXPECT_SUBJECT: f"{prefix}-records.*.p1"}
+        await js.publish(f"{prefix}-records.waiting.p1", b"1", headers=cas)
+        with pytest.raises(nats.js.errors.BadRequestError):
+            await js.publish(f"{prefix}-records.running.p1", b"2", headers=cas)
+        await js.publish(f"{prefix}-records.running.p1", b"2", headers={**cas, EXPECT_SEQ: "1"})
+        await until(lambda: len(seen) == 2)
+        assert seen == [f"{prefix}-live.waiting.p1", f"{prefix}-live.running.p1"]
+    finally:
+        with contextlib.suppress(nats.js.errors.NotFoundError):
+            await js.delete_stream(name)
+        await nc.close()
