@@ -28,6 +28,13 @@ from colonyos.security.serverconf import ServerKeys, secure_config
 from colonyos.subjects import SERVER_SCOPE, Subjects
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+# A broker as installed on a server (`pip install colonyos`, without the dashboard extra):
+# nats-py imports aiohttp (for websockets, about 9 MiB) whenever it can, and the development
+# install has it. The dashboard, which needs it, runs in a process of its own.
+SERVER_INSTALL = (
+    "import runpy, sys; sys.modules['aiohttp'] = None; "
+    "runpy.run_module('colonyos.cli.main', run_name='__main__')"
+)
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
@@ -130,7 +137,7 @@ class System:
         self.server.start()
         self.broker = self.spawn(
             [
-                *("-m", "colonyos.cli.main", "broker", "start"),
+                *("-c", SERVER_INSTALL, "broker", "start"),
                 *("--data-dir", str(self.dir / "broker")),
                 *("--metrics-port", str(self.metrics_port)),
             ],

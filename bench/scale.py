@@ -19,7 +19,7 @@ import argparse
 import asyncio
 import time
 
-from bench.harness import Child, System, cpu_seconds
+from bench.harness import SERVER_INSTALL, Child, System, cpu_seconds
 from bench.run import SLOTS, Figure, _executors_ready, _submit_many, report
 from colonyos.client import Client
 from colonyos.config import Settings
@@ -114,7 +114,7 @@ async def main(n: int) -> list[Figure]:
         system.stop_executors(children)
 
         other = system.spawn(
-            ["-m", "colonyos.cli.main", "broker", "start", "--data-dir", str(system.dir / "b2")],
+            ["-c", SERVER_INSTALL, "broker", "start", "--data-dir", str(system.dir / "b2")],
             "broker-two",
             {"COLONIES_PREFIX": "two"},
         )

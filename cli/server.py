@@ -236,7 +236,9 @@ async def _serve(
         stack.callback(server.stop)
         settings = msgspec.structs.replace(settings, nats_url=server.url)
         from colonyos.broker import Broker  # see TYPE_CHECKING above
+        from colonyos.broker.collector import collect_less_often
 
+        collect_less_often()
         broker = Broker(
             BrokerSettings.from_env(
                 nats_url=server.url,
@@ -519,7 +521,9 @@ def broker_start(
 
     async def go() -> None:
         from colonyos.broker import Broker  # see TYPE_CHECKING above
+        from colonyos.broker.collector import collect_less_often
 
+        collect_less_often()
         broker = Broker(
             BrokerSettings.from_env(
                 nats_url=settings.nats_url,
