@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import json
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -153,6 +153,15 @@ async def until(check: Callable[[], bool], *, timeout: float = 10.0) -> None:
     """Poll a condition on in-process state under a deadline."""
     async with asyncio.timeout(timeout):
         while not check():
+            await asyncio.sleep(0.01)  # sleep-ok: polling state under a deadline
+
+
+async def until_read(
+    read: Callable[[], Awaitable[object]], expected: object, *, timeout: float = 10.0
+) -> None:
+    """Poll an asynchronous read until it gives ``expected``, under a deadline."""
+    async with asyncio.timeout(timeout):
+        while await read() != expected:
             await asyncio.sleep(0.01)  # sleep-ok: polling state under a deadline
 
 

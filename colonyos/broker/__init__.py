@@ -141,6 +141,9 @@ class Broker:
             )
             await self.members.start()
             if keys is not None:
+                # Every executor request checks the caller's record: from memory.
+                await self.members.follow()
+                stack.push_async_callback(self.members.stop_following)
                 # Every broker, leading or not, lets members in: it needs only the book.
                 callout = Callout(s.nats_url, self.subjects, keys, self.members, tls_ca=s.tls_ca)
                 await callout.start()

@@ -14,8 +14,9 @@ Under a flood of connections the callout stays quick for members: it answers up 
 :data:`MAX_AT_ONCE` requests at once (each waits on a few KV reads), and a client host refused
 too often (:attr:`Callout.refusals`) is refused at once, without reading the book, unless the
 key it connects with is a member's. What is cached for that is only the set of members' public
-keys, a mirror of the members bucket kept by a watch (updated within milliseconds of a change);
-every decision to let a connection in still reads the book, so a removal takes effect at once.
+keys, from the book's mirror of the members bucket (MemberBook.follow: updated within
+milliseconds of a change); every decision to let a connection in still reads the book, so a
+removal takes effect at once.
 """
 
 from __future__ import annotations
@@ -23,8 +24,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import collections
-import contextlib
 import logging
 import time
 from pathlib import Path
@@ -33,14 +32,12 @@ import msgspec
 import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
-from nats.js.api import DeliverPolicy
 
 from colonyos.connection import connect_nats
 from colonyos.security import jwt
 from colonyos.security.claim import ConnectClaim
 from colonyos.security.keys import public_key_kind, verify
-from colonyos.security.members import Member, MemberBook, Refused
+from colonyos.security.members import MemberBook, Refused
 from colonyos.security.permissions import grants, jwt_user_name
 from colonyos.security.serverconf import ACCOUNT, ServerKeys
 from colonyos.security.throttle import Throttle
@@ -63,7 +60,6 @@ _MAX_AUTH_TIMEOUT_S = 60
 # connection when its auth_timeout passes).
 MAX_AT_ONCE = 32
 _MAX_WAITING = 1000
-_member_decoder = msgspec.json.Decoder(Member)
 
 
 class _Request(msgspec.Struct):
@@ -97,19 +93,9 @@ class Callout:
         self.refusals = Throttle(burst=20, per_s=1.0)
         self._slots = asyncio.Semaphore(MAX_AT_ONCE)
         self._answering: set[asyncio.Task[None]] = set()
-        # The members' public keys (by their key in the bucket), from a watch of the bucket.
-        self._member_keys: dict[str, str] = {}
-        self._known: collections.Counter[str] = collections.Counter()
-        self._watch: Subscription | None = None
 
     async def start(self) -> None:
-        self._watch = await self.book.js.subscribe(
-            f"$KV.{self.subjects.bucket_members}.>",
-            stream=f"KV_{self.subjects.bucket_members}",
-            ordered_consumer=True,
-            deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
-            cb=self._on_member,
-        )
+        await self.book.follow()  # the members' keys, in memory (is_member_key)
         self._nc = await connect_nats(
             self.nats_url, name="colonies-callout", seed=self.keys.callout.seed, tls_ca=self.tls_ca
         )
@@ -128,28 +114,10 @@ class Callout:
         for task in list(self._answering):
             task.cancel()
         await asyncio.gather(*self._answering, return_exceptions=True)
-        if self._watch is not None:
-            with contextlib.suppress(nats.errors.Error):
-                await self._watch.unsubscribe()
-            self._watch = None
 
     def is_member_key(self, public_key: str) -> bool:
-        """Does a member (not removed) hold this key, as far as the watch has seen?"""
-        return self._known[public_key] > 0
-
-    async def _on_member(self, msg: Msg) -> None:
-        key = msg.subject.removeprefix(f"$KV.{self.subjects.bucket_members}.")
-        member = None
-        if msg.data:  # a deleted or purged key has none
-            with contextlib.suppress(msgspec.MsgspecError):
-                member = _member_decoder.decode(msg.data)
-        if (old := self._member_keys.pop(key, None)) is not None:
-            self._known[old] -= 1
-            if self._known[old] <= 0:
-                del self._known[old]
-        if member is not None and not member.removed:
-            self._member_keys[key] = member.public_key
-            self._known[member.public_key] += 1
+        """Does a member (not removed) hold this key, as far as the book has followed?"""
+        return self.book.is_member_key(public_key)
 
     async def _on_request(self, msg: Msg) -> None:
         """nats-py calls this for one message at a time: hand each to its own task."""

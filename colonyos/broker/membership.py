@@ -137,7 +137,7 @@ class Membership:
                 caller=caller,
             )
         if op in EXECUTOR_OPS:
-            member = await self.book.get(colony, caller)
+            member = await self.book.known(colony, caller)
             if member is None or member.removed or member.role is not Role.EXECUTOR:
                 what = "a stranger"
                 if member is not None:

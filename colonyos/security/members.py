@@ -17,11 +17,15 @@ bucket.
 
 from __future__ import annotations
 
+import asyncio
+import collections
+import contextlib
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Literal
 
 import msgspec
+import nats.errors
 import nats.js.errors
 from nats.js.client import JetStreamContext
 from nats.js.kv import KeyValue
@@ -86,6 +90,9 @@ class MemberBook:
         self.lapsed: Callable[[str, str], Awaitable[object]] | None = None
         self._executors: KeyValue | None = None
         self._colonies: KeyValue | None = None
+        # The bucket's records in memory, while the book follows it (see follow()).
+        self._known: _Mirror | None = None
+        self._following: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         s = self.subjects
@@ -100,6 +107,59 @@ class MemberBook:
     def members(self) -> KeyValue:
         assert self._members is not None, "MemberBook.start() first"
         return self._members
+
+    # -- following ------------------------------------------------------------------------
+    async def follow(self) -> None:
+        """Keep every member record in memory from now on, following the bucket (once; again
+        is no change), so that :meth:`known` answers without a read: a broker checks the
+        caller's record on every executor request, and a read there was a round trip to
+        JetStream on the path of every assign and close; the callout asks
+        :meth:`is_member_key` of every connection refused often. Changes made through this
+        book are known at once; those made by another broker's book (a claim, a removal while
+        this one stood by) within moments, as the bucket delivers them."""
+        if self._following is not None:
+            return
+        watcher = await self.members.watchall()
+        known = _Mirror()
+        async for entry in watcher:
+            if entry is None:  # the current records have all come
+                break
+            known.apply(entry)
+        self._known = known
+        self._following = asyncio.create_task(self._follow(watcher), name="members")
+
+    async def _follow(self, watcher: KeyValue.KeyWatcher) -> None:
+        try:
+            async for entry in watcher:
+                if entry is not None and self._known is not None:
+                    self._known.apply(entry)
+        finally:
+            self._known = None  # no longer following: known() reads the bucket again
+            with contextlib.suppress(nats.errors.Error):
+                await watcher.stop()  # type: ignore[no-untyped-call]  # nats-py leaves it unannotated
+
+    async def stop_following(self) -> None:
+        if self._following is not None:
+            self._following.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._following
+            self._following = None
+
+    async def known(self, colony: str, name: str) -> Member | None:
+        """As :meth:`get`, from memory while the book follows the bucket."""
+        if self._known is None:
+            return await self.get(colony, name)
+        return self._known.records.get(self.subjects.member_key(colony, name))
+
+    def is_member_key(self, public_key: str) -> bool:
+        """Does a member (not removed) hold this key, as far as the book has followed the
+        bucket? (False while it does not follow.)"""
+        return self._known is not None and self._known.holders[public_key] > 0
+
+    def _wrote(self, key: str, member: Member | None) -> None:
+        """A write of this book, known at once (the bucket's own delivery follows)."""
+        if self._known is not None:
+            self._known.set(key, member)
 
     # -- reading --------------------------------------------------------------------------
     async def get(self, colony: str, name: str) -> Member | None:
@@ -167,6 +227,7 @@ class MemberBook:
     async def put(self, member: Member) -> None:
         key = self.subjects.member_key(member.colony_name, member.name)
         await self.members.put(key, msgspec.json.encode(member))
+        self._wrote(key, member)
 
     async def add(self, member: Member) -> Member:
         """Add a member whose name is free in its colony; a name held by another key is
@@ -174,6 +235,7 @@ class MemberBook:
         key = self.subjects.member_key(member.colony_name, member.name)
         try:
             await self.members.create(key, msgspec.json.encode(member))
+            self._wrote(key, member)
         except nats.js.errors.KeyWrongLastSequenceError:
             held = await self.get(member.colony_name, member.name)
             if held is not None and held.removed:
@@ -202,6 +264,7 @@ class MemberBook:
         keys = [s.key async for s in latest_values(self.js, self.members, head)]
         for key in keys:
             await self.members.purge(key)
+            self._wrote(key, None)
         return [key[len(head) :] for key in keys]
 
     # -- deciding ---------------------------------------------------------------------------
@@ -268,6 +331,7 @@ class MemberBook:
             await self.members.update(key, msgspec.json.encode(claim), last=entry.revision)
         except nats.js.errors.KeyWrongLastSequenceError:
             raise Refused(f"the name {name!r} is taken in colony {colony!r}") from None
+        self._wrote(key, claim)
         if self.lapsed is not None:
             await self.lapsed(colony, name)
         return claim
@@ -286,3 +350,31 @@ class MemberBook:
         if state is ExecutorState.REJECTED:
             raise Refused(f"executor {name!r} was rejected by the owner of colony {colony!r}")
         return Role.PENDING_EXECUTOR
+
+
+class _Mirror:
+    """The members bucket in memory: each record by key, and how many live (not removed)
+    records each public key holds."""
+
+    def __init__(self) -> None:
+        self.records: dict[str, Member] = {}
+        self.holders: collections.Counter[str] = collections.Counter()
+
+    def apply(self, entry: KeyValue.Entry) -> None:
+        """One delivery of the bucket: a record written, or deleted/purged (no value)."""
+        member = None
+        if entry.operation not in ("DEL", "PURGE") and entry.value:
+            with contextlib.suppress(msgspec.MsgspecError):  # unreadable: as if absent
+                member = _member_decoder.decode(entry.value)
+        self.set(entry.key, member)
+
+    def set(self, key: str, member: Member | None) -> None:
+        old = self.records.pop(key, None)
+        if old is not None and not old.removed:
+            self.holders[old.public_key] -= 1
+            if self.holders[old.public_key] <= 0:
+                del self.holders[old.public_key]
+        if member is not None:
+            self.records[key] = member
+            if not member.removed:
+                self.holders[member.public_key] += 1

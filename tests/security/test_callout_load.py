@@ -64,6 +64,7 @@ async def callout(secure_server: SecureServer, secure_prefix: str) -> AsyncItera
     yield callout
     book.gate.set()
     await callout.stop()
+    await book.stop_following()
     await nc.close()
     await drop_streams(secure_server, secure_prefix)
 
