@@ -108,6 +108,25 @@ async def test_a_round_takes_a_share_from_every_colony_with_something(
         await _drop_streams(nats_url, prefix)
 
 
+async def test_a_new_leader_reads_every_colony(nats_url: str, prefix: str) -> None:
+    """More colonies than are made sure of at once: each has its consumer and its feed."""
+    subjects = Subjects(prefix)
+    nc = await raw_nats(nats_url)
+    js = nc.jetstream()
+    feeds = ColonyFeeds(nc, js, subjects, batch=64)
+    names = [f"c{n}" for n in range(150)]
+    try:
+        await ProcessStore(nc, subjects, storage="memory").setup()
+        await feeds.start(names)
+        assert feeds.colonies == set(names)
+        consumers = {c.name for c in await js.consumers_info(subjects.stream_specs)}
+        assert consumers == {subjects.consumer_intake(name) for name in names}
+    finally:
+        await feeds.close()
+        await nc.close()
+        await _drop_streams(nats_url, prefix)
+
+
 async def test_colony_add_and_remove_make_and_drop_its_consumer(
     client: Client, settings: Settings
 ) -> None:

@@ -56,6 +56,8 @@ _MIN_PULL = 16
 _STRAY_SWEEP_S = 0.5
 # How long a pull request stays out: an idle colony renews one this often.
 _PULL_EXPIRES_S = 5.0
+# Colonies whose consumers a new leader makes sure of at once (two JetStream requests each).
+_RESUMED_AT_ONCE = 64
 
 
 def _config(subjects: Subjects, colony: str, opened: int) -> ConsumerConfig:
@@ -123,7 +125,9 @@ class ColonyFeeds:
         with contextlib.suppress(nats.js.errors.NotFoundError):
             await self.js.delete_consumer(s.stream_specs, s.consumer_specs)
             logger.info("deleted the all-colony intake consumer of an older version")
-        await asyncio.gather(*(self._resume(colony) for colony in colonies))
+        names = list(colonies)
+        for at in range(0, len(names), _RESUMED_AT_ONCE):
+            await asyncio.gather(*(self._resume(c) for c in names[at : at + _RESUMED_AT_ONCE]))
 
     async def _resume(self, colony: str) -> None:
         s = self.subjects
