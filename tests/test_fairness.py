@@ -171,6 +171,26 @@ async def _has_consumer(js: nats.js.JetStreamContext, stream: str, name: str) ->
     return True
 
 
+async def test_a_spec_for_a_colony_no_name_could_have_is_rejected(
+    client: Client, settings: Settings
+) -> None:
+    """A subject token that is no valid colony name (nor consumer name) is read all the same,
+    by a consumer named by its digest, and rejected."""
+    s = Subjects(settings.prefix)
+    inspector = await raw_nats(settings.nats_url)
+    try:
+        odd = "no/such"  # a subject token, not a name
+        events = await inspector.subscribe(s.events_filter(colony=odd))
+        js = inspector.jetstream()
+        await js.publish(s.specs(odd, "echo"), GOOD, headers={"Nats-Msg-Id": "c" * 64})
+        msg = await events.next_msg(timeout=10)
+        assert msg.subject == s.event(odd, "echo", "rejected", "c" * 64)
+        assert await specs_drained(js, s)
+        assert isinstance(await client.submit(spec()), Process)  # and intake goes on
+    finally:
+        await inspector.close()
+
+
 async def test_a_spec_published_before_its_colony_was_added_is_rejected(
     broker_settings: BrokerSettings, settings: Settings
 ) -> None:

@@ -207,11 +207,16 @@ class ColonyFeeds:
         present = {s.submission_colony(subject) for subject in info.state.subjects or {}}
         for colony in present - self._feeds.keys():
             logger.info("submissions for colony %r, which does not exist: rejecting them", colony)
-            await open_consumer(self.js, s, colony)
+            try:
+                await open_consumer(self.js, s, colony)
+            except (nats.errors.Error, TimeoutError) as err:  # tried again at the next sweep
+                logger.warning("cannot read the submissions for colony %r: %s", colony, err)
+                continue
             await self._open_feed(colony)
         for colony in [c for c in self._feeds if c not in self._known and c not in present]:
             if not self._feeds[colony].buffered:
-                await self._close_feed(colony)
+                with contextlib.suppress(nats.errors.Error, TimeoutError):  # gone next time
+                    await self._close_feed(colony)
 
     async def _open_feed(self, colony: str) -> None:
         if colony in self._feeds:
