@@ -6,6 +6,7 @@ several installations, and every test its own.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 
@@ -66,7 +67,26 @@ class Subjects:
 
     @property
     def consumer_specs(self) -> str:
+        """The one consumer over the whole specs stream of earlier versions: deleted when a
+        broker that reads each colony on its own starts leading."""
         return "broker"
+
+    def intake_filters(self, colony: str) -> list[str]:
+        """What a colony's intake consumer reads: its specs and its workflows."""
+        return [f"{self.prefix}.{colony}.specs.>", self.workflows(colony)]
+
+    def consumer_intake(self, colony: str) -> str:
+        """The durable consumer of one colony's submissions. A name that is no valid colony
+        name (submissions to a subject no colony could have) is named by its digest, since
+        a consumer name may not hold every character a subject token may."""
+        if _TOKEN.match(colony):
+            return f"intake-{colony}"
+        return f"intake-x{hashlib.sha256(colony.encode()).hexdigest()[:32]}"
+
+    @staticmethod
+    def submission_colony(subject: str) -> str:
+        """``<prefix>.<colony>.specs.<type>`` or ``<prefix>.<colony>.workflows`` -> colony."""
+        return subject.split(".")[1]  # a prefix is one token
 
     # -- lifecycle events -------------------------------------------------------------
     def event(self, colony: str, executor_type: str, state: str, process_id: str) -> str:

@@ -190,12 +190,11 @@ async def standalone_service(
 
 
 async def specs_drained(js: nats.js.JetStreamContext, subjects: Subjects) -> bool:
-    """The specs consumer has nothing left to deliver and nothing awaiting an ack (the ack may
-    trail the event a moment): polled under a deadline."""
+    """The specs stream, a work queue, holds nothing: every submission was taken and acked
+    (the ack may trail the event a moment). Polled under a deadline."""
     async with asyncio.timeout(5):
         while True:
-            info = await js.consumer_info(subjects.stream_specs, subjects.consumer_specs)
-            if (info.num_pending, info.num_ack_pending) == (0, 0):
+            if (await js.stream_info(subjects.stream_specs)).state.messages == 0:
                 return True
             await asyncio.sleep(0.05)  # sleep-ok: polling the consumer's state under a deadline
 

@@ -12,6 +12,7 @@ import pytest
 
 from colonyos import limits
 from colonyos.broker import Broker
+from colonyos.broker.colonyfeeds import open_consumer
 from colonyos.broker.intake import Intake
 from colonyos.broker.store import ProcessStore
 from colonyos.broker.workflows import Workflows
@@ -32,7 +33,7 @@ async def test_the_specs_consumer_bounds_its_deliveries(client: Client, settings
     inspector = await raw_nats(settings.nats_url)  # members may not read consumers
     try:
         js = inspector.jetstream()
-        info = await js.consumer_info(subjects.stream_specs, subjects.consumer_specs)
+        info = await js.consumer_info(subjects.stream_specs, subjects.consumer_intake(COLONY))
     finally:
         await inspector.close()
     assert info.config.max_deliver == limits.SPEC_DELIVERIES
@@ -52,7 +53,7 @@ async def test_the_last_delivery_is_rejected_with_a_reason(
         store = ProcessStore(nc, subjects, storage="memory")
         await store.setup()
         await store.put_colony(Colony(name=COLONY, auto_approve=True))
-        await Broker(broker_settings)._specs_consumer(store)  # as a leader makes it
+        await open_consumer(js, subjects, COLONY)  # as a leader makes it
         item_id = "d" * 64
         if kind == "spec":
             subject, body, token = subjects.specs(COLONY, "echo"), GOOD, "echo"
@@ -61,7 +62,9 @@ async def test_the_last_delivery_is_rejected_with_a_reason(
             body = b'[{"nodename": "a", "funcname": "f", "conditions": {"executortype": "e"}}]'
         await js.publish(subject, body, headers={"Nats-Msg-Id": item_id})
         # Every delivery but the last taken and given back, as by brokers that failed on it.
-        puller = await js.pull_subscribe_bind(subjects.consumer_specs, subjects.stream_specs)
+        puller = await js.pull_subscribe_bind(
+            subjects.consumer_intake(COLONY), subjects.stream_specs
+        )
         for n in range(1, limits.SPEC_DELIVERIES):
             (msg,) = await puller.fetch(1, timeout=5)
             assert msg.metadata.num_delivered == n
@@ -98,10 +101,12 @@ async def test_a_spec_is_acked_only_once_its_process_is_written(
         store = ProcessStore(nc, subjects, storage="memory")
         await store.setup()
         await store.put_colony(Colony(name=COLONY, auto_approve=True))
-        await Broker(broker_settings)._specs_consumer(store)  # as a leader makes it
+        await open_consumer(js, subjects, COLONY)  # as a leader makes it
         pid = "e" * 64
         await js.publish(subjects.specs(COLONY, "echo"), GOOD, headers={"Nats-Msg-Id": pid})
-        puller = await js.pull_subscribe_bind(subjects.consumer_specs, subjects.stream_specs)
+        puller = await js.pull_subscribe_bind(
+            subjects.consumer_intake(COLONY), subjects.stream_specs
+        )
         async with standalone_service(broker_settings) as service:
             intake = Intake(service, Workflows(service))
             (msg,) = await puller.fetch(1, timeout=5)
@@ -109,7 +114,7 @@ async def test_a_spec_is_acked_only_once_its_process_is_written(
             await js.delete_stream(subjects.kv_stream(subjects.bucket_processes))
             with pytest.raises(nats.errors.NoRespondersError):
                 await intake.accept_batch([msg])
-            info = await js.consumer_info(subjects.stream_specs, subjects.consumer_specs)
+            info = await js.consumer_info(subjects.stream_specs, subjects.consumer_intake(COLONY))
             assert info.num_ack_pending == 1
             assert (await js.stream_info(subjects.stream_specs)).state.messages == 1
             await service.store.setup()  # the bucket is back

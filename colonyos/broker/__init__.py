@@ -21,16 +21,14 @@ import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.js.api import AckPolicy, ConsumerConfig
 
-from colonyos import limits
 from colonyos.broker.admin import Admin
 from colonyos.broker.assignment import Assignment
 from colonyos.broker.callout import Callout
+from colonyos.broker.colonyfeeds import ColonyFeeds
 from colonyos.broker.crons import CronRunner
 from colonyos.broker.explain import Explainer
 from colonyos.broker.exposition import MetricsServer, Scraper
-from colonyos.broker.feed import PullFeed
 from colonyos.broker.generators import GeneratorRunner
 from colonyos.broker.index import ProcessIndex
 from colonyos.broker.intake import Intake
@@ -63,10 +61,6 @@ logger = logging.getLogger(__name__)
 _SHUTDOWN_GRACE_S = 5.0
 # How long a loop told to stop is given before it is told again.
 _CANCEL_AGAIN_S = 0.05
-# How long a delivered spec may stay unacked before it is delivered again: then, after NATS
-# trouble or a broker that died on it, the next waits (the last value for every later one),
-# until its last delivery (limits.SPEC_DELIVERIES) is rejected. About half an hour in all.
-_SPEC_REDELIVERY_S = (10.0, 30.0, 60.0, 120.0, 300.0)
 _LEASE_KEY = "broker"
 # Spec batches being written at once while the next is fetched.
 _BATCHES_IN_FLIGHT = 2
@@ -229,7 +223,9 @@ class Broker:
             )
             Assignment(service)
             Reports(service)
-            admin = Admin(service, liveness_s=s.executor_liveness_s)
+            feeds = ColonyFeeds(nc, store.js, self.subjects, batch=s.fetch_batch)
+            stack.push_async_callback(feeds.close)
+            admin = Admin(service, liveness_s=s.executor_liveness_s, feeds=feeds)
             assert self.members is not None
             Membership(service, admin, self.members, secure=s.keys_dir is not None)
             if self._kicker is not None:
@@ -240,21 +236,21 @@ class Broker:
             workflows = Workflows(service)
             crons = CronRunner(service, workflows)
             generators = GeneratorRunner(service, workflows)
-            removal = Removal(service, workflows, crons, generators)
+            removal = Removal(service, workflows, crons, generators, feeds)
             Registry(service)
             await service.load()
             await workflows.load()
             await crons.load()
             await generators.load()
             self.service = service
-            intake = Intake(service, workflows)
+            intake = Intake(service, workflows, feeds.opened)
             lifecycle = Lifecycle(
                 service, liveness_s=s.executor_liveness_s, sweep_interval_s=s.sweep_interval_s
             )
             retention = Retention(
                 removal, retention_s=s.retention_s, interval_s=s.retention_sweep_s
             )
-            await self._specs_consumer(store)
+            await feeds.start(service.colonies)
             rpc = await nc.subscribe(
                 self.subjects.rpc_all,
                 queue=self.subjects.rpc_queue_group,
@@ -269,7 +265,7 @@ class Broker:
             stack.push_async_callback(self._finish_inflight)
             stack.callback(service.release_parked)
             tasks = [
-                asyncio.create_task(self._consume(nc, intake), name="consume-specs"),
+                asyncio.create_task(self._consume(feeds, intake), name="consume-specs"),
                 asyncio.create_task(lifecycle.run(), name="lifecycle"),
                 asyncio.create_task(retention.run(), name="retention"),
                 asyncio.create_task(crons.run(), name="crons"),
@@ -295,23 +291,6 @@ class Broker:
 
     def _stepped_down(self) -> None:
         self._leading_since = None
-
-    async def _specs_consumer(self, store: ProcessStore) -> None:
-        """The durable pull consumer over the whole specs stream (specs and workflows)."""
-        config = ConsumerConfig(
-            durable_name=self.subjects.consumer_specs,
-            ack_policy=AckPolicy.EXPLICIT,
-            ack_wait=_SPEC_REDELIVERY_S[0],
-            backoff=list(_SPEC_REDELIVERY_S),
-            max_deliver=limits.SPEC_DELIVERIES,
-            max_ack_pending=-1,
-        )
-        try:
-            await store.js.add_consumer(self.subjects.stream_specs, config)
-        except nats.js.errors.BadRequestError:
-            # An older definition: replace it (the specs stay in the stream).
-            await store.js.delete_consumer(self.subjects.stream_specs, self.subjects.consumer_specs)
-            await store.js.add_consumer(self.subjects.stream_specs, config)
 
     async def _hold(self, lease: Lease) -> None:
         """Renew the lease until it is lost or the broker stops."""
@@ -344,26 +323,24 @@ class Broker:
         if not task.cancelled() and task.exception() is not None:
             logger.error("request handler failed", exc_info=task.exception())
 
-    async def _consume(self, nc: NATS, intake: Intake) -> None:
-        """Take specs and accept them; the next are taken while earlier ones are written (an
-        accepted batch waits for its slowest write; overlapping them keeps JetStream busy)."""
-        s = self.subjects
-        feed = PullFeed(nc, s.stream_specs, s.consumer_specs, batch=self.settings.fetch_batch)
+    async def _consume(self, feeds: ColonyFeeds, intake: Intake) -> None:
+        """Take specs, the colonies in turn, and accept them; the next are taken while earlier
+        ones are written (an accepted batch waits for its slowest write; overlapping them
+        keeps JetStream busy)."""
         accepting: set[asyncio.Task[None]] = set()
-        async with feed:
-            try:
-                while True:
-                    if len(accepting) >= _BATCHES_IN_FLIGHT:
-                        await asyncio.wait(accepting, return_when=asyncio.FIRST_COMPLETED)
-                    msgs = await feed.next_batch()
-                    if not msgs:
-                        continue
-                    task = asyncio.create_task(intake.accept_batch(msgs))
-                    accepting.add(task)
-                    task.add_done_callback(functools.partial(self._accepted, accepting, len(msgs)))
-            finally:
-                for task in accepting:
-                    task.cancel()
+        try:
+            while True:
+                if len(accepting) >= _BATCHES_IN_FLIGHT:
+                    await asyncio.wait(accepting, return_when=asyncio.FIRST_COMPLETED)
+                msgs = await feeds.next_batch()
+                if not msgs:
+                    continue
+                task = asyncio.create_task(intake.accept_batch(msgs))
+                accepting.add(task)
+                task.add_done_callback(functools.partial(self._accepted, accepting, len(msgs)))
+        finally:
+            for task in accepting:
+                task.cancel()
 
     @staticmethod
     def _accepted(accepting: set[asyncio.Task[None]], count: int, task: asyncio.Task[None]) -> None:

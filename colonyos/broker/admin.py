@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 import msgspec
 
 from colonyos.broker import transitions
+from colonyos.broker.colonyfeeds import ColonyFeeds
 from colonyos.broker.registry import removed_message
 from colonyos.broker.service import Service, new_id
 from colonyos.errors import (
@@ -46,9 +47,12 @@ _CANDIDATES = 5
 
 
 class Admin:
-    def __init__(self, service: Service, *, liveness_s: float = 30.0) -> None:
+    def __init__(
+        self, service: Service, *, liveness_s: float = 30.0, feeds: ColonyFeeds | None = None
+    ) -> None:
         self.service = service
         self.liveness_s = liveness_s
+        self.feeds = feeds  # the leader's: an added colony's submissions are read from then
         service.register_ops(
             get=(ProcessRef, self.get),
             list=(ListProcesses, self.list_processes),
@@ -177,6 +181,8 @@ class Admin:
             raise ConflictError(f"colony {name!r} already exists", colony_name=name)
         added = msgspec.structs.replace(req.colony, colony_id=req.colony.colony_id or new_id())
         await self.service.store.put_colony(added)
+        if self.feeds is not None:
+            await self.feeds.add(name)
         self.service.colonies[name] = added
         logger.info("added colony %s (auto-approve %s)", name, added.auto_approve)
         return added

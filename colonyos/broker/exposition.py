@@ -164,7 +164,7 @@ def colony_families(
             GaugeMetricFamily(
                 "colonies_intake_pending",
                 "Submitted specs and workflows in the stream not yet made processes (the "
-                "intake consumer's pending and unacknowledged messages).",
+                "specs stream's messages: a work queue, every colony's consumer together).",
                 value=intake_pending,
             )
         )
@@ -172,15 +172,16 @@ def colony_families(
 
 
 async def _intake_pending(service: Service) -> int | None:
-    """The specs consumer's backlog; None if NATS does not say in time."""
+    """The specs stream's backlog (a work queue: what intake acked is gone), every colony's
+    consumer together; None if NATS does not say in time."""
     s = service.subjects
     try:
         async with asyncio.timeout(_CONSUMER_INFO_TIMEOUT_S):
-            info = await service.store.js.consumer_info(s.stream_specs, s.consumer_specs)
+            info = await service.store.js.stream_info(s.stream_specs)
     except (nats.errors.Error, TimeoutError) as err:
-        logger.warning("metrics: the specs consumer's state is unknown: %s", err)
+        logger.warning("metrics: the specs stream's state is unknown: %s", err)
         return None
-    return int(info.num_pending or 0) + int(info.num_ack_pending or 0)
+    return int(info.state.messages)
 
 
 class MetricsServer:

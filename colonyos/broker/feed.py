@@ -10,6 +10,9 @@ gets, at once, everything received so far.
 One pull request is out at a time (``batch`` messages, expiring after ``expires_s``); the next
 is sent as soon as the caller takes the last messages the current one may bring, so the server
 sends more while the caller works on what it has.
+
+Several feeds may share one ``arrived`` event, so that one task waits on all of them and takes
+from each in turn (:meth:`take`, :meth:`keep_pulling`: see :mod:`colonyos.broker.colonyfeeds`).
 """
 
 from __future__ import annotations
@@ -38,7 +41,14 @@ _GRACE_S = 1.0
 
 class PullFeed:
     def __init__(
-        self, nc: NATS, stream: str, consumer: str, *, batch: int, expires_s: float = 1.0
+        self,
+        nc: NATS,
+        stream: str,
+        consumer: str,
+        *,
+        batch: int,
+        expires_s: float = 1.0,
+        arrived: asyncio.Event | None = None,
     ) -> None:
         self.nc = nc
         self.batch = batch
@@ -47,7 +57,8 @@ class PullFeed:
         self._inbox = nc.new_inbox()
         self._sub: Subscription | None = None
         self._buffer: list[Msg] = []
-        self._arrived = asyncio.Event()
+        self._arrived = arrived if arrived is not None else asyncio.Event()
+        self._retry_at = 0.0  # after a refused request, no other before this time
         self._outstanding = 0  # messages the current pull request may still bring
         self._pull_deadline = 0.0
         self._refused = False  # the last request was refused (consumer gone, no JetStream...)
@@ -83,6 +94,28 @@ class PullFeed:
             await self._pull()  # ask for the next batch while the caller writes this one
         return taken
 
+    @property
+    def buffered(self) -> int:
+        """Messages received and not yet taken."""
+        return len(self._buffer)
+
+    def take(self, limit: int) -> list[Msg]:
+        """Up to ``limit`` of the messages received, oldest first, without waiting."""
+        taken, self._buffer = self._buffer[:limit], self._buffer[limit:]
+        return taken
+
+    async def keep_pulling(self, size: int) -> None:
+        """Have a pull request out for up to ``size`` messages, unless one is out already or
+        ``size`` are received and not yet taken (what a feed holds stays bounded: at most
+        about twice ``size``, however long the caller leaves it)."""
+        loop = asyncio.get_running_loop()
+        if self._sub is None or (self._outstanding > 0 and loop.time() <= self._pull_deadline):
+            return
+        if len(self._buffer) >= size or loop.time() < self._retry_at:
+            return  # enough in hand, or a refusal (consumer gone...) is not met with a hot loop
+        self.batch = size
+        await self._pull()
+
     async def _pull(self) -> None:
         request = {"batch": self.batch, "expires": int(self.expires_s * 1e9)}
         self._outstanding = self.batch
@@ -96,6 +129,8 @@ class PullFeed:
             if status != _HEARTBEAT_STATUS:
                 self._outstanding = 0  # the request ended
                 self._refused = status not in _ENDED
+                if self._refused:
+                    self._retry_at = asyncio.get_running_loop().time() + _REFUSED_PAUSE_S
         else:
             self._outstanding -= 1
             self._buffer.append(msg)

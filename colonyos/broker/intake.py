@@ -67,10 +67,15 @@ def _describe(err: BaseException) -> str:
 
 
 class Intake:
-    def __init__(self, service: Service, workflows: Workflows) -> None:
+    def __init__(
+        self, service: Service, workflows: Workflows, opened: dict[str, int] | None = None
+    ) -> None:
         self.service = service
         self.workflows = workflows
         self.store = service.store
+        # Colony -> the stream sequence at or before which its submissions came before it
+        # was added (see colonyos.broker.colonyfeeds): refused as for a colony not there.
+        self.opened = opened if opened is not None else {}
         self._last_ns = 0
         # Stream sequence -> what went wrong with NATS on the message's last delivery, told
         # in the rejection should its last delivery come.
@@ -97,6 +102,10 @@ class Intake:
             last = self._troubles.pop(seq, "the broker stopped or failed on it each time")
             reason = f"not accepted in {delivered} deliveries; the last attempt: {last}"
             await self._give_up(msg, ColoniesError(reason), last_delivery=True)
+            return
+        colony = self.service.subjects.submission_colony(msg.subject)
+        if seq <= self.opened.get(colony, 0):
+            await self._give_up(msg, ColonyNotFoundError(colony))
             return
         try:
             if msg.subject.endswith(".workflows"):

@@ -17,6 +17,7 @@ import logging
 from datetime import datetime
 
 from colonyos.broker import transitions
+from colonyos.broker.colonyfeeds import ColonyFeeds
 from colonyos.broker.crons import CronRunner
 from colonyos.broker.generators import GeneratorRunner
 from colonyos.broker.registry import removed_message
@@ -47,11 +48,13 @@ class Removal:
         workflows: Workflows,
         crons: CronRunner | None = None,
         generators: GeneratorRunner | None = None,
+        feeds: ColonyFeeds | None = None,
     ) -> None:
         self.service = service
         self.workflows = workflows
         self.crons = crons
         self.generators = generators
+        self.feeds = feeds
         self.store = service.store
         self.index = service.index
         service.register_ops(
@@ -118,6 +121,8 @@ class Removal:
         removed = self.service.colony(req.name)
         # No new submission becomes a process from now on (intake refuses an unknown colony).
         del self.service.colonies[req.name]
+        if self.feeds is not None:  # its consumer goes (what comes later is rejected)
+            await self.feeds.remove(req.name)
         process_ids, graph_ids = await self.index.colony_ids(req.name)
         await asyncio.gather(*(self._cancel(req.name, pid) for pid in process_ids))
         await self.store.purge_colony(req.name)
