@@ -192,10 +192,13 @@ class System:
         self.children.append(child)
         return child
 
-    def executors(self, count: int, prefix: str = "noop", concurrency: int = 1) -> list[Child]:
+    def executors(
+        self, count: int, prefix: str = "noop", concurrency: int = 1, executor_type: str = "noop"
+    ) -> list[Child]:
         return [
             self.spawn(
-                ["-m", "bench.noop_executor", f"{prefix}-{i}", str(concurrency)], f"{prefix}-{i}"
+                ["-m", "bench.noop_executor", f"{prefix}-{i}", str(concurrency), executor_type],
+                f"{prefix}-{i}",
             )
             for i in range(count)
         ]
