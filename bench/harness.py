@@ -193,13 +193,17 @@ class System:
         return child
 
     def executors(
-        self, count: int, prefix: str = "noop", concurrency: int = 1, executor_type: str = "noop"
+        self,
+        count: int,
+        prefix: str = "noop",
+        concurrency: int = 1,
+        executor_type: str = "noop",
+        *,
+        prefetch: bool = True,
     ) -> list[Child]:
+        args = [str(concurrency), executor_type, "prefetch" if prefetch else "no-prefetch"]
         return [
-            self.spawn(
-                ["-m", "bench.noop_executor", f"{prefix}-{i}", str(concurrency), executor_type],
-                f"{prefix}-{i}",
-            )
+            self.spawn(["-m", "bench.noop_executor", f"{prefix}-{i}", *args], f"{prefix}-{i}")
             for i in range(count)
         ]
 

@@ -1,6 +1,6 @@
 """A no-op executor for benchmarks: returns the time it received the process (ns), no logs.
 
-python -m bench.noop_executor NAME [CONCURRENCY [EXECUTOR_TYPE]]
+python -m bench.noop_executor NAME [CONCURRENCY [EXECUTOR_TYPE [prefetch|no-prefetch]]]
 """
 
 from __future__ import annotations
@@ -20,8 +20,14 @@ def main() -> None:
     async def run() -> None:
         slots = int(sys.argv[2]) if len(sys.argv) > 2 else 1
         executor_type = sys.argv[3] if len(sys.argv) > 3 else "noop"
+        prefetch = sys.argv[4] != "no-prefetch" if len(sys.argv) > 4 else True
         app = ExecutorApp(
-            executor_type, name, settings=Settings.from_env(), assign_timeout_s=5, concurrency=slots
+            executor_type,
+            name,
+            settings=Settings.from_env(),
+            assign_timeout_s=5,
+            concurrency=slots,
+            prefetch=prefetch,
         )
 
         @app.handler()

@@ -637,23 +637,30 @@ async def main(quick: bool) -> list[Figure]:
 
 async def scenario_single_slot(system: System, client: Client, n: int) -> list[Figure]:
     """End to end with executors that run one process at a time (as most edge and container
-    executors do), the specs submitted as above, then published raw."""
-    single = system.executors(4, "single", 1, executor_type="single")
-    await _executors_ready(client, 4, "single")
+    executors do), the specs submitted as above, then published raw; and, for comparison in
+    the same run, executors that do not prefetch (each asks for work only when its slot is
+    free)."""
     figures = []
-    for raw in (False, True):
-        [e2e, *_] = await scenario_end_to_end(
-            system,
-            client,
-            n,
-            4,
-            done_before=n if raw else 0,
-            slots=1,
-            executor_type="single",
-            raw=raw,
-        )
-        figures.append(e2e)
-    system.stop_executors(single)
+    for prefetch in (False, True):
+        etype = "single" if prefetch else "single-no-prefetch"
+        single = system.executors(4, etype, 1, executor_type=etype, prefetch=prefetch)
+        await _executors_ready(client, 4, etype)
+        for raw in (False, True) if prefetch else (False,):
+            [e2e, *_] = await scenario_end_to_end(
+                system,
+                client,
+                n,
+                4,
+                done_before=n if raw else 0,
+                slots=1,
+                executor_type=etype,
+                raw=raw,
+            )
+            if not prefetch:
+                e2e.scenario += ", no prefetch"
+                e2e.target = "for comparison"
+            figures.append(e2e)
+        system.stop_executors(single)
     return figures
 
 
