@@ -1,4 +1,5 @@
-"""A no-op executor for benchmarks: returns the time it received the process (ns), no logs.
+"""A no-op executor for benchmarks: returns the time it received the process (ns), no logs;
+a process whose first arg is a number waits that many seconds first (work that costs no CPU).
 
 python -m bench.noop_executor NAME [CONCURRENCY [EXECUTOR_TYPE [prefetch|no-prefetch]]]
 """
@@ -32,7 +33,10 @@ def main() -> None:
 
         @app.handler()
         async def noop(ctx: ProcessContext) -> list[Any]:
-            return [time.time_ns()]
+            received = time.time_ns()
+            if ctx.process.spec.args:
+                await asyncio.sleep(float(ctx.process.spec.args[0]))
+            return [received]
 
         await app.serve()
 
