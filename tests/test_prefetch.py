@@ -20,7 +20,7 @@ from colonyos.models import FunctionSpec, Process, ProcessState
 
 from .conftest import open_colony, running_broker
 from .helpers import spec, until
-from .procs import Child, said
+from .procs import Child, output, said
 
 # A broker that takes a silent executor's processes back within seconds, not 30.
 LIVENESS_S = 3.0
@@ -259,6 +259,7 @@ async def test_a_prefetcher_stopped_gives_its_prefetched_process_back(
         done = await client.wait(first.process_id, timeout=10)
         assert done.state is ProcessState.SUCCESS and done.output == ["held"]
         assert await asyncio.to_thread(child.proc.wait, 15) == 0
+        assert "gave 1 process back to the broker" in output(child)  # the prefetched one
     finally:
         child.kill()
 
