@@ -192,11 +192,18 @@ class System:
         self.children.append(child)
         return child
 
-    def executors(self, count: int, prefix: str = "noop", concurrency: int = 1) -> list[Child]:
+    def executors(
+        self,
+        count: int,
+        prefix: str = "noop",
+        concurrency: int = 1,
+        executor_type: str = "noop",
+        *,
+        prefetch: bool = True,
+    ) -> list[Child]:
+        args = [str(concurrency), executor_type, "prefetch" if prefetch else "no-prefetch"]
         return [
-            self.spawn(
-                ["-m", "bench.noop_executor", f"{prefix}-{i}", str(concurrency)], f"{prefix}-{i}"
-            )
+            self.spawn(["-m", "bench.noop_executor", f"{prefix}-{i}", *args], f"{prefix}-{i}")
             for i in range(count)
         ]
 

@@ -26,16 +26,21 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.harness import System, cpu_seconds, rss_mib
 from colonyos.client import Client
+from colonyos.client.connected import new_id
 from colonyos.errors import BrokerUnavailableError
 from colonyos.models import Conditions, FunctionSpec, Process, ProcessState, WorkflowSpec
 from colonyos.subjects import Subjects
 
 RESULTS = Path(__file__).parent / "results"
 SLOTS = 16  # processes each executor runs at once (ExecutorApp concurrency)
+# What a process of the single-slot scenario with work waits in its executor: where the round
+# trips between two processes are idle time that prefetching saves, whatever the CPU.
+WORK_S = 0.005
 
 
 @dataclass
@@ -236,10 +241,38 @@ async def scenario_submit(system: System, client: Client, n: int) -> list[Figure
     ]
 
 
+async def _publish_raw(client: Client, executor_type: str, n: int, chunk: int = 1000) -> None:
+    """Specs published by nats-py itself on the client's connection (publish_async in chunks,
+    acknowledgements awaited per chunk), without the client's checks: the load generator then
+    costs the two shared cores less, and the broker and executors get more of them."""
+    subject = client.subjects.specs(client.colony, executor_type)
+    body = msgspec.json.encode(noop(executor_type))
+    caller = client.caller
+    for start in range(0, n, chunk):
+        acks = [
+            await client.js.publish_async(
+                subject, body, headers={"Nats-Msg-Id": new_id(), "Colonies-Initiator": caller}
+            )
+            for _ in range(start, min(n, start + chunk))
+        ]
+        await asyncio.gather(*acks)
+
+
 async def scenario_end_to_end(
-    system: System, client: Client, n: int, executors: int, *, done_before: int = 0
+    system: System,
+    client: Client,
+    n: int,
+    executors: int,
+    *,
+    done_before: int = 0,
+    slots: int = SLOTS,
+    executor_type: str = "noop",
+    raw: bool = False,
+    work_s: float = 0.0,
 ) -> list[Figure]:
-    """``done_before``: no-op processes this colony already ran (the counts add up)."""
+    """``done_before``: no-op processes of ``executor_type`` this colony already ran (the
+    counts add up). ``raw``: the specs are published by nats-py (:func:`_publish_raw`).
+    ``work_s``: each process waits that long in its executor (work that costs no CPU)."""
     assert system.broker is not None
     nats_pid = system.server.proc.pid if system.server.proc else 0
     cpu0 = cpu_seconds(system.broker.pid), cpu_seconds(nats_pid)
@@ -248,19 +281,28 @@ async def scenario_end_to_end(
     done = asyncio.create_task(_events_stored(system, 3 * n, ready))
     await ready.wait()
     t0 = time.monotonic()
-    await _submit_many(client, [noop() for _ in range(n)])
+    if raw:
+        await _publish_raw(client, executor_type, n)
+    else:
+        work = {"args": [work_s]} if work_s else {}
+        await _submit_many(client, [noop(executor_type, **work) for _ in range(n)])
     finished = await done
     cpu1 = cpu_seconds(system.broker.pid), cpu_seconds(nats_pid)
-    await _check_counts(client, "noop", {"success": done_before + n})
+    await _check_counts(client, executor_type, {"success": done_before + n})
     rate = n / (finished - t0)
     baseline = await raw_lifecycle_rate(system, max(1000, n // 4), executors)
     per_k = 1000 / n
+    name = f"end to end, {executors} executor processes x {slots} slot{'s' if slots > 1 else ''}"
+    if raw:
+        name += ", specs published raw"
+    if work_s:
+        name += f", {work_s * 1000:g} ms of work each"
     return [
         Figure(
-            f"end to end, {executors} executor processes x {SLOTS} slots",
+            name,
             rate,
             "processes/s",
-            ">= 3,000",
+            ">= 3,000" if slots > 1 else ">= 1,500",
             baseline,
             "raw lifecycle messages/s",
             f"{n} no-op processes; every transition in KV + events + index",
@@ -593,6 +635,7 @@ async def main(quick: bool) -> list[Figure]:
         figures += await scenario_metrics(system, sizes["submit"] + closed, closed)
         figures += await scenario_workflows(client)
         system.stop_executors(executors)
+        figures += await scenario_single_slot(system, client, sizes["e2e"])
         figures += await scenario_edge(system, client)
         figures += await scenario_memory(system, client, sizes["waiting"])
         figures += await scenario_secure_against_insecure(
@@ -602,10 +645,49 @@ async def main(quick: bool) -> list[Figure]:
     return figures
 
 
-async def _executors_ready(client: Client, n: int) -> None:
+async def scenario_single_slot(system: System, client: Client, n: int) -> list[Figure]:
+    """End to end with executors that run one process at a time (as most edge and container
+    executors do), the specs submitted as above, then published raw; and, for comparison in
+    the same run, executors that do not prefetch (each asks for work only when its slot is
+    free)."""
+    figures = []
+    for prefetch in (False, True):
+        etype = "single" if prefetch else "single-no-prefetch"
+        single = system.executors(4, etype, 1, executor_type=etype, prefetch=prefetch)
+        await _executors_ready(client, 4, etype)
+        runs = [(False, 0.0), (True, 0.0)] if prefetch else [(False, 0.0)]
+        done = 0
+        for raw, work_s in [*runs, (False, WORK_S)]:
+            size = n // 3 if work_s else n
+            [e2e, *_] = await scenario_end_to_end(
+                system,
+                client,
+                size,
+                4,
+                done_before=done,
+                slots=1,
+                executor_type=etype,
+                raw=raw,
+                work_s=work_s,
+            )
+            done += size
+            if not prefetch:
+                e2e.scenario += ", no prefetch"
+                e2e.target = "for comparison"
+            elif work_s:
+                e2e.target = "above it without prefetch"
+            figures.append(e2e)
+        system.stop_executors(single)
+    return figures
+
+
+async def _executors_ready(client: Client, n: int, executor_type: str = "noop") -> None:
     async with asyncio.timeout(30):
-        while sum(e.executor_type == "noop" for e in await client.executor_list()) < n:
-            await asyncio.sleep(0.05)
+        while (
+            sum(e.executor_type == executor_type and e.online for e in await client.executor_list())
+            < n
+        ):
+            await asyncio.sleep(0.05)  # sleep-ok: polling the executor list under a deadline
 
 
 def report(figures: list[Figure], quick: bool, name: str = "latest") -> None:

@@ -114,6 +114,10 @@ class Assign(Model, kw_only=True):
     # The executor's registration (its id) when it knows it: a request from a run that was
     # replaced or removed since is refused.
     executor_id: str = ""
+    # A request for the process to run next, made while every slot of the executor is busy:
+    # it gets one process, and only one that no idle executor's parked assign matches.
+    # Omitted (as Colonies sends it): an ordinary assign.
+    prefetch: bool = False
 
 
 class ProcessRef(Model, kw_only=True):

@@ -2,6 +2,12 @@
 until one comes (a new process is handed to one parked executor at once, by
 :meth:`Service.enqueue`), then takes it by compare-and-set on the process's revision.
 
+An assign marked as a prefetch (the executor's slots are all busy) takes one process, and only
+one that no idle executor's parked assign matches: it parks behind them, and a process it pops
+from the queue goes to such an executor instead. What it takes is RUNNING on its executor from
+then on, as any assignment: it holds its capacity, its ``maxexectime`` counts from now, and it
+goes back to the queue by the executor's release or its loss.
+
 A process popped from the queue has its capacity held for the executor until it is written as
 running; a write that loses the compare-and-set learns what the process is now, and any other
 failure puts it back in the queue.
@@ -55,10 +61,19 @@ class Assignment:
                 picked = await self._body(colony, popped)
                 if picked is None:
                     continue  # removed meanwhile: take the next one
+                if req.prefetch and self.parked.idle_match(picked[0]):
+                    self.in_use.release(picked[0].process_id)  # held for this prefetch
+                    self.service.enqueue(*picked)  # to the idle executor
+                    continue
             else:
                 logger.debug("assign from %s in %s parked", caller, colony)
                 picked = await self._park(
-                    colony, etype, cap, deadline - loop.time(), run=executor.executor_id
+                    colony,
+                    etype,
+                    cap,
+                    deadline - loop.time(),
+                    run=executor.executor_id,
+                    prefetch=req.prefetch,
                 )
                 if picked is None:
                     return None
@@ -80,6 +95,8 @@ class Assignment:
         first = await self.assign(colony, caller, req)
         if first is None:
             return []
+        if req.prefetch:
+            return [first]  # a prefetch takes one process: the next to run
         try:
             executor = self.service.approved(colony, caller, req.executor_id)
         except ColoniesError:
@@ -167,12 +184,12 @@ class Assignment:
             return None
 
     async def _park(
-        self, colony: str, etype: str, cap: Offer, timeout: float, *, run: str
+        self, colony: str, etype: str, cap: Offer, timeout: float, *, run: str, prefetch: bool
     ) -> Picked | None:
         if timeout <= 0:
             return None
         waiter: asyncio.Future[Picked] = asyncio.get_running_loop().create_future()
-        self.parked.park(colony, etype, cap, waiter)
+        self.parked.park(colony, etype, cap, waiter, prefetch=prefetch)
         runs = self.service.parked_runs.setdefault(run, set())
         runs.add(waiter)
         try:

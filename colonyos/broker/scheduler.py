@@ -9,7 +9,8 @@
   held from the moment a process is taken from the queue for it until it leaves RUNNING, and
   matching sees the capacity less that, so running several processes at once never overcommits.
 * Parked assigns (the long poll) are woken one at a time: a new process goes to the first
-  parked executor it matches, never to all of them.
+  parked executor it matches, never to all of them; an idle executor's before a prefetch (the
+  assign of an executor whose slots are all busy).
 """
 
 from __future__ import annotations
@@ -411,32 +412,43 @@ class _Parked(Generic[W]):
 
 
 class ParkedAssigns(Generic[W]):
-    """Executors waiting in a long-poll assign, first come first served per queue."""
+    """Executors waiting in a long-poll assign, first come first served per queue.
+
+    An assign marked as a prefetch (its executor's slots are all busy: the process would wait
+    behind them) parks apart, and is handed a process only when no idle executor's parked
+    assign matches it: an executor never holds work that another could start now.
+    """
 
     def __init__(self) -> None:
         self._parked: dict[QueueKey, deque[_Parked[W]]] = {}
+        self._ahead: dict[QueueKey, deque[_Parked[W]]] = {}  # prefetches
 
     def __len__(self) -> int:
-        return sum(len(q) for q in self._parked.values())
+        return sum(len(q) for q in self._queues())
 
-    def park(self, colony: str, executor_type: str, offer: Offer, waiter: W) -> None:
-        self._parked.setdefault((colony, executor_type), deque()).append(_Parked(offer, waiter))
+    def _queues(self) -> list[deque[_Parked[W]]]:
+        return [*self._parked.values(), *self._ahead.values()]
+
+    def park(
+        self, colony: str, executor_type: str, offer: Offer, waiter: W, *, prefetch: bool = False
+    ) -> None:
+        park = self._ahead if prefetch else self._parked
+        park.setdefault((colony, executor_type), deque()).append(_Parked(offer, waiter))
 
     def unpark(self, colony: str, executor_type: str, waiter: W) -> bool:
-        queue = self._parked.get((colony, executor_type))
-        if not queue:
-            return False
-        for parked in queue:
-            if parked.waiter is waiter:
-                queue.remove(parked)
-                return True
+        for park in (self._parked, self._ahead):
+            queue = park.get((colony, executor_type)) or deque()
+            for parked in queue:
+                if parked.waiter is waiter:
+                    queue.remove(parked)
+                    return True
         return False
 
     def take_all_of(self, executor_id: str) -> list[W]:
         """Every parked assign of one executor, removed from the park: capacity it lacked may
         have come back, so it should look at the queue again."""
         taken = []
-        for queue in self._parked.values():
+        for queue in self._queues():
             mine = [p for p in queue if p.offer.executor_id == executor_id]
             for parked in mine:
                 queue.remove(parked)
@@ -444,21 +456,34 @@ class ParkedAssigns(Generic[W]):
         return taken
 
     def all_waiters(self) -> list[W]:
-        return [p.waiter for queue in self._parked.values() for p in queue]
+        return [p.waiter for queue in self._queues() for p in queue]
 
     def take_for(self, process: Process) -> W | None:
         """The first parked executor that ``process`` matches (with what it has free now),
-        removed from the park; the process's request is held for it."""
-        queue = self._parked.get((process.colony_name, process.executor_type))
-        if not queue:
-            return None
+        removed from the park; the process's request is held for it. Idle executors first,
+        then prefetches."""
+        key = (process.colony_name, process.executor_type)
         requirement = Requirement.of(process.spec)
-        for parked in queue:
-            if requirement.accepts(parked.offer.free()):
+        for park in (self._parked, self._ahead):
+            queue = park.get(key)
+            parked = _first_match(queue, requirement)
+            if queue is not None and parked is not None:
                 queue.remove(parked)
                 parked.offer.hold(process.process_id, requirement)
                 return parked.waiter
         return None
+
+    def idle_match(self, process: Process) -> bool:
+        """Does an idle executor's parked assign (not a prefetch) match ``process``?"""
+        queue = self._parked.get((process.colony_name, process.executor_type))
+        return _first_match(queue, Requirement.of(process.spec)) is not None
+
+
+def _first_match(queue: deque[_Parked[W]] | None, requirement: Requirement) -> _Parked[W] | None:
+    for parked in queue or ():
+        if requirement.accepts(parked.offer.free()):
+            return parked
+    return None
 
 
 class DeadlineHeap:

@@ -64,16 +64,18 @@ class ExecutorCalls(Connected):
             return None
 
     async def assign_many(
-        self, count: int, timeout: float = 10.0, *, executor_id: str = ""
+        self, count: int, timeout: float = 10.0, *, executor_id: str = "", prefetch: bool = False
     ) -> list[Process]:
         """Long-poll for up to ``count`` processes: waits (up to ``timeout``) for the first,
         and gets with it those that are assignable at that moment. Empty when none came.
-        ``executor_id``: this run's registration (refused if it was replaced or removed)."""
+        ``executor_id``: this run's registration (refused if it was replaced or removed).
+        ``prefetch``: the process to run after those running now (one at most), handed only
+        when no idle executor waits for it."""
         timeout = min(timeout, limits.MAX_ASSIGN_TIMEOUT_S)
         count = min(count, limits.MAX_ASSIGN_COUNT)
         result = await self._request(
             "assign_many",
-            Assign(timeout=timeout, count=count, executor_id=executor_id),
+            Assign(timeout=timeout, count=count, executor_id=executor_id, prefetch=prefetch),
             list[Process],
             timeout=timeout + _ASSIGN_MARGIN_S,
         )

@@ -83,6 +83,7 @@ class ExecutorBase:
         assign_timeout_s: float = 10.0,
         heartbeat_s: float | None = None,
         concurrency: int = 1,
+        prefetch: bool = True,
         replace: bool = False,
         on_status: Callable[[ExecutorStatus], None] | None = None,
     ) -> None:
@@ -94,12 +95,17 @@ class ExecutorBase:
         self.assign_timeout_s = assign_timeout_s
         # How many processes it runs at once (each slot assigns its own).
         self.concurrency = max(1, concurrency)
+        # While every slot is busy, ask for the process to run next (one), so that it starts
+        # as soon as a slot is free rather than a round trip later.
+        self.prefetch = prefetch
         # Keep well under the broker's liveness window (30 s by default).
         self.heartbeat_s = heartbeat_s or float(os.environ.get("COLONIES_HEARTBEAT", "5"))
         self.replace = replace
         self.on_status = on_status
         self.status: ExecutorStatus | None = None
         self.running: set[str] = set()
+        # Processes assigned to this run that wait for a slot (prefetched): not started yet.
+        self.prefetched: set[str] = set()
         # The functions running, and why those revoked were stopped, by (process id, attempt).
         self._work: dict[tuple[str, int], asyncio.Future[FunctionOutcome]] = {}
         self._revoked: dict[tuple[str, int], str] = {}

@@ -4,6 +4,7 @@ the end, letting them finish (or stopping them) and giving back what is still as
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -50,7 +51,8 @@ class Dispatching(Stages):
     ) -> None:
         """Keep ``concurrency`` processes running: ask for as many as there are free slots
         (one request), run each in its own task, and send their results together. Processes
-        taken back from an earlier run take their slots first."""
+        taken back from an earlier run take their slots first. While every slot is busy, ask
+        for the next process too (a prefetch, :meth:`_ahead`), started when a slot frees."""
         running: set[asyncio.Task[None]] = {
             asyncio.create_task(self._execute(client, results, p, resumed=True)) for p in adopted
         }
@@ -63,6 +65,14 @@ class Dispatching(Stages):
                     # go on with the others (its process is taken back by the broker).
                     logger.error("running a process failed", exc_info=task.exception())
 
+        if not burst:
+            try:
+                await self._ahead(client, results, running, reap)
+            finally:
+                await self._wind_down(running)
+                reap()
+                self.prefetched.clear()  # not started: given back by the release
+            return
         try:
             while not self._stopping.is_set():
                 reap()
@@ -72,7 +82,7 @@ class Dispatching(Stages):
                     continue
                 processes = await self._next(client, burst, free)
                 if not processes:
-                    if burst and not self._stopping.is_set():
+                    if not self._stopping.is_set():
                         if not running:
                             return
                         # What is still running may release more work (workflow children).
@@ -83,6 +93,51 @@ class Dispatching(Stages):
         finally:
             await self._wind_down(running)
             reap()
+
+    async def _ahead(
+        self,
+        client: Client,
+        results: ResultSender,
+        running: set[asyncio.Task[None]],
+        reap: Callable[[], None],
+    ) -> None:
+        """Take work until stopped, a prefetch ahead: while every slot is busy, one request
+        asks for the process to run next (``prefetch``: the broker hands it only what no idle
+        executor waits for), and it starts the moment a slot frees. At most ``concurrency``
+        run and one more waits; one that waits when the run stops is given back with the
+        release (it waited no longer than it would have behind the running ones)."""
+        waiting: list[Process] = []  # assigned, not started: every slot is busy
+        asking: asyncio.Task[list[Process]] | None = None  # for free slots
+        asked = 0
+        ahead: asyncio.Task[list[Process]] | None = None  # a prefetch
+        try:
+            while not self._stopping.is_set():
+                reap()
+                while waiting and len(running) < self.concurrency:
+                    process = waiting.pop(0)
+                    self.prefetched.discard(process.process_id)
+                    running.add(asyncio.create_task(self._execute(client, results, process)))
+                free = self.concurrency - len(running) - len(waiting) - asked
+                if asking is None and free > 0:
+                    asking, asked = asyncio.create_task(self._next(client, False, free)), free
+                elif ahead is None and asking is None and not waiting and self.prefetch:
+                    ahead = asyncio.create_task(self._next(client, False, 1, prefetch=True))
+                requests = {r for r in (asking, ahead) if r is not None}
+                await first_of(running | requests, self._stopping)
+                got: list[Process] = []
+                if asking is not None and asking.done():
+                    got += asking.result()
+                    asking, asked = None, 0
+                if ahead is not None and ahead.done():
+                    got += ahead.result()
+                    ahead = None
+                if got:
+                    waiting = sorted([*waiting, *got], key=lambda p: p.priority_time)
+                    self.prefetched.update(p.process_id for p in got)
+        finally:
+            for request in (asking, ahead):
+                if request is not None:
+                    await abandon(request)
 
     async def _wind_down(self, running: set[asyncio.Task[None]]) -> None:
         """Let running processes finish, unless stopped now: then stop their functions."""
@@ -122,10 +177,14 @@ class Dispatching(Stages):
 
     async def _heartbeat(self, client: Client) -> None:
         while True:
-            await client.heartbeat(self.executor_id, sorted(self.running))
+            # What waits for a slot too: else the broker takes it for an assignment that
+            # never arrived.
+            await client.heartbeat(self.executor_id, sorted(self.running | self.prefetched))
             await asyncio.sleep(self.heartbeat_s)
 
-    async def _next(self, client: Client, burst: bool, count: int) -> list[Process]:
+    async def _next(
+        self, client: Client, burst: bool, count: int, *, prefetch: bool = False
+    ) -> list[Process]:
         timeout = 0.0 if burst else self.assign_timeout_s
         delay = 0.5
         while not self._stopping.is_set():
@@ -136,11 +195,15 @@ class Dispatching(Stages):
                 self.ready.set()
             leader = self._new_leader
             assign = asyncio.ensure_future(
-                client.assign_many(count, timeout, executor_id=self.executor_id)
+                client.assign_many(count, timeout, executor_id=self.executor_id, prefetch=prefetch)
             )
-            if not await self._until_done(assign, leader):
-                await abandon(assign)  # stopped, or a new leader: ask it rather than wait
-                continue
+            try:
+                if not await self._until_done(assign, leader):
+                    await abandon(assign)  # stopped, or a new leader: ask it rather than wait
+                    continue
+            except asyncio.CancelledError:
+                await abandon(assign)
+                raise
             try:
                 processes = assign.result()
             except ColoniesError as err:

@@ -278,3 +278,52 @@ def test_place_in_the_queue() -> None:
     assert q.ahead_of("small") == 5  # a, c, d, urgent, big
     assert q.ahead_of("small", [cap(cpu_millis=2000)]) == 4
     assert q.ahead_of("small", [cap(cpu_millis=2000), cap(cpu_millis=8000)]) == 5
+
+
+def test_a_process_goes_to_an_idle_executor_before_a_prefetch() -> None:
+    """A prefetch parked first still comes after an idle executor parked later: the process
+    would wait behind the prefetcher's running one."""
+    parked: ParkedAssigns[str] = ParkedAssigns()
+    parked.park("c", "x", Offer(cap("busy")), "ahead", prefetch=True)
+    parked.park("c", "x", Offer(cap("idle")), "idle")
+    assert parked.idle_match(proc("p", 1))
+    assert parked.take_for(proc("p", 1)) == "idle"
+    # No idle executor left: the prefetch takes the next one.
+    assert not parked.idle_match(proc("q", 2))
+    assert parked.take_for(proc("q", 2)) == "ahead"
+    assert len(parked) == 0
+
+
+def test_a_prefetch_gets_what_no_idle_executor_matches() -> None:
+    parked: ParkedAssigns[str] = ParkedAssigns()
+    parked.park("c", "x", Offer(cap("idle", gpu_count=0)), "idle")  # states: no GPU
+    parked.park("c", "x", Offer(cap("gpu", gpu_count=1)), "ahead", prefetch=True)
+    needs_gpu = proc("p", 1, gpu=GPU(count=1))
+    assert not parked.idle_match(needs_gpu)  # the idle one has no GPU
+    assert parked.take_for(needs_gpu) == "ahead"
+    assert parked.take_for(proc("q", 2)) == "idle"
+
+
+def test_prefetches_are_unparked_and_taken_back_like_the_others() -> None:
+    in_use = CapacityInUse()
+    parked: ParkedAssigns[str] = ParkedAssigns()
+    parked.park("c", "x", Offer(cap("e1"), "ex-1", in_use), "ahead-1", prefetch=True)
+    parked.park("c", "x", Offer(cap("e2"), "ex-2", in_use), "ahead-2", prefetch=True)
+    parked.park("c", "x", Offer(cap("e1"), "ex-1", in_use), "idle-1")
+    assert len(parked) == 3
+    assert sorted(parked.all_waiters()) == ["ahead-1", "ahead-2", "idle-1"]
+    assert sorted(parked.take_all_of("ex-1")) == ["ahead-1", "idle-1"]
+    assert parked.unpark("c", "x", "ahead-2")
+    assert not parked.unpark("c", "x", "ahead-2")
+    assert len(parked) == 0
+
+
+def test_a_prefetch_holds_the_capacity_of_what_it_takes() -> None:
+    in_use = CapacityInUse()
+    parked: ParkedAssigns[str] = ParkedAssigns()
+    offer = Offer(cap("e1", cpu_millis=4000), "ex-1", in_use)
+    parked.park("c", "x", offer, "ahead", prefetch=True)
+    assert parked.take_for(proc("p", 1, cpu="3")) == "ahead"
+    assert in_use.used("ex-1").cpu_millis == 3000
+    parked.park("c", "x", offer, "ahead", prefetch=True)
+    assert parked.take_for(proc("q", 2, cpu="2")) is None  # 1 CPU left
