@@ -73,7 +73,6 @@ class Assignment:
                     cap,
                     deadline - loop.time(),
                     run=executor.executor_id,
-                    prefetch=req.prefetch,
                 )
                 if picked is None:
                     return None
@@ -124,6 +123,7 @@ class Assignment:
             self.in_use,
             _available("availablecpu", req.available_cpu, parse_cpu_millis),
             _available("availablemem", req.available_mem, parse_bytes),
+            prefetch=req.prefetch,
         )
 
     async def _within_reply(
@@ -184,12 +184,12 @@ class Assignment:
             return None
 
     async def _park(
-        self, colony: str, etype: str, cap: Offer, timeout: float, *, run: str, prefetch: bool
+        self, colony: str, etype: str, cap: Offer, timeout: float, *, run: str
     ) -> Picked | None:
         if timeout <= 0:
             return None
         waiter: asyncio.Future[Picked] = asyncio.get_running_loop().create_future()
-        self.parked.park(colony, etype, cap, waiter, prefetch=prefetch)
+        self.parked.park(colony, etype, cap, waiter)
         runs = self.service.parked_runs.setdefault(run, set())
         runs.add(waiter)
         try:

@@ -69,6 +69,8 @@ class Capacity:
     gpu_mem_bytes: int | None = None
     gpu_name: str = ""
     nodes: int | None = None
+    # Offered by a prefetch: what it takes waits behind a running process before it starts.
+    behind: bool = False
 
     @classmethod
     def of(cls, executor: Executor) -> Capacity:
@@ -135,12 +137,16 @@ class Requirement:
     gpu_mem_bytes: int = 0
     gpu_name: str = ""
     nodes: int = 0
+    # Has a maxexectime, which counts from the assignment: never for a prefetch, since the
+    # process would wait behind another with its clock running.
+    timed: bool = False
 
     @classmethod
     def of(cls, spec: FunctionSpec) -> Requirement:
         c = spec.conditions
         if _is_plain(spec):
-            return _PLAIN  # shared: most specs ask for nothing beyond the executor type
+            # Shared: most specs ask for nothing beyond the executor type (and a maxexectime).
+            return _PLAIN_TIMED if spec.max_exec_time > 0 else _PLAIN
         return cls(
             executor_names=frozenset(c.executor_names),
             location=c.location_name,
@@ -151,6 +157,7 @@ class Requirement:
             gpu_mem_bytes=parse_bytes(c.gpu.mem),
             gpu_name=c.gpu.name,
             nodes=c.nodes,
+            timed=spec.max_exec_time > 0,
         )
 
     @property
@@ -163,7 +170,8 @@ class Requirement:
         if self is _PLAIN:
             return True
         return (
-            (not self.executor_names or cap.name in self.executor_names)
+            not (self.timed and cap.behind)
+            and (not self.executor_names or cap.name in self.executor_names)
             and (not self.location or self.location == cap.location)
             and _fits(self.cpu_millis, cap.cpu_millis)
             and _fits(self.mem_bytes, cap.mem_bytes)
@@ -184,6 +192,7 @@ _decode = msgspec.msgpack.Decoder(Process).decode
 
 
 _PLAIN = Requirement()
+_PLAIN_TIMED = Requirement(timed=True)
 
 
 def _body(process: Process) -> bytes | None:
@@ -279,6 +288,8 @@ class Offer:
     in_use: CapacityInUse | None = None
     cpu_millis: int | None = None
     mem_bytes: int | None = None
+    # A prefetch: what it takes waits behind a running process (Capacity.behind).
+    prefetch: bool = False
 
     def free(self) -> Capacity:
         cap = self.capacity
@@ -286,6 +297,8 @@ class Offer:
             cap = self.in_use.free(cap, self.executor_id)
         if self.cpu_millis is not None or self.mem_bytes is not None:
             cap = cap.within(self.cpu_millis, self.mem_bytes)
+        if self.prefetch:
+            cap = replace(cap, behind=True)
         return cap
 
     def hold(self, process_id: str, req: Requirement) -> None:
@@ -429,10 +442,8 @@ class ParkedAssigns(Generic[W]):
     def _queues(self) -> list[deque[_Parked[W]]]:
         return [*self._parked.values(), *self._ahead.values()]
 
-    def park(
-        self, colony: str, executor_type: str, offer: Offer, waiter: W, *, prefetch: bool = False
-    ) -> None:
-        park = self._ahead if prefetch else self._parked
+    def park(self, colony: str, executor_type: str, offer: Offer, waiter: W) -> None:
+        park = self._ahead if offer.prefetch else self._parked
         park.setdefault((colony, executor_type), deque()).append(_Parked(offer, waiter))
 
     def unpark(self, colony: str, executor_type: str, waiter: W) -> bool:

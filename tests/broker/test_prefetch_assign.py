@@ -49,3 +49,18 @@ async def test_a_prefetch_takes_one_process_whatever_count_it_asks(
             assert len(s.queue) == 2
             plain = await assignment.assign_many(COLONY, "busy", Assign(timeout=0, count=3))
             assert [p.process_id for p in plain] == [p.process_id for p in queued[1:]]
+
+
+async def test_a_prefetch_leaves_a_process_with_a_maxexectime_queued(
+    client: Client, settings: Settings, broker_settings: BrokerSettings
+) -> None:
+    """Its clock would run while it waits behind the prefetcher's running process: it stays
+    queued for an assign that can start it at once."""
+    async with executor_client(settings, "busy"):
+        timed = await submitted(client, max_exec_time=30)
+        async with standalone_service(broker_settings) as s:
+            assignment = Assignment(s)
+            got = await assignment.assign(COLONY, "busy", Assign(timeout=0, prefetch=True))
+            assert got is None and len(s.queue) == 1
+            got = await assignment.assign(COLONY, "busy", Assign(timeout=0))
+            assert got is not None and got.process_id == timed.process_id

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import msgspec
+
 from colonyos.broker.scheduler import (
     DAY_NS,
     Capacity,
@@ -284,7 +286,7 @@ def test_a_process_goes_to_an_idle_executor_before_a_prefetch() -> None:
     """A prefetch parked first still comes after an idle executor parked later: the process
     would wait behind the prefetcher's running one."""
     parked: ParkedAssigns[str] = ParkedAssigns()
-    parked.park("c", "x", Offer(cap("busy")), "ahead", prefetch=True)
+    parked.park("c", "x", Offer(cap("busy"), prefetch=True), "ahead")
     parked.park("c", "x", Offer(cap("idle")), "idle")
     assert parked.idle_match(proc("p", 1))
     assert parked.take_for(proc("p", 1)) == "idle"
@@ -297,7 +299,7 @@ def test_a_process_goes_to_an_idle_executor_before_a_prefetch() -> None:
 def test_a_prefetch_gets_what_no_idle_executor_matches() -> None:
     parked: ParkedAssigns[str] = ParkedAssigns()
     parked.park("c", "x", Offer(cap("idle", gpu_count=0)), "idle")  # states: no GPU
-    parked.park("c", "x", Offer(cap("gpu", gpu_count=1)), "ahead", prefetch=True)
+    parked.park("c", "x", Offer(cap("gpu", gpu_count=1), prefetch=True), "ahead")
     needs_gpu = proc("p", 1, gpu=GPU(count=1))
     assert not parked.idle_match(needs_gpu)  # the idle one has no GPU
     assert parked.take_for(needs_gpu) == "ahead"
@@ -307,8 +309,8 @@ def test_a_prefetch_gets_what_no_idle_executor_matches() -> None:
 def test_prefetches_are_unparked_and_taken_back_like_the_others() -> None:
     in_use = CapacityInUse()
     parked: ParkedAssigns[str] = ParkedAssigns()
-    parked.park("c", "x", Offer(cap("e1"), "ex-1", in_use), "ahead-1", prefetch=True)
-    parked.park("c", "x", Offer(cap("e2"), "ex-2", in_use), "ahead-2", prefetch=True)
+    parked.park("c", "x", Offer(cap("e1"), "ex-1", in_use, prefetch=True), "ahead-1")
+    parked.park("c", "x", Offer(cap("e2"), "ex-2", in_use, prefetch=True), "ahead-2")
     parked.park("c", "x", Offer(cap("e1"), "ex-1", in_use), "idle-1")
     assert len(parked) == 3
     assert sorted(parked.all_waiters()) == ["ahead-1", "ahead-2", "idle-1"]
@@ -321,9 +323,27 @@ def test_prefetches_are_unparked_and_taken_back_like_the_others() -> None:
 def test_a_prefetch_holds_the_capacity_of_what_it_takes() -> None:
     in_use = CapacityInUse()
     parked: ParkedAssigns[str] = ParkedAssigns()
-    offer = Offer(cap("e1", cpu_millis=4000), "ex-1", in_use)
-    parked.park("c", "x", offer, "ahead", prefetch=True)
+    offer = Offer(cap("e1", cpu_millis=4000), "ex-1", in_use, prefetch=True)
+    parked.park("c", "x", offer, "ahead")
     assert parked.take_for(proc("p", 1, cpu="3")) == "ahead"
     assert in_use.used("ex-1").cpu_millis == 3000
-    parked.park("c", "x", offer, "ahead", prefetch=True)
+    parked.park("c", "x", offer, "ahead")
     assert parked.take_for(proc("q", 2, cpu="2")) is None  # 1 CPU left
+
+
+def test_a_prefetch_takes_no_process_with_a_maxexectime() -> None:
+    """A prefetched process waits behind the running one, and maxexectime counts from the
+    assignment: a prefetch never takes one that has it, from the park or from the queue."""
+    plain = proc("t", 1)
+    timed = msgspec.structs.replace(
+        plain, spec=msgspec.structs.replace(plain.spec, max_exec_time=10)
+    )
+    parked: ParkedAssigns[str] = ParkedAssigns()
+    parked.park("c", "x", Offer(cap("busy"), prefetch=True), "ahead")
+    assert parked.take_for(timed) is None
+    assert parked.take_for(proc("p", 2)) == "ahead"
+    q = WaitingQueue()
+    q.push(timed, 1)
+    assert q.pop_match("c", Offer(cap("busy"), prefetch=True), "x") is None
+    popped = q.pop_match("c", Offer(cap("idle")), "x")
+    assert popped is not None and popped[0] == "t"
