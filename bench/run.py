@@ -22,6 +22,7 @@ import platform
 import statistics
 import time
 import urllib.request
+from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -141,39 +142,48 @@ async def raw_request_latency(system: System, n: int) -> list[float]:
     return samples
 
 
-async def raw_lifecycle_rate(system: System, n: int, workers: int = 4) -> float:
-    """The messages of one process lifecycle, bare: 1 spec publish, 3 KV writes, 3 event
-    publishes and 2 request/replies, with `workers` executors pulling concurrently."""
+@contextlib.asynccontextmanager
+async def _bare(system: System, name: str) -> AsyncIterator[tuple[Any, Any, Any]]:
+    """A bare nats-py connection with a stream over ``<name>.>``, a KV bucket ``<name>`` and
+    an answer to every request on ``<name>.rpc.*``: (connection, JetStream, bucket)."""
     nc = await system.raw_connect()
     js = nc.jetstream()
-    await js.add_stream(name="RAWLIFE", subjects=["rawlife.>"])
-    kv = await js.create_key_value(bucket="rawlife")
+    await js.add_stream(name=name.upper(), subjects=[f"{name}.>"])
+    kv = await js.create_key_value(bucket=name)
 
     async def reply(msg: Any) -> None:
         await msg.respond(b"{}")
 
-    await nc.subscribe("rawlife.rpc.*", cb=reply)
-    counter = iter(range(n))
+    await nc.subscribe(f"{name}.rpc.*", cb=reply)
+    try:
+        yield nc, js, kv
+    finally:
+        await js.delete_stream(name.upper())
+        await js.delete_key_value(name)
+        await nc.close()
 
-    async def worker() -> None:
-        for i in counter:
-            await js.publish("rawlife.specs", b"{}")
-            await kv.create(f"p{i}", b"{}")
-            await js.publish(f"rawlife.events.waiting.{i}", b"{}")
-            await nc.request("rawlife.rpc.assign", b"{}", timeout=5)
-            await kv.put(f"p{i}", b"{}")
-            await js.publish(f"rawlife.events.running.{i}", b"{}")
-            await nc.request("rawlife.rpc.close", b"{}", timeout=5)
-            await kv.put(f"p{i}", b"{}")
-            await js.publish(f"rawlife.events.success.{i}", b"{}")
 
-    t = time.monotonic()
-    await asyncio.gather(*(worker() for _ in range(workers * 16)))
-    rate = n / (time.monotonic() - t)
-    await js.delete_stream("RAWLIFE")
-    await js.delete_key_value("rawlife")
-    await nc.close()
-    return rate
+async def raw_lifecycle_rate(system: System, n: int, workers: int = 4) -> float:
+    """The messages of one process lifecycle, bare: 1 spec publish, 3 KV writes, 3 event
+    publishes and 2 request/replies, with `workers` executors pulling concurrently."""
+    async with _bare(system, "rawlife") as (nc, js, kv):
+        counter = iter(range(n))
+
+        async def worker() -> None:
+            for i in counter:
+                await js.publish("rawlife.specs", b"{}")
+                await kv.create(f"p{i}", b"{}")
+                await js.publish(f"rawlife.events.waiting.{i}", b"{}")
+                await nc.request("rawlife.rpc.assign", b"{}", timeout=5)
+                await kv.put(f"p{i}", b"{}")
+                await js.publish(f"rawlife.events.running.{i}", b"{}")
+                await nc.request("rawlife.rpc.close", b"{}", timeout=5)
+                await kv.put(f"p{i}", b"{}")
+                await js.publish(f"rawlife.events.success.{i}", b"{}")
+
+        t = time.monotonic()
+        await asyncio.gather(*(worker() for _ in range(workers * 16)))
+        return n / (time.monotonic() - t)
 
 
 async def raw_lifecycle_latency(system: System, n: int) -> list[float]:
@@ -181,34 +191,23 @@ async def raw_lifecycle_latency(system: System, n: int) -> list[float]:
     one must be (each step waits for the one before): a spec published, three KV writes
     (the two events before the last not waited for), two request/replies, and the last
     event received by a subscriber. Milliseconds for each of ``n``."""
-    nc = await system.raw_connect()
-    js = nc.jetstream()
-    await js.add_stream(name="RAWLAT", subjects=["rawlat.>"])
-    kv = await js.create_key_value(bucket="rawlat")
-
-    async def reply(msg: Any) -> None:
-        await msg.respond(b"{}")
-
-    await nc.subscribe("rawlat.rpc.*", cb=reply)
-    done = await nc.subscribe("rawlat.events.success.*")
-    samples = []
-    for i in range(n):
-        t = time.perf_counter()
-        await js.publish("rawlat.specs", b"{}")
-        await kv.create(f"p{i}", b"{}")
-        await nc.publish(f"rawlat.events.waiting.{i}", b"{}")
-        await nc.request("rawlat.rpc.assign", b"{}", timeout=5)
-        await kv.put(f"p{i}", b"{}")
-        await nc.publish(f"rawlat.events.running.{i}", b"{}")
-        await nc.request("rawlat.rpc.close", b"{}", timeout=5)
-        await kv.put(f"p{i}", b"{}")
-        await js.publish(f"rawlat.events.success.{i}", b"{}")
-        await done.next_msg(timeout=5)
-        samples.append((time.perf_counter() - t) * 1e3)
-    await js.delete_stream("RAWLAT")
-    await js.delete_key_value("rawlat")
-    await nc.close()
-    return samples
+    async with _bare(system, "rawlat") as (nc, js, kv):
+        done = await nc.subscribe("rawlat.events.success.*")
+        samples = []
+        for i in range(n):
+            t = time.perf_counter()
+            await js.publish("rawlat.specs", b"{}")
+            await kv.create(f"p{i}", b"{}")
+            await nc.publish(f"rawlat.events.waiting.{i}", b"{}")
+            await nc.request("rawlat.rpc.assign", b"{}", timeout=5)
+            await kv.put(f"p{i}", b"{}")
+            await nc.publish(f"rawlat.events.running.{i}", b"{}")
+            await nc.request("rawlat.rpc.close", b"{}", timeout=5)
+            await kv.put(f"p{i}", b"{}")
+            await js.publish(f"rawlat.events.success.{i}", b"{}")
+            await done.next_msg(timeout=5)
+            samples.append((time.perf_counter() - t) * 1e3)
+        return samples
 
 
 # -- scenarios --------------------------------------------------------------------------
