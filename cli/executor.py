@@ -84,6 +84,12 @@ def start(
         "slurm: 32; kubernetes: 16).",
         show_default=False,
     ),
+    prefetch: bool = typer.Option(
+        True,
+        "--prefetch/--no-prefetch",
+        help="While every slot is busy, take the next process to run when a slot frees (never "
+        "one an idle executor could start, nor one with a maxexectime).",
+    ),
     runtime: str = typer.Option(
         "podman", "--runtime", help="container: the runtime that runs them, podman or docker."
     ),
@@ -154,6 +160,7 @@ def start(
             raise fail(str(err)) from None
         app_.location_name = location
         app_.concurrency = max(1, concurrency)
+        app_.prefetch = prefetch
         app_.capabilities = Capabilities(hardware=[hardware])
         app_.replace = replace
         app_.on_status = functools.partial(_print_status, app_.name)

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from colonyos.cli import executor as executor_cli
 from colonyos.cli.main import app
 from colonyos.config import Settings
 
@@ -105,3 +106,17 @@ def test_bad_executor_flags_are_one_clear_line(cli) -> None:  # type: ignore[no-
     )
     assert "--gpus N" in bad.stderr
     bad = cli("executor", "start", "echo", "--burst", "--nodes", "0", code=2)
+
+
+def test_prefetch_is_on_unless_the_flag_says_no(cli, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    built = []
+    real = executor_cli.build_executor
+
+    def recording(*args, **kw):  # type: ignore[no-untyped-def]
+        built.append(real(*args, **kw))
+        return built[-1]
+
+    monkeypatch.setattr(executor_cli, "build_executor", recording)
+    cli("executor", "start", "echo", "--burst", "--name", "ahead")
+    cli("executor", "start", "echo", "--burst", "--name", "one-at-a-time", "--no-prefetch")
+    assert [app_.prefetch for app_ in built] == [True, False]
