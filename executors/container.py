@@ -20,7 +20,6 @@ container specs run unchanged, through the runtime's command line (podman, or do
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import time
 from pathlib import Path
@@ -39,6 +38,8 @@ __all__ = ["RUNTIMES", "ContainerRuntime", "build"]
 RUNTIMES = ("podman", "docker")
 # The exit code of a container killed outright: by its memory limit, or by a stop.
 _SIGKILL_EXIT = 137
+# What `run` exits with when the runtime itself failed (no image, a command it cannot run).
+_RUNTIME_FAILED = (125, 126, 127)
 # Where a process finds its own directory inside the container.
 MOUNT = "/colonies"
 OUTPUT_FILE = "output.json"
@@ -56,12 +57,15 @@ class ContainerRuntime:
         self.network = network
 
     def run_argv(self, call: contract.Execute, name: str, workdir: Path) -> list[str]:
-        """``<runtime> run -d ...`` for one process."""
+        """``<runtime> run ...`` for one process, attached: its stdout and stderr are the
+        command's, its exit code the command's. Signals the runtime's client gets are not
+        passed on (``--sig-proxy=false``): an executor killed outright leaves its container
+        running, to be taken back."""
         limits = call.limits
         argv = [
             self.program,
             "run",
-            "--detach",
+            "--sig-proxy=false",
             "--init",
             "--name",
             name,
@@ -95,23 +99,38 @@ class ContainerRuntime:
         done = await command(self.program, "container", "inspect", "--format", "{{.Id}}", name)
         return done.returncode == 0
 
-    async def start(self, call: contract.Execute, name: str, workdir: Path) -> None:
-        done = await command(*self.run_argv(call, name, workdir), cwd=str(workdir))
-        if done.returncode != 0:
-            raise PlatformError(
-                f"the container of image {call.image!r} could not start: {done.why()}"
-            )
+    async def run(
+        self,
+        ctx: ProcessContext,
+        call: contract.Execute,
+        name: str,
+        workdir: Path,
+        tail: contract.LogTail,
+    ) -> int:
+        """Run the process's container to its end, its stdout and stderr into the log as they
+        come: one call of the runtime, where starting it detached and then following its log
+        and waiting for its end took three. Its exit code; :class:`PlatformError` if it never
+        started (the runtime's own failures are 125-127, and it then says why on stderr)."""
+        argv = self.run_argv(call, name, workdir)
+        code = await self._attached(ctx, argv, tail, cwd=str(workdir))
+        if code in _RUNTIME_FAILED and not await self.exists(name):
+            raise PlatformError(f"the container of image {call.image!r} could not start: {tail}")
+        return code
 
     async def follow(self, ctx: ProcessContext, name: str, tail: contract.LogTail) -> None:
-        """Its stdout and stderr into the log, until it ends."""
+        """Its stdout and stderr into the log, until it ends (a container taken back after a
+        restart)."""
+        await self._attached(ctx, [self.program, "logs", "--follow", name], tail)
+
+    async def _attached(
+        self, ctx: ProcessContext, argv: list[str], tail: contract.LogTail, cwd: str | None = None
+    ) -> int:
         proc = await asyncio.create_subprocess_exec(
-            self.program,
-            "logs",
-            "--follow",
-            name,
+            *argv,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
+            cwd=cwd,
         )
         assert proc.stdout is not None and proc.stderr is not None
         try:
@@ -119,7 +138,7 @@ class ContainerRuntime:
                 contract.pump(proc.stdout, ctx, contract.STDOUT_MARK),
                 contract.pump(proc.stderr, ctx, contract.STDERR_MARK, tail),
             )
-            await proc.wait()
+            return await proc.wait()
         finally:
             if proc.returncode is None:
                 proc.kill()
@@ -130,10 +149,17 @@ class ContainerRuntime:
         done = await command(self.program, "wait", name)  # at once if it has ended already
         if done.returncode != 0:
             raise PlatformError(f"the container {name} vanished before it ended: {done.why()}")
-        with contextlib.suppress(ValueError):
+        try:
             code = int(done.stdout.strip())
-            if code != _SIGKILL_EXIT:
-                return code, False
+        except ValueError:
+            code = _SIGKILL_EXIT
+        return await self.outcome(name, code)
+
+    async def outcome(self, name: str, code: int) -> tuple[int, bool]:
+        """The exit code of an ended container, and whether it was killed for memory (asked
+        of the runtime only when it was killed)."""
+        if code != _SIGKILL_EXIT:
+            return code, False
         state = await command(
             self.program,
             "container",
@@ -231,15 +257,16 @@ def build(
         workdir = containers.workdir(name)
         rt = containers.runtime
         try:
-            if ctx.resumed and await rt.exists(name):
-                ctx.log(f"[executor] taken back after a restart: following container {name}")
-            else:
-                _prepare(workdir, call)
-                await rt.start(call, name, workdir)
             started = time.monotonic()
             tail = contract.LogTail()
-            await rt.follow(ctx, name, tail)
-            code, oom = await rt.ended(name)
+            if ctx.resumed and await rt.exists(name):
+                ctx.log(f"[executor] taken back after a restart: following container {name}")
+                await rt.follow(ctx, name, tail)
+                code, oom = await rt.ended(name)
+            else:
+                _prepare(workdir, call)
+                code = await rt.run(ctx, call, name, workdir, tail)
+                code, oom = await rt.outcome(name, code)
             if code != 0:
                 oom = oom or (workdir / "oom").exists()  # conmon's sign on cgroup v1
                 error = contract.failure(code, tail, oom=oom, what="the container")
