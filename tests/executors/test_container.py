@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import signal
 import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -289,6 +291,53 @@ async def test_a_killed_executor_takes_its_running_container_back(
         assert (await client.wait(later.process_id, timeout=15)).state is ProcessState.SUCCESS
     finally:
         second.stop()
+
+
+async def test_a_signal_to_the_runtime_s_client_is_not_passed_to_the_container(
+    client: Client, settings: Settings, podman_image: str, tmp_path: Path
+) -> None:
+    """The executor runs each container attached, through the runtime's client. Killed alone
+    (its client then orphaned), and that client then told to stop, as a service manager stopping
+    the executor's whole group would: the container runs on, to be taken back."""
+    env = {
+        "COLONIES_NATS_URL": settings.nats_url,
+        "COLONIES_PREFIX": settings.prefix,
+        "COLONIES_COLONY_NAME": settings.colony,
+    }
+    args = ["executor", "start", "container", "--name", "box", "--network", "none"]
+    args += ["--state-dir", str(tmp_path / "state")]
+    first = Child(args, tmp_path / "first.log", env).start()
+    p: Process | None = None
+    try:
+        await said(first, "box: waiting for work")
+        p = await submitted(client, execute(podman_image, "echo started; sleep 60"))
+        async with asyncio.timeout(30):
+            while "[stdout] started" not in await log_of(client, p.process_id):
+                await asyncio.sleep(0.1)  # sleep-ok: polling the log under a deadline
+        (name,) = containers_of(p.process_id)
+        runner = subprocess.run(
+            ["pgrep", "-f", f"podman run .*--name {name}"], capture_output=True, text=True
+        ).stdout.split()
+        assert runner, "the executor's podman run client"
+        assert first.proc is not None
+        first.proc.kill()  # the executor alone, not its group
+        first.proc.wait()
+        for pid in runner:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), signal.SIGTERM)
+        async with asyncio.timeout(10):
+            while subprocess.run(["pgrep", "-f", f"podman run .*--name {name}"]).returncode == 0:
+                await asyncio.sleep(0.05)  # sleep-ok: polling the client's end under a deadline
+        state = subprocess.run(
+            ["podman", "inspect", "--format", "{{.State.Running}}", name],
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        assert state == "true", "the container was stopped with its runtime's client"
+    finally:
+        first.kill()
+        for name in containers_of(p.process_id) if p is not None else []:
+            subprocess.run(["podman", "rm", "--force", "--time", "0", name], capture_output=True)
 
 
 async def test_a_second_executor_on_the_same_state_directory_is_refused(
