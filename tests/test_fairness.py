@@ -14,6 +14,7 @@ import nats.js.errors
 import pytest
 from nats.js.api import AckPolicy, ConsumerConfig
 
+from colonyos.broker import colonyfeeds
 from colonyos.broker.colonyfeeds import ColonyFeeds, open_consumer
 from colonyos.broker.intake import Intake
 from colonyos.broker.store import ProcessStore
@@ -102,6 +103,32 @@ async def test_a_round_takes_a_share_from_every_colony_with_something(
         taken = [subjects.submission_colony(m.subject) for m in await feeds.next_batch()]
         assert taken.count(COLONY) == 1
         assert 0 < taken.count(FLOODED) <= 64 // 2
+    finally:
+        await feeds.close()
+        await nc.close()
+        await _drop_streams(nats_url, prefix)
+
+
+async def test_a_colony_added_while_a_round_waits_is_read_at_once(
+    nats_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A round waits for something to arrive (up to the next sweep); a colony added meanwhile
+    pulls at once, so its first spec ends the wait rather than waiting for the next round."""
+    monkeypatch.setattr(colonyfeeds, "_STRAY_SWEEP_S", 60.0)  # a round that would wait long
+    subjects = Subjects(prefix)
+    nc = await raw_nats(nats_url)
+    js = nc.jetstream()
+    feeds = ColonyFeeds(nc, js, subjects, batch=64)
+    try:
+        await ProcessStore(nc, subjects, storage="memory").setup()
+        await feeds.start([COLONY])
+        waiting = asyncio.create_task(feeds.next_batch())
+        await until(lambda: bool(feeds._arrived._waiters))  # type: ignore[attr-defined]
+        await feeds.add(FLOODED)
+        await nc.publish(subjects.specs(FLOODED, "echo"), GOOD)
+        async with asyncio.timeout(10):
+            taken = await waiting
+        assert [subjects.submission_colony(m.subject) for m in taken] == [FLOODED]
     finally:
         await feeds.close()
         await nc.close()

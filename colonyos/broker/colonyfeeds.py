@@ -232,6 +232,9 @@ class ColonyFeeds:
         )
         self._feeds[colony] = feed  # first, so that no one else opens another meanwhile
         await feed.__aenter__()
+        # Pulling at once: a round may be waiting already, and a colony just added must not
+        # wait for the next round (up to _STRAY_SWEEP_S) to have its first spec read.
+        await feed.keep_pulling(max(_MIN_PULL, self.batch // self._busy))
 
     async def _close_feed(self, colony: str) -> None:
         feed = self._feeds.pop(colony, None)
