@@ -62,8 +62,13 @@ from .procs import Child, free_port
 pytestmark = pytest.mark.slow
 
 SEED = int(os.environ.get("COLONIES_CHECKER_SEED", str(random.randrange(1 << 30))))
-PROCESSES = int(os.environ.get("COLONIES_CHECKER_PROCESSES", "300"))
-CHAOS_S = float(os.environ.get("COLONIES_CHECKER_CHAOS_S", "15"))
+# make test's run: ten seconds of kills (about nine, brokers and executors alike) while 200
+# processes are submitted over the first half and run through all of it, a twentieth of them built
+# to outlive their maxexectime. Every kill lands with work in flight, in each of its stages
+# (accepted, queued, assigned, running, closing), which is what a lost or doubled process needs;
+# more kills find rarer interleavings, and `make soak` runs those at length.
+PROCESSES = int(os.environ.get("COLONIES_CHECKER_PROCESSES", "200"))
+CHAOS_S = float(os.environ.get("COLONIES_CHECKER_CHAOS_S", "10"))
 PREFIX = "checker"
 COLONY = "dev"
 
@@ -119,7 +124,7 @@ def _spec(rng: random.Random, i: int) -> FunctionSpec:
 async def _until(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
     async with asyncio.timeout(timeout):
         while not await predicate():
-            await asyncio.sleep(1.0)  # sleep-ok: polling the state under a deadline
+            await asyncio.sleep(0.25)  # sleep-ok: polling the state under a deadline
     del what
 
 

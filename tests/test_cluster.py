@@ -24,8 +24,9 @@ from .procs import free_port, until_served
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[list[NatsServer]]:
+def _cluster(tmp_path: Path) -> Iterator[list[NatsServer]]:
+    """Three servers n0, n1, n2 under ``tmp_path``, routed to each other, with the keys in
+    ``tmp_path/keys``; stopped at the end."""
     ports = [free_port() for _ in range(3)]
     routes = ",".join(f"nats://127.0.0.1:{p}" for p in ports)
     servers = [
@@ -54,28 +55,44 @@ def cluster(tmp_path: Path) -> Iterator[list[NatsServer]]:
         s.stop()
 
 
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[list[NatsServer]]:
+    """A cluster of this test's own: for a test that takes a server down."""
+    yield from _cluster(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def shared_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[NatsServer]]:
+    """One cluster for the tests that leave every server up, each in a prefix of its own: a new
+    cluster takes seconds to elect its JetStream leader before the first stream is made."""
+    yield from _cluster(tmp_path_factory.mktemp("cluster"))
+
+
 def cluster_settings(
-    cluster: list[NatsServer], tmp_path: Path, identity: Path, *, broker_on: str, clients_on: str
+    cluster: list[NatsServer], identity: Path, *, broker_on: str, clients_on: str, prefix: str
 ) -> tuple[BrokerSettings, Settings]:
+    """The settings of a broker on ``broker_on`` and its clients on ``clients_on``, with the
+    cluster's keys (beside its servers' homes: see _cluster)."""
+    keys_dir = cluster[0].store_dir.parents[1] / "keys"
     broker_settings = BrokerSettings(
         nats_url=broker_on,
-        prefix="clu",
+        prefix=prefix,
         replicas=3,
         lease_ttl_s=1.0,
-        keys_dir=tmp_path / "keys",
+        keys_dir=keys_dir,
     )
     return broker_settings, Settings(
-        nats_url=clients_on, colony=COLONY, prefix="clu", identity=identity
+        nats_url=clients_on, colony=COLONY, prefix=prefix, identity=identity
     )
 
 
 @pytest.mark.timeout(120)
 async def test_a_colony_survives_losing_a_cluster_server(
-    cluster: list[NatsServer], tmp_path: Path, identity_file: Path
+    cluster: list[NatsServer], identity_file: Path
 ) -> None:
     urls = ",".join(s.url for s in cluster)
     broker_settings, settings = cluster_settings(
-        cluster, tmp_path, identity_file, broker_on=urls, clients_on=urls
+        cluster, identity_file, broker_on=urls, clients_on=urls, prefix="clu"
     )
     async with running_broker(broker_settings, owners=True):
         # Interest crosses the cluster's routes a moment after the broker subscribes (the
@@ -108,12 +125,13 @@ async def test_a_colony_survives_losing_a_cluster_server(
 
 @pytest.mark.timeout(120)
 async def test_the_callout_lets_members_in_across_the_cluster(
-    cluster: list[NatsServer], tmp_path: Path, identity_file: Path
+    shared_cluster: list[NatsServer], identity_file: Path, prefix: str
 ) -> None:
     """A member connecting to server n2 is let in (and served) by a broker connected to n0 only:
     the server asks the callout through the cluster's routes."""
+    cluster = shared_cluster
     broker_settings, settings = cluster_settings(
-        cluster, tmp_path, identity_file, broker_on=cluster[0].url, clients_on=cluster[2].url
+        cluster, identity_file, broker_on=cluster[0].url, clients_on=cluster[2].url, prefix=prefix
     )
     async with running_broker(broker_settings, owners=True):
         await until_served(
@@ -136,12 +154,13 @@ async def test_the_callout_lets_members_in_across_the_cluster(
 
 @pytest.mark.timeout(120)
 async def test_the_server_status_shows_the_cluster_and_a_standby_on_another_server(
-    cluster: list[NatsServer], tmp_path: Path, identity_file: Path
+    shared_cluster: list[NatsServer], identity_file: Path, prefix: str
 ) -> None:
     """A client on n2 sees its server and cluster, every server of the cluster (announced by
     the cluster, not given), the leader on n0 and a standby on n1 (heard across the routes)."""
+    cluster = shared_cluster
     broker_settings, settings = cluster_settings(
-        cluster, tmp_path, identity_file, broker_on=cluster[0].url, clients_on=cluster[2].url
+        cluster, identity_file, broker_on=cluster[0].url, clients_on=cluster[2].url, prefix=prefix
     )
     on_n1 = msgspec.structs.replace(broker_settings, nats_url=cluster[1].url)
     async with running_broker(broker_settings, owners=True) as leader:

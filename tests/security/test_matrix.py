@@ -379,7 +379,8 @@ async def test_a_member_cannot_push_its_colonys_events_to_another_colonys_execut
     try:
         control = await otto.subscribe(f"{p}.{OTHER}.control.otto")
         await otto.flush()
-        alice = world.connections[Who.USER].nc
+        watched = world.connections[Who.USER]
+        alice = watched.nc
         events = await alice.subscribe(f"{p}.{COLONY}.events.*.*.*")
         spec = b'{"funcname": "f", "conditions": {"executortype": "echo"}}'
         await alice.request(f"{p}.{COLONY}.specs.echo", spec, timeout=5)
@@ -396,10 +397,19 @@ async def test_a_member_cannot_push_its_colonys_events_to_another_colonys_execut
         }
         body = json.dumps({"stream_name": f"{u}_EVENTS", "config": config}).encode()
         subject = f"$JS.API.CONSUMER.CREATE.{u}_EVENTS.{consumer}.{p}.{COLONY}.events.>"
+        # Sent as _try sends a request: the server's permission violation, if it refuses the
+        # subject, is heard by the round trip, without waiting for an answer that never comes.
+        watched.errors.clear()
+        inbox = alice.new_inbox()
+        sub = await alice.subscribe(inbox, max_msgs=1)
         try:
-            reply = await alice.request(subject, body, timeout=5)
-        except nats.errors.TimeoutError:
-            return  # refused by the server's permissions
+            await alice.publish(subject, body, reply=inbox)
+            await _round_trip(alice)
+            if _refused(watched, Action.PUBLISH, subject):
+                return  # refused by the server's permissions
+            reply = await sub.next_msg(timeout=5)
+        finally:
+            await sub.unsubscribe()
         if "error" in json.loads(reply.data):
             return  # refused by JetStream
         pushed = await control.next_msg(timeout=5)

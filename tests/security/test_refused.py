@@ -40,10 +40,10 @@ MakeParty = Callable[..., Party]
 
 @pytest.fixture
 def quick_to_stop(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A refused client stops after 3 s of refusals, trying every half second (15 s and 2 s
-    in use): the same decisions, sooner."""
-    monkeypatch.setattr(connection, "REFUSED_STOP_AFTER_S", 3.0)
-    monkeypatch.setattr(connection, "_REFUSED_STOP_WAIT_S", 0.5)
+    """A refused client stops after 1 s of refusals, trying every quarter second (15 s and
+    2 s in use): the same decisions, sooner (a few refused attempts, then the stop)."""
+    monkeypatch.setattr(connection, "REFUSED_STOP_AFTER_S", 1.0)
+    monkeypatch.setattr(connection, "_REFUSED_STOP_WAIT_S", 0.25)
 
 
 @pytest.fixture
