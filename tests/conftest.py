@@ -31,6 +31,7 @@ from colonyos.security.serverconf import ServerKeys, secure_config
 from colonyos.subjects import SERVER_SCOPE, Subjects
 
 from .helpers import OWNER, OWNER_NAMES, enroll, raw_nats, server_seeds, write_member_config
+from .procs import free_port
 
 COLONY = "dev"
 # The member users of member_nats_url: an SDK client speaking as "tester", and the CLI, which
@@ -108,6 +109,32 @@ def secure_nats(home: Path, *, keys_dir: Path | None = None, **options: Any) -> 
     server = NatsServer(home / "jetstream", config=config, **options)
     server_seeds[server.url] = keys.broker.seed
     return server
+
+
+def secure_cluster(home: Path, name: str = "colonies-test") -> Iterator[list[NatsServer]]:
+    """Three secure nats-servers n0, n1, n2 under ``home``, routed to each other in a cluster
+    named ``name``, with the installation's keys in ``home/keys``; started, and stopped at the
+    end (a generator, for fixtures to ``yield from``)."""
+    ports = [free_port() for _ in range(3)]
+    routes = ",".join(f"nats://127.0.0.1:{p}" for p in ports)
+    servers = [
+        secure_nats(
+            home / f"n{i}",
+            keys_dir=home / "keys",
+            port=free_port(),
+            extra_args=[
+                *("--server_name", f"n{i}", "--cluster_name", name),
+                *("--cluster", f"nats://127.0.0.1:{ports[i]}", "--routes", routes),
+            ],
+        )
+        for i in range(3)
+    ]
+    for s in servers:
+        s.start()
+    yield servers
+    for s in servers:
+        server_seeds.pop(s.url, None)
+        s.stop()
 
 
 @pytest.fixture(scope="session")

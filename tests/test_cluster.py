@@ -17,62 +17,31 @@ from colonyos.executors import echo
 from colonyos.models import Process, ProcessState
 from colonyos.natsserver import NatsServer
 
-from .conftest import COLONY, open_colony, running_broker, secure_nats
-from .helpers import server_seeds, spec, wait_created
-from .procs import free_port, until_served
+from .conftest import COLONY, open_colony, running_broker, secure_cluster
+from .helpers import spec, wait_created
+from .procs import until_served
 
 pytestmark = pytest.mark.slow
-
-
-def _cluster(tmp_path: Path) -> Iterator[list[NatsServer]]:
-    """Three servers n0, n1, n2 under ``tmp_path``, routed to each other, with the keys in
-    ``tmp_path/keys``; stopped at the end."""
-    ports = [free_port() for _ in range(3)]
-    routes = ",".join(f"nats://127.0.0.1:{p}" for p in ports)
-    servers = [
-        secure_nats(
-            tmp_path / f"n{i}",
-            keys_dir=tmp_path / "keys",
-            port=free_port(),
-            extra_args=[
-                "--server_name",
-                f"n{i}",
-                "--cluster_name",
-                "colonies-test",
-                "--cluster",
-                f"nats://127.0.0.1:{ports[i]}",
-                "--routes",
-                routes,
-            ],
-        )
-        for i in range(3)
-    ]
-    for s in servers:
-        s.start()
-    yield servers
-    for s in servers:
-        server_seeds.pop(s.url, None)
-        s.stop()
 
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[list[NatsServer]]:
     """A cluster of this test's own: for a test that takes a server down."""
-    yield from _cluster(tmp_path)
+    yield from secure_cluster(tmp_path)
 
 
 @pytest.fixture(scope="module")
 def shared_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[NatsServer]]:
     """One cluster for the tests that leave every server up, each in a prefix of its own: a new
     cluster takes seconds to elect its JetStream leader before the first stream is made."""
-    yield from _cluster(tmp_path_factory.mktemp("cluster"))
+    yield from secure_cluster(tmp_path_factory.mktemp("cluster"))
 
 
 def cluster_settings(
     cluster: list[NatsServer], identity: Path, *, broker_on: str, clients_on: str, prefix: str
 ) -> tuple[BrokerSettings, Settings]:
     """The settings of a broker on ``broker_on`` and its clients on ``clients_on``, with the
-    cluster's keys (beside its servers' homes: see _cluster)."""
+    cluster's keys (beside its servers' homes: see conftest.secure_cluster)."""
     keys_dir = cluster[0].store_dir.parents[1] / "keys"
     broker_settings = BrokerSettings(
         nats_url=broker_on,

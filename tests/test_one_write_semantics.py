@@ -33,9 +33,9 @@ from nats.js.api import (
 
 from colonyos.natsserver import NatsServer
 
-from .conftest import secure_nats
-from .helpers import raw_nats, server_seeds, until
-from .procs import free_port, until_served
+from .conftest import secure_cluster
+from .helpers import raw_nats, until
+from .procs import until_served
 
 EXPECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
 EXPECT_SUBJECT = "Nats-Expected-Last-Subject-Sequence-Subject"
@@ -167,27 +167,8 @@ async def test_writers_racing_on_one_process_exactly_one_wins(
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[list[NatsServer]]:
-    """Three secure nats-servers in a cluster on loopback (as tests/test_cluster.py has)."""
-    ports = [free_port() for _ in range(3)]
-    routes = ",".join(f"nats://127.0.0.1:{p}" for p in ports)
-    servers = [
-        secure_nats(
-            tmp_path / f"n{i}",
-            keys_dir=tmp_path / "keys",
-            port=free_port(),
-            extra_args=[
-                *("--server_name", f"n{i}", "--cluster_name", "onewrite"),
-                *("--cluster", f"nats://127.0.0.1:{ports[i]}", "--routes", routes),
-            ],
-        )
-        for i in range(3)
-    ]
-    for s in servers:
-        s.start()
-    yield servers
-    for s in servers:
-        server_seeds.pop(s.url, None)
-        s.stop()
+    """Three secure nats-servers in a cluster on loopback."""
+    yield from secure_cluster(tmp_path, "onewrite")
 
 
 @pytest.mark.slow
