@@ -197,16 +197,20 @@ async def prefetching_child(
     args = ["executor", "start", "python", "--type", "held", "--name", "ahead"]
     args += ["--concurrency", "1", "--module", str(tmp_path / "tasks.py")]
     child = Child(args, tmp_path / "ahead.log", env).start()
-    await said(child, "ahead: waiting for work")
-    first = await client.submit(held("hold", tmp_path / "release"))
-    assert isinstance(first, Process)
-    await client.wait_for_state(first.process_id, ProcessState.RUNNING, timeout=10)
-    second = await client.submit(held("mark", tmp_path / "marks"))
-    assert isinstance(second, Process)
-    taken = await client.wait_for_state(second.process_id, ProcessState.RUNNING, timeout=10)
-    (ahead,) = [e for e in await client.executor_list() if e.executor_name == "ahead"]
-    assert taken.assigned_executor_id == ahead.executor_id
-    assert not (tmp_path / "marks").exists()  # prefetched: not started
+    try:
+        await said(child, "ahead: waiting for work")
+        first = await client.submit(held("hold", tmp_path / "release"))
+        assert isinstance(first, Process)
+        await client.wait_for_state(first.process_id, ProcessState.RUNNING, timeout=10)
+        second = await client.submit(held("mark", tmp_path / "marks"))
+        assert isinstance(second, Process)
+        taken = await client.wait_for_state(second.process_id, ProcessState.RUNNING, timeout=10)
+        (ahead,) = [e for e in await client.executor_list() if e.executor_name == "ahead"]
+        assert taken.assigned_executor_id == ahead.executor_id
+        assert not (tmp_path / "marks").exists()  # prefetched: not started
+    except BaseException:
+        child.kill()  # its held process would keep it running past the test
+        raise
     return child, first, second
 
 
