@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+
+import pytest
 
 _INTERRUPTED_IMPORT = """
 import sys
@@ -38,3 +41,37 @@ def test_importing_colonyos_loads_nothing_until_a_name_is_used() -> None:
         "for name in colonyos.__all__: getattr(colonyos, name)\n"
     )
     subprocess.run([sys.executable, "-c", probe], check=True, timeout=60)
+
+
+_AIOHTTP_AFTER = """
+import sys
+sys.argv = ["colonies", *{args!r}]
+from colonyos.cli.entry import main
+try:
+    main()
+except SystemExit:
+    pass
+print("without" if "aiohttp" in sys.modules and sys.modules["aiohttp"] is None else "with")
+"""
+
+
+def _aiohttp_after(*args: str, env: dict[str, str] | None = None) -> str:
+    done = subprocess.run(
+        [sys.executable, "-c", _AIOHTTP_AFTER.format(args=list(args))],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "COLONIES_NATS_URL": "", **(env or {})},
+    )
+    return done.stdout.strip().splitlines()[-1]
+
+
+def test_only_the_dashboard_and_websocket_urls_load_aiohttp() -> None:
+    """nats-py imports aiohttp whenever it is installed (0.15-0.2 s of every command's start):
+    a command that needs none starts without it."""
+    pytest.importorskip("aiohttp")  # the dashboard extra (the development install has it)
+    assert _aiohttp_after("--version") == "without"
+    assert _aiohttp_after("dashboard", "--help") == "with"
+    assert _aiohttp_after("dev", "--help") == "with"
+    assert _aiohttp_after("--nats", "ws://127.0.0.1:1", "--version") == "with"
+    assert _aiohttp_after("--version", env={"COLONIES_NATS_URL": "wss://example.invalid"}) == "with"
