@@ -16,7 +16,6 @@ from colonyos.client import Client
 from colonyos.config import DEFAULT_NATS_URL, BrokerSettings, Settings, default_caller
 from colonyos.connection import shown_url
 from colonyos.errors import ConflictError
-from colonyos.executor import ExecutorApp
 from colonyos.natsserver import (
     NatsServer,
     NatsServerError,
@@ -43,6 +42,7 @@ if TYPE_CHECKING:
     # The broker and what it needs (the index on SQLite) load only for the commands that
     # run one: every other command starts without them.
     from colonyos.broker import Broker
+from ._broker import metrics_url, serving_broker, stop_broker, stop_executor, wait_ready
 from ._executors import build_executor
 from ._output import console, print_json
 from ._run import ExitCode, fail, run
@@ -235,11 +235,7 @@ async def _serve(
         server = _start_server(data_dir, port, http_port, config)
         stack.callback(server.stop)
         settings = msgspec.structs.replace(settings, nats_url=server.url)
-        from colonyos.broker import Broker  # see TYPE_CHECKING above
-        from colonyos.broker.collector import collect_less_often
-
-        collect_less_often()
-        broker = Broker(
+        broker = serving_broker(
             BrokerSettings.from_env(
                 nats_url=server.url,
                 prefix=settings.prefix,
@@ -251,8 +247,8 @@ async def _serve(
             )
         )
         broker_task = asyncio.create_task(broker.run())
-        stack.push_async_callback(_stop_broker, broker, broker_task)
-        await _wait_ready(broker, broker_task, lead=True)
+        stack.push_async_callback(stop_broker, broker, broker_task)
+        await wait_ready(broker, broker_task, lead=True)
         you = None
         if keys_dir is not None:
             you = await _enrol_local_user(broker, settings)
@@ -265,7 +261,7 @@ async def _serve(
                     await client.colony_add(settings.colony, auto_approve=keys_dir is None)
             executor = build_executor("echo", settings, "echo", "echo-dev")
             executor_task = asyncio.create_task(executor.run())
-            stack.push_async_callback(_stop_executor, executor, executor_task)
+            stack.push_async_callback(stop_executor, executor, executor_task)
             await executor.ready.wait()
         shown = await _start_dashboard(stack, settings, dashboard_port) if dev else None
         _banner(server, data_dir, settings, dev, you, metrics_url(broker), shown)
@@ -325,34 +321,6 @@ async def _enrol(broker: Broker, name: str, public_key: str) -> str | None:
     )
     await broker.members.put(owner)
     return None
-
-
-async def _wait_ready(broker: Broker, task: asyncio.Task[None], *, lead: bool = False) -> None:
-    """Until the broker stands (as leader or standby), or with ``lead`` until it serves."""
-    ready = asyncio.create_task((broker.leading if lead else broker.ready).wait())
-    await asyncio.wait({ready, task}, return_when=asyncio.FIRST_COMPLETED)
-    if task.done():
-        ready.cancel()
-        task.result()
-
-
-async def _stop_broker(broker: Broker, task: asyncio.Task[None]) -> None:
-    broker.stop()
-    await task
-
-
-async def _stop_executor(executor: ExecutorApp, task: asyncio.Task[int]) -> None:
-    executor.stop()
-    await task
-
-
-def metrics_url(broker: Broker) -> str | None:
-    """Where the broker serves /metrics, if it does."""
-    server = broker.metrics_server
-    if server is None or server.address is None:
-        return None
-    host, port = server.address
-    return f"http://{f'[{host}]' if ':' in host else host}:{port}/metrics"
 
 
 def _banner(
@@ -520,11 +488,7 @@ def broker_start(
     keys = keys_dir or data_dir / "keys"
 
     async def go() -> None:
-        from colonyos.broker import Broker  # see TYPE_CHECKING above
-        from colonyos.broker.collector import collect_less_often
-
-        collect_less_often()
-        broker = Broker(
+        broker = serving_broker(
             BrokerSettings.from_env(
                 nats_url=settings.nats_url,
                 prefix=settings.prefix,
@@ -537,7 +501,7 @@ def broker_start(
         )
         task = asyncio.create_task(broker.run())
         try:
-            await _wait_ready(broker, task)
+            await wait_ready(broker, task)
             if owner:
                 refused = await _enrol(broker, check_name("name", name), key)
                 if refused is None:
@@ -554,7 +518,7 @@ def broker_start(
                 console.print(f"[green]metrics[/] {url} (figures while this broker leads)")
             await _until_signalled()
         finally:
-            await _stop_broker(broker, task)
+            await stop_broker(broker, task)
 
     run(go())
 
