@@ -12,6 +12,8 @@ import contextlib
 import os
 import re
 import threading
+import time
+import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -122,6 +124,7 @@ def secure_cluster(home: Path, name: str = "colonies-test") -> Iterator[list[Nat
             home / f"n{i}",
             keys_dir=home / "keys",
             port=free_port(),
+            http_port=0,
             extra_args=[
                 *("--server_name", f"n{i}", "--cluster_name", name),
                 *("--cluster", f"nats://127.0.0.1:{ports[i]}", "--routes", routes),
@@ -131,10 +134,29 @@ def secure_cluster(home: Path, name: str = "colonies-test") -> Iterator[list[Nat
     ]
     for s in servers:
         s.start()
+    _until_jetstream_elects(servers)
     yield servers
     for s in servers:
         server_seeds.pop(s.url, None)
         s.stop()
+
+
+def _until_jetstream_elects(servers: list[NatsServer], timeout: float = 60.0) -> None:
+    """Wait until every server's /healthz says its JetStream is current: a new cluster elects
+    its meta leader in seconds, longer on a loaded machine, and a broker started before that
+    spends its own start-up budget waiting."""
+
+    def healthy(server: NatsServer) -> bool:
+        url = f"{server.monitor_url}/healthz"
+        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1) as reply:
+            return bool(reply.status == 200)
+        return False
+
+    deadline = time.monotonic() + timeout
+    while not all(healthy(s) for s in servers):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the cluster elected no JetStream leader within {timeout} s")
+        time.sleep(0.1)  # sleep-ok: polls the servers' health under a deadline
 
 
 @pytest.fixture(scope="session")
