@@ -99,14 +99,16 @@ async def test_a_members_name_with_another_key_is_refused(
 
 
 async def test_a_refusal_while_no_broker_answers_says_that_may_be_why(
-    make_party: MakeParty,
+    make_party: MakeParty, impatient_server: SecureServer
 ) -> None:
     """Nothing answers the callout for a prefix no broker serves: the server refuses the
     connection once its callout times out, and the client names that among the reasons."""
     import msgspec
 
     party = make_party("alice")
-    settings = msgspec.structs.replace(party.settings, prefix="nobrokerhere")
+    settings = msgspec.structs.replace(
+        party.settings, nats_url=impatient_server.url, prefix="nobrokerhere"
+    )
     with pytest.raises(NotAuthorizedError, match="no broker is running to let it in"):
         await Client.connect(settings, caller="alice")
 
