@@ -15,7 +15,7 @@ from colonyos import connection
 from colonyos.broker import Broker
 from colonyos.broker import callout as callout_module
 from colonyos.broker.kicker import Kicker
-from colonyos.client import Client
+from colonyos.client import Client, executor_calls
 from colonyos.config import BrokerSettings
 from colonyos.connection import refusal
 from colonyos.errors import BrokerUnavailableError, NotAuthorizedError
@@ -150,7 +150,13 @@ async def test_a_removed_members_event_stream_ends_with_the_reason(
                 await events.next(None)
 
 
-@pytest.mark.usefixtures("quick_to_retry")
+@pytest.fixture
+def short_poll_margin(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A long poll for work gives up 1 s after its timeout without an answer (5 s in use)."""
+    monkeypatch.setattr(executor_calls, "_ASSIGN_MARGIN_S", 1.0)
+
+
+@pytest.mark.usefixtures("quick_to_retry", "short_poll_margin")
 async def test_an_executor_refused_for_a_while_says_why_and_comes_back(
     make_party: MakeParty, owner: Client, secure_broker: Broker, book: MemberBook
 ) -> None:
@@ -160,7 +166,7 @@ async def test_an_executor_refused_for_a_while_says_why_and_comes_back(
     said: list[ExecutorStatus] = []
     app = echo.build(worker.settings, "echo", "worker")
     # It says why when a request fails: its long poll for work, here of 2 s (10 in use), and
-    # its margin. A long poll is not abandoned on a refusal: the broker may answer it once the
+    # its margin (1 s here). A long poll is not abandoned on a refusal: the broker may answer it once the
     # connection is let in again (the reply comes to the same inbox).
     app.assign_timeout_s = 2.0
     app.on_status = said.append
