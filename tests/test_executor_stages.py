@@ -191,12 +191,14 @@ async def test_no_broker_is_said_and_a_signal_stops_it(start, patient_nats_url: 
     assert "waiting for work" not in out and "cannot reach NATS" not in out
 
 
-@pytest.fixture
-def own_key(start, tmp_path: Path) -> str:  # type: ignore[no-untyped-def]
+@pytest.fixture(scope="module")
+def own_key(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A key of the executor's own, made as its user makes one (``colonies key generate``): not
-    a colony owner's, so its executor waits for approval. The seed file's path."""
-    path = tmp_path / "worker.nk"
-    child = start("key", "generate", "--out", str(path))
+    a colony owner's, so its executor waits for approval. The seed file's path. One for the
+    module: each test has a prefix (an installation) of its own, where the key is new."""
+    home = tmp_path_factory.mktemp("own-key")
+    path = home / "worker.nk"
+    child = Child(["key", "generate", "--out", str(path)], home / "key.log", {}).start()
     assert child.proc is not None
     assert child.proc.wait(20) == 0, output(child)
     assert output(child).split()[-1].startswith("U"), output(child)  # its public key, last
