@@ -12,6 +12,7 @@ from pathlib import Path
 import nats
 import pytest
 
+from colonyos import connection
 from colonyos.broker import Broker
 from colonyos.client import Client
 from colonyos.config import BrokerSettings, Settings
@@ -55,6 +56,13 @@ async def drop_streams(server: SecureServer, prefix: str) -> None:
                 await js.delete_stream(name)
     finally:
         await nc.close()
+
+
+@pytest.fixture
+def one_connect_retry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client's first connect tries once more when refused, not three times more (its
+    retries are for a server that has just started): a test of a refusal hears it sooner."""
+    monkeypatch.setattr(connection, "_INITIAL_CONNECT_ATTEMPTS", 1)
 
 
 @pytest.fixture

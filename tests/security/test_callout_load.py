@@ -103,6 +103,7 @@ async def test_a_request_slow_to_decide_does_not_hold_up_the_others(
         await (await slow_connecting).aclose()
 
 
+@pytest.mark.usefixtures("one_connect_retry")
 async def test_a_host_refused_too_often_is_refused_without_reading_the_book(
     make_party: MakeParty, callout: Callout
 ) -> None:
@@ -131,6 +132,7 @@ async def test_the_member_keys_follow_the_book(make_party: MakeParty, callout: C
     await until(lambda: not callout.is_member_key(alice.identity.public_key), timeout=5)
 
 
+@pytest.mark.usefixtures("one_connect_retry")
 async def test_requests_beyond_those_waiting_are_dropped(
     make_party: MakeParty,
     impatient_server: SecureServer,
