@@ -79,22 +79,30 @@ def denied(nc: NATS, subject: str) -> str | None:
 
 
 async def refused_at_once(nc: NATS, subject: str, asking: Awaitable[T]) -> T:
-    """Await a request (or a JetStream publish) to ``subject``, but raise nats-py's timeout at
-    once when the server refuses the subject to this connection: the answer would never come,
-    and the caller would wait the whole timeout to say "not allowed"."""
+    """Await a request (or a JetStream publish) to ``subject``, but give up at once when the
+    answer can no longer come, rather than wait the whole timeout to say why: nats-py's
+    timeout when the server refuses the subject to this connection ("not allowed"), and
+    ConnectionClosedError when the connection is closed, or refused by the server and not
+    keeping on trying (``on_refused="stop"``: cut as its member was removed; :func:`refusal`
+    says why). nats-py by itself leaves a request waiting on a closed or refused connection."""
     heard = _denials.get(nc)
     task = asyncio.ensure_future(asking)
     if heard is None:
         return await task
-    refused = asyncio.Event()
+    refused, lost = asyncio.Event(), asyncio.Event()
     heard.watchers.setdefault(subject, []).append(refused)
+    heard.losers.add(lost)
     if subject in heard.refused:
         refused.set()
-    waiting = asyncio.ensure_future(refused.wait())
+    if heard.lost():
+        lost.set()
+    waiting = [asyncio.ensure_future(refused.wait()), asyncio.ensure_future(lost.wait())]
     try:
-        await asyncio.wait({task, waiting}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({task, *waiting}, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        waiting.cancel()
+        for w in waiting:
+            w.cancel()
+        heard.losers.discard(lost)
         with contextlib.suppress(ValueError, KeyError):
             heard.watchers[subject].remove(refused)
             if not heard.watchers[subject]:
@@ -103,7 +111,9 @@ async def refused_at_once(nc: NATS, subject: str, asking: Awaitable[T]) -> T:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await task
-        raise nats.errors.TimeoutError
+        if refused.is_set():
+            raise nats.errors.TimeoutError
+        raise nats.errors.ConnectionClosedError
     return task.result()
 
 
@@ -156,6 +166,8 @@ class _Heard:
         self.refused: dict[str, str] = {}
         # Requests waiting on a subject (refused_at_once): told when it is refused.
         self.watchers: dict[str, list[asyncio.Event]] = {}
+        # Requests waiting for an answer (refused_at_once): told when it can no longer come.
+        self.losers: set[asyncio.Event] = set()
         self.tls_failed = asyncio.Event()
         self.on_refused = on_refused
         self.why = why  # what to say when the server refuses this connection
@@ -180,8 +192,27 @@ class _Heard:
         if self.nc is not None and (self.nc.is_connecting or self.nc.is_reconnecting):
             _close_failed_attempt(self.nc)
 
+    def lost(self) -> bool:
+        """Can no answer reach a request any more: the connection closed, or the server
+        refuses it and it is one that stops when refused (``"stop"``: the SDK, the CLI; its
+        member removed, or no broker lets anyone in for now)? An executor's (``"back_off"``)
+        waits on: its long poll may be answered once it is let in again."""
+        nc = self.nc
+        if nc is None:
+            return False
+        return nc.is_closed or (self.on_refused == "stop" and nc in _refusals)
+
+    def _tell_lost(self) -> None:
+        if self.lost():
+            for lost in self.losers:
+                lost.set()
+
+    async def closed_cb(self) -> None:
+        self._tell_lost()
+
     def _refused_again(self, nc: NATS) -> None:
         _refusals[nc] = self.why
+        self._tell_lost()
         mono_now = time.monotonic()
         if self._refused_since is None:
             self._refused_since = mono_now
@@ -261,6 +292,7 @@ async def connect_nats(
         reconnect_time_wait=_RECONNECT_WAIT_S,  # type: ignore[arg-type]  # annotated int
         error_cb=heard.error_cb,
         reconnected_cb=heard.reconnected_cb,
+        closed_cb=heard.closed_cb,
         **options,
     )
     try:

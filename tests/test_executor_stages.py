@@ -9,6 +9,10 @@ broker runs, is refused by the server (which does not say why): it names what ma
 
 The broker's liveness window is a minute here, so a process that comes back within a test's
 deadline came back because it was given back, not because its executor was presumed lost.
+
+Both signals reach the one handler, which ``ExecutorApp.serve`` installs for both before the
+first stage: each stage is stopped by one of them, SIGINT and SIGTERM in turn from stage to
+stage (both at the first), so that each signal stops the executor at several stages.
 """
 
 from __future__ import annotations
@@ -31,8 +35,6 @@ from colonyos.security.serverconf import ServerKeys, secure_config
 from .conftest import roomy_config
 from .helpers import until
 from .procs import TASKS, Child, free_port, output, said
-
-SIGNALS = [signal.SIGINT, signal.SIGTERM]
 
 
 @pytest.fixture
@@ -130,7 +132,7 @@ async def test_an_unknown_colony_is_said_once_and_a_signal_stops_it(
     assert out.rstrip().endswith("handled 0 processes")
 
 
-@pytest.mark.parametrize("sig", SIGNALS, ids=lambda s: s.name)
+@pytest.mark.parametrize("sig", [signal.SIGINT], ids=lambda s: s.name)
 async def test_unreachable_nats_is_said_once_and_a_signal_stops_it(
     start, sig: signal.Signals
 ) -> None:  # type: ignore[no-untyped-def]
@@ -169,7 +171,8 @@ def patient_nats_url(tmp_path: Path) -> Iterator[str]:
     config.write_text(text.replace("auth_callout {", "timeout: 5\n  auth_callout {", 1))
     server = NatsServer(tmp_path / "js", port=0, config=config).start()
     yield server.url
-    server.stop()
+    # Killed: it keeps nothing, and its graceful stop took about 3 s.
+    server.kill()
 
 
 async def test_no_broker_is_said_and_a_signal_stops_it(start, patient_nats_url: str) -> None:  # type: ignore[no-untyped-def]
@@ -188,12 +191,14 @@ async def test_no_broker_is_said_and_a_signal_stops_it(start, patient_nats_url: 
     assert "waiting for work" not in out and "cannot reach NATS" not in out
 
 
-@pytest.fixture
-def own_key(start, tmp_path: Path) -> str:  # type: ignore[no-untyped-def]
+@pytest.fixture(scope="module")
+def own_key(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A key of the executor's own, made as its user makes one (``colonies key generate``): not
-    a colony owner's, so its executor waits for approval. The seed file's path."""
-    path = tmp_path / "worker.nk"
-    child = start("key", "generate", "--out", str(path))
+    a colony owner's, so its executor waits for approval. The seed file's path. One for the
+    module: each test has a prefix (an installation) of its own, where the key is new."""
+    home = tmp_path_factory.mktemp("own-key")
+    path = home / "worker.nk"
+    child = Child(["key", "generate", "--out", str(path)], home / "key.log", {}).start()
     assert child.proc is not None
     assert child.proc.wait(20) == 0, output(child)
     assert output(child).split()[-1].startswith("U"), output(child)  # its public key, last
@@ -207,7 +212,7 @@ async def approve(settings: Settings, colony: str, name: str) -> None:
         await owner.executor_approve(name)
 
 
-@pytest.mark.parametrize("sig", SIGNALS, ids=lambda s: s.name)
+@pytest.mark.parametrize("sig", [signal.SIGTERM], ids=lambda s: s.name)
 async def test_pending_approval_is_said_then_approval_is_learned(
     client: Client, settings: Settings, start, own_key: str, sig: signal.Signals
 ) -> None:  # type: ignore[no-untyped-def]
@@ -224,7 +229,7 @@ async def test_pending_approval_is_said_then_approval_is_learned(
     assert output(child).count(pending) == 1
 
 
-@pytest.mark.parametrize("sig", SIGNALS, ids=lambda s: s.name)
+@pytest.mark.parametrize("sig", [signal.SIGINT], ids=lambda s: s.name)
 async def test_a_signal_stops_it_pending(
     client: Client, start, own_key: str, sig: signal.Signals
 ) -> None:  # type: ignore[no-untyped-def]
@@ -237,7 +242,7 @@ async def test_a_signal_stops_it_pending(
     assert "waiting for work" not in output(child)
 
 
-@pytest.mark.parametrize("sig", SIGNALS, ids=lambda s: s.name)
+@pytest.mark.parametrize("sig", [signal.SIGTERM], ids=lambda s: s.name)
 async def test_an_idle_executor_stops_at_once(client: Client, start, sig: signal.Signals) -> None:  # type: ignore[no-untyped-def]
     child = start("executor", "start", "echo", "--name", "idle")
     await said(child, "idle: waiting for work")

@@ -12,8 +12,9 @@ import subprocess
 import sys
 import venv
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -40,7 +41,34 @@ def _requirements(wheel: Path) -> list[str]:
 
 
 @contextlib.contextmanager
-def _venv_with(wheel: Path) -> Iterator[Path]:
+def _kept_venv(
+    key: list[object], make: Callable[[Path], None], again: Callable[[Path], None]
+) -> Iterator[Path]:
+    """A venv kept under build/ for ``key``: made the first time by ``make`` (given its
+    python), and handed to ``again`` on later runs (a failure there makes it anew, as the first
+    time). No pip of its own in the venv: this pip installs into it (--python). Held under a
+    lock: two runs of this test at once take turns."""
+    name = hashlib.sha256(json.dumps([sys.version, sys.base_prefix, *key]).encode()).hexdigest()
+    env_dir = VENVS / name[:16]
+    ready = env_dir / ".ready"  # written last: a venv left half made is made again
+    py = env_dir / "bin" / "python"
+    VENVS.mkdir(parents=True, exist_ok=True)
+    with (VENVS / f"{env_dir.name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if ready.exists():
+            try:
+                again(py)
+            except subprocess.CalledProcessError:
+                ready.unlink()  # not as it was left (a package removed by hand?): made anew
+        if not ready.exists():
+            shutil.rmtree(env_dir, ignore_errors=True)
+            venv.EnvBuilder(with_pip=False).create(env_dir)
+            make(py)
+            ready.touch()
+        yield env_dir
+
+
+def _venv_with(wheel: Path) -> contextlib.AbstractContextManager[Path]:
     """A venv holding ``wheel`` and nothing else but what it declares it needs.
 
     The first time for a set of requirements (and interpreter), a new venv: the wheel installed
@@ -49,41 +77,50 @@ def _venv_with(wheel: Path) -> Iterator[Path]:
     colonyos from it and installs the new wheel with --no-index, so every requirement the wheel
     declares must already be met there, by an environment made from exactly those requirements.
     A changed requirement makes a new venv. Fetching and unpacking the dependencies is most of
-    this test's time, and it proves nothing of this project's packaging the second time. A kept
-    venv the wheel no longer installs into is made anew, as the first time.
+    this test's time, and it proves nothing of this project's packaging the second time."""
 
-    No pip of its own in the venv: this pip installs into it (--python). Held under a lock: two
-    runs of this test at once take turns."""
-    key = json.dumps([sys.version, sys.base_prefix, _requirements(wheel)])
-    env_dir = VENVS / hashlib.sha256(key.encode()).hexdigest()[:16]
-    ready = env_dir / ".ready"  # written last: a venv left half made is made again
-    py = env_dir / "bin" / "python"
-    VENVS.mkdir(parents=True, exist_ok=True)
-    with (VENVS / f"{env_dir.name}.lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if ready.exists():
-            try:
-                _pip(py, "uninstall", "--quiet", "--yes", "colonyos")
-                _pip(py, "install", "--quiet", "--no-index", str(wheel))
-            except subprocess.CalledProcessError:
-                ready.unlink()  # not as it was left (a package removed by hand?): made anew
-        if not ready.exists():
-            shutil.rmtree(env_dir, ignore_errors=True)
-            venv.EnvBuilder(with_pip=False).create(env_dir)
-            _pip(py, "install", "--quiet", str(wheel))
-            ready.touch()
-        yield env_dir
+    def again(py: Path) -> None:
+        _pip(py, "uninstall", "--quiet", "--yes", "colonyos")
+        _pip(py, "install", "--quiet", "--no-index", str(wheel))
+
+    return _kept_venv(
+        [_requirements(wheel)], lambda py: _pip(py, "install", "--quiet", str(wheel)), again
+    )
+
+
+def _build_venv() -> contextlib.AbstractContextManager[Path]:
+    """A venv holding what pyproject's [build-system] requires, and nothing else: pip's own
+    isolated build makes such an environment anew for every build (most of the build's time),
+    this one is kept under build/, keyed by those requirements, as the venvs above."""
+    requires = sorted(_pyproject()["build-system"]["requires"])
+    return _kept_venv(
+        ["build", requires], lambda py: _pip(py, "install", "--quiet", *requires), lambda _: None
+    )
+
+
+def _pyproject() -> dict[str, Any]:
+    import tomllib
+
+    loaded: dict[str, Any] = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    return loaded
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_the_wheel_installs_in_a_venv_of_its_own_requirements(tmp_path: Path) -> None:
     dist = tmp_path / "dist"
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(dist), str(ROOT)],
-        check=True,
-        timeout=300,
-    )
+    with _build_venv() as build_env:
+        # Built in that environment of the build requirements alone, without pip's isolation.
+        _pip(
+            build_env / "bin" / "python",
+            "wheel",
+            "--quiet",
+            "--no-build-isolation",
+            "--no-deps",
+            "-w",
+            str(dist),
+            str(ROOT),
+        )
     (wheel,) = dist.glob("colonyos-*.whl")
     with zipfile.ZipFile(wheel) as zf:
         top = {name.split("/")[0] for name in zf.namelist()}
@@ -136,11 +173,7 @@ def test_every_package_is_listed_for_the_wheel() -> None:
     """setuptools takes the packages pyproject lists; one left out is in today's wheels only
     by a deprecated fallback ("Package would be ignored"), and a broker without it does not
     start."""
-    import tomllib
-
-    listed = set(
-        tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
-    )
+    listed = set(_pyproject()["tool"]["setuptools"]["packages"])
     found = {
         ".".join(("colonyos", *init.parent.relative_to(ROOT / "colonyos").parts))
         for init in (ROOT / "colonyos").rglob("__init__.py")

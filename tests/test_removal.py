@@ -252,8 +252,8 @@ async def test_colony_remove_takes_everything_of_that_colony_only(
 async def short_retention(broker_settings: BrokerSettings) -> AsyncIterator[Broker]:
     settings = msgspec.structs.replace(
         broker_settings,
-        dedup_window_s=1.0,
-        retention_s=1.0,
+        dedup_window_s=0.3,
+        retention_s=0.3,
         retention_sweep_s=0.1,
     )
     async with running_broker(settings, owners=True) as broker:

@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 import msgspec
 import nats.errors
@@ -23,16 +24,20 @@ from colonyos.messages import GraphEvent, ProcessEvent, Rejection, UnknownEvent
 
 from ..status import ONLINE_S, ColonyView
 
-__all__ = ["COUNTS_EVERY_S", "QUEUE_LIMIT", "Hub", "Page"]
+__all__ = ["COUNTS_EVERY_S", "QUEUE_LIMIT", "RETRY_FIRST_S", "Hub", "Page"]
 
 COUNTS_EVERY_S = 1.0  # counts sent at least this often, events or not
 _COUNTS_AFTER_S = 0.1  # and at most this often, however fast events come
 # Messages a page may have waiting before it is dropped (its browser reconnects and starts
 # again from the counts): a page that stopped reading must not hold the hub's memory.
 QUEUE_LIMIT = 2000
+# While no broker answers, the follower tries again after this long, twice as long each time.
+RETRY_FIRST_S = 0.5
+_RETRY_MAX_S = 10.0
 
 _encode = msgspec.json.encode
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def frame(kind: str, data: bytes) -> bytes:
@@ -61,8 +66,9 @@ class Hub:
         self.view = ColonyView(client.colony)
         self.pages: set[Page] = set()
         self.ready = asyncio.Event()
-        # Set to stop: the loop looks at it between events. Not a cancellation, which a wait
-        # for the next event can swallow on Python 3.11 (see cli/_run.py).
+        # Set to stop: every wait of the follower (the next event, a retry) wakes on it. Not a
+        # cancellation of the follower, which a wait for the next event can swallow on Python
+        # 3.11 (see cli/_run.py).
         self.stopping = asyncio.Event()
         self._changed = asyncio.Event()
 
@@ -108,15 +114,16 @@ class Hub:
     async def run(self) -> None:
         """Follow the colony until :attr:`stopping` is set; while no broker answers, try
         again, slower and slower (the pages wait, and get the counts once it answers)."""
-        delay = 0.5
+        delay = RETRY_FIRST_S
         while not self.stopping.is_set():
             try:
                 await self._follow()
             except BrokerUnavailableError as e:
                 self.ready.clear()
                 log.warning("dashboard: %s; trying again in %g s", e.message, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stopping.wait(), delay)
+                delay = min(delay * 2, _RETRY_MAX_S)
 
     async def _follow(self) -> None:
         client = self.client
@@ -128,20 +135,18 @@ class Hub:
 
         beats = await client.nc.subscribe(client.subjects.heartbeat(client.colony, "*"), cb=on_beat)
         sender = asyncio.create_task(self._send_counts())
+        stop = asyncio.ensure_future(self.stopping.wait())
         try:
             async with client.subscribe() as events:
                 self.view.seed(await client.stats(), await client.executor_list())
                 self.ready.set()
-                while not self.stopping.is_set():
-                    try:
-                        event = await events.next(COUNTS_EVERY_S)
-                    except TimeoutError:
-                        continue
+                while (event := await _unless_stopped(events.next(None), stop)) is not None:
                     if not self.view.apply(event) or isinstance(event, UnknownEvent):
                         continue
                     self.broadcast(frame(_kind(event), _encode(event)))
                     self._changed.set()
         finally:
+            stop.cancel()
             sender.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sender
@@ -156,6 +161,19 @@ class Hub:
             self.broadcast(self.counts())
             # A throttle, not a wait for something: a burst of events is one message.
             await asyncio.sleep(_COUNTS_AFTER_S)
+
+
+async def _unless_stopped(waiting: Awaitable[T], stop: asyncio.Future[Any]) -> T | None:
+    """What ``waiting`` gives, or None as soon as ``stop`` is done (``waiting`` is then
+    cancelled): a stop does not wait for the next event, which may be long in coming."""
+    task = asyncio.ensure_future(waiting)
+    await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+    if not stop.done():
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task
+    return None
 
 
 def _kind(event: ProcessEvent | GraphEvent | Rejection) -> str:

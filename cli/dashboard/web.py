@@ -239,8 +239,8 @@ async def _following(app: web.Application) -> AsyncIterator[None]:
     yield
     hub.stopping.set()
     hub.close()
-    # It stops by itself within a second; a wait for a broker's answer or a retry is
-    # cancelled instead.
+    # It stops by itself at once (its waits for the next event and for a retry wake on the
+    # stop); a wait for a broker's answer is cancelled instead.
     await asyncio.wait({task}, timeout=_STOP_S)
     while not task.done():
         task.cancel()

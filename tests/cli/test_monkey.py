@@ -1,6 +1,7 @@
 """A monkey at the terminal: random `colonies` commands, right and wrong, some interrupted with
-Ctrl-C in the middle of a wait, each a real OS process against a live system. No traceback may
-reach the user, every exit code is a documented one, and the system works at the end.
+Ctrl-C in the middle of a wait, each a real OS process against a live system, two at a time (as
+two terminals would; most of a command's time is its start). No traceback may reach the user,
+every exit code is a documented one, and the system works at the end.
 
 ``COLONIES_MONKEY_COMMANDS`` sets how many commands (``make soak`` runs many more);
 ``COLONIES_MONKEY_SEED`` replays a run.
@@ -8,6 +9,7 @@ reach the user, every exit code is a documented one, and the system works at the
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 import re
@@ -15,6 +17,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -31,6 +34,7 @@ _TEST_S = 120 + COMMANDS * 10
 EXIT_CODES = {0, 1, 2, 3, 124, 130}
 _HEX = re.compile(r"\b[0-9a-f]{12,64}\b")
 _COMMAND_S = 60.0
+_AT_ONCE = 2  # commands running at the same time
 
 
 class Monkey:
@@ -52,6 +56,7 @@ class Monkey:
         )
         self.bad = tmp / "bad.json"
         self.bad.write_text('{"funcname": "f", "conditions": {"executortype": ')
+        self._outs = itertools.count()
 
     def some_id(self) -> str:
         choices = [*self.ids, "f" * 64, "0123", "not-an-id", ""]
@@ -147,7 +152,7 @@ class Monkey:
         ]
 
     def run(self, args: list[str], interrupt: bool = False) -> tuple[int, str]:
-        out_path = self.tmp / "out.txt"
+        out_path = self.tmp / f"out-{next(self._outs)}.txt"
         with out_path.open("wb") as out:
             proc = subprocess.Popen(
                 [*COLONIES, *args], stdout=out, stderr=subprocess.STDOUT, env=self.env
@@ -187,18 +192,23 @@ def test_random_commands_never_show_a_traceback(live_echo: Settings, tmp_path: P
     rng = random.Random(seed)
     monkey = Monkey(live_echo, tmp_path, rng)
     commands = monkey.commands()
-    for _ in range(COMMANDS):
+
+    def pick() -> tuple[list[str], bool]:
+        """A command, and whether to interrupt it."""
         if rng.random() < 0.15:
-            args = ["function", "submit", "--spec", str(monkey.never_runs), "--wait"]
-            code, text = monkey.run(args, interrupt=True)
-        else:
-            args = rng.choice(commands)()
-            # events follows the stream live (it may wait for events that never come): a user
-            # stops it with Ctrl-C, and so does the monkey.
-            code, text = monkey.run(args, interrupt=args[0] == "events")
-        context = f"seed {seed}\n" + "\n".join(monkey.log) + "\n" + text
-        assert "Traceback" not in text, context
-        assert code in EXIT_CODES, context
+            return ["function", "submit", "--spec", str(monkey.never_runs), "--wait"], True
+        args = rng.choice(commands)()
+        # events follows the stream live (it may wait for events that never come): a user
+        # stops it with Ctrl-C, and so does the monkey.
+        return args, args[0] == "events"
+
+    with ThreadPoolExecutor(_AT_ONCE) as pool:
+        for start in range(0, COMMANDS, _AT_ONCE):
+            picked = [pick() for _ in range(min(_AT_ONCE, COMMANDS - start))]
+            for code, text in pool.map(lambda p: monkey.run(*p), picked):
+                context = f"seed {seed}\n" + "\n".join(monkey.log) + "\n" + text
+                assert "Traceback" not in text, context
+                assert code in EXIT_CODES, context
     # And the system still works.
     code, text = monkey.run(
         ["function", "submit", "--spec", str(EXAMPLES / "echo.json"), "--wait", "--timeout", "30"]

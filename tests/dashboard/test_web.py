@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 from collections.abc import AsyncIterator
@@ -10,10 +11,12 @@ import aiohttp
 import msgspec
 import pytest
 
+from colonyos.cli.dashboard import hub as hub_module
 from colonyos.cli.dashboard import serving
 from colonyos.cli.dashboard.hub import QUEUE_LIMIT, Hub
 from colonyos.client import Client
 from colonyos.config import Settings
+from colonyos.errors import BrokerUnavailableError
 from colonyos.models import Conditions, FunctionSpec, Process
 
 from ..conftest import open_colony
@@ -143,3 +146,44 @@ async def test_a_taken_port_is_refused_and_nothing_is_left_running(client: Clien
     # The colony's follower it had started is stopped: the connection holds no subscription
     # but its own replies'.
     assert len(client.nc._subs) <= 1
+
+
+async def _stops_when_told(hub: Hub, started: asyncio.Event) -> None:
+    """Set the hub's stop once ``started``, and see its follower end. Nothing else can end it:
+    it waits for the next event with no timeout of its own, and nothing happens in the colony
+    meanwhile (the deadline bounds a hang, it measures nothing)."""
+    following = asyncio.create_task(hub.run())
+    try:
+        async with asyncio.timeout(10):
+            await started.wait()
+        hub.stopping.set()
+        async with asyncio.timeout(10):
+            await following
+    finally:
+        following.cancel()
+
+
+async def test_the_follower_stops_at_once_when_told(client: Client) -> None:
+    """Stopping a dashboard does not wait for an event or a poll (it took a second)."""
+    hub = Hub(client)
+    await _stops_when_told(hub, hub.ready)
+
+
+class _Unanswered(Hub):
+    """A hub that finds no broker each time it follows."""
+
+    def __init__(self, client: Client) -> None:
+        super().__init__(client)
+        self.tried = asyncio.Event()
+
+    async def _follow(self) -> None:
+        self.tried.set()
+        raise BrokerUnavailableError("no broker is answering")
+
+
+async def test_the_follower_stops_at_once_while_it_waits_to_try_again(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(hub_module, "RETRY_FIRST_S", 3600.0)  # only the stop ends the wait
+    hub = _Unanswered(client)
+    await _stops_when_told(hub, hub.tried)

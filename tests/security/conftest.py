@@ -12,15 +12,18 @@ from pathlib import Path
 import nats
 import pytest
 
+from colonyos import connection
 from colonyos.broker import Broker
 from colonyos.client import Client
 from colonyos.config import BrokerSettings, Settings
 from colonyos.security.keys import Identity, generate, write_seed
 from colonyos.security.members import MemberBook
 from colonyos.security.permissions import Role
+from colonyos.security.serverconf import ServerKeys
 from colonyos.subjects import SERVER_SCOPE
 from tests import helpers
-from tests.conftest import COLONY, SecureServer, roomy_config, running_broker
+from tests.conftest import COLONY, SecureServer, roomy_config, running_broker, secure_nats
+from tests.procs import free_port
 
 __all__ = ["SecureServer", "roomy_config"]  # imported from here by the security tests
 
@@ -53,6 +56,29 @@ async def drop_streams(server: SecureServer, prefix: str) -> None:
                 await js.delete_stream(name)
     finally:
         await nc.close()
+
+
+@pytest.fixture
+def one_connect_retry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client's first connect tries once more when refused, not three times more (its
+    retries are for a server that has just started): a test of a refusal hears it sooner."""
+    monkeypatch.setattr(connection, "_INITIAL_CONNECT_ATTEMPTS", 1)
+
+
+@pytest.fixture
+def impatient_server(tmp_path: Path) -> Iterator[SecureServer]:
+    """A secure nats-server of the test's own whose auth callout has half a second to answer
+    (2 s by default): a connection nothing lets in is refused as it would be, sooner. No
+    broker runs for it."""
+    home = tmp_path / "impatient"
+    server = secure_nats(home, port=free_port())
+    config = home / "nats.conf"
+    text = config.read_text().replace("auth_callout {", "timeout: 0.5\n  auth_callout {", 1)
+    config.write_text(text)
+    server.start()
+    yield SecureServer(server.url, home / "keys", ServerKeys.load(home / "keys"))
+    helpers.server_seeds.pop(server.url, None)
+    server.stop()
 
 
 @dataclass

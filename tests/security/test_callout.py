@@ -90,6 +90,7 @@ async def test_a_member_connects_and_submits(alice: Party) -> None:
         assert (await client.get(process.process_id)).initiator_name == "alice"
 
 
+@pytest.mark.usefixtures("one_connect_retry")
 async def test_a_members_name_with_another_key_is_refused(
     alice: Party, make_party: MakeParty
 ) -> None:
@@ -98,19 +99,23 @@ async def test_a_members_name_with_another_key_is_refused(
         await mallory.client()
 
 
+@pytest.mark.usefixtures("one_connect_retry")
 async def test_a_refusal_while_no_broker_answers_says_that_may_be_why(
-    make_party: MakeParty,
+    make_party: MakeParty, impatient_server: SecureServer
 ) -> None:
     """Nothing answers the callout for a prefix no broker serves: the server refuses the
     connection once its callout times out, and the client names that among the reasons."""
     import msgspec
 
     party = make_party("alice")
-    settings = msgspec.structs.replace(party.settings, prefix="nobrokerhere")
+    settings = msgspec.structs.replace(
+        party.settings, nats_url=impatient_server.url, prefix="nobrokerhere"
+    )
     with pytest.raises(NotAuthorizedError, match="no broker is running to let it in"):
         await Client.connect(settings, caller="alice")
 
 
+@pytest.mark.usefixtures("one_connect_retry")
 async def test_a_connection_without_identity_is_refused(
     secure_server: SecureServer, alice: Party, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
 ) -> None:

@@ -5,6 +5,7 @@ connects from it."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 
 import msgspec
@@ -48,25 +49,32 @@ class GatedBook(MemberBook):
         return await super().roles_of(colony, name, public_key, executor=executor)
 
 
-@pytest.fixture
-async def callout(secure_server: SecureServer, secure_prefix: str) -> AsyncIterator[Callout]:
-    """The only callout of this prefix (no broker runs), over a book with colony ``dev``."""
-    nc = await nats.connect(
-        secure_server.url, nkeys_seed_str=secure_server.keys.broker.seed.decode()
-    )
-    subjects = Subjects(secure_prefix)
+@contextlib.asynccontextmanager
+async def _callout_on(server: SecureServer, prefix: str) -> AsyncIterator[Callout]:
+    """The only callout of ``prefix`` on ``server`` (no broker runs), over a book with colony
+    ``dev``."""
+    nc = await nats.connect(server.url, nkeys_seed_str=server.keys.broker.seed.decode())
+    subjects = Subjects(prefix)
     book = GatedBook(nc.jetstream(), subjects, storage="memory")
     await book.start()
     colonies = await nc.jetstream().key_value(subjects.bucket_colonies)
     await colonies.put(COLONY, msgspec.json.encode(Colony(name=COLONY)))
-    callout = Callout(secure_server.url, subjects, secure_server.keys, book)
+    callout = Callout(server.url, subjects, server.keys, book)
     await callout.start()
-    yield callout
-    book.gate.set()
-    await callout.stop()
-    await book.stop_following()
-    await nc.close()
-    await drop_streams(secure_server, secure_prefix)
+    try:
+        yield callout
+    finally:
+        book.gate.set()
+        await callout.stop()
+        await book.stop_following()
+        await nc.close()
+        await drop_streams(server, prefix)
+
+
+@pytest.fixture
+async def callout(secure_server: SecureServer, secure_prefix: str) -> AsyncIterator[Callout]:
+    async with _callout_on(secure_server, secure_prefix) as callout:
+        yield callout
 
 
 async def _member(make_party: MakeParty, callout: Callout, name: str) -> Party:
@@ -95,6 +103,7 @@ async def test_a_request_slow_to_decide_does_not_hold_up_the_others(
         await (await slow_connecting).aclose()
 
 
+@pytest.mark.usefixtures("one_connect_retry")
 async def test_a_host_refused_too_often_is_refused_without_reading_the_book(
     make_party: MakeParty, callout: Callout
 ) -> None:
@@ -123,16 +132,22 @@ async def test_the_member_keys_follow_the_book(make_party: MakeParty, callout: C
     await until(lambda: not callout.is_member_key(alice.identity.public_key), timeout=5)
 
 
+@pytest.mark.usefixtures("one_connect_retry")
 async def test_requests_beyond_those_waiting_are_dropped(
-    make_party: MakeParty, callout: Callout, monkeypatch: pytest.MonkeyPatch
+    make_party: MakeParty,
+    impatient_server: SecureServer,
+    secure_prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Past the requests already waiting, one more is not answered (the server refuses the
     connection once its auth timeout passes): a flood cannot queue without end."""
-    book = callout.book
-    assert isinstance(book, GatedBook)
-    alice = await _member(make_party, callout, "alice")
-    monkeypatch.setattr(callout_module, "_MAX_WAITING", 0)
-    # Refused, or closed without a word once the server's auth timeout passes.
-    with pytest.raises((NotAuthorizedError, BrokerUnavailableError)):
-        await alice.client()
-    assert book.asked == []
+    async with _callout_on(impatient_server, secure_prefix) as callout:
+        book = callout.book
+        assert isinstance(book, GatedBook)
+        alice = await _member(make_party, callout, "alice")
+        alice.settings = msgspec.structs.replace(alice.settings, nats_url=impatient_server.url)
+        monkeypatch.setattr(callout_module, "_MAX_WAITING", 0)
+        # Refused, or closed without a word once the server's auth timeout passes.
+        with pytest.raises((NotAuthorizedError, BrokerUnavailableError)):
+            await alice.client()
+        assert book.asked == []

@@ -15,10 +15,10 @@ from colonyos import connection
 from colonyos.broker import Broker
 from colonyos.broker import callout as callout_module
 from colonyos.broker.kicker import Kicker
-from colonyos.client import Client
+from colonyos.client import Client, executor_calls
 from colonyos.config import BrokerSettings
 from colonyos.connection import refusal
-from colonyos.errors import NotAuthorizedError
+from colonyos.errors import BrokerUnavailableError, NotAuthorizedError
 from colonyos.executor import ExecutorStage, ExecutorStatus
 from colonyos.models import ProcessState
 from colonyos.security.members import MemberBook
@@ -26,7 +26,7 @@ from colonyos.security.permissions import Role
 from colonyos.subjects import SERVER_SCOPE
 from executors import echo
 from tests.conftest import running_broker
-from tests.helpers import spec, until
+from tests.helpers import connect_executor, spec, until
 from tests.security.conftest import COLONY, Party, SecureServer, drop_streams, enroll
 
 pytestmark = [
@@ -64,6 +64,59 @@ async def test_a_removed_members_client_stops_with_the_reason(bob: Party, owner:
             await client.list_processes()
 
 
+async def _parked_poll(secure_broker: Broker, worker: Party) -> tuple[Client, asyncio.Task[object]]:
+    """``worker``'s executor (a client that stops when refused), its long poll for work held
+    by the broker: nothing would answer it for an hour."""
+    ex = await connect_executor(worker.settings, worker.name)
+    polling: asyncio.Task[object] = asyncio.create_task(ex.assign(timeout=3600))
+    assert secure_broker.service is not None
+    service = secure_broker.service
+    await until(lambda: len(service.parked.all_waiters()) == 1, timeout=10)
+    return ex, polling
+
+
+async def test_a_request_waiting_when_its_member_is_cut_fails_at_once_with_the_reason(
+    make_party: MakeParty,
+    owner: Client,
+    secure_broker: Broker,
+    book: MemberBook,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Cut and refused back, a connection gets no answer to what it asked before: the
+    request says why now, not when its timeout ends (here an hour away); so does a request
+    asked while it is refused. The connection tries again in an hour here (every 2 s for 15 s
+    in use), so neither its close nor its next refusal can be what ends them."""
+    monkeypatch.setattr(connection, "REFUSED_STOP_AFTER_S", 3600.0)
+    monkeypatch.setattr(connection, "_REFUSED_STOP_WAIT_S", 3600.0)
+    ex, polling = await _parked_poll(secure_broker, make_party("worker"))
+    try:
+        await book.remove(COLONY, "worker")  # refused from now on
+        assert secure_broker.service is not None and secure_broker.service.cut is not None
+        await secure_broker.service.cut(COLONY, "worker")
+        with pytest.raises(NotAuthorizedError, match=r"not allowed: .* refused 'worker'"):
+            async with asyncio.timeout(30):  # a bound on a hang, not a measure
+                await polling
+        with pytest.raises(NotAuthorizedError, match=r"not allowed: .* refused 'worker'"):
+            async with asyncio.timeout(30):
+                await ex.assign(timeout=3600)
+    finally:
+        polling.cancel()
+        await ex.aclose()
+
+
+async def test_a_request_waiting_when_its_connection_closes_fails_at_once(
+    make_party: MakeParty, owner: Client, secure_broker: Broker
+) -> None:
+    ex, polling = await _parked_poll(secure_broker, make_party("worker"))
+    try:
+        await ex.nc.close()
+        with pytest.raises(BrokerUnavailableError, match="the connection to NATS is closed"):
+            async with asyncio.timeout(30):  # a bound on a hang, not a measure
+                await polling
+    finally:
+        polling.cancel()
+
+
 async def test_a_connection_that_keeps_trying_backs_off_and_gets_back_in(
     bob: Party, owner: Client
 ) -> None:
@@ -97,7 +150,13 @@ async def test_a_removed_members_event_stream_ends_with_the_reason(
                 await events.next(None)
 
 
-@pytest.mark.usefixtures("quick_to_retry")
+@pytest.fixture
+def short_poll_margin(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A long poll for work gives up 1 s after its timeout without an answer (5 s in use)."""
+    monkeypatch.setattr(executor_calls, "_ASSIGN_MARGIN_S", 1.0)
+
+
+@pytest.mark.usefixtures("quick_to_retry", "short_poll_margin")
 async def test_an_executor_refused_for_a_while_says_why_and_comes_back(
     make_party: MakeParty, owner: Client, secure_broker: Broker, book: MemberBook
 ) -> None:
@@ -107,7 +166,7 @@ async def test_an_executor_refused_for_a_while_says_why_and_comes_back(
     said: list[ExecutorStatus] = []
     app = echo.build(worker.settings, "echo", "worker")
     # It says why when a request fails: its long poll for work, here of 2 s (10 in use), and
-    # its margin. A long poll is not abandoned on a refusal: the broker may answer it once the
+    # its margin (1 s here). A long poll is not abandoned on a refusal: the broker may answer it once the
     # connection is let in again (the reply comes to the same inbox).
     app.assign_timeout_s = 2.0
     app.on_status = said.append
