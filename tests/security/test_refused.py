@@ -177,8 +177,11 @@ async def test_an_executor_refused_for_a_while_says_why_and_comes_back(
         member = await book.get(COLONY, "worker")
         assert member is not None
         await book.remove(COLONY, "worker")  # refused from now on, its records kept
-        assert secure_broker.service is not None and secure_broker.service.cut is not None
-        await secure_broker.service.cut(COLONY, "worker")
+        assert (
+            secure_broker.service_of(COLONY) is not None
+            and secure_broker.service_of(COLONY).cut is not None
+        )
+        await secure_broker.service_of(COLONY).cut(COLONY, "worker")
         await until(
             lambda: any(
                 s.stage is ExecutorStage.NOT_LET_IN and "not allowed" in s.message for s in said
