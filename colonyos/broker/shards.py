@@ -156,9 +156,10 @@ class Shards:
             await sub.unsubscribe()
 
     async def stop(self) -> None:
-        """Step down from everything, the colonies first."""
-        for scope in sorted(self.held, key=_server_first, reverse=True):
-            await self._hand_over(scope)
+        """Step down from everything: the colonies at once, then the server scope."""
+        colonies = [s for s in self.held if s != SERVER_SCOPE]
+        await asyncio.gather(*(self._hand_over(s) for s in colonies))
+        await self._hand_over(SERVER_SCOPE)
 
     def _alive(self) -> set[str]:
         return {self.broker_id, *self.peers()}
