@@ -113,6 +113,19 @@ async def _split_pair(client: Client, first: str) -> tuple[str, str]:
     return first, next(f"c{i}" for i in range(1000) if owner(f"c{i}", ids) != mine)
 
 
+async def _until_shared(client: Client, colonies: int) -> None:
+    """Until both brokers lead colonies, ``colonies`` in all (one may have to hand its colony
+    over to the other first: the load starts after that)."""
+    async with asyncio.timeout(30):
+        while True:
+            status = await client.server_status()
+            led = [b.colonies for b in ([status.leader] if status.leader else [])]
+            led += [b.colonies for b in status.standbys]
+            if len(led) == 2 and min(led) > 0 and sum(led) == colonies:
+                return
+            await asyncio.sleep(0.1)  # sleep-ok: waiting for the hand-over to be announced
+
+
 async def main(n: int) -> list[Figure]:
     figures: list[Figure] = []
     sharded = {"COLONIES_SHARDED": "1"}
@@ -139,6 +152,7 @@ async def main(n: int) -> list[Figure]:
         )
         _, theirs = await _split_pair(first, "bench")
         await _add_colony(first, theirs)
+        await _until_shared(first, 3)
         two = await Client.connect(
             Settings(nats_url=system.server.url, colony=theirs, prefix="one"), caller="bench"
         )
