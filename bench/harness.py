@@ -89,9 +89,16 @@ class System:
     is the server owner (and owns colony bench), the executors connect with a key of their own.
     """
 
-    def __init__(self, prefix: str = "bench", *, secure: bool = True) -> None:
+    def __init__(
+        self,
+        prefix: str = "bench",
+        *,
+        secure: bool = True,
+        broker_env: dict[str, str] | None = None,
+    ) -> None:
         self.prefix = prefix
         self.secure = secure
+        self.broker_env = broker_env or {}  # the broker's settings beyond the system's own
         self._tmp = tempfile.TemporaryDirectory(prefix="colonies-bench-")
         self.dir = Path(self._tmp.name)
         config = None
@@ -142,6 +149,7 @@ class System:
                 *("--metrics-port", str(self.metrics_port)),
             ],
             "broker",
+            self.broker_env,
         )
         if self.secure:
             await self._enrol_owner()

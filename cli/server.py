@@ -474,10 +474,17 @@ def broker_start(
     ),
     metrics_port: int | None = _METRICS_PORT,
     metrics_host: str = _METRICS_HOST,
+    sharded: bool = typer.Option(
+        False,
+        "--sharded",
+        envvar="COLONIES_SHARDED",
+        help="Share the colonies out among the brokers started so (each colony led by one); "
+        "without it, one broker leads every colony and the others stand by.",
+    ),
 ) -> None:
-    """Start a broker against --nats; run several for fail-over (one leads, others stand by).
-    On a secure server it uses the keys under --data-dir (colonies server config), or
-    --keys-dir."""
+    """Start a broker against --nats; run several for fail-over (one leads, others stand by),
+    or with --sharded to share the colonies out. On a secure server it uses the keys under
+    --data-dir (colonies server config), or --keys-dir."""
     settings = settings_of(ctx)
     name, _, key = owner.partition("=")
     if owner and (not name or public_key_kind(key) != "user"):
@@ -495,6 +502,7 @@ def broker_start(
                 data_dir=data_dir,
                 keys_dir=keys if keys.is_dir() else None,
                 tls_ca=settings.tls_ca,
+                sharded=sharded,
                 metrics_host=metrics_host,
                 metrics_port=metrics_port,
             )

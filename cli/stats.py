@@ -141,6 +141,10 @@ def _broker_text(b: BrokerInfo) -> str:
     return f"{b.broker_id} on {b.host} (pid {b.pid}, colonyos {b.version})"
 
 
+def _colonies_text(n: int) -> str:
+    return f"{n} {'colony' if n == 1 else 'colonies'}"
+
+
 def _ago(t: datetime) -> str:
     return seconds_text(max(0.0, (datetime.now(UTC) - t).total_seconds()))
 
@@ -153,8 +157,13 @@ def server_detail(s: ServerStatus) -> list[tuple[str, str | Text]]:
     if s.leader is not None:
         rows.append(("leading broker", _broker_text(s.leader)))
         rows.append(("leading for", _ago(s.leader.leading_since)))
-    for i, b in enumerate(s.standbys):
-        rows.append(("standby" if i == 0 else "", _broker_text(b)))
+        rows.append(("leads", _colonies_text(s.leader.colonies)))
+    for b in s.standbys:  # sharded brokers lead colonies of their own
+        if b.colonies:
+            rows.append(("broker", _broker_text(b)))
+            rows.append(("leads", _colonies_text(b.colonies)))
+        else:
+            rows.append(("standby", _broker_text(b)))
     if not s.standbys:
         rows.append(("standbys", Text("none: no broker takes over if the leader stops")))
     n = s.nats

@@ -40,6 +40,18 @@ def parse_duration(text: str, what: str = "duration") -> float:
     return seconds
 
 
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
+
+
+def parse_flag(text: str, what: str) -> bool:
+    """An on/off setting: 1, true, yes, on (or 0, false, no, off), in any case."""
+    if text.strip().lower() in _TRUE:
+        return True
+    if text.strip().lower() in _FALSE:
+        return False
+    raise ValueError(f"{what}: {text!r} is neither on (1, true, yes) nor off (0, false, no)")
+
+
 def default_caller() -> str:
     """A subject-safe name for the user at this terminal."""
     try:
@@ -109,8 +121,11 @@ class BrokerSettings(msgspec.Struct, frozen=True, kw_only=True):
     max_executor_losses: int = 5
     # How often the leader checks deadlines and liveness.
     sweep_interval_s: float = 0.5
-    # The leader's lease; a standby takes over at most this long after the leader dies.
+    # The leases' term; a scope led by a broker that dies is taken over within it.
     lease_ttl_s: float = 5.0
+    # Share the colonies out among the brokers (each colony led by one of them, by rendezvous
+    # hashing), rather than one broker leading them all while the others stand by.
+    sharded: bool = False
     # How long what has ended is kept: finished processes (with their logs), finished graphs,
     # and the messages of the events and logs streams.
     retention_s: float = DEFAULT_RETENTION_S
@@ -149,6 +164,8 @@ class BrokerSettings(msgspec.Struct, frozen=True, kw_only=True):
                 values[key] = float(env[var])
         if "COLONIES_RETENTION" in env:
             values["retention_s"] = parse_duration(env["COLONIES_RETENTION"], "COLONIES_RETENTION")
+        if "COLONIES_SHARDED" in env:
+            values["sharded"] = parse_flag(env["COLONIES_SHARDED"], "COLONIES_SHARDED")
         if "COLONIES_REPLICAS" in env:
             values["replicas"] = int(env["COLONIES_REPLICAS"])
         if "COLONIES_MAX_EXECUTOR_LOSSES" in env:

@@ -213,8 +213,9 @@ class ProcessExistsError(ConflictError):
 
 
 class IdTakenError(ConflictError):
-    """A submission asked for a process or graph id that another submission holds; it says
-    nothing more about the holder (which may be in another colony)."""
+    """A submission asked for a process or graph id that another submission holds. Kept for
+    clients that catch it (its code may come from an older broker); brokers no longer raise
+    it: ids are unique within a colony, and one id in two colonies is two processes."""
 
     code = "id_taken"
 

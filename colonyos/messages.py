@@ -342,6 +342,13 @@ class RemoveAll(Model, kw_only=True):
     executor_type: str = ""
 
 
+class Handover(Model, kw_only=True):
+    """Broker to broker: the leader of the server scope asks a colony's leader to clear the
+    colony, removed by ``caller`` (subjects.handover)."""
+
+    caller: str
+
+
 class Removed(Model, kw_only=True):
     """How many processes a removal took away."""
 

@@ -169,8 +169,9 @@ class BrokerInfo(Model, kw_only=True):
     pid: int = 0
     version: str = ""
     since: datetime = ZERO_TIME  # when it started
-    leading: bool = False
+    leading: bool = False  # leads the server scope
     leading_since: datetime = ZERO_TIME
+    colonies: int = 0  # how many colonies it leads
 
 
 class StreamState(Model, kw_only=True):

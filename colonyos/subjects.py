@@ -157,6 +157,10 @@ class Subjects:
     def rpc_all(self) -> str:
         return f"{self.prefix}.*.rpc.*.*"
 
+    def rpc_scope(self, scope: str) -> str:
+        """Every request to one colony (or to the server scope): what its leader takes."""
+        return f"{self.prefix}.{scope}.rpc.*.*"
+
     @property
     def rpc_queue_group(self) -> str:
         return f"{self.prefix}-brokers"
@@ -180,11 +184,27 @@ class Subjects:
     def heartbeats_all(self) -> str:
         return f"{self.prefix}.*.heartbeats.*"
 
+    def heartbeats(self, colony: str) -> str:
+        return f"{self.prefix}.{colony}.heartbeats.*"
+
     # -- broker to executor (core NATS) --------------------------------------------------
+    def leader(self, colony: str) -> str:
+        """Where a broker that starts leading a colony says so (its executors then ask it at
+        once)."""
+        return f"{self.prefix}.{colony}.leader"
+
+    # -- broker to broker (core NATS; no member may publish on the server scope but its
+    # own requests) --------------------------------------------------------------------------
+    def handover(self, colony: str) -> str:
+        """Where the leader of the server scope asks a colony's leader to clear the colony
+        before it is removed (a request; the reply is the colony's ``Removed``)."""
+        return f"{self.prefix}.{SERVER_SCOPE}.handover.{colony}"
+
     @property
-    def leader(self) -> str:
-        """Where a broker that starts leading says so (executors then ask it at once)."""
-        return f"{self.prefix}.{SERVER_SCOPE}.leader"
+    def steer(self) -> str:
+        """Where a broker says the colonies changed (one was added): every broker looks at
+        once at which it should lead."""
+        return f"{self.prefix}.{SERVER_SCOPE}.steer"
 
     @property
     def brokers(self) -> str:

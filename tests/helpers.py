@@ -167,10 +167,11 @@ async def until_read(
 
 @contextlib.asynccontextmanager
 async def standalone_service(
-    settings: BrokerSettings, *, load: bool = True
+    settings: BrokerSettings, *, load: bool = True, colony: str = "dev"
 ) -> AsyncIterator[Service]:
-    """A broker's Service on its own NATS connection, loaded from the prefix's KV (unless not
-    ``load``), without a lease: what a broker that believes it leads would write with."""
+    """A broker's Service of ``colony`` on its own NATS connection, loaded from the prefix's KV
+    (unless not ``load``), without a lease: what a broker that believes it leads the colony
+    would write with."""
     seed = server_seeds.get(settings.nats_url)
     nc = await connect_nats(settings.nats_url, name="colonies-test-writer", seed=seed)
     subjects = Subjects(settings.prefix)
@@ -179,7 +180,13 @@ async def standalone_service(
     try:
         await store.setup()
         await index.open()
-        service = Service(store, index, subjects, max_executor_losses=settings.max_executor_losses)
+        service = Service(
+            store,
+            index,
+            subjects,
+            max_executor_losses=settings.max_executor_losses,
+            scope=colony,
+        )
         if load:
             await service.load()
         yield service

@@ -122,7 +122,7 @@ async def test_one_new_process_wakes_exactly_one_parked_executor(
     polls = [asyncio.ensure_future(ex.assign(timeout=3)) for ex in executors]
     # Wait until all three are parked at the broker before submitting.
     async with asyncio.timeout(5):
-        while len(broker.service.parked) < 3:
+        while len(broker.service_of(COLONY).parked) < 3:
             await asyncio.sleep(0.01)  # sleep-ok: polling broker state under a deadline
     p = await client.submit(spec())
     done, pending = await asyncio.wait(polls, timeout=2, return_when=asyncio.FIRST_COMPLETED)
@@ -149,7 +149,7 @@ async def test_same_process_id_twice_gives_one_process(client: Client, settings)
 async def test_queued_processes_without_a_kept_body_are_read_back(
     client: Client, settings, broker
 ) -> None:
-    broker.service.queue.max_bodies = 1  # as with a very long queue
+    broker.service_of(COLONY).queue.max_bodies = 1  # as with a very long queue
     submitted = [await client.submit(spec(args=[i])) for i in range(3)]
     ex = await connect_executor(settings, "e1")
     got = []
@@ -166,7 +166,7 @@ async def test_queued_processes_without_a_kept_body_are_read_back(
 async def test_assign_many_takes_what_is_ready_in_priority_order(
     client: Client, settings, broker
 ) -> None:
-    broker.service.queue.max_bodies = 2  # some bodies are read back from KV
+    broker.service_of(COLONY).queue.max_bodies = 2  # some bodies are read back from KV
     submitted = [await client.submit(spec(args=[i])) for i in range(5)]
     ex = await connect_executor(settings, "e1")
     got = await ex.assign_many(3, timeout=1)
@@ -182,7 +182,7 @@ async def test_assign_many_waits_for_the_first(client: Client, settings, broker)
     ex = await connect_executor(settings, "e1")
     poll = asyncio.ensure_future(ex.assign_many(8, timeout=5))
     async with asyncio.timeout(5):
-        while len(broker.service.parked) < 1:
+        while len(broker.service_of(COLONY).parked) < 1:
             await asyncio.sleep(0.01)  # sleep-ok: polling broker state under a deadline
     p = await client.submit(spec())
     got = await poll

@@ -81,8 +81,8 @@ async def serving(app: ExecutorApp) -> AsyncIterator[asyncio.Task[int]]:
 
 
 def parked(broker: Broker) -> int:
-    assert broker.service is not None
-    return len(broker.service.parked)
+    assert broker.service_of(COLONY) is not None
+    return len(broker.service_of(COLONY).parked)
 
 
 # -- an executor describes its machine ---------------------------------------------------------
@@ -158,7 +158,7 @@ async def test_concurrency_never_overcommits(client: Client, settings, broker: B
     async with serving(app):
         # Two run; the executor, with six free slots, asks again and is told to wait.
         await until(lambda: inside == 2 and parked(broker) == 1, "two running, one parked")
-        assert broker.service is not None and len(broker.service.queue) == 3
+        assert broker.service_of(COLONY) is not None and len(broker.service_of(COLONY).queue) == 3
         waiting = [p for p in processes if (await client.get(p.process_id)).state == 0]
         why = await client.explain(waiting[0].process_id)
         assert why.reason == "every executor of type 'cores' that meets its conditions is busy"
@@ -170,7 +170,7 @@ async def test_concurrency_never_overcommits(client: Client, settings, broker: B
 
 
 async def _leave_running(how: str, client: Client, broker: Broker, ex: Client, pid: str) -> None:
-    assert broker.service is not None
+    assert broker.service_of(COLONY) is not None
     if how == "close":
         await ex.close(pid, [])
     elif how == "fail":
@@ -178,7 +178,7 @@ async def _leave_running(how: str, client: Client, broker: Broker, ex: Client, p
     elif how == "cancel":
         await client.cancel(pid)
     elif how == "requeue":  # as the lifecycle sweeps do, for a lost executor or maxexectime
-        await broker.service.transition(
+        await broker.service_of(COLONY).transition(
             COLONY, pid, lambda p: transitions.requeue(p, "test", now=now()), notify=False
         )
 
@@ -217,7 +217,10 @@ async def test_capacity_in_use_survives_a_broker_restart(
     async with running_broker(broker_settings, owners=True) as restarted:
         second = await submitted(client, spec("two", cpu="2"))
         await until(
-            lambda: restarted.service is not None and second.process_id in restarted.service.queue,
+            lambda: (
+                restarted.service_of(COLONY) is not None
+                and second.process_id in restarted.service_of(COLONY).queue
+            ),
             "the new process is queued",
         )
         assert await ex.assign(timeout=0) is None  # the first still holds both cores
@@ -325,7 +328,7 @@ async def test_a_process_that_can_run_waits_its_turn(
     await submitted(client, spec("queue", executor_names=["elsewhere"]))  # not in its way
     first = await submitted(client, spec("queue"))
     second = await submitted(client, spec("queue"))
-    queue = broker.service.queue if broker.service is not None else None
+    queue = broker.service_of(COLONY).queue if broker.service_of(COLONY) is not None else None
     await until(lambda: queue is not None and second.process_id in queue, "both are queued")
     why = await client.explain(second.process_id)
     assert why.reason == "it waits its turn: 1 process of type 'queue' ahead of it"

@@ -49,7 +49,7 @@ async def test_executor_list_says_who_is_online_and_what_it_runs(
 
     # Silent for longer than the liveness window: offline, and the broker takes its process
     # away, as the same record says.
-    service = broker.service
+    service = broker.service_of(settings.colony)
     assert service is not None
     window = broker.settings.executor_liveness_s
     service.lead_start -= window + 2  # it has led for a while
@@ -75,7 +75,7 @@ async def test_a_new_leader_does_not_call_executors_online_before_it_hears_them(
     broker: Broker, client: Client, settings: Settings
 ) -> None:
     ex = await connect_executor(settings, "e1")
-    service = broker.service
+    service = broker.service_of(settings.colony)
     assert service is not None
     info = await listed(client, "e1")
     # As after a restart: the executor's heard time is the grace given at load.

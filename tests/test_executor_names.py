@@ -244,7 +244,7 @@ async def test_removal_ends_the_parked_request_and_tells_the_run_itself(
     """A run that neither heartbeats nor listens for anything but its answer (a raw client):
     before the removal returns, its long poll is ended and it is told on its control subject,
     both by the removal itself (a heartbeat would otherwise tell it later)."""
-    service = broker.service
+    service = broker.service_of(COLONY)
     assert service is not None
     told = await broker_side.subscribe(Subjects(settings.prefix).control(COLONY, "raw"))
     await broker_side.flush()

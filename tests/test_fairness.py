@@ -109,6 +109,35 @@ async def test_a_round_takes_a_share_from_every_colony_with_something(
         await _drop_streams(nats_url, prefix)
 
 
+async def test_the_server_scope_reads_only_colonies_that_do_not_exist(
+    nats_url: str, prefix: str
+) -> None:
+    """Another broker may lead an existing colony: the server scope's sweep leaves its
+    submissions to it, and reads only those of colonies that do not exist."""
+    subjects = Subjects(prefix)
+    nc = await raw_nats(nats_url)
+    js = nc.jetstream()
+    feeds = ColonyFeeds(nc, js, subjects, batch=64, existing=lambda: {COLONY})
+    try:
+        await ProcessStore(nc, subjects, storage="memory").setup()
+        await open_consumer(js, subjects, COLONY)  # as the server scope made it at colony add
+        await feeds.start([])
+        for colony in (COLONY, "ghost"):
+            await js.publish(subjects.specs(colony, "echo"), GOOD)
+        async with asyncio.timeout(10):
+            taken: list[str] = []
+            while not taken:
+                taken = [subjects.submission_colony(m.subject) for m in await feeds.next_batch()]
+        assert taken == ["ghost"] and feeds.colonies == {"ghost"}
+        mine = await js.consumer_info(subjects.stream_specs, subjects.consumer_intake(COLONY))
+        # Left to its leader: not pulled, not even asked for.
+        assert (mine.num_pending, mine.num_ack_pending, mine.num_waiting) == (1, 0, 0)
+    finally:
+        await feeds.close()
+        await nc.close()
+        await _drop_streams(nats_url, prefix)
+
+
 async def test_a_colony_added_while_a_round_waits_is_read_at_once(
     nats_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

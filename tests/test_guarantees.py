@@ -64,8 +64,8 @@ async def test_one_new_process_resolves_exactly_one_parked_request(
 ) -> None:
     """Wake-ups, not only assignments: the other parked requests are never woken (woken ones
     would lose the compare-and-set and park again, unseen by the executors)."""
-    assert broker.service is not None
-    service = broker.service
+    assert broker.service_of(COLONY) is not None
+    service = broker.service_of(COLONY)
     async with (
         executor_client(settings, "e0") as e0,
         executor_client(settings, "e1") as e1,

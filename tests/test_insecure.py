@@ -10,6 +10,7 @@ import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import msgspec
 import pytest
 from typer.testing import CliRunner
 
@@ -70,6 +71,17 @@ async def test_submit_assign_close_without_an_identity(
             await worker.aclose()
         done = await user.wait(submitted.process_id, timeout=10)
         assert done.state is ProcessState.SUCCESS and done.output == ["done"]
+
+
+async def test_a_request_to_a_colony_that_does_not_exist_says_so(
+    plain: Settings, plain_broker: Broker
+) -> None:
+    """No broker leads a colony that does not exist, so its requests find no responders: the
+    client asks the server scope why, and says the colony does not exist."""
+    nowhere = msgspec.structs.replace(plain, colony="nowhere")
+    async with await Client.connect(nowhere, caller="anyone") as client:
+        with pytest.raises(ColonyNotFoundError):
+            await client.list_processes()
 
 
 async def test_a_workflow_without_an_identity(plain: Settings, plain_broker: Broker) -> None:

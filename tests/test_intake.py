@@ -11,16 +11,16 @@ import nats
 import pytest
 
 from colonyos import limits
-from colonyos.broker import Broker
 from colonyos.broker.colonyfeeds import open_consumer
 from colonyos.broker.intake import Intake
 from colonyos.broker.store import ProcessStore
 from colonyos.broker.workflows import Workflows
 from colonyos.client import Client
 from colonyos.config import BrokerSettings, Settings
+from colonyos.errors import ProcessNotFoundError
 from colonyos.messages import Rejection
 from colonyos.models import Colony, Process, ProcessState
-from colonyos.subjects import GRAPH_TOKEN, Subjects
+from colonyos.subjects import GRAPH_TOKEN, SERVER_SCOPE, Subjects
 
 from .conftest import COLONY, _drop_streams, running_broker
 from .helpers import raw_nats, spec, specs_drained, standalone_service
@@ -155,24 +155,30 @@ async def test_a_raw_spec_whose_record_cannot_be_stored_is_rejected_once(
         await nc.close()
 
 
-async def test_a_spec_rejected_at_its_write_holds_no_id(
-    broker: Broker, client: Client, settings: Settings
+async def test_the_server_scope_makes_no_process_of_a_colony_it_does_not_lead(
+    broker_settings: BrokerSettings, settings: Settings
 ) -> None:
-    """The id a spec asked for is held from before its write; a write refused (the record too
-    large) gives it back, so no colony is refused an id under which nothing exists."""
+    """The server scope knows every colony but leads none: a spec of an existing colony that
+    reaches it (read as a stray just as the colony was added) is refused, never made a process
+    there, beside the colony's own leader."""
     subjects = Subjects(settings.prefix)
     nc = await raw_nats(settings.nats_url)
+    js = nc.jetstream()
     try:
-        events = await nc.subscribe(subjects.events_filter(colony=COLONY))
-        filler = "x" * (nc.max_payload - 400)
-        body = msgspec.json.encode(
-            {"funcname": "f", "conditions": {"executortype": "echo"}, "args": [filler]}
+        store = ProcessStore(nc, subjects, storage="memory")
+        await store.setup()
+        await store.put_colony(Colony(name=COLONY, auto_approve=True))
+        await open_consumer(js, subjects, COLONY)
+        pid = "f" * 64
+        await js.publish(subjects.specs(COLONY, "echo"), GOOD, headers={"Nats-Msg-Id": pid})
+        puller = await js.pull_subscribe_bind(
+            subjects.consumer_intake(COLONY), subjects.stream_specs
         )
-        await nc.jetstream().publish(subjects.specs(COLONY, "echo"), body)
-        msg = await events.next_msg(timeout=5)
-        rejection = msgspec.json.decode(msg.data, type=Rejection)
-        assert ".rejected." in msg.subject and "bytes" in rejection.error, rejection
-        held = broker.service.index.claim("other", [rejection.process_id])
-        assert held == [rejection.process_id]
+        async with standalone_service(broker_settings, colony=SERVER_SCOPE) as server:
+            assert COLONY in server.colonies
+            (msg,) = await puller.fetch(1, timeout=5)
+            await Intake(server, Workflows(server)).accept_batch([msg])
+            with pytest.raises(ProcessNotFoundError):
+                await server.store.get(COLONY, pid)
     finally:
         await nc.close()

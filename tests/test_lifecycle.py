@@ -343,10 +343,10 @@ async def test_events_carry_the_revision_order(client: Client, settings) -> None
 
 
 async def test_a_sweep_that_fails_is_logged_and_the_next_one_runs(
-    broker: Broker, caplog: pytest.LogCaptureFixture
+    broker: Broker, client: Client, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A sweep that raises (the store out of reach for a moment) does not end the sweeps."""
-    assert broker.service is not None
+    assert broker.service_of(COLONY) is not None
 
     class FailsFirst(Lifecycle):
         sweeps = 0
@@ -356,7 +356,7 @@ async def test_a_sweep_that_fails_is_logged_and_the_next_one_runs(
             if self.sweeps == 1:
                 raise RuntimeError("store out of reach")
 
-    lifecycle = FailsFirst(broker.service, liveness_s=LIVENESS_S, sweep_interval_s=0.01)
+    lifecycle = FailsFirst(broker.service_of(COLONY), liveness_s=LIVENESS_S, sweep_interval_s=0.01)
     task = asyncio.create_task(lifecycle.run())
     try:
         await until(lambda: lifecycle.sweeps >= 2 or task.done(), timeout=5)
@@ -376,9 +376,9 @@ async def test_a_sweep_passes_processes_that_moved_on_and_expires_the_rest(
     # The broker's own sweeps run once at its start, then not for an hour: this test sweeps.
     quiet = msgspec.structs.replace(own_brokers, sweep_interval_s=3600.0)
     async with running_broker(quiet, owners=True) as broker:
-        service = broker.service
-        assert service is not None
         await open_colony(settings)
+        service = broker.service_of(COLONY)
+        assert service is not None
         async with await Client.connect(settings, caller="tester") as client:
             kept = await submitted(client)
             due = await submitted(client, max_wait_time=1)

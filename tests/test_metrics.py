@@ -233,12 +233,16 @@ async def test_a_standby_reports_its_lease_and_no_colony_series(
 
 
 async def test_a_leader_that_steps_down_reports_its_lease_alone(
-    own_brokers: BrokerSettings,
+    own_brokers: BrokerSettings, settings: Settings
 ) -> None:
-    """Its service and counters are still there, but another broker leads now: a scrape of
-    both never counts a colony's figures twice."""
-    settings = msgspec.structs.replace(own_brokers, metrics_port=0, lease_ttl_s=2.0)
-    async with running_broker(settings) as leader, standalone_service(settings) as service:
+    """Its counters are still there, but another broker leads now (and so its colonies): a
+    scrape of both never counts a colony's figures twice."""
+    with_metrics = msgspec.structs.replace(own_brokers, metrics_port=0, lease_ttl_s=2.0)
+    async with (
+        running_broker(with_metrics, owners=True) as leader,
+        standalone_service(with_metrics) as service,
+    ):
+        await open_colony(settings)
         assert "colonies_queue_depth" in await families(leader)
         term = value(await scrape(leader), "colonies_broker_lease_term") or 0
         assert term > 0
@@ -247,7 +251,7 @@ async def test_a_leader_that_steps_down_reports_its_lease_alone(
         other = msgspec.json.encode({"holder": "other", "expires_ns": time.time_ns() + int(60e9)})
         await kv.update("broker", other, last=entry.revision)
         await until(lambda: not leader.leading.is_set())
-        assert leader.service is not None  # kept, but not reported
+        await until(lambda: leader.service_of(COLONY) is None)  # handed over with the rest
         assert await families(leader) == LEASE_ONLY
         samples = await scrape(leader)
         assert value(samples, "colonies_broker_leading") == 0
@@ -274,3 +278,26 @@ async def test_a_busy_metrics_port_is_named(metered: Broker, broker_settings) ->
     with pytest.raises(ServerSetupError, match=rf"127\.0\.0\.1:{port}: .*--metrics-port"):
         async with running_broker(busy, lead=False):
             pass
+
+
+async def test_each_colony_led_here_has_its_series_in_one_family(
+    metered: Broker, client: Client, settings: Settings
+) -> None:
+    """Every colony's leader gives its own gauges; a scrape names each family once, with the
+    samples of every colony (an exposition that named one twice would not parse)."""
+    await open_colony(settings, "second")
+    second = msgspec.structs.replace(settings, colony="second")
+    async with await Client.connect(second, caller="tester") as other:
+        await other.submit(spec())
+    await client.submit(spec())
+    samples = await scraped_until(
+        metered,
+        lambda s: all(
+            value(s, "colonies_queue_depth", colony=c, executortype="echo") == 1
+            for c in (COLONY, "second")
+        ),
+    )
+    assert value(samples, "colonies_intake_pending") == 0
+    text = await asyncio.to_thread(_get, _url(metered))
+    named = [family.name for family in text_string_to_metric_families(text)]
+    assert len(named) == len(set(named)), sorted(named)

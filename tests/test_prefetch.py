@@ -18,7 +18,7 @@ from colonyos.config import BrokerSettings, Settings
 from colonyos.executor import ExecutorApp, ProcessContext
 from colonyos.models import FunctionSpec, Process, ProcessState
 
-from .conftest import open_colony, running_broker
+from .conftest import COLONY, open_colony, running_broker
 from .helpers import spec, until
 from .procs import Child, output, said
 
@@ -90,8 +90,9 @@ async def submit(client: Client, *args: object, priority: int = 0) -> Process:
 
 
 def parked(broker: Broker) -> int:
-    assert broker.service is not None
-    return len(broker.service.parked)
+    service = broker.service_of(COLONY)
+    assert service is not None
+    return len(service.parked)
 
 
 async def test_an_idle_executor_gets_the_next_process_before_a_busy_one_prefetching(
@@ -159,8 +160,8 @@ async def test_a_prefetched_process_is_listed_in_heartbeats_and_not_taken_for_lo
             await until(lambda: ran == [("busy", first.process_id)])
             second = await submit(client)
             taken = await client.wait_for_state(second.process_id, ProcessState.RUNNING)
-            assert broker.service is not None
-            reports = broker.service.reports
+            assert broker.service_of(COLONY) is not None
+            reports = broker.service_of(COLONY).reports
             # Past two liveness windows after its assignment, with heartbeats all along (many
             # sweeps have looked at it by then).
             after_ns = int(taken.start_time.timestamp() * 1e9) + int(2 * LIVENESS_S * 1e9)

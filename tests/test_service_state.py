@@ -146,7 +146,7 @@ async def test_a_loading_leader_gives_each_executor_a_grace_and_counts_what_it_l
             async with standalone_service(broker_settings) as s:
                 executor_id = s.executor(COLONY, "e1").executor_id
                 assert s.heard[executor_id] == s.lead_start  # a grace, not a sign of life
-    loaded = [r.getMessage() for r in caplog.records if r.getMessage().startswith("loaded ")]
+    loaded = [r.getMessage() for r in caplog.records if r.getMessage().startswith("colony ")]
     assert loaded and " 2 processes (2 waiting, 0 running)" in loaded[-1]
 
 

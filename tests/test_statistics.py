@@ -129,7 +129,16 @@ SERVER_KEYS = [
     "bytes",
     "nats",
 ]
-BROKER_KEYS = ["brokerid", "host", "pid", "version", "since", "leading", "leadingsince"]
+BROKER_KEYS = [
+    "brokerid",
+    "host",
+    "pid",
+    "version",
+    "since",
+    "leading",
+    "leadingsince",
+    "colonies",
+]
 
 
 def _keys(value: msgspec.Struct) -> list[str]:

@@ -149,7 +149,7 @@ async def test_broker_restart_rebuilds_queue_and_index(settings, broker_settings
             first = await c.submit(spec(priority=1))
             second = await c.submit(spec())
     async with running_broker(broker_settings, owners=True) as b:
-        assert b.service is not None and len(b.service.queue) == 2
+        assert b.service_of(COLONY) is not None and len(b.service_of(COLONY).queue) == 2
         async with await Client.connect(settings) as c:
             listed = await c.list_processes(state=ProcessState.WAITING)
             assert {p.process_id for p in listed} == {first.process_id, second.process_id}
@@ -232,7 +232,7 @@ async def test_a_request_whose_handler_fails_unexpectedly_is_answered_at_once(
     async def boom(colony: str, caller: str, req: Empty) -> None:
         raise RuntimeError("a defect")
 
-    broker.service.register_ops(boom=(Empty, boom))
+    broker.service_of(COLONY).register_ops(boom=(Empty, boom))
     async with asyncio.timeout(2):  # the request timeout is 5 s
         with pytest.raises(BrokerUnavailableError, match="failed on 'boom': a defect"):
             await client._request("boom", Empty(), type(None))

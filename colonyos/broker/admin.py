@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 import msgspec
@@ -53,6 +54,9 @@ class Admin:
         self.service = service
         self.liveness_s = liveness_s
         self.feeds = feeds  # the leader's: an added colony's submissions are read from then
+        # Awaited with the name of a colony just added: returns once a broker leads it (so
+        # that the requests its adder makes next find a leader).
+        self.colony_added: Callable[[str], Awaitable[None]] | None = None
         service.register_ops(
             get=(ProcessRef, self.get),
             list=(ListProcesses, self.list_processes),
@@ -181,10 +185,12 @@ class Admin:
             raise ConflictError(f"colony {name!r} already exists", colony_name=name)
         added = msgspec.structs.replace(req.colony, colony_id=req.colony.colony_id or new_id())
         await self.service.store.put_colony(added)
-        if self.feeds is not None:
-            await self.feeds.add(name)
         self.service.colonies[name] = added
+        if self.feeds is not None:  # the colony's intake consumer, for its leader
+            await self.feeds.add(name)
         logger.info("added colony %s (auto-approve %s)", name, added.auto_approve)
+        if self.colony_added is not None:  # answered once a broker leads it
+            await self.colony_added(name)
         return added
 
     async def colony_list(self, colony: str, caller: str, req: Empty) -> list[Colony]:

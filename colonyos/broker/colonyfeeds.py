@@ -20,6 +20,10 @@ last stream sequence at the time the colony was added (its metadata, so a new le
 and intake refuses anything of the colony at or before it.
 
 An idle colony costs one outstanding pull request, renewed every ``_PULL_EXPIRES_S``.
+
+Each colony is led by one broker (see broker/leadership.py), which reads that colony's feed
+alone; the leader of the server scope reads no colony's feed, only the strays, skipping every
+colony that exists (``existing``: another broker may be reading it).
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Container, Iterable
 
 import nats.errors
 import nats.js.errors
@@ -95,8 +99,20 @@ def _opened(info: ConsumerInfo) -> int:
 class ColonyFeeds:
     """The colonies' intake consumers, read in turn by one task (:meth:`next_batch`)."""
 
-    def __init__(self, nc: NATS, js: JetStreamContext, subjects: Subjects, *, batch: int) -> None:
+    def __init__(
+        self,
+        nc: NATS,
+        js: JetStreamContext,
+        subjects: Subjects,
+        *,
+        batch: int,
+        existing: Callable[[], Container[str]] | None = None,
+    ) -> None:
+        """``existing``: read only the submissions to colonies that do not exist (the server
+        scope's part), the colonies that do being those it names; without it, read the
+        colonies started or added, and nothing else."""
         self.nc = nc
+        self.existing = existing
         self.js = js
         self.subjects = subjects
         self.batch = batch
@@ -141,13 +157,17 @@ class ColonyFeeds:
         await self._open_feed(colony)
 
     async def add(self, colony: str) -> None:
-        """A colony just added: read it, refusing what was published for it before."""
+        """A colony just added: read it, refusing what was published for it before. (At the
+        server scope: make its consumer, for the colony's leader, and stop reading it as a
+        stray.)"""
         s = self.subjects
+        await self._close_feed(colony, delete=False)
         opened = (await self.js.stream_info(s.stream_specs)).state.last_seq
         await open_consumer(self.js, s, colony, opened=opened)
         self.opened[colony] = opened
-        self._known.add(colony)
-        await self._open_feed(colony)
+        if self.existing is None:  # the server scope makes the consumer; the colony reads it
+            self._known.add(colony)
+            await self._open_feed(colony)
 
     async def remove(self, colony: str) -> None:
         """A colony removed: its feed and its consumer go (what it had pending stays in the
@@ -168,7 +188,8 @@ class ColonyFeeds:
         loop = asyncio.get_running_loop()
         if loop.time() >= self._sweep_at:
             self._sweep_at = loop.time() + _STRAY_SWEEP_S
-            await self._sweep()
+            if self.existing is not None:  # the server scope's part
+                await self._sweep()
         self._arrived.clear()
         taken = self._round()
         if not taken:
@@ -205,7 +226,10 @@ class ColonyFeeds:
             logger.warning("cannot list the submissions' subjects: %s", err)
             return
         present = {s.submission_colony(subject) for subject in info.state.subjects or {}}
+        existing = self.existing() if self.existing is not None else ()
         for colony in present - self._feeds.keys():
+            if colony in existing:
+                continue
             logger.info("submissions for colony %r, which does not exist: rejecting them", colony)
             try:
                 await open_consumer(self.js, s, colony)
@@ -213,6 +237,8 @@ class ColonyFeeds:
                 logger.warning("cannot read the submissions for colony %r: %s", colony, err)
                 continue
             await self._open_feed(colony)
+        for colony in [c for c in self._feeds if c not in self._known and c in existing]:
+            await self._close_feed(colony, delete=False)  # added meanwhile: its leader reads it
         for colony in [c for c in self._feeds if c not in self._known and c not in present]:
             if not self._feeds[colony].buffered:
                 with contextlib.suppress(nats.errors.Error, TimeoutError):  # gone next time
@@ -236,10 +262,12 @@ class ColonyFeeds:
         # wait for the next round (up to _STRAY_SWEEP_S) to have its first spec read.
         await feed.keep_pulling(max(_MIN_PULL, self.batch // self._busy))
 
-    async def _close_feed(self, colony: str) -> None:
+    async def _close_feed(self, colony: str, *, delete: bool = True) -> None:
         feed = self._feeds.pop(colony, None)
         if feed is not None:
             await feed.__aexit__(None, None, None)
+        if not delete:
+            return
         s = self.subjects
         with contextlib.suppress(nats.js.errors.NotFoundError):
             await self.js.delete_consumer(s.stream_specs, s.consumer_intake(colony))

@@ -92,7 +92,9 @@ class CronRunner(StandingRunner[Cron]):
     async def load(self) -> None:
         """Read every definition (the first sweep finishes any run a previous leader recorded
         but did not start)."""
-        await self._load(self.store.all_crons())
+        colony = self.service.colony_scope
+        if colony is not None:  # the server scope leads no crons
+            await self._load(self.store.all_crons(colony))
 
     async def sweep(self) -> float:
         """Start every run that is due; the seconds until one may be due next."""

@@ -1,10 +1,11 @@
 """``/metrics``: the broker's Prometheus endpoint (off unless ``--metrics-port`` asks for it).
 
-Every broker serves its lease state. Only the leader serves a colony's figures: the counters
-and histograms it keeps (:mod:`colonyos.broker.metrics`) and gauges computed at each scrape, by
-a collector, from what it holds (the queue, executors and their liveness, the specs consumer)
-and from the index (processes and workflows by state). A standby has nothing of a colony to
-say, so scraping every broker never counts anything twice.
+Every broker serves its lease state. Only a colony's leader serves the colony's figures: gauges
+computed at each scrape, by a collector, from what it holds (the queue, executors and their
+liveness) and from the colony's index (processes and workflows by state); the leader of the
+server scope serves the specs stream's backlog; and a broker that leads anything serves the
+counters and histograms it keeps (:mod:`colonyos.broker.metrics`). A standby has nothing of a
+colony to say, so scraping every broker never counts anything twice.
 
 The endpoint is served on the broker's event loop, so a scrape reads the broker's state
 between two of its steps, never half-way through one.
@@ -54,35 +55,38 @@ class _Families:
 
 
 class Scraper:
-    """Renders one scrape of a broker: ``service()`` is its service while it leads, else None."""
+    """Renders one scrape of a broker: ``services()`` are the services of the scopes it leads
+    now (the server scope's and its colonies'), each colony's figures from its own."""
 
     def __init__(
         self,
         metrics: BrokerMetrics,
         lease: Lease,
-        service: Callable[[], Service | None],
+        services: Callable[[], list[Service]],
         *,
         liveness_s: float,
     ) -> None:
         self.metrics = metrics
-        self.lease = lease
-        self.service = service
+        self.lease = lease  # the server scope's
+        self.services = services
         self.liveness_s = liveness_s
 
     async def render(self) -> bytes:
-        service = self.service()
-        families = self._lease_families(service is not None)
-        if service is not None:
-            processes, graphs = await service.index.counts()
-            pending = await _intake_pending(service)
-            if self.service() is service:  # still leading: its figures are the colony's
-                families += colony_families(
-                    service, processes, graphs, pending, liveness_s=self.liveness_s
-                )
-                families += self.metrics.collect()
-            else:
-                families = self._lease_families(False)
-        return generate_latest(_Families(families))
+        services = self.services()
+        server = next((s for s in services if s.colony_scope is None), None)
+        colonies = [s for s in services if s.colony_scope is not None]
+        counted = [(s, *await s.index.counts()) for s in colonies]
+        pending = await _intake_pending(server) if server is not None else None
+        led = self.services()
+        families = self._lease_families(server is not None and server in led)
+        for service, processes, graphs in counted:
+            if service in led:  # still leading it: its figures are the colony's
+                families += colony_families(service, processes, graphs, self.liveness_s)
+        if server is not None and server in led and pending is not None:
+            families.append(_intake_family(pending))
+        if any(s in led for s in services):
+            families += self.metrics.collect()
+        return generate_latest(_Families(_merged(families)))
 
     def _lease_families(self, leading: bool) -> list[Metric]:
         lead = GaugeMetricFamily(
@@ -103,8 +107,6 @@ def colony_families(
     service: Service,
     processes: list[tuple[str, str, int, int]],
     graphs: list[tuple[str, int, int]],
-    intake_pending: int | None,
-    *,
     liveness_s: float,
 ) -> list[Metric]:
     """The gauges of every colony, from the leader's state and the index's counts."""
@@ -158,17 +160,29 @@ def colony_families(
     for (colony, etype), n in sorted(depths.items()):
         depth.add_metric([colony, etype], n)
 
-    families: list[Metric] = [by_state, workflows, executors, depth]
-    if intake_pending is not None:
-        families.append(
-            GaugeMetricFamily(
-                "colonies_intake_pending",
-                "Submitted specs and workflows in the stream not yet made processes (the "
-                "specs stream's messages: a work queue, every colony's consumer together).",
-                value=intake_pending,
-            )
-        )
-    return families
+    return [by_state, workflows, executors, depth]
+
+
+def _intake_family(pending: int) -> Metric:
+    """Served by the leader of the server scope (one figure for the whole installation)."""
+    return GaugeMetricFamily(
+        "colonies_intake_pending",
+        "Submitted specs and workflows in the stream not yet made processes (the specs "
+        "stream's messages: a work queue, every colony's consumer together).",
+        value=pending,
+    )
+
+
+def _merged(families: list[Metric]) -> list[Metric]:
+    """One family per name, its samples those of every family of that name (each colony's
+    leader gives its own; an exposition names a family once)."""
+    by_name: dict[str, Metric] = {}
+    for family in families:
+        if family.name in by_name:
+            by_name[family.name].samples.extend(family.samples)
+        else:
+            by_name[family.name] = family
+    return list(by_name.values())
 
 
 async def _intake_pending(service: Service) -> int | None:

@@ -142,12 +142,16 @@ class GeneratorRunner(StandingRunner[Generator]):
         """Read every definition (the first sweep finishes any run a previous leader recorded
         but did not start)."""
         self._waiting.clear()
-        await self._load(self.store.all_generators())
+        colony = self.service.colony_scope
+        if colony is not None:  # the server scope leads no generators
+            await self._load(self.store.all_generators(colony))
 
     async def listen(self) -> Subscription:
         """Wake the loop when an argument is packed (the stream keeps it; this is only the
         news)."""
-        return await self.store.nc.subscribe(self.store.subjects.generators_all, cb=self._on_pack)
+        subjects, colony = self.store.subjects, self.service.colony_scope
+        packs = subjects.generators_all if colony is None else subjects.generator(colony, "*")
+        return await self.store.nc.subscribe(packs, cb=self._on_pack)
 
     async def _on_pack(self, msg: Msg) -> None:
         self._packed.add(self.store.subjects.parse_generator(msg.subject))

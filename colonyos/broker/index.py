@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
-from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
@@ -27,7 +26,6 @@ from typing import IO, Any
 import msgspec
 import sqlite_utils
 
-from colonyos.errors import IdTakenError
 from colonyos.limits import json_array_within
 from colonyos.messages import ListProcesses
 from colonyos.models import ZERO_TIME, Process, ProcessGraph, ProcessState
@@ -135,11 +133,6 @@ class ProcessIndex:
         self._db: sqlite_utils.Database | None = None
         self._lock: IO[bytes] | None = None  # held while this index owns its file
         self._flush_now = asyncio.Event()
-        # Every process and graph id -> its colony: clients choose ids, and one id names one
-        # thing in the whole installation (see claim), so that everything keyed by id alone
-        # (this index, the queue, the running set, the events' Nats-Msg-Id) stays in its colony.
-        self._holders: dict[str, str] = {}
-        self._colony_names: dict[str, str] = {}  # one string per colony, shared by its ids
 
     async def open(self) -> None:
         await self._run(self._open_sync)
@@ -234,47 +227,21 @@ class ProcessIndex:
     # -- writes: coalesced per process, applied in batches ------------------------------
     def put(self, process: Process, data: bytes | None = None) -> None:
         """Index the process (``data``: its JSON, if the caller has it already)."""
-        self._hold(process.colony_name, process.process_id)
         self._pending[process.process_id] = (process, data)
         self._schedule()
 
     def remove(self, process_id: str) -> None:
-        self._holders.pop(process_id, None)
         self._pending[process_id] = None
         self._schedule()
 
     def put_graph(self, graph: ProcessGraph) -> None:
         """Index the graph as written (at creation, and at every change of its state)."""
-        self._hold(graph.colony_name, graph.process_graph_id)
         self._pending_graphs[graph.process_graph_id] = graph
         self._schedule()
 
     def remove_graph(self, graph_id: str) -> None:
-        self._holders.pop(graph_id, None)
         self._pending_graphs[graph_id] = None
         self._schedule()
-
-    # -- ids: one colony each -------------------------------------------------------------
-    def _hold(self, colony: str, item_id: str) -> None:
-        self._holders[item_id] = self._colony_names.setdefault(colony, colony)
-
-    def claim(self, colony: str, ids: Sequence[str]) -> list[str]:
-        """Hold ``ids`` for ``colony`` before anything is written under them; the ids newly
-        held (to :meth:`release` should nothing be written after all). If another colony holds
-        any of them, :class:`IdTakenError`, holding nothing: the refusal names the id and
-        nothing of its holder. Synchronous, so two submissions of one id cannot both pass."""
-        for i in ids:
-            if self._holders.get(i, colony) != colony:
-                raise IdTakenError(i)
-        fresh = [i for i in dict.fromkeys(ids) if i not in self._holders]
-        for i in fresh:
-            self._hold(colony, i)
-        return fresh
-
-    def release(self, ids: Sequence[str]) -> None:
-        """Give back ids :meth:`claim` held, under which nothing was written."""
-        for i in ids:
-            self._holders.pop(i, None)
 
     def _schedule(self) -> None:
         if self._flushing is None or self._flushing.done():

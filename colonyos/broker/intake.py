@@ -145,13 +145,7 @@ class Intake:
         process_id = self._process_id(msg)
         try:
             process = self._new_process(msg, colony, executor_type, process_id, t, ns)
-            # The id is the client's choice: refused if anything of another colony has it.
-            held = self.service.index.claim(colony, [process_id])
-            try:
-                written = await self.store.create(process)
-            except ColoniesError:
-                self.service.index.release(held)
-                raise
+            written = await self.store.create(process)
         except ColoniesError as err:
             logger.info("rejected spec %s in colony %s: %s", process_id, colony, err.message)
             await self.store.reject(colony, executor_type, process_id, err)
@@ -176,7 +170,7 @@ class Intake:
     def _new_process(
         self, msg: Msg, colony: str, executor_type: str, process_id: str, t: datetime, ns: int
     ) -> Process:
-        if colony not in self.service.colonies:
+        if not self.service.leads(colony):
             raise ColonyNotFoundError(colony)
         spec = decode_function_spec(msg.data)
         cond = spec.conditions

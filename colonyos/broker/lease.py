@@ -17,7 +17,12 @@ import nats.errors
 import nats.js.errors
 from nats.js.kv import KeyValue
 
-__all__ = ["Lease"]
+from colonyos.subjects import SERVER_SCOPE
+
+__all__ = ["Lease", "lease_key"]
+
+_SERVER_LEASE = "broker"
+
 
 logger = logging.getLogger(__name__)
 
@@ -83,3 +88,8 @@ class Lease:
         # If someone took it already, or NATS is gone, the lease runs out by itself.
         with contextlib.suppress(nats.errors.Error, TimeoutError):
             await self.kv.update(self.key, _encode(_Holder("", 0)), last=self._revision)
+
+
+def lease_key(scope: str) -> str:
+    """The key of a scope's lease: ``broker`` for the server scope, ``colony.<name>``."""
+    return _SERVER_LEASE if scope == SERVER_SCOPE else f"colony.{scope}"

@@ -16,6 +16,9 @@ import contextlib
 import logging
 from datetime import datetime
 
+import msgspec
+import nats.errors
+
 from colonyos.broker import transitions
 from colonyos.broker.colonyfeeds import ColonyFeeds
 from colonyos.broker.crons import CronRunner
@@ -23,8 +26,14 @@ from colonyos.broker.generators import GeneratorRunner
 from colonyos.broker.registry import removed_message
 from colonyos.broker.service import Service
 from colonyos.broker.workflows import Workflows
-from colonyos.errors import ConflictError, InvalidSpecError, NotFoundError
-from colonyos.messages import GraphRef, Named, ProcessRef, RemoveAll, Removed
+from colonyos.errors import (
+    BrokerUnavailableError,
+    ColoniesError,
+    ConflictError,
+    InvalidSpecError,
+    NotFoundError,
+)
+from colonyos.messages import GraphRef, Handover, Named, ProcessRef, RemoveAll, Removed, Reply
 from colonyos.models import (
     ZERO_TIME,
     Process,
@@ -39,6 +48,11 @@ logger = logging.getLogger(__name__)
 
 # Processes removed per round of a removeall (each is a few JetStream requests).
 _BATCH = 200
+# How long the colony's leader is given to clear it (cancel what is live, purge everything).
+_HANDOVER_TIMEOUT_S = 60.0
+
+_encode = msgspec.json.Encoder().encode
+_reply_decoder = msgspec.json.Decoder(Reply)
 
 
 class Removal:
@@ -117,32 +131,56 @@ class Removal:
 
     async def colony_remove(self, colony: str, caller: str, req: Named) -> Removed:
         """The colony and everything in it: processes, graphs, executors, logs, events and the
-        submissions not yet taken."""
-        removed = self.service.colony(req.name)
-        # No new submission becomes a process from now on (intake refuses an unknown colony).
-        del self.service.colonies[req.name]
-        if self.feeds is not None:  # its consumer goes (what comes later is rejected)
+        submissions not yet taken. Asked of the server scope, carried out by the colony's
+        leader (which may be another broker: it is asked on subjects.handover)."""
+        self.service.colony(req.name)
+        try:
+            reply = await self.store.nc.request(
+                self.service.subjects.handover(req.name),
+                _encode(Handover(caller=caller)),
+                timeout=_HANDOVER_TIMEOUT_S,
+            )
+        except (nats.errors.NoRespondersError, nats.errors.TimeoutError) as err:
+            raise BrokerUnavailableError(
+                f"colony {req.name!r} has no leading broker right now (one is taking it over): "
+                "try again in a few seconds",
+                colony_name=req.name,
+            ) from err
+        answer = _reply_decoder.decode(reply.data)
+        if answer.error is not None:
+            raise ColoniesError.from_reply(answer.error)
+        self.service.colonies.pop(req.name, None)
+        if self.feeds is not None:  # a stray feed of it, if any, goes with its consumer
             await self.feeds.remove(req.name)
-        process_ids, graph_ids = await self.index.colony_ids(req.name)
-        await asyncio.gather(*(self._cancel(req.name, pid) for pid in process_ids))
-        await self.store.purge_colony(req.name)
+        return msgspec.json.decode(answer.result, type=Removed)
+
+    async def clear_colony(self, name: str, caller: str) -> Removed:
+        """Remove the colony this scope leads, with everything in it (see colony_remove)."""
+        removed = self.service.colony(name)
+        # No new submission becomes a process from now on (intake refuses an unknown colony).
+        del self.service.colonies[name]
+        if self.feeds is not None:  # its consumer goes (what comes later is rejected)
+            await self.feeds.remove(name)
+        process_ids, graph_ids = await self.index.colony_ids(name)
+        await asyncio.gather(*(self._cancel(name, pid) for pid in process_ids))
+        await self.store.purge_colony(name)
         if self.crons is not None:
-            self.crons.forget_colony(req.name)
+            self.crons.forget_colony(name)
         if self.generators is not None:
-            self.generators.forget_colony(req.name)
+            self.generators.forget_colony(name)
         for pid in process_ids:
             self.service.forget(pid)
         for graph_id in graph_ids:
             self.workflows.forget(graph_id)
             self.index.remove_graph(graph_id)
-        for executor in [e for (c, _), e in self.service.executors.items() if c == req.name]:
-            gone = removed_message(executor, f"removed with its colony {req.name!r}")
-            await self.service.tell(req.name, executor.executor_name, gone)
+        for executor in [e for (c, _), e in self.service.executors.items() if c == name]:
+            gone = removed_message(executor, f"removed with its colony {name!r}")
+            await self.service.tell(name, executor.executor_name, gone)
             self.service.drop_executor(executor)
         await self.store.delete_colony(removed)
         if self.service.on_colony_removed is not None:  # its members go too
-            await self.service.on_colony_removed(req.name, caller)
-        logger.info("removed colony %s: %d processes", req.name, len(process_ids))
+            await self.service.on_colony_removed(name, caller)
+        logger.info("removed colony %s: %d processes", name, len(process_ids))
         return Removed(count=len(process_ids))
 
     # -- the removals themselves, also used by the retention sweep -------------------------

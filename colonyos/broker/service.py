@@ -127,7 +127,11 @@ class Service:
         subjects: Subjects,
         *,
         max_executor_losses: int,
+        scope: str = SERVER_SCOPE,
     ) -> None:
+        # What this service leads: one colony (its processes, executors, requests), or the
+        # server scope (the colonies themselves: add, list, remove; the server's status).
+        self.scope = scope
         self.store = store
         self.index = index
         self.subjects = subjects
@@ -184,16 +188,33 @@ class Service:
             self._ops[name] = (msgspec.json.Decoder(request_type), handler)
 
     # -- start-up ---------------------------------------------------------------------
+    @property
+    def colony_scope(self) -> str | None:
+        """The colony this service leads; None for the server scope."""
+        return None if self.scope == SERVER_SCOPE else self.scope
+
+    def leads(self, colony: str) -> bool:
+        """Is ``colony`` the one this service leads, and does it exist? (Submissions to any
+        other colony are not this service's to accept: at the server scope, none is.)"""
+        return colony == self.colony_scope and colony in self.colonies
+
     async def load(self) -> None:
-        """Rebuild colonies, executors, queue, running set and index from JetStream."""
-        async for colony in self.store.all_colonies():
-            self.colonies[colony.name] = colony
-        async for executor in self.store.all_executors():
+        """Rebuild what the scope leads from JetStream: at the server scope, the colonies; in a
+        colony, the colony, its executors, queue, running set and index."""
+        if self.colony_scope is None:
+            async for colony in self.store.all_colonies():
+                self.colonies[colony.name] = colony
+            logger.info("loaded %d colonies", len(self.colonies))
+            return
+        found = await self.store.get_colony(self.scope)
+        if found is not None:
+            self.colonies[found.name] = found
+        async for executor in self.store.all_executors(self.scope):
             self.remember_executor(executor)
-        last_event = await self.store.last_event_time()
+        last_event = await self.store.last_event_time(self.scope)
         count = 0
         unkept: list[tuple[Process, int, str]] = []
-        async for process, revision, written in self.store.all_processes():
+        async for process, revision, written in self.store.all_processes(self.scope):
             count += 1
             if not process.state.is_terminal:
                 self.unconfirmed.add(process.process_id)
@@ -212,8 +233,8 @@ class Service:
             self.heard[executor.executor_id] = started  # a new leader gives everyone a grace
         await self.index.flush()
         logger.info(
-            "loaded %d colonies, %d executors, %d processes (%d waiting, %d running)",
-            len(self.colonies),
+            "colony %s: loaded %d executors, %d processes (%d waiting, %d running)",
+            self.scope,
             len(self.executors),
             count,
             len(self.queue),

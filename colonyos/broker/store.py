@@ -2,7 +2,9 @@
 
 The KV bucket ``<prefix>-processes`` is the truth about processes. Every transition is a
 compare-and-set on the key's revision followed by one event on the events stream, published
-with ``Nats-Msg-Id = <processid>.<revision>`` so that re-publishing after a crash is harmless.
+with ``Nats-Msg-Id = <processid>.<revision>`` so that re-publishing after a crash is harmless (the
+revision is the bucket's stream sequence: no two writes in the installation share one, so two
+colonies' processes of one id never share an event id either).
 """
 
 from __future__ import annotations
@@ -294,10 +296,12 @@ class ProcessStore:
         await self.js.purge_stream(s.stream_specs, subject=s.specs(colony, "*"))
         await self.js.purge_stream(s.stream_specs, subject=s.workflows(colony))
 
-    async def all_processes(self) -> AsyncIterator[tuple[Process, int, datetime | None]]:
-        """Every stored process: latest revision, and when that revision was written (a value
-        that does not decode is logged and skipped)."""
-        async for entry in self._snapshot(self.processes):
+    async def all_processes(
+        self, colony: str | None = None
+    ) -> AsyncIterator[tuple[Process, int, datetime | None]]:
+        """Every stored process (of ``colony`` if given): latest revision, and when that
+        revision was written (a value that does not decode is logged and skipped)."""
+        async for entry in self._snapshot(self.processes, colony):
             process = _decoded(_process_decoder, entry, "process")
             if process is not None:
                 yield process, entry.revision, entry.created
@@ -368,9 +372,12 @@ class ProcessStore:
         await self._publish_event(process, revision, _encode(process), wait=True)
         return True
 
-    async def last_event_time(self) -> datetime | None:
+    async def last_event_time(self, colony: str | None = None) -> datetime | None:
+        """When the last event (of ``colony`` if given) was stored; None if none is."""
+        s = self.subjects
+        wanted = s.events_all if colony is None else s.events_filter(colony=colony)
         try:
-            last = await self.js.get_last_msg(self.subjects.stream_events, self.subjects.events_all)
+            last = await self.js.get_last_msg(s.stream_events, wanted)
         except nats.js.errors.NotFoundError:
             return None
         return last.time
@@ -457,8 +464,10 @@ class ProcessStore:
         )
         await self.js.publish(subject, _encode(GraphEvent.of(graph)))
 
-    async def all_graphs(self) -> AsyncIterator[tuple[ProcessGraph, int]]:
-        async for entry in self._snapshot(self.graphs):
+    async def all_graphs(
+        self, colony: str | None = None
+    ) -> AsyncIterator[tuple[ProcessGraph, int]]:
+        async for entry in self._snapshot(self.graphs, colony):
             graph = _decoded(_graph_decoder, entry, "process graph")
             if graph is not None:
                 yield graph, entry.revision
@@ -472,8 +481,8 @@ class ProcessStore:
         key = self.subjects.executor_key(executor.colony_name, executor.executor_name)
         await self.executors.delete(key)
 
-    async def all_executors(self) -> AsyncIterator[Executor]:
-        async for entry in self._snapshot(self.executors):
+    async def all_executors(self, colony: str | None = None) -> AsyncIterator[Executor]:
+        async for entry in self._snapshot(self.executors, colony):
             executor = _decoded(_executor_decoder, entry, "executor")
             if executor is not None:
                 yield executor
@@ -484,20 +493,33 @@ class ProcessStore:
     async def delete_colony(self, colony: Colony) -> None:
         await self.colonies.delete(colony.name)
 
+    async def get_colony(self, name: str) -> Colony | None:
+        """The colony's record; None if there is none (or it does not decode)."""
+        try:
+            entry = await self.colonies.get(name)
+        except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+            return None
+        if not entry.value:
+            return None
+        stored = StoredValue(name, entry.value, entry.revision or 0, None)
+        return _decoded(_colony_decoder, stored, "colony")
+
     async def all_colonies(self) -> AsyncIterator[Colony]:
         async for entry in self._snapshot(self.colonies):
             colony = _decoded(_colony_decoder, entry, "colony")
             if colony is not None:
                 yield colony
 
-    async def all_crons(self) -> AsyncIterator[tuple[Cron, int]]:
-        async for entry in self._snapshot(self.crons):
+    async def all_crons(self, colony: str | None = None) -> AsyncIterator[tuple[Cron, int]]:
+        async for entry in self._snapshot(self.crons, colony):
             cron = _decoded(_cron_decoder, entry, "cron")
             if cron is not None:
                 yield cron, entry.revision
 
-    async def all_generators(self) -> AsyncIterator[tuple[Generator, int]]:
-        async for entry in self._snapshot(self.generators):
+    async def all_generators(
+        self, colony: str | None = None
+    ) -> AsyncIterator[tuple[Generator, int]]:
+        async for entry in self._snapshot(self.generators, colony):
             generator = _decoded(_generator_decoder, entry, "generator")
             if generator is not None:
                 yield generator, entry.revision
@@ -530,5 +552,6 @@ class ProcessStore:
             seq=None if through is None else through + 1,
         )
 
-    def _snapshot(self, kv: KeyValue) -> AsyncIterator[StoredValue]:
-        return latest_values(self.js, kv)
+    def _snapshot(self, kv: KeyValue, colony: str | None = None) -> AsyncIterator[StoredValue]:
+        """Every key's latest value; only ``colony``'s keys (``<colony>.…``) if given."""
+        return latest_values(self.js, kv, f"{colony}." if colony is not None else "")

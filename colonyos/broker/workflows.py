@@ -73,9 +73,6 @@ class Workflows:
         graph_id = self.graph_id(msg)
         try:
             graph, processes = self._plan(msg, colony, graph_id, t, ns)
-            # The graph id is the client's choice (and the process ids derive from it):
-            # refused if anything of another colony has one of them.
-            self.service.index.claim(colony, [graph_id, *(p.process_id for p in processes)])
         except ColoniesError as err:
             logger.info("rejected workflow %s in %s: %s", graph_id, colony, err.message)
             await self.store.reject(colony, GRAPH_TOKEN, graph_id, err)
@@ -127,7 +124,7 @@ class Workflows:
     def _plan(
         self, msg: Msg, colony: str, graph_id: str, t: datetime, ns: int
     ) -> tuple[ProcessGraph, list[Process]]:
-        if colony not in self.service.colonies:
+        if not self.service.leads(colony):
             raise ColonyNotFoundError(colony)
         workflow, _ = load_workflow_spec(msg.data)
         if workflow.colony_name and workflow.colony_name != colony:
@@ -298,7 +295,10 @@ class Workflows:
     async def load(self) -> None:
         """A new leader finishes what a previous one may have left half-done. A graph it cannot
         finish is logged and left as it is: no stored value keeps a broker from starting."""
-        async for graph, _ in self.store.all_graphs():
+        colony = self.service.colony_scope
+        if colony is None:
+            return  # the server scope leads no workflows
+        async for graph, _ in self.store.all_graphs(colony):
             self.service.index.put_graph(graph)
             if graph.state.is_terminal:
                 continue

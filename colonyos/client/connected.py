@@ -27,6 +27,7 @@ from colonyos.connection import (
 from colonyos.errors import (
     BrokerUnavailableError,
     ColoniesError,
+    ColonyNotFoundError,
     InvalidSpecError,
     NotAuthorizedError,
 )
@@ -161,6 +162,26 @@ class Connected:
                 await self._must("colony_get", Named(name=colony), Colony, colony=SERVER_SCOPE)
         return not_allowed(what, self.caller, colony, subject)
 
+    async def _unanswered(self, scope: str) -> ColoniesError:
+        """Why no broker takes a colony's requests: the colony does not exist (asked of the
+        server scope), or it has no leader right now (taken over, or no broker runs)."""
+        if scope != SERVER_SCOPE:
+            try:
+                await self._must("colony_get", Named(name=scope), Colony, colony=SERVER_SCOPE)
+            except ColonyNotFoundError as err:
+                return err
+            except ColoniesError:
+                pass  # the server scope cannot say either: no broker, or not allowed to ask
+            else:
+                return BrokerUnavailableError(
+                    f"no broker leads colony {scope!r} right now (one takes it over within a "
+                    "lease term): try again"
+                )
+        return BrokerUnavailableError(
+            "no broker is answering: start one with 'colonies server start' or "
+            "'colonies broker start'"
+        )
+
     def _unless_refused(self) -> None:
         """Raise why the server refuses this connection, if it does (a removed member) and
         the connection does not keep trying."""
@@ -183,10 +204,7 @@ class Connected:
             asking = self._ask(scope, subject, _encode(body), timeout)
             msg = await refused_at_once(self.nc, subject, asking)
         except nats.errors.NoRespondersError as err:
-            raise BrokerUnavailableError(
-                "no broker is answering: start one with 'colonies server start' or "
-                "'colonies broker start'"
-            ) from err
+            raise await self._unanswered(scope) from err
         except nats.errors.TimeoutError as err:
             if denied(self.nc, subject):
                 raise await self._refusal(op, subject, scope) from err

@@ -101,7 +101,7 @@ class ExecutorApp(Dispatching):
         control = await nc.subscribe(
             client.subjects.control(client.colony, self.name), cb=self._on_control
         )
-        leaders = await nc.subscribe(client.subjects.leader, cb=self._on_leader)
+        leaders = await nc.subscribe(client.subjects.leader(client.colony), cb=self._on_leader)
         # The server has both subscriptions before this run says it is ready: a broker asking
         # "who holds this name?" right after must reach it.
         await nc.flush()

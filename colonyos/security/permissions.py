@@ -125,7 +125,7 @@ def _grants(subjects: Subjects, colony: str, name: str, role: Role) -> Grants:
         f"$JS.API.DIRECT.GET.{logs}.{p}.{colony}.logs.>",
     ]
     # Heartbeats: who in the colony is alive and what it runs (the live status views).
-    subscribe = [inbox, s.events_filter(colony=colony), s.heartbeat(colony, "*"), s.leader]
+    subscribe = [inbox, s.events_filter(colony=colony), s.heartbeat(colony, "*"), s.leader(colony)]
     if role in (Role.USER, Role.COLONY_OWNER):
         publish += [s.specs(colony, "*"), s.workflows(colony)]
     elif role is Role.EXECUTOR:

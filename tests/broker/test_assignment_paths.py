@@ -216,7 +216,7 @@ async def test_a_batch_keeps_what_was_written_when_a_later_write_fails(
 async def test_a_parked_assign_woken_by_capacity_coming_back_takes_what_now_fits(
     client: Client, settings: Settings, broker: Broker
 ) -> None:
-    assert broker.service is not None
+    assert broker.service_of(COLONY) is not None
     capacity = Capabilities(hardware=[Hardware(cpu="2")])
     ex = await connect_executor(settings, "two-1", "two", capabilities=capacity)
     try:
@@ -225,7 +225,11 @@ async def test_a_parked_assign_woken_by_capacity_coming_back_takes_what_now_fits
         got = await ex.assign(timeout=1)
         assert got is not None and got.process_id == first.process_id
         poll = asyncio.ensure_future(ex.assign(timeout=60))
-        await until(lambda: broker.service is not None and len(broker.service.parked) == 1)
+        await until(
+            lambda: (
+                broker.service_of(COLONY) is not None and len(broker.service_of(COLONY).parked) == 1
+            )
+        )
         await ex.close(first.process_id, [])  # both cores free: the parked assign looks again
         async with asyncio.timeout(10):
             woken = await poll

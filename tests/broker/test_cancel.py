@@ -8,7 +8,7 @@ import asyncio
 
 import pytest
 
-from colonyos.broker import Broker
+from colonyos.broker.leadership import Leadership
 
 
 async def test_a_loop_that_swallows_one_cancellation_is_still_ended() -> None:
@@ -25,7 +25,7 @@ async def test_a_loop_that_swallows_one_cancellation_is_still_ended() -> None:
 
     task = asyncio.create_task(loop())
     await asyncio.sleep(0)  # sleep-ok: let the task start
-    cancelling = asyncio.create_task(Broker._cancel([task]))
+    cancelling = asyncio.create_task(Leadership._cancel([task]))
     done, _ = await asyncio.wait({cancelling}, timeout=10)
     try:
         assert done, "the loop was cancelled once and went on"
@@ -44,4 +44,4 @@ async def test_a_loop_that_failed_says_so() -> None:
     await asyncio.sleep(0)  # sleep-ok: let the task run (and fail)
     with pytest.raises(RuntimeError, match="boom"):
         async with asyncio.timeout(5):
-            await Broker._cancel([task])
+            await Leadership._cancel([task])

@@ -6,16 +6,13 @@ from datetime import timedelta
 from pathlib import Path
 
 import msgspec
-import pytest
 
 from colonyos.broker.index import ProcessIndex
 from colonyos.client import Client
-from colonyos.config import BrokerSettings, Settings
-from colonyos.errors import IdTakenError
-from colonyos.models import Process, ProcessGraph, ProcessState, WorkflowSpec, now
+from colonyos.models import Process, ProcessState, now
 
-from ..conftest import COLONY, open_colony
-from ..helpers import connect_executor, spec, standalone_service, submitted
+from ..conftest import COLONY
+from ..helpers import connect_executor, spec
 from ..helpers import spec as helper_spec
 
 
@@ -97,35 +94,6 @@ async def test_rows_round_trip_exactly_in_large_batches(tmp_path) -> None:
         rows = await index.query(COLONY, ListProcesses(label=label, limit=5_000))
         assert len(msgspec.json.decode(rows, type=list[Process])) == 500
     await index.close()
-
-
-async def test_a_loaded_index_knows_which_colony_holds_each_id(
-    client: Client, broker_settings: BrokerSettings
-) -> None:
-    """A broker that takes over loads every id with its colony: a spec of another colony asking
-    for one is refused there too, not only by the broker that made the process."""
-    p = await submitted(client)
-    async with standalone_service(broker_settings) as service:
-        with pytest.raises(IdTakenError):
-            service.index.claim("other", [p.process_id])
-        assert service.index.claim(COLONY, [p.process_id]) == []  # its own colony's
-
-
-async def test_a_removed_process_gives_its_id_up(client: Client, settings: Settings) -> None:
-    """What the index holds follows what exists: once a process is removed, its id is free
-    (the broker does not keep every id it has ever seen). A workflow's process: its id was
-    never a spec's Nats-Msg-Id, which JetStream would drop for two minutes."""
-    node = helper_spec(node_name="a")
-    graph = await client.submit_workflow(WorkflowSpec(function_specs=[node]))
-    assert isinstance(graph, ProcessGraph)
-    pid = graph.process_ids[0]
-    await client.graph_remove(graph.process_graph_id)
-    await open_colony(settings, "other")
-    other = msgspec.structs.replace(settings, colony="other")
-    async with await Client.connect(other, caller="tester") as owner:
-        spec_ = helper_spec(conditions={"colony_name": "other"})
-        again = await owner.submit(spec_, process_id=pid)
-    assert isinstance(again, Process) and again.colony_name == "other"
 
 
 async def test_two_brokers_on_one_data_directory_keep_their_indexes_apart(tmp_path: Path) -> None:

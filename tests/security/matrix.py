@@ -138,7 +138,7 @@ CELLS: tuple[Cell, ...] = (
         _REQ,
         _EVENTS_OWN,
         _NOBODY,
-        deliver="{P}._server.leader",
+        deliver="{P}.{O}.leader",
     ),
     Cell(
         "events",
@@ -179,8 +179,13 @@ CELLS: tuple[Cell, ...] = (
     Cell("server rpc", _REQ, "{P}._server.rpc.{N}.colony_list", frozenset({Who.SERVER_OWNER})),
     Cell("server rpc", _REQ, "{P}._server.rpc.{M}.colony_list", _NOBODY),
     Cell("server rpc", _SUB, "{P}._server.rpc.>", _NOBODY),
-    Cell("leader", _SUB, "{P}._server.leader", _MEMBERS),
-    Cell("leader", _PUB, "{P}._server.leader", _NOBODY),
+    Cell("leader", _SUB, "{P}.{C}.leader", _MEMBERS),
+    Cell("leader", _SUB, "{P}.{O}.leader", _NOBODY),
+    Cell("leader", _PUB, "{P}.{C}.leader", _NOBODY),
+    # Brokers ask each other there (colony removal, a colony added): no member may.
+    Cell("handover", _REQ, "{P}._server.handover.{C}", _NOBODY),
+    Cell("handover", _SUB, "{P}._server.handover.{C}", _NOBODY),
+    Cell("steer", _PUB, "{P}._server.steer", _NOBODY),
     # Brokers announce themselves there (server status lists them): no member may pose as one.
     Cell("brokers", _PUB, "{P}._server.brokers", _NOBODY),
     Cell("brokers", _SUB, "{P}._server.brokers", _NOBODY),

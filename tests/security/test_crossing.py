@@ -11,11 +11,11 @@ import nats
 import pytest
 
 from colonyos.client import Client
-from colonyos.errors import IdTakenError, ProcessNotFoundError
 from colonyos.models import (
     Conditions,
     Executor,
     FunctionSpec,
+    Process,
     ProcessGraph,
     ProcessState,
     WorkflowSpec,
@@ -104,33 +104,34 @@ async def _graph_in_dev(owner: Client) -> ProcessGraph:
     return graph
 
 
-async def test_a_spec_cannot_take_the_id_of_another_colonys_process(
+async def test_a_spec_with_the_id_of_another_colonys_process_is_a_process_of_its_own(
     owner: Client, mallory: Client
 ) -> None:
     """Mallory (colony ``other``) submits a spec asking for the id of a process of ``dev``:
-    refused, naming only the id; ``dev``'s process stays as it was, listed and readable."""
+    ids are unique within a colony, and everything keyed by one (record, queue, index, events'
+    ids) is the colony's own, so mallory gets a process of ``other`` and ``dev``'s process
+    stays as it was, listed and readable by its own colony only."""
     graph = await _graph_in_dev(owner)
     pid = graph.process_ids[0]
     before = await owner.get(pid)
-    with pytest.raises(IdTakenError) as refused:
-        await mallory.submit(_spec(), process_id=pid)
-    assert COLONY not in refused.value.message and "echo" not in refused.value.message
-    with pytest.raises(ProcessNotFoundError):
-        await mallory.get(pid)
+    theirs = await mallory.submit(_spec(), process_id=pid)
+    assert isinstance(theirs, Process) and theirs.process_id == pid
+    assert (await mallory.get(pid)).spec.conditions.colony_name == OTHER
     assert await owner.get(pid) == before
     assert [p.process_id for p in await owner.list_processes()] == [pid]
-    assert await mallory.list_processes() == []
+    assert [p.process_id for p in await mallory.list_processes()] == [pid]
     assert before.state is ProcessState.WAITING
 
 
-async def test_a_workflow_cannot_take_the_id_of_another_colonys_process(
+async def test_a_workflow_with_the_id_of_another_colonys_process_changes_nothing_of_it(
     owner: Client, mallory: Client
 ) -> None:
-    """The graph id of mallory's workflow is the id of a process of ``dev``: refused, and
-    nothing of it is written."""
+    """The graph id of mallory's workflow is the id of a process of ``dev``: a workflow of
+    ``other``; nothing of ``dev`` changes."""
     graph = await _graph_in_dev(owner)
     pid = graph.process_ids[0]
-    with pytest.raises(IdTakenError):
-        await mallory.submit_workflow(WorkflowSpec(function_specs=[_spec("b")]), graph_id=pid)
-    assert await mallory.list_processes() == []
+    before = await owner.get(pid)
+    theirs = await mallory.submit_workflow(WorkflowSpec(function_specs=[_spec("b")]), graph_id=pid)
+    assert isinstance(theirs, ProcessGraph) and theirs.process_graph_id == pid
+    assert await owner.get(pid) == before
     assert [p.process_id for p in await owner.list_processes()] == [pid]

@@ -54,8 +54,10 @@ async def test_a_removed_executors_name_given_to_a_user_inherits_nothing(
         taken = await ex.assign(timeout=10)
         assert taken is not None and taken.process_id == submitted.process_id
         await owner.member_remove("w1")
-    assert secure_broker.service is not None
-    assert secure_broker.service.executor(COLONY, "w1").state is ExecutorState.UNREGISTERED
+    assert secure_broker.service_of(COLONY) is not None
+    assert (
+        secure_broker.service_of(COLONY).executor(COLONY, "w1").state is ExecutorState.UNREGISTERED
+    )
     back = await owner.get(submitted.process_id)
     assert back.state is ProcessState.WAITING
 
@@ -97,9 +99,12 @@ async def test_a_removed_colony_owner_owns_nothing(
             removed=True,
         )
     )
-    assert secure_broker.service is not None and secure_broker.service.authorize is not None
+    assert (
+        secure_broker.service_of(COLONY) is not None
+        and secure_broker.service_of(COLONY).authorize is not None
+    )
     with pytest.raises(NotAuthorizedError, match="owner of colony 'dev', and 'carol' is not"):
-        await secure_broker.service.authorize(COLONY, "carol", "member_add")
+        await secure_broker.service_of(COLONY).authorize(COLONY, "carol", "member_add")
 
 
 async def test_a_squatter_of_the_server_owners_name_hears_none_of_its_answers(

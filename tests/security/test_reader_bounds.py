@@ -47,8 +47,10 @@ async def test_one_reader_more_than_a_member_may_hold_is_refused_until_one_goes(
     with pytest.raises(NotAuthorizedError, match="'bob' in colony 'dev' has 2 readers open"):
         await bob.open_reader(_open(bob, 3))
     # The server removes a consumer nobody listens to (here at once): its place is free.
-    assert secure_broker.service is not None
-    await secure_broker.service.store.js.delete_consumer(bob.subjects.stream_events, first)
+    assert secure_broker.service_of(COLONY) is not None
+    await secure_broker.service_of(COLONY).store.js.delete_consumer(
+        bob.subjects.stream_events, first
+    )
     await bob.open_reader(_open(bob, 3))
 
 
@@ -63,8 +65,9 @@ async def test_one_reader_more_than_the_broker_keeps_is_refused(
 
 
 async def test_opening_readers_too_often_is_refused(bob: Client, secure_broker: Broker) -> None:
-    assert secure_broker.readers is not None
-    secure_broker.readers.opens = Throttle(burst=2, per_s=1.0, clock=lambda: 0.0)
+    led = secure_broker.leadership(COLONY)
+    assert led is not None and led.readers is not None
+    led.readers.opens = Throttle(burst=2, per_s=1.0, clock=lambda: 0.0)
     await bob.open_reader(_open(bob, 1))
     await bob.open_reader(_open(bob, 2))
     with pytest.raises(NotAuthorizedError, match="'bob' in colony 'dev' opens readers too often"):
