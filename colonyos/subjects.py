@@ -212,6 +212,12 @@ class Subjects:
         term): the leader's ``server_status`` lists them."""
         return f"{self.prefix}.{SERVER_SCOPE}.brokers"
 
+    @property
+    def leaving(self) -> str:
+        """Where a broker that stops says so (its id): the others count it gone at once, and
+        the sharded ones take its colonies without waiting a lease term."""
+        return f"{self.prefix}.{SERVER_SCOPE}.leaving"
+
     def control(self, colony: str, executor_name: str) -> str:
         return f"{self.prefix}.{colony}.control.{executor_name}"
 

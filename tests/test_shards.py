@@ -47,8 +47,10 @@ def _led_by(brokers: list[Broker], colony: str) -> list[str]:
 
 
 async def _knows(broker: Broker, other: Broker) -> None:
-    """Until ``broker`` has heard ``other`` announce itself."""
-    await until(lambda: other.broker_id in {b.broker_id for b in broker.roster.others("")})
+    """Until ``broker`` has heard ``other`` announce itself (a broker that hears a new one
+    announces itself at once: no waiting for its next look)."""
+    known = lambda: other.broker_id in {b.broker_id for b in broker.roster.others("")}  # noqa: E731
+    await until(known, timeout=5)
 
 
 @pytest.fixture
@@ -226,3 +228,20 @@ async def test_a_colony_led_without_its_record_is_led_afresh_when_added_again(
         await open_colony(settings, "again")
         assert broker.service_of("again") is not stale
         await _runs(settings, "again", "afresh")
+
+
+async def test_a_broker_that_stops_says_so_and_the_others_take_its_colonies_at_once(
+    own_brokers: BrokerSettings, settings: Settings
+) -> None:
+    """Not a lease term later (30 s here, a look every 10 s): the others count it gone and look
+    at once, and its colonies (their leases released) are theirs."""
+    slow = msgspec.structs.replace(own_brokers, sharded=True, lease_ttl_s=30.0)
+    async with running_broker(slow, owners=True) as a:
+        async with running_broker(slow, lead=False) as b:
+            await _knows(a, b)
+            await _knows(b, a)
+            for name in NAMES:
+                await open_colony(settings, name)
+            assert b.info().colonies > 0
+        await until(lambda: b.broker_id not in {x.broker_id for x in a.roster.others("")})
+        await until(lambda: all(_led_by([a], n) == [a.broker_id] for n in NAMES), timeout=5)

@@ -70,6 +70,7 @@ class Broker:
         # The other brokers, from their announcements (every broker announces itself every
         # third of a lease term: one not heard from for a whole term is gone).
         self.roster = Roster(settings.lease_ttl_s)
+        self.roster.joined = self._on_joined
 
     def info(self) -> BrokerInfo:
         """What this broker says of itself: on the brokers subject, and in server_status."""
@@ -167,6 +168,8 @@ class Broker:
             stack.push_async_callback(self._unsubscribe, roster)
             steer = await nc.subscribe(self.subjects.steer, cb=self._on_steer)
             stack.push_async_callback(self._unsubscribe, steer)
+            leaving = await nc.subscribe(self.subjects.leaving, cb=self._on_leaving)
+            stack.push_async_callback(self._unsubscribe, leaving)
             self.ready.set()
             logger.info(
                 "broker %s standing on %s (prefix %s%s)",
@@ -215,9 +218,26 @@ class Broker:
     async def _on_steer(self, msg: Msg) -> None:
         self._look_now.set()
 
+    def _on_joined(self, broker_id: str) -> None:
+        """A broker not heard before: announce and look now, so that it knows this one at once
+        and, sharded, gets its colonies without waiting for the next look."""
+        if broker_id != self.broker_id:
+            self._look_now.set()
+
+    async def _on_leaving(self, msg: Msg) -> None:
+        broker_id = msg.data.decode(errors="replace")
+        if broker_id != self.broker_id:
+            self.roster.forget(broker_id)
+            self._look_now.set()
+
     async def _step_down(self, shards: Shards) -> None:
+        """Hand over everything, then say so: the others take what this broker led at once
+        (its leases are released), not once its announcements are a term old."""
         self.leading.clear()
         await shards.stop()
+        with contextlib.suppress(nats.errors.Error):
+            await shards.nc.publish(self.subjects.leaving, self.broker_id.encode())
+            await shards.nc.flush()
 
     async def _setup(self, store: ProcessStore) -> bool:
         """Create streams and buckets, waiting for a cluster that is still electing its

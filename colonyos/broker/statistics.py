@@ -61,6 +61,8 @@ class Roster:
         self.window_s = window_s
         self.clock = clock
         self._heard: dict[str, tuple[BrokerInfo, float]] = {}
+        # Called with the id of a broker heard for the first time (or again after a term).
+        self.joined: Callable[[str], None] | None = None
 
     async def on_announce(self, msg: Msg) -> None:
         try:
@@ -68,13 +70,20 @@ class Roster:
         except msgspec.MsgspecError:
             logger.warning("ignored a malformed broker announcement on %s", msg.subject)
             return
+        new = info.broker_id not in self._heard
         self.heard(info)
+        if new and self.joined is not None:
+            self.joined(info.broker_id)
 
     def heard(self, info: BrokerInfo) -> None:
         self._heard[info.broker_id] = (info, self.clock())
         if len(self._heard) > MAX_BROKERS:  # the one heard from longest ago goes
             oldest = min(self._heard, key=lambda k: self._heard[k][1])
             del self._heard[oldest]
+
+    def forget(self, broker_id: str) -> None:
+        """A broker that said it stops."""
+        self._heard.pop(broker_id, None)
 
     def others(self, broker_id: str) -> list[BrokerInfo]:
         """The brokers heard from lately but ``broker_id``, by when they started."""

@@ -186,6 +186,7 @@ CELLS: tuple[Cell, ...] = (
     Cell("handover", _REQ, "{P}._server.handover.{C}", _NOBODY),
     Cell("handover", _SUB, "{P}._server.handover.{C}", _NOBODY),
     Cell("steer", _PUB, "{P}._server.steer", _NOBODY),
+    Cell("leaving", _PUB, "{P}._server.leaving", _NOBODY),
     # Brokers announce themselves there (server status lists them): no member may pose as one.
     Cell("brokers", _PUB, "{P}._server.brokers", _NOBODY),
     Cell("brokers", _SUB, "{P}._server.brokers", _NOBODY),
