@@ -187,7 +187,10 @@ class ColonyFeeds:
         batch, waiting up to ``_STRAY_SWEEP_S`` for something; may be empty."""
         loop = asyncio.get_running_loop()
         if loop.time() >= self._sweep_at:
-            self._sweep_at = loop.time() + _STRAY_SWEEP_S
+            # A colony's leader wakes only to renew its pull (an idle colony costs little);
+            # the server scope's sweeps for strays.
+            every = _STRAY_SWEEP_S if self.existing is not None else _PULL_EXPIRES_S / 2
+            self._sweep_at = loop.time() + every
             if self.existing is not None:  # the server scope's part
                 await self._sweep()
         self._arrived.clear()

@@ -59,6 +59,13 @@ class Lease:
         now_ns = time.time_ns()
         value = _encode(_Holder(self.holder, now_ns + self.ttl_ns))
         try:
+            if self.held and self._revision is not None:
+                # Renewing: a compare-and-set on this holder's own last write, one request (a
+                # broker renews one lease per colony it leads). Anyone's write since means
+                # the lease is not ours any more.
+                self._revision = await self.kv.update(self.key, value, last=self._revision)
+                self.valid_until = started + self.ttl_ns / 1e9 * 0.8
+                return True
             try:
                 entry = await self.kv.get(self.key)
             except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
