@@ -149,8 +149,9 @@ class GeneratorRunner(StandingRunner[Generator]):
     async def listen(self) -> Subscription:
         """Wake the loop when an argument is packed (the stream keeps it; this is only the
         news)."""
-        subjects, colony = self.store.subjects, self.service.colony_scope
-        packs = subjects.generators_all if colony is None else subjects.generator(colony, "*")
+        colony = self.service.colony_scope
+        assert colony is not None, "the server scope leads no generators"
+        packs = self.store.subjects.generator(colony, "*")
         return await self.store.nc.subscribe(packs, cb=self._on_pack)
 
     async def _on_pack(self, msg: Msg) -> None:

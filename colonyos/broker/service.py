@@ -30,6 +30,7 @@ from nats.aio.msg import Msg
 
 from colonyos.broker import transitions
 from colonyos.broker.index import ProcessIndex
+from colonyos.broker.replies import colony_scoped, reply_body
 from colonyos.broker.scheduler import (
     Capacity,
     CapacityInUse,
@@ -76,7 +77,6 @@ __all__ = ["LOOK_AGAIN", "Picked", "Report", "Service", "event_may_be_missing", 
 logger = logging.getLogger(__name__)
 
 _encode = msgspec.json.Encoder().encode
-_NO_WORK = b'{"result":null}'
 _heartbeat_decoder = msgspec.json.Decoder(Heartbeat)
 _TRANSITION_ATTEMPTS = 8
 # How far before the newest event a revision may have been written and still lack its event.
@@ -567,22 +567,6 @@ class Service:
             self._capacities[key] = Capacity(key[1], executor.location_name, 0, 0, 0, 0, 0)
 
 
-def colony_scoped(colony: str, op: str) -> bool:
-    """Does a request name a colony that must exist (and count as its caller's sign of life)?
-    Not the server's own scope, nor the two operations that make or read a colony."""
-    return colony != SERVER_SCOPE and op not in ("colony_add", "colony_get")
-
-
-def reply_body(op: str, result: Any, max_payload: int, reply_limit: int) -> bytes:
-    """The reply to a request that succeeded, within one message of ``max_payload`` bytes."""
-    body = _NO_WORK if result is None else b'{"result":' + _result_bytes(result) + b"}"
-    if len(body) > max_payload:
-        # The backstop: listings are cut to fit, and any other reply that outgrew one message
-        # says so, rather than leave its caller waiting for it.
-        raise RecordTooLargeError(f"the {op} reply", len(body), reply_limit, max_payload)
-    return body
-
-
 def revoke_reason(after: Process) -> str:
     """Why a running process was taken from its executor, as the revoke tells it: the last
     error the write added, else what became of the process."""
@@ -611,9 +595,3 @@ def _lost_step(
     if not transitions.same_assignment(process, seen):
         raise ConflictError("no longer applies")
     return transitions.requeue_lost(process, reason, now=t, max_losses=max_losses)
-
-
-def _result_bytes(result: Any) -> bytes:
-    if isinstance(result, msgspec.Raw):
-        return bytes(result)
-    return _encode(result)

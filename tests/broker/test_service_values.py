@@ -6,7 +6,8 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from colonyos.broker.service import _what_grew, colony_scoped, reply_body, revoke_reason
+from colonyos.broker.replies import colony_scoped, reply_body
+from colonyos.broker.service import _what_grew, revoke_reason
 from colonyos.errors import RecordTooLargeError
 from colonyos.models import Process, ProcessState
 from colonyos.subjects import SERVER_SCOPE

@@ -91,11 +91,9 @@ async def test_a_request_waiting_when_its_member_is_cut_fails_at_once_with_the_r
     ex, polling = await _parked_poll(secure_broker, make_party("worker"))
     try:
         await book.remove(COLONY, "worker")  # refused from now on
-        assert (
-            secure_broker.service_of(COLONY) is not None
-            and secure_broker.service_of(COLONY).cut is not None
-        )
-        await secure_broker.service_of(COLONY).cut(COLONY, "worker")
+        service = secure_broker.service_of(COLONY)
+        assert service is not None and service.cut is not None
+        await service.cut(COLONY, "worker")
         with pytest.raises(NotAuthorizedError, match=r"not allowed: .* refused 'worker'"):
             async with asyncio.timeout(30):  # a bound on a hang, not a measure
                 await polling
@@ -180,11 +178,9 @@ async def test_an_executor_refused_for_a_while_says_why_and_comes_back(
         member = await book.get(COLONY, "worker")
         assert member is not None
         await book.remove(COLONY, "worker")  # refused from now on, its records kept
-        assert (
-            secure_broker.service_of(COLONY) is not None
-            and secure_broker.service_of(COLONY).cut is not None
-        )
-        await secure_broker.service_of(COLONY).cut(COLONY, "worker")
+        service = secure_broker.service_of(COLONY)
+        assert service is not None and service.cut is not None
+        await service.cut(COLONY, "worker")
         await until(
             lambda: any(
                 s.stage is ExecutorStage.NOT_LET_IN and "not allowed" in s.message for s in said
