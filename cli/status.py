@@ -167,7 +167,7 @@ async def watch_colony(
                     try:
                         event = await events.next(tick_s)
                     except TimeoutError:
-                        drawn = 0.0  # a tick: nothing happened, but time did
+                        drawn = float("-inf")  # a tick: nothing happened, but time did
                     else:
                         seen += view.apply(event)
                     if time.monotonic() - drawn >= _DRAW_S or seen == count:

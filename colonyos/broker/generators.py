@@ -123,7 +123,7 @@ class GeneratorRunner(StandingRunner[Generator]):
         )
         self._waiting: dict[Key, _Waiting] = {}
         self._packed: set[Key] = set()  # told an argument arrived: read these first
-        self._scanned = 0.0
+        self._scanned = float("-inf")  # never: the first sweep reads every stream
         service.register_ops(
             generator_add=(GeneratorAdd, self.generator_add),
             generator_get=(Named, self.generator_get),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -102,7 +103,9 @@ async def test_a_backlog_runs_one_batch_after_another_without_waiting_for_a_resc
     """Arguments that waited while no broker ran are read a batch at a time: once a batch is
     used, the next is read at once, not at the leader's next look at every stream (here an
     hour away, so that only reading on would get past the first batch)."""
-    monkeypatch.setattr(generators_module, "_RESCAN_S", 3600.0)
+    # Longer than the machine has been up, too: a leader that never read the streams must
+    # not take that for a read at the monotonic clock's zero (the machine's boot).
+    monkeypatch.setattr(generators_module, "_RESCAN_S", time.monotonic() + 3600.0)
     generators = Generators(client)
     await generators.add("backlog", ONE, trigger=1)
     await generators.pack("backlog", 0)  # run at once; and the generator is known to exist
