@@ -111,7 +111,8 @@ bench-quick: install
 bench-platforms: install
 	$(BIN)/python -m bench.platforms
 
-# Two busy colonies: one broker serving both, against a broker each (bench/scale.py).
+# Two busy colonies: one broker serving both, against a broker each; then 200 colonies at
+# rest, what they cost (bench/scale.py).
 bench-scale: install
 	$(BIN)/python -m bench.scale
 

@@ -12,6 +12,9 @@ Both cases run on the same nats-server, with the same executors (2 executor proc
 per colony) and the same load (``n`` no-op processes submitted to each colony at once); the
 figure is processes per second for both colonies together. The "one" prefix's events stream
 counts both colonies' events.
+
+Then the cost of colonies at rest: one broker leading ``--idle`` colonies (200 by default)
+with nothing to do, its CPU and nats-server's over 20 seconds (``--idle-only``: only that).
 """
 
 from __future__ import annotations
@@ -126,6 +129,28 @@ async def _until_shared(client: Client, colonies: int) -> None:
             await asyncio.sleep(0.1)  # sleep-ok: waiting for the hand-over to be announced
 
 
+async def idle(colonies: int, window_s: float) -> list[Figure]:
+    """One broker leading ``colonies`` colonies at rest (nothing submitted, no executors): the
+    CPU it and nats-server use, as a share of one core, over ``window_s``."""
+    async with System(prefix="idle", secure=False) as system:
+        client = await system.start()
+        for i in range(colonies - 1):  # "bench" is the first
+            await _add_colony(client, f"idle{i}")
+        await client.aclose()
+        assert system.broker is not None and system.server.proc is not None
+        pids = {"broker": system.broker.pid, "nats-server": system.server.proc.pid}
+        await asyncio.sleep(5)  # sleep-ok: let the colonies' first sweeps and pulls pass
+        before = {who: cpu_seconds(pid) for who, pid in pids.items()}
+        t0 = time.monotonic()
+        await asyncio.sleep(window_s)  # sleep-ok: the window measured
+        elapsed = time.monotonic() - t0
+        use = {who: (cpu_seconds(pid) - before[who]) / elapsed * 100 for who, pid in pids.items()}
+    return [
+        Figure(f"{colonies} idle colonies: {who} CPU", share, "% of a core", note="at rest")
+        for who, share in use.items()
+    ]
+
+
 async def main(n: int) -> list[Figure]:
     figures: list[Figure] = []
     sharded = {"COLONIES_SHARDED": "1"}
@@ -189,5 +214,9 @@ async def main(n: int) -> list[Figure]:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("-n", type=int, default=5000, help="processes per colony")
+    parser.add_argument("--idle", type=int, default=200, help="colonies in the idle scenario")
+    parser.add_argument("--idle-only", action="store_true", help="only the idle scenario")
     args = parser.parse_args()
-    report(asyncio.run(main(args.n)), quick=False, name="scale")
+    figures = [] if args.idle_only else asyncio.run(main(args.n))
+    figures += asyncio.run(idle(args.idle, window_s=20.0))
+    report(figures, quick=False, name="scale")

@@ -40,12 +40,23 @@ class Lifecycle:
         self.sweep_interval_s = sweep_interval_s
 
     async def run(self) -> None:
+        watch = self.service.to_watch
         while True:
+            watch.clear()
             try:
                 await self.sweep()
             except Exception:
                 logger.exception("lifecycle sweep failed; trying again")
+                watch.set()  # try again whatever it watches
+            if not watch.is_set() and not self._watching():
+                # Nothing runs and nothing waits under a deadline: nothing can fall due until
+                # a process is tracked that can (a colony at rest costs no wake-ups).
+                await watch.wait()
             await asyncio.sleep(self.sweep_interval_s)
+
+    def _watching(self) -> bool:
+        s = self.service
+        return bool(s.running or s.wait_deadlines or s.exec_deadlines)
 
     async def sweep(self) -> None:
         t_ns = time.time_ns()

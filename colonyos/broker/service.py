@@ -150,6 +150,8 @@ class Service:
         self.in_use = CapacityInUse()  # what each executor's running processes requested
         self.wait_deadlines = DeadlineHeap()
         self.exec_deadlines = DeadlineHeap()
+        # Set on tracking what the lifecycle sweeps watch (running, or under a wait deadline).
+        self.to_watch = asyncio.Event()
         self.heard: dict[str, float] = {}  # executor id -> monotonic time of any sign of life
         # When this broker started leading (monotonic): a heard time no later than this is the
         # grace given at load, not a sign of life.
@@ -303,12 +305,14 @@ class Service:
         if process.state is ProcessState.WAITING and not process.wait_for_parents:
             if process.wait_deadline != ZERO_TIME:
                 self.wait_deadlines.push(_ns(process.wait_deadline), process.colony_name, pid)
+                self.to_watch.set()
             self.enqueue(process, revision)
         elif process.state is ProcessState.RUNNING:
             self.running[pid] = (process, revision)
             self.in_use.hold(process.assigned_executor_id, pid, Requirement.of(process.spec))
             if process.exec_deadline != ZERO_TIME:
                 self.exec_deadlines.push(_ns(process.exec_deadline), process.colony_name, pid)
+            self.to_watch.set()
         if freed is not None and process.state is not ProcessState.RUNNING:
             # Capacity came back: a parked assign of that executor may now fit a queued one.
             for waiter in self.parked.take_all_of(freed):

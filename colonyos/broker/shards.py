@@ -124,7 +124,7 @@ class Shards:
         async with self._looking:
             self._reap()
             await self._take([SERVER_SCOPE])
-            colonies = [c.name async for c in self.store.all_colonies()]
+            colonies = await self.store.colony_names()
             due = self._due(colonies)
             for scope in [s for s in self.held if s != SERVER_SCOPE and s not in due]:
                 await self._hand_over(scope)

@@ -147,8 +147,11 @@ class StandingRunner(abc.ABC, Generic[R]):
                 self.log.exception("%s sweep failed; trying again", self.what)
                 until = self._retry_s
             self._wake.clear()
+            # Without definitions nothing can fall due: sleep until one is added (a colony
+            # without crons costs nothing while idle).
+            sleep = max(0.0, min(until, MAX_SLEEP_S)) if self.records else None
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(max(0.0, min(until, MAX_SLEEP_S))):
+                async with asyncio.timeout(sleep):
                     await self._wake.wait()
 
     @abc.abstractmethod

@@ -110,6 +110,9 @@ class ProcessStore:
         self._replicas = replicas
         self._retention_s = retention_s
         self.publisher = JetStreamPublisher(nc)
+        # colony_names(): the names as read at the colonies bucket's revision.
+        self._colony_names: list[str] = []
+        self._names_read_at = -1
         self._unacked: set[asyncio.Future[Any]] = set()
         self._republishing: set[asyncio.Task[None]] = set()
         self._writing = False
@@ -509,6 +512,15 @@ class ProcessStore:
             colony = _decoded(_colony_decoder, entry, "colony")
             if colony is not None:
                 yield colony
+
+    async def colony_names(self) -> list[str]:
+        """The names of every colony, read again only when the bucket has changed since the
+        last read (a broker looks at them every third of a lease term)."""
+        revision = (await self.colonies.status()).stream_info.state.last_seq
+        if revision != self._names_read_at:
+            self._colony_names = [c.name async for c in self.all_colonies()]
+            self._names_read_at = revision
+        return list(self._colony_names)
 
     async def all_crons(self, colony: str | None = None) -> AsyncIterator[tuple[Cron, int]]:
         async for entry in self._snapshot(self.crons, colony):
