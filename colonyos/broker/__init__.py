@@ -27,7 +27,7 @@ from colonyos.broker.callout import Callout
 from colonyos.broker.exposition import MetricsServer, Scraper
 from colonyos.broker.kicker import Kicker
 from colonyos.broker.leadership import Leadership
-from colonyos.broker.lease import Lease
+from colonyos.broker.lease import Holding
 from colonyos.broker.metrics import BrokerMetrics
 from colonyos.broker.service import Service, new_id
 from colonyos.broker.shards import Shards
@@ -153,11 +153,12 @@ class Broker:
                 peers=lambda: (b.broker_id for b in self.roster.others(self.broker_id)),
                 make=functools.partial(self._leadership, nc, store),
             )
+            shards.start()
             stack.push_async_callback(self._step_down, shards)
             if s.metrics_port is not None:
                 scraper = Scraper(
                     self.metrics,
-                    shards.lease(SERVER_SCOPE),
+                    shards.server_lease,
                     self._services,
                     liveness_s=s.executor_liveness_s,
                 )
@@ -180,7 +181,7 @@ class Broker:
             )
             await self._steer(nc, shards)
 
-    def _leadership(self, nc: NATS, store: ProcessStore, scope: str, lease: Lease) -> Leadership:
+    def _leadership(self, nc: NATS, store: ProcessStore, scope: str, lease: Holding) -> Leadership:
         assert self.members is not None and self.shards is not None
         return Leadership(
             scope,

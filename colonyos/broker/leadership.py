@@ -35,7 +35,7 @@ from colonyos.broker.generators import GeneratorRunner
 from colonyos.broker.index import ProcessIndex
 from colonyos.broker.intake import Intake
 from colonyos.broker.kicker import Kicker
-from colonyos.broker.lease import Lease
+from colonyos.broker.lease import Holding
 from colonyos.broker.lifecycle import Lifecycle
 from colonyos.broker.membership import Membership
 from colonyos.broker.readers import Readers
@@ -77,7 +77,7 @@ class Leadership:
         *,
         nc: NATS,
         store: ProcessStore,
-        lease: Lease,
+        lease: Holding,
         settings: BrokerSettings,
         members: MemberBook,
         roster: Roster,
@@ -233,25 +233,10 @@ class Leadership:
             logger.info("stepping down from %s", self._named)
 
     async def _hold(self) -> None:
-        """Renew the lease until it is lost or this leadership is stopped."""
-        period = self.settings.lease_ttl_s / 3
-        while not self._stopping.is_set():
-            await self._pause(period)
-            if self._stopping.is_set():
-                return
-            try:
-                async with asyncio.timeout(period):
-                    renewed = await self.lease.try_acquire()
-            except TimeoutError:
-                renewed = self.lease.held
-            if not renewed:
-                logger.warning("lost the lease of %s", self._named)
-                return
-
-    async def _pause(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(seconds):
-                await self._stopping.wait()
+        """Keep the lease (or claim) until it is lost or this leadership is stopped."""
+        await self.lease.keep(self._stopping)
+        if not self._stopping.is_set():
+            logger.warning("lost the lease of %s", self._named)
 
     async def _spawn_handler(self, msg: Msg) -> None:
         assert self.service is not None

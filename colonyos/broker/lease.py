@@ -1,13 +1,24 @@
-"""A lease in a KV bucket: which broker leads, with failover when the leader goes silent.
+"""Leases in a KV bucket: which broker leads what, with failover when a leader goes silent.
 
-The value names the holder and when the lease runs out (wall clock, nanoseconds). Taking,
-renewing and handing over are compare-and-set writes on the key's revision, so two brokers
-can never both believe they took the same revision. A leader that cannot renew in time stops
-leading before its lease runs out, so a new leader only starts after the old one has stopped.
+A :class:`Lease`'s value names the holder and when the lease runs out (wall clock,
+nanoseconds). Taking, renewing and handing over are compare-and-set writes on the key's
+revision, so two brokers can never both believe they took the same revision. A leader that
+cannot renew in time stops leading before its lease runs out, so a new leader only starts
+after the old one has stopped. The server scope is led under a lease (``broker``).
+
+A broker may lead hundreds of colonies, and a lease renewed per colony was most of what a
+colony at rest cost (a write every third of a term each). So a broker keeps one lease of its
+own, its :class:`Life` (``alive.<broker id>``), and holds each colony under a :class:`Claim`
+(``colony.<name>``): a compare-and-set naming the broker, with no expiry of its own, good for
+as long as the broker's life lasts. Another broker takes a claimed colony only once the
+claimant's life has run out (or the claim was given up); a broker whose life lapsed (it could
+not renew in time) has lost every claim made before, and steps down from those colonies
+before it claims anything again. One write every third of a term, however many colonies.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -19,7 +30,7 @@ from nats.js.kv import KeyValue
 
 from colonyos.subjects import SERVER_SCOPE
 
-__all__ = ["Lease", "lease_key"]
+__all__ = ["Claim", "Holding", "Lease", "Life", "lease_key"]
 
 _SERVER_LEASE = "broker"
 
@@ -95,6 +106,170 @@ class Lease:
         # If someone took it already, or NATS is gone, the lease runs out by itself.
         with contextlib.suppress(nats.errors.Error, TimeoutError):
             await self.kv.update(self.key, _encode(_Holder("", 0)), last=self._revision)
+
+    async def keep(self, stopping: asyncio.Event) -> None:
+        """Renew every third of a term; return when the lease is lost or ``stopping`` is set."""
+        period = self.ttl_ns / 1e9 / 3
+        while not stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(period):
+                    await stopping.wait()
+            if stopping.is_set():
+                return
+            try:
+                async with asyncio.timeout(period):
+                    renewed = await self.try_acquire()
+            except TimeoutError:
+                renewed = self.held
+            if not renewed:
+                return
+
+
+class Life:
+    """A broker's own lease (``alive.<broker id>``), renewed by one loop (:meth:`renew`):
+    every :class:`Claim` the broker makes is good for as long as it lasts. Each time it lapses
+    a generation ends: the claims made in it are lost, and :attr:`lapsed` (that generation's)
+    is set."""
+
+    def __init__(self, kv: KeyValue, broker_id: str, ttl_s: float) -> None:
+        self.kv = kv
+        self.broker_id = broker_id
+        self.lease = Lease(kv, _life_key(broker_id), broker_id, ttl_s)
+        self.generation = 0
+        self.lapsed = asyncio.Event()
+        self._claimed = False  # a claim was made in this generation
+        self._renewing = asyncio.Lock()
+
+    @property
+    def held(self) -> bool:
+        return self.lease.held
+
+    async def renew(self) -> bool:
+        """Take or renew the broker's lease; a lapse before (or a renewal refused) ends the
+        generation, and with it every claim made in it."""
+        async with self._renewing:  # two at once would each refuse the other's write
+            lapsed = not self.lease.held
+            renewed = await self.lease.try_acquire()
+            if lapsed or not renewed:
+                self._end_generation()
+            return renewed
+
+    async def keep(self, stopping: asyncio.Event) -> None:
+        """Renew every third of a term until ``stopping`` is set, then give the lease up."""
+        period = self.lease.ttl_ns / 1e9 / 3
+        try:
+            while not stopping.is_set():
+                try:
+                    async with asyncio.timeout(period):
+                        await self.renew()
+                except TimeoutError:
+                    if not self.lease.held:
+                        self._end_generation()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(period):
+                        await stopping.wait()
+        finally:
+            self._end_generation()
+            await self.lease.release()
+
+    async def lives(self, broker_id: str) -> bool:
+        """Is the life of broker ``broker_id`` still running (by the wall clock)?"""
+        try:
+            entry = await self.kv.get(_life_key(broker_id))
+        except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+            return False
+        return _decode(entry.value or b"").expires_ns > time.time_ns()
+
+    def _end_generation(self) -> None:
+        if self._claimed:
+            self.lapsed.set()
+            self.lapsed = asyncio.Event()
+            self.generation += 1
+            self._claimed = False
+
+
+class Claim:
+    """A colony's lease held under the broker's :class:`Life`: taken by a compare-and-set that
+    names the broker, kept with no write at all while the life lasts."""
+
+    def __init__(self, kv: KeyValue, key: str, life: Life) -> None:
+        self.kv = kv
+        self.key = key
+        self.life = life
+        self.holder = life.broker_id
+        self._revision: int | None = None
+        self._generation = -1
+        self._lapsed = asyncio.Event()
+        self.term = 0  # the bucket revision of the claim (as Lease.term)
+
+    @property
+    def held(self) -> bool:
+        return (
+            self._revision is not None
+            and self._generation == self.life.generation
+            and self.life.held
+        )
+
+    async def try_acquire(self) -> bool:
+        """Claim the colony if it is free, given up, or its claimant's life has run out; True
+        if this broker holds it (then no write was needed while its life lasted)."""
+        if self.held:
+            return True
+        if not self.life.held:
+            return False
+        value = _encode(_Holder(self.holder, 0))
+        try:
+            try:
+                entry = await self.kv.get(self.key)
+            except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+                revision = await self.kv.create(self.key, value)
+            else:
+                current = _decode(entry.value or b"")
+                if current.holder not in ("", self.holder) and await self._lives(current):
+                    return False
+                revision = await self.kv.update(self.key, value, last=entry.revision)
+        except nats.js.errors.KeyWrongLastSequenceError:
+            return False
+        except (nats.errors.Error, TimeoutError) as err:
+            logger.warning("lease %s: cannot reach the bucket: %s", self.key, err)
+            return False
+        self._revision, self.term = revision, revision
+        self._generation, self._lapsed = self.life.generation, self.life.lapsed
+        self.life._claimed = True
+        return True
+
+    async def _lives(self, current: _Holder) -> bool:
+        if current.expires_ns:  # a lease renewed on its own, as every colony's once was
+            return current.expires_ns > time.time_ns()
+        return await self.life.lives(current.holder)
+
+    async def keep(self, stopping: asyncio.Event) -> None:
+        """Return when the claim is lost (the broker's life lapsed) or ``stopping`` is set."""
+        if self.held:
+            lapsed = asyncio.ensure_future(self._lapsed.wait())
+            stopped = asyncio.ensure_future(stopping.wait())
+            try:
+                await asyncio.wait({lapsed, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                lapsed.cancel()
+                stopped.cancel()
+
+    async def release(self) -> None:
+        """Give the colony up (to whichever broker looks next)."""
+        revision, self._revision = self._revision, None
+        if revision is None:
+            return
+        # If someone took it already, or NATS is gone, it is free once the life runs out.
+        with contextlib.suppress(nats.errors.Error, TimeoutError):
+            await self.kv.update(self.key, _encode(_Holder("", 0)), last=revision)
+
+
+# What a scope is led under: the server scope's lease, or a colony's claim.
+Holding = Lease | Claim
+
+
+def _life_key(broker_id: str) -> str:
+    return f"alive.{broker_id}"
 
 
 def lease_key(scope: str) -> str:

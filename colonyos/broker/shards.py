@@ -32,7 +32,7 @@ from nats.aio.client import Client as NATS
 from nats.js.kv import KeyValue
 
 from colonyos.broker.leadership import Leadership
-from colonyos.broker.lease import Lease, lease_key
+from colonyos.broker.lease import Claim, Holding, Lease, Life, lease_key
 from colonyos.broker.service import Service
 from colonyos.broker.store import ProcessStore
 from colonyos.subjects import SERVER_SCOPE, Subjects
@@ -76,7 +76,7 @@ class Shards:
         ttl_s: float,
         sharded: bool,
         peers: Callable[[], Iterable[str]],
-        make: Callable[[str, Lease], Leadership],
+        make: Callable[[str, Holding], Leadership],
     ) -> None:
         self.broker_id = broker_id
         self.nc = nc
@@ -88,8 +88,12 @@ class Shards:
         self.peers = peers  # the other brokers alive (ids)
         self.make = make
         self.held: dict[str, _Held] = {}
-        self.leases: dict[str, Lease] = {}
+        self.leases: dict[str, Holding] = {}
         self._looking = asyncio.Lock()
+        # The broker's own lease, under which it claims colonies (broker/lease.py).
+        self.life = Life(leases, broker_id, ttl_s)
+        self._ended = asyncio.Event()  # every scope handed over: the life may end
+        self._living: asyncio.Task[None] | None = None
 
     # -- what is led ------------------------------------------------------------------------
     def leadership(self, scope: str) -> Leadership | None:
@@ -112,10 +116,28 @@ class Shards:
     def colonies_led(self) -> list[str]:
         return sorted(s for s in self.held if s != SERVER_SCOPE and self.leadership(s))
 
-    def lease(self, scope: str) -> Lease:
+    def lease(self, scope: str) -> Holding:
+        """The server scope's lease, or a colony's claim (held under the broker's life)."""
         if scope not in self.leases:
-            self.leases[scope] = Lease(self.leases_kv, lease_key(scope), self.broker_id, self.ttl_s)
+            key = lease_key(scope)
+            self.leases[scope] = (
+                Lease(self.leases_kv, key, self.broker_id, self.ttl_s)
+                if scope == SERVER_SCOPE
+                else Claim(self.leases_kv, key, self.life)
+            )
         return self.leases[scope]
+
+    @property
+    def server_lease(self) -> Lease:
+        lease = self.lease(SERVER_SCOPE)
+        assert isinstance(lease, Lease)
+        return lease
+
+    def start(self) -> None:
+        """Keep the broker's life (renewed by one loop) until :meth:`stop` has handed every
+        scope over."""
+        if self._living is None:
+            self._living = asyncio.create_task(self.life.keep(self._ended), name="life")
 
     # -- looking again ----------------------------------------------------------------------
     async def look(self) -> bool:
@@ -123,6 +145,8 @@ class Shards:
         True when it leads every scope it should (the server scope included or not)."""
         async with self._looking:
             self._reap()
+            if not self.life.held:  # before the first renewal, or after a lapse
+                await self.life.renew()
             await self._take([SERVER_SCOPE])
             colonies = await self.store.colony_names()
             due = self._due(colonies)
@@ -160,6 +184,9 @@ class Shards:
         colonies = [s for s in self.held if s != SERVER_SCOPE]
         await asyncio.gather(*(self._hand_over(s) for s in colonies))
         await self._hand_over(SERVER_SCOPE)
+        self._ended.set()  # the life is given up last: no colony is still led under it
+        if self._living is not None:
+            await self._living
 
     def _alive(self) -> set[str]:
         return {self.broker_id, *self.peers()}

@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 
 import msgspec
+from nats.aio.msg import Msg
 
-from colonyos.broker.lease import Lease
-from colonyos.config import BrokerSettings
+from colonyos.broker.lease import Claim, Lease, Life
+from colonyos.config import BrokerSettings, Settings
+from colonyos.subjects import Subjects
 
-from ..conftest import running_broker
-from ..helpers import standalone_service, until
+from ..conftest import COLONY, open_colony, running_broker
+from ..helpers import raw_nats, standalone_service, until
 
 TTL_S = 2.0
 
@@ -96,3 +99,84 @@ async def test_a_holder_that_finds_its_lease_taken_stops_acting_at_once(
         await kv.update("k", msgspec.json.encode(other), last=entry.revision)
         assert not await a.try_acquire()
         assert not a.held
+
+
+async def test_a_colony_claimed_under_a_life_is_taken_only_once_that_life_runs_out(
+    own_brokers: BrokerSettings,
+) -> None:
+    """A claim has no expiry of its own: another broker takes the colony when the claimant's
+    life has run out (it stopped renewing), not before; the claimant has stopped acting by
+    then."""
+    async with standalone_service(own_brokers) as service:
+        kv = service.store.leases
+        life_a, life_b = Life(kv, "a", TTL_S), Life(kv, "b", TTL_S)
+        assert await life_a.renew() and await life_b.renew()
+        a, b = Claim(kv, "colony.c", life_a), Claim(kv, "colony.c", life_b)
+        assert await a.try_acquire() and a.held
+        assert not await b.try_acquire()
+        expires_ns = await _expiry(life_a.lease)
+        # a's life stops renewing (its broker died); b's goes on.
+        async with asyncio.timeout(10):
+            while not await b.try_acquire():
+                await life_b.renew()
+                await asyncio.sleep(0.05)  # sleep-ok: a standby's retry period
+        assert time.time_ns() >= expires_ns
+        assert b.held and not a.held
+
+
+async def test_a_colony_given_up_is_claimed_at_once(own_brokers: BrokerSettings) -> None:
+    async with standalone_service(own_brokers) as service:
+        kv = service.store.leases
+        life_a, life_b = Life(kv, "a", 60.0), Life(kv, "b", 60.0)
+        assert await life_a.renew() and await life_b.renew()
+        a, b = Claim(kv, "colony.c", life_a), Claim(kv, "colony.c", life_b)
+        assert await a.try_acquire()
+        await a.release()
+        assert not a.held and await b.try_acquire()
+
+
+async def test_a_broker_renews_one_lease_however_many_colonies_it_leads(
+    own_brokers: BrokerSettings, settings: Settings
+) -> None:
+    """Three colonies led: while the broker's own lease is renewed three times, no colony's
+    is written."""
+    quick = msgspec.structs.replace(own_brokers, lease_ttl_s=0.9)
+    async with running_broker(quick, owners=True) as broker:
+        for name in (COLONY, "c1", "c2"):
+            await open_colony(settings, name)
+        assert broker.shards is not None
+        await until(lambda: len(broker.shards.colonies_led) == 3)
+        life_key = broker.shards.life.lease.key
+        written: list[str] = []
+        nc = await raw_nats(quick.nats_url)
+        bucket = Subjects(quick.prefix).bucket_leases
+        try:
+            sub = await nc.subscribe(f"$KV.{bucket}.>", cb=_record(written, f"$KV.{bucket}."))
+            await until(lambda: written.count(life_key) >= 3, timeout=10)
+            await sub.unsubscribe()
+        finally:
+            await nc.close()
+        assert [k for k in written if k.startswith("colony.")] == []
+
+
+async def test_a_broker_whose_life_lapsed_steps_down_from_its_colonies_and_claims_them_again(
+    own_brokers: BrokerSettings, settings: Settings
+) -> None:
+    """Its own lease ran out unrenewed (a stall longer than its term): every colony it
+    claimed may be another's by now, so it stops leading them, then claims them afresh."""
+    quick = msgspec.structs.replace(own_brokers, lease_ttl_s=1.5)
+    async with running_broker(quick, owners=True) as broker:
+        assert broker.shards is not None
+        await open_colony(settings)
+        before = broker.leadership(COLONY)
+        assert before is not None
+        broker.shards.life.lease.valid_until = 0.0  # as after a stall
+        await until(lambda: before.serving.is_set() is False, timeout=10)
+        await until(lambda: broker.leadership(COLONY) not in (None, before), timeout=10)
+
+
+def _record(written: list[str], head: str) -> Callable[[Msg], Awaitable[None]]:
+    async def on_write(msg: Msg) -> None:
+        written.append(msg.subject[len(head) :])
+
+    return on_write
