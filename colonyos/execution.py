@@ -34,7 +34,7 @@ import traceback
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TextIO, TypeVar
+from typing import Any, Protocol, TextIO, TypeVar
 
 import msgspec
 
@@ -43,6 +43,7 @@ from colonyos.errors import (
     BrokerUnavailableError,
     ColoniesError,
     ConflictError,
+    InvalidSpecError,
     NotAuthorizedError,
 )
 from colonyos.limits import (
@@ -59,6 +60,7 @@ __all__ = [
     "EarlyRevokes",
     "FunctionOutcome",
     "Handler",
+    "NextAsker",
     "OwnLog",
     "ProcessContext",
     "ProcessFailure",
@@ -429,6 +431,15 @@ class ResultSender:
         self._queue: list[tuple[Close | Fail, int, asyncio.Future[None]]] = []
         self._sending: asyncio.Task[None] | None = None
         self._budget = request_limit(client.nc.max_payload) - _REQUEST_ENVELOPE_BYTES
+        # Set while an executor takes work a prefetch ahead: a result request may then ask
+        # for the process to run next (results_next), unless the broker does not know it.
+        self.ahead: NextAsker | None = None
+        self._next_known = True
+
+    @property
+    def asks_next(self) -> bool:
+        """Whether a result request may ask for the next process (the broker knows how)."""
+        return self._next_known
 
     async def send(self, item: Close | Fail) -> None:
         """Returns once the broker accepted it; raises what refused it, or
@@ -453,11 +464,18 @@ class ResultSender:
     async def _drain(self) -> None:
         while self._queue:
             batch = self._next_batch()
+            closes = [i for i, _, _ in batch if isinstance(i, Close)]
+            fails = [i for i, _, _ in batch if isinstance(i, Fail)]
+            ahead = self.ahead if self._next_known else None
             try:
-                refused = await self.client.send_results(
-                    [i for i, _, _ in batch if isinstance(i, Close)],
-                    [i for i, _, _ in batch if isinstance(i, Fail)],
-                )
+                if ahead is not None and ahead.wants_next(len(batch)):
+                    refused = await _ask_next(self.client, ahead, closes, fails)
+                else:
+                    refused = await self.client.send_results(closes, fails)
+            except _UnknownOperation:
+                self._next_known = False  # an older broker: plain results from now on
+                self._queue[:0] = batch
+                continue
             except Exception as err:  # every waiter gets it, to retry or to report
                 for _, _, done in batch:
                     if not done.done():
@@ -471,6 +489,46 @@ class ResultSender:
                     done.set_result(None)
                 else:
                     done.set_exception(error)
+
+
+class NextAsker(Protocol):
+    """The side of an executor's dispatch that a result request may ask work for."""
+
+    @property
+    def executor_id(self) -> str:
+        """The run's registration, which the broker hands the next process to."""
+
+    def wants_next(self, finishing: int) -> bool:
+        """Should a request with the results of ``finishing`` processes ask for the next?"""
+
+    def asking(self, on: bool) -> None:
+        """A request that asks for the next is out (True), or answered or failed (False)."""
+
+    def bring(self, processes: list[Process]) -> None:
+        """What such a request brought (assigned to this run, to run next)."""
+
+
+class _UnknownOperation(Exception):
+    pass
+
+
+async def _ask_next(
+    client: Client, ahead: NextAsker, closes: list[Close], fails: list[Fail]
+) -> dict[str, ColoniesError]:
+    ahead.asking(True)
+    try:
+        try:
+            refused, brought = await client.send_results_next(
+                closes, fails, executor_id=ahead.executor_id
+            )
+        except InvalidSpecError as err:
+            if err.detail.get("op") == "results_next":
+                raise _UnknownOperation from err
+            raise
+        ahead.bring(brought)
+        return refused
+    finally:
+        ahead.asking(False)
 
 
 class EarlyRevokes:

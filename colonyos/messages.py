@@ -152,6 +152,22 @@ class Outcome(Model, kw_only=True, omit_defaults=True):
     error: ErrorReply | None = None
 
 
+class ResultsNext(Results, kw_only=True):
+    """``results_next``: results, and the process the same run is to run next (a prefetch:
+    one, handed at once or not at all, and only if no idle executor waits for it). An executor
+    that runs one process at a time pays one request per process instead of two."""
+
+    executor_id: str = ""
+
+
+class NextReply(Model, kw_only=True):
+    """The answer to :class:`ResultsNext`: one outcome per result, and the next process (none:
+    the queue had none for it, or it went to an idle executor; ask with an assign)."""
+
+    outcomes: list[Outcome]
+    processes: list[Process] = msgspec.field(default_factory=list)
+
+
 class LogLines(Model, kw_only=True):
     process_id: str
     lines: list[str]

@@ -150,8 +150,7 @@ class Leadership:
                 max_executor_losses=s.max_executor_losses,
                 scope=self.scope,
             )
-            Assignment(service)
-            Reports(service)
+            Reports(service, Assignment(service))
             feeds = ColonyFeeds(
                 nc,
                 store.js,

@@ -62,6 +62,7 @@ EXECUTOR_OPS = frozenset(
         "assign",
         "assign_many",
         "results",
+        "results_next",
         "close",
         "fail",
         "log",

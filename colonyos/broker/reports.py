@@ -17,10 +17,20 @@ from datetime import datetime
 import msgspec
 
 from colonyos.broker import transitions
+from colonyos.broker.assignment import Assignment
 from colonyos.broker.service import Service
 from colonyos.errors import ColoniesError, RecordTooLargeError
 from colonyos.limits import record_limit
-from colonyos.messages import Close, Fail, LogLines, Outcome, Results
+from colonyos.messages import (
+    Assign,
+    Close,
+    Fail,
+    LogLines,
+    NextReply,
+    Outcome,
+    Results,
+    ResultsNext,
+)
 from colonyos.models import Executor, LogEntry, Process, now
 
 __all__ = ["Reports", "log_entries"]
@@ -30,17 +40,25 @@ logger = logging.getLogger(__name__)
 _encode = msgspec.json.Encoder().encode
 
 
+# What the outcomes of a results_next may take for its reply to carry the next process too
+# (a process record leaves limits.HEADROOM_BYTES of a message free).
+_OUTCOMES_ROOM = 1024
+
+
 class Reports:
-    def __init__(self, service: Service) -> None:
+    def __init__(self, service: Service, assignment: Assignment | None = None) -> None:
         self.service = service
         self.store = service.store
         self.subjects = service.subjects
+        self.assignment = assignment
         service.register_ops(
             close=(Close, self.close),
             fail=(Fail, self.fail),
             results=(Results, self.results),
             log=(LogLines, self.log),
         )
+        if assignment is not None:
+            service.register_ops(results_next=(ResultsNext, self.results_next))
 
     async def close(self, colony: str, caller: str, req: Close) -> Process:
         step = functools.partial(_close_step, self.service.executor(colony, caller), req, now())
@@ -72,6 +90,20 @@ class Reports:
             else:
                 outcomes.append(Outcome(process_id=pid))
         return outcomes
+
+    async def results_next(self, colony: str, caller: str, req: ResultsNext) -> NextReply:
+        """:meth:`results`, then the process this run is to run next, if one can be taken at
+        once (a prefetch: never one an idle executor waits for) and the reply holds it."""
+        assert self.assignment is not None
+        outcomes = await self.results(colony, caller, req)
+        if len(_encode(outcomes)) > _OUTCOMES_ROOM:
+            return NextReply(outcomes=outcomes)  # it asks with an assign
+        ask = Assign(timeout=0.0, executor_id=req.executor_id, prefetch=True)
+        try:
+            processes = await self.assignment.assign_many(colony, caller, ask)
+        except ColoniesError:
+            processes = []  # replaced, removed, rejected: its next assign hears why
+        return NextReply(outcomes=outcomes, processes=processes)
 
     async def log(self, colony: str, caller: str, req: LogLines) -> None:
         executor = self.service.executor(colony, caller)

@@ -25,10 +25,12 @@ from colonyos.messages import (
     Heartbeat,
     Instance,
     LogLines,
+    NextReply,
     Outcome,
     Register,
     Release,
     Results,
+    ResultsNext,
 )
 from colonyos.models import (
     Executor,
@@ -92,6 +94,21 @@ class ExecutorCalls(Connected):
         return {
             o.process_id: ColoniesError.from_reply(o.error) for o in outcomes if o.error is not None
         }
+
+    async def send_results_next(
+        self, closes: list[Close], fails: list[Fail], *, executor_id: str
+    ) -> tuple[dict[str, ColoniesError], list[Process]]:
+        """As :meth:`send_results`, and the process this run is to run next if the broker has
+        one for it at once (a prefetch: none that an idle executor waits for). Refused as an
+        unknown operation by a broker older than this request."""
+        body = ResultsNext(closes=closes, fails=fails, executor_id=executor_id)
+        reply = await self._must("results_next", body, NextReply)
+        refused = {
+            o.process_id: ColoniesError.from_reply(o.error)
+            for o in reply.outcomes
+            if o.error is not None
+        }
+        return refused, reply.processes
 
     async def close(
         self, process_id: str, output: list[Any] | None = None, *, attempt: int | None = None

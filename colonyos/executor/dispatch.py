@@ -4,6 +4,7 @@ the end, letting them finish (or stopping them) and giving back what is still as
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -39,6 +40,9 @@ from colonyos.models import (
 
 __all__ = ["Dispatching"]
 
+# How long a process runs before its executor asks for the next with a request of its own
+# (until then, its result is expected to bring the next: one request for both).
+_PREFETCH_AFTER_S = 0.01
 # How long a stopping run waits for the broker to take back what is still assigned to it.
 _RELEASE_TIMEOUT_S = 3.0
 
@@ -103,39 +107,52 @@ class Dispatching(Stages):
     ) -> None:
         """Take work until stopped, a prefetch ahead: while every slot is busy, one request
         asks for the process to run next (``prefetch``: the broker hands it only what no idle
-        executor waits for), and it starts the moment a slot frees. At most ``concurrency``
-        run and one more waits; one that waits when the run stops is given back with the
-        release (it waited no longer than it would have behind the running ones)."""
-        waiting: list[Process] = []  # assigned, not started: every slot is busy
+        executor waits for), and it starts the moment a slot frees. The result of a process
+        that frees the slot of the last one waiting asks for the next itself (one request per
+        process instead of two, when the broker has one at once), so the separate prefetch
+        waits until the running process has run ``_PREFETCH_AFTER_S``: a short process's
+        result brings its successor, a long one has it waiting long before it ends. At most
+        ``concurrency`` run and one more waits; one that waits when the run stops is given
+        back with the release (it waited no longer than it would have behind the running
+        ones)."""
+        ahead = _Ahead(lambda: self.executor_id, self.prefetch, self.prefetched)
+        results.ahead = ahead
         asking: asyncio.Task[list[Process]] | None = None  # for free slots
         asked = 0
-        ahead: asyncio.Task[list[Process]] | None = None  # a prefetch
+        prefetch: asyncio.Task[list[Process]] | None = None
+        loop = asyncio.get_running_loop()
         try:
             while not self._stopping.is_set():
                 reap()
+                waiting = ahead.waiting
                 while waiting and len(running) < self.concurrency:
                     process = waiting.pop(0)
                     self.prefetched.discard(process.process_id)
                     running.add(asyncio.create_task(self._execute(client, results, process)))
+                    ahead.started = loop.time()
                 free = self.concurrency - len(running) - len(waiting) - asked
+                defer = 0.0
                 if asking is None and free > 0:
                     asking, asked = asyncio.create_task(self._next(client, False, free)), free
-                elif ahead is None and asking is None and not waiting and self.prefetch:
-                    ahead = asyncio.create_task(self._next(client, False, 1, prefetch=True))
-                requests = {r for r in (asking, ahead) if r is not None}
-                await first_of(running | requests, self._stopping)
-                got: list[Process] = []
+                elif prefetch is None and asking is None and ahead.may_prefetch():
+                    defer = ahead.prefetch_in(loop.time()) if results.asks_next else 0.0
+                    if defer <= 0:
+                        prefetch = asyncio.create_task(self._next(client, False, 1, prefetch=True))
+                ahead.requests = sum(r is not None for r in (asking, prefetch))
+                requests = {r for r in (asking, prefetch) if r is not None}
+                ahead.arrived.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(defer if defer > 0 else None):
+                        await first_of(running | requests, self._stopping, ahead.arrived)
                 if asking is not None and asking.done():
-                    got += asking.result()
+                    ahead.bring(asking.result())
                     asking, asked = None, 0
-                if ahead is not None and ahead.done():
-                    got += ahead.result()
-                    ahead = None
-                if got:
-                    waiting = sorted([*waiting, *got], key=lambda p: p.priority_time)
-                    self.prefetched.update(p.process_id for p in got)
+                if prefetch is not None and prefetch.done():
+                    ahead.bring(prefetch.result())
+                    prefetch = None
         finally:
-            for request in (asking, ahead):
+            results.ahead = None
+            for request in (asking, prefetch):
                 if request is not None:
                     await abandon(request)
 
@@ -244,3 +261,53 @@ class Dispatching(Stages):
         """A broker started leading: wake every slot parked on the previous one."""
         woken, self._new_leader = self._new_leader, asyncio.Event()
         woken.set()
+
+
+class _Ahead:
+    """What the dispatch loop shares with the result sender (:class:`NextAsker`): the
+    processes assigned and waiting for a slot, and whether a request is out for more."""
+
+    def __init__(
+        self, executor_id: Callable[[], str], prefetch: bool, prefetched: set[str]
+    ) -> None:
+        self._executor_id = executor_id  # the run's registration (a new one after a restart)
+        self.prefetch = prefetch
+        self.prefetched = prefetched  # the executor's: its heartbeats list them
+        self.waiting: list[Process] = []  # assigned, not started: every slot is busy
+        self.requests = 0  # assign requests out (for free slots, or a prefetch)
+        self.by_result = False  # a result request that asks for the next is out
+        self.arrived = asyncio.Event()  # a result request brought some
+        self.started = float("-inf")  # when the last process started (the loop's clock)
+
+    @property
+    def executor_id(self) -> str:
+        return self._executor_id()
+
+    def may_prefetch(self) -> bool:
+        return self.prefetch and not self.waiting and not self.by_result
+
+    def prefetch_in(self, now: float) -> float:
+        """Seconds until a separate prefetch is worth its request (0: now)."""
+        return max(0.0, self.started + _PREFETCH_AFTER_S - now)
+
+    def wants_next(self, finishing: int) -> bool:
+        """Once these ``finishing`` processes free their slots, would nothing be left
+        waiting, and no request be out for more?"""
+        return (
+            self.prefetch
+            and not self.by_result
+            and self.requests == 0
+            and len(self.waiting) <= finishing
+        )
+
+    def asking(self, on: bool) -> None:
+        self.by_result = on
+        if not on:
+            self.arrived.set()  # the loop may send its own prefetch now
+
+    def bring(self, processes: list[Process]) -> None:
+        if processes:
+            # After those waiting already: each was the next to run when it was taken.
+            self.waiting += sorted(processes, key=lambda p: p.priority_time)
+            self.prefetched.update(p.process_id for p in processes)
+            self.arrived.set()
