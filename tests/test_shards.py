@@ -245,3 +245,25 @@ async def test_a_broker_that_stops_says_so_and_the_others_take_its_colonies_at_o
             assert b.info().colonies > 0
         await until(lambda: b.broker_id not in {x.broker_id for x in a.roster.others("")})
         await until(lambda: all(_led_by([a], n) == [a.broker_id] for n in NAMES), timeout=5)
+
+
+async def test_a_broker_started_without_sharding_gets_no_colony_from_the_sharded_ones(
+    sharded: BrokerSettings, settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Started the other way by mistake (``colonies server start`` without COLONIES_SHARDED
+    beside ``broker start --sharded``), it stands by and would never lead the colonies that
+    rendezvous hashing gives it: the sharded brokers leave it out, and say why."""
+    plain = msgspec.structs.replace(sharded, sharded=False)
+    async with (
+        running_broker(sharded, owners=True) as a,
+        running_broker(plain, lead=False) as b,
+    ):
+        await _knows(a, b)
+        await _knows(b, a)
+        for name in NAMES:
+            await open_colony(settings, name)
+        assert all(_led_by([a, b], n) == [a.broker_id] for n in NAMES)
+        assert b.info().sharded is False and a.info().sharded is True
+        await _runs(settings, NAMES[0], "still-here")
+    said = [r.getMessage() for r in caplog.records if b.broker_id in r.getMessage()]
+    assert any("without COLONIES_SHARDED" in m for m in said), said
