@@ -201,6 +201,9 @@ class Broker:
         broker is here, and take or hand over scopes."""
         period = self.settings.lease_ttl_s / 3
         while not self._stopping.is_set():
+            # Cleared before the look, not after: a wake-up that comes during the look (leases
+            # released by another broker meanwhile) makes another look at once.
+            self._look_now.clear()
             await self._announce(nc)
             try:
                 complete = await shards.look()
@@ -213,7 +216,6 @@ class Broker:
                 self.leading.set()
             elif shards.leadership(SERVER_SCOPE) is None:
                 self.leading.clear()
-            self._look_now.clear()
             await self._pause(period)
 
     async def _on_steer(self, msg: Msg) -> None:
