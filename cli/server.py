@@ -133,6 +133,13 @@ _TLS_CERT = typer.Option(
 _TLS_KEY = typer.Option(
     None, "--tls-key", envvar="COLONIES_TLS_KEY", help="The certificate's private key (PEM)."
 )
+_SHARDED = typer.Option(
+    False,
+    "--sharded",
+    envvar="COLONIES_SHARDED",
+    help="Share the colonies out among the brokers started so (each colony led by one); "
+    "without it, one broker leads every colony and the others stand by.",
+)
 _INSECURE = typer.Option(
     False,
     "--insecure",
@@ -204,6 +211,15 @@ def _start_server(data_dir: Path, port: int, http_port: int | None, config: Path
         raise fail(str(err), ExitCode.SYSTEM) from None
 
 
+def _broker_settings(**overrides: object) -> BrokerSettings:
+    """The broker's settings, from the environment where not given: a COLONIES_* variable that
+    cannot be read (COLONIES_LEASE_TTL=abc) is a usage error, named, not a crash."""
+    try:
+        return BrokerSettings.from_env(None, **overrides)
+    except (ValueError, msgspec.ValidationError) as err:
+        raise fail(str(err)) from None
+
+
 async def _until_signalled(*stoppers: asyncio.Event) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -224,6 +240,7 @@ async def _serve(
     tls: tuple[Path, Path] | None,
     metrics: tuple[str, int | None] = ("127.0.0.1", None),
     dashboard_port: int = 0,
+    sharded: bool = False,
 ) -> None:
     async with contextlib.AsyncExitStack() as stack:
         if insecure:
@@ -236,12 +253,13 @@ async def _serve(
         stack.callback(server.stop)
         settings = msgspec.structs.replace(settings, nats_url=server.url)
         broker = serving_broker(
-            BrokerSettings.from_env(
+            _broker_settings(
                 nats_url=server.url,
                 prefix=settings.prefix,
                 data_dir=data_dir,
                 keys_dir=keys_dir,
                 tls_ca=settings.tls_ca,
+                sharded=sharded,
                 metrics_host=metrics[0],
                 metrics_port=metrics[1],
             )
@@ -382,6 +400,7 @@ def _run_server(
     tls_key: Path | None = None,
     metrics: tuple[str, int | None] = ("127.0.0.1", None),
     dashboard_port: int = 0,
+    sharded: bool = False,
 ) -> None:
     tls = _tls_pair(tls_cert, tls_key)
     with _config(config) as conf:
@@ -396,6 +415,7 @@ def _run_server(
             tls=tls,
             metrics=metrics,
             dashboard_port=dashboard_port,
+            sharded=sharded,
         )
         run(serving)
 
@@ -412,9 +432,11 @@ def server_start(
     tls_key: Path | None = _TLS_KEY,
     metrics_port: int | None = _METRICS_PORT,
     metrics_host: str = _METRICS_HOST,
+    sharded: bool = _SHARDED,
 ) -> None:
     """Start an embedded NATS server (JetStream) and a broker, in the foreground. Secure
-    unless --insecure: you (your key) own the server."""
+    unless --insecure: you (your key) own the server. With brokers started beside it with
+    --sharded, start it with --sharded too."""
     _run_server(
         ctx,
         data_dir,
@@ -426,6 +448,7 @@ def server_start(
         tls_cert=tls_cert,
         tls_key=tls_key,
         metrics=(metrics_host, metrics_port),
+        sharded=sharded,
     )
 
 
@@ -474,13 +497,7 @@ def broker_start(
     ),
     metrics_port: int | None = _METRICS_PORT,
     metrics_host: str = _METRICS_HOST,
-    sharded: bool = typer.Option(
-        False,
-        "--sharded",
-        envvar="COLONIES_SHARDED",
-        help="Share the colonies out among the brokers started so (each colony led by one); "
-        "without it, one broker leads every colony and the others stand by.",
-    ),
+    sharded: bool = _SHARDED,
 ) -> None:
     """Start a broker against --nats; run several for fail-over (one leads, others stand by),
     or with --sharded to share the colonies out. On a secure server it uses the keys under
@@ -496,7 +513,7 @@ def broker_start(
 
     async def go() -> None:
         broker = serving_broker(
-            BrokerSettings.from_env(
+            _broker_settings(
                 nats_url=settings.nats_url,
                 prefix=settings.prefix,
                 data_dir=data_dir,

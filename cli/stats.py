@@ -138,7 +138,8 @@ def function_stats(ctx: typer.Context, as_json: bool = JSON_OPTION) -> None:
 
 
 def _broker_text(b: BrokerInfo) -> str:
-    return f"{b.broker_id} on {b.host} (pid {b.pid}, colonyos {b.version})"
+    sharded = ", sharded" if b.sharded else ""
+    return f"{b.broker_id} on {b.host} (pid {b.pid}, colonyos {b.version}{sharded})"
 
 
 def _colonies_text(n: int) -> str:

@@ -10,7 +10,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 import msgspec
 
@@ -38,6 +38,18 @@ def parse_duration(text: str, what: str = "duration") -> float:
     if not seconds > 0:
         raise ValueError(f"{what}: {text!r} must be more than zero")
     return seconds
+
+
+N = TypeVar("N", int, float)
+
+
+def _number(kind: type[N], text: str, what: str) -> N:
+    """A number from a variable, or an error that names the variable."""
+    try:
+        return kind(text)
+    except ValueError:
+        noun = "a whole number" if kind is int else "a number"
+        raise ValueError(f"{what}: {text!r} is not {noun}") from None
 
 
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
@@ -161,14 +173,15 @@ class BrokerSettings(msgspec.Struct, frozen=True, kw_only=True):
             ("COLONIES_LEASE_TTL", "lease_ttl_s"),
         ):
             if var in env:
-                values[key] = float(env[var])
+                values[key] = _number(float, env[var], var)
         if "COLONIES_RETENTION" in env:
             values["retention_s"] = parse_duration(env["COLONIES_RETENTION"], "COLONIES_RETENTION")
         if "COLONIES_SHARDED" in env:
             values["sharded"] = parse_flag(env["COLONIES_SHARDED"], "COLONIES_SHARDED")
         if "COLONIES_REPLICAS" in env:
-            values["replicas"] = int(env["COLONIES_REPLICAS"])
+            values["replicas"] = _number(int, env["COLONIES_REPLICAS"], "COLONIES_REPLICAS")
         if "COLONIES_MAX_EXECUTOR_LOSSES" in env:
-            values["max_executor_losses"] = int(env["COLONIES_MAX_EXECUTOR_LOSSES"])
+            losses = env["COLONIES_MAX_EXECUTOR_LOSSES"]
+            values["max_executor_losses"] = _number(int, losses, "COLONIES_MAX_EXECUTOR_LOSSES")
         values.update({k: v for k, v in overrides.items() if v is not None})
         return msgspec.convert(values, cls, strict=False)

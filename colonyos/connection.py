@@ -99,6 +99,12 @@ async def refused_at_once(nc: NATS, subject: str, asking: Awaitable[T]) -> T:
     waiting = [asyncio.ensure_future(refused.wait()), asyncio.ensure_future(lost.wait())]
     try:
         await asyncio.wait({task, *waiting}, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:
+        # Given up by its caller (an executor's parked request when its colony's leader
+        # changes): the request goes too, rather than time out later with no one to read it.
+        task.cancel()
+        task.add_done_callback(_read)
+        raise
     finally:
         for w in waiting:
             w.cancel()
@@ -115,6 +121,12 @@ async def refused_at_once(nc: NATS, subject: str, asking: Awaitable[T]) -> T:
             raise nats.errors.TimeoutError
         raise nats.errors.ConnectionClosedError
     return task.result()
+
+
+def _read(task: asyncio.Future[Any]) -> None:
+    """Read how a request given up on ended, so that asyncio does not report it unread."""
+    if not task.cancelled():
+        task.exception()
 
 
 def not_allowed(what: str, caller: str, colony: str, subject: str) -> NotAuthorizedError:

@@ -67,7 +67,8 @@ class StoreInUseError(NatsServerError):
     """Another server (of this machine) keeps its JetStream data in the same directory."""
 
     def __init__(self, store_dir: Path, holder: str) -> None:
-        by = f" (pid {holder})" if holder else ""
+        # The holder as _note_holder writes it, or a bare pid (written by earlier versions).
+        by = f" ({'pid ' if holder.isdigit() else ''}{holder})" if holder else ""
         super().__init__(f"the data directory {store_dir} is in use by another server{by}")
         self.store_dir = store_dir
 
@@ -155,6 +156,7 @@ class NatsServer:
         except OSError as err:
             self._unlock_store()
             raise NatsServerError(f"cannot run {args[0]}: {err}") from err
+        self._note_holder(self.proc.pid)
         ready, ports, monitor = threading.Event(), [], []
 
         def pump() -> None:
@@ -217,6 +219,16 @@ class NatsServer:
         lock.write(str(os.getpid()))
         lock.flush()
         self._lock = lock
+
+    def _note_holder(self, server_pid: int) -> None:
+        """Name both holders of the lock in it: the nats-server, which outlives this process
+        if this one is killed (SIGKILL; it runs in a session of its own), and this one."""
+        if self._lock is None:
+            return
+        self._lock.seek(0)
+        self._lock.truncate()
+        self._lock.write(f"nats-server pid {server_pid}, started by pid {os.getpid()}")
+        self._lock.flush()
 
     def _unlock_store(self) -> None:
         if self._lock is not None:

@@ -172,6 +172,8 @@ class BrokerInfo(Model, kw_only=True):
     leading: bool = False  # leads the server scope
     leading_since: datetime = ZERO_TIME
     colonies: int = 0  # how many colonies it leads
+    # Started with COLONIES_SHARDED (None: a broker of a version that did not say).
+    sharded: bool | None = None
 
 
 class StreamState(Model, kw_only=True):

@@ -116,7 +116,7 @@ async def test_a_colony_led_by_another_broker_is_removed_by_it(
     await until(lambda: not _led_by(two, name))
 
 
-async def _until_settled(brokers: list[Broker], names: list[str]) -> None:
+async def _until_settled(brokers: list[Broker], names: list[str], timeout: float = 20) -> None:
     """Until every colony is led by its owner among ``brokers``; at no moment by two."""
     ids = [b.broker_id for b in brokers]
 
@@ -125,7 +125,7 @@ async def _until_settled(brokers: list[Broker], names: list[str]) -> None:
         assert all(len(by) <= 1 for by in led.values()), led
         return all(by == [owner(n, ids)] for n, by in led.items())
 
-    await until(settled, timeout=20)
+    await until(settled, timeout=timeout)
 
 
 async def test_a_broker_that_joins_takes_its_share_and_one_that_stops_hands_it_back(
@@ -245,3 +245,39 @@ async def test_a_broker_that_stops_says_so_and_the_others_take_its_colonies_at_o
             assert b.info().colonies > 0
         await until(lambda: b.broker_id not in {x.broker_id for x in a.roster.others("")})
         await until(lambda: all(_led_by([a], n) == [a.broker_id] for n in NAMES), timeout=5)
+
+
+async def test_a_broker_started_without_sharding_gets_no_colony_from_the_sharded_ones(
+    sharded: BrokerSettings, settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Started the other way by mistake (``colonies server start`` without COLONIES_SHARDED
+    beside ``broker start --sharded``), it stands by and would never lead the colonies that
+    rendezvous hashing gives it: the sharded brokers leave it out, and say why."""
+    plain = msgspec.structs.replace(sharded, sharded=False)
+    async with (
+        running_broker(sharded, owners=True) as a,
+        running_broker(plain, lead=False) as b,
+    ):
+        await _knows(a, b)
+        await _knows(b, a)
+        for name in NAMES:
+            await open_colony(settings, name)
+        assert all(_led_by([a, b], n) == [a.broker_id] for n in NAMES)
+        assert b.info().sharded is False and a.info().sharded is True
+        await _runs(settings, NAMES[0], "still-here")
+    said = [r.getMessage() for r in caplog.records if b.broker_id in r.getMessage()]
+    assert any("without COLONIES_SHARDED" in m for m in said), said
+
+
+async def test_a_broker_that_joins_gets_its_share_at_once_not_at_its_next_look(
+    own_brokers: BrokerSettings, settings: Settings
+) -> None:
+    """The holders hand its colonies over as they hear it, and wake it when they have: it
+    does not wait for its next look (every 10 s here) to take leases just released."""
+    slow = msgspec.structs.replace(own_brokers, sharded=True, lease_ttl_s=30.0)
+    async with running_broker(slow, owners=True) as a:
+        for name in NAMES:
+            await open_colony(settings, name)
+        async with running_broker(slow, lead=False) as b:
+            await _knows(a, b)
+            await _until_settled([a, b], NAMES, timeout=3)

@@ -77,7 +77,7 @@ class Broker:
         me = this_broker(self.broker_id, self.started)
         server = self.leadership(SERVER_SCOPE)
         colonies = len(self.shards.colonies_led) if self.shards is not None else 0
-        me = msgspec.structs.replace(me, colonies=colonies)
+        me = msgspec.structs.replace(me, colonies=colonies, sharded=self.settings.sharded)
         if server is None or server.since is None:
             return me
         return msgspec.structs.replace(me, leading=True, leading_since=server.since)
@@ -150,7 +150,7 @@ class Broker:
                 subjects=self.subjects,
                 ttl_s=s.lease_ttl_s,
                 sharded=s.sharded,
-                peers=lambda: (b.broker_id for b in self.roster.others(self.broker_id)),
+                peers=self._peers,
                 make=functools.partial(self._leadership, nc, store),
             )
             shards.start()
@@ -201,6 +201,9 @@ class Broker:
         broker is here, and take or hand over scopes."""
         period = self.settings.lease_ttl_s / 3
         while not self._stopping.is_set():
+            # Cleared before the look, not after: a wake-up that comes during the look (leases
+            # released by another broker meanwhile) makes another look at once.
+            self._look_now.clear()
             await self._announce(nc)
             try:
                 complete = await shards.look()
@@ -213,17 +216,41 @@ class Broker:
                 self.leading.set()
             elif shards.leadership(SERVER_SCOPE) is None:
                 self.leading.clear()
-            self._look_now.clear()
             await self._pause(period)
 
     async def _on_steer(self, msg: Msg) -> None:
         self._look_now.set()
 
+    def _peers(self) -> list[str]:
+        """The other brokers alive that share the colonies out as this one does: a sharded
+        broker gives no colony to one started without COLONIES_SHARDED, which would never
+        take it (it leads colonies only while it leads the server scope)."""
+        return [
+            b.broker_id
+            for b in self.roster.others(self.broker_id)
+            if b.sharded is None or b.sharded == self.settings.sharded
+        ]
+
     def _on_joined(self, broker_id: str) -> None:
         """A broker not heard before: announce and look now, so that it knows this one at once
-        and, sharded, gets its colonies without waiting for the next look."""
-        if broker_id != self.broker_id:
-            self._look_now.set()
+        and, sharded, gets its colonies without waiting for the next look. One that shares the
+        colonies out otherwise is a mistake of configuration: said, once."""
+        if broker_id == self.broker_id:
+            return
+        self._look_now.set()
+        other = next((b for b in self.roster.others("") if b.broker_id == broker_id), None)
+        mine = self.settings.sharded
+        if other is not None and other.sharded is not None and other.sharded != mine:
+            logger.warning(
+                "broker %s on %s (pid %d) was started %s COLONIES_SHARDED, this one %s: "
+                "start every broker of an installation the same way (the sharded ones give "
+                "no colony to the others)",
+                other.broker_id,
+                other.host,
+                other.pid,
+                "with" if other.sharded else "without",
+                "with" if mine else "without",
+            )
 
     async def _on_leaving(self, msg: Msg) -> None:
         broker_id = msg.data.decode(errors="replace")

@@ -309,3 +309,30 @@ async def test_a_client_rides_out_a_moment_when_no_broker_lets_it_in(
             await client.list_processes()
     finally:
         await client.aclose()
+
+
+async def test_a_request_given_up_by_its_caller_goes_with_it() -> None:
+    """Cancelled while it waits (an executor's parked assign when its colony's leader changes),
+    the request is cancelled too: left running, it timed out later and asyncio logged "Task
+    exception was never retrieved" with a traceback in the executor's output."""
+    nc = nats.NATS()
+    connection._denials[nc] = connection._Heard("back_off", "refused")
+    started, request_cancelled = asyncio.Event(), asyncio.Event()
+
+    async def asking() -> None:
+        started.set()
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            request_cancelled.set()
+            raise
+
+    caller = asyncio.ensure_future(
+        connection.refused_at_once(nc, "colonies.a.rpc.x.assign", asking())
+    )
+    await started.wait()
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    async with asyncio.timeout(5):
+        await request_cancelled.wait()
