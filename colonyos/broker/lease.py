@@ -59,6 +59,8 @@ class Lease:
         # The bucket revision at which this holder last took the lease (0: never): it grows
         # with every change of hands, so each leader's term has a higher number.
         self.term = 0
+        # When another holds it: when its term runs out (wall clock, ns; 0: not known).
+        self.free_at_ns = 0
 
     @property
     def held(self) -> bool:
@@ -85,6 +87,7 @@ class Lease:
                 current = _decode(entry.value or b"")
                 if current.holder != self.holder and current.expires_ns > now_ns:
                     self.valid_until = 0.0
+                    self.free_at_ns = current.expires_ns
                     return False
                 self._revision = await self.kv.update(self.key, value, last=entry.revision)
         except nats.js.errors.KeyWrongLastSequenceError:
@@ -172,13 +175,13 @@ class Life:
             self._end_generation()
             await self.lease.release()
 
-    async def lives(self, broker_id: str) -> bool:
-        """Is the life of broker ``broker_id`` still running (by the wall clock)?"""
+    async def runs_out(self, broker_id: str) -> int:
+        """When the life of broker ``broker_id`` runs out (wall clock, ns; 0: it has none)."""
         try:
             entry = await self.kv.get(_life_key(broker_id))
         except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
-            return False
-        return _decode(entry.value or b"").expires_ns > time.time_ns()
+            return 0
+        return _decode(entry.value or b"").expires_ns
 
     def _end_generation(self) -> None:
         if self._claimed:
@@ -201,6 +204,7 @@ class Claim:
         self._generation = -1
         self._lapsed = asyncio.Event()
         self.term = 0  # the bucket revision of the claim (as Lease.term)
+        self.free_at_ns = 0  # as Lease.free_at_ns: when the claimant's life runs out
 
     @property
     def held(self) -> bool:
@@ -239,9 +243,12 @@ class Claim:
         return True
 
     async def _lives(self, current: _Holder) -> bool:
+        """Does the claimant hold it still? (Then :attr:`free_at_ns` says until when.)"""
         if current.expires_ns:  # a lease renewed on its own, as every colony's once was
-            return current.expires_ns > time.time_ns()
-        return await self.life.lives(current.holder)
+            self.free_at_ns = current.expires_ns
+        else:
+            self.free_at_ns = await self.life.runs_out(current.holder)
+        return self.free_at_ns > time.time_ns()
 
     async def keep(self, stopping: asyncio.Event) -> None:
         """Return when the claim is lost (the broker's life lapsed) or ``stopping`` is set."""

@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -95,6 +96,10 @@ class Shards:
         self.life = Life(leases, broker_id, ttl_s)
         self._ended = asyncio.Event()  # every scope handed over: the life may end
         self._living: asyncio.Task[None] | None = None
+        # The earliest time (wall clock, ns) a scope refused at the last look will be free, its
+        # holder silent till then (0: none): the broker looks again then, not a third of a
+        # term later, so a dead holder's scopes are taken within one term.
+        self.next_free_ns = 0
 
     # -- what is led ------------------------------------------------------------------------
     def leadership(self, scope: str) -> Leadership | None:
@@ -145,6 +150,7 @@ class Shards:
         """Take the scopes this broker should lead and can, hand over those it should not;
         True when it leads every scope it should (the server scope included or not)."""
         async with self._looking:
+            self.next_free_ns = 0
             self._reap()
             if not self.life.held:  # before the first renewal, or after a lapse
                 await self.life.renew()
@@ -224,6 +230,10 @@ class Shards:
             batch = [s for s in scopes[at : at + _AT_ONCE] if s not in self.held]
             taken = await asyncio.gather(*(self.lease(s).try_acquire() for s in batch))
             started = [self._start(s) for s, ok in zip(batch, taken, strict=True) if ok]
+            now_ns = time.time_ns()
+            for scope in [s for s, ok in zip(batch, taken, strict=True) if not ok]:
+                if (free_at := self.lease(scope).free_at_ns) > now_ns:
+                    self.next_free_ns = min(self.next_free_ns or free_at, free_at)
             await asyncio.gather(*(self._until_serving(h) for h in started))
 
     def _start(self, scope: str) -> _Held:

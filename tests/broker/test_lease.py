@@ -180,3 +180,17 @@ def _record(written: list[str], head: str) -> Callable[[Msg], Awaitable[None]]:
         written.append(msg.subject[len(head) :])
 
     return on_write
+
+
+async def test_a_standby_looks_again_when_the_lease_it_was_refused_runs_out(
+    own_brokers: BrokerSettings,
+) -> None:
+    """Its own looks are ten seconds apart (a 30 s term), the dead leader's lease runs out two
+    seconds from now: it takes over then, not at its next look."""
+    slow = msgspec.structs.replace(own_brokers, lease_ttl_s=30.0)
+    async with standalone_service(slow) as service:
+        dead = Lease(service.store.leases, "broker", "dead-broker", TTL_S)
+        assert await dead.try_acquire()
+        async with running_broker(slow, lead=False) as standby:
+            async with asyncio.timeout(8):  # the next look would come at 10 s
+                await standby.leading.wait()
