@@ -59,11 +59,12 @@ class Administering(Connected):
     async def colony_remove(self, name: str) -> int:
         """Remove a colony and everything in it (its running processes are cancelled first);
         returns how many processes it had."""
-        body = Named(name=name)
+        body = Named(name=check_name("colony", name))  # as add says it: not "does not exist"
         return (await self._must("colony_remove", body, Removed, colony=SERVER_SCOPE)).count
 
     async def colony_get(self, name: str) -> Colony:
-        return await self._must("colony_get", Named(name=name), Colony, colony=SERVER_SCOPE)
+        body = Named(name=check_name("colony", name))
+        return await self._must("colony_get", body, Colony, colony=SERVER_SCOPE)
 
     async def executor_list(self) -> list[ExecutorInfo]:
         """The colony's executors: registrations, last heard, online, running count."""

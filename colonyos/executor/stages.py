@@ -220,4 +220,6 @@ class Stages(Running):
                 "it answers",
             )
         else:
-            self._say(ExecutorStage.NO_BROKER, f"{err.message}; trying again until one answers")
+            # "...: try again" (a colony being taken over) is what this executor does anyway.
+            why = err.message.removesuffix(": try again")
+            self._say(ExecutorStage.NO_BROKER, f"{why}; trying again until one answers")

@@ -295,6 +295,8 @@ def test_a_colony_name_that_cannot_be_a_subject_token_is_named_not_no_broker(cli
     for bad in ("bad.name", "two words", "star*"):
         out = cli("--colony", bad, "process", "psw", code=2)
         assert f"colony {bad!r} is not a valid name" in out, out
+    out = cli("colony", "remove", "--name", ">", code=2)  # as add says, not "does not exist"
+    assert "colony '>' is not a valid name" in out, out
 
 
 def test_the_cli_loads_no_broker_until_a_command_runs_one() -> None:
