@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install dev test lint typecheck unit soak mutate bench bench-quick bench-durability bench-platforms bench-scale bench-one-write clean
+.PHONY: install dev test lint typecheck unit soak mutate bench bench-quick bench-durability bench-platforms bench-scale bench-one-write bench-burst clean
 
 install: $(STAMP)
 
@@ -110,6 +110,11 @@ bench-quick: install
 # What the container executor adds to a container: the executor against podman's own run.
 bench-platforms: install
 	$(BIN)/python -m bench.platforms
+
+# A broker's memory right after a burst of 20,000 processes and after 35 s at rest
+# (bench/burst.py).
+bench-burst: install
+	$(BIN)/python -m bench.burst
 
 # Two busy colonies: one broker serving both, against a broker each; then 200 colonies at
 # rest, what they cost (bench/scale.py).

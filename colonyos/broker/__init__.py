@@ -25,6 +25,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from colonyos.broker.callout import Callout
+from colonyos.broker.collector import return_freed_memory
 from colonyos.broker.exposition import MetricsServer, Scraper
 from colonyos.broker.kicker import Kicker
 from colonyos.broker.leadership import Leadership
@@ -172,6 +173,8 @@ class Broker:
             stack.push_async_callback(self._unsubscribe, steer)
             leaving = await nc.subscribe(self.subjects.leaving, cb=self._on_leaving)
             stack.push_async_callback(self._unsubscribe, leaving)
+            trimming = asyncio.create_task(return_freed_memory(self._stopping), name="trim")
+            stack.push_async_callback(_ended, trimming)
             self.ready.set()
             logger.info(
                 "broker %s standing on %s (prefix %s%s)",
@@ -325,3 +328,9 @@ def _next_look(period: float, free_at_ns: int) -> float:
     if not free_at_ns:
         return period
     return min(period, max(0.0, (free_at_ns - time.time_ns()) / 1e9) + _AFTER_FREE_S)
+
+
+async def _ended(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

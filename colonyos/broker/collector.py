@@ -18,11 +18,18 @@ memory unchanged within the noise.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import ctypes
+import ctypes.util
 import gc
+from collections.abc import Callable
 
-__all__ = ["THRESHOLDS", "collect_less_often"]
+__all__ = ["THRESHOLDS", "TRIM_EVERY_S", "collect_less_often", "return_freed_memory"]
 
 THRESHOLDS = (10_000, 10, 100)
+# How often a broker's process hands back to the system what the C heap keeps freed.
+TRIM_EVERY_S = 30.0
 
 
 def collect_less_often() -> None:
@@ -30,3 +37,31 @@ def collect_less_often() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(*THRESHOLDS)
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim``, or None where the C library has none (musl, macOS)."""
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    try:
+        trim: Callable[[int], int] = ctypes.CDLL(name).malloc_trim
+        return trim
+    except (OSError, AttributeError):
+        return None
+
+
+async def return_freed_memory(stopping: asyncio.Event, every_s: float = TRIM_EVERY_S) -> None:
+    """Every ``every_s``, hand the memory the C heap keeps after a burst back to the system.
+
+    glibc keeps what a burst freed for the next one: a broker that ran 20,000 processes at
+    once stayed at 125 MiB after they all ended, and a ``malloc_trim`` brought it to 85 MiB
+    (a fresh broker: 50). A trim walks the heap's free chunks, a few milliseconds."""
+    trim = _malloc_trim()
+    if trim is None:
+        return
+    while not stopping.is_set():
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(every_s):
+                await stopping.wait()
+        trim(0)
