@@ -142,8 +142,18 @@ def _broker_text(b: BrokerInfo) -> str:
     return f"{b.broker_id} on {b.host} (pid {b.pid}, colonyos {b.version}{sharded})"
 
 
-def _colonies_text(n: int) -> str:
-    return f"{n} {'colony' if n == 1 else 'colonies'}"
+# Colonies named beside a broker in server status; beyond, how many more.
+_NAMED = 8
+
+
+def _colonies_text(b: BrokerInfo) -> str:
+    n = b.colonies
+    text = f"{n} {'colony' if n == 1 else 'colonies'}"
+    names = b.colony_names[:_NAMED]
+    if not names:
+        return text  # a broker of an earlier version says only how many
+    more = f", and {n - len(names)} more" if n > len(names) else ""
+    return f"{text}: {', '.join(names)}{more}"
 
 
 def _ago(t: datetime) -> str:
@@ -158,11 +168,11 @@ def server_detail(s: ServerStatus) -> list[tuple[str, str | Text]]:
     if s.leader is not None:
         rows.append(("leading broker", _broker_text(s.leader)))
         rows.append(("leading for", _ago(s.leader.leading_since)))
-        rows.append(("leads", _colonies_text(s.leader.colonies)))
+        rows.append(("leads", _colonies_text(s.leader)))
     for b in s.standbys:  # sharded brokers lead colonies of their own
         if b.colonies:
             rows.append(("broker", _broker_text(b)))
-            rows.append(("leads", _colonies_text(b.colonies)))
+            rows.append(("leads", _colonies_text(b)))
         else:
             rows.append(("standby", _broker_text(b)))
     if not s.standbys:

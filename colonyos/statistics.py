@@ -172,6 +172,7 @@ class BrokerInfo(Model, kw_only=True):
     leading: bool = False  # leads the server scope
     leading_since: datetime = ZERO_TIME
     colonies: int = 0  # how many colonies it leads
+    colony_names: list[str] = msgspec.field(default_factory=list)  # ours: which ones
     # Started with COLONIES_SHARDED (None: a broker of a version that did not say).
     sharded: bool | None = None
 

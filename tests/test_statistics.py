@@ -138,6 +138,7 @@ BROKER_KEYS = [
     "leading",
     "leadingsince",
     "colonies",
+    "colonynames",
     "sharded",
 ]
 

@@ -78,8 +78,10 @@ class Broker:
         """What this broker says of itself: on the brokers subject, and in server_status."""
         me = this_broker(self.broker_id, self.started)
         server = self.leadership(SERVER_SCOPE)
-        colonies = len(self.shards.colonies_led) if self.shards is not None else 0
-        me = msgspec.structs.replace(me, colonies=colonies, sharded=self.settings.sharded)
+        led = self.shards.colonies_led if self.shards is not None else []
+        me = msgspec.structs.replace(
+            me, colonies=len(led), colony_names=led, sharded=self.settings.sharded
+        )
         if server is None or server.since is None:
             return me
         return msgspec.structs.replace(me, leading=True, leading_since=server.since)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -80,9 +81,12 @@ def test_server_status_at_80_columns_and_as_json(live_system: Settings) -> None:
     _fits(text)
     for key in ("version", "uptime", "leading broker", "standbys", "nats server", "jetstream"):
         assert key in text, text
+    # Which colonies the broker leads, not only how many.
+    assert re.search(rf"leads +1 colony: {live_system.colony}\n", text), text
     assert f"{live_system.prefix.upper()}_EVENTS" in text
     doc = json.loads(_run(live_system, "server", "status", "--json"))
     assert doc["leader"]["leading"] is True and doc["standbys"] == []
+    assert doc["leader"]["colonynames"] == [live_system.colony]
     assert doc["nats"]["jetstream"] is True and doc["nats"]["servers"]
     assert doc["messages"] == sum(s["messages"] for s in doc["streams"])
 
