@@ -25,7 +25,14 @@ from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy, KeyValueConfig, StorageType
 from nats.js.kv import KeyValue
 
-__all__ = ["WRONG_LAST_SEQUENCE", "StoredValue", "delete_at", "latest_values", "open_bucket"]
+__all__ = [
+    "WRONG_LAST_SEQUENCE",
+    "StoredValue",
+    "delete_at",
+    "latest_values",
+    "open_bucket",
+    "purge_key",
+]
 
 # How long one message of a bucket being read may take to come: the server sends them at once.
 _NEXT_TIMEOUT_S = 30.0
@@ -116,3 +123,10 @@ async def delete_at(kv: KeyValue, key: str, revision: int) -> bool:
             return False
         raise
     return True
+
+
+async def purge_key(js: JetStreamContext, kv: KeyValue, key: str) -> None:
+    """Remove every message of ``key``, leaving no marker behind (a delete or a KV purge
+    leaves one for ever)."""
+    bucket = kv._name  # as in latest_values
+    await js.purge_stream(f"KV_{bucket}", subject=f"$KV.{bucket}.{key}")

@@ -26,11 +26,13 @@ import time
 import msgspec
 import nats.errors
 import nats.js.errors
+from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
+from colonyos.buckets import latest_values, purge_key
 from colonyos.subjects import SERVER_SCOPE
 
-__all__ = ["Claim", "Holding", "Lease", "Life", "lease_key"]
+__all__ = ["Claim", "Holding", "Lease", "Life", "forget_dead_lives", "lease_key"]
 
 _SERVER_LEASE = "broker"
 
@@ -271,12 +273,29 @@ class Claim:
             await self.kv.update(self.key, _encode(_Holder("", 0)), last=revision)
 
 
+async def forget_dead_lives(js: JetStreamContext, kv: KeyValue, *, dead_for_s: float) -> int:
+    """Remove the lives (``alive.<broker id>``) that ran out more than ``dead_for_s`` ago:
+    every broker start makes one, and a stop or a crash would leave it for ever. (A broker
+    that comes back after that long finds no key: it makes it again, its claims lost, as after
+    any lapse.) How many went."""
+    cut = time.time_ns() - int(dead_for_s * 1e9)
+    gone = 0
+    async for stored in latest_values(js, kv, f"{_LIFE}."):
+        if _decode(stored.value).expires_ns < cut:
+            await purge_key(js, kv, stored.key)
+            gone += 1
+    return gone
+
+
 # What a scope is led under: the server scope's lease, or a colony's claim.
 Holding = Lease | Claim
 
 
+_LIFE = "alive"
+
+
 def _life_key(broker_id: str) -> str:
-    return f"alive.{broker_id}"
+    return f"{_LIFE}.{broker_id}"
 
 
 def lease_key(scope: str) -> str:

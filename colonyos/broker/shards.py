@@ -34,7 +34,7 @@ from nats.aio.client import Client as NATS
 from nats.js.kv import KeyValue
 
 from colonyos.broker.leadership import Leadership
-from colonyos.broker.lease import Claim, Holding, Lease, Life, lease_key
+from colonyos.broker.lease import Claim, Holding, Lease, Life, forget_dead_lives, lease_key
 from colonyos.broker.service import Service
 from colonyos.broker.store import ProcessStore
 from colonyos.subjects import SERVER_SCOPE, Subjects
@@ -45,6 +45,10 @@ logger = logging.getLogger(__name__)
 
 # Leases tried at once in one look (each a KV get and a compare-and-set).
 _AT_ONCE = 64
+# How often the server scope's leader removes the lives of brokers long gone, and how long
+# gone (in lease terms) a broker must be.
+_FORGET_EVERY_S = 60.0
+_DEAD_FOR_TERMS = 12
 
 
 def owner(colony: str, brokers: Iterable[str]) -> str | None:
@@ -100,6 +104,7 @@ class Shards:
         # holder silent till then (0: none): the broker looks again then, not a third of a
         # term later, so a dead holder's scopes are taken within one term.
         self.next_free_ns = 0
+        self._forget_at = 0.0  # when the server scope's leader next forgets dead brokers
 
     # -- what is led ------------------------------------------------------------------------
     def leadership(self, scope: str) -> Leadership | None:
@@ -167,7 +172,20 @@ class Shards:
                     await self.nc.publish(self.subjects.steer, b"")
             await self._drop_stale(due)
             await self._take(sorted(due - self.held.keys()))
+            await self._forget_the_dead()
             return all(self.leadership(c) is not None for c in due)
+
+    async def _forget_the_dead(self) -> None:
+        """Now and then, at the server scope's leader: the lives of brokers long gone go."""
+        now = time.monotonic()
+        if self.leadership(SERVER_SCOPE) is None or now < self._forget_at:
+            return
+        self._forget_at = now + _FORGET_EVERY_S
+        gone = await forget_dead_lives(
+            self.store.js, self.leases_kv, dead_for_s=_DEAD_FOR_TERMS * self.ttl_s
+        )
+        if gone:
+            logger.info("forgot %d brokers gone for over %d lease terms", gone, _DEAD_FOR_TERMS)
 
     async def colony_added(self, name: str) -> None:
         """A colony was just added (by this broker's server scope): lead it now if it is this

@@ -10,12 +10,13 @@ from collections.abc import Awaitable, Callable
 import msgspec
 from nats.aio.msg import Msg
 
-from colonyos.broker.lease import Claim, Lease, Life
+from colonyos.broker.lease import Claim, Lease, Life, forget_dead_lives
+from colonyos.buckets import latest_values
 from colonyos.config import BrokerSettings, Settings
 from colonyos.subjects import Subjects
 
 from ..conftest import COLONY, open_colony, running_broker
-from ..helpers import raw_nats, standalone_service, until
+from ..helpers import raw_nats, standalone_service, until, until_read
 
 TTL_S = 2.0
 
@@ -194,3 +195,38 @@ async def test_a_standby_looks_again_when_the_lease_it_was_refused_runs_out(
         async with running_broker(slow, lead=False) as standby:
             async with asyncio.timeout(8):  # the next look would come at 10 s
                 await standby.leading.wait()
+
+
+async def test_the_lives_of_brokers_long_gone_are_forgotten(own_brokers: BrokerSettings) -> None:
+    """Every broker start leaves its own lease behind; those run out long ago go, whole (no
+    marker left), and a live one stays."""
+    async with standalone_service(own_brokers) as service:
+        kv = service.store.leases
+        now = time.time_ns()
+        await kv.put("alive.gone", msgspec.json.encode(_Holder("gone", now - int(120e9))))
+        await kv.put("alive.stopped", msgspec.json.encode(_Holder("", 0)))
+        await kv.put("alive.late", msgspec.json.encode(_Holder("late", now - int(1e9))))
+        live = Life(kv, "live", 60.0)
+        assert await live.renew()
+        js = service.store.js
+        assert await forget_dead_lives(js, kv, dead_for_s=60.0) == 2
+        left = [v.key async for v in latest_values(js, kv, "alive.")]
+        assert sorted(left) == ["alive.late", "alive.live"]
+        stream = await js.stream_info(f"KV_{Subjects(own_brokers.prefix).bucket_leases}")
+        assert stream.state.messages == 2  # no delete marker kept for the two gone
+
+
+async def test_the_server_scopes_leader_forgets_brokers_long_gone(
+    own_brokers: BrokerSettings,
+) -> None:
+    async with standalone_service(own_brokers) as service:
+        kv, js = service.store.leases, service.store.js
+        long_ago = time.time_ns() - int(3600e9)
+        await kv.put("alive.gone", msgspec.json.encode(_Holder("gone", long_ago)))
+
+        async def lives() -> list[str]:
+            return sorted([v.key async for v in latest_values(js, kv, "alive.")])
+
+        async with running_broker(own_brokers) as broker:
+            assert broker.shards is not None
+            await until_read(lives, [broker.shards.life.lease.key])
