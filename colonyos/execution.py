@@ -436,6 +436,11 @@ class ResultSender:
         self.ahead: NextAsker | None = None
         self._next_known = True
 
+    async def settle(self, timeout: float) -> None:
+        """Until the request out (if any) is answered, or ``timeout``."""
+        if self._sending is not None and not self._sending.done():
+            await asyncio.wait({self._sending}, timeout=timeout)
+
     @property
     def asks_next(self) -> bool:
         """Whether a result request may ask for the next process (the broker knows how)."""

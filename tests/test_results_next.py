@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 from collections.abc import AsyncIterator
 
 import pytest
@@ -20,7 +21,7 @@ from colonyos.models import Process, ProcessState
 from colonyos.subjects import Subjects
 
 from .conftest import COLONY
-from .helpers import executor_client, raw_nats, submitted
+from .helpers import executor_client, raw_nats, submitted, until_read
 
 N = 20
 
@@ -116,3 +117,59 @@ async def test_an_executor_whose_broker_does_not_know_the_request_reports_with_r
     done = await _run_queued(client, settings)
     assert [p.output for p in done] == [["ran"]] * N
     assert requests["results_next"] == 1 and requests["results"] >= 1, dict(requests)
+
+
+async def test_a_run_stopped_with_a_result_out_gives_back_what_that_result_brings(
+    broker: Broker, client: Client, settings: Settings
+) -> None:
+    """The result of the first process is still at the broker when the run is stopped: the
+    release waits for its answer, so the process it brought goes back to the queue at once
+    (not after the liveness window, as an assignment its run never started)."""
+    service = broker.service_of(COLONY)
+    assert service is not None
+    decoder, handler = service._ops["results_next"]
+    asked, gate, released = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    async def held_results(*args: object) -> object:
+        asked.set()
+        await gate.wait()
+        return await handler(*args)
+
+    decode_release, release = service._ops["release"]
+
+    async def seen_release(*args: object) -> object:
+        released.set()
+        return await release(*args)
+
+    service._ops["results_next"] = (decoder, held_results)
+    service._ops["release"] = (decode_release, seen_release)
+    first, second = [await submitted(client, executor_type="one") for _ in range(2)]
+    app = ExecutorApp("one", "one-1", settings=settings)
+
+    @app.handler()
+    async def run(ctx: ProcessContext) -> list[object]:
+        return ["ran"]
+
+    task = asyncio.create_task(app.run())
+    try:
+        async with asyncio.timeout(10):
+            await asked.wait()
+        app.stop(force=True)
+        # Without waiting for the result, the release comes at once.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(1.0):
+                await released.wait()
+        gate.set()
+        async with asyncio.timeout(10):
+            await task
+        assert (await client.get(first.process_id)).state is ProcessState.SUCCESS
+        await until_read(lambda: _state(client, second), ProcessState.WAITING)
+    finally:
+        gate.set()
+        if not task.done():
+            app.stop(force=True)
+            await task
+
+
+async def _state(client: Client, p: Process) -> ProcessState:
+    return (await client.get(p.process_id)).state

@@ -239,6 +239,11 @@ class Leadership:
 
     async def _spawn_handler(self, msg: Msg) -> None:
         assert self.service is not None
+        if not self.lease.held:
+            # Its term is over (a stall outlived it): another broker may lead the scope by
+            # now. The asker tries again, and finds the leader.
+            await _refuse(msg, BrokerUnavailableError(f"{self._named} is changing hands"))
+            return
         task = asyncio.create_task(self.service.handle(msg))
         self._inflight.add(task)
         task.add_done_callback(self._handler_done)
@@ -321,6 +326,11 @@ class Leadership:
     async def _unsubscribe(sub: object) -> None:
         with contextlib.suppress(nats.errors.Error):
             await sub.unsubscribe()  # type: ignore[attr-defined]
+
+
+async def _refuse(msg: Msg, err: ColoniesError) -> None:
+    with contextlib.suppress(nats.errors.Error):
+        await msg.respond(_encode({"error": err.to_reply()}))
 
 
 def _accepted(accepting: set[asyncio.Task[None]], count: int, task: asyncio.Task[None]) -> None:

@@ -43,10 +43,24 @@ logger = logging.getLogger(__name__)
 class _Holder(msgspec.Struct, frozen=True):
     holder: str
     expires_ns: int
+    # A colony's claim: held while the holder's life lasts (expires_ns says only "far away",
+    # for brokers of an earlier version).
+    claim: bool = False
 
 
 _encode = msgspec.json.Encoder().encode
-_decode = msgspec.json.Decoder(_Holder).decode
+_decode_holder = msgspec.json.Decoder(_Holder).decode
+# How a claim reads to a broker of an earlier version, which knows only expiring leases: held
+# until far beyond any term (so it never takes a claimed colony), instead of run out.
+_CLAIMED_UNTIL_NS = 2**62
+
+
+def _read(value: bytes | None) -> _Holder:
+    """A lease's value; one that cannot be read (written by hand) holds nothing."""
+    try:
+        return _decode_holder(value or b"")
+    except msgspec.DecodeError:
+        return _Holder("", 0)
 
 
 class Lease:
@@ -78,7 +92,10 @@ class Lease:
                 # Renewing: a compare-and-set on this holder's own last write, one request (a
                 # broker renews one lease per colony it leads). Anyone's write since means
                 # the lease is not ours any more.
-                self._revision = await self.kv.update(self.key, value, last=self._revision)
+                try:
+                    self._revision = await self.kv.update(self.key, value, last=self._revision)
+                except nats.js.errors.KeyWrongLastSequenceError:
+                    return await self._own_write_landed()
                 self.valid_until = started + self.ttl_ns / 1e9 * 0.8
                 return True
             try:
@@ -86,7 +103,7 @@ class Lease:
             except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
                 self._revision = await self.kv.create(self.key, value)
             else:
-                current = _decode(entry.value or b"")
+                current = _read(entry.value)
                 if current.holder != self.holder and current.expires_ns > now_ns:
                     self.valid_until = 0.0
                     self.free_at_ns = current.expires_ns
@@ -102,6 +119,23 @@ class Lease:
             self.term = self._revision or 0
         # Act only for the part of the term that surely lies before the lease runs out anywhere.
         self.valid_until = started + self.ttl_ns / 1e9 * 0.8
+        return True
+
+    async def _own_write_landed(self) -> bool:
+        """A renewal was refused: did an earlier one of this holder land after all (its reply
+        lost, or its request cut off by a timeout)? Then the lease is still its own, until the
+        expiry that write set, less the same margin."""
+        try:
+            entry = await self.kv.get(self.key)
+        except (nats.errors.Error, TimeoutError):
+            entry = None
+        current = _read(entry.value if entry is not None else None)
+        left_s = (current.expires_ns - time.time_ns()) / 1e9 - self.ttl_ns / 1e9 * 0.2
+        if entry is None or current.holder != self.holder or left_s <= 0:
+            self.valid_until = 0.0
+            return False
+        self._revision = entry.revision
+        self.valid_until = time.monotonic() + left_s
         return True
 
     async def release(self) -> None:
@@ -144,6 +178,7 @@ class Life:
         self.lapsed = asyncio.Event()
         self._claimed = False  # a claim was made in this generation
         self._renewing = asyncio.Lock()
+        self._watchdog: asyncio.TimerHandle | None = None
 
     @property
     def held(self) -> bool:
@@ -153,11 +188,27 @@ class Life:
         """Take or renew the broker's lease; a lapse before (or a renewal refused) ends the
         generation, and with it every claim made in it."""
         async with self._renewing:  # two at once would each refuse the other's write
-            lapsed = not self.lease.held
+            if not self.lease.held:
+                self._end_generation()  # before the write: it may take long
             renewed = await self.lease.try_acquire()
-            if lapsed or not renewed:
+            if not renewed:
                 self._end_generation()
+            self._watch()
             return renewed
+
+    def _watch(self) -> None:
+        """End the generation the moment the lease's validity passes unrenewed (a renewal
+        that hangs, a loop too busy to renew): the colonies step down then, before another
+        broker may take them, not once a late renewal has failed."""
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        left = self.lease.valid_until - time.monotonic()
+        if left > 0:
+            self._watchdog = asyncio.get_running_loop().call_later(left, self._expired)
+
+    def _expired(self) -> None:
+        if not self.lease.held:
+            self._end_generation()
 
     async def keep(self, stopping: asyncio.Event) -> None:
         """Renew every third of a term until ``stopping`` is set, then give the lease up."""
@@ -170,10 +221,14 @@ class Life:
                 except TimeoutError:
                     if not self.lease.held:
                         self._end_generation()
+                except Exception:  # a defect: the next renewal still comes
+                    logger.exception("renewing %s failed", self.lease.key)
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(period):
                         await stopping.wait()
         finally:
+            if self._watchdog is not None:
+                self._watchdog.cancel()
             self._end_generation()
             await self.lease.release()
 
@@ -183,7 +238,7 @@ class Life:
             entry = await self.kv.get(_life_key(broker_id))
         except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
             return 0
-        return _decode(entry.value or b"").expires_ns
+        return _read(entry.value).expires_ns
 
     def _end_generation(self) -> None:
         if self._claimed:
@@ -223,14 +278,15 @@ class Claim:
             return True
         if not self.life.held:
             return False
-        value = _encode(_Holder(self.holder, 0))
+        generation = self.life.generation  # a lapse during the writes below voids the claim
+        value = _encode(_Holder(self.holder, _CLAIMED_UNTIL_NS, claim=True))
         try:
             try:
                 entry = await self.kv.get(self.key)
             except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
                 revision = await self.kv.create(self.key, value)
             else:
-                current = _decode(entry.value or b"")
+                current = _read(entry.value)
                 if current.holder not in ("", self.holder) and await self._lives(current):
                     return False
                 revision = await self.kv.update(self.key, value, last=entry.revision)
@@ -239,17 +295,19 @@ class Claim:
         except (nats.errors.Error, TimeoutError) as err:
             logger.warning("lease %s: cannot reach the bucket: %s", self.key, err)
             return False
+        if self.life.generation != generation or not self.life.held:
+            return False  # the key names this broker: its next look claims it afresh
         self._revision, self.term = revision, revision
-        self._generation, self._lapsed = self.life.generation, self.life.lapsed
+        self._generation, self._lapsed = generation, self.life.lapsed
         self.life._claimed = True
         return True
 
     async def _lives(self, current: _Holder) -> bool:
         """Does the claimant hold it still? (Then :attr:`free_at_ns` says until when.)"""
-        if current.expires_ns:  # a lease renewed on its own, as every colony's once was
-            self.free_at_ns = current.expires_ns
-        else:
+        if current.claim:
             self.free_at_ns = await self.life.runs_out(current.holder)
+        else:  # a lease renewed on its own, as every colony's once was
+            self.free_at_ns = current.expires_ns
         return self.free_at_ns > time.time_ns()
 
     async def keep(self, stopping: asyncio.Event) -> None:
@@ -281,7 +339,7 @@ async def forget_dead_lives(js: JetStreamContext, kv: KeyValue, *, dead_for_s: f
     cut = time.time_ns() - int(dead_for_s * 1e9)
     gone = 0
     async for stored in latest_values(js, kv, f"{_LIFE}."):
-        if _decode(stored.value).expires_ns < cut:
+        if _read(stored.value).expires_ns < cut:
             await purge_key(js, kv, stored.key)
             gone += 1
     return gone

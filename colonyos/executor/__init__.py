@@ -38,6 +38,10 @@ __all__ = ["ExecutorApp", "ExecutorStage", "ExecutorStatus", "ProcessContext", "
 
 logger = OwnLog("colonyos.executor")
 
+# How long a run that stops waits for a result request still out (it may bring a process that
+# the release must give back).
+_SETTLE_S = 3.0
+
 
 class ExecutorApp(Dispatching):
     """An executor: ``run()`` connects, registers and takes work until stopped. Its parts, by
@@ -106,13 +110,17 @@ class ExecutorApp(Dispatching):
         # "who holds this name?" right after must reach it.
         await nc.flush()
         beating = asyncio.create_task(self._heartbeat(client))
+        results = ResultSender(client)
         try:
             with capture_output() if self._capture_print else contextlib.nullcontext():
-                await self._dispatch(client, ResultSender(client), burst, adopted)
+                await self._dispatch(client, results, burst, adopted)
         finally:
             beating.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await beating
+            # A result request still out may bring a process: the release must come after it,
+            # to give that one back too (else it waits for the liveness sweep).
+            await results.settle(_SETTLE_S)
             if self._ended_by is None:
                 await self._release(client)
             with contextlib.suppress(nats.errors.Error):

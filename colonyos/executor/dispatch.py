@@ -115,7 +115,7 @@ class Dispatching(Stages):
         ``concurrency`` run and one more waits; one that waits when the run stops is given
         back with the release (it waited no longer than it would have behind the running
         ones)."""
-        ahead = _Ahead(lambda: self.executor_id, self.prefetch, self.prefetched)
+        ahead = _Ahead(lambda: self.executor_id, self.prefetch, self.prefetched, self._stopping)
         results.ahead = ahead
         asking: asyncio.Task[list[Process]] | None = None  # for free slots
         asked = 0
@@ -268,9 +268,14 @@ class _Ahead:
     processes assigned and waiting for a slot, and whether a request is out for more."""
 
     def __init__(
-        self, executor_id: Callable[[], str], prefetch: bool, prefetched: set[str]
+        self,
+        executor_id: Callable[[], str],
+        prefetch: bool,
+        prefetched: set[str],
+        stopping: asyncio.Event,
     ) -> None:
         self._executor_id = executor_id  # the run's registration (a new one after a restart)
+        self._stopping = stopping  # stopping, the run asks for nothing more
         self.prefetch = prefetch
         self.prefetched = prefetched  # the executor's: its heartbeats list them
         self.waiting: list[Process] = []  # assigned, not started: every slot is busy
@@ -295,6 +300,7 @@ class _Ahead:
         waiting, and no request be out for more?"""
         return (
             self.prefetch
+            and not self._stopping.is_set()
             and not self.by_result
             and self.requests == 0
             and len(self.waiting) <= finishing

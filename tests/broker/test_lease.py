@@ -8,11 +8,14 @@ import time
 from collections.abc import Awaitable, Callable
 
 import msgspec
+import pytest
 from nats.aio.msg import Msg
 
 from colonyos.broker.lease import Claim, Lease, Life, forget_dead_lives
 from colonyos.buckets import latest_values
+from colonyos.client import Client
 from colonyos.config import BrokerSettings, Settings
+from colonyos.errors import BrokerUnavailableError
 from colonyos.subjects import Subjects
 
 from ..conftest import COLONY, open_colony, running_broker
@@ -230,3 +233,67 @@ async def test_the_server_scopes_leader_forgets_brokers_long_gone(
         async with running_broker(own_brokers) as broker:
             assert broker.shards is not None
             await until_read(lives, [broker.shards.life.lease.key])
+
+
+async def test_a_renewal_whose_reply_was_lost_keeps_the_lease(
+    own_brokers: BrokerSettings,
+) -> None:
+    """The holder's last write landed but its answer did not come: the next renewal, refused
+    for the revision it does not know, finds its own write and keeps the lease (a broker's
+    own lease lost so would step it down from every colony it leads)."""
+    async with standalone_service(own_brokers) as service:
+        kv = service.store.leases
+        a = Lease(kv, "k", "a", 60.0)
+        assert await a.try_acquire()
+        entry = await kv.get("k")
+        landed = _Holder("a", time.time_ns() + int(60e9))
+        await kv.update("k", msgspec.json.encode(landed), last=entry.revision)
+        assert await a.try_acquire() and a.held
+
+
+async def test_a_claim_reads_as_held_to_a_broker_that_knows_only_expiring_leases(
+    own_brokers: BrokerSettings,
+) -> None:
+    """During an upgrade a broker of the earlier version, which renewed a lease per colony,
+    must not take a colony claimed under a life: the claim's expiry is far away for it."""
+    async with standalone_service(own_brokers) as service:
+        kv = service.store.leases
+        life = Life(kv, "new", 60.0)
+        assert await life.renew()
+        assert await Claim(kv, "colony.c", life).try_acquire()
+        earlier = Lease(kv, "colony.c", "earlier", 5.0)  # as every colony's lease once was
+        assert not await earlier.try_acquire()
+
+
+async def test_a_life_whose_term_passes_unrenewed_ends_its_colonies_at_once(
+    own_brokers: BrokerSettings, settings: Settings
+) -> None:
+    """A renewal that hangs (or a loop too busy to renew): the colonies step down when the
+    broker's own lease stops being valid, not at the next renewal (here ten seconds away),
+    and requests that come meanwhile are told the colony is changing hands."""
+    slow = msgspec.structs.replace(own_brokers, lease_ttl_s=30.0)
+    async with running_broker(slow, owners=True) as broker:
+        await open_colony(settings)
+        assert broker.shards is not None
+        before = broker.leadership(COLONY)
+        assert before is not None
+        life = broker.shards.life
+        life.lease.valid_until = time.monotonic() + 0.2  # as if the renewals stopped
+        life._watch()  # the renewal just made would have set the watch so
+        await until(lambda: not before.serving.is_set(), timeout=5)
+
+
+async def test_a_leader_past_its_term_answers_that_the_colony_changes_hands(
+    own_brokers: BrokerSettings, settings: Settings
+) -> None:
+    """Between its term's end and its stepping down (a stall outlived the term), a leader
+    serves nothing: another broker may lead the colony by then."""
+    slow = msgspec.structs.replace(own_brokers, lease_ttl_s=30.0)
+    async with running_broker(slow, owners=True) as broker:
+        await open_colony(settings)
+        assert broker.shards is not None
+        async with await Client.connect(settings, caller="tester") as client:
+            await client.colony_stats()
+            broker.shards.life.lease.valid_until = 0.0  # the term is over, nothing noticed yet
+            with pytest.raises(BrokerUnavailableError, match="changing hands"):
+                await client.colony_stats()
