@@ -94,6 +94,8 @@ class Registry:
             )
             await self.service.store.put_executor(registered)
             self.service.remember_executor(registered)
+            if previous is not None:
+                self.service.retired.discard(previous.executor_id)  # the record says it now
             if same_run and req.instance is not None and req.instance != self._instances.get(key):
                 # The run came back as another OS process (an executor that keeps its id across
                 # restarts): the assign requests its earlier process left parked have no one to
@@ -136,6 +138,10 @@ class Registry:
                 holder_pid=holder.pid,
                 holder_since=holder.since.isoformat(),
             )
+        # From here the earlier run is refused whatever it asks, though the record names it
+        # until the new run's is written: an assign it sends meanwhile would park, and take
+        # the very processes given back below, for a run that is going.
+        self.service.retired.add(previous.executor_id)
         if holder is not None:
             by = req.instance or Instance(executor_id=req.executor.executor_id)
             await self.service.tell(colony, name, Replaced(executor_id=previous.executor_id, by=by))

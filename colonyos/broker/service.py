@@ -143,6 +143,8 @@ class Service:
         self._names: dict[str, tuple[str, str]] = {}  # executor id -> (colony, name)
         # Parked assign requests by executor run (id), so that a run that goes can end them.
         self.parked_runs: dict[str, set[asyncio.Future[Picked]]] = {}
+        # Runs being replaced, refused before the new run's record is written (registry.py).
+        self.retired: set[str] = set()
         # Executor losses a process may have before it fails (see transitions.requeue_lost).
         self.max_executor_losses = max_executor_losses
         # Live processes beyond the queue, and what the lifecycle sweeps need.
@@ -411,7 +413,7 @@ class Service:
         """The caller's registration, if it may be given work; ``executor_id``: the run asking
         (a run replaced since is refused)."""
         executor = self.executor(colony, name)
-        if executor_id and executor.executor_id != executor_id:
+        if executor_id and (executor.executor_id != executor_id or executor_id in self.retired):
             raise ExecutorReplacedError(
                 f"executor {name!r} was replaced by another start under its name",
                 executor_name=name,
