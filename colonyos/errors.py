@@ -254,6 +254,15 @@ class ExecutorRemovedError(NotAuthorizedError):
 
     code = "executor_removed"
 
+    @classmethod
+    def of(cls, colony: str, name: str) -> ExecutorRemovedError:
+        """The error for executor ``name``, removed from ``colony``."""
+        return cls(
+            f"executor {name!r} was removed from colony {colony!r} by its owner; starting it "
+            "again registers it afresh",
+            executor_name=name,
+        )
+
 
 class BrokerUnavailableError(ColoniesError):
     code = "unavailable"

@@ -78,15 +78,21 @@ async def requests(settings: Settings) -> AsyncIterator[collections.Counter[str]
     await nc.close()
 
 
-async def _run_queued(client: Client, settings: Settings) -> list[Process]:
-    """``N`` processes queued first, then run by one single-slot executor to the last."""
-    queued = [await submitted(client, executor_type="one") for _ in range(N)]
+def _one_slot(settings: Settings) -> ExecutorApp:
+    """An executor of type ``one`` with one slot whose processes return ``["ran"]``."""
     app = ExecutorApp("one", "one-1", settings=settings)
 
     @app.handler()
     async def run(ctx: ProcessContext) -> list[object]:
         return ["ran"]
 
+    return app
+
+
+async def _run_queued(client: Client, settings: Settings) -> list[Process]:
+    """``N`` processes queued first, then run by one single-slot executor to the last."""
+    queued = [await submitted(client, executor_type="one") for _ in range(N)]
+    app = _one_slot(settings)
     task = asyncio.create_task(app.run())
     try:
         return [await client.wait(p.process_id, timeout=20) for p in queued]
@@ -144,12 +150,7 @@ async def test_a_run_stopped_with_a_result_out_gives_back_what_that_result_bring
     service._ops["results_next"] = (decoder, held_results)
     service._ops["release"] = (decode_release, seen_release)
     first, second = [await submitted(client, executor_type="one") for _ in range(2)]
-    app = ExecutorApp("one", "one-1", settings=settings)
-
-    @app.handler()
-    async def run(ctx: ProcessContext) -> list[object]:
-        return ["ran"]
-
+    app = _one_slot(settings)
     task = asyncio.create_task(app.run())
     try:
         async with asyncio.timeout(10):

@@ -19,7 +19,12 @@ import nats.errors
 
 from colonyos.broker import transitions
 from colonyos.broker.service import Service, new_id
-from colonyos.errors import ExecutorNameTakenError, InvalidSpecError, NotAuthorizedError
+from colonyos.errors import (
+    ExecutorNameTakenError,
+    ExecutorRemovedError,
+    InvalidSpecError,
+    NotAuthorizedError,
+)
 from colonyos.messages import (
     Control,
     Instance,
@@ -72,7 +77,7 @@ class Registry:
             previous = self.service.executors.get(key)
             same_run = previous is not None and previous.executor_id == ex.executor_id != ""
             if same_run and previous is not None and previous.state is ExecutorState.UNREGISTERED:
-                raise self.service.removed_error(colony, ex.executor_name)
+                raise ExecutorRemovedError.of(colony, ex.executor_name)
             state: ExecutorState
             if previous is not None and previous.state is not ExecutorState.UNREGISTERED:
                 if not same_run:

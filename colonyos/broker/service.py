@@ -419,7 +419,7 @@ class Service:
                 executor_name=name,
             )
         if executor.state is ExecutorState.UNREGISTERED:
-            raise self.removed_error(colony, name)
+            raise ExecutorRemovedError.of(colony, name)
         if executor.state is not ExecutorState.APPROVED:
             raise NotAuthorizedError(
                 f"executor {name!r} is {executor.state.name}, not APPROVED: ask the colony owner "
@@ -428,14 +428,6 @@ class Service:
                 state=executor.state.name,
             )
         return executor
-
-    @staticmethod
-    def removed_error(colony: str, name: str) -> ExecutorRemovedError:
-        return ExecutorRemovedError(
-            f"executor {name!r} was removed from colony {colony!r} by its owner; starting it "
-            "again registers it afresh",
-            executor_name=name,
-        )
 
     async def transition(
         self,

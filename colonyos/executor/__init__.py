@@ -29,9 +29,10 @@ import signal
 import nats.errors
 
 from colonyos.client import Client
-from colonyos.execution import OwnLog, ProcessContext, ResultSender, capture_output, output_of
+from colonyos.execution import OwnLog, ProcessContext, capture_output, output_of
 from colonyos.executor.base import ExecutorStage, ExecutorStatus
 from colonyos.executor.dispatch import Dispatching
+from colonyos.executor.results import ResultSender
 from colonyos.models import now
 
 __all__ = ["ExecutorApp", "ExecutorStage", "ExecutorStatus", "ProcessContext", "output_of"]

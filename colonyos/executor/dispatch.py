@@ -23,7 +23,6 @@ from colonyos.errors import (
 from colonyos.execution import (
     RETRY_MAX_S,
     OwnLog,
-    ResultSender,
     first_of,
     pause,
 )
@@ -32,6 +31,7 @@ from colonyos.executor.base import (
     abandon,
     count,
 )
+from colonyos.executor.results import ResultSender
 from colonyos.executor.stages import Stages
 from colonyos.models import (
     ExecutorState,

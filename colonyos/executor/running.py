@@ -26,7 +26,6 @@ from colonyos.execution import (
     OwnLog,
     ProcessContext,
     Raised,
-    ResultSender,
     current,
     cut,
     describe,
@@ -38,6 +37,7 @@ from colonyos.executor.base import (
     ExecutorBase,
     cancelled,
 )
+from colonyos.executor.results import ResultSender
 from colonyos.messages import (
     Close,
     Control,

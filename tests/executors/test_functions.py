@@ -17,8 +17,8 @@ import pytest
 
 from colonyos.client import Client
 from colonyos.config import BrokerSettings, Settings
-from colonyos.execution import ResultSender
 from colonyos.executor import ExecutorApp, ProcessContext
+from colonyos.executor.results import ResultSender
 from colonyos.messages import Close
 from colonyos.models import Conditions, FunctionSpec, Process, ProcessState
 from colonyos.natsserver import NatsServer
